@@ -1,0 +1,1 @@
+"""Who are you: factors and the one authentication chokepoint."""

@@ -1,0 +1,376 @@
+"""The `imapguard` console script.
+
+Exit codes (SPEC "Commands"): 0 success, 1 the command ran and found a problem,
+2 usage or configuration error, with a message naming the key or argument.
+Records print as tables on a terminal, plain tab-separated lines on a pipe, or
+one JSON document with `--json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from imapguard import __version__
+from imapguard.audit import RedactingFilter, follow, read_events
+from imapguard.config import Config, default_config_path, load_config
+from imapguard.errors import ConfigError, ImapguardError, StateError
+
+__all__ = ["main"]
+
+EXIT_OK = 0
+EXIT_PROBLEM = 1
+EXIT_USAGE = 2
+
+
+class _Usage(Exception):
+    """A usage error found after argument parsing (exit 2)."""
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(RedactingFilter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # pymap logs whole protocol lines, credentials included, at DEBUG.
+    logging.getLogger("pymap").setLevel(logging.WARNING)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="imapguard",
+        description="A TLS-terminating IMAP gateway that demands a second factor.",
+    )
+    parser.add_argument("--version", action="version", version=f"imapguard {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def config_opt(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--config",
+            default=None,
+            metavar="FILE",
+            help="configuration file (default: $IMAPGUARD_CONFIG or ./imapguard.toml)",
+        )
+
+    def json_opt(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--json", action="store_true", help="print one JSON document")
+
+    demo = sub.add_parser("demo", help="run an all-in-one local demo (no root, no packages)")
+    demo.add_argument(
+        "--state",
+        default="./imapguard-demo",
+        metavar="DIR",
+        help="where the demo keeps its state (default: ./imapguard-demo)",
+    )
+    demo.add_argument(
+        "--port-base",
+        type=int,
+        default=10000,
+        metavar="N",
+        help="ports N+143 (STARTTLS), N+993 (TLS), N+144 (backend); default 10000",
+    )
+
+    serve = sub.add_parser("serve", help="run the gateway")
+    config_opt(serve)
+
+    check = sub.add_parser("check-config", help="validate the configuration")
+    config_opt(check)
+
+    user = sub.add_parser("user", help="accounts known to the gateway")
+    user_sub = user.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = user_sub.add_parser("list", help="list accounts")
+    config_opt(p)
+    json_opt(p)
+    p = user_sub.add_parser("show", help="one account, its factors and last login")
+    p.add_argument("user")
+    config_opt(p)
+    json_opt(p)
+
+    ap = sub.add_parser("app-password", help="device app passwords")
+    ap_sub = ap.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = ap_sub.add_parser("create", help="create one; it is printed once and never stored")
+    p.add_argument("user")
+    p.add_argument("--label", required=True, help="the device, e.g. 'phone'")
+    config_opt(p)
+    json_opt(p)
+    p = ap_sub.add_parser("list", help="list a user's app passwords")
+    p.add_argument("user")
+    config_opt(p)
+    json_opt(p)
+    p = ap_sub.add_parser("revoke", help="revoke one (new logins with it fail at once)")
+    p.add_argument("user")
+    p.add_argument("id")
+    config_opt(p)
+    json_opt(p)
+
+    events = sub.add_parser("events", help="read the audit log")
+    events.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
+    events.add_argument(
+        "--file",
+        default=None,
+        metavar="PATH",
+        help="audit log to read (default: audit.path of the configuration)",
+    )
+    config_opt(events)
+    json_opt(events)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except ConfigError as exc:
+        for key, message in exc.problems:
+            print(f"config error: {key}: {message}", file=sys.stderr)
+        return EXIT_USAGE
+    except _Usage as exc:
+        print(f"imapguard: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except StateError as exc:
+        print(f"imapguard: state store: {exc}", file=sys.stderr)
+        return EXIT_PROBLEM
+    except ImapguardError as exc:
+        print(f"imapguard: {exc}", file=sys.stderr)
+        return EXIT_PROBLEM
+    except KeyboardInterrupt:
+        return 130
+
+
+def _config(args: argparse.Namespace, *, check_files: bool = True) -> Config:
+    return load_config(args.config or default_config_path(), check_files=check_files)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    command = args.command
+    if command == "demo":
+        from imapguard.demo import run_demo
+
+        setup_logging()
+        return run_demo(args.state, args.port_base)
+    if command == "serve":
+        from imapguard.gateway.server import run_gateway
+
+        setup_logging()
+        run_gateway(args.config or default_config_path())
+        return EXIT_OK
+    if command == "check-config":
+        path = args.config or default_config_path()
+        load_config(path)
+        print(f"{path}: configuration is valid")
+        return EXIT_OK
+    if command == "user":
+        return _user(args)
+    if command == "app-password":
+        return _app_password(args)
+    if command == "events":
+        return _events(args)
+    raise _Usage(f"unknown command {command}")  # pragma: no cover - argparse refuses first
+
+
+# -- output -------------------------------------------------------------------
+
+
+def _when(ts: float | None) -> str:
+    if ts is None:
+        return "never"
+    return datetime.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _table(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    if sys.stdout.isatty():
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=title)
+        for column in columns:
+            table.add_column(column)
+        for row in rows:
+            table.add_row(*row)
+        Console().print(table)
+    else:
+        print("\t".join(columns))
+        for row in rows:
+            print("\t".join(row))
+
+
+def _json(document: Any) -> None:
+    print(json.dumps(document, indent=2, sort_keys=True))
+
+
+# -- commands -----------------------------------------------------------------
+
+
+def _store(config: Config) -> Any:
+    from imapguard.state import open_store
+
+    return open_store(config.state.url)
+
+
+def _user_name(raw: str) -> str:
+    from imapguard.auth.chokepoint import canonical_user
+
+    user = canonical_user(raw.encode())
+    if user is None:
+        raise _Usage(f"invalid user name {raw!r}")
+    return user
+
+
+def _user(args: argparse.Namespace) -> int:
+    store = _store(_config(args, check_files=False))
+    if args.action == "list":
+        users = store.list_users()
+        if args.json:
+            _json([u.__dict__ for u in users])
+        else:
+            _table(
+                "Accounts",
+                ("user", "app passwords", "last login", "from", "method"),
+                [
+                    (
+                        u.name,
+                        str(u.app_passwords),
+                        _when(u.last_login_at),
+                        u.last_login_address or "-",
+                        u.last_login_method or "-",
+                    )
+                    for u in users
+                ],
+            )
+        return EXIT_OK
+    name = _user_name(args.user)
+    record = store.get_user(name)
+    if record is None:
+        print(f"imapguard: no such user: {name}", file=sys.stderr)
+        return EXIT_PROBLEM
+    passwords = store.list_app_passwords(name)
+    if args.json:
+        _json({**record.__dict__, "app_password_list": [p.__dict__ for p in passwords]})
+        return EXIT_OK
+    print(f"user:        {record.name}")
+    print(f"known since: {_when(record.created_at)}")
+    print(
+        f"last login:  {_when(record.last_login_at)} from {record.last_login_address or '-'}"
+        f" ({record.last_login_method or '-'})"
+    )
+    print(f"factors:     {len(passwords)} app password(s)")
+    for p in passwords:
+        print(
+            f"  {p.id}  {p.label}  created {_when(p.created_at)}  last used {_when(p.last_used_at)}"
+        )
+    return EXIT_OK
+
+
+def _app_password(args: argparse.Namespace) -> int:
+    from imapguard.auth import app_passwords
+    from imapguard.keys import APP_PASSWORD, derive_key, load_server_key
+
+    config = _config(args, check_files=False)
+    user = _user_name(args.user)
+    store = _store(config)
+    if args.action == "create":
+        label = args.label.strip()
+        if not label or len(label) > 64 or not label.isprintable():
+            raise _Usage("--label must be 1 to 64 printable characters")
+        try:
+            root = load_server_key(config.state.key_file)
+        except (OSError, ValueError) as exc:
+            raise ConfigError([("state.key_file", str(exc))]) from None
+        password = app_passwords.generate()
+        normalized = app_passwords.normalize(password)
+        assert normalized is not None  # noqa: S101 - generate() makes valid ones
+        digest = app_passwords.digest(derive_key(root, APP_PASSWORD), user, normalized)
+        record = store.add_app_password(user, label, digest, time.time())
+        if args.json:
+            _json({"id": record.id, "label": record.label, "password": password.reveal().decode()})
+        else:
+            print(f"App password {record.id} for {user} ({label}):\n")
+            print(f"    {password.reveal().decode()}\n")
+            print("It is shown this once. Type it into the device's mail account as its password.")
+        return EXIT_OK
+    if args.action == "list":
+        records = store.list_app_passwords(user)
+        if args.json:
+            _json([r.__dict__ for r in records])
+        else:
+            _table(
+                f"App passwords of {user}",
+                ("id", "label", "created", "last used", "from", "client"),
+                [
+                    (
+                        r.id,
+                        r.label,
+                        _when(r.created_at),
+                        _when(r.last_used_at),
+                        r.last_used_address or "-",
+                        r.last_used_client or "-",
+                    )
+                    for r in records
+                ],
+            )
+        return EXIT_OK
+    revoked = store.revoke_app_password(user, args.id)
+    if args.json:
+        _json({"id": args.id, "revoked": revoked})
+    elif revoked:
+        print(f"revoked app password {args.id} of {user}")
+    else:
+        print(f"imapguard: {user} has no app password {args.id}", file=sys.stderr)
+    return EXIT_OK if revoked else EXIT_PROBLEM
+
+
+_EVENT_KEYS = (
+    "user",
+    "src",
+    "result",
+    "reason",
+    "method",
+    "mechanism",
+    "client_id",
+    "version",
+    "cipher",
+    "tls_mode",
+    "listener",
+    "duration",
+    "bytes_in",
+    "bytes_out",
+)
+
+
+def _format_event(record: dict[str, Any]) -> str:
+    ts = record.get("ts")
+    when = _when(ts) if isinstance(ts, int | float) else "?"
+    parts = [when, str(record.get("event", "?")).ljust(10), str(record.get("session", "-"))]
+    for key in _EVENT_KEYS:
+        if key in record:
+            parts.append(f"{key}={record[key]}")
+    return "  ".join(parts)
+
+
+def _events(args: argparse.Namespace) -> int:
+    path = args.file or _config(args, check_files=False).audit.path
+    if path == "-":
+        raise _Usage("audit.path is standard output; pass --file")
+    try:
+        if args.follow:
+            for record in follow(path):
+                print(json.dumps(record) if args.json else _format_event(record), flush=True)
+            return EXIT_OK
+        records = list(read_events(path))
+    except FileNotFoundError:
+        print(f"imapguard: no audit log at {path}", file=sys.stderr)
+        return EXIT_PROBLEM
+    if args.json:
+        _json(records)
+    else:
+        for record in records:
+            print(_format_event(record))
+    return EXIT_OK

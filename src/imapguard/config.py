@@ -1,0 +1,301 @@
+"""The TOML configuration, typed and validated at load.
+
+Rules: unknown keys are errors; secrets are only read from `*_file` keys; a
+combination that cannot work is an error at load, not a surprise at run time;
+every problem is reported with its key path (`upstream.login: ...`), all of them
+at once, so `imapguard check-config` can print the whole list.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import stat
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from imapguard.errors import ConfigError
+
+__all__ = [
+    "SUPPORTED_METHODS",
+    "AuditConfig",
+    "AuthConfig",
+    "Config",
+    "LimitsConfig",
+    "ListenConfig",
+    "StateConfig",
+    "TlsConfig",
+    "UpstreamConfig",
+    "default_config_path",
+    "load_config",
+    "parse_address",
+    "validate_config",
+]
+
+# Methods of the SPEC; the ones this build can enforce are SUPPORTED_METHODS.
+ALL_METHODS = ("app-password", "password", "password+totp", "oauthbearer", "xoauth2", "client-cert")
+SUPPORTED_METHODS = ("app-password", "password")
+
+Seconds = Annotated[float, Field(gt=0, le=86400)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StateConfig(_Section):
+    url: str = "sqlite:///var/lib/imapguard/state.db"
+    # 32+ random bytes; app-password hashes are keyed with it. Create it with
+    # `head -c 32 /dev/urandom > server.key && chmod 600 server.key`.
+    key_file: str = "/etc/imapguard/server.key"
+
+
+class ListenConfig(_Section):
+    address: str
+    tls: Literal["implicit", "starttls"]
+
+
+class TlsConfig(_Section):
+    certificate: str
+    private_key: str
+    min_version: Literal["1.2", "1.3"] = "1.2"
+    client_ca: str | None = None
+
+
+class UpstreamConfig(_Section):
+    address: str
+    tls: Literal["implicit", "starttls", "none"] = "starttls"
+    ca: str | None = None
+    # The name the upstream certificate must carry; defaults to the host of `address`.
+    server_name: str | None = None
+    # Plaintext to a non-loopback upstream needs this spelled out.
+    insecure: bool = False
+    login: Literal["master", "passthrough"] = "master"
+    master_user: str | None = None
+    master_password_file: str | None = None
+    forward_client_ip: Literal["id", "proxy-v2", "none"] = "id"
+    connect_timeout: Seconds = 10.0
+    login_timeout: Seconds = 30.0
+
+
+class AuthConfig(_Section):
+    methods: list[str] = Field(default_factory=lambda: ["app-password"])
+    # Every failure is answered no sooner than this after the command arrived,
+    # plus up to `failure_jitter`: one timing profile for every reason.
+    failure_delay: Annotated[float, Field(ge=0, le=30)] = 1.0
+    failure_jitter: Annotated[float, Field(ge=0, le=5)] = 0.25
+
+
+class LimitsConfig(_Section):
+    max_line: Annotated[int, Field(ge=1024, le=65536)] = 8192
+    max_literal: Annotated[int, Field(ge=256, le=65536)] = 8192
+    max_preauth_commands: Annotated[int, Field(ge=3, le=1000)] = 30
+    max_bad_commands: Annotated[int, Field(ge=1, le=100)] = 3
+    max_auth_failures: Annotated[int, Field(ge=1, le=100)] = 3
+    preauth_timeout: Seconds = 60.0
+    handshake_timeout: Seconds = 10.0
+    max_preauth_per_source: Annotated[int, Field(ge=1)] = 20
+    max_preauth_total: Annotated[int, Field(ge=1)] = 2000
+    # SIGTERM: how long established sessions may go on before they are closed.
+    drain_timeout: Annotated[float, Field(ge=0, le=3600)] = 30.0
+
+
+class AuditConfig(_Section):
+    # "-" writes to standard output.
+    path: str = "/var/log/imapguard/audit.jsonl"
+
+
+class Config(_Section):
+    state: StateConfig = Field(default_factory=StateConfig)
+    listen: list[ListenConfig] = Field(min_length=1)
+    tls: TlsConfig
+    upstream: UpstreamConfig
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    audit: AuditConfig = Field(default_factory=AuditConfig)
+
+
+def default_config_path() -> str:
+    return os.environ.get("IMAPGUARD_CONFIG", "./imapguard.toml")
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """`host:port`, `[v6]:port` → (host, port). Raises ValueError with the reason."""
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]:")
+        if not sep:
+            raise ValueError("expected [ipv6]:port")
+    else:
+        host, sep, port = text.rpartition(":")
+        if not sep or not host:
+            raise ValueError("expected host:port")
+        if ":" in host:
+            raise ValueError("write an IPv6 address as [addr]:port")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"invalid port {port!r}")
+    return host, int(port)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def load_config(path: str | os.PathLike[str], *, check_files: bool = True) -> Config:
+    """Read, parse and validate; raise ConfigError with every problem found."""
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError([("--config", f"file not found: {path}")]) from None
+    except OSError as exc:
+        raise ConfigError([("--config", f"cannot read {path}: {exc.strerror}")]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([("--config", f"invalid TOML in {path}: {exc}")]) from None
+    try:
+        config = Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError([_pydantic_problem(err) for err in exc.errors()]) from None
+    problems = validate_config(config, check_files=check_files)
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def _pydantic_problem(err: object) -> tuple[str, str]:
+    from pydantic_core import ErrorDetails
+
+    detail: ErrorDetails = err  # type: ignore[assignment]
+    parts: list[str] = []
+    for loc in detail["loc"]:
+        if isinstance(loc, int):
+            parts[-1:] = [f"{parts[-1]}[{loc}]" if parts else f"[{loc}]"]
+        else:
+            parts.append(str(loc))
+    key = ".".join(parts) or "(top level)"
+    if detail["type"] == "extra_forbidden":
+        return key, "unknown key"
+    if detail["type"] == "missing":
+        return key, "required key is missing"
+    return key, detail["msg"]
+
+
+def validate_config(config: Config, *, check_files: bool = True) -> list[tuple[str, str]]:
+    """Cross-field rules and file checks that a schema cannot express."""
+    problems: list[tuple[str, str]] = []
+    add = problems.append
+
+    seen: set[tuple[str, int]] = set()
+    for i, listener in enumerate(config.listen):
+        try:
+            host, port = parse_address(listener.address)
+            if (host, port) in seen:
+                add((f"listen[{i}].address", "the same address is listed twice"))
+            seen.add((host, port))
+        except ValueError as exc:
+            add((f"listen[{i}].address", str(exc)))
+
+    if not config.state.url.startswith("sqlite:///"):
+        scheme = config.state.url.partition(":")[0]
+        add(
+            (
+                "state.url",
+                f"state store {scheme!r} is not supported by this build (use sqlite:///PATH)",
+            )
+        )
+
+    methods = config.auth.methods
+    if not methods:
+        add(("auth.methods", "at least one method is required"))
+    for i, method in enumerate(methods):
+        if method not in ALL_METHODS:
+            add(
+                (
+                    f"auth.methods[{i}]",
+                    f"unknown method {method!r} (known: {', '.join(ALL_METHODS)})",
+                )
+            )
+        elif method not in SUPPORTED_METHODS:
+            add((f"auth.methods[{i}]", f"method {method!r} is not supported by this build yet"))
+    if len(set(methods)) != len(methods):
+        add(("auth.methods", "a method is listed twice"))
+
+    up = config.upstream
+    try:
+        up_host, _ = parse_address(up.address)
+    except ValueError as exc:
+        add(("upstream.address", str(exc)))
+        up_host = ""
+    if up.tls == "none" and up_host and not _is_loopback(up_host) and not up.insecure:
+        add(
+            (
+                "upstream.tls",
+                "'none' sends passwords in clear to a non-loopback address; "
+                "use starttls/implicit or set upstream.insecure = true",
+            )
+        )
+    if up.login == "passthrough" and "app-password" in methods:
+        add(
+            (
+                "upstream.login",
+                "'passthrough' logs in with the user's own password, which the gateway never "
+                'has with app passwords: use login = "master"',
+            )
+        )
+    if up.login == "master":
+        if not up.master_user:
+            add(("upstream.master_user", 'required when upstream.login = "master"'))
+        if not up.master_password_file:
+            add(("upstream.master_password_file", 'required when upstream.login = "master"'))
+    if up.forward_client_ip == "proxy-v2":
+        add(("upstream.forward_client_ip", "'proxy-v2' is not supported by this build yet"))
+    if config.tls.client_ca is not None:
+        add(("tls.client_ca", "client certificates are not supported by this build yet"))
+
+    if check_files:
+        _check_file(problems, "tls.certificate", config.tls.certificate)
+        _check_file(problems, "tls.private_key", config.tls.private_key, secret=True)
+        _check_file(problems, "state.key_file", config.state.key_file, secret=True, min_size=32)
+        if up.ca is not None:
+            _check_file(problems, "upstream.ca", up.ca)
+        if up.login == "master" and up.master_password_file:
+            _check_file(
+                problems, "upstream.master_password_file", up.master_password_file, secret=True
+            )
+        if config.state.url.startswith("sqlite:///"):
+            parent = Path(config.state.url.removeprefix("sqlite://")).parent
+            if not parent.is_dir():
+                add(("state.url", f"directory {parent} does not exist"))
+        if config.audit.path != "-":
+            parent = Path(config.audit.path).parent
+            if not parent.is_dir():
+                add(("audit.path", f"directory {parent} does not exist"))
+    return problems
+
+
+def _check_file(
+    problems: list[tuple[str, str]], key: str, path: str, *, secret: bool = False, min_size: int = 1
+) -> None:
+    try:
+        info = os.stat(path)
+        with open(path, "rb") as f:
+            size = len(f.read(min_size))
+    except FileNotFoundError:
+        problems.append((key, f"file not found: {path}"))
+        return
+    except OSError as exc:
+        problems.append((key, f"cannot read {path}: {exc.strerror}"))
+        return
+    if not stat.S_ISREG(info.st_mode):
+        problems.append((key, f"not a regular file: {path}"))
+    elif size < min_size:
+        problems.append((key, f"{path} must hold at least {min_size} bytes"))
+    elif secret and info.st_mode & (stat.S_IRWXG | stat.S_IRWXO) & ~stat.S_IRGRP:
+        problems.append((key, f"{path} is readable or writable by others: chmod 600 (or 640)"))

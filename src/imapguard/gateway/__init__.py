@@ -1,0 +1,1 @@
+"""The only IMAP code that touches sockets: listeners, upstream login, relay."""

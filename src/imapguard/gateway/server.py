@@ -1,0 +1,510 @@
+"""The gateway: listeners, one task per client connection, the relay.
+
+This is the only IMAP code that touches sockets. Per connection:
+
+    accept (count the pre-auth slot of its source) → [implicit TLS handshake]
+    → greeting → loop { PreAuth.next_action(): send / read / STARTTLS handshake /
+    authenticate through the chokepoint } → relay bytes both ways → close
+
+All protocol decisions are in `imapguard.imap.preauth` (sans-IO); all login
+decisions are in `imapguard.auth.chokepoint`. Listeners accept plain TCP and
+start TLS themselves, so that a source's pre-auth slots are counted before the
+handshake (a slow handshake holds a slot too) and the handshake has a timeout.
+
+Signals (installed by `run_gateway`): SIGHUP reloads the configuration and
+certificates for new connections without touching established ones; SIGTERM
+and SIGINT stop accepting, end pre-auth connections with a BYE and give relayed
+sessions `limits.drain_timeout` seconds before closing them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import os
+import secrets
+import signal
+import ssl
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from imapguard.audit import AuditEvent, AuditLog
+from imapguard.auth.chokepoint import AuthContext, Authenticator, Outcome
+from imapguard.config import Config, ListenConfig, load_config, parse_address
+from imapguard.errors import ConfigError
+from imapguard.gateway.link import Link
+from imapguard.gateway.upstream import ClientAddress, UpstreamSettings
+from imapguard.imap.framing import NeedData
+from imapguard.imap.preauth import (
+    AuthOutcome,
+    AuthRequest,
+    Close,
+    PreAuth,
+    PreAuthSettings,
+    Relay,
+    Send,
+    StartTlsNow,
+)
+from imapguard.keys import APP_PASSWORD, derive_key, load_server_key
+from imapguard.secret import Secret
+from imapguard.state.sqlite import SqliteStore, open_store
+from imapguard.tls import client_context, server_context
+
+__all__ = ["Gateway", "Runtime", "build_runtime", "run_gateway", "run_loop", "serve_forever"]
+
+log = logging.getLogger("imapguard.gateway")
+
+_BYE_UPSTREAM_LOST = b"* BYE [UNAVAILABLE] Connection to the mail server lost.\r\n"
+_BYE_SHUTDOWN = b"* BYE [UNAVAILABLE] Gateway shutting down, reconnect shortly.\r\n"
+_BYE_TOO_MANY = b"* BYE [UNAVAILABLE] Too many connections from your address.\r\n"
+_BYE_BUSY = b"* BYE [UNAVAILABLE] Server busy, try later.\r\n"
+
+
+@dataclass
+class Runtime:
+    """Everything a new connection needs; replaced as a whole on SIGHUP."""
+
+    config: Config
+    server_ssl: ssl.SSLContext
+    authenticator: Authenticator
+    frame_limits: Any
+    mechanisms: tuple[str, ...] = ("PLAIN",)
+
+
+def build_runtime(
+    config: Config,
+    store: SqliteStore,
+    store_executor: ThreadPoolExecutor,
+    audit: AuditLog,
+    **authenticator_overrides: Any,
+) -> Runtime:
+    from imapguard.imap.framing import FrameLimits
+
+    up = config.upstream
+    host, port = parse_address(up.address)
+    master_password = (
+        Secret.from_file(up.master_password_file)
+        if up.login == "master" and up.master_password_file
+        else None
+    )
+    upstream = UpstreamSettings(
+        host=host,
+        port=port,
+        tls=up.tls,
+        ssl_context=client_context(up.ca) if up.tls != "none" else None,
+        server_name=up.server_name or host,
+        master_user=up.master_user if up.login == "master" else None,
+        master_password=master_password,
+        forward_client_ip=up.forward_client_ip,
+        connect_timeout=up.connect_timeout,
+        login_timeout=up.login_timeout,
+    )
+    key = derive_key(load_server_key(config.state.key_file), APP_PASSWORD)
+    authenticator = Authenticator(
+        methods=tuple(config.auth.methods),
+        store=store,
+        store_executor=store_executor,
+        app_password_key=key,
+        upstream=upstream,
+        audit=audit,
+        failure_delay=config.auth.failure_delay,
+        failure_jitter=config.auth.failure_jitter,
+        **authenticator_overrides,
+    )
+    limits = config.limits
+    return Runtime(
+        config=config,
+        server_ssl=server_context(
+            config.tls.certificate, config.tls.private_key, config.tls.min_version
+        ),
+        authenticator=authenticator,
+        frame_limits=FrameLimits(
+            max_line=limits.max_line,
+            max_literal=limits.max_literal,
+            max_command=max(2 * limits.max_line, limits.max_line + limits.max_literal),
+        ),
+    )
+
+
+def _session_id() -> str:
+    return base64.b32encode(secrets.token_bytes(10)).decode().lower()
+
+
+@dataclass(eq=False)
+class _Conn:
+    link: Link
+    session: str
+    src: str
+    started: float
+    phase: str = "preauth"
+    user: str | None = None
+    upstream: Link | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Gateway:
+    def __init__(self, runtime: Runtime, audit: AuditLog) -> None:
+        self.runtime = runtime
+        self.audit = audit
+        self.servers: list[asyncio.Server] = []
+        self.bound: list[tuple[ListenConfig, tuple[str, int]]] = []
+        self._tg: asyncio.TaskGroup | None = None
+        self._preauth: Counter[str] = Counter()
+        self._preauth_total = 0
+        self._conns: set[_Conn] = set()
+        self._stopping = asyncio.Event()
+        self._all_closed = asyncio.Event()
+
+    # -- lifecycle ------------------------------------------------------------
+
+    async def serve(self, ready: Callable[[Gateway], None] | None = None) -> None:
+        """Listen until `stop()`; then drain. Returns when every connection is gone."""
+        async with asyncio.TaskGroup() as tg:
+            self._tg = tg
+            try:
+                for listener in self.runtime.config.listen:
+                    await self._listen(listener)
+                if ready is not None:
+                    ready(self)
+                await self._stopping.wait()
+            finally:
+                for server in self.servers:
+                    server.close()
+                await self._drain()
+            self._tg = None
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def reload(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.audit.emit(AuditEvent("reload", None, {"result": "ok"}))
+
+    async def _listen(self, listener: ListenConfig) -> None:
+        host, port = parse_address(listener.address)
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(
+            lambda: _ClientLink(self, listener), host, port, reuse_address=True, backlog=1024
+        )
+        self.servers.append(server)
+        for sock in server.sockets:
+            self.bound.append((listener, sock.getsockname()[:2]))
+
+    async def _drain(self) -> None:
+        timeout = self.runtime.config.limits.drain_timeout
+        for conn in list(self._conns):
+            if conn.phase == "preauth":
+                conn.link.write(_BYE_SHUTDOWN)
+                conn.link.close()
+        if self._conns:
+            self._all_closed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._all_closed.wait(), timeout)
+        for conn in list(self._conns):
+            conn.link.write(_BYE_SHUTDOWN)
+            conn.link.close()
+            if conn.upstream is not None:
+                conn.upstream.close()
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        if self._tg is None:
+            coro.close()
+            return
+        self._tg.create_task(self._guard(coro))
+
+    @staticmethod
+    async def _guard(coro: Awaitable[None]) -> None:
+        # One connection's bug must never cancel the others (TaskGroup semantics).
+        try:
+            await coro
+        except Exception:
+            log.exception("connection task failed")
+
+    # -- one connection -------------------------------------------------------
+
+    async def handle(self, link: Link, listener: ListenConfig) -> None:
+        rt = self.runtime
+        limits = rt.config.limits
+        assert link.transport is not None  # noqa: S101 - called from connection_made
+        peer = link.transport.get_extra_info("peername") or ("?", 0)
+        local = link.transport.get_extra_info("sockname") or ("?", 0)
+        conn = _Conn(link, _session_id(), str(peer[0]), time.monotonic())
+        self._conns.add(conn)
+        client = ClientAddress(
+            str(peer[0]), int(peer[1]), str(local[0]), int(local[1]), conn.session
+        )
+        self.audit.emit(
+            AuditEvent(
+                "connect",
+                conn.session,
+                {
+                    "src": client.ip,
+                    "src_port": client.port,
+                    "listener": listener.address,
+                    "tls_mode": listener.tls,
+                },
+            )
+        )
+        over = None
+        if self._preauth[client.ip] >= limits.max_preauth_per_source:
+            over = ("per-source pre-auth limit", _BYE_TOO_MANY)
+        elif self._preauth_total >= limits.max_preauth_total:
+            over = ("total pre-auth limit", _BYE_BUSY)
+        self._preauth[client.ip] += 1
+        self._preauth_total += 1
+        reason = "client closed"
+        try:
+            if listener.tls == "implicit" and not await self._handshake(conn, rt, "implicit"):
+                reason = "tls handshake failed"
+                return
+            if over is not None:
+                reason = over[0]
+                link.write(over[1])
+                return
+            machine = PreAuth(
+                PreAuthSettings(
+                    tls=listener.tls == "implicit",
+                    starttls=listener.tls == "starttls",
+                    mechanisms=rt.mechanisms,
+                    frame_limits=rt.frame_limits,
+                    max_commands=limits.max_preauth_commands,
+                    max_bad_commands=limits.max_bad_commands,
+                    max_auth_failures=limits.max_auth_failures,
+                )
+            )
+            link.write(machine.greeting())
+            try:
+                async with asyncio.timeout(limits.preauth_timeout):
+                    reason = await self._preauth_loop(conn, machine, client, listener, rt)
+            except TimeoutError:
+                machine.timed_out()
+                reason = "pre-auth timeout"
+                while isinstance(action := machine.next_action(), Send):
+                    link.write(action.data)
+        finally:
+            self._preauth[client.ip] -= 1
+            if not self._preauth[client.ip]:
+                del self._preauth[client.ip]
+            self._preauth_total -= 1
+            if conn.phase == "preauth":
+                link.close()
+                self._closed(conn, reason)
+        if conn.phase == "relay":
+            await self._relay_until_closed(conn)
+
+    async def _handshake(self, conn: _Conn, rt: Runtime, mode: str) -> bool:
+        link = conn.link
+        loop = asyncio.get_running_loop()
+        assert link.transport is not None  # noqa: S101
+        try:
+            transport = await loop.start_tls(
+                link.transport,
+                link,
+                rt.server_ssl,
+                server_side=True,
+                ssl_handshake_timeout=rt.config.limits.handshake_timeout,
+            )
+        except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
+            self.audit.emit(
+                AuditEvent(
+                    "tls_failed",
+                    conn.session,
+                    {"src": conn.src, "tls_mode": mode, "reason": type(exc).__name__},
+                )
+            )
+            link.abort()
+            return False
+        if transport is None:
+            link.abort()
+            return False
+        link.transport = transport
+        sslobj = transport.get_extra_info("ssl_object")
+        cipher = sslobj.cipher() if sslobj is not None else None
+        conn.extra["tls"] = {
+            "version": sslobj.version() if sslobj is not None else None,
+            "cipher": cipher[0] if cipher else None,
+        }
+        self.audit.emit(
+            AuditEvent(
+                "tls", conn.session, {"src": conn.src, "tls_mode": mode, **conn.extra["tls"]}
+            )
+        )
+        return True
+
+    async def _preauth_loop(
+        self,
+        conn: _Conn,
+        machine: PreAuth,
+        client: ClientAddress,
+        listener: ListenConfig,
+        rt: Runtime,
+    ) -> str:
+        link = conn.link
+        while True:
+            action = machine.next_action()
+            if isinstance(action, NeedData):
+                data = await link.read()
+                if not data:
+                    return "client closed"
+                machine.receive_data(data)
+            elif isinstance(action, Send):
+                link.write(action.data)
+            elif isinstance(action, StartTlsNow):
+                machine.discarded_after_starttls += len(link.take_buffer())
+                if machine.discarded_after_starttls:
+                    self.audit.emit(
+                        AuditEvent(
+                            "starttls_injection",
+                            conn.session,
+                            {"src": conn.src, "discarded_bytes": machine.discarded_after_starttls},
+                        )
+                    )
+                if not await self._handshake(conn, rt, "starttls"):
+                    return "tls handshake failed"
+                machine.tls_established()
+            elif isinstance(action, AuthRequest):
+                ctx = AuthContext(client, _client_id(machine.client_id), listener.address)
+                result = await rt.authenticator.authenticate(action.credentials, ctx, conn.session)
+                if result.outcome is Outcome.OK and result.session is not None:
+                    conn.user = result.user
+                    conn.upstream = result.session.link
+                    conn.extra["leftover"] = result.session.leftover
+                    machine.auth_finished(AuthOutcome.OK, result.session.capabilities)
+                elif result.outcome is Outcome.UNAVAILABLE:
+                    machine.auth_finished(AuthOutcome.UNAVAILABLE)
+                else:
+                    machine.auth_finished(AuthOutcome.FAILED)
+            elif isinstance(action, Relay):
+                upstream = conn.upstream
+                assert upstream is not None  # noqa: S101 - set with AuthOutcome.OK
+                trailing = action.trailing + link.take_buffer()
+                if trailing:
+                    upstream.write(trailing)
+                leftover = conn.extra.pop("leftover", b"")
+                if leftover:
+                    link.write(leftover)
+                upstream.bye_on_loss = _BYE_UPSTREAM_LOST
+                link.join(upstream)
+                upstream.join(link)
+                conn.phase = "relay"
+                self.audit.emit(
+                    AuditEvent("relay", conn.session, {"src": conn.src, "user": conn.user})
+                )
+                return "relay"
+            elif isinstance(action, Close):
+                return action.reason
+
+    async def _relay_until_closed(self, conn: _Conn) -> None:
+        upstream = conn.upstream
+        assert upstream is not None  # noqa: S101
+        try:
+            await conn.link.wait_closed()
+            upstream.close()
+            await upstream.wait_closed()
+        finally:
+            self._closed(conn, "relay ended")
+
+    def _closed(self, conn: _Conn, reason: str) -> None:
+        if conn.phase == "closed":
+            return
+        conn.phase = "closed"
+        self._conns.discard(conn)
+        if not self._conns:
+            self._all_closed.set()
+        up = conn.upstream
+        self.audit.emit(
+            AuditEvent(
+                "close",
+                conn.session,
+                {
+                    "src": conn.src,
+                    "user": conn.user,
+                    "reason": reason,
+                    "duration": round(time.monotonic() - conn.started, 3),
+                    "bytes_in": conn.link.bytes_in,
+                    "bytes_out": up.bytes_in if up is not None else conn.link.bytes_out,
+                },
+            )
+        )
+
+
+def _client_id(params: tuple[tuple[str, str | None], ...] | None) -> str | None:
+    if not params:
+        return None
+    fields = {k.lower(): v for k, v in params if v}
+    name = fields.get("name")
+    version = fields.get("version")
+    if name and version:
+        return f"{name}/{version}"
+    return name
+
+
+class _ClientLink(Link):
+    def __init__(self, gateway: Gateway, listener: ListenConfig) -> None:
+        super().__init__()
+        self._gateway = gateway
+        self._listener = listener
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._gateway.spawn(self._gateway.handle(self, self._listener))
+
+
+def run_gateway(config_path: str, *, ready: Callable[[Gateway], None] | None = None) -> None:
+    """`imapguard serve`: run until SIGTERM/SIGINT, reloading on SIGHUP."""
+    config = load_config(config_path)
+    run_loop(serve_forever(config, config_path, ready))
+
+
+def run_loop(main: Coroutine[Any, Any, None]) -> None:
+    """Run `main` on uvloop: about 24 KiB per idle TLS connection instead of the
+    default loop's 278 KiB, and 1.6 times the handshakes per core
+    (research/performance.md §1.2, §2)."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - non-Linux
+        runner = asyncio.Runner()
+    else:
+        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    with runner:
+        runner.run(main)
+
+
+async def serve_forever(
+    config: Config, config_path: str | None, ready: Callable[[Gateway], None] | None
+) -> None:
+    store = open_store(config.state.url)
+    audit = AuditLog(config.audit.path)
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="imapguard-state")
+    try:
+        gateway = Gateway(build_runtime(config, store, executor, audit), audit)
+        loop = asyncio.get_running_loop()
+
+        def reload() -> None:
+            if config_path is None:
+                return
+            try:
+                new = load_config(config_path)
+                gateway.reload(build_runtime(new, store, executor, audit))
+                log.info("configuration reloaded")
+            except (ConfigError, OSError, ssl.SSLError, ValueError) as exc:
+                log.error("reload failed, keeping the running configuration: %s", exc)
+                audit.emit(AuditEvent("reload", None, {"result": "failed", "reason": str(exc)}))
+
+        loop.add_signal_handler(signal.SIGHUP, reload)
+        loop.add_signal_handler(signal.SIGTERM, gateway.stop)
+        loop.add_signal_handler(signal.SIGINT, gateway.stop)
+        audit.emit(AuditEvent("start", None, {"pid": os.getpid()}))
+        await gateway.serve(ready)
+        audit.emit(AuditEvent("stop", None, {"pid": os.getpid()}))
+    finally:
+        with contextlib.suppress(Exception):
+            executor.shutdown(wait=True)
+        store.close()
+        audit.close()

@@ -1,0 +1,1 @@
+"""The IMAP pre-auth protocol, sans-IO: framing, command grammar, state machine."""

@@ -1,0 +1,30 @@
+"""The server key and the purpose keys derived from it.
+
+One secret file (`state.key_file`, at least 32 random bytes) is the root; each
+use gets its own key, HMAC-SHA-256(root, "imapguard/<purpose>"), so a key leaked
+from one use says nothing about another.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+from imapguard.secret import Secret
+
+__all__ = ["APP_PASSWORD", "derive_key", "load_server_key"]
+
+APP_PASSWORD = "app-password/v1"  # noqa: S105 - a key purpose label
+MIN_KEY_BYTES = 32
+
+
+def load_server_key(path: str) -> Secret:
+    with open(path, "rb") as f:
+        data = f.read()
+    if len(data) < MIN_KEY_BYTES:
+        raise ValueError(f"{path} must hold at least {MIN_KEY_BYTES} bytes")
+    return Secret(data)
+
+
+def derive_key(root: Secret, purpose: str) -> bytes:
+    return hmac.new(root.reveal(), b"imapguard/" + purpose.encode(), hashlib.sha256).digest()
