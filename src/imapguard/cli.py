@@ -374,3 +374,7 @@ def _events(args: argparse.Namespace) -> int:
         for record in records:
             print(_format_event(record))
     return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from tests.dovecot import DovecotServer, dovecot  # noqa: F401  (pytest fixture import)
+from tests.dovecot import DovecotServer
 
 pytestmark = pytest.mark.dovecot
 
@@ -52,7 +52,7 @@ def _inbox_count(conn: imaplib.IMAP4) -> int:
     return int(data[0])
 
 
-def test_imaps_login_sees_delivered_messages(dovecot: DovecotServer) -> None:  # noqa: F811
+def test_imaps_login_sees_delivered_messages(dovecot: DovecotServer) -> None:
     with _imaps(dovecot) as conn:
         conn.login("alice", dovecot.users["alice"])
         before = _inbox_count(conn)
@@ -65,7 +65,7 @@ def test_imaps_login_sees_delivered_messages(dovecot: DovecotServer) -> None:  #
         assert _inbox_count(conn) == before + 2
 
 
-def test_added_user_can_log_in(dovecot: DovecotServer) -> None:  # noqa: F811
+def test_added_user_can_log_in(dovecot: DovecotServer) -> None:
     name, password = f"dave{secrets.token_hex(3)}", secrets.token_urlsafe(12)
     dovecot.add_user(name, password)
     dovecot.deliver(name, _message("only"))
@@ -75,7 +75,7 @@ def test_added_user_can_log_in(dovecot: DovecotServer) -> None:  # noqa: F811
         assert _inbox_count(conn) == 2
 
 
-def test_starttls_on_plain_port(dovecot: DovecotServer) -> None:  # noqa: F811
+def test_starttls_on_plain_port(dovecot: DovecotServer) -> None:
     conn = imaplib.IMAP4("127.0.0.1", dovecot.imap_port, timeout=30)
     try:
         assert "STARTTLS" in conn.capabilities
@@ -93,7 +93,7 @@ def test_starttls_on_plain_port(dovecot: DovecotServer) -> None:  # noqa: F811
         conn.logout()
 
 
-def test_master_user_logs_in_as_alice(dovecot: DovecotServer) -> None:  # noqa: F811
+def test_master_user_logs_in_as_alice(dovecot: DovecotServer) -> None:
     secret = f"alice\0{dovecot.master_user}\0{dovecot.master_password}".encode()
     with _imaps(dovecot) as conn:
         typ, _ = conn.authenticate("PLAIN", lambda _: secret)
@@ -104,14 +104,14 @@ def test_master_user_logs_in_as_alice(dovecot: DovecotServer) -> None:  # noqa: 
     assert f"orig_user=<{dovecot.master_user}>" in dovecot.log_text()
 
 
-def test_wrong_password_is_rejected(dovecot: DovecotServer) -> None:  # noqa: F811
+def test_wrong_password_is_rejected(dovecot: DovecotServer) -> None:
     with _imaps(dovecot) as conn:
         _forward_ip(conn, "192.0.2.77")  # the auth failure penalty lands on a fake IP
         with pytest.raises(imaplib.IMAP4.error, match="AUTHENTICATIONFAILED"):
             conn.login("carol", "not-" + dovecot.users["carol"])
 
 
-def test_id_forwards_client_address(dovecot: DovecotServer) -> None:  # noqa: F811
+def test_id_forwards_client_address(dovecot: DovecotServer) -> None:
     with _imaps(dovecot) as conn:
         _forward_ip(conn, "203.0.113.9")
         typ, _ = conn.login("carol", dovecot.users["carol"])

@@ -320,14 +320,18 @@ class Gateway:
             )
             link.abort()
             return False
-        if transport is None:
+        sslobj = transport.get_extra_info("ssl_object") if transport is not None else None
+        if transport is None or sslobj is None or transport.is_closing():
+            self.audit.emit(
+                AuditEvent("tls_failed", conn.session, {"src": conn.src, "tls_mode": mode,
+                                                         "reason": "closed during handshake"})
+            )
             link.abort()
             return False
         link.transport = transport
-        sslobj = transport.get_extra_info("ssl_object")
-        cipher = sslobj.cipher() if sslobj is not None else None
+        cipher = sslobj.cipher()
         conn.extra["tls"] = {
-            "version": sslobj.version() if sslobj is not None else None,
+            "version": sslobj.version(),
             "cipher": cipher[0] if cipher else None,
         }
         self.audit.emit(
@@ -453,6 +457,10 @@ class _ClientLink(Link):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
+        if self._listener.tls == "implicit" and self.transport is not None:
+            # Not one byte may reach this protocol before the TLS layer takes the
+            # transport over (start_tls resumes reading itself).
+            self.transport.pause_reading()
         self._gateway.spawn(self._gateway.handle(self, self._listener))
 
 
