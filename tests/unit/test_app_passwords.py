@@ -1,0 +1,41 @@
+"""App passwords: 140 bits, typable, stored only as a keyed hash bound to the user."""
+
+from __future__ import annotations
+
+import math
+import re
+
+from imapguard.auth import app_passwords
+from imapguard.secret import Secret
+
+
+def test_generated_passwords_are_grouped_and_strong() -> None:
+    seen = set()
+    for _ in range(200):
+        text = app_passwords.generate().reveal().decode()
+        assert re.fullmatch(r"([2-9a-km-np-z]{4}-){6}[2-9a-km-np-z]{4}", text)
+        seen.add(text)
+    assert len(seen) == 200
+    assert app_passwords.LENGTH * math.log2(len(app_passwords.ALPHABET)) >= 128
+
+
+def test_normalize_accepts_what_people_type() -> None:
+    password = app_passwords.generate()
+    expected = password.reveal().replace(b"-", b"")
+    assert app_passwords.normalize(password) == expected
+    typed = Secret(password.reveal().upper().replace(b"-", b" "))
+    assert app_passwords.normalize(typed) == expected
+
+
+def test_normalize_refuses_what_cannot_be_one() -> None:
+    for text in (b"hunter2", b"", b"0" * 28, b"l" * 28, b"a" * 27, b"a" * 29, b"a!" * 14):
+        assert app_passwords.normalize(Secret(text)) is None
+
+
+def test_digest_is_keyed_and_bound_to_the_user() -> None:
+    normalized = b"a" * 28
+    d1 = app_passwords.digest(b"k" * 32, "alice", normalized)
+    assert d1 != app_passwords.digest(b"j" * 32, "alice", normalized)
+    assert d1 != app_passwords.digest(b"k" * 32, "bob", normalized)
+    assert normalized not in d1
+    assert len(d1) == 32

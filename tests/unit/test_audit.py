@@ -1,0 +1,78 @@
+"""Audit events are typed JSON lines; logs mask credentials."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+from imapguard.audit import AuditEvent, AuditLog, RedactingFilter, clean_text, read_events
+from imapguard.secret import Secret
+
+
+def test_events_are_json_lines_with_spec_fields(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(str(path), clock=lambda: 1700000000.5)
+    log.emit(
+        AuditEvent(
+            "auth",
+            "s1",
+            {"src": "192.0.2.1", "user": "alice", "result": "ok", "reason": "ok", "rule": None},
+        )
+    )
+    log.close()
+    (record,) = [json.loads(line) for line in path.read_text().splitlines()]
+    assert record == {
+        "ts": 1700000000.5,
+        "event": "auth",
+        "session": "s1",
+        "src": "192.0.2.1",
+        "user": "alice",
+        "result": "ok",
+        "reason": "ok",
+    }
+    assert list(read_events(str(path))) == [record]
+
+
+def test_event_refuses_secrets_and_raw_bytes() -> None:
+    with pytest.raises(TypeError):
+        AuditEvent("auth", None, {"password": Secret("x")})
+    with pytest.raises(TypeError):
+        AuditEvent("auth", None, {"user": b"alice"})
+
+
+def test_client_text_cannot_inject_log_lines(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(str(path))
+    log.emit(AuditEvent("auth", "s", {"user": 'alice\r\n{"event":"forged"}'}))
+    log.close()
+    lines = path.read_text().splitlines()
+    assert len(lines) == 1
+    assert json.loads(lines[0])["event"] == "auth"
+    assert clean_text("a\x00b" + "x" * 300).startswith("a?b")
+    assert len(clean_text("x" * 300)) == 259
+
+
+@pytest.mark.parametrize(
+    ("message", "leaked"),
+    [
+        ("C: a1 LOGIN alice hunter2", "hunter2"),
+        ('C: a1 LOGIN "alice" "hunter 2"', "hunter 2"),
+        ("C: a2 AUTHENTICATE PLAIN AGFsaWNlAGh1bnRlcjI=", "AGFsaWNlAGh1bnRlcjI="),
+        ("upstream password=hunter2 failed", "hunter2"),
+    ],
+)
+def test_redacting_filter_masks_credentials(
+    message: str, leaked: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    logger = logging.getLogger("imapguard.test.redact")
+    logger.addFilter(RedactingFilter())
+    try:
+        with caplog.at_level(logging.INFO, logger="imapguard.test.redact"):
+            logger.info(message)
+    finally:
+        logger.filters.clear()
+    assert leaked not in caplog.text
+    assert "****" in caplog.text

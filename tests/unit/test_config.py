@@ -1,0 +1,171 @@
+"""Configuration: typed, validated at load, every problem named by its key path."""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+import pytest
+
+from imapguard.config import load_config, parse_address
+from imapguard.errors import ConfigError
+
+
+def _files(tmp_path: Path) -> dict[str, Path]:
+    cert, key, server_key, master = (
+        tmp_path / "cert.pem",
+        tmp_path / "key.pem",
+        tmp_path / "server.key",
+        tmp_path / "master.secret",
+    )
+    cert.write_text("cert")
+    key.write_text("key")
+    server_key.write_bytes(secrets.token_bytes(32))
+    master.write_text("pw\n")
+    for path in (key, server_key, master):
+        path.chmod(0o600)
+    return {"cert": cert, "key": key, "server_key": server_key, "master": master}
+
+
+def _write(tmp_path: Path, body: str, *, upstream: str | None = None, auth: str = "") -> Path:
+    f = _files(tmp_path)
+    if upstream is None:
+        upstream = f"""
+[upstream]
+address = "127.0.0.1:143"
+tls = "none"
+login = "master"
+master_user = "imapguard"
+master_password_file = "{f["master"]}"
+"""
+    path = tmp_path / "imapguard.toml"
+    path.write_text(
+        f"""
+[state]
+url = "sqlite:///{tmp_path}/state.db"
+key_file = "{f["server_key"]}"
+
+[[listen]]
+address = "127.0.0.1:993"
+tls = "implicit"
+
+[tls]
+certificate = "{f["cert"]}"
+private_key = "{f["key"]}"
+
+[audit]
+path = "{tmp_path}/audit.jsonl"
+{upstream}
+{auth}
+{body}
+"""
+    )
+    return path
+
+
+def _problems(path: Path) -> dict[str, str]:
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    return dict(info.value.problems)
+
+
+def test_valid_config_loads(tmp_path: Path) -> None:
+    config = load_config(_write(tmp_path, ""))
+    assert config.upstream.login == "master"
+    assert config.auth.methods == ["app-password"]
+    assert config.limits.max_line == 8192
+    assert config.listen[0].tls == "implicit"
+
+
+def test_unknown_key_is_named(tmp_path: Path) -> None:
+    problems = _problems(_write(tmp_path, "[limits]\nmax_lines = 5\n"))
+    assert problems == {"limits.max_lines": "unknown key"}
+
+
+def test_bad_enum_in_a_list_is_named_with_its_index(tmp_path: Path) -> None:
+    body = '[[listen]]\naddress = "127.0.0.1:143"\ntls = "none"\n'
+    problems = _problems(_write(tmp_path, body))
+    assert list(problems) == ["listen[1].tls"]
+    assert "implicit" in problems["listen[1].tls"]
+
+
+def test_passthrough_with_app_passwords_is_refused(tmp_path: Path) -> None:
+    upstream = '[upstream]\naddress = "127.0.0.1:143"\ntls = "none"\nlogin = "passthrough"\n'
+    problems = _problems(_write(tmp_path, "", upstream=upstream))
+    assert "upstream.login" in problems
+    assert "master" in problems["upstream.login"]
+
+
+def test_plaintext_upstream_to_a_remote_host_needs_insecure(tmp_path: Path) -> None:
+    f = _files(tmp_path)
+    upstream = (
+        f'[upstream]\naddress = "10.0.0.5:143"\ntls = "none"\nmaster_user = "m"\n'
+        f'master_password_file = "{f["master"]}"\n'
+    )
+    problems = _problems(_write(tmp_path, "", upstream=upstream))
+    assert list(problems) == ["upstream.tls"]
+    ok = _write(tmp_path, "", upstream=upstream + "insecure = true\n")
+    assert load_config(ok).upstream.insecure is True
+
+
+@pytest.mark.parametrize("method", ["password+totp", "oauthbearer", "xoauth2", "client-cert"])
+def test_methods_of_later_builds_are_refused_with_their_index(tmp_path: Path, method: str) -> None:
+    auth = f'[auth]\nmethods = ["app-password", "{method}"]\n'
+    problems = _problems(_write(tmp_path, "", auth=auth))
+    assert problems == {"auth.methods[1]": f"method {method!r} is not supported by this build yet"}
+
+
+def test_unknown_method_is_refused(tmp_path: Path) -> None:
+    problems = _problems(_write(tmp_path, "", auth='[auth]\nmethods = ["sms"]\n'))
+    assert "unknown method 'sms'" in problems["auth.methods[0]"]
+
+
+def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
+    body = "[limits]\nmax_line = 10\n[state]\n"  # also a duplicate table: TOML error
+    path = _write(tmp_path, "[limits]\nmax_line = 10\nbogus = 1\n")
+    problems = _problems(path)
+    assert set(problems) == {"limits.max_line", "limits.bogus"}
+    path.write_text(path.read_text() + body)
+    assert "--config" in _problems(path)
+
+
+def test_missing_and_world_readable_secret_files(tmp_path: Path) -> None:
+    path = _write(tmp_path, "")
+    (tmp_path / "server.key").chmod(0o644)
+    (tmp_path / "master.secret").unlink()
+    problems = _problems(path)
+    assert "chmod 600" in problems["state.key_file"]
+    assert "file not found" in problems["upstream.master_password_file"]
+
+
+def test_short_server_key_is_refused(tmp_path: Path) -> None:
+    path = _write(tmp_path, "")
+    (tmp_path / "server.key").write_bytes(b"short")
+    assert "at least 32 bytes" in _problems(path)["state.key_file"]
+
+
+def test_missing_file_and_invalid_toml(tmp_path: Path) -> None:
+    assert "file not found" in _problems(tmp_path / "nope.toml")["--config"]
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[state\n")
+    assert "invalid TOML" in _problems(bad)["--config"]
+
+
+def test_redis_state_is_not_in_this_build(tmp_path: Path) -> None:
+    path = _write(tmp_path, "")
+    path.write_text(path.read_text().replace(f"sqlite:///{tmp_path}/state.db", "redis://h:6379/0"))
+    assert "not supported" in _problems(path)["state.url"]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("127.0.0.1:993", ("127.0.0.1", 993)), ("[::1]:143", ("::1", 143)), ("mail:1", ("mail", 1))],
+)
+def test_parse_address(text: str, expected: tuple[str, int]) -> None:
+    assert parse_address(text) == expected
+
+
+@pytest.mark.parametrize("text", ["127.0.0.1", ":993", "::1:143", "h:0", "h:70000", "[::1]143"])
+def test_parse_address_rejects(text: str) -> None:
+    with pytest.raises(ValueError, match=r"expected|invalid|IPv6"):
+        parse_address(text)
