@@ -15,7 +15,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from imapguard.errors import ConfigError
 
@@ -40,6 +40,17 @@ ALL_METHODS = ("app-password", "password", "password+totp", "oauthbearer", "xoau
 SUPPORTED_METHODS = ("app-password", "password")
 
 Seconds = Annotated[float, Field(gt=0, le=86400)]
+
+
+def _check_method(method: str) -> str:
+    if method not in ALL_METHODS:
+        raise ValueError(f"unknown method {method!r} (known: {', '.join(ALL_METHODS)})")
+    if method not in SUPPORTED_METHODS:
+        raise ValueError(f"method {method!r} is not supported by this build yet")
+    return method
+
+
+Method = Annotated[str, AfterValidator(_check_method)]
 
 
 class _Section(BaseModel):
@@ -82,7 +93,7 @@ class UpstreamConfig(_Section):
 
 
 class AuthConfig(_Section):
-    methods: list[str] = Field(default_factory=lambda: ["app-password"])
+    methods: list[Method] = Field(default_factory=lambda: ["app-password"])
     # Every failure is answered no sooner than this after the command arrived,
     # plus up to `failure_jitter`: one timing profile for every reason.
     failure_delay: Annotated[float, Field(ge=0, le=30)] = 1.0
@@ -184,6 +195,8 @@ def _pydantic_problem(err: object) -> tuple[str, str]:
         return key, "unknown key"
     if detail["type"] == "missing":
         return key, "required key is missing"
+    if detail["type"] == "value_error":
+        return key, str(detail["msg"]).removeprefix("Value error, ")
     return key, detail["msg"]
 
 

@@ -1,0 +1,149 @@
+"""The console script: exit codes, --json documents, plain output on a pipe."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from pathlib import Path
+
+import pytest
+
+from imapguard.audit import AuditEvent, AuditLog
+from imapguard.cli import main
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    for name in ("cert.pem", "key.pem"):
+        (tmp_path / name).write_text("x")
+    (tmp_path / "key.pem").chmod(0o600)
+    key = tmp_path / "server.key"
+    key.write_bytes(secrets.token_bytes(32))
+    key.chmod(0o600)
+    master = tmp_path / "master"
+    master.write_text("pw")
+    master.chmod(0o600)
+    path = tmp_path / "imapguard.toml"
+    path.write_text(
+        f"""
+[state]
+url = "sqlite:///{tmp_path}/state.db"
+key_file = "{key}"
+[[listen]]
+address = "127.0.0.1:10993"
+tls = "implicit"
+[tls]
+certificate = "{tmp_path}/cert.pem"
+private_key = "{tmp_path}/key.pem"
+[upstream]
+address = "127.0.0.1:143"
+tls = "none"
+master_user = "imapguard"
+master_password_file = "{master}"
+[audit]
+path = "{tmp_path}/audit.jsonl"
+"""
+    )
+    return path
+
+
+def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_help_on_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    commands = [
+        ["demo"],
+        ["serve"],
+        ["check-config"],
+        ["user", "list"],
+        ["user", "show"],
+        ["app-password", "create"],
+        ["app-password", "list"],
+        ["app-password", "revoke"],
+        ["events"],
+    ]
+    for command in commands:
+        with pytest.raises(SystemExit) as exit_info:
+            main([*command, "--help"])
+        assert exit_info.value.code == 0
+        assert "usage: imapguard" in capsys.readouterr().out
+
+
+def test_usage_error_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["app-password", "create", "alice"])  # --label is required
+    assert exit_info.value.code == 2
+    assert "--label" in capsys.readouterr().err
+
+
+def test_check_config(capsys: pytest.CaptureFixture[str], config: Path) -> None:
+    assert _run(capsys, "check-config", "--config", str(config))[0] == 0
+    config.write_text(config.read_text() + '[auth]\nmethods = ["oauthbearer"]\nfoo = 1\n')
+    code, _, err = _run(capsys, "check-config", "--config", str(config))
+    assert code == 2
+    assert "config error: auth.foo: unknown key" in err
+    assert "auth.methods[0]" in err
+
+
+def test_config_from_environment(
+    capsys: pytest.CaptureFixture[str], config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("IMAPGUARD_CONFIG", str(config))
+    assert _run(capsys, "check-config")[0] == 0
+    monkeypatch.setenv("IMAPGUARD_CONFIG", str(config.parent / "missing.toml"))
+    code, _, err = _run(capsys, "check-config")
+    assert code == 2
+    assert "--config: file not found" in err
+
+
+def test_app_password_create_list_revoke(capsys: pytest.CaptureFixture[str], config: Path) -> None:
+    cfg = ("--config", str(config))
+    code, out, _ = _run(
+        capsys, "app-password", "create", "Alice", "--label", "phone", "--json", *cfg
+    )
+    assert code == 0
+    created = json.loads(out)
+    assert set(created) == {"id", "label", "password"}
+    assert len(created["password"]) == 34
+    code, out, _ = _run(capsys, "app-password", "list", "alice", "--json", *cfg)
+    listed = json.loads(out)
+    assert [r["id"] for r in listed] == [created["id"]]
+    assert created["password"] not in out
+    assert created["password"].encode() not in (config.parent / "state.db").read_bytes()
+    code, out, _ = _run(capsys, "app-password", "list", "alice", *cfg)
+    assert out.splitlines()[0].split("\t")[:2] == ["id", "label"]  # plain on a pipe
+    assert _run(capsys, "app-password", "revoke", "alice", created["id"], *cfg)[0] == 0
+    code, _, err = _run(capsys, "app-password", "revoke", "alice", created["id"], *cfg)
+    assert code == 1
+    assert "no app password" in err
+
+
+def test_user_list_and_show(capsys: pytest.CaptureFixture[str], config: Path) -> None:
+    cfg = ("--config", str(config))
+    _run(capsys, "app-password", "create", "bob", "--label", "laptop", *cfg)
+    code, out, _ = _run(capsys, "user", "list", "--json", *cfg)
+    assert code == 0
+    assert [(u["name"], u["app_passwords"]) for u in json.loads(out)] == [("bob", 1)]
+    code, out, _ = _run(capsys, "user", "show", "bob", *cfg)
+    assert code == 0
+    assert "laptop" in out
+    code, _, err = _run(capsys, "user", "show", "nobody", *cfg)
+    assert code == 1
+    assert "no such user" in err
+    assert _run(capsys, "user", "show", "bad name", *cfg)[0] == 2
+
+
+def test_events(capsys: pytest.CaptureFixture[str], config: Path) -> None:
+    log = AuditLog(str(config.parent / "audit.jsonl"))
+    log.emit(AuditEvent("auth", "s1", {"user": "alice", "result": "invalid", "reason": "x"}))
+    log.close()
+    code, out, _ = _run(capsys, "events", "--config", str(config))
+    assert code == 0
+    assert "auth" in out
+    assert "user=alice" in out
+    assert "result=invalid" in out
+    code, out, _ = _run(capsys, "events", "--json", "--config", str(config))
+    assert json.loads(out)[0]["session"] == "s1"
