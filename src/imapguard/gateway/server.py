@@ -26,13 +26,14 @@ import logging
 import os
 import secrets
 import signal
+import socket
 import ssl
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from imapguard.audit import AuditEvent, AuditLog
 from imapguard.auth.chokepoint import AuthContext, Authenticator, Outcome
@@ -59,6 +60,10 @@ from imapguard.tls import client_context, server_context
 __all__ = ["Gateway", "Runtime", "build_runtime", "run_gateway", "run_loop", "serve_forever"]
 
 log = logging.getLogger("imapguard.gateway")
+
+# How long a closing TLS connection waits for the peer's close_notify (asyncio's
+# default is 30 s, during which a silent client keeps its buffers).
+_SSL_SHUTDOWN_TIMEOUT = 5.0
 
 _BYE_UPSTREAM_LOST = b"* BYE [UNAVAILABLE] Connection to the mail server lost.\r\n"
 _BYE_SHUTDOWN = b"* BYE [UNAVAILABLE] Gateway shutting down, reconnect shortly.\r\n"
@@ -152,7 +157,8 @@ class Gateway:
     def __init__(self, runtime: Runtime, audit: AuditLog) -> None:
         self.runtime = runtime
         self.audit = audit
-        self.servers: list[asyncio.Server] = []
+        self.listeners: list[socket.socket] = []
+        self._accepting: list[asyncio.Task[None]] = []
         self.bound: list[tuple[ListenConfig, tuple[str, int]]] = []
         self._tg: asyncio.TaskGroup | None = None
         self._preauth: Counter[str] = Counter()
@@ -174,8 +180,10 @@ class Gateway:
                     ready(self)
                 await self._stopping.wait()
             finally:
-                for server in self.servers:
-                    server.close()
+                for task in self._accepting:
+                    task.cancel()
+                for sock in self.listeners:
+                    sock.close()
                 await self._drain()
             self._tg = None
 
@@ -189,12 +197,30 @@ class Gateway:
     async def _listen(self, listener: ListenConfig) -> None:
         host, port = parse_address(listener.address)
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(
-            lambda: _ClientLink(self, listener), host, port, reuse_address=True, backlog=1024
-        )
-        self.servers.append(server)
-        for sock in server.sockets:
-            self.bound.append((listener, sock.getsockname()[:2]))
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        family, _, _, _, address = infos[0]
+        sock = socket.create_server(address[:2], family=family, backlog=1024)
+        sock.setblocking(False)
+        self.listeners.append(sock)
+        self.bound.append((listener, sock.getsockname()[:2]))
+        if self._tg is not None:
+            self._accepting.append(self._tg.create_task(self._accept(sock, listener)))
+
+    async def _accept(self, sock: socket.socket, listener: ListenConfig) -> None:
+        """Accept loop of one listener. Accepting the socket ourselves (rather
+        than create_server) lets a connection count against its source before the
+        TLS handshake, and hands the socket to the TLS layer before any byte is
+        read (uvloop starts reading right after connection_made)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                client, _ = await loop.sock_accept(sock)
+            except OSError as exc:
+                # EMFILE and friends: back off instead of spinning.
+                log.warning("accept on %s failed: %s", listener.address, exc)
+                await asyncio.sleep(0.1)
+                continue
+            self.spawn(self.handle(client, listener))
 
     async def _drain(self) -> None:
         timeout = self.runtime.config.limits.drain_timeout
@@ -211,6 +237,15 @@ class Gateway:
             conn.link.close()
             if conn.upstream is not None:
                 conn.upstream.close()
+        # A TLS close waits for the peer's close_notify; do not wait for it long.
+        if self._conns:
+            self._all_closed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._all_closed.wait(), 1.0)
+        for conn in list(self._conns):
+            conn.link.abort()
+            if conn.upstream is not None:
+                conn.upstream.abort()
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         if self._tg is None:
@@ -228,21 +263,21 @@ class Gateway:
 
     # -- one connection -------------------------------------------------------
 
-    async def handle(self, link: Link, listener: ListenConfig) -> None:
+    async def handle(self, sock: socket.socket, listener: ListenConfig) -> None:
         rt = self.runtime
         limits = rt.config.limits
-        assert link.transport is not None  # noqa: S101 - called from connection_made
-        peer = link.transport.get_extra_info("peername") or ("?", 0)
-        local = link.transport.get_extra_info("sockname") or ("?", 0)
-        conn = _Conn(link, _session_id(), str(peer[0]), time.monotonic())
-        self._conns.add(conn)
-        client = ClientAddress(
-            str(peer[0]), int(peer[1]), str(local[0]), int(local[1]), conn.session
-        )
+        loop = asyncio.get_running_loop()
+        try:
+            peer, local = sock.getpeername(), sock.getsockname()
+        except OSError:
+            sock.close()
+            return
+        session = _session_id()
+        client = ClientAddress(str(peer[0]), int(peer[1]), str(local[0]), int(local[1]), session)
         self.audit.emit(
             AuditEvent(
                 "connect",
-                conn.session,
+                session,
                 {
                     "src": client.ip,
                     "src_port": client.port,
@@ -258,9 +293,38 @@ class Gateway:
             over = ("total pre-auth limit", _BYE_BUSY)
         self._preauth[client.ip] += 1
         self._preauth_total += 1
+        conn: _Conn | None = None
         reason = "client closed"
         try:
-            if listener.tls == "implicit" and not await self._handshake(conn, rt, "implicit"):
+            implicit = listener.tls == "implicit"
+            link = Link()
+            try:
+                # uvloop returns its own SSL protocol here, not ours: keep `link`.
+                transport, _ = await loop.connect_accepted_socket(
+                    lambda: link,
+                    sock,
+                    ssl=rt.server_ssl if implicit else None,
+                    ssl_handshake_timeout=limits.handshake_timeout if implicit else None,
+                    ssl_shutdown_timeout=_SSL_SHUTDOWN_TIMEOUT if implicit else None,
+                )
+            except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
+                self.audit.emit(
+                    AuditEvent(
+                        "tls_failed",
+                        session,
+                        {"src": client.ip, "tls_mode": "implicit", "reason": type(exc).__name__},
+                    )
+                )
+                self.audit.emit(
+                    AuditEvent(
+                        "close", session, {"src": client.ip, "reason": "tls handshake failed"}
+                    )
+                )
+                sock.close()
+                return
+            conn = _Conn(link, session, client.ip, time.monotonic())
+            self._conns.add(conn)
+            if implicit and not self._tls_up(conn, transport, "implicit"):
                 reason = "tls handshake failed"
                 return
             if over is not None:
@@ -269,7 +333,7 @@ class Gateway:
                 return
             machine = PreAuth(
                 PreAuthSettings(
-                    tls=listener.tls == "implicit",
+                    tls=implicit,
                     starttls=listener.tls == "starttls",
                     mechanisms=rt.mechanisms,
                     frame_limits=rt.frame_limits,
@@ -292,13 +356,14 @@ class Gateway:
             if not self._preauth[client.ip]:
                 del self._preauth[client.ip]
             self._preauth_total -= 1
-            if conn.phase == "preauth":
-                link.close()
+            if conn is not None and conn.phase == "preauth":
+                conn.link.close()
                 self._closed(conn, reason)
-        if conn.phase == "relay":
+        if conn is not None and conn.phase == "relay":
             await self._relay_until_closed(conn)
 
-    async def _handshake(self, conn: _Conn, rt: Runtime, mode: str) -> bool:
+    async def _handshake(self, conn: _Conn, rt: Runtime) -> bool:
+        """STARTTLS: the server side of the handshake on the open connection."""
         link = conn.link
         loop = asyncio.get_running_loop()
         assert link.transport is not None  # noqa: S101
@@ -309,31 +374,35 @@ class Gateway:
                 rt.server_ssl,
                 server_side=True,
                 ssl_handshake_timeout=rt.config.limits.handshake_timeout,
+                ssl_shutdown_timeout=_SSL_SHUTDOWN_TIMEOUT,
             )
         except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
             self.audit.emit(
                 AuditEvent(
                     "tls_failed",
                     conn.session,
-                    {"src": conn.src, "tls_mode": mode, "reason": type(exc).__name__},
+                    {"src": conn.src, "tls_mode": "starttls", "reason": type(exc).__name__},
                 )
             )
             link.abort()
             return False
+        return self._tls_up(conn, transport, "starttls")
+
+    def _tls_up(self, conn: _Conn, transport: asyncio.BaseTransport | None, mode: str) -> bool:
         sslobj = transport.get_extra_info("ssl_object") if transport is not None else None
         if transport is None or sslobj is None or transport.is_closing():
             self.audit.emit(
-                AuditEvent("tls_failed", conn.session, {"src": conn.src, "tls_mode": mode,
-                                                         "reason": "closed during handshake"})
+                AuditEvent(
+                    "tls_failed",
+                    conn.session,
+                    {"src": conn.src, "tls_mode": mode, "reason": "closed during handshake"},
+                )
             )
-            link.abort()
+            conn.link.abort()
             return False
-        link.transport = transport
+        conn.link.transport = cast(asyncio.Transport, transport)
         cipher = sslobj.cipher()
-        conn.extra["tls"] = {
-            "version": sslobj.version(),
-            "cipher": cipher[0] if cipher else None,
-        }
+        conn.extra["tls"] = {"version": sslobj.version(), "cipher": cipher[0] if cipher else None}
         self.audit.emit(
             AuditEvent(
                 "tls", conn.session, {"src": conn.src, "tls_mode": mode, **conn.extra["tls"]}
@@ -369,7 +438,7 @@ class Gateway:
                             {"src": conn.src, "discarded_bytes": machine.discarded_after_starttls},
                         )
                     )
-                if not await self._handshake(conn, rt, "starttls"):
+                if not await self._handshake(conn, rt):
                     return "tls handshake failed"
                 machine.tls_established()
             elif isinstance(action, AuthRequest):
@@ -447,21 +516,6 @@ def _client_id(params: tuple[tuple[str, str | None], ...] | None) -> str | None:
     if name and version:
         return f"{name}/{version}"
     return name
-
-
-class _ClientLink(Link):
-    def __init__(self, gateway: Gateway, listener: ListenConfig) -> None:
-        super().__init__()
-        self._gateway = gateway
-        self._listener = listener
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-        if self._listener.tls == "implicit" and self.transport is not None:
-            # Not one byte may reach this protocol before the TLS layer takes the
-            # transport over (start_tls resumes reading itself).
-            self.transport.pause_reading()
-        self._gateway.spawn(self._gateway.handle(self, self._listener))
 
 
 def run_gateway(config_path: str, *, ready: Callable[[Gateway], None] | None = None) -> None:

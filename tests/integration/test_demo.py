@@ -1,0 +1,125 @@
+"""`imapguard demo`: starts with no system packages, serves real IMAP through the
+gateway, refuses the primary password alone, stops cleanly, keeps its state."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.dovecot import free_port
+
+pytestmark = pytest.mark.clients
+
+
+def _free_base() -> int:
+    for _ in range(50):
+        base = random.randrange(20000, 40000)
+        ports = (base + 143, base + 144, base + 993)
+        try:
+            for port in ports:
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
+    return free_port()  # pragma: no cover - a very busy machine
+
+
+def _start(state: Path, base: int) -> subprocess.Popen[str]:
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2] / "src"))
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "imapguard.cli",
+            "demo",
+            "--state",
+            str(state),
+            "--port-base",
+            str(base),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", base + 993), 0.2):
+                return proc
+        except OSError:
+            if proc.poll() is not None:
+                break
+            time.sleep(0.1)
+    proc.kill()
+    out, _ = proc.communicate()
+    raise AssertionError(f"demo did not start: {out}")
+
+
+def _stop(proc: subprocess.Popen[str]) -> tuple[int, str]:
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=30)
+    return proc.returncode, out
+
+
+def _curl(state: Path, base: int, user: str, password: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            "curl",
+            "-sS",
+            "--max-time",
+            "20",
+            "--cacert",
+            str(state / "gateway.crt"),
+            "-u",
+            f"{user}:{password}",
+            f"imaps://localhost:{base + 993}/INBOX?ALL",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+    )
+
+
+def test_demo_end_to_end_and_restart(tmp_path: Path) -> None:
+    state = tmp_path / "demo"
+    base = _free_base()
+    proc = _start(state, base)
+    try:
+        creds = json.loads((state / "demo-credentials.json").read_text())
+        app = creds["alice-app-password"]
+        ok = _curl(state, base, "alice", app)
+        assert ok.returncode == 0, ok.stderr
+        assert ok.stdout.startswith("* SEARCH 1 2 3")
+        refused = _curl(state, base, "alice", creds["alice"])
+        assert refused.returncode == 67  # curl: login denied
+    finally:
+        code, out = _stop(proc)
+    assert code == 0
+    assert app in out  # the banner shows the credentials and what to try
+    assert "Things to try" in out
+    assert "imapguard demo stopped." in out
+    assert "Traceback" not in out
+    events = [json.loads(line) for line in (state / "audit.jsonl").read_text().splitlines()]
+    assert [e["result"] for e in events if e["event"] == "auth"] == ["ok", "invalid"]
+    assert (state / "server.key").stat().st_mode & 0o077 == 0
+
+    # State survives a restart: the same app password still works.
+    proc = _start(state, base)
+    try:
+        again = _curl(state, base, "alice", app)
+        assert again.returncode == 0, again.stderr
+    finally:
+        code, _ = _stop(proc)
+    assert code == 0

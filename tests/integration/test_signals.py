@@ -1,0 +1,95 @@
+"""SIGHUP reloads configuration and certificates without dropping sessions;
+a broken configuration is refused and the running one kept; SIGTERM drains."""
+
+from __future__ import annotations
+
+import contextlib
+import imaplib
+import signal
+import ssl
+import time
+from pathlib import Path
+
+import pytest
+import trustme
+
+from tests.dovecot import DovecotServer
+from tests.gateway import GatewayProcess
+
+pytestmark = pytest.mark.dovecot
+
+
+def _wait_for(gw: GatewayProcess, event: str, count: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while len(gw.events(event)) < count:
+        assert time.monotonic() < deadline, f"no {event} event in the audit log"
+        time.sleep(0.05)
+
+
+def _reissue(gw: GatewayProcess) -> Path:
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost", "127.0.0.1")
+    new_ca = gw.base / "new-ca.pem"
+    ca.cert_pem.write_to_path(str(new_ca))
+    cert.private_key_pem.write_to_path(str(gw.base / "gateway.key"))
+    with open(gw.base / "gateway.pem", "wb") as f:
+        for blob in cert.cert_chain_pems:
+            f.write(blob.bytes())
+    return new_ca
+
+
+def test_sighup_reloads_certificates_and_keeps_sessions(
+    tmp_path: Path, dovecot: DovecotServer
+) -> None:
+    gw = GatewayProcess.create(tmp_path, dovecot, extra_toml="[limits]\ndrain_timeout = 1.0\n")
+    gw.start()
+    password = gw.create_app_password("alice")
+    session = imaplib.IMAP4_SSL("127.0.0.1", gw.implicit_port, ssl_context=gw.client_ssl())
+    try:
+        session.login("alice", password)
+        session.select("INBOX")
+
+        new_ca = _reissue(gw)
+        gw.signal(signal.SIGHUP)
+        _wait_for(gw, "reload", 1)
+        assert gw.events("reload")[-1]["result"] == "ok"
+
+        with pytest.raises(ssl.SSLCertVerificationError):
+            imaplib.IMAP4_SSL("127.0.0.1", gw.implicit_port, ssl_context=gw.client_ssl())
+        fresh = imaplib.IMAP4_SSL(
+            "127.0.0.1", gw.implicit_port, ssl_context=ssl.create_default_context(cafile=new_ca)
+        )
+        fresh.login("alice", password)
+        fresh.logout()
+        assert session.noop()[0] == "OK"  # the old session was not dropped
+
+        # A broken configuration is refused; the running one keeps serving.
+        good = gw.config_path.read_text()
+        gw.config_path.write_text(good + "\n[bogus]\n")
+        gw.signal(signal.SIGHUP)
+        _wait_for(gw, "reload", 2)
+        failed = gw.events("reload")[-1]
+        assert failed["result"] == "failed"
+        assert "bogus" in failed["reason"]
+        again = imaplib.IMAP4_SSL(
+            "127.0.0.1", gw.implicit_port, ssl_context=ssl.create_default_context(cafile=new_ca)
+        )
+        again.login("alice", password)
+        again.logout()
+
+        # SIGTERM: stop accepting, end sessions after drain_timeout, exit 0.
+        started = time.monotonic()
+        gw.signal(signal.SIGTERM)
+        assert gw.proc is not None
+        assert gw.proc.wait(15) == 0
+        assert time.monotonic() - started < 10
+        with pytest.raises((imaplib.IMAP4.abort, OSError)):
+            session.noop()
+            session.noop()
+    finally:
+        gw.stop()
+        with contextlib.suppress(Exception):
+            session.shutdown()
+    closes = gw.events("close")
+    assert any(c.get("user") == "alice" and c["reason"] == "relay ended" for c in closes)
+    assert "Traceback" not in gw.log_text()
