@@ -1,0 +1,17 @@
+"""The example configuration in docs/ is valid for this build."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+from imapguard.config import Config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_example_config_matches_the_schema() -> None:
+    raw = tomllib.loads((ROOT / "docs" / "example.toml").read_text())
+    config = Config.model_validate(raw)
+    assert config.upstream.login == "master"
+    assert [listener.tls for listener in config.listen] == ["implicit", "starttls"]
