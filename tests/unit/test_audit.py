@@ -76,3 +76,35 @@ def test_redacting_filter_masks_credentials(
         logger.filters.clear()
     assert leaked not in caplog.text
     assert "****" in caplog.text
+
+
+def test_follow_yields_new_events_only(tmp_path: Path) -> None:
+    import threading
+
+    from imapguard.audit import follow
+
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(str(path))
+    log.emit(AuditEvent("old", "s0"))
+    seen: list[dict[str, object]] = []
+    started = threading.Event()
+
+    def reader() -> None:
+        events = follow(str(path), poll=0.01)
+        started.set()
+        for record in events:
+            seen.append(record)
+            if len(seen) == 2:
+                return
+
+    thread = threading.Thread(target=reader, daemon=True)
+    thread.start()
+    started.wait(5)
+    import time
+
+    time.sleep(0.2)  # the generator has opened the file and sought to its end
+    log.emit(AuditEvent("new1", "s1"))
+    log.emit(AuditEvent("new2", "s2"))
+    thread.join(5)
+    log.close()
+    assert [r["event"] for r in seen] == ["new1", "new2"]
