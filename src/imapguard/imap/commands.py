@@ -211,9 +211,9 @@ class _Cursor:
         return self.string()
 
 
-def peek_name(frame: Frame, max_tag: int) -> tuple[bytes, str] | None:
-    """Tag and upper-cased command name, without looking at the arguments."""
-    first = frame.lines[0]
+def peek_name(first: bytes, max_tag: int) -> tuple[bytes, str] | None:
+    """Tag and upper-cased command name of a command's first line, without looking
+    at the arguments."""
     tag = extract_tag(first, max_tag)
     if tag is None or first[len(tag) : len(tag) + 1] != b" ":
         return None
@@ -228,7 +228,7 @@ def peek_name(frame: Frame, max_tag: int) -> tuple[bytes, str] | None:
 
 def parse_command(frame: Frame, max_tag: int) -> Command | ParseError:
     tag = extract_tag(frame.lines[0], max_tag)
-    head = peek_name(frame, max_tag)
+    head = peek_name(frame.lines[0], max_tag)
     if head is None:
         return ParseError(tag, "Invalid command syntax.")
     tag, name = head

@@ -11,14 +11,18 @@ Theory of operation (after imap-codec's fragmentizer and Stalwart's receiver):
 * A synchronizing literal needs the server's `+` continuation first; the framer
   says so with `ContinuationRequest`, every time, whether or not the client has
   already (illegally) sent the data. That keeps the event sequence identical
-  whatever way the bytes were split into reads.
+  whatever way the bytes were split into reads. The consumer may instead refuse
+  the literal (`refuse_literal()`, e.g. a LOGIN in clear): the command is then
+  forgotten, as a client waits for `+` before it sends the literal.
 
 Every limit is named in `FrameLimits`. A limit is enforced while the bytes
 arrive: an over-long line or an oversize literal is counted and discarded, never
 buffered, and then answered with one `FrameError` that keeps the tag so the
-machine can answer a tagged BAD. A non-synchronizing literal larger than
-`max_discard` is fatal (the client would make us read it all), and so is a
-literal marker with more digits than any sane size.
+machine can answer a tagged BAD. Non-synchronizing literals of a refused
+command adding up to more than `max_discard` bytes are fatal (the client would
+make us read them all), and so is a literal marker with more digits than any
+sane size. A raw line (a SASL response) has no literals: an over-long one is
+discarded up to its line end, whatever it ends with.
 
 The framer is sans-IO: `feed()` bytes in, `next_event()` events out.
 """
@@ -52,9 +56,10 @@ class FrameLimits:
     max_literal: int = 8192
     # All lines and literals of one command together.
     max_command: int = 16384
-    # A non-synchronizing literal over max_literal is read and thrown away only
-    # up to this size; larger ones end the connection (the client would make us
-    # read gigabytes before we could answer).
+    # The non-synchronizing literals of a refused command are read and thrown
+    # away only up to this many bytes in all; more ends the connection (the
+    # client would make us read gigabytes, one chained literal after the other,
+    # before we could answer).
     max_discard: int = 65536
     # Stalwart limits literal size digits to 15: 10^15 bytes is no email.
     max_literal_digits: int = 15
@@ -83,9 +88,13 @@ class RawLine:
 
 @dataclass(frozen=True)
 class ContinuationRequest:
-    """The client announced a synchronizing literal and waits for `+`."""
+    """The client announced a synchronizing literal and waits for `+`.
+
+    `first_line` is the command's first line, so that the consumer can decide
+    from the command name whether to send `+` or `refuse_literal()`."""
 
     size: int
+    first_line: bytes = b""
 
 
 class FrameErrorKind(enum.Enum):
@@ -123,8 +132,12 @@ _TAG_CHARS = re.compile(rb"[\x21\x23\x24\x26\x27\x2c-\x5b\x5d-\x7a\x7c-\x7e]+")
 
 def extract_tag(line: bytes | bytearray, max_tag: int) -> bytes | None:
     """The tag at the start of `line`, if it is a valid IMAP tag (RFC 9051 `tag`)."""
-    end = line.find(b" ")
-    candidate = bytes(line[: end if end >= 0 else len(line)]).rstrip(b"\r")
+    # Only the head is looked at: `line` may be a megabyte-long discarded buffer.
+    head = bytes(line[: max_tag + 2])
+    end = head.find(b" ")
+    if end < 0 and len(line) > len(head):
+        return None
+    candidate = head[: end if end >= 0 else len(head)].rstrip(b"\r")
     if 0 < len(candidate) <= max_tag and _TAG_CHARS.fullmatch(candidate):
         return candidate
     return None
@@ -146,7 +159,13 @@ class Framer:
         self._literals: list[bytes] = []
         self._size = 0
         self._remaining = 0
+        # Literal bytes of the current (refused) command thrown away so far.
+        self._discarded = 0
         self._pending: FrameError | None = None
+        # The line being discarded is a raw line (no literal marker to honour).
+        self._discard_raw = False
+        # Bytes of the line being discarded were dropped before its tail.
+        self._discard_cut = False
         self._dead = False
 
     @property
@@ -166,6 +185,14 @@ class Framer:
         self._reset_command()
         self._state = _State.LINE
         return dropped
+
+    def refuse_literal(self) -> None:
+        """Answer the `ContinuationRequest` just returned with a refusal instead of
+        `+`: the command is forgotten and the next byte starts a new command."""
+        if self._state is not _State.LITERAL or self._dead:
+            raise RuntimeError("refuse_literal() without a pending synchronizing literal")
+        self._reset_command()
+        self._state = _State.LINE
 
     def take_buffered(self) -> bytes:
         """Hand over the raw bytes not yet framed (pipelined after a login command)."""
@@ -193,17 +220,18 @@ class Framer:
     def _read_line(self, raw_line: bool) -> FrameEvent | None:
         limits = self.limits
         nl = self._buf.find(b"\n")
+        raw = raw_line and not self._lines
         if nl < 0:
             if len(self._buf) > limits.max_line:
-                return self._start_discard_line(FrameErrorKind.LINE_TOO_LONG)
+                return self._start_discard_line(FrameErrorKind.LINE_TOO_LONG, raw)
             return NEED_DATA
         if nl > limits.max_line:
-            return self._start_discard_line(FrameErrorKind.LINE_TOO_LONG)
+            return self._start_discard_line(FrameErrorKind.LINE_TOO_LONG, raw)
         line = bytes(self._buf[:nl])
         del self._buf[: nl + 1]
         if line.endswith(b"\r"):
             line = line[:-1]
-        if raw_line and not self._lines:
+        if raw:
             return RawLine(line)
         self._size += len(line)
         marker = _LITERAL_MARKER.search(line)
@@ -225,7 +253,7 @@ class Framer:
         self._remaining = size
         self._state = _State.LITERAL
         if not marker.group(2):
-            return ContinuationRequest(size)
+            return ContinuationRequest(size, self._lines[0])
         return None
 
     def _read_literal(self) -> FrameEvent | None:
@@ -254,20 +282,22 @@ class Framer:
         if nl < 0:
             if len(self._buf) > keep:
                 del self._buf[: len(self._buf) - keep]
+                self._discard_cut = True
             return NEED_DATA
+        cut = self._discard_cut or nl > keep
         tail = bytes(self._buf[max(0, nl - keep) : nl])
         del self._buf[: nl + 1]
+        self._discard_cut = False
         tail = tail.rstrip(b"\r")
-        marker = _DISCARD_MARKER.search(tail)
-        if marker is not None and marker.group(0)[:1] != b"{" and marker.start() > 0:
+        marker = None if self._discard_raw else _DISCARD_MARKER.search(tail)
+        # Digits without a brace are a marker only if the brace was cut off, and
+        # then the marker has more digits than any literal may have.
+        if marker is not None and marker.group(0)[:1] != b"{" and (marker.start() > 0 or not cut):
             marker = None
         if marker is not None and marker.group(2):
-            digits = marker.group(1)
-            if marker.group(0)[:1] != b"{" or int(digits) > self.limits.max_discard:
+            if marker.group(0)[:1] != b"{":
                 return self._fatal(FrameErrorKind.LITERAL_TOO_LARGE, b"", self._pending)
-            self._remaining = int(digits)
-            self._state = _State.DISCARD_LITERAL
-            return None
+            return self._start_discard_literal(marker.group(1), b"")
         error = self._pending or FrameError(FrameErrorKind.LINE_TOO_LONG, None)
         self._reset_command()
         self._state = _State.LINE
@@ -279,9 +309,26 @@ class Framer:
         first = self._lines[0] if self._lines else line
         return extract_tag(first, self.limits.max_tag)
 
-    def _start_discard_line(self, kind: FrameErrorKind) -> FrameEvent | None:
-        self._pending = FrameError(kind, self._tag_for(self._buf))
+    def _start_discard_line(self, kind: FrameErrorKind, raw: bool) -> FrameEvent | None:
+        # A raw line is no command: what looks like a tag in it is not one.
+        self._pending = FrameError(kind, None if raw else self._tag_for(self._buf))
+        self._discard_raw = raw
+        self._discard_cut = False
         self._state = _State.DISCARD_LINE
+        return None
+
+    def _start_discard_literal(self, digits: bytes, line: bytes) -> FrameEvent | None:
+        """Throw away the non-synchronizing literal announced by `digits`, unless
+        the refused command's literals then add up to more than `max_discard`."""
+        limits = self.limits
+        if len(digits) > limits.max_literal_digits:
+            return self._fatal(FrameErrorKind.LITERAL_TOO_LARGE, line, self._pending)
+        size = int(digits)
+        if self._discarded + size > limits.max_discard:
+            return self._fatal(FrameErrorKind.LITERAL_TOO_LARGE, line, self._pending)
+        self._discarded += size
+        self._remaining = size
+        self._state = _State.DISCARD_LITERAL
         return None
 
     def _refuse(
@@ -292,13 +339,8 @@ class Framer:
             # No literal follows, or a synchronizing one that the client will not
             # send without our "+": answer now.
             return self._finish_error(kind, line)
-        digits = marker.group(1)
-        if len(digits) > self.limits.max_literal_digits or int(digits) > self.limits.max_discard:
-            return self._fatal(kind, line)
         self._pending = FrameError(kind, self._tag_for(line))
-        self._remaining = int(digits)
-        self._state = _State.DISCARD_LITERAL
-        return None
+        return self._start_discard_literal(marker.group(1), line)
 
     def _finish_error(self, kind: FrameErrorKind, line: bytes) -> FrameError:
         error = FrameError(kind, self._tag_for(line))
@@ -320,4 +362,7 @@ class Framer:
         self._literals = []
         self._size = 0
         self._remaining = 0
+        self._discarded = 0
         self._pending = None
+        self._discard_raw = False
+        self._discard_cut = False

@@ -11,7 +11,7 @@ Phases and transitions (every other input is answered on the wire, never raised)
     NOT_AUTHENTICATED --LOGIN / AUTHENTICATE IR--> AUTHENTICATING
     NOT_AUTHENTICATED --AUTHENTICATE (no IR)-----> SASL
     SASL              --response line------------> AUTHENTICATING
-    SASL              --"*" / bad base64---------> NOT_AUTHENTICATED
+    SASL              --"*" / bad / too long-----> NOT_AUTHENTICATED
     AUTHENTICATING    --auth_finished(OK)--------> AUTHENTICATED (Relay action)
     AUTHENTICATING    --auth_finished(failure)---> NOT_AUTHENTICATED (LOGOUT after too many)
     any               --LOGOUT / limit / fatal---> LOGOUT (Close action)
@@ -19,13 +19,16 @@ Phases and transitions (every other input is answered on the wire, never raised)
 Rules that protect the gateway:
 
 * Before TLS, LOGIN and AUTHENTICATE answer NO [PRIVACYREQUIRED] from the command
-  name alone: the arguments (the credentials) are never parsed.
+  name alone: the arguments (the credentials) are never parsed, and a synchronizing
+  literal in them is refused instead of invited with `+`.
 * On STARTTLS every byte after the STARTTLS line is dropped, including bytes that
   arrive before the handshake (CVE-2011-0411 class): nothing sent in clear is ever
   read as a command inside TLS.
 * There is no PREAUTH greeting, and STARTTLS inside TLS is a tagged BAD.
 * Counts are bounded: commands, bad commands and authentication failures per
   connection; each limit ends the connection with a BYE that says why.
+* A SASL response that cannot be framed (too long) ends the AUTHENTICATE with a
+  BAD tagged like the AUTHENTICATE command, so that the client is not left waiting.
 """
 
 from __future__ import annotations
@@ -242,17 +245,28 @@ class PreAuth:
 
     def _handle(self, event: Frame | RawLine | ContinuationRequest | FrameError) -> None:
         if isinstance(event, ContinuationRequest):
+            head = cmd.peek_name(event.first_line, self.settings.frame_limits.max_tag)
+            if head is not None and self._privacy_required(head[1]):
+                # Do not invite a password in clear: refuse the literal instead.
+                self.framer.refuse_literal()
+                if self._count_command():
+                    self._send_privacy_required(head[0])
+                return
             self._send(b"+ Ready for literal data\r\n")
         elif isinstance(event, FrameError):
             self._frame_error(event)
         elif isinstance(event, RawLine):
             self._sasl_response(event.data)
-        else:
-            self.commands += 1
-            if self.commands > self.settings.max_commands:
-                self._bye("Too many commands before authentication.", "command limit")
-                return
+        elif self._count_command():
             self._command(event)
+
+    def _count_command(self) -> bool:
+        """Count one more command; over the limit, say BYE and return False."""
+        self.commands += 1
+        if self.commands > self.settings.max_commands:
+            self._bye("Too many commands before authentication.", "command limit")
+            return False
+        return True
 
     def _frame_error(self, error: FrameError) -> None:
         text = {
@@ -260,18 +274,22 @@ class PreAuth:
             FrameErrorKind.LITERAL_TOO_LARGE: "Literal too large.",
             FrameErrorKind.COMMAND_TOO_LARGE: "Command too large.",
         }[error.kind]
-        self._bad(error.tag, f"[TOOBIG] {text}")
+        tag = error.tag
+        if self.phase is Phase.SASL and self._sasl is not None:
+            # The response line of an AUTHENTICATE: that command fails.
+            tag = self._sasl[0]
+            self._sasl = None
+            self.phase = Phase.NOT_AUTHENTICATED
+        self._bad(tag, f"[TOOBIG] {text}")
         if error.fatal and self.phase is not Phase.LOGOUT:
             self._bye("Protocol stream out of sync.", error.kind.value)
 
     def _command(self, frame: Frame) -> None:
         limits = self.settings.frame_limits
-        head = cmd.peek_name(frame, limits.max_tag)
-        if head is not None and head[1] in ("LOGIN", "AUTHENTICATE") and not self.tls:
+        head = cmd.peek_name(frame.lines[0], limits.max_tag)
+        if head is not None and self._privacy_required(head[1]):
             # The credentials are not even parsed before TLS.
-            self._send(
-                head[0] + b" NO [PRIVACYREQUIRED] Encryption required: use STARTTLS first.\r\n"
-            )
+            self._send_privacy_required(head[0])
             return
         command = cmd.parse_command(frame, limits.max_tag)
         match command:
@@ -305,6 +323,12 @@ class PreAuth:
                     self._sasl_payload(tag, mechanism, initial.reveal())
             case cmd.Unknown(tag=tag):
                 self._bad(tag, "Command unknown or not allowed before authentication.")
+
+    def _privacy_required(self, name: str) -> bool:
+        return not self.tls and name in ("LOGIN", "AUTHENTICATE")
+
+    def _send_privacy_required(self, tag: bytes) -> None:
+        self._send(tag + b" NO [PRIVACYREQUIRED] Encryption required: use STARTTLS first.\r\n")
 
     def _starttls(self, tag: bytes) -> None:
         if self.tls:
