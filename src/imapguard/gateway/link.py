@@ -49,9 +49,7 @@ class Link(asyncio.Protocol):
         self.bytes_in += len(data)
         peer = self._peer
         if peer is not None:
-            peer.write(data)
-            if self.bye_on_loss is not None:
-                self._tail = (self._tail + data)[-128:] if len(data) < 128 else data[-128:]
+            self._relay(peer, data)
             return
         self._buf += data
         if len(self._buf) > self.max_buffer and self.transport is not None:
@@ -133,15 +131,28 @@ class Link(asyncio.Protocol):
             self.transport.abort()
 
     def join(self, peer: Link) -> None:
-        """Relay from here to `peer` from now on (call on both links)."""
+        """Relay from here to `peer` from now on (call on both links).
+
+        Bytes that arrived before (the upstream may speak between its login OK and
+        the join) go first; if this side has already ended, the peer is ended as
+        `_end_peer` does it, BYE included."""
         self._peer = peer
+        if self._buf:
+            pending = bytes(self._buf)
+            self._buf.clear()
+            self._relay(peer, pending)
         if self.transport is not None:
             self.transport.set_write_buffer_limits(high=RELAY_BUFFER)
-            if self._reading_paused:
+            if self._reading_paused and not self._eof:
                 self._reading_paused = False
                 self.transport.resume_reading()
-        if self._eof and peer.transport is not None:
-            peer.transport.close()
+        if self._eof:
+            self._end_peer()
+
+    def _relay(self, peer: Link, data: bytes) -> None:
+        peer.write(data)
+        if self.bye_on_loss is not None:
+            self._tail = (self._tail + data)[-128:] if len(data) < 128 else data[-128:]
 
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():

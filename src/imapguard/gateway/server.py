@@ -490,7 +490,6 @@ class Gateway:
         self._conns.discard(conn)
         if not self._conns:
             self._all_closed.set()
-        up = conn.upstream
         self.audit.emit(
             AuditEvent(
                 "close",
@@ -501,7 +500,7 @@ class Gateway:
                     "reason": reason,
                     "duration": round(time.monotonic() - conn.started, 3),
                     "bytes_in": conn.link.bytes_in,
-                    "bytes_out": up.bytes_in if up is not None else conn.link.bytes_out,
+                    "bytes_out": conn.link.bytes_out,
                 },
             )
         )
