@@ -1,0 +1,1136 @@
+"""imapguard vs nginx's mail proxy vs Dovecot direct, in one interleaved run.
+
+Run by hand (needs root, Debian dovecot-imapd, nginx + libnginx-mod-mail)::
+
+    .venv/bin/python -m bench.gateway            # full run, about 4-6 minutes
+    .venv/bin/python -m bench.gateway --quick    # smoke run, under a minute
+
+Options: --only a|bc|d (repeatable), --json FILE (all figures), --src DIR (benchmark
+another imapguard source tree, e.g. a `git archive` of a commit), --wait-quiet SECONDS,
+--max-foreign CORES / --retries N (see below), --keep (keep the temporary directory).
+
+Everything runs on 127.0.0.1, on free ports, under a temporary directory, and is
+stopped at the end (also on Ctrl-C, SIGTERM or an exception):
+
+* Dovecot (tests.dovecot.DovecotServer): plain port (the upstream of both proxies)
+  and its own implicit-TLS port. The fixture's master password is stored as
+  SHA512-CRYPT; the benchmark rewrites it as {PLAIN} (like the users' passwords) so
+  that a master login and a user login cost Dovecot the same
+  (``--master-scheme sha512-crypt`` keeps the fixture's hash).
+* imapguard (`imapguard serve` via tests.gateway.GatewayProcess): login = "master",
+  app passwords, upstream tls = "none" to Dovecot's plain loopback port.
+* nginx's mail proxy: 1 worker, implicit TLS, `auth_http` answered by an nginx
+  location (Auth-Status OK, Auth-Server/Port = Dovecot's plain port); nginx logs in
+  to Dovecot with the user's own password.
+* imapguard and nginx use the same ECDSA P-256 certificate (trustme's default key
+  type); Dovecot's own TLS port also has an ECDSA P-256 certificate.
+
+The same uvloop client (bench/_imap.py, in this process) measures every target;
+targets alternate round by round (A B C A B C ...) and medians are reported ((a) and
+(b) ratios: median of the per-round ratios; (c): percentiles of all rounds' samples
+pooled per target). MB = 10^6 bytes.
+
+The box is shared: CPU used during a measurement by processes that are not part of
+the benchmark ("foreign load" = all busy CPU minus this process, Dovecot, nginx and
+imapguard) is printed per measurement; above --max-foreign cores (0.15) the
+measurement is repeated, at most --retries times (2).
+
+(a) logins/s, 16 concurrent clients, each connect + TLS + greeting + LOGIN + LOGOUT
+    (imapguard with an app password, the others with the user's password); proxy
+    CPU per login from /proc/PID/stat.          Goal: imapguard >= 0.90 x nginx.
+(b) FETCH BODY.PEEK[] of a 5 MiB message, several per round.
+                                                Goal: imapguard >= 0.95 x Dovecot plain.
+(c) NOOP round trip on a logged-in session, concurrency 1; added latency =
+    p50/p99 through the proxy - p50/p99 direct to Dovecot plain.
+                                                Goal: imapguard <= 1.5 x nginx (p50; p99 too).
+(d) PSS per idle IDLE session with N = 1,000 open (proxy restarted before each
+    round, warmed up, then PSS delta / N).      Goal: <= 48 KiB per session.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import datetime
+import importlib.metadata
+import json
+import os
+import platform
+import random
+import shutil
+import signal
+import ssl
+import statistics
+import string
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any, ClassVar, Protocol, TypeVar
+
+from tests.dovecot import DOVEADM_BINARY, DOVECOT_BINARY, DovecotServer, free_port
+from tests.gateway import GatewayProcess
+
+from bench._imap import ImapConn, ImapError, client_ssl_context, connect
+from bench._procs import (
+    NGINX_BINARY,
+    NGINX_MAIL_MODULE,
+    NginxMailProxy,
+    count_processes,
+    cpu_seconds,
+    group_cpu_seconds,
+    groups_cpu_seconds,
+    machine_busy_seconds,
+    memory_kib,
+    raise_nofile,
+    self_cpu_seconds,
+)
+
+GOAL_LOGIN_RATIO = 0.90
+GOAL_FETCH_RATIO = 0.95
+GOAL_LATENCY_RATIO = 1.5
+GOAL_KIB_PER_SESSION = 48.0
+
+MESSAGE_SIZE = 5 * 1024 * 1024
+TIMEOUT = 15.0
+CLIENT_ERRORS = (ImapError, OSError, TimeoutError, ssl.SSLError, EOFError)
+
+
+@dataclass(frozen=True)
+class Params:
+    rounds: int
+    login_seconds: float
+    login_concurrency: int
+    login_max: int
+    warmup_logins: int
+    session_rounds: int
+    noops: int
+    fetches: int
+    idle_rounds: int
+    idle_sessions: int
+    idle_concurrency: int
+    idle_setup_seconds: float
+    retries: int = 2
+    max_foreign: float = 0.15
+
+    @classmethod
+    def full(cls) -> Params:
+        return cls(
+            rounds=3,
+            login_seconds=8.0,
+            login_concurrency=16,
+            login_max=20_000,
+            warmup_logins=100,
+            session_rounds=5,
+            noops=2000,
+            fetches=30,
+            idle_rounds=3,
+            idle_sessions=1000,
+            idle_concurrency=16,
+            idle_setup_seconds=180.0,
+        )
+
+    @classmethod
+    def quick(cls) -> Params:
+        return cls(
+            rounds=2,
+            login_seconds=2.0,
+            login_concurrency=16,
+            login_max=5_000,
+            warmup_logins=32,
+            session_rounds=2,
+            noops=300,
+            fetches=4,
+            idle_rounds=1,
+            idle_sessions=100,
+            idle_concurrency=16,
+            idle_setup_seconds=60.0,
+        )
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    port: int
+    tls: bool
+    credentials: Callable[[str], bytes]  # user -> password to send
+    pid: Callable[[], int | None]  # the proxy process whose CPU/memory is read
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def pct(xs: list[float], p: float) -> float:
+    if not xs:
+        return float("nan")
+    s = sorted(xs)
+    return s[min(len(s) - 1, int(p / 100 * len(s)))]
+
+
+def median(xs: list[float]) -> float:
+    return statistics.median(xs) if xs else float("nan")
+
+
+def verdict(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("PASS" if ok else "FAIL")
+
+
+# --------------------------------------------------------------------------- measurements
+
+
+@dataclass
+class LoginRun:
+    target: str
+    ok: int
+    errors: int
+    wall: float
+    rate: float
+    p50_ms: float
+    p99_ms: float
+    proxy_cpu: float | None
+    others_cpu: float  # all cores minus this (client) process
+    first_error: str | None = None
+    foreign_cores: float = 0.0
+
+    @property
+    def cpu_us_per_login(self) -> float | None:
+        return None if self.proxy_cpu is None or not self.ok else self.proxy_cpu / self.ok * 1e6
+
+
+async def login_once(t: Target, ctx: ssl.SSLContext, user: str) -> None:
+    conn = await connect(t.port, ctx if t.tls else None, TIMEOUT)
+    try:
+        await conn.command(b"a", b"LOGIN " + user.encode() + b" " + t.credentials(user), TIMEOUT)
+        await conn.command(b"b", b"LOGOUT", TIMEOUT)
+    finally:
+        conn.close()
+    await conn.closed(5.0)
+
+
+async def login_rate(
+    t: Target, user: str, concurrency: int, seconds: float, max_logins: int
+) -> LoginRun:
+    ctx = client_ssl_context()
+    latencies: list[float] = []
+    errors: list[str] = []
+    started = 0
+
+    async def worker(end: float) -> None:
+        nonlocal started
+        while time.perf_counter() < end and started < max_logins:
+            started += 1
+            t0 = time.perf_counter()
+            try:
+                await login_once(t, ctx, user)
+            except CLIENT_ERRORS as exc:
+                errors.append(f"{type(exc).__name__}: {exc}")
+                continue
+            latencies.append(time.perf_counter() - t0)
+
+    pid = t.pid()
+    cpu0 = cpu_seconds(pid) if pid else 0.0
+    busy0, self0 = machine_busy_seconds(), self_cpu_seconds()
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker(t0 + seconds) for _ in range(concurrency)))
+    wall = time.perf_counter() - t0
+    others = (machine_busy_seconds() - busy0) - (self_cpu_seconds() - self0)
+    proxy_cpu = cpu_seconds(pid) - cpu0 if pid else None
+    return LoginRun(
+        target=t.name,
+        ok=len(latencies),
+        errors=len(errors),
+        wall=wall,
+        rate=len(latencies) / wall,
+        p50_ms=pct(latencies, 50) * 1e3,
+        p99_ms=pct(latencies, 99) * 1e3,
+        proxy_cpu=proxy_cpu,
+        others_cpu=others,
+        first_error=errors[0] if errors else None,
+    )
+
+
+@dataclass
+class SessionRun:
+    target: str
+    noop_us: list[float]
+    fetch_mbps: float
+    fetch_bytes: int
+    fetch_wall: float
+    proxy_cpu: float | None
+    client_cpu: float
+    backend_cpu: float  # Dovecot, all processes
+    foreign_cores: float = 0.0
+
+
+async def session_bench(
+    t: Target, user: str, noops: int, fetches: int, backend_pgid: int
+) -> SessionRun:
+    """One logged-in session: NOOP round trips, then `fetches` x FETCH 1 BODY.PEEK[]."""
+    conn = await connect(t.port, client_ssl_context() if t.tls else None, TIMEOUT)
+    try:
+        await conn.command(b"a", b"LOGIN " + user.encode() + b" " + t.credentials(user), TIMEOUT)
+        await conn.command(b"s", b"SELECT INBOX", TIMEOUT)
+        for _ in range(50):  # warm-up
+            await conn.command(b"n", b"NOOP", TIMEOUT)
+        samples: list[float] = []
+        clock = time.perf_counter
+        for _ in range(noops):
+            t0 = clock()
+            await conn.command(b"n", b"NOOP", TIMEOUT)
+            samples.append((clock() - t0) * 1e6)
+        await conn.command(b"w", b"FETCH 1 BODY.PEEK[]", 60.0)  # warm-up (page cache)
+        pid = t.pid()
+        cpu0 = cpu_seconds(pid) if pid else 0.0
+        self0, backend0 = self_cpu_seconds(), group_cpu_seconds(backend_pgid)
+        before = conn.literal_bytes
+        t0 = clock()
+        for i in range(fetches):
+            await conn.command(f"f{i}".encode(), b"FETCH 1 BODY.PEEK[]", 60.0)
+        dt = clock() - t0
+        got = conn.literal_bytes - before
+        proxy_cpu = cpu_seconds(pid) - cpu0 if pid else None
+        client_cpu = self_cpu_seconds() - self0
+        backend_cpu = group_cpu_seconds(backend_pgid) - backend0
+        if got < fetches * MESSAGE_SIZE:
+            raise ImapError(f"{t.name}: FETCH returned {got} bytes, expected >= {MESSAGE_SIZE}")
+        await conn.command(b"z", b"LOGOUT", TIMEOUT)
+    finally:
+        conn.close()
+    await conn.closed(5.0)
+    return SessionRun(t.name, samples, got / dt / 1e6, got, dt, proxy_cpu, client_cpu, backend_cpu)
+
+
+@dataclass
+class IdleRun:
+    target: str
+    sessions: int
+    errors: int
+    setup_s: float
+    pss_before_kib: int
+    pss_after_kib: int
+    rss_before_kib: int
+    rss_after_kib: int
+    first_error: str | None = None
+    foreign_cores: float = 0.0
+
+    @property
+    def pss_per_session(self) -> float:
+        return (self.pss_after_kib - self.pss_before_kib) / max(self.sessions, 1)
+
+    @property
+    def rss_per_session(self) -> float:
+        return (self.rss_after_kib - self.rss_before_kib) / max(self.sessions, 1)
+
+
+async def idle_sessions(
+    t: Target, users: list[str], n: int, concurrency: int, budget: float, pid: int
+) -> IdleRun:
+    """Open `n` sessions (LOGIN, SELECT INBOX, IDLE), read the proxy's PSS, close them."""
+    ctx = client_ssl_context()
+    conns: list[ImapConn] = []
+    errors: list[str] = []
+    next_index = 0
+
+    async def one(user: str) -> None:
+        conn = await connect(t.port, ctx if t.tls else None, TIMEOUT)
+        try:
+            await conn.command(
+                b"a", b"LOGIN " + user.encode() + b" " + t.credentials(user), TIMEOUT
+            )
+            await conn.command(b"s", b"SELECT INBOX", TIMEOUT)
+            await conn.idle(TIMEOUT)
+        except BaseException:
+            conn.close()
+            raise
+        conns.append(conn)
+
+    async def worker(end: float) -> None:
+        nonlocal next_index
+        while next_index < n and time.perf_counter() < end and len(errors) < 50:
+            user = users[next_index % len(users)]
+            next_index += 1
+            try:
+                await one(user)
+            except CLIENT_ERRORS as exc:
+                errors.append(f"{type(exc).__name__}: {exc}")
+
+    await asyncio.sleep(1.0)
+    pss0, rss0 = memory_kib(pid)
+    t0 = time.perf_counter()
+    try:
+        await asyncio.gather(*(worker(t0 + budget) for _ in range(concurrency)))
+        setup = time.perf_counter() - t0
+        await asyncio.sleep(3.0)
+        pss1, rss1 = memory_kib(pid)
+        # Every session must still be there when memory is read.
+        alive = sum(1 for c in conns if c.transport is not None and not c.transport.is_closing())
+        if alive != len(conns):
+            errors.append(f"{len(conns) - alive} sessions closed before the reading")
+    finally:
+        for c in conns:
+            c.close()
+        await asyncio.gather(*(c.closed(10.0) for c in conns))
+    return IdleRun(
+        t.name, alive, len(errors), setup, pss0, pss1, rss0, rss1, errors[0] if errors else None
+    )
+
+
+# --------------------------------------------------------------------------- environment
+
+
+class BenchGateway(GatewayProcess):
+    """GatewayProcess that can run another source tree (`--src`) than this checkout's."""
+
+    src_override: ClassVar[Path | None] = None
+
+    def _env(self) -> dict[str, str]:
+        env = super()._env()
+        if self.src_override is not None:
+            env["PYTHONPATH"] = f"{self.src_override}{os.pathsep}{env['PYTHONPATH']}"
+        return env
+
+    def imported_from(self) -> str:
+        out = subprocess.run(
+            [sys.executable, "-c", "import imapguard; print(imapguard.__file__)"],
+            capture_output=True,
+            text=True,
+            env=self._env(),
+            check=False,
+            timeout=30,
+        )
+        return out.stdout.strip() or out.stderr.strip()[-200:]
+
+
+@dataclass
+class Env:
+    base: Path
+    dovecot: DovecotServer
+    gateway: BenchGateway
+    nginx: NginxMailProxy
+    app_passwords: dict[str, str]
+    master_scheme: str
+
+    @property
+    def users(self) -> list[str]:
+        return sorted(self.dovecot.users)
+
+    def gateway_pid(self) -> int | None:
+        return self.gateway.proc.pid if self.gateway.proc is not None else None
+
+    def _ours(self) -> tuple[float, float, float]:
+        groups = {p.pid for p in (self.gateway.proc, self.nginx.proc) if p is not None} | (
+            {self.dovecot.pid} if self.dovecot.pid is not None else set()
+        )
+        return (
+            time.perf_counter(),
+            machine_busy_seconds(),
+            (self_cpu_seconds() + groups_cpu_seconds(groups)),
+        )
+
+    def measure_foreign(self) -> Callable[[], float]:
+        """Start a window; the returned function gives the CPU (in cores) used during
+        it by processes that are not part of this benchmark (other users of the box)."""
+        t0, busy0, ours0 = self._ours()
+
+        def stop() -> float:
+            t1, busy1, ours1 = self._ours()
+            return max(0.0, (busy1 - busy0) - (ours1 - ours0)) / (t1 - t0)
+
+        return stop
+
+    def targets(self) -> dict[str, Target]:
+        dv = self.dovecot
+
+        def own(user: str) -> bytes:
+            return dv.users[user].encode()
+
+        def app(user: str) -> bytes:
+            return self.app_passwords[user].encode()
+
+        return {
+            "imapguard": Target(
+                "imapguard", self.gateway.implicit_port, True, app, self.gateway_pid
+            ),
+            "nginx": Target("nginx", self.nginx.port, True, own, self.nginx.worker_pid),
+            "dovecot-tls": Target("dovecot-tls", dv.imaps_port, True, own, lambda: None),
+            "dovecot-plain": Target("dovecot-plain", dv.imap_port, False, own, lambda: None),
+        }
+
+
+def _message(size: int) -> bytes:
+    rng = random.Random(20251125)
+    alphabet = string.ascii_letters + string.digits + "+/"
+    head = (
+        b"From: Bench <bench@example.org>\r\nTo: alice@example.org\r\n"
+        b"Subject: 5 MiB benchmark message\r\nDate: Tue, 25 Nov 2025 12:00:00 +0000\r\n"
+        b"Message-ID: <bench-5mib@example.org>\r\nContent-Type: text/plain\r\n\r\n"
+    )
+    lines = [head]
+    total = len(head)
+    while total < size:
+        line = "".join(rng.choices(alphabet, k=76)).encode() + b"\r\n"
+        lines.append(line)
+        total += len(line)
+    return b"".join(lines)
+
+
+def _plain_master_password(dovecot: DovecotServer) -> None:
+    """Store the master password as {PLAIN}, like the users' (the fixture uses SHA512-CRYPT,
+    which would make every imapguard login cost Dovecot ~1-2 ms more than an nginx one)."""
+    path = dovecot.masters_file
+    tmp = path.with_name(path.name + ".bench")
+    tmp.write_text(f"{dovecot.master_user}:{{PLAIN}}{dovecot.master_password}\n")
+    shutil.chown(tmp, "root", "dovecot")
+    tmp.chmod(0o640)
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def environment(keep: bool, master_scheme: str) -> Iterator[Env]:
+    base = Path(tempfile.mkdtemp(prefix="igbench-"))
+    with contextlib.ExitStack() as stack:
+        if keep:
+            print(f"# work directory (kept): {base}")
+        else:
+            stack.callback(shutil.rmtree, base, True)
+        dovecot = DovecotServer.create(base / "dovecot")
+        if master_scheme == "plain":
+            _plain_master_password(dovecot)
+        stack.callback(dovecot.stop)
+        dovecot.start()
+        dovecot.deliver("alice", _message(MESSAGE_SIZE))
+
+        gateway = BenchGateway.create(base / "gateway", dovecot, upstream_tls="none")
+        assert isinstance(gateway, BenchGateway)
+        app_passwords = {u: gateway.create_app_password(u, "bench") for u in dovecot.users}
+        stack.callback(gateway.stop)
+        gateway.start()
+
+        nginx = NginxMailProxy(
+            prefix=base / "nginx",
+            port=free_port(),
+            auth_port=free_port(),
+            upstream_port=dovecot.imap_port,
+            certificate=gateway.base / "gateway.pem",
+            private_key=gateway.base / "gateway.key",
+        )
+        nginx.write_config()
+        stack.callback(nginx.stop)
+        nginx.start()
+        yield Env(base, dovecot, gateway, nginx, app_passwords, master_scheme)
+
+
+def _wait_dovecot_sessions(env: Env, at_most: int, timeout: float = 60.0) -> int:
+    pgid = env.dovecot.pid
+    if pgid is None:
+        return 0
+    deadline = time.monotonic() + timeout
+    n = count_processes(pgid, "imap")
+    while n > at_most and time.monotonic() < deadline:
+        time.sleep(0.25)
+        n = count_processes(pgid, "imap")
+    return n
+
+
+def _certificate_summary(path: Path) -> str:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    cert = x509.load_pem_x509_certificate(path.read_bytes())
+    key = cert.public_key()
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return f"ECDSA {key.curve.name}"
+    return type(key).__name__
+
+
+# --------------------------------------------------------------------------- phases
+
+
+class _Measured(Protocol):
+    foreign_cores: float
+
+
+M = TypeVar("M", bound=_Measured)
+
+
+def quiet_attempt(
+    env: Env,
+    measure: Callable[[], M],
+    what: str,
+    p: Params,
+    prepare: Callable[[], None] | None = None,
+) -> M:
+    """Run one measurement (after `prepare`, which is not part of it); repeat both (at most
+    `p.retries` times) while processes outside the benchmark used more than
+    `p.max_foreign` cores during the measurement."""
+    for attempt in range(p.retries + 1):
+        if prepare is not None:
+            prepare()
+        stop = env.measure_foreign()
+        run = measure()
+        run.foreign_cores = stop()
+        if run.foreign_cores <= p.max_foreign or attempt == p.retries:
+            return run
+        print(
+            f"    ({what}: other processes used {run.foreign_cores:.2f} cores; measuring again)",
+            flush=True,
+        )
+        time.sleep(2.0)
+    raise AssertionError("unreachable")
+
+
+def phase_logins(runner: asyncio.Runner, env: Env, p: Params) -> dict[str, list[LoginRun]]:
+    order = ["imapguard", "nginx", "dovecot-tls", "dovecot-plain"]
+    targets = env.targets()
+    user = env.users[0]
+    print(
+        f"\n## (a) login rate: {p.login_concurrency} clients x {p.login_seconds:.0f} s per target,"
+        f" {p.rounds} interleaved rounds (user {user})",
+        flush=True,
+    )
+    for name in order:  # warm-up, not counted
+        runner.run(login_rate(targets[name], user, p.login_concurrency, 30.0, p.warmup_logins))
+    runs: dict[str, list[LoginRun]] = {name: [] for name in order}
+    for r in range(p.rounds):
+        for name in order:
+
+            def measure(t: Target = targets[name]) -> LoginRun:
+                _wait_dovecot_sessions(env, 8, 10.0)
+                return runner.run(
+                    login_rate(t, user, p.login_concurrency, p.login_seconds, p.login_max)
+                )
+
+            run = quiet_attempt(env, measure, name, p)
+            runs[name].append(run)
+            cpu = run.cpu_us_per_login
+            print(
+                f"  r{r + 1} {name:14s} {run.rate:7.1f} logins/s  ok={run.ok} err={run.errors}"
+                f"  p50={run.p50_ms:.1f} ms p99={run.p99_ms:.1f} ms"
+                + (f"  proxy CPU {cpu:.0f} us/login" if cpu is not None else "")
+                + f"  box CPU excl. client {run.others_cpu / max(run.ok, 1) * 1e6:.0f} us/login"
+                + f"  foreign load {run.foreign_cores:.2f} cores"
+                + (f"  first error: {run.first_error}" if run.first_error else ""),
+                flush=True,
+            )
+    return runs
+
+
+def phase_sessions(runner: asyncio.Runner, env: Env, p: Params) -> dict[str, list[SessionRun]]:
+    order = ["dovecot-plain", "imapguard", "nginx", "dovecot-tls"]
+    targets = env.targets()
+    user = "alice"
+    pgid = env.dovecot.pid
+    assert pgid is not None
+    print(
+        f"\n## (b)+(c) one session per target and round: {p.noops} NOOPs, then {p.fetches} x"
+        f" FETCH of a {MESSAGE_SIZE >> 20} MiB message; {p.session_rounds} interleaved rounds",
+        flush=True,
+    )
+    runs: dict[str, list[SessionRun]] = {name: [] for name in order}
+    for r in range(p.session_rounds):
+        for name in order:
+
+            def measure(t: Target = targets[name]) -> SessionRun:
+                return runner.run(session_bench(t, user, p.noops, p.fetches, pgid))
+
+            run = quiet_attempt(env, measure, name, p)
+            runs[name].append(run)
+            cpu = (
+                f" proxy {run.proxy_cpu / run.fetch_wall:4.0%}"
+                f" ({run.fetch_bytes / 1e6 / run.proxy_cpu:.0f} MB per proxy-core-s)"
+                if run.proxy_cpu
+                else ""
+            )
+            print(
+                f"  r{r + 1} {name:14s} FETCH {run.fetch_mbps:6.0f} MB/s  CPU: client"
+                f" {run.client_cpu / run.fetch_wall:4.0%} Dovecot"
+                f" {run.backend_cpu / run.fetch_wall:4.0%}{cpu} |"
+                f"  NOOP p50={pct(run.noop_us, 50):.0f} us p99={pct(run.noop_us, 99):.0f} us"
+                f" | foreign load {run.foreign_cores:.2f} cores",
+                flush=True,
+            )
+    return runs
+
+
+def _restart(env: Env, name: str) -> int:
+    if name == "imapguard":
+        env.gateway.stop()
+        env.gateway.start()
+        pid = env.gateway_pid()
+    else:
+        env.nginx.stop()
+        env.nginx.start()
+        pid = env.nginx.worker_pid()
+    if pid is None:
+        raise RuntimeError(f"{name}: no process to measure")
+    return pid
+
+
+def phase_idle(runner: asyncio.Runner, env: Env, p: Params) -> dict[str, list[IdleRun]]:
+    order = ["imapguard", "nginx"]
+    targets = env.targets()
+    print(
+        f"\n## (d) memory: {p.idle_sessions} idle sessions (LOGIN, SELECT INBOX, IDLE) per target,"
+        f" {p.idle_rounds} interleaved rounds; proxy restarted and warmed up before each",
+        flush=True,
+    )
+    runs: dict[str, list[IdleRun]] = {name: [] for name in order}
+    for r in range(p.idle_rounds):
+        for name in order:
+            pids: list[int] = []
+
+            def prepare(t: Target = targets[name], pids: list[int] = pids) -> None:
+                left = _wait_dovecot_sessions(env, 8)
+                if left > 8:
+                    print(f"  warning: {left} Dovecot imap processes still running", flush=True)
+                pids[:] = [_restart(env, t.name)]
+                runner.run(login_rate(t, env.users[0], 16, 30.0, 64))  # warm-up
+
+            def measure(t: Target = targets[name], pids: list[int] = pids) -> IdleRun:
+                return runner.run(
+                    idle_sessions(
+                        t,
+                        env.users,
+                        p.idle_sessions,
+                        p.idle_concurrency,
+                        p.idle_setup_seconds,
+                        pids[0],
+                    )
+                )
+
+            run = quiet_attempt(env, measure, name, p, prepare)
+            runs[name].append(run)
+            print(
+                f"  r{r + 1} {name:10s} N={run.sessions} err={run.errors}"
+                f"  PSS {run.pss_before_kib / 1024:.1f} -> {run.pss_after_kib / 1024:.1f} MiB"
+                f" = {run.pss_per_session:.1f} KiB/session"
+                f"  (RSS {run.rss_per_session:.1f} KiB/session; setup {run.setup_s:.1f} s)"
+                f"  foreign load {run.foreign_cores:.2f} cores"
+                + (f"  first error: {run.first_error}" if run.first_error else ""),
+                flush=True,
+            )
+    _wait_dovecot_sessions(env, 8)
+    return runs
+
+
+# --------------------------------------------------------------------------- report
+
+
+@dataclass
+class Row:
+    key: str
+    metric: str
+    imapguard: str
+    reference: str
+    ratio: str
+    goal: str
+    result: str
+
+
+@dataclass
+class Summary:
+    rows: list[Row] = field(default_factory=list)
+    values: dict[str, Any] = field(default_factory=dict)
+
+
+def _per_round_ratio(a: list[float], b: list[float]) -> float:
+    return median([x / y for x, y in zip(a, b, strict=True) if y > 0])
+
+
+def summarize(
+    logins: dict[str, list[LoginRun]] | None,
+    sessions: dict[str, list[SessionRun]] | None,
+    idle: dict[str, list[IdleRun]] | None,
+) -> Summary:
+    s = Summary()
+    if logins:
+        rate = {n: [r.rate for r in runs] for n, runs in logins.items()}
+        ratio = _per_round_ratio(rate["imapguard"], rate["nginx"])
+        ratio_tls = _per_round_ratio(rate["imapguard"], rate["dovecot-tls"])
+        cpu = {
+            n: median([c for r in runs if (c := r.cpu_us_per_login) is not None])
+            for n, runs in logins.items()
+            if n in ("imapguard", "nginx")
+        }
+        box = {
+            n: median([r.others_cpu / max(r.ok, 1) * 1e6 for r in runs])
+            for n, runs in logins.items()
+        }
+        med = {n: median(v) for n, v in rate.items()}
+        s.values["a"] = {
+            "median_rate": med,
+            "ratio_vs_nginx": ratio,
+            "ratio_vs_dovecot_tls": ratio_tls,
+            "proxy_cpu_us_per_login": cpu,
+            "box_cpu_us_per_login_excl_client": box,
+            "errors": {n: sum(r.errors for r in runs) for n, runs in logins.items()},
+        }
+        s.rows.append(
+            Row(
+                "a",
+                "logins/s, 16 clients (TLS+LOGIN+LOGOUT)",
+                f"{med['imapguard']:.0f}",
+                f"nginx {med['nginx']:.0f}; Dovecot TLS {med['dovecot-tls']:.0f}",
+                f"{ratio:.2f}",
+                f">= {GOAL_LOGIN_RATIO:.2f}",
+                verdict(ratio >= GOAL_LOGIN_RATIO),
+            )
+        )
+        s.rows.append(
+            Row(
+                "a'",
+                "proxy CPU per login (us)",
+                f"{cpu['imapguard']:.0f}",
+                f"nginx {cpu['nginx']:.0f}",
+                f"{cpu['imapguard'] / cpu['nginx']:.2f}",
+                "info",
+                "",
+            )
+        )
+    if sessions:
+        mbps = {n: [r.fetch_mbps for r in runs] for n, runs in sessions.items()}
+        ratio = _per_round_ratio(mbps["imapguard"], mbps["dovecot-plain"])
+        med = {n: median(v) for n, v in mbps.items()}
+        pooled = {n: [x for r in runs for x in r.noop_us] for n, runs in sessions.items()}
+        p50 = {n: pct(v, 50) for n, v in pooled.items()}
+        p99 = {n: pct(v, 99) for n, v in pooled.items()}
+        added50 = {n: p50[n] - p50["dovecot-plain"] for n in pooled}
+        added99 = {n: p99[n] - p99["dovecot-plain"] for n in pooled}
+
+        def lat_ratio(added: dict[str, float]) -> float | None:
+            return added["imapguard"] / added["nginx"] if added["nginx"] > 0 else None
+
+        r50, r99 = lat_ratio(added50), lat_ratio(added99)
+
+        def ms_per_mb(runs: list[SessionRun], what: str) -> float:
+            cpu = [getattr(r, what) for r in runs if getattr(r, what) is not None]
+            mb = [r.fetch_bytes / 1e6 for r in runs if getattr(r, what) is not None]
+            return sum(cpu) / sum(mb) * 1e3 if mb else float("nan")
+
+        def busy(runs: list[SessionRun]) -> float:
+            return median(
+                [(r.client_cpu + r.backend_cpu + (r.proxy_cpu or 0.0)) / r.fetch_wall for r in runs]
+            )
+
+        cost = {
+            n: {w: ms_per_mb(runs, w) for w in ("client_cpu", "proxy_cpu", "backend_cpu")}
+            for n, runs in sessions.items()
+        }
+        s.values["b"] = {
+            "median_mbps": med,
+            "ratio_vs_dovecot_plain": ratio,
+            "cpu_ms_per_mb": cost,
+            "cpu_busy_cores": {n: busy(runs) for n, runs in sessions.items()},
+        }
+        s.values["c"] = {
+            "p50_us": p50,
+            "p99_us": p99,
+            "added_p50_us": added50,
+            "added_p99_us": added99,
+            "ratio_p50": r50,
+            "ratio_p99": r99,
+        }
+        s.rows.append(
+            Row(
+                "b",
+                f"FETCH {MESSAGE_SIZE >> 20} MiB BODY.PEEK[] (MB/s)",
+                f"{med['imapguard']:.0f}",
+                f"Dovecot plain {med['dovecot-plain']:.0f}; nginx {med['nginx']:.0f};"
+                f" Dovecot TLS {med['dovecot-tls']:.0f}",
+                f"{ratio:.2f}",
+                f">= {GOAL_FETCH_RATIO:.2f}",
+                verdict(ratio >= GOAL_FETCH_RATIO),
+            )
+        )
+        ig, ng = cost["imapguard"]["proxy_cpu"], cost["nginx"]["proxy_cpu"]
+        s.rows.append(
+            Row(
+                "b'",
+                "proxy CPU per MB fetched (ms); cores busy (client+proxy+Dovecot)",
+                f"{ig:.2f}; {s.values['b']['cpu_busy_cores']['imapguard']:.2f}",
+                f"nginx {ng:.2f}; {s.values['b']['cpu_busy_cores']['nginx']:.2f}"
+                f" (Dovecot plain: {s.values['b']['cpu_busy_cores']['dovecot-plain']:.2f})",
+                f"{ig / ng:.2f}",
+                "info",
+                "",
+            )
+        )
+        for key, label, added, r in (
+            ("c", "p50", added50, r50),
+            ("c'", "p99", added99, r99),
+        ):
+            s.rows.append(
+                Row(
+                    key,
+                    f"NOOP added latency {label} (us, vs Dovecot plain"
+                    f" {(p50 if label == 'p50' else p99)['dovecot-plain']:.0f})",
+                    f"{added['imapguard']:+.0f}",
+                    f"nginx {added['nginx']:+.0f}; Dovecot TLS {added['dovecot-tls']:+.0f}",
+                    "n/a" if r is None else f"{r:.2f}",
+                    f"<= {GOAL_LATENCY_RATIO:.1f}",
+                    verdict(None if r is None else r <= GOAL_LATENCY_RATIO),
+                )
+            )
+    if idle:
+        per = {n: median([r.pss_per_session for r in runs]) for n, runs in idle.items()}
+        rss = {n: median([r.rss_per_session for r in runs]) for n, runs in idle.items()}
+        s.values["d"] = {
+            "pss_kib_per_session": per,
+            "rss_kib_per_session": rss,
+            "rounds": {n: [r.pss_per_session for r in runs] for n, runs in idle.items()},
+            "sessions": {n: [r.sessions for r in runs] for n, runs in idle.items()},
+        }
+        s.rows.append(
+            Row(
+                "d",
+                "PSS per idle IDLE session (KiB)",
+                f"{per['imapguard']:.1f}",
+                f"nginx {per['nginx']:.1f}",
+                f"{per['imapguard'] / per['nginx']:.2f}" if per["nginx"] > 0 else "n/a",
+                f"<= {GOAL_KIB_PER_SESSION:.0f} KiB",
+                verdict(per["imapguard"] <= GOAL_KIB_PER_SESSION),
+            )
+        )
+    return s
+
+
+def foreign_load(
+    logins: dict[str, list[LoginRun]] | None,
+    sessions: dict[str, list[SessionRun]] | None,
+    idle: dict[str, list[IdleRun]] | None,
+) -> dict[str, tuple[float, float]]:
+    """(median, max) CPU cores used by other processes on the box, per phase."""
+    out: dict[str, tuple[float, float]] = {}
+    for key, runs in (("a", logins), ("b+c", sessions), ("d", idle)):
+        if runs:
+            xs = [r.foreign_cores for v in runs.values() for r in v]
+            out[key] = (median(xs), max(xs))
+    return out
+
+
+def print_table(s: Summary) -> None:
+    headers = Row("#", "metric", "imapguard", "reference", "ratio", "goal", "result")
+    rows = [headers, *s.rows]
+    cols = list(asdict(headers))
+    widths = {c: max(len(getattr(r, c)) for r in rows) for c in cols}
+    print()
+    for i, r in enumerate(rows):
+        print("  ".join(getattr(r, c).ljust(widths[c]) for c in cols).rstrip())
+        if i == 0:
+            print("  ".join("-" * widths[c] for c in cols))
+
+
+def machine() -> dict[str, str]:
+    model = ""
+    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+
+    def version(*cmd: str) -> str:
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=10)
+        except OSError:
+            return "?"
+        return (out.stdout + out.stderr).strip().splitlines()[0] if out.stdout + out.stderr else "?"
+
+    with open("/proc/meminfo", encoding="ascii") as f:
+        mem_kib = int(f.readline().split()[1])
+    return {
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": f"{os.cpu_count()} x {model}",
+        "memory": f"{mem_kib / 2**20:.1f} GiB",
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "openssl": ssl.OPENSSL_VERSION,
+        "uvloop": importlib.metadata.version("uvloop"),
+        "nginx": version(str(NGINX_BINARY), "-v"),
+        "dovecot": version(str(DOVECOT_BINARY), "--version"),
+    }
+
+
+# --------------------------------------------------------------------------- main
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _check_prerequisites() -> None:
+    missing = [
+        str(p)
+        for p in (DOVECOT_BINARY, DOVEADM_BINARY, NGINX_BINARY, NGINX_MAIL_MODULE)
+        if not p.exists()
+    ]
+    if missing:
+        sys.exit(
+            f"missing: {', '.join(missing)} (apt-get install dovecot-imapd nginx libnginx-mod-mail)"
+        )
+    if os.geteuid() != 0:
+        sys.exit("run as root (Dovecot switches users)")
+
+
+def source_state(imported_from: str) -> str:
+    """Which imapguard was measured: the git commit of its checkout and whether the
+    source tree had uncommitted changes (read-only git commands)."""
+    src = Path(imported_from).resolve().parent.parent  # .../src
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(src), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(src), "status", "--porcelain", "--", "."],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.split("\n")
+    except (OSError, subprocess.SubprocessError):
+        return "not a git checkout"
+    changed = [line[3:] for line in dirty if line.strip()]
+    return f"git {head}" + (f" + uncommitted changes to {', '.join(changed)}" if changed else "")
+
+
+def wait_quiet(env: Env, budget: float) -> None:
+    """Report (and with a budget, wait for) CPU load from processes outside the benchmark."""
+    deadline = time.monotonic() + budget
+    while True:
+        stop = env.measure_foreign()
+        time.sleep(3.0)
+        load = stop()
+        print(f"#   CPU load from other processes: {load:.2f} cores", flush=True)
+        if load < 0.1 or time.monotonic() >= deadline:
+            return
+
+
+def _sanity(runner: asyncio.Runner, env: Env) -> None:
+    for t in env.targets().values():
+        runner.run(login_once(t, client_ssl_context(), "alice"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.gateway", description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="short smoke run")
+    ap.add_argument("--only", choices=["a", "bc", "d"], action="append", help="run only these")
+    ap.add_argument("--json", type=Path, help="write all results to this JSON file")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    ap.add_argument(
+        "--master-scheme",
+        choices=["plain", "sha512-crypt"],
+        default="plain",
+        help="how Dovecot stores the master password (default: plain, like the users')",
+    )
+    ap.add_argument(
+        "--src",
+        type=Path,
+        help="benchmark the imapguard package under this directory (default: this checkout's src)",
+    )
+    ap.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="before measuring, wait up to this long for other processes to leave the CPU idle",
+    )
+    ap.add_argument(
+        "--max-foreign",
+        type=float,
+        default=0.15,
+        metavar="CORES",
+        help="repeat a measurement when other processes used more CPU than this during it",
+    )
+    ap.add_argument(
+        "--retries", type=int, help="how often to repeat a disturbed measurement (default 2)"
+    )
+    args = ap.parse_args(argv)
+    if args.src is not None:
+        BenchGateway.src_override = args.src.resolve()
+    _check_prerequisites()
+    p = Params.quick() if args.quick else Params.full()
+    p = dataclasses.replace(
+        p,
+        retries=p.retries if args.retries is None else args.retries,
+        max_foreign=args.max_foreign,
+    )
+    only = set(args.only or ["a", "bc", "d"])
+    nofile = raise_nofile()
+    signal.signal(signal.SIGTERM, _interrupt)
+    import uvloop
+
+    info = machine()
+    print("# imapguard gateway benchmark" + (" (--quick)" if args.quick else ""))
+    for k, v in info.items():
+        print(f"#   {k}: {v}")
+    print(f"#   RLIMIT_NOFILE: {nofile}; params: {p}", flush=True)
+    started = time.monotonic()
+    logins = sessions = idle = None
+    try:
+        with (
+            environment(args.keep, args.master_scheme) as env,
+            asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner,
+        ):
+            cert = _certificate_summary(env.gateway.base / "gateway.pem")
+            dcert = _certificate_summary(env.dovecot.base / "server-chain.pem")
+            print(
+                f"#   certificates: imapguard and nginx {cert}; Dovecot {dcert};"
+                f" Dovecot master password {{{args.master_scheme.upper()}}}",
+                flush=True,
+            )
+            imported = env.gateway.imported_from()
+            info["imapguard"] = f"{imported} ({source_state(imported)})"
+            print(f"#   imapguard: {info['imapguard']}", flush=True)
+            wait_quiet(env, args.wait_quiet)
+            _sanity(runner, env)
+            if "a" in only:
+                logins = phase_logins(runner, env, p)
+            if "bc" in only:
+                sessions = phase_sessions(runner, env, p)
+            if "d" in only:
+                idle = phase_idle(runner, env, p)
+    except KeyboardInterrupt:
+        print("\ninterrupted; everything stopped", file=sys.stderr)
+        return 130
+    summary = summarize(logins, sessions, idle)
+    foreign = foreign_load(logins, sessions, idle)
+    summary.values["foreign_load_cores"] = foreign
+    print_table(summary)
+    print(
+        "\n# CPU used by other processes on this machine during the measurements (cores,"
+        " median/max): " + ", ".join(f"({k}) {m:.2f}/{x:.2f}" for k, (m, x) in foreign.items())
+    )
+    if any(m > 0.1 for m, _ in foreign.values()):
+        print("# WARNING: the machine was not quiet; absolute figures and ratios are disturbed")
+    print(f"\n# total {time.monotonic() - started:.0f} s")
+    if args.json:
+        document = {
+            "machine": info,
+            "params": asdict(p),
+            "summary": summary.values,
+            "rows": [asdict(r) for r in summary.rows],
+            "raw": {
+                "logins": {n: [asdict(r) for r in v] for n, v in (logins or {}).items()},
+                "sessions": {
+                    n: [{**asdict(r), "noop_us": None} for r in v]
+                    for n, v in (sessions or {}).items()
+                },
+                "idle": {n: [asdict(r) for r in v] for n, v in (idle or {}).items()},
+            },
+        }
+        args.json.write_text(json.dumps(document, indent=2, default=str))
+    failed = any(r.result == "FAIL" for r in summary.rows)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
