@@ -127,6 +127,7 @@ async def test_app_password_logs_in_upstream_as_master(store: SqliteStore, tmp_p
     assert (result.outcome, result.user, result.method) == (Outcome.OK, "alice", "app-password")
     assert upstream.calls == [("alice", None)]  # master login: no user password upstream
     assert clock.slept == []
+    await auth.flush()
     (record,) = store.list_app_passwords("alice")
     assert (record.last_used_address, record.last_used_client) == ("192.0.2.9", "Mail/1")
 

@@ -10,6 +10,11 @@ failure looks the same (`NO [AUTHENTICATIONFAILED] Authentication failed.`) and
 is answered no sooner than `failure_delay` plus a random jitter after the
 command arrived, so neither text nor timing tells an unknown user from a wrong
 password. A dead state store fails closed (UNAVAILABLE).
+
+State access: point reads go to `reader` on the event loop (WAL: never blocked
+by a writer); writes a decision depends on are awaited on the store's worker
+thread (`_store`); bookkeeping after a decision (last login, last use) is queued
+on `bookkeeping` and written in batches.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from imapguard.gateway.upstream import (
 from imapguard.imap.preauth import Credentials
 from imapguard.secret import Secret
 from imapguard.state.sqlite import SqliteStore
+from imapguard.state.writebehind import WriteBehind
 
 __all__ = ["AuthContext", "AuthResult", "Authenticator", "Outcome", "canonical_user"]
 
@@ -100,9 +106,13 @@ class Authenticator:
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
         rng: random.Random | None = None,
         connect: Callable[..., Awaitable[UpstreamSession]] = open_session,
+        reader: SqliteStore | None = None,
+        bookkeeping: WriteBehind | None = None,
     ) -> None:
         self.methods = methods
         self.store = store
+        self.reader = reader or store
+        self.bookkeeping = bookkeeping or WriteBehind(store, store_executor)
         self.upstream = upstream
         self._executor = store_executor
         self._key = app_password_key
@@ -163,11 +173,11 @@ class Authenticator:
             normalized = app_passwords.normalize(credentials.secret)
             if normalized is not None:
                 digest = app_passwords.digest(self._key, user, normalized)
-                record = await self._store(self.store.find_app_password, user, digest)
+                record = self.reader.find_app_password(user, digest)
                 if record is not None:
                     result = await self._open(user, None, "app-password", ctx)
                     if result.outcome is Outcome.OK:
-                        await self._record(
+                        self.bookkeeping.submit(
                             self.store.record_app_password_use,
                             record.id,
                             self._wall(),
@@ -190,12 +200,9 @@ class Authenticator:
             return AuthResult(Outcome.INVALID, user, method, f"{reason} ({exc.detail})")
         except UpstreamUnavailable as exc:
             return AuthResult(Outcome.UNAVAILABLE, user, method, f"upstream: {exc.detail}")
-        await self._record(self.store.record_login, user, self._wall(), ctx.client.ip, method)
+        self.bookkeeping.submit(self.store.record_login, user, self._wall(), ctx.client.ip, method)
         return AuthResult(Outcome.OK, user, method, "ok", session)
 
-    async def _record(self, fn: Callable[..., None], *args: Any) -> None:
-        # Bookkeeping after the decision: a failure here is logged, not fatal.
-        try:
-            await self._store(fn, *args)
-        except StateUnavailable as exc:
-            log.warning("could not record login: %s", exc)
+    async def flush(self) -> None:
+        """Write the queued bookkeeping now (tests; shutdown)."""
+        await self.bookkeeping.flush()

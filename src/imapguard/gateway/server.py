@@ -54,7 +54,8 @@ from imapguard.imap.preauth import (
 )
 from imapguard.keys import APP_PASSWORD, derive_key, load_server_key
 from imapguard.secret import Secret
-from imapguard.state.sqlite import SqliteStore, open_store
+from imapguard.state.sqlite import SqliteStore, open_reader, open_store
+from imapguard.state.writebehind import WriteBehind
 from imapguard.tls import client_context, server_context
 
 __all__ = ["Gateway", "Runtime", "build_runtime", "run_gateway", "run_loop", "serve_forever"]
@@ -87,6 +88,9 @@ def build_runtime(
     store: SqliteStore,
     store_executor: ThreadPoolExecutor,
     audit: AuditLog,
+    *,
+    reader: SqliteStore | None = None,
+    bookkeeping: WriteBehind | None = None,
     **authenticator_overrides: Any,
 ) -> Runtime:
     from imapguard.imap.framing import FrameLimits
@@ -115,6 +119,8 @@ def build_runtime(
         methods=tuple(config.auth.methods),
         store=store,
         store_executor=store_executor,
+        reader=reader,
+        bookkeeping=bookkeeping,
         app_password_key=key,
         upstream=upstream,
         audit=audit,
@@ -541,10 +547,15 @@ async def serve_forever(
     config: Config, config_path: str | None, ready: Callable[[Gateway], None] | None
 ) -> None:
     store = open_store(config.state.url)
+    reader = open_reader(config.state.url)
     audit = AuditLog(config.audit.path)
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="imapguard-state")
+    bookkeeping = WriteBehind(store, executor)
     try:
-        gateway = Gateway(build_runtime(config, store, executor, audit), audit)
+        gateway = Gateway(
+            build_runtime(config, store, executor, audit, reader=reader, bookkeeping=bookkeeping),
+            audit,
+        )
         loop = asyncio.get_running_loop()
 
         def reload() -> None:
@@ -552,7 +563,11 @@ async def serve_forever(
                 return
             try:
                 new = load_config(config_path)
-                gateway.reload(build_runtime(new, store, executor, audit))
+                gateway.reload(
+                    build_runtime(
+                        new, store, executor, audit, reader=reader, bookkeeping=bookkeeping
+                    )
+                )
                 log.info("configuration reloaded")
             except (ConfigError, OSError, ssl.SSLError, ValueError) as exc:
                 log.error("reload failed, keeping the running configuration: %s", exc)
@@ -566,6 +581,9 @@ async def serve_forever(
         audit.emit(AuditEvent("stop", None, {"pid": os.getpid()}))
     finally:
         with contextlib.suppress(Exception):
+            await bookkeeping.aclose()
+        with contextlib.suppress(Exception):
             executor.shutdown(wait=True)
+        reader.close()
         store.close()
         audit.close()
