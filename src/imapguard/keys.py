@@ -12,9 +12,10 @@ import hmac
 
 from imapguard.secret import Secret
 
-__all__ = ["APP_PASSWORD", "derive_key", "load_server_key"]
+__all__ = ["APP_PASSWORD", "TOTP_SEAL", "derive_key", "load_server_key"]
 
 APP_PASSWORD = "app-password/v1"  # noqa: S105 - a key purpose label
+TOTP_SEAL = "totp-seal/v1"
 MIN_KEY_BYTES = 32
 
 
