@@ -111,6 +111,36 @@ def _parser() -> argparse.ArgumentParser:
     config_opt(p)
     json_opt(p)
 
+    tp = sub.add_parser("totp", help="one-time codes (password + code)")
+    tp_sub = tp.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = tp_sub.add_parser(
+        "enroll", help="enroll (or replace) a TOTP secret: prints the otpauth URI and a QR code"
+    )
+    p.add_argument("user")
+    config_opt(p)
+    json_opt(p)
+    p = tp_sub.add_parser("remove", help="remove the account's TOTP secret")
+    p.add_argument("user")
+    config_opt(p)
+    json_opt(p)
+
+    dev = sub.add_parser("device", help="trusted and pending devices")
+    dev_sub = dev.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = dev_sub.add_parser("list", help="a user's devices")
+    p.add_argument("user")
+    config_opt(p)
+    json_opt(p)
+    p = dev_sub.add_parser("approve", help="trust a pending device ('yes, that was me')")
+    p.add_argument("user")
+    p.add_argument("id")
+    config_opt(p)
+    json_opt(p)
+    p = dev_sub.add_parser("revoke", help="forget a device (it must prove a factor again)")
+    p.add_argument("user")
+    p.add_argument("id")
+    config_opt(p)
+    json_opt(p)
+
     events = sub.add_parser("events", help="read the audit log")
     events.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
     events.add_argument(
@@ -171,6 +201,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _user(args)
     if command == "app-password":
         return _app_password(args)
+    if command == "totp":
+        return _totp(args)
+    if command == "device":
+        return _device(args)
     if command == "events":
         return _events(args)
     raise _Usage(f"unknown command {command}")  # pragma: no cover - argparse refuses first
@@ -252,8 +286,23 @@ def _user(args: argparse.Namespace) -> int:
         print(f"imapguard: no such user: {name}", file=sys.stderr)
         return EXIT_PROBLEM
     passwords = store.list_app_passwords(name)
+    totp_record = store.get_totp(name)
+    devices = store.list_devices(name)
+    now = time.time()
     if args.json:
-        _json({**record.__dict__, "app_password_list": [p.__dict__ for p in passwords]})
+        _json(
+            {
+                **record.__dict__,
+                "app_password_list": [p.__dict__ for p in passwords],
+                "totp": None
+                if totp_record is None
+                else {
+                    "enrolled_at": totp_record.created_at,
+                    "locked_until": totp_record.locked_until,
+                },
+                "devices": [{**d.__dict__, "trusted": d.trusted_at(now)} for d in devices],
+            }
+        )
         return EXIT_OK
     print(f"user:        {record.name}")
     print(f"known since: {_when(record.created_at)}")
@@ -261,11 +310,19 @@ def _user(args: argparse.Namespace) -> int:
         f"last login:  {_when(record.last_login_at)} from {record.last_login_address or '-'}"
         f" ({record.last_login_method or '-'})"
     )
-    print(f"factors:     {len(passwords)} app password(s)")
+    totp_text = "no TOTP"
+    if totp_record is not None:
+        totp_text = f"TOTP since {_when(totp_record.created_at)}"
+        if totp_record.locked_until is not None and totp_record.locked_until > now:
+            totp_text += f" (codes locked until {_when(totp_record.locked_until)})"
+    print(f"factors:     {len(passwords)} app password(s), {totp_text}")
     for p in passwords:
         print(
             f"  {p.id}  {p.label}  created {_when(p.created_at)}  last used {_when(p.last_used_at)}"
         )
+    trusted = sum(d.trusted_at(now) for d in devices)
+    pending = sum(d.status == "pending" for d in devices)
+    print(f"devices:     {trusted} trusted, {pending} pending (imapguard device list {name})")
     return EXIT_OK
 
 
@@ -327,12 +384,102 @@ def _app_password(args: argparse.Namespace) -> int:
     return EXIT_OK if revoked else EXIT_PROBLEM
 
 
+def _server_key(config: Config) -> Any:
+    from imapguard.keys import load_server_key
+
+    try:
+        return load_server_key(config.state.key_file)
+    except (OSError, ValueError) as exc:
+        raise ConfigError([("state.key_file", str(exc))]) from None
+
+
+def _totp(args: argparse.Namespace) -> int:
+    from imapguard.auth import totp
+    from imapguard.keys import TOTP_SEAL, derive_key
+
+    config = _config(args, check_files=False)
+    user = _user_name(args.user)
+    store = _store(config)
+    if args.action == "remove":
+        removed = store.remove_totp(user)
+        if args.json:
+            _json({"user": user, "removed": removed})
+        elif removed:
+            print(f"removed the TOTP secret of {user}")
+        else:
+            print(f"imapguard: {user} has no TOTP secret", file=sys.stderr)
+        return EXIT_OK if removed else EXIT_PROBLEM
+    key = derive_key(_server_key(config), TOTP_SEAL)
+    secret = totp.new_secret()
+    uri = totp.provisioning_uri(secret, user, config.auth.totp_issuer)
+    store.set_totp(user, totp.seal(key, user, secret), time.time())
+    if args.json:
+        _json({"uri": uri, "secret": secret.reveal().decode()})
+        return EXIT_OK
+    print(f"TOTP secret enrolled for {user}. Scan this with an authenticator app:\n")
+    print(totp.qr_text(uri))
+    print(f"or enter the secret by hand: {secret.reveal().decode()}\n")
+    print(f"URI: {uri}\n")
+    print("Log in with the password followed by the 6-digit code, e.g. 'password123456'.")
+    print("It is shown this once; the stored copy is encrypted.")
+    return EXIT_OK
+
+
+def _device(args: argparse.Namespace) -> int:
+    config = _config(args, check_files=False)
+    user = _user_name(args.user)
+    store = _store(config)
+    now = time.time()
+    if args.action == "list":
+        devices = store.list_devices(user)
+        if args.json:
+            _json([{**d.__dict__, "trusted": d.trusted_at(now)} for d in devices])
+        else:
+            _table(
+                f"Devices of {user}",
+                ("id", "status", "network", "client", "trusted until", "last seen", "from"),
+                [
+                    (
+                        d.id,
+                        "trusted"
+                        if d.trusted_at(now)
+                        else d.status
+                        if d.status == "pending"
+                        else "expired",
+                        d.network,
+                        f"{d.client_name} {d.client_version}".strip() or "-",
+                        _when(d.trusted_until),
+                        _when(d.last_seen_at),
+                        d.last_address or "-",
+                    )
+                    for d in devices
+                ],
+            )
+        return EXIT_OK
+    if args.action == "approve":
+        until = now + config.auth.device_trust_days * 86400.0
+        done = store.approve_device(user, args.id, until)
+        verb = "approved"
+    else:
+        done = store.revoke_device(user, args.id)
+        verb = "revoked"
+    if args.json:
+        _json({"id": args.id, verb: done})
+    elif done:
+        print(f"{verb} device {args.id} of {user}")
+    else:
+        print(f"imapguard: {user} has no device {args.id}", file=sys.stderr)
+    return EXIT_OK if done else EXIT_PROBLEM
+
+
 _EVENT_KEYS = (
     "user",
     "src",
     "result",
     "reason",
     "method",
+    "factor",
+    "device",
     "mechanism",
     "client_id",
     "version",

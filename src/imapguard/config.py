@@ -12,12 +12,17 @@ import ipaddress
 import os
 import stat
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from imapguard.errors import ConfigError
+from imapguard.secret import Secret
+
+if TYPE_CHECKING:
+    from imapguard.notify import NotifySettings
 
 __all__ = [
     "SUPPORTED_METHODS",
@@ -26,18 +31,42 @@ __all__ = [
     "Config",
     "LimitsConfig",
     "ListenConfig",
+    "NotifyConfig",
+    "OAuthConfig",
     "StateConfig",
     "TlsConfig",
     "UpstreamConfig",
     "default_config_path",
     "load_config",
+    "notify_settings",
     "parse_address",
     "validate_config",
 ]
 
 # Methods of the SPEC; the ones this build can enforce are SUPPORTED_METHODS.
 ALL_METHODS = ("app-password", "password", "password+totp", "oauthbearer", "xoauth2", "client-cert")
-SUPPORTED_METHODS = ("app-password", "password")
+SUPPORTED_METHODS = ("app-password", "password", "password+totp")
+
+# What a login can prove, and which proofs are enough by default (SPEC "Factors").
+# "password" alone is single-factor: never a default.
+ALL_FACTORS = (
+    "app-password",
+    "password+totp",
+    "trusted-device",
+    "oauth-mfa",
+    "oauth",
+    "client-cert",
+    "password+client-cert",
+    "password",
+)
+DEFAULT_SUFFICIENT = (
+    "app-password",
+    "password+totp",
+    "trusted-device",
+    "oauth-mfa",
+    "client-cert",
+    "password+client-cert",
+)
 
 Seconds = Annotated[float, Field(gt=0, le=86400)]
 
@@ -51,6 +80,15 @@ def _check_method(method: str) -> str:
 
 
 Method = Annotated[str, AfterValidator(_check_method)]
+
+
+def _check_factor(factor: str) -> str:
+    if factor not in ALL_FACTORS:
+        raise ValueError(f"unknown factor {factor!r} (known: {', '.join(ALL_FACTORS)})")
+    return factor
+
+
+Factor = Annotated[str, AfterValidator(_check_factor)]
 
 
 class _Section(BaseModel):
@@ -73,7 +111,12 @@ class TlsConfig(_Section):
     certificate: str
     private_key: str
     min_version: Literal["1.2", "1.3"] = "1.2"
+    # Client certificates (requested, not required, so other clients still connect):
+    # a certificate that chains to this CA maps to an account by `client_cert_user`.
     client_ca: str | None = None
+    # email: the subjectAltName rfc822Name (else the subject emailAddress) is the
+    # account; email-local: its part before "@"; cn: the subject commonName.
+    client_cert_user: Literal["email", "email-local", "cn"] = "email"
 
 
 class UpstreamConfig(_Section):
@@ -98,6 +141,61 @@ class AuthConfig(_Section):
     # plus up to `failure_jitter`: one timing profile for every reason.
     failure_delay: Annotated[float, Field(ge=0, le=30)] = 1.0
     failure_jitter: Annotated[float, Field(ge=0, le=5)] = 0.25
+    # Which proven factors let a login in (any one of them suffices).
+    sufficient: list[Factor] = Field(default_factory=lambda: list(DEFAULT_SUFFICIENT))
+    # A device (account, client /24 or /64, IMAP ID name and version) stays trusted
+    # this long after a correct code or an approval.
+    device_trust_days: Annotated[int, Field(ge=1, le=400)] = 30
+    # Wrong codes after a correct password, per account: past the limit, codes are
+    # refused for `totp_lockout` seconds (trusted devices keep working).
+    totp_max_failures: Annotated[int, Field(ge=1, le=100)] = 5
+    totp_lockout: Seconds = 900.0
+    totp_issuer: str = "imapguard"
+    # A correct password with no factor from an unknown device of an enrolled
+    # account creates a pending device for the owner to approve.
+    new_device_approval: bool = True
+    # A verified (user, credential, device) is remembered this long (0: never), so
+    # that a client opening five connections does not cost five password checks.
+    verified_cache_seconds: Annotated[float, Field(ge=0, le=3600)] = 300.0
+
+
+class OAuthConfig(_Section):
+    issuer: str
+    audience: str
+    username_claim: str = "email"
+    # The token's amr must hold one of these (empty: no requirement)...
+    require_amr: list[str] = Field(default_factory=list)
+    # ... and its acr must be one of these (empty: no requirement).
+    require_acr: list[str] = Field(default_factory=list)
+    # A private CA for the issuer's HTTPS (default: the system's trust store).
+    ca_file: str | None = None
+    leeway: Annotated[float, Field(ge=0, le=300)] = 30.0
+    jwks_cache_seconds: Annotated[float, Field(ge=10, le=86400)] = 3600.0
+    min_refresh_interval: Annotated[float, Field(ge=1, le=3600)] = 60.0
+    http_timeout: Annotated[float, Field(gt=0, le=60)] = 5.0
+
+
+class NotifyConfig(_Section):
+    webhook_url: str | None = None
+    webhook_secret_file: str | None = None
+    webhook_ca_file: str | None = None
+    smtp_host: str | None = None
+    # Default: 587 (starttls), 465 (implicit), 25 (none).
+    smtp_port: Annotated[int, Field(ge=1, le=65535)] | None = None
+    smtp_tls: Literal["starttls", "implicit", "none"] = "starttls"
+    smtp_username: str | None = None
+    smtp_password_file: str | None = None
+    smtp_ca_file: str | None = None
+    mail_from: str | None = None
+    # How an account name becomes its owner's address: "{user}" when account
+    # names are addresses, or "{user}@example.org".
+    owner_address: str = "{user}"
+    admin_addresses: list[str] = Field(default_factory=list)
+    # Named in the mails ("approve the device in the portal at ...").
+    portal_url: str | None = None
+    # At most one notice per account and kind in this many seconds.
+    min_interval: Annotated[float, Field(ge=0, le=86400 * 7)] = 3600.0
+    timeout: Annotated[float, Field(gt=0, le=120)] = 10.0
 
 
 class LimitsConfig(_Section):
@@ -127,6 +225,8 @@ class Config(_Section):
     auth: AuthConfig = Field(default_factory=AuthConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)
+    oauth: OAuthConfig | None = None
+    notify: NotifyConfig | None = None
 
 
 def default_config_path() -> str:
@@ -269,8 +369,42 @@ def validate_config(config: Config, *, check_files: bool = True) -> list[tuple[s
             add(("upstream.master_password_file", 'required when upstream.login = "master"'))
     if up.forward_client_ip == "proxy-v2":
         add(("upstream.forward_client_ip", "'proxy-v2' is not supported by this build yet"))
+    oauth_methods = [m for m in methods if m in ("oauthbearer", "xoauth2")]
+    if oauth_methods and config.oauth is None:
+        add(("oauth", f"required by auth.methods {oauth_methods} (issuer, audience)"))
+    if oauth_methods and up.login != "master":
+        add(
+            (
+                "upstream.login",
+                'OAuth tokens carry no password to log in upstream with: use login = "master"',
+            )
+        )
+    if config.oauth is not None and not config.oauth.issuer.startswith("https://"):
+        add(("oauth.issuer", "must be an https:// URL"))
     if config.tls.client_ca is not None:
         add(("tls.client_ca", "client certificates are not supported by this build yet"))
+    if "client-cert" in methods:
+        if config.tls.client_ca is None:
+            add(("tls.client_ca", 'required by auth.methods "client-cert"'))
+        if up.login != "master":
+            add(
+                (
+                    "upstream.login",
+                    'a client certificate carries no password: use login = "master" '
+                    'with auth.methods "client-cert"',
+                )
+            )
+    for i, factor in enumerate(config.auth.sufficient):
+        if factor == "password":
+            add(
+                (
+                    f"auth.sufficient[{i}]",
+                    "'password' alone is single-factor; use auth.methods = [\"password\"] "
+                    "for an encryption-only rollout instead",
+                )
+            )
+    if config.notify is not None:
+        _check_notify(config.notify, add)
 
     if check_files:
         _check_file(problems, "tls.certificate", config.tls.certificate)
@@ -286,11 +420,78 @@ def validate_config(config: Config, *, check_files: bool = True) -> list[tuple[s
             parent = Path(config.state.url.removeprefix("sqlite://")).parent
             if not parent.is_dir():
                 add(("state.url", f"directory {parent} does not exist"))
+        if config.tls.client_ca is not None:
+            _check_file(problems, "tls.client_ca", config.tls.client_ca)
+        if config.oauth is not None and config.oauth.ca_file is not None:
+            _check_file(problems, "oauth.ca_file", config.oauth.ca_file)
+        if config.notify is not None:
+            for key in ("webhook_secret_file", "smtp_password_file"):
+                value = getattr(config.notify, key)
+                if value is not None:
+                    _check_file(problems, f"notify.{key}", value, secret=True)
+            for key in ("webhook_ca_file", "smtp_ca_file"):
+                value = getattr(config.notify, key)
+                if value is not None:
+                    _check_file(problems, f"notify.{key}", value)
         if config.audit.path != "-":
             parent = Path(config.audit.path).parent
             if not parent.is_dir():
                 add(("audit.path", f"directory {parent} does not exist"))
     return problems
+
+
+def _check_notify(notify: NotifyConfig, add: Callable[[tuple[str, str]], None]) -> None:
+    # Secrets stand in at their minimum size; their files are checked on their own.
+    placeholder = Secret(b"x" * 16)
+    try:
+        notify_settings(notify, webhook_secret=placeholder, smtp_password=placeholder)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            add(problem)
+
+
+def notify_settings(
+    notify: NotifyConfig,
+    *,
+    webhook_secret: Secret | None = None,
+    smtp_password: Secret | None = None,
+) -> NotifySettings:
+    """The notifier's settings from `[notify]` (raises ConfigError). Without
+    explicit secrets, they are read from their `*_file` keys."""
+    from imapguard.notify import NotifySettings
+
+    if webhook_secret is None and notify.webhook_secret_file is not None:
+        webhook_secret = _read_secret(notify.webhook_secret_file, "notify.webhook_secret_file")
+    elif notify.webhook_secret_file is None:
+        webhook_secret = None
+    if smtp_password is None and notify.smtp_password_file is not None:
+        smtp_password = _read_secret(notify.smtp_password_file, "notify.smtp_password_file")
+    elif notify.smtp_password_file is None:
+        smtp_password = None
+    return NotifySettings(
+        webhook_url=notify.webhook_url,
+        webhook_secret=webhook_secret,
+        webhook_ca_file=notify.webhook_ca_file,
+        smtp_host=notify.smtp_host,
+        smtp_port=notify.smtp_port,
+        smtp_tls=notify.smtp_tls,
+        smtp_username=notify.smtp_username,
+        smtp_password=smtp_password,
+        smtp_ca_file=notify.smtp_ca_file,
+        mail_from=notify.mail_from,
+        owner_address=notify.owner_address,
+        admin_addresses=tuple(notify.admin_addresses),
+        portal_url=notify.portal_url,
+        timeout=notify.timeout,
+        min_interval=notify.min_interval,
+    )
+
+
+def _read_secret(path: str, key: str) -> Secret:
+    try:
+        return Secret.from_file(path)
+    except OSError as exc:
+        raise ConfigError([(key, f"cannot read {path}: {exc.strerror}")]) from None
 
 
 def _check_file(

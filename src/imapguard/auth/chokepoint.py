@@ -1,11 +1,25 @@
 """The one authentication chokepoint: every login path of every listener calls
 `Authenticator.authenticate()`, and nothing else decides who gets in.
 
-Order (fixed, in one place): check the user name → check the factor (app
-password keyed hash, or the primary password by logging in to the upstream as
-the user) → open the upstream session (master login for factors that carry no
-primary password). The result is typed: OK, INVALID, MISSING_FACTOR or
-UNAVAILABLE, with the real reason for the audit log only. On the wire every
+Order (fixed, in one place): check the user name → establish what the login
+proves (an app password by its keyed hash; an OAuth token by its signature and
+claims; a client certificate from the TLS layer; the primary password by logging
+in to the upstream as the user, then a one-time code or a trusted device) → is
+that proof in `auth.sufficient`? → open the upstream session (the password login
+itself, or a master login for proofs that carry no password). The result is
+typed: OK, INVALID, MISSING_FACTOR or UNAVAILABLE, with the real reason and the
+factor for the audit log only.
+
+The password field of LOGIN / SASL PLAIN may hold the password followed by a
+6-digit code (`totp.split_password_and_code`). Which reading is tried first: a
+code that verifies now → password+code; else, from a known device, the reading
+that worked there last time; else the whole field as a password. A second
+reading is tried only when the first password was wrong, so a user whose
+password ends in digits pays nothing, and a wrong code after a correct password
+is still seen (and counted, per account: `totp_max_failures`). A correct
+password without a sufficient factor is a compromise signal: audited, the owner
+told (`on_notice`), and from an unknown device a pending device is created for
+the owner to approve. On the wire every
 failure looks the same (`NO [AUTHENTICATIONFAILED] Authentication failed.`) and
 is answered no sooner than `failure_delay` plus a random jitter after the
 command arrived, so neither text nor timing tells an unknown user from a wrong
@@ -21,16 +35,20 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import hashlib
+import hmac
+import ipaddress
 import logging
 import random
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from imapguard.audit import AuditEvent, AuditLog
-from imapguard.auth import app_passwords
+from imapguard.auth import app_passwords, totp
 from imapguard.errors import StateUnavailable, UpstreamRefused, UpstreamUnavailable
 from imapguard.gateway.upstream import (
     ClientAddress,
@@ -40,10 +58,18 @@ from imapguard.gateway.upstream import (
 )
 from imapguard.imap.preauth import Credentials
 from imapguard.secret import Secret
-from imapguard.state.sqlite import SqliteStore
+from imapguard.state.sqlite import DeviceKey, DeviceRecord, SqliteStore
 from imapguard.state.writebehind import WriteBehind
 
-__all__ = ["AuthContext", "AuthResult", "Authenticator", "Outcome", "canonical_user"]
+__all__ = [
+    "AuthContext",
+    "AuthResult",
+    "Authenticator",
+    "FactorSettings",
+    "Outcome",
+    "canonical_user",
+    "device_network",
+]
 
 log = logging.getLogger("imapguard.auth")
 T = TypeVar("T")
@@ -64,6 +90,11 @@ class AuthContext:
     client: ClientAddress
     client_id: str | None
     listener: str
+    # IMAP ID name and version ("" when the client sent none): part of a device.
+    id_name: str = ""
+    id_version: str = ""
+    # The account a verified client certificate maps to, if one was presented.
+    cert_user: str | None = None
 
 
 @dataclass(frozen=True)
@@ -73,6 +104,34 @@ class AuthResult:
     method: str | None
     reason: str
     session: UpstreamSession | None = None
+    # What the login proved ("app-password", "password+totp", "trusted-device", ...).
+    factor: str | None = None
+    device: str | None = None
+
+
+@dataclass(frozen=True)
+class FactorSettings:
+    """[auth] settings the factor decisions need (see config.AuthConfig)."""
+
+    sufficient: tuple[str, ...] = (
+        "app-password",
+        "password+totp",
+        "trusted-device",
+        "oauth-mfa",
+        "client-cert",
+        "password+client-cert",
+    )
+    device_trust: float = 30 * 86400.0
+    totp_max_failures: int = 5
+    totp_lockout: float = 900.0
+    new_device_approval: bool = True
+    verified_cache_seconds: float = 300.0
+    verified_cache_entries: int = 10_000
+
+
+# Called (synchronously; it must not block) when the owner should be told:
+# kind is "compromise_signal" or "new_device".
+NoticeHook = Callable[[str, str, AuthContext, str | None], None]
 
 
 def canonical_user(raw: bytes) -> str | None:
@@ -87,6 +146,25 @@ def canonical_user(raw: bytes) -> str | None:
     if any(ord(c) < 0x21 or ord(c) == 0x7F for c in text) or '"' in text or "\\" in text:
         return None
     return text.lower()
+
+
+def device_network(ip: str) -> str:
+    """The network a device is bound to: the client's /24 (IPv4) or /64 (IPv6),
+    so a phone that moves within its home or office network stays one device."""
+    address = ipaddress.ip_address(ip)
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    prefix = 24 if address.version == 4 else 64
+    return str(ipaddress.ip_network(f"{address}/{prefix}", strict=False))
+
+
+@dataclass(frozen=True)
+class _Reading:
+    """One way to read the password field: the password, and the code if any."""
+
+    password: Secret
+    code: str | None
+    step: int | None = None  # the code verified for this time step
 
 
 class Authenticator:
@@ -108,14 +186,19 @@ class Authenticator:
         connect: Callable[..., Awaitable[UpstreamSession]] = open_session,
         reader: SqliteStore | None = None,
         bookkeeping: WriteBehind | None = None,
+        factors: FactorSettings | None = None,
+        totp_key: bytes | None = None,
+        on_notice: NoticeHook | None = None,
     ) -> None:
         self.methods = methods
         self.store = store
         self.reader = reader or store
         self.bookkeeping = bookkeeping or WriteBehind(store, store_executor)
         self.upstream = upstream
+        self.factors = factors or FactorSettings()
         self._executor = store_executor
         self._key = app_password_key
+        self._totp_key = totp_key
         self._audit = audit
         self._delay = failure_delay
         self._jitter = failure_jitter
@@ -124,6 +207,10 @@ class Authenticator:
         self._sleep = sleep
         self._rng = rng or random.SystemRandom()
         self._connect = connect
+        self._on_notice = on_notice
+        # keyed hash of (user, method, device, password) -> expiry (monotonic)
+        self._verified: OrderedDict[bytes, float] = OrderedDict()
+        self._cache_key = hashlib.sha256(b"imapguard/verified-cache/" + app_password_key).digest()
 
     async def authenticate(
         self, credentials: Credentials, ctx: AuthContext, session: str
@@ -144,6 +231,8 @@ class Authenticator:
                     "mechanism": credentials.mechanism,
                     "user": result.user or credentials.username.decode("utf-8", "replace")[:64],
                     "method": result.method,
+                    "factor": result.factor,
+                    "device": result.device,
                     "result": result.outcome.value,
                     "reason": result.reason,
                 },
@@ -175,7 +264,7 @@ class Authenticator:
                 digest = app_passwords.digest(self._key, user, normalized)
                 record = self.reader.find_app_password(user, digest)
                 if record is not None:
-                    result = await self._open(user, None, "app-password", ctx)
+                    result = await self._grant(user, None, "app-password", "app-password", ctx)
                     if result.outcome is Outcome.OK:
                         self.bookkeeping.submit(
                             self.store.record_app_password_use,
@@ -186,13 +275,244 @@ class Authenticator:
                         )
                     return result
 
+        if "password+totp" in self.methods:
+            return await self._password_and_factor(user, credentials.secret, ctx)
         if "password" in self.methods:
-            return await self._open(user, credentials.secret, "password", ctx)
+            return await self._grant(user, credentials.secret, "password", "password", ctx)
         return AuthResult(Outcome.INVALID, user, "app-password", "not a valid app password")
 
-    async def _open(
-        self, user: str, password: Secret | None, method: str, ctx: AuthContext
+    # -- password + a second factor -------------------------------------------
+
+    def _device_key(self, user: str, ctx: AuthContext) -> DeviceKey:
+        return DeviceKey(user, device_network(ctx.client.ip), ctx.id_name, ctx.id_version)
+
+    def _readings(
+        self, secret: Secret, user: str, device: DeviceRecord | None, now: float
+    ) -> tuple[list[_Reading], str | None]:
+        """The readings of the password field in the order to try them, and why a
+        code was not usable (for the audit log)."""
+        whole = _Reading(secret, None)
+        split = totp.split_password_and_code(secret)
+        if not split:
+            return [whole], None
+        password, code = split[0]
+        record = self.reader.get_totp(user)
+        if record is None or self._totp_key is None:
+            return [whole, _Reading(password, code)], "no one-time code enrolled"
+        if record.locked_until is not None and record.locked_until > now:
+            return [whole, _Reading(password, code)], "one-time codes locked (too many wrong)"
+        step = totp.verify(
+            totp.unseal(self._totp_key, user, record.sealed), code, now, last_step=record.last_step
+        )
+        if step is not None:
+            return [_Reading(password, code, step), whole], None
+        if device is not None and device.split_code:
+            return [_Reading(password, code), whole], "wrong or used one-time code"
+        return [whole, _Reading(password, code)], "wrong or used one-time code"
+
+    async def _password_and_factor(self, user: str, secret: Secret, ctx: AuthContext) -> AuthResult:
+        now = self._wall()
+        key = self._device_key(user, ctx)
+        device = self.reader.find_device(key)
+        readings, code_problem = self._readings(secret, user, device, now)
+
+        session: UpstreamSession | None = None
+        reading: _Reading | None = None
+        refusal = ""
+        for candidate in readings:
+            try:
+                session = await self._check_password(user, candidate.password, ctx)
+            except UpstreamRefused as exc:
+                refusal = exc.detail
+                continue
+            except UpstreamUnavailable as exc:
+                return AuthResult(Outcome.UNAVAILABLE, user, "password", f"upstream: {exc.detail}")
+            reading = candidate
+            break
+        if reading is None:
+            return AuthResult(
+                Outcome.INVALID, user, "password", f"wrong password ({refusal})".replace(" ()", "")
+            )
+
+        # The password is right. Which second factor comes with it?
+        factor: str | None = None
+        reason = ""
+        trusted_until = now + self.factors.device_trust
+        if reading.step is not None:
+            if await self._store(self.store.use_totp_step, user, reading.step):
+                factor = "password+totp"
+                device = await self._store(
+                    self.store.trust_device, key, now, trusted_until, ctx.client.ip, True
+                )
+            else:
+                reason = "one-time code already used"
+        if factor is None and ctx.cert_user is not None and ctx.cert_user == user:
+            factor = "password+client-cert"
+        if factor is None and device is not None and device.trusted_at(now):
+            factor = "trusted-device"
+            self.bookkeeping.submit(
+                self.store.record_device_use,
+                device.id,
+                now,
+                ctx.client.ip,
+                reading.code is not None,
+            )
+        if factor is not None and factor in self.factors.sufficient:
+            return await self._open_after_password(
+                user, reading, session, factor, ctx, device.id if device else None
+            )
+        await _close_session(session)
+        if factor is not None:
+            return AuthResult(
+                Outcome.MISSING_FACTOR,
+                user,
+                "password",
+                f"{factor} is not sufficient (auth.sufficient)",
+                factor=factor,
+            )
+        return await self._compromise_signal(
+            user, reading, key, device, ctx, now, reason or code_problem
+        )
+
+    async def _compromise_signal(
+        self,
+        user: str,
+        reading: _Reading,
+        key: DeviceKey,
+        device: DeviceRecord | None,
+        ctx: AuthContext,
+        now: float,
+        code_problem: str | None,
     ) -> AuthResult:
+        """A correct password and no sufficient factor: refuse, record, tell the owner."""
+        if reading.code is not None:
+            reason = f"correct password, {code_problem or 'wrong one-time code'}"
+            if self.reader.get_totp(user) is not None:
+                locked = await self._store(
+                    self.store.record_totp_failure,
+                    user,
+                    now,
+                    self.factors.totp_lockout,
+                    self.factors.totp_max_failures,
+                    self.factors.totp_lockout,
+                )
+                if locked:
+                    reason += "; one-time codes now locked for the account"
+        else:
+            reason = "correct password without a second factor"
+        enrolled = self._enrolled(user)
+        device_id = device.id if device is not None else None
+        if enrolled and reading.code is None and self.factors.new_device_approval:
+            if device is None or device.status == "pending":
+                device = await self._store(self.store.add_pending_device, key, now, ctx.client.ip)
+                device_id = device.id
+                reason += f"; device {device.id} awaits approval"
+                self._notice("new_device", user, ctx, device.id)
+            else:
+                reason += f"; device {device.id} trust expired"
+        if enrolled:
+            self._audit.emit(
+                AuditEvent(
+                    "compromise_signal",
+                    ctx.client.session,
+                    {
+                        "src": ctx.client.ip,
+                        "user": user,
+                        "client_id": ctx.client_id,
+                        "device": device_id,
+                        "reason": reason,
+                    },
+                )
+            )
+            self._notice("compromise_signal", user, ctx, device_id)
+        else:
+            reason += " (no second factor enrolled)"
+        return AuthResult(Outcome.MISSING_FACTOR, user, "password", reason, device=device_id)
+
+    def _enrolled(self, user: str) -> bool:
+        """Has the account any second factor (so a bare password is suspicious)?"""
+        if self.reader.get_totp(user) is not None:
+            return True
+        if self.reader.list_app_passwords(user):
+            return True
+        return any(d.status == "trusted" for d in self.reader.list_devices(user))
+
+    def _notice(self, kind: str, user: str, ctx: AuthContext, device: str | None) -> None:
+        if self._on_notice is not None:
+            try:
+                self._on_notice(kind, user, ctx, device)
+            except Exception:
+                log.exception("notification hook failed")
+
+    # -- the password check and the upstream session ---------------------------
+
+    def _cache_id(self, user: str, password: Secret, ctx: AuthContext) -> bytes:
+        device = self._device_key(user, ctx)
+        material = "\0".join(
+            ("password", user, device.network, device.client_name, device.client_version)
+        ).encode()
+        return hmac.new(
+            self._cache_key, material + b"\0" + password.reveal(), hashlib.sha256
+        ).digest()
+
+    async def _check_password(
+        self, user: str, password: Secret, ctx: AuthContext
+    ) -> UpstreamSession | None:
+        """Raise UpstreamRefused if the password is wrong. Returns the upstream
+        session the check opened, or None when a recent check of the same
+        (user, device, password) is remembered and a master login can follow."""
+        cache_id: bytes | None = None
+        if self.factors.verified_cache_seconds > 0 and self.upstream.master_user is not None:
+            cache_id = self._cache_id(user, password, ctx)
+            expiry = self._verified.get(cache_id)
+            if expiry is not None and expiry > self._clock():
+                return None
+        session = await self._connect(self.upstream, user, password, ctx.client)
+        if cache_id is not None:
+            self._verified[cache_id] = self._clock() + self.factors.verified_cache_seconds
+            self._verified.move_to_end(cache_id)
+            while len(self._verified) > self.factors.verified_cache_entries:
+                self._verified.popitem(last=False)
+        return session
+
+    async def _open_after_password(
+        self,
+        user: str,
+        reading: _Reading,
+        session: UpstreamSession | None,
+        factor: str,
+        ctx: AuthContext,
+        device: str | None,
+    ) -> AuthResult:
+        if session is None:
+            result = await self._grant(user, None, "password", factor, ctx)
+        else:
+            self.bookkeeping.submit(
+                self.store.record_login, user, self._wall(), ctx.client.ip, factor
+            )
+            result = AuthResult(Outcome.OK, user, "password", "ok", session, factor)
+        return AuthResult(
+            result.outcome,
+            result.user,
+            result.method,
+            result.reason,
+            result.session,
+            factor,
+            device,
+        )
+
+    async def _grant(
+        self, user: str, password: Secret | None, method: str, factor: str, ctx: AuthContext
+    ) -> AuthResult:
+        """The factor is proven: open the upstream session (password=None: master)."""
+        if factor not in self.factors.sufficient and factor != "password":
+            return AuthResult(
+                Outcome.MISSING_FACTOR,
+                user,
+                method,
+                f"{factor} is not sufficient (auth.sufficient)",
+                factor=factor,
+            )
         try:
             session = await self._connect(self.upstream, user, password, ctx.client)
         except UpstreamRefused as exc:
@@ -200,9 +520,16 @@ class Authenticator:
             return AuthResult(Outcome.INVALID, user, method, f"{reason} ({exc.detail})")
         except UpstreamUnavailable as exc:
             return AuthResult(Outcome.UNAVAILABLE, user, method, f"upstream: {exc.detail}")
-        self.bookkeeping.submit(self.store.record_login, user, self._wall(), ctx.client.ip, method)
-        return AuthResult(Outcome.OK, user, method, "ok", session)
+        self.bookkeeping.submit(self.store.record_login, user, self._wall(), ctx.client.ip, factor)
+        return AuthResult(Outcome.OK, user, method, "ok", session, factor)
 
     async def flush(self) -> None:
         """Write the queued bookkeeping now (tests; shutdown)."""
         await self.bookkeeping.flush()
+
+
+async def _close_session(session: UpstreamSession | None) -> None:
+    """Log out of an upstream session that will not be relayed."""
+    if session is not None:
+        session.link.write(b"z LOGOUT\r\n")
+        session.link.close()

@@ -36,8 +36,14 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from imapguard.audit import AuditEvent, AuditLog
-from imapguard.auth.chokepoint import AuthContext, Authenticator, Outcome
-from imapguard.config import Config, ListenConfig, load_config, parse_address
+from imapguard.auth.chokepoint import (
+    AuthContext,
+    Authenticator,
+    FactorSettings,
+    NoticeHook,
+    Outcome,
+)
+from imapguard.config import Config, ListenConfig, load_config, notify_settings, parse_address
 from imapguard.errors import ConfigError
 from imapguard.gateway.link import Link
 from imapguard.gateway.upstream import ClientAddress, UpstreamSettings
@@ -52,7 +58,8 @@ from imapguard.imap.preauth import (
     Send,
     StartTlsNow,
 )
-from imapguard.keys import APP_PASSWORD, derive_key, load_server_key
+from imapguard.keys import APP_PASSWORD, TOTP_SEAL, derive_key, load_server_key
+from imapguard.notify import Notice, NoticeKind, Notifier
 from imapguard.secret import Secret
 from imapguard.state.sqlite import SqliteStore, open_reader, open_store
 from imapguard.state.writebehind import WriteBehind
@@ -91,6 +98,7 @@ def build_runtime(
     *,
     reader: SqliteStore | None = None,
     bookkeeping: WriteBehind | None = None,
+    notifier: Notifier | None = None,
     **authenticator_overrides: Any,
 ) -> Runtime:
     from imapguard.imap.framing import FrameLimits
@@ -114,13 +122,26 @@ def build_runtime(
         connect_timeout=up.connect_timeout,
         login_timeout=up.login_timeout,
     )
-    key = derive_key(load_server_key(config.state.key_file), APP_PASSWORD)
+    server_key = load_server_key(config.state.key_file)
+    key = derive_key(server_key, APP_PASSWORD)
+    a = config.auth
+    factors = FactorSettings(
+        sufficient=tuple(a.sufficient),
+        device_trust=a.device_trust_days * 86400.0,
+        totp_max_failures=a.totp_max_failures,
+        totp_lockout=a.totp_lockout,
+        new_device_approval=a.new_device_approval,
+        verified_cache_seconds=a.verified_cache_seconds,
+    )
     authenticator = Authenticator(
         methods=tuple(config.auth.methods),
         store=store,
         store_executor=store_executor,
         reader=reader,
         bookkeeping=bookkeeping,
+        factors=factors,
+        totp_key=derive_key(server_key, TOTP_SEAL),
+        on_notice=_notice_hook(notifier) if notifier is not None else None,
         app_password_key=key,
         upstream=upstream,
         audit=audit,
@@ -141,6 +162,27 @@ def build_runtime(
             max_command=max(2 * limits.max_line, limits.max_line + limits.max_literal),
         ),
     )
+
+
+def _notice_hook(notifier: Notifier) -> NoticeHook:
+    def hook(kind: str, user: str, ctx: AuthContext, device: str | None) -> None:
+        notice = Notice(NoticeKind(kind), user, ctx.client.ip, time.time(), ctx.client_id, device)
+        if not notifier.submit(notice):
+            log.warning("notification dropped (queue full): %s for %s", kind, user)
+
+    return hook
+
+
+def _notice_limit(
+    store: SqliteStore, executor: ThreadPoolExecutor, interval: float
+) -> Callable[[str, str, float], Awaitable[bool]]:
+    """At most one notice per account and kind per interval, in the shared store."""
+
+    async def should_send(user: str, kind: str, now: float) -> bool:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(executor, store.claim_notice, user, kind, now, interval)
+
+    return should_send
 
 
 def _session_id() -> str:
@@ -448,7 +490,10 @@ class Gateway:
                     return "tls handshake failed"
                 machine.tls_established()
             elif isinstance(action, AuthRequest):
-                ctx = AuthContext(client, _client_id(machine.client_id), listener.address)
+                name, version = _id_fields(machine.client_id)
+                ctx = AuthContext(
+                    client, _client_id(machine.client_id), listener.address, name, version
+                )
                 result = await rt.authenticator.authenticate(action.credentials, ctx, conn.session)
                 if result.outcome is Outcome.OK and result.session is not None:
                     conn.user = result.user
@@ -512,6 +557,15 @@ class Gateway:
         )
 
 
+def _id_fields(params: tuple[tuple[str, str | None], ...] | None) -> tuple[str, str]:
+    """IMAP ID name and version, bounded (they identify a device, and they are
+    the client's text)."""
+    if not params:
+        return "", ""
+    fields = {k.lower(): v for k, v in params if v}
+    return (fields.get("name") or "")[:64], (fields.get("version") or "")[:64]
+
+
 def _client_id(params: tuple[tuple[str, str | None], ...] | None) -> str | None:
     if not params:
         return None
@@ -551,11 +605,21 @@ async def serve_forever(
     audit = AuditLog(config.audit.path)
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="imapguard-state")
     bookkeeping = WriteBehind(store, executor)
-    try:
-        gateway = Gateway(
-            build_runtime(config, store, executor, audit, reader=reader, bookkeeping=bookkeeping),
-            audit,
+    notifier: Notifier | None = None
+    if config.notify is not None:
+        # [notify] is read at start; changing it needs a restart.
+        notifier = Notifier(
+            notify_settings(config.notify),
+            should_send=_notice_limit(store, executor, config.notify.min_interval),
         )
+        await notifier.__aenter__()
+    shared: dict[str, Any] = {
+        "reader": reader,
+        "bookkeeping": bookkeeping,
+        "notifier": notifier,
+    }
+    try:
+        gateway = Gateway(build_runtime(config, store, executor, audit, **shared), audit)
         loop = asyncio.get_running_loop()
 
         def reload() -> None:
@@ -563,11 +627,7 @@ async def serve_forever(
                 return
             try:
                 new = load_config(config_path)
-                gateway.reload(
-                    build_runtime(
-                        new, store, executor, audit, reader=reader, bookkeeping=bookkeeping
-                    )
-                )
+                gateway.reload(build_runtime(new, store, executor, audit, **shared))
                 log.info("configuration reloaded")
             except (ConfigError, OSError, ssl.SSLError, ValueError) as exc:
                 log.error("reload failed, keeping the running configuration: %s", exc)
@@ -580,6 +640,9 @@ async def serve_forever(
         await gateway.serve(ready)
         audit.emit(AuditEvent("stop", None, {"pid": os.getpid()}))
     finally:
+        if notifier is not None:
+            with contextlib.suppress(Exception):
+                await notifier.aclose()
         with contextlib.suppress(Exception):
             await bookkeeping.aclose()
         with contextlib.suppress(Exception):

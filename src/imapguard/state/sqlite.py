@@ -24,11 +24,20 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from imapguard.errors import StateUnavailable
 
-__all__ = ["AppPasswordRecord", "SqliteStore", "UserRecord", "open_reader", "open_store"]
+__all__ = [
+    "AppPasswordRecord",
+    "DeviceKey",
+    "DeviceRecord",
+    "SqliteStore",
+    "TotpRecord",
+    "UserRecord",
+    "open_reader",
+    "open_store",
+]
 
 T = TypeVar("T")
 
@@ -54,6 +63,39 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX app_passwords_user ON app_passwords(user);
     """,
+    # 2: one-time codes, devices, notification rate limits
+    """
+    CREATE TABLE totp (
+        user TEXT PRIMARY KEY REFERENCES users(name),
+        sealed BLOB NOT NULL,
+        created_at REAL NOT NULL,
+        last_step INTEGER,
+        failures INTEGER NOT NULL DEFAULT 0,
+        first_failure_at REAL,
+        locked_until REAL
+    );
+    CREATE TABLE devices (
+        id TEXT PRIMARY KEY,
+        user TEXT NOT NULL REFERENCES users(name),
+        network TEXT NOT NULL,
+        client_name TEXT NOT NULL,
+        client_version TEXT NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('trusted', 'pending')),
+        created_at REAL NOT NULL,
+        trusted_until REAL,
+        last_seen_at REAL,
+        last_address TEXT,
+        split_code INTEGER NOT NULL DEFAULT 0,
+        UNIQUE (user, network, client_name, client_version)
+    );
+    CREATE INDEX devices_user ON devices(user);
+    CREATE TABLE notices (
+        user TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        sent_at REAL NOT NULL,
+        PRIMARY KEY (user, kind)
+    );
+    """,
 )
 
 
@@ -65,6 +107,49 @@ class UserRecord:
     last_login_address: str | None
     last_login_method: str | None
     app_passwords: int
+
+
+@dataclass(frozen=True)
+class TotpRecord:
+    user: str
+    sealed: bytes
+    created_at: float
+    last_step: int | None
+    failures: int
+    first_failure_at: float | None
+    locked_until: float | None
+
+
+@dataclass(frozen=True)
+class DeviceKey:
+    """What identifies a device: the account, the client's network (/24 or /64)
+    and the IMAP ID name and version its mail client sent ("" when none)."""
+
+    user: str
+    network: str
+    client_name: str
+    client_version: str
+
+
+@dataclass(frozen=True)
+class DeviceRecord:
+    id: str
+    user: str
+    network: str
+    client_name: str
+    client_version: str
+    status: str  # "trusted" | "pending"
+    created_at: float
+    trusted_until: float | None
+    last_seen_at: float | None
+    last_address: str | None
+    # The client typed password+code last time: try that split first.
+    split_code: bool
+
+    def trusted_at(self, now: float) -> bool:
+        return (
+            self.status == "trusted" and self.trusted_until is not None and self.trusted_until > now
+        )
 
 
 @dataclass(frozen=True)
@@ -260,6 +345,226 @@ class SqliteStore:
         with self._tx("revoke app password") as db:
             cursor = db.execute(
                 "DELETE FROM app_passwords WHERE user = ? AND id = ?", (user, record_id)
+            )
+            return cursor.rowcount > 0
+
+    # -- one-time codes (TOTP) ------------------------------------------------
+
+    _TOTP_COLUMNS = "user, sealed, created_at, last_step, failures, first_failure_at, locked_until"
+
+    def set_totp(self, user: str, sealed: bytes, now: float) -> None:
+        """Enroll (or replace) the account's TOTP secret; counters start afresh."""
+        with self._tx("set totp") as db:
+            db.execute("INSERT OR IGNORE INTO users(name, created_at) VALUES (?, ?)", (user, now))
+            db.execute(
+                "INSERT OR REPLACE INTO totp(user, sealed, created_at) VALUES (?, ?, ?)",
+                (user, sealed, now),
+            )
+
+    def get_totp(self, user: str) -> TotpRecord | None:
+        row = self._read(
+            "get totp",
+            lambda db: db.execute(
+                f"SELECT {self._TOTP_COLUMNS} FROM totp WHERE user = ?",  # noqa: S608
+                (user,),
+            ).fetchone(),
+        )
+        return TotpRecord(*row) if row else None
+
+    def remove_totp(self, user: str) -> bool:
+        with self._tx("remove totp") as db:
+            return db.execute("DELETE FROM totp WHERE user = ?", (user,)).rowcount > 0
+
+    def use_totp_step(self, user: str, step: int) -> bool:
+        """Mark a code's time step used; False if it (or a later one) already was:
+        the compare-and-set that makes each code valid once, across gateway nodes
+        sharing this store. Success also clears the failure count."""
+        with self._tx("use totp step") as db:
+            cursor = db.execute(
+                "UPDATE totp SET last_step = ?, failures = 0, first_failure_at = NULL"
+                " WHERE user = ? AND (last_step IS NULL OR last_step < ?)",
+                (step, user, step),
+            )
+            return cursor.rowcount > 0
+
+    def record_totp_failure(
+        self, user: str, now: float, window: float, max_failures: int, lockout: float
+    ) -> bool:
+        """Count a wrong code after a correct password; True when this failure
+        locks codes out for the account (`lockout` seconds from now). Failures
+        older than `window` are forgotten."""
+        with self._tx("record totp failure") as db:
+            row = db.execute(
+                "SELECT failures, first_failure_at FROM totp WHERE user = ?", (user,)
+            ).fetchone()
+            if row is None:
+                return False
+            failures, first = row
+            if first is None or now - first > window:
+                failures, first = 0, now
+            failures += 1
+            locked = bool(failures >= max_failures)
+            db.execute(
+                "UPDATE totp SET failures = ?, first_failure_at = ?,"
+                " locked_until = CASE WHEN ? THEN ? ELSE locked_until END WHERE user = ?",
+                (0 if locked else failures, None if locked else first, locked, now + lockout, user),
+            )
+            return locked
+
+    def clear_totp_lock(self, user: str) -> bool:
+        with self._tx("clear totp lock") as db:
+            cursor = db.execute(
+                "UPDATE totp SET failures = 0, first_failure_at = NULL, locked_until = NULL"
+                " WHERE user = ?",
+                (user,),
+            )
+            return cursor.rowcount > 0
+
+    # -- devices --------------------------------------------------------------
+
+    _DEV_COLUMNS = (
+        "id, user, network, client_name, client_version, status, created_at, trusted_until,"
+        " last_seen_at, last_address, split_code"
+    )
+
+    @staticmethod
+    def _device_row(row: tuple[Any, ...] | None) -> DeviceRecord | None:
+        if row is None:
+            return None
+        (id_, user, network, name, version, status, created, until, seen, address, split) = row
+        return DeviceRecord(
+            id_, user, network, name, version, status, created, until, seen, address, bool(split)
+        )
+
+    def find_device(self, key: DeviceKey) -> DeviceRecord | None:
+        row = self._read(
+            "find device",
+            lambda db: db.execute(
+                f"SELECT {self._DEV_COLUMNS} FROM devices"  # noqa: S608
+                " WHERE user = ? AND network = ? AND client_name = ? AND client_version = ?",
+                (key.user, key.network, key.client_name, key.client_version),
+            ).fetchone(),
+        )
+        return self._device_row(row)
+
+    def get_device(self, user: str, device_id: str) -> DeviceRecord | None:
+        row = self._read(
+            "get device",
+            lambda db: db.execute(
+                f"SELECT {self._DEV_COLUMNS} FROM devices WHERE user = ? AND id = ?",  # noqa: S608
+                (user, device_id),
+            ).fetchone(),
+        )
+        return self._device_row(row)
+
+    def list_devices(self, user: str) -> list[DeviceRecord]:
+        rows = self._read(
+            "list devices",
+            lambda db: db.execute(
+                f"SELECT {self._DEV_COLUMNS} FROM devices WHERE user = ?"  # noqa: S608
+                " ORDER BY created_at",
+                (user,),
+            ).fetchall(),
+        )
+        return [d for d in map(self._device_row, rows) if d is not None]
+
+    def trust_device(
+        self, key: DeviceKey, now: float, until: float, address: str, split_code: bool
+    ) -> DeviceRecord:
+        """The device proved a factor: trusted until `until` (created if new)."""
+        with self._tx("trust device") as db:
+            db.execute(
+                "INSERT OR IGNORE INTO users(name, created_at) VALUES (?, ?)", (key.user, now)
+            )
+            db.execute(
+                "INSERT INTO devices(id, user, network, client_name, client_version, status,"
+                " created_at, trusted_until, last_seen_at, last_address, split_code)"
+                " VALUES (?, ?, ?, ?, ?, 'trusted', ?, ?, ?, ?, ?)"
+                " ON CONFLICT (user, network, client_name, client_version) DO UPDATE SET"
+                " status = 'trusted', trusted_until = excluded.trusted_until,"
+                " last_seen_at = excluded.last_seen_at, last_address = excluded.last_address,"
+                " split_code = excluded.split_code",
+                (
+                    secrets.token_hex(4),
+                    key.user,
+                    key.network,
+                    key.client_name,
+                    key.client_version,
+                    now,
+                    until,
+                    now,
+                    address,
+                    int(split_code),
+                ),
+            )
+        device = self.find_device(key)
+        assert device is not None  # noqa: S101 - written in the transaction above
+        return device
+
+    def add_pending_device(self, key: DeviceKey, now: float, address: str) -> DeviceRecord:
+        """A correct password without a factor from this unknown device: pending
+        until the owner approves it. An existing record is left as it is."""
+        with self._tx("add pending device") as db:
+            db.execute(
+                "INSERT OR IGNORE INTO users(name, created_at) VALUES (?, ?)", (key.user, now)
+            )
+            db.execute(
+                "INSERT INTO devices(id, user, network, client_name, client_version, status,"
+                " created_at, last_seen_at, last_address)"
+                " VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?)"
+                " ON CONFLICT (user, network, client_name, client_version) DO UPDATE SET"
+                " last_seen_at = excluded.last_seen_at, last_address = excluded.last_address",
+                (
+                    secrets.token_hex(4),
+                    key.user,
+                    key.network,
+                    key.client_name,
+                    key.client_version,
+                    now,
+                    now,
+                    address,
+                ),
+            )
+        device = self.find_device(key)
+        assert device is not None  # noqa: S101 - written in the transaction above
+        return device
+
+    def approve_device(self, user: str, device_id: str, until: float) -> bool:
+        with self._tx("approve device") as db:
+            cursor = db.execute(
+                "UPDATE devices SET status = 'trusted', trusted_until = ?"
+                " WHERE user = ? AND id = ?",
+                (until, user, device_id),
+            )
+            return cursor.rowcount > 0
+
+    def revoke_device(self, user: str, device_id: str) -> bool:
+        with self._tx("revoke device") as db:
+            cursor = db.execute("DELETE FROM devices WHERE user = ? AND id = ?", (user, device_id))
+            return cursor.rowcount > 0
+
+    def record_device_use(
+        self, device_id: str, now: float, address: str, split_code: bool | None
+    ) -> None:
+        with self._tx("record device use") as db:
+            db.execute(
+                "UPDATE devices SET last_seen_at = ?, last_address = ?,"
+                " split_code = COALESCE(?, split_code) WHERE id = ?",
+                (now, address, None if split_code is None else int(split_code), device_id),
+            )
+
+    # -- notification rate limit ----------------------------------------------
+
+    def claim_notice(self, user: str, kind: str, now: float, interval: float) -> bool:
+        """True (and remembered) if no notice of this kind went to this account in
+        the last `interval` seconds: at most one per account and kind per interval,
+        on every gateway node sharing the store."""
+        with self._tx("claim notice") as db:
+            cursor = db.execute(
+                "INSERT INTO notices(user, kind, sent_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (user, kind) DO UPDATE SET sent_at = excluded.sent_at"
+                " WHERE notices.sent_at <= ?",
+                (user, kind, now, now - interval),
             )
             return cursor.rowcount > 0
 
