@@ -239,6 +239,7 @@ class OidcProvider:
         sub: str | None = None,
         audience: str | None = None,
         email_verified: bool | None = None,
+        nbf: int | None = None,
     ) -> str:
         """A JWT access token for `email` (also `sub` unless given); `amr`/`acr`
         are left out of the token when None; `audience` defaults to this
@@ -255,6 +256,8 @@ class OidcProvider:
             body["acr"] = acr
         if email_verified is not None:
             body["email_verified"] = email_verified
+        if nbf is not None:
+            body["nbf"] = nbf
         return str(self._admin("/test/token", body)["access_token"])
 
     @property

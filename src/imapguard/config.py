@@ -22,6 +22,7 @@ from imapguard.errors import ConfigError
 from imapguard.secret import Secret
 
 if TYPE_CHECKING:
+    from imapguard.auth.oauth import OAuthSettings
     from imapguard.notify import NotifySettings
 
 __all__ = [
@@ -39,13 +40,14 @@ __all__ = [
     "default_config_path",
     "load_config",
     "notify_settings",
+    "oauth_settings",
     "parse_address",
     "validate_config",
 ]
 
 # Methods of the SPEC; the ones this build can enforce are SUPPORTED_METHODS.
 ALL_METHODS = ("app-password", "password", "password+totp", "oauthbearer", "xoauth2", "client-cert")
-SUPPORTED_METHODS = ("app-password", "password", "password+totp")
+SUPPORTED_METHODS = ALL_METHODS
 
 # What a login can prove, and which proofs are enough by default (SPEC "Factors").
 # "password" alone is single-factor: never a default.
@@ -173,6 +175,8 @@ class OAuthConfig(_Section):
     jwks_cache_seconds: Annotated[float, Field(ge=10, le=86400)] = 3600.0
     min_refresh_interval: Annotated[float, Field(ge=1, le=3600)] = 60.0
     http_timeout: Annotated[float, Field(gt=0, le=60)] = 5.0
+    # The scope a client should ask for, told in the RFC 7628 error reply.
+    scope: str = "openid email"
 
 
 class NotifyConfig(_Section):
@@ -379,10 +383,11 @@ def validate_config(config: Config, *, check_files: bool = True) -> list[tuple[s
                 'OAuth tokens carry no password to log in upstream with: use login = "master"',
             )
         )
-    if config.oauth is not None and not config.oauth.issuer.startswith("https://"):
-        add(("oauth.issuer", "must be an https:// URL"))
-    if config.tls.client_ca is not None:
-        add(("tls.client_ca", "client certificates are not supported by this build yet"))
+    if config.oauth is not None:
+        try:
+            oauth_settings(config.oauth)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
     if "client-cert" in methods:
         if config.tls.client_ca is None:
             add(("tls.client_ca", 'required by auth.methods "client-cert"'))
@@ -484,6 +489,24 @@ def notify_settings(
         portal_url=notify.portal_url,
         timeout=notify.timeout,
         min_interval=notify.min_interval,
+    )
+
+
+def oauth_settings(oauth: OAuthConfig) -> OAuthSettings:
+    """The token verifier's settings from `[oauth]` (raises ConfigError)."""
+    from imapguard.auth.oauth import OAuthSettings
+
+    return OAuthSettings(
+        issuer=oauth.issuer,
+        audience=oauth.audience,
+        username_claim=oauth.username_claim,
+        require_amr=tuple(oauth.require_amr),
+        require_acr=tuple(oauth.require_acr),
+        leeway=oauth.leeway,
+        jwks_cache_seconds=oauth.jwks_cache_seconds,
+        min_refresh_interval=oauth.min_refresh_interval,
+        http_timeout=oauth.http_timeout,
+        ca_file=oauth.ca_file,
     )
 
 

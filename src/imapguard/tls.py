@@ -5,6 +5,11 @@ forward-secret AEAD suites (ECDHE with AES-GCM or ChaCha20-Poly1305); TLS 1.3
 suites are all of that kind. No compression, no renegotiation, server order.
 Upstream: the certificate is verified against `upstream.ca` (or the system
 store) and the host name, always.
+
+Client certificates (`tls.client_ca`): requested, not required (CERT_OPTIONAL),
+so clients without one still connect; a certificate that is presented must chain
+to that CA and be valid now, or the handshake fails. A verified certificate maps
+to an account with `certificate_account`.
 """
 
 from __future__ import annotations
@@ -13,13 +18,22 @@ import datetime
 import ipaddress
 import ssl
 from pathlib import Path
+from typing import Any
 
-__all__ = ["TLS12_CIPHERS", "client_context", "generate_self_signed", "server_context"]
+__all__ = [
+    "TLS12_CIPHERS",
+    "certificate_account",
+    "client_context",
+    "generate_self_signed",
+    "server_context",
+]
 
 TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL:!DSS:!PSK:!SRP"
 
 
-def server_context(certificate: str, private_key: str, min_version: str = "1.2") -> ssl.SSLContext:
+def server_context(
+    certificate: str, private_key: str, min_version: str = "1.2", client_ca: str | None = None
+) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3 if min_version == "1.3" else ssl.TLSVersion.TLSv1_2
     ctx.set_ciphers(TLS12_CIPHERS)
@@ -30,7 +44,35 @@ def server_context(certificate: str, private_key: str, min_version: str = "1.2")
         | ssl.OP_SINGLE_ECDH_USE
     )
     ctx.load_cert_chain(certificate, private_key)
+    if client_ca is not None:
+        ctx.verify_mode = ssl.CERT_OPTIONAL
+        ctx.load_verify_locations(cafile=client_ca)
     return ctx
+
+
+PeerCert = dict[str, Any]
+
+
+def certificate_account(peercert: PeerCert, field: str) -> str | None:
+    """The account a verified client certificate names (`tls.client_cert_user`):
+    "email" — the first subjectAltName rfc822Name, else the subject emailAddress;
+    "email-local" — that address's part before "@"; "cn" — the subject commonName.
+    None when the certificate has no such field, or more than one different value
+    (an ambiguous certificate names no account)."""
+    emails = [v for k, v in peercert.get("subjectAltName", ()) if k == "email"]
+    subject = [pair for rdn in peercert.get("subject", ()) for pair in rdn]
+    if not emails:
+        emails = [v for k, v in subject if k == "emailAddress"]
+    if field == "cn":
+        values = [v for k, v in subject if k == "commonName"]
+    elif field in ("email", "email-local"):
+        values = emails
+        if field == "email-local":
+            values = [v.rpartition("@")[0] for v in values if "@" in v]
+    else:
+        raise ValueError(f"unknown client_cert_user {field!r}")
+    distinct = {str(v).lower() for v in values if v}
+    return distinct.pop() if len(distinct) == 1 else None
 
 
 def client_context(ca: str | None) -> ssl.SSLContext:

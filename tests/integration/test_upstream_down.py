@@ -224,9 +224,10 @@ def test_upstream_data_right_after_login_reaches_the_client(
     gateway has started relaying, reaches the client in order: nothing is lost in
     the hand-over, and a server gone at that point still means a BYE."""
     gw, src = setup.gw, source_address(83)
-    with FakeUpstream(_tls_upstream(setup.dovecot, script), setup.port), RawClient(
-        gw.implicit_port, src, tls=gw.client_ssl()
-    ) as c:
+    with (
+        FakeUpstream(_tls_upstream(setup.dovecot, script), setup.port),
+        RawClient(gw.implicit_port, src, tls=gw.client_ssl()) as c,
+    ):
         c.line()
         assert _login(c, setup.password)[-1].startswith(b"l OK [CAPABILITY IMAP4rev1 IDLE]")
         if expected[-1].startswith(b"n "):

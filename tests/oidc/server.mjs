@@ -15,7 +15,7 @@
 // test-only endpoints, each needing `Authorization: Bearer $IMAPGUARD_OIDC_ADMIN_SECRET`
 // (any local user can reach a loopback port):
 //
-//   POST /test/token   {sub, email, email_verified?, amr?, acr?, ttl?, audience?}
+//   POST /test/token   {sub, email, email_verified?, amr?, acr?, nbf?, ttl?, audience?}
 //        -> {access_token, kid}. The token is made by the provider's AccessToken
 //        model with a JWT-format resource server (RFC 9068), so it is formatted
 //        and signed by oidc-provider with its current key, exactly as its token
@@ -161,6 +161,7 @@ async function mint(body) {
   if (body.email_verified !== undefined) testClaims.email_verified = body.email_verified;
   if (body.amr !== undefined) testClaims.amr = body.amr;
   if (body.acr !== undefined) testClaims.acr = body.acr;
+  if (body.nbf !== undefined) testClaims.nbf = body.nbf; // a token not valid yet
   const client = await provider.Client.find(CLIENT_ID);
   const token = new provider.AccessToken({
     accountId: sub,

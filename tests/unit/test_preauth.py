@@ -496,3 +496,78 @@ def test_timeout_after_login_does_nothing() -> None:
     feed(machine)
     machine.timed_out()
     assert feed(machine) == []
+
+
+# -- bearer tokens and EXTERNAL ----------------------------------------------------
+
+BEARER_MECHS = ("PLAIN", "OAUTHBEARER", "XOAUTH2", "EXTERNAL")
+
+
+def test_capabilities_list_every_configured_mechanism() -> None:
+    machine = implicit_listener(mechanisms=BEARER_MECHS)
+    assert machine.capabilities()[-4:] == [
+        "AUTH=PLAIN",
+        "AUTH=OAUTHBEARER",
+        "AUTH=XOAUTH2",
+        "AUTH=EXTERNAL",
+    ]
+
+
+@pytest.mark.parametrize("mechanism", [b"OAUTHBEARER", b"XOAUTH2"])
+def test_bearer_payload_goes_to_the_chokepoint_whole(mechanism: bytes) -> None:
+    machine = implicit_listener(mechanisms=BEARER_MECHS)
+    payload = b"n,a=alice,\x01auth=Bearer abc.def.ghi\x01\x01"
+    request = login_to_auth(
+        machine, b"a AUTHENTICATE " + mechanism + b" " + base64.b64encode(payload) + b"\r\n"
+    )
+    assert request == AuthRequest(b"a", Credentials(mechanism.decode(), b"", Secret(payload)))
+
+
+def test_bearer_failure_sends_the_error_challenge_then_no() -> None:
+    """RFC 7628 §3.2.2: '+ <base64 error JSON>', the client answers 0x01, then NO."""
+    machine = implicit_listener(mechanisms=BEARER_MECHS)
+    assert feed(machine, b"a AUTHENTICATE OAUTHBEARER\r\n") == [Send(b"+ \r\n")]
+    login_to_auth(machine, base64.b64encode(b"n,,\x01auth=Bearer x\x01\x01") + b"\r\n")
+    error = b'{"status":"invalid_token"}'
+    machine.auth_finished(AuthOutcome.FAILED, challenge=error)
+    assert feed(machine) == [Send(b"+ " + base64.b64encode(error) + b"\r\n")]
+    assert machine.phase is Phase.SASL_ERROR
+    # The dummy response is read as a SASL line, never as a command.
+    assert sent(feed(machine, b"AQ==\r\n")) == b"a" + FAILED
+    assert machine.phase.value == Phase.NOT_AUTHENTICATED.value  # (mypy narrowed it above)
+    assert machine.auth_failures == 1
+    assert sent(feed(machine, b"b NOOP\r\n")) == b"b OK NOOP completed.\r\n"
+
+
+def test_error_challenge_answered_with_a_command_line_is_still_no() -> None:
+    machine = implicit_listener(mechanisms=BEARER_MECHS)
+    login_to_auth(machine, b"a AUTHENTICATE XOAUTH2 " + base64.b64encode(b"user=a") + b"\r\n")
+    machine.auth_finished(AuthOutcome.FAILED, challenge=b"{}")
+    feed(machine)
+    # A client that does not know the dance sends its next command: it is the
+    # SASL response of the failed exchange, not executed.
+    assert sent(feed(machine, b"b LOGOUT\r\n")) == b"a" + FAILED
+    assert machine.phase is Phase.NOT_AUTHENTICATED
+
+
+def test_unavailable_sends_no_challenge() -> None:
+    machine = implicit_listener(mechanisms=BEARER_MECHS)
+    login_to_auth(machine, b"a AUTHENTICATE XOAUTH2 " + base64.b64encode(b"user=a") + b"\r\n")
+    machine.auth_finished(AuthOutcome.UNAVAILABLE, challenge=b"{}")
+    assert sent(feed(machine)).startswith(b"a NO [UNAVAILABLE]")
+
+
+@pytest.mark.parametrize(
+    ("response", "authzid"), [(b"=", b""), (base64.b64encode(b"alice"), b"alice")]
+)
+def test_external_carries_the_requested_identity(response: bytes, authzid: bytes) -> None:
+    machine = implicit_listener(mechanisms=BEARER_MECHS)
+    request = login_to_auth(machine, b"a AUTHENTICATE EXTERNAL " + response + b"\r\n")
+    assert request == AuthRequest(b"a", Credentials("EXTERNAL", authzid, Secret(b""), authzid))
+
+
+def test_mechanism_not_configured_is_refused() -> None:
+    machine = implicit_listener()
+    assert sent(feed(machine, b"a AUTHENTICATE EXTERNAL =\r\n")) == (
+        b"a NO Unsupported authentication mechanism.\r\n"
+    )

@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from imapguard.audit import AuditEvent, AuditLog
-from imapguard.auth import app_passwords, totp
+from imapguard.auth import app_passwords, oauth, totp
 from imapguard.errors import StateUnavailable, UpstreamRefused, UpstreamUnavailable
 from imapguard.gateway.upstream import (
     ClientAddress,
@@ -107,6 +107,8 @@ class AuthResult:
     # What the login proved ("app-password", "password+totp", "trusted-device", ...).
     factor: str | None = None
     device: str | None = None
+    # A failed OAUTHBEARER/XOAUTH2 exchange: the RFC 7628 error JSON for the client.
+    challenge: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -189,6 +191,8 @@ class Authenticator:
         factors: FactorSettings | None = None,
         totp_key: bytes | None = None,
         on_notice: NoticeHook | None = None,
+        token_verifier: oauth.TokenVerifier | None = None,
+        oauth_scope: str = "openid email",
     ) -> None:
         self.methods = methods
         self.store = store
@@ -208,6 +212,8 @@ class Authenticator:
         self._rng = rng or random.SystemRandom()
         self._connect = connect
         self._on_notice = on_notice
+        self._tokens = token_verifier
+        self._oauth_scope = oauth_scope
         # keyed hash of (user, method, device, password) -> expiry (monotonic)
         self._verified: OrderedDict[bytes, float] = OrderedDict()
         self._cache_key = hashlib.sha256(b"imapguard/verified-cache/" + app_password_key).digest()
@@ -250,6 +256,14 @@ class Authenticator:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     async def _decide(self, credentials: Credentials, ctx: AuthContext) -> AuthResult:
+        mechanism = credentials.mechanism
+        if mechanism in ("OAUTHBEARER", "XOAUTH2"):
+            result = await self._bearer(mechanism, credentials.secret, ctx)
+            if result.outcome in (Outcome.INVALID, Outcome.MISSING_FACTOR):
+                result = _with_challenge(result, self._challenge(mechanism))
+            return result
+        if mechanism == "EXTERNAL":
+            return await self._external(credentials, ctx)
         user = canonical_user(credentials.username)
         if user is None:
             return AuthResult(Outcome.INVALID, None, None, "malformed user name")
@@ -275,11 +289,77 @@ class Authenticator:
                         )
                     return result
 
-        if "password+totp" in self.methods:
+        if "password+totp" in self.methods or "client-cert" in self.methods:
             return await self._password_and_factor(user, credentials.secret, ctx)
         if "password" in self.methods:
             return await self._grant(user, credentials.secret, "password", "password", ctx)
         return AuthResult(Outcome.INVALID, user, "app-password", "not a valid app password")
+
+    # -- OAuth 2.0 bearer tokens and client certificates -----------------------
+
+    def _challenge(self, mechanism: str) -> bytes | None:
+        if self._tokens is None:
+            return None
+        kind: Any = mechanism
+        return oauth.error_challenge(
+            oauth.discovery_url(self._tokens.settings.issuer), self._oauth_scope, kind
+        )
+
+    async def _bearer(self, mechanism: str, payload: Secret, ctx: AuthContext) -> AuthResult:
+        method = mechanism.lower()
+        if self._tokens is None or method not in self.methods:
+            return AuthResult(Outcome.INVALID, None, method, f"{mechanism} is not enabled")
+        try:
+            parse = oauth.parse_oauthbearer if mechanism == "OAUTHBEARER" else oauth.parse_xoauth2
+            bearer = parse(payload.reveal())
+        except oauth.SaslMalformed as exc:
+            return AuthResult(Outcome.INVALID, None, method, f"malformed {mechanism}: {exc.reason}")
+        authzid = None
+        if bearer.authzid:
+            authzid = canonical_user(bearer.authzid)
+            if authzid is None:
+                return AuthResult(Outcome.INVALID, None, method, "malformed authorization identity")
+        if bearer.discovery:
+            return AuthResult(Outcome.INVALID, authzid, method, "discovery request (no token)")
+        try:
+            token = await self._tokens.verify(bearer.token, authzid)
+        except oauth.TokenRejected as exc:
+            return AuthResult(Outcome.INVALID, authzid, method, f"token rejected: {exc.reason}")
+        except oauth.IssuerUnavailable as exc:
+            return AuthResult(Outcome.UNAVAILABLE, authzid, method, f"issuer: {exc.reason}")
+        user = canonical_user(token.user.encode())
+        if user is None:
+            return AuthResult(Outcome.INVALID, None, method, "token names no valid account")
+        factor = "oauth-mfa" if token.mfa else "oauth"
+        if factor not in self.factors.sufficient:
+            return AuthResult(
+                Outcome.MISSING_FACTOR,
+                user,
+                method,
+                "token without the required MFA claims (amr/acr)",
+                factor=factor,
+            )
+        return await self._grant(user, None, method, factor, ctx)
+
+    async def _external(self, credentials: Credentials, ctx: AuthContext) -> AuthResult:
+        if "client-cert" not in self.methods:
+            return AuthResult(Outcome.INVALID, None, "client-cert", "EXTERNAL is not enabled")
+        user = ctx.cert_user
+        if user is None:
+            return AuthResult(
+                Outcome.INVALID,
+                None,
+                "client-cert",
+                "no verified client certificate naming an account",
+            )
+        if credentials.authzid and canonical_user(credentials.authzid) != user:
+            return AuthResult(
+                Outcome.INVALID,
+                user,
+                "client-cert",
+                "authorization identity differs from the certificate",
+            )
+        return await self._grant(user, None, "client-cert", "client-cert", ctx)
 
     # -- password + a second factor -------------------------------------------
 
@@ -301,11 +381,14 @@ class Authenticator:
             return [whole, _Reading(password, code)], "no one-time code enrolled"
         if record.locked_until is not None and record.locked_until > now:
             return [whole, _Reading(password, code)], "one-time codes locked (too many wrong)"
-        step = totp.verify(
-            totp.unseal(self._totp_key, user, record.sealed), code, now, last_step=record.last_step
-        )
+        secret_key = totp.unseal(self._totp_key, user, record.sealed)
+        step = totp.verify(secret_key, code, now, last_step=record.last_step)
         if step is not None:
             return [_Reading(password, code, step), whole], None
+        if totp.verify(secret_key, code, now, last_step=None) is not None:
+            # A current code already spent: certainly password+code (a mail client
+            # resending what was typed, or a replay); read it that way first.
+            return [_Reading(password, code), whole], "one-time code already used"
         if device is not None and device.split_code:
             return [_Reading(password, code), whole], "wrong or used one-time code"
         return [whole, _Reading(password, code)], "wrong or used one-time code"
@@ -526,6 +609,19 @@ class Authenticator:
     async def flush(self) -> None:
         """Write the queued bookkeeping now (tests; shutdown)."""
         await self.bookkeeping.flush()
+
+
+def _with_challenge(result: AuthResult, challenge: bytes | None) -> AuthResult:
+    return AuthResult(
+        result.outcome,
+        result.user,
+        result.method,
+        result.reason,
+        result.session,
+        result.factor,
+        result.device,
+        challenge,
+    )
 
 
 async def _close_session(session: UpstreamSession | None) -> None:

@@ -42,8 +42,17 @@ from imapguard.auth.chokepoint import (
     FactorSettings,
     NoticeHook,
     Outcome,
+    canonical_user,
 )
-from imapguard.config import Config, ListenConfig, load_config, notify_settings, parse_address
+from imapguard.auth.oauth import TokenVerifier
+from imapguard.config import (
+    Config,
+    ListenConfig,
+    load_config,
+    notify_settings,
+    oauth_settings,
+    parse_address,
+)
 from imapguard.errors import ConfigError
 from imapguard.gateway.link import Link
 from imapguard.gateway.upstream import ClientAddress, UpstreamSettings
@@ -63,7 +72,7 @@ from imapguard.notify import Notice, NoticeKind, Notifier
 from imapguard.secret import Secret
 from imapguard.state.sqlite import SqliteStore, open_reader, open_store
 from imapguard.state.writebehind import WriteBehind
-from imapguard.tls import client_context, server_context
+from imapguard.tls import certificate_account, client_context, server_context
 
 __all__ = ["Gateway", "Runtime", "build_runtime", "run_gateway", "run_loop", "serve_forever"]
 
@@ -99,6 +108,7 @@ def build_runtime(
     reader: SqliteStore | None = None,
     bookkeeping: WriteBehind | None = None,
     notifier: Notifier | None = None,
+    token_verifier: TokenVerifier | None = None,
     **authenticator_overrides: Any,
 ) -> Runtime:
     from imapguard.imap.framing import FrameLimits
@@ -142,6 +152,8 @@ def build_runtime(
         factors=factors,
         totp_key=derive_key(server_key, TOTP_SEAL),
         on_notice=_notice_hook(notifier) if notifier is not None else None,
+        token_verifier=token_verifier,
+        oauth_scope=config.oauth.scope if config.oauth is not None else "openid email",
         app_password_key=key,
         upstream=upstream,
         audit=audit,
@@ -153,8 +165,12 @@ def build_runtime(
     return Runtime(
         config=config,
         server_ssl=server_context(
-            config.tls.certificate, config.tls.private_key, config.tls.min_version
+            config.tls.certificate,
+            config.tls.private_key,
+            config.tls.min_version,
+            config.tls.client_ca,
         ),
+        mechanisms=_mechanisms(config.auth.methods),
         authenticator=authenticator,
         frame_limits=FrameLimits(
             max_line=limits.max_line,
@@ -162,6 +178,17 @@ def build_runtime(
             max_command=max(2 * limits.max_line, limits.max_line + limits.max_literal),
         ),
     )
+
+
+def _mechanisms(methods: list[str]) -> tuple[str, ...]:
+    """The SASL mechanisms to offer after TLS, from auth.methods."""
+    offered = ["PLAIN"] if {"app-password", "password", "password+totp"} & set(methods) else []
+    offered += [m.upper() for m in ("oauthbearer", "xoauth2") if m in methods]
+    if "client-cert" in methods:
+        offered.append("EXTERNAL")
+        if "PLAIN" not in offered:
+            offered.insert(0, "PLAIN")  # password + certificate
+    return tuple(offered)
 
 
 def _notice_hook(notifier: Notifier) -> NoticeHook:
@@ -451,6 +478,13 @@ class Gateway:
         conn.link.transport = cast(asyncio.Transport, transport)
         cipher = sslobj.cipher()
         conn.extra["tls"] = {"version": sslobj.version(), "cipher": cipher[0] if cipher else None}
+        peercert = sslobj.getpeercert()
+        if peercert:
+            # Only a certificate that verified against tls.client_ca gets here.
+            account = certificate_account(peercert, self.runtime.config.tls.client_cert_user)
+            user = canonical_user(account.encode()) if account is not None else None
+            conn.extra["cert_user"] = user
+            conn.extra["tls"]["client_cert"] = user or "(names no account)"
         self.audit.emit(
             AuditEvent(
                 "tls", conn.session, {"src": conn.src, "tls_mode": mode, **conn.extra["tls"]}
@@ -492,7 +526,12 @@ class Gateway:
             elif isinstance(action, AuthRequest):
                 name, version = _id_fields(machine.client_id)
                 ctx = AuthContext(
-                    client, _client_id(machine.client_id), listener.address, name, version
+                    client,
+                    _client_id(machine.client_id),
+                    listener.address,
+                    name,
+                    version,
+                    conn.extra.get("cert_user"),
                 )
                 result = await rt.authenticator.authenticate(action.credentials, ctx, conn.session)
                 if result.outcome is Outcome.OK and result.session is not None:
@@ -503,7 +542,7 @@ class Gateway:
                 elif result.outcome is Outcome.UNAVAILABLE:
                     machine.auth_finished(AuthOutcome.UNAVAILABLE)
                 else:
-                    machine.auth_finished(AuthOutcome.FAILED)
+                    machine.auth_finished(AuthOutcome.FAILED, challenge=result.challenge)
             elif isinstance(action, Relay):
                 upstream = conn.upstream
                 assert upstream is not None  # noqa: S101 - set with AuthOutcome.OK
@@ -613,10 +652,15 @@ async def serve_forever(
             should_send=_notice_limit(store, executor, config.notify.min_interval),
         )
         await notifier.__aenter__()
+    tokens: TokenVerifier | None = None
+    if config.oauth is not None:
+        # [oauth] is read at start; changing it needs a restart.
+        tokens = TokenVerifier(oauth_settings(config.oauth))
     shared: dict[str, Any] = {
         "reader": reader,
         "bookkeeping": bookkeeping,
         "notifier": notifier,
+        "token_verifier": tokens,
     }
     try:
         gateway = Gateway(build_runtime(config, store, executor, audit, **shared), audit)
@@ -640,6 +684,9 @@ async def serve_forever(
         await gateway.serve(ready)
         audit.emit(AuditEvent("stop", None, {"pid": os.getpid()}))
     finally:
+        if tokens is not None:
+            with contextlib.suppress(Exception):
+                await tokens.aclose()
         if notifier is not None:
             with contextlib.suppress(Exception):
                 await notifier.aclose()

@@ -14,6 +14,8 @@ Phases and transitions (every other input is answered on the wire, never raised)
     SASL              --"*" / bad / too long-----> NOT_AUTHENTICATED
     AUTHENTICATING    --auth_finished(OK)--------> AUTHENTICATED (Relay action)
     AUTHENTICATING    --auth_finished(failure)---> NOT_AUTHENTICATED (LOGOUT after too many)
+    AUTHENTICATING    --failure with challenge---> SASL_ERROR (RFC 7628 §3.2.2: "+ error")
+    SASL_ERROR        --any response line--------> NOT_AUTHENTICATED (tagged NO)
     any               --LOGOUT / limit / fatal---> LOGOUT (Close action)
 
 Rules that protect the gateway:
@@ -29,6 +31,11 @@ Rules that protect the gateway:
   connection; each limit ends the connection with a BYE that says why.
 * A SASL response that cannot be framed (too long) ends the AUTHENTICATE with a
   BAD tagged like the AUTHENTICATE command, so that the client is not left waiting.
+
+SASL payloads: PLAIN is split here (RFC 4616). OAUTHBEARER and XOAUTH2 payloads
+go to the chokepoint whole, as the credential's secret (their grammar and the
+token are the authenticator's business); EXTERNAL's payload is the requested
+authorization identity, the certificate itself comes from the TLS layer.
 """
 
 from __future__ import annotations
@@ -73,6 +80,7 @@ class Phase(enum.Enum):
     STARTTLS = "starttls"
     SASL = "sasl continuation"
     AUTHENTICATING = "authenticating"
+    SASL_ERROR = "sasl error continuation"
     AUTHENTICATED = "authenticated"
     LOGOUT = "logout"
 
@@ -192,9 +200,20 @@ class PreAuth:
         self.tls = True
         self.phase = Phase.NOT_AUTHENTICATED
 
-    def auth_finished(self, outcome: AuthOutcome, capabilities: Sequence[str] = ()) -> None:
+    def auth_finished(
+        self,
+        outcome: AuthOutcome,
+        capabilities: Sequence[str] = (),
+        challenge: bytes | None = None,
+    ) -> None:
+        """`challenge`: on a failed OAUTHBEARER/XOAUTH2 exchange, the error JSON
+        the client gets as a continuation before the tagged NO (RFC 7628 §3.2.2)."""
         if self.phase is not Phase.AUTHENTICATING or self._pending_tag is None:
             raise RuntimeError(f"auth_finished() in phase {self.phase}")
+        if outcome is AuthOutcome.FAILED and challenge is not None:
+            self.phase = Phase.SASL_ERROR
+            self._send(b"+ " + binascii.b2a_base64(challenge, newline=False) + b"\r\n")
+            return
         tag, self._pending_tag = self._pending_tag, None
         if outcome is AuthOutcome.OK:
             caps = " ".join(filter_capabilities(capabilities))
@@ -233,9 +252,9 @@ class PreAuth:
 
     def next_action(self) -> Action:
         while not self._out:
-            if self.phase not in (Phase.NOT_AUTHENTICATED, Phase.SASL):
+            if self.phase not in (Phase.NOT_AUTHENTICATED, Phase.SASL, Phase.SASL_ERROR):
                 return NEED_DATA
-            event = self.framer.next_event(raw_line=self.phase is Phase.SASL)
+            event = self.framer.next_event(raw_line=self.phase in (Phase.SASL, Phase.SASL_ERROR))
             if isinstance(event, NeedData):
                 return NEED_DATA
             self._handle(event)
@@ -275,6 +294,9 @@ class PreAuth:
             FrameErrorKind.COMMAND_TOO_LARGE: "Command too large.",
         }[error.kind]
         tag = error.tag
+        if self.phase is Phase.SASL_ERROR and self._pending_tag is not None:
+            tag, self._pending_tag = self._pending_tag, None
+            self.phase = Phase.NOT_AUTHENTICATED
         if self.phase is Phase.SASL and self._sasl is not None:
             # The response line of an AUTHENTICATE: that command fails.
             tag = self._sasl[0]
@@ -343,6 +365,12 @@ class PreAuth:
         self._out.append(StartTlsNow())
 
     def _sasl_response(self, line: bytes) -> None:
+        if self.phase is Phase.SASL_ERROR:
+            # The client's answer to the error challenge (RFC 7628: a lone 0x01,
+            # "AQ=="); whatever it is, the exchange has failed.
+            self.phase = Phase.AUTHENTICATING
+            self.auth_finished(AuthOutcome.FAILED)
+            return
         if self._sasl is None:
             raise RuntimeError("SASL response without a pending AUTHENTICATE")
         tag, mechanism = self._sasl
@@ -359,7 +387,13 @@ class PreAuth:
         except binascii.Error:
             self._bad(tag, "Invalid base64 in the SASL response.")
             return
-        # Only PLAIN exists in this build (RFC 4616: authzid NUL authcid NUL passwd).
+        if mechanism in ("OAUTHBEARER", "XOAUTH2"):
+            self._authenticate(tag, Credentials(mechanism, b"", Secret(payload)))
+            return
+        if mechanism == "EXTERNAL":
+            self._authenticate(tag, Credentials(mechanism, payload, Secret(b""), payload))
+            return
+        # RFC 4616: authzid NUL authcid NUL passwd.
         parts = payload.split(b"\0")
         if mechanism != "PLAIN" or len(parts) != 3:
             self._bad(tag, "Malformed SASL PLAIN response.")

@@ -1,0 +1,419 @@
+"""The chokepoint's second factors, with an injected clock and a stub upstream that
+knows each user's password (tests/integration proves the same with Dovecot):
+password + code, the trusted device, pending devices and notices, the per-account
+code lockout, the verified-password cache, bearer tokens and EXTERNAL."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pyotp
+import pytest
+
+from imapguard.audit import AuditLog
+from imapguard.auth import oauth, totp
+from imapguard.auth.chokepoint import (
+    AuthContext,
+    Authenticator,
+    FactorSettings,
+    Outcome,
+    device_network,
+)
+from imapguard.errors import UpstreamRefused
+from imapguard.gateway.upstream import ClientAddress, UpstreamSession, UpstreamSettings
+from imapguard.imap.preauth import Credentials
+from imapguard.secret import Secret
+from imapguard.state.sqlite import SqliteStore, open_store
+
+KEY = b"k" * 32
+SEAL = b"s" * 32
+PASSWORDS = {"alice": "correct-horse", "bob": "bobs-password-123456"}
+SETTINGS = UpstreamSettings(
+    "127.0.0.1", 143, "none", None, "localhost", "imapguard", Secret("m"), "id", 1.0, 1.0
+)
+
+
+class Upstream:
+    """Accepts the master login (password None) and each user's own password."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str | None]] = []
+
+    async def __call__(
+        self, settings: UpstreamSettings, user: str, password: Secret | None, client: ClientAddress
+    ) -> UpstreamSession:
+        given = None if password is None else password.reveal().decode()
+        self.calls.append((user, given))
+        if given is not None and PASSWORDS.get(user) != given:
+            raise UpstreamRefused("upstream", "NO [AUTHENTICATIONFAILED]")
+        link: Any = _Link()
+        return UpstreamSession(link=link, capabilities=["IMAP4rev1"], leftover=b"")
+
+
+class _Link:
+    def write(self, data: bytes) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SqliteStore]:
+    s = open_store(f"sqlite:///{tmp_path}/state.db")
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def executor() -> Iterator[ThreadPoolExecutor]:
+    ex = ThreadPoolExecutor(1)
+    yield ex
+    ex.shutdown()
+
+
+@pytest.fixture
+def audit(tmp_path: Path) -> Iterator[AuditLog]:
+    log = AuditLog(str(tmp_path / "audit.jsonl"))
+    yield log
+    log.close()
+
+
+class Env:
+    def __init__(self, store: SqliteStore, executor: ThreadPoolExecutor, audit: AuditLog) -> None:
+        self.store = store
+        self.upstream = Upstream()
+        self.clock = Clock()
+        self.notices: list[tuple[str, str, str | None]] = []
+        self.tokens: Any = None
+        self.executor = executor
+        self.audit = audit
+
+    def auth(self, methods: tuple[str, ...] = ("password+totp",), **factors: Any) -> Authenticator:
+        return Authenticator(
+            methods=methods,
+            store=self.store,
+            store_executor=self.executor,
+            app_password_key=KEY,
+            upstream=SETTINGS,
+            audit=self.audit,
+            failure_delay=0.0,
+            failure_jitter=0.0,
+            clock=self.clock,
+            wall_clock=self.clock,
+            sleep=self.clock.sleep,
+            rng=random.Random(1),
+            connect=self.upstream,
+            factors=FactorSettings(**{"verified_cache_seconds": 0, **factors}),
+            totp_key=SEAL,
+            on_notice=lambda kind, user, ctx, device: self.notices.append((kind, user, device)),
+            token_verifier=self.tokens,
+        )
+
+    def enroll(self, user: str) -> pyotp.TOTP:
+        secret = totp.new_secret()
+        self.store.set_totp(user, totp.seal(SEAL, user, secret), self.clock.now)
+        return pyotp.TOTP(secret.reveal().decode())
+
+
+@pytest.fixture
+def env(store: SqliteStore, executor: ThreadPoolExecutor, audit: AuditLog) -> Env:
+    return Env(store, executor, audit)
+
+
+def ctx(ip: str = "192.0.2.10", name: str = "Mail", cert_user: str | None = None) -> AuthContext:
+    return AuthContext(
+        ClientAddress(ip, 40000, "127.0.0.1", 993, "s"), name, "l", name, "1.0", cert_user
+    )
+
+
+def login(user: str, secret: str, mechanism: str = "LOGIN") -> Credentials:
+    return Credentials(mechanism, user.encode(), Secret(secret))
+
+
+async def attempt(auth: Authenticator, user: str, secret: str, c: AuthContext | None = None) -> Any:
+    return await auth.authenticate(login(user, secret), c or ctx(), "s")
+
+
+# -- password + code, devices ------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_code_trusts_the_device_and_is_accepted_once(env: Env) -> None:
+    auth = env.auth()
+    otp = env.enroll("alice")
+    typed = PASSWORDS["alice"] + otp.at(env.clock.now)
+    first = await attempt(auth, "alice", typed)
+    assert (first.outcome, first.factor) == (Outcome.OK, "password+totp")
+    (device,) = env.store.list_devices("alice")
+    assert (device.network, device.status, device.split_code) == ("192.0.2.0/24", "trusted", True)
+    # Same stale string from the same device (another address of its /24): fine.
+    again = await attempt(auth, "alice", typed, ctx("192.0.2.99"))
+    assert (again.outcome, again.factor) == (Outcome.OK, "trusted-device")
+    # From another network the used code is worth nothing.
+    other = await attempt(auth, "alice", typed, ctx("198.51.100.7"))
+    assert other.outcome is Outcome.MISSING_FACTOR
+    assert env.notices == [("compromise_signal", "alice", None)]
+
+
+@pytest.mark.asyncio
+async def test_another_client_name_is_another_device(env: Env) -> None:
+    auth = env.auth()
+    otp = env.enroll("alice")
+    assert (await attempt(auth, "alice", PASSWORDS["alice"] + otp.at(env.clock.now))).outcome is (
+        Outcome.OK
+    )
+    result = await attempt(auth, "alice", PASSWORDS["alice"], ctx(name="Evil"))
+    assert result.outcome is Outcome.MISSING_FACTOR
+
+
+@pytest.mark.asyncio
+async def test_device_trust_expires(env: Env) -> None:
+    auth = env.auth(device_trust=3600.0)
+    otp = env.enroll("alice")
+    await attempt(auth, "alice", PASSWORDS["alice"] + otp.at(env.clock.now))
+    env.clock.now += 3601
+    result = await attempt(auth, "alice", PASSWORDS["alice"])
+    assert result.outcome is Outcome.MISSING_FACTOR
+    assert "trust expired" in result.reason
+
+
+@pytest.mark.asyncio
+async def test_password_alone_from_a_new_device_is_pending_and_notified(env: Env) -> None:
+    auth = env.auth()
+    env.enroll("alice")
+    result = await attempt(auth, "alice", PASSWORDS["alice"])
+    assert result.outcome is Outcome.MISSING_FACTOR
+    (device,) = env.store.list_devices("alice")
+    assert device.status == "pending"
+    assert env.notices == [
+        ("new_device", "alice", device.id),
+        ("compromise_signal", "alice", device.id),
+    ]
+    env.store.approve_device("alice", device.id, env.clock.now + 60)
+    approved = await attempt(auth, "alice", PASSWORDS["alice"])
+    assert (approved.outcome, approved.factor) == (Outcome.OK, "trusted-device")
+
+
+@pytest.mark.asyncio
+async def test_new_device_approval_can_be_switched_off(env: Env) -> None:
+    auth = env.auth(new_device_approval=False)
+    env.enroll("alice")
+    assert (await attempt(auth, "alice", PASSWORDS["alice"])).outcome is Outcome.MISSING_FACTOR
+    assert env.store.list_devices("alice") == []
+    assert [kind for kind, _, _ in env.notices] == ["compromise_signal"]
+
+
+@pytest.mark.asyncio
+async def test_a_password_ending_in_six_digits_is_read_both_ways(env: Env) -> None:
+    auth = env.auth()
+    otp = env.enroll("bob")  # bob's password ends in 123456
+    with_code = await attempt(auth, "bob", PASSWORDS["bob"] + otp.at(env.clock.now))
+    assert (with_code.outcome, with_code.factor) == (Outcome.OK, "password+totp")
+    alone = await attempt(auth, "bob", PASSWORDS["bob"])
+    assert (alone.outcome, alone.factor) == (Outcome.OK, "trusted-device")
+
+
+@pytest.mark.asyncio
+async def test_wrong_password_is_invalid_and_never_a_signal(env: Env) -> None:
+    auth = env.auth()
+    otp = env.enroll("alice")
+    result = await attempt(auth, "alice", "guess" + otp.at(env.clock.now))
+    assert result.outcome is Outcome.INVALID
+    assert env.notices == []
+    record = env.store.get_totp("alice")
+    assert record is not None
+    assert record.last_step is None  # the code was not spent
+
+
+@pytest.mark.asyncio
+async def test_code_guessing_with_the_right_password_locks_codes(env: Env) -> None:
+    """A guesser who has the password gets `totp_max_failures` tries, not a million."""
+    auth = env.auth(totp_max_failures=3, totp_lockout=900.0)
+    otp = env.enroll("alice")
+    right = otp.at(env.clock.now)
+    wrong = [f"{(int(right) + k) % 1_000_000:06d}" for k in (1, 2, 3)]
+    for code in wrong:
+        result = await attempt(auth, "alice", PASSWORDS["alice"] + code, ctx("203.0.113.5"))
+        assert result.outcome is Outcome.MISSING_FACTOR
+    assert "locked" in result.reason
+    # Now even the right code is refused, from anywhere, until the lockout ends.
+    locked = await attempt(auth, "alice", PASSWORDS["alice"] + right, ctx("192.0.2.10"))
+    assert locked.outcome is Outcome.MISSING_FACTOR
+    assert "locked" in locked.reason
+    env.clock.now += 901
+    fresh = otp.at(env.clock.now)
+    ok = await attempt(auth, "alice", PASSWORDS["alice"] + fresh, ctx("192.0.2.10"))
+    assert (ok.outcome, ok.factor) == (Outcome.OK, "password+totp")
+
+
+# -- the verified-password cache ----------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_verified_cache_skips_the_password_check_for_the_same_device_only(
+    env: Env,
+) -> None:
+    auth = env.auth(verified_cache_seconds=300.0)
+    otp = env.enroll("alice")
+    typed = PASSWORDS["alice"] + otp.at(env.clock.now)
+    assert (await attempt(auth, "alice", typed)).outcome is Outcome.OK
+    env.upstream.calls.clear()
+    assert (await attempt(auth, "alice", typed)).outcome is Outcome.OK
+    # Remembered: the session is opened with the master login, no password sent.
+    assert env.upstream.calls == [("alice", None)]
+    env.upstream.calls.clear()
+    # Another network: not the same (user, device, password), so checked again.
+    await attempt(auth, "alice", typed, ctx("198.51.100.1"))
+    assert ("alice", PASSWORDS["alice"]) in env.upstream.calls
+    # Expired entries are checked again.
+    env.upstream.calls.clear()
+    env.clock.now += 301
+    await attempt(auth, "alice", PASSWORDS["alice"])
+    assert ("alice", PASSWORDS["alice"]) in env.upstream.calls
+
+
+@pytest.mark.asyncio
+async def test_verified_cache_is_never_shared_between_users(env: Env) -> None:
+    PASSWORDS["carol"] = "shared-password"
+    PASSWORDS["dave"] = "shared-password"
+    try:
+        auth = env.auth(verified_cache_seconds=300.0)
+        for user in ("carol", "dave"):
+            otp = env.enroll(user)
+            await attempt(auth, user, "shared-password" + otp.at(env.clock.now))
+        env.upstream.calls.clear()
+        # dave's entry exists; erin (unknown upstream) with the same string is checked.
+        await attempt(auth, "erin", "shared-password")
+        assert env.upstream.calls == [("erin", "shared-password")]
+    finally:
+        del PASSWORDS["carol"], PASSWORDS["dave"]
+
+
+# -- bearer tokens and client certificates -------------------------------------------
+
+
+class Tokens:
+    """A stand-in TokenVerifier: the token text is 'user.mfa', 'user.nomfa' or 'user.bad'."""
+
+    settings = oauth.OAuthSettings(issuer="https://idp.example.org", audience="imap")
+
+    async def verify(self, token: Secret, authzid: str | None) -> oauth.VerifiedToken:
+        user, _, kind = token.reveal().decode().partition(".")
+        if kind == "bad":
+            raise oauth.TokenRejected("signature verification failed")
+        if authzid is not None and authzid != user:
+            raise oauth.TokenRejected(f"token is for {user!r}, not {authzid!r}")
+        return oauth.VerifiedToken(
+            user=user,
+            amr=("mfa",) if kind == "mfa" else ("pwd",),
+            acr=None,
+            mfa=kind == "mfa",
+            sub=user,
+            jti=None,
+            client_id=None,
+            kid="k1",
+            expires_at=0.0,
+        )
+
+
+def bearer(user: str, token: str) -> Credentials:
+    return Credentials(
+        "OAUTHBEARER", b"", Secret(f"n,a={user},\x01auth=Bearer {token}\x01\x01".encode())
+    )
+
+
+@pytest.mark.asyncio
+async def test_bearer_token_with_mfa_opens_a_master_session(env: Env) -> None:
+    env.tokens = Tokens()
+    auth = env.auth(methods=("oauthbearer",))
+    result = await auth.authenticate(bearer("alice", "alice.mfa"), ctx(), "s")
+    assert (result.outcome, result.factor, result.challenge) == (Outcome.OK, "oauth-mfa", None)
+    assert env.upstream.calls == [("alice", None)]
+
+
+@pytest.mark.parametrize(
+    ("token", "outcome"),
+    [("alice.nomfa", Outcome.MISSING_FACTOR), ("alice.bad", Outcome.INVALID), ("", None)],
+)
+@pytest.mark.asyncio
+async def test_bearer_failures_carry_the_error_challenge(
+    env: Env, token: str, outcome: Outcome | None
+) -> None:
+    env.tokens = Tokens()
+    auth = env.auth(methods=("oauthbearer",))
+    result = await auth.authenticate(bearer("alice", token), ctx(), "s")
+    assert result.outcome is (outcome or Outcome.INVALID)
+    assert result.challenge is not None
+    assert b"invalid_token" in result.challenge
+    assert env.upstream.calls == []
+
+
+@pytest.mark.asyncio
+async def test_bearer_mechanism_not_enabled(env: Env) -> None:
+    env.tokens = Tokens()
+    auth = env.auth(methods=("password+totp",))
+    result = await auth.authenticate(bearer("alice", "alice.mfa"), ctx(), "s")
+    assert result.outcome is Outcome.INVALID
+    assert "not enabled" in result.reason
+
+
+@pytest.mark.asyncio
+async def test_external_uses_the_certificate_account(env: Env) -> None:
+    auth = env.auth(methods=("client-cert",))
+    external = Credentials("EXTERNAL", b"", Secret(b""), b"")
+    ok = await auth.authenticate(external, ctx(cert_user="alice"), "s")
+    assert (ok.outcome, ok.user, ok.factor) == (Outcome.OK, "alice", "client-cert")
+    none = await auth.authenticate(external, ctx(), "s")
+    assert none.outcome is Outcome.INVALID
+    other = Credentials("EXTERNAL", b"bob", Secret(b""), b"bob")
+    assert (await auth.authenticate(other, ctx(cert_user="alice"), "s")).outcome is Outcome.INVALID
+
+
+@pytest.mark.asyncio
+async def test_password_plus_certificate(env: Env) -> None:
+    auth = env.auth(methods=("client-cert",))
+    both = await attempt(auth, "alice", PASSWORDS["alice"], ctx(cert_user="alice"))
+    assert (both.outcome, both.factor) == (Outcome.OK, "password+client-cert")
+    # A certificate for someone else is no factor for alice.
+    mismatch = await attempt(auth, "alice", PASSWORDS["alice"], ctx(cert_user="bob"))
+    assert mismatch.outcome is Outcome.MISSING_FACTOR
+
+
+@pytest.mark.asyncio
+async def test_a_factor_left_out_of_sufficient_is_not_enough(env: Env) -> None:
+    auth = env.auth(sufficient=("password+totp",))
+    otp = env.enroll("alice")
+    assert (await attempt(auth, "alice", PASSWORDS["alice"] + otp.at(env.clock.now))).outcome is (
+        Outcome.OK
+    )
+    # trusted-device is not in auth.sufficient: the password alone is not enough.
+    result = await attempt(auth, "alice", PASSWORDS["alice"])
+    assert (result.outcome, result.factor) == (Outcome.MISSING_FACTOR, "trusted-device")
+
+
+@pytest.mark.parametrize(
+    ("ip", "network"),
+    [
+        ("192.0.2.77", "192.0.2.0/24"),
+        ("2001:db8:1:2:3:4:5:6", "2001:db8:1:2::/64"),
+        ("::ffff:198.51.100.9", "198.51.100.0/24"),
+    ],
+)
+def test_device_network(ip: str, network: str) -> None:
+    assert device_network(ip) == network
