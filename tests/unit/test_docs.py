@@ -5,7 +5,7 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
-from imapguard.config import Config
+from imapguard.config import Config, validate_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -15,3 +15,11 @@ def test_example_config_matches_the_schema() -> None:
     config = Config.model_validate(raw)
     assert config.upstream.login == "master"
     assert [listener.tls for listener in config.listen] == ["implicit", "starttls"]
+
+
+def test_example_config_has_no_cross_field_problems() -> None:
+    raw = tomllib.loads((ROOT / "docs" / "example.toml").read_text())
+    config = Config.model_validate(raw)
+    assert validate_config(config, check_files=False) == []
+    assert config.oauth is not None
+    assert config.notify is not None
