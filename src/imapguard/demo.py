@@ -7,8 +7,9 @@ the server key, the certificate, the state database, the audit log and a
 generated `imapguard.toml` that the admin commands accept with `--config`.
 
 The demo's own credentials file (`demo-credentials.json`, mode 0600) keeps the
-demo app password in clear so it can be shown again at the next start. That is
-a demo convenience only: `imapguard serve` never stores an app password.
+demo app password and bob's TOTP secret in clear so they can be shown again at
+the next start. That is a demo convenience only: `imapguard serve` never stores
+an app password, and keeps TOTP secrets only encrypted.
 """
 
 from __future__ import annotations
@@ -20,11 +21,11 @@ import sys
 import time
 from pathlib import Path
 
-from imapguard.auth import app_passwords
+from imapguard.auth import app_passwords, totp
 from imapguard.config import load_config
 from imapguard.demo_backend import DemoAccount, demo_backend
 from imapguard.gateway.server import Gateway, run_loop, serve_forever
-from imapguard.keys import APP_PASSWORD, derive_key, load_server_key
+from imapguard.keys import APP_PASSWORD, TOTP_SEAL, derive_key, load_server_key
 from imapguard.secret import Secret
 from imapguard.state import open_store
 from imapguard.tls import generate_self_signed
@@ -88,7 +89,7 @@ master_user = "{MASTER_USER}"
 master_password_file = "{master_file.resolve()}"
 
 [auth]
-methods = ["app-password"]
+methods = ["app-password", "password+totp"]
 failure_delay = 0.5
 
 [limits]
@@ -99,18 +100,23 @@ path = "{state.resolve()}/audit.jsonl"
 """
     )
     config = load_config(config_file)
-    if "alice-app-password" not in creds:
-        store = open_store(config.state.url)
-        try:
+    root = load_server_key(config.state.key_file)
+    store = open_store(config.state.url)
+    try:
+        if "alice-app-password" not in creds:
             password = app_passwords.generate()
             normalized = app_passwords.normalize(password)
             assert normalized is not None  # noqa: S101 - generate() makes valid ones
-            root = load_server_key(config.state.key_file)
             digest = app_passwords.digest(derive_key(root, APP_PASSWORD), "alice", normalized)
             store.add_app_password("alice", "demo laptop", digest, time.time())
-        finally:
-            store.close()
-        creds["alice-app-password"] = password.reveal().decode()
+            creds["alice-app-password"] = password.reveal().decode()
+        if "bob-totp-secret" not in creds:
+            secret = totp.new_secret()
+            sealed = totp.seal(derive_key(root, TOTP_SEAL), "bob", secret)
+            store.set_totp("bob", sealed, time.time())
+            creds["bob-totp-secret"] = secret.reveal().decode()
+    finally:
+        store.close()
     _write_secret(creds_file, json.dumps(creds, indent=2).encode())
     return config_file, creds
 
@@ -132,6 +138,9 @@ Demo users (primary passwords; IMAP refuses them alone, as it should):
   bob    {creds["bob"]}
 App password of alice ("demo laptop"):
   {app}
+TOTP secret of bob (add it to an authenticator app; bob logs in with his password
+followed by the current 6-digit code, no separator):
+  {creds["bob-totp-secret"]}
 
 Things to try:
   1. Read alice's INBOX through the gateway with her app password:
@@ -142,8 +151,13 @@ Things to try:
        curl -u 'alice:{app}' 'imap://localhost:{starttls}/'
      and with --ssl-reqd (STARTTLS) it works:
        curl --ssl-reqd --cacert {cert} -u 'alice:{app}' 'imap://localhost:{starttls}/'
-  4. Watch every decision in the audit log, and manage device passwords:
+  4. Log in as bob with his password and a one-time code; his device is then trusted:
+       CODE=$(python3 -c 'import pyotp; print(pyotp.TOTP("{creds["bob-totp-secret"]}").now())')
+       curl --cacert {cert} -u "bob:{creds["bob"]}$CODE" 'imaps://localhost:{imaps}/INBOX?ALL'
+     (pyotp is in imapguard's environment: use its python, e.g. .venv/bin/python3)
+  5. Watch every decision in the audit log, see devices, manage device passwords:
        imapguard events --follow --config {config_file}
+       imapguard device list alice --config {config_file}
        imapguard app-password create bob --label phone --config {config_file}
 """
 

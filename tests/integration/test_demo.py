@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import pyotp
 import pytest
 
 from tests.dovecot import free_port
@@ -104,15 +105,27 @@ def test_demo_end_to_end_and_restart(tmp_path: Path) -> None:
         assert ok.stdout.startswith("* SEARCH 1 2 3")
         refused = _curl(state, base, "alice", creds["alice"])
         assert refused.returncode == 67  # curl: login denied
+        # bob: password + one-time code, then his password alone from that device.
+        otp_code = pyotp.TOTP(creds["bob-totp-secret"]).now()
+        with_code = _curl(state, base, "bob", creds["bob"] + otp_code)
+        assert with_code.returncode == 0, with_code.stderr
+        alone = _curl(state, base, "bob", creds["bob"])
+        assert alone.returncode == 0, alone.stderr
     finally:
         code, out = _stop(proc)
     assert code == 0
     assert app in out  # the banner shows the credentials and what to try
+    assert creds["bob-totp-secret"] in out
     assert "Things to try" in out
     assert "imapguard demo stopped." in out
     assert "Traceback" not in out
     events = [json.loads(line) for line in (state / "audit.jsonl").read_text().splitlines()]
-    assert [e["result"] for e in events if e["event"] == "auth"] == ["ok", "invalid"]
+    assert [(e["result"], e.get("factor")) for e in events if e["event"] == "auth"] == [
+        ("ok", "app-password"),
+        ("missing_factor", None),  # alice has a factor: her password alone is a signal
+        ("ok", "password+totp"),
+        ("ok", "trusted-device"),
+    ]
     assert (state / "server.key").stat().st_mode & 0o077 == 0
 
     # State survives a restart: the same app password still works.
