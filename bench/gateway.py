@@ -62,7 +62,6 @@ import random
 import shutil
 import signal
 import ssl
-import statistics
 import string
 import subprocess
 import sys
@@ -72,17 +71,27 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any, ClassVar, Protocol, TypeVar
+from typing import Any, ClassVar
 
 from tests.dovecot import DOVEADM_BINARY, DOVECOT_BINARY, DovecotServer, free_port
 from tests.gateway import GatewayProcess
 
+from bench._common import (
+    CLIENT_ERRORS,
+    LoginRun,
+    measure_logins,
+    median,
+    pct,
+    quiet_attempt,
+    verdict,
+    wait_dovecot_sessions,
+    wait_quiet,
+)
 from bench._imap import ImapConn, ImapError, client_ssl_context, connect
 from bench._procs import (
     NGINX_BINARY,
     NGINX_MAIL_MODULE,
     NginxMailProxy,
-    count_processes,
     cpu_seconds,
     group_cpu_seconds,
     groups_cpu_seconds,
@@ -99,7 +108,6 @@ GOAL_KIB_PER_SESSION = 48.0
 
 MESSAGE_SIZE = 5 * 1024 * 1024
 TIMEOUT = 15.0
-CLIENT_ERRORS = (ImapError, OSError, TimeoutError, ssl.SSLError, EOFError)
 
 
 @dataclass(frozen=True)
@@ -163,44 +171,7 @@ class Target:
     pid: Callable[[], int | None]  # the proxy process whose CPU/memory is read
 
 
-# --------------------------------------------------------------------------- statistics
-
-
-def pct(xs: list[float], p: float) -> float:
-    if not xs:
-        return float("nan")
-    s = sorted(xs)
-    return s[min(len(s) - 1, int(p / 100 * len(s)))]
-
-
-def median(xs: list[float]) -> float:
-    return statistics.median(xs) if xs else float("nan")
-
-
-def verdict(ok: bool | None) -> str:
-    return "n/a" if ok is None else ("PASS" if ok else "FAIL")
-
-
 # --------------------------------------------------------------------------- measurements
-
-
-@dataclass
-class LoginRun:
-    target: str
-    ok: int
-    errors: int
-    wall: float
-    rate: float
-    p50_ms: float
-    p99_ms: float
-    proxy_cpu: float | None
-    others_cpu: float  # all cores minus this (client) process
-    first_error: str | None = None
-    foreign_cores: float = 0.0
-
-    @property
-    def cpu_us_per_login(self) -> float | None:
-        return None if self.proxy_cpu is None or not self.ok else self.proxy_cpu / self.ok * 1e6
 
 
 async def login_once(t: Target, ctx: ssl.SSLContext, user: str) -> None:
@@ -217,41 +188,8 @@ async def login_rate(
     t: Target, user: str, concurrency: int, seconds: float, max_logins: int
 ) -> LoginRun:
     ctx = client_ssl_context()
-    latencies: list[float] = []
-    errors: list[str] = []
-    started = 0
-
-    async def worker(end: float) -> None:
-        nonlocal started
-        while time.perf_counter() < end and started < max_logins:
-            started += 1
-            t0 = time.perf_counter()
-            try:
-                await login_once(t, ctx, user)
-            except CLIENT_ERRORS as exc:
-                errors.append(f"{type(exc).__name__}: {exc}")
-                continue
-            latencies.append(time.perf_counter() - t0)
-
-    pid = t.pid()
-    cpu0 = cpu_seconds(pid) if pid else 0.0
-    busy0, self0 = machine_busy_seconds(), self_cpu_seconds()
-    t0 = time.perf_counter()
-    await asyncio.gather(*(worker(t0 + seconds) for _ in range(concurrency)))
-    wall = time.perf_counter() - t0
-    others = (machine_busy_seconds() - busy0) - (self_cpu_seconds() - self0)
-    proxy_cpu = cpu_seconds(pid) - cpu0 if pid else None
-    return LoginRun(
-        target=t.name,
-        ok=len(latencies),
-        errors=len(errors),
-        wall=wall,
-        rate=len(latencies) / wall,
-        p50_ms=pct(latencies, 50) * 1e3,
-        p99_ms=pct(latencies, 99) * 1e3,
-        proxy_cpu=proxy_cpu,
-        others_cpu=others,
-        first_error=errors[0] if errors else None,
+    return await measure_logins(
+        t.name, lambda: login_once(t, ctx, user), t.pid(), concurrency, seconds, max_logins
     )
 
 
@@ -527,15 +465,7 @@ def environment(keep: bool, master_scheme: str) -> Iterator[Env]:
 
 
 def _wait_dovecot_sessions(env: Env, at_most: int, timeout: float = 60.0) -> int:
-    pgid = env.dovecot.pid
-    if pgid is None:
-        return 0
-    deadline = time.monotonic() + timeout
-    n = count_processes(pgid, "imap")
-    while n > at_most and time.monotonic() < deadline:
-        time.sleep(0.25)
-        n = count_processes(pgid, "imap")
-    return n
+    return wait_dovecot_sessions(env.dovecot, at_most, timeout)
 
 
 def _certificate_summary(path: Path) -> str:
@@ -550,39 +480,6 @@ def _certificate_summary(path: Path) -> str:
 
 
 # --------------------------------------------------------------------------- phases
-
-
-class _Measured(Protocol):
-    foreign_cores: float
-
-
-M = TypeVar("M", bound=_Measured)
-
-
-def quiet_attempt(
-    env: Env,
-    measure: Callable[[], M],
-    what: str,
-    p: Params,
-    prepare: Callable[[], None] | None = None,
-) -> M:
-    """Run one measurement (after `prepare`, which is not part of it); repeat both (at most
-    `p.retries` times) while processes outside the benchmark used more than
-    `p.max_foreign` cores during the measurement."""
-    for attempt in range(p.retries + 1):
-        if prepare is not None:
-            prepare()
-        stop = env.measure_foreign()
-        run = measure()
-        run.foreign_cores = stop()
-        if run.foreign_cores <= p.max_foreign or attempt == p.retries:
-            return run
-        print(
-            f"    ({what}: other processes used {run.foreign_cores:.2f} cores; measuring again)",
-            flush=True,
-        )
-        time.sleep(2.0)
-    raise AssertionError("unreachable")
 
 
 def phase_logins(runner: asyncio.Runner, env: Env, p: Params) -> dict[str, list[LoginRun]]:
@@ -1000,18 +897,6 @@ def source_state(imported_from: str) -> str:
         return "not a git checkout"
     changed = [line[3:] for line in dirty if line.strip()]
     return f"git {head}" + (f" + uncommitted changes to {', '.join(changed)}" if changed else "")
-
-
-def wait_quiet(env: Env, budget: float) -> None:
-    """Report (and with a budget, wait for) CPU load from processes outside the benchmark."""
-    deadline = time.monotonic() + budget
-    while True:
-        stop = env.measure_foreign()
-        time.sleep(3.0)
-        load = stop()
-        print(f"#   CPU load from other processes: {load:.2f} cores", flush=True)
-        if load < 0.1 or time.monotonic() >= deadline:
-            return
 
 
 def _sanity(runner: asyncio.Runner, env: Env) -> None:

@@ -81,7 +81,7 @@ def test_usage_error_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_check_config(capsys: pytest.CaptureFixture[str], config: Path) -> None:
     assert _run(capsys, "check-config", "--config", str(config))[0] == 0
-    config.write_text(config.read_text() + '[auth]\nmethods = ["oauthbearer"]\nfoo = 1\n')
+    config.write_text(config.read_text() + '[auth]\nmethods = ["sms"]\nfoo = 1\n')
     code, _, err = _run(capsys, "check-config", "--config", str(config))
     assert code == 2
     assert "config error: auth.foo: unknown key" in err
