@@ -41,6 +41,9 @@ __all__ = [
 
 T = TypeVar("T")
 
+# Pending devices kept per account (the newest); an owner approves a handful at most.
+MAX_PENDING_DEVICES = 20
+
 MIGRATIONS: tuple[str, ...] = (
     # 1: users and app passwords
     """
@@ -524,6 +527,14 @@ class SqliteStore:
                     now,
                     address,
                 ),
+            )
+            # Bounded: whoever has the password could otherwise add a pending device
+            # per network and client name; the oldest pending ones make room.
+            db.execute(
+                "DELETE FROM devices WHERE id IN (SELECT id FROM devices"
+                " WHERE user = ? AND status = 'pending'"
+                " ORDER BY last_seen_at DESC LIMIT -1 OFFSET ?)",
+                (key.user, MAX_PENDING_DEVICES),
             )
         device = self.find_device(key)
         assert device is not None  # noqa: S101 - written in the transaction above
