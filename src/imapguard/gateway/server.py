@@ -339,6 +339,14 @@ class Gateway:
     # -- one connection -------------------------------------------------------
 
     async def handle(self, sock: socket.socket, listener: ListenConfig) -> None:
+        conn = await self._preauth_phase(sock, listener)
+        # The pre-auth phase's frame (state machine, framer, TLS setup) is gone
+        # now: an idle relayed session keeps only its two links.
+        if conn is not None:
+            await self._relay_until_closed(conn)
+
+    async def _preauth_phase(self, sock: socket.socket, listener: ListenConfig) -> _Conn | None:
+        """Accept → TLS → pre-auth dialogue; the connection if it goes on to relay."""
         rt = self.runtime
         limits = rt.config.limits
         loop = asyncio.get_running_loop()
@@ -346,7 +354,7 @@ class Gateway:
             peer, local = sock.getpeername(), sock.getsockname()
         except OSError:
             sock.close()
-            return
+            return None
         session = _session_id()
         client = ClientAddress(str(peer[0]), int(peer[1]), str(local[0]), int(local[1]), session)
         self.audit.emit(
@@ -396,16 +404,16 @@ class Gateway:
                     )
                 )
                 sock.close()
-                return
+                return None
             conn = _Conn(link, session, client.ip, time.monotonic())
             self._conns.add(conn)
             if implicit and not self._tls_up(conn, transport, "implicit"):
                 reason = "tls handshake failed"
-                return
+                return None
             if over is not None:
                 reason = over[0]
                 link.write(over[1])
-                return
+                return None
             machine = PreAuth(
                 PreAuthSettings(
                     tls=implicit,
@@ -435,7 +443,8 @@ class Gateway:
                 conn.link.close()
                 self._closed(conn, reason)
         if conn is not None and conn.phase == "relay":
-            await self._relay_until_closed(conn)
+            return conn
+        return None
 
     async def _handshake(self, conn: _Conn, rt: Runtime) -> bool:
         """STARTTLS: the server side of the handshake on the open connection."""
