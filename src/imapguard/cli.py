@@ -114,9 +114,14 @@ def _parser() -> argparse.ArgumentParser:
     tp = sub.add_parser("totp", help="one-time codes (password + code)")
     tp_sub = tp.add_subparsers(dest="action", required=True, metavar="ACTION")
     p = tp_sub.add_parser(
-        "enroll", help="enroll (or replace) a TOTP secret: prints the otpauth URI and a QR code"
+        "enroll", help="enroll a TOTP secret: prints the otpauth URI and a QR code"
     )
     p.add_argument("user")
+    p.add_argument(
+        "--replace",
+        action="store_true",
+        help="replace an existing secret (the user's authenticator app stops working)",
+    )
     config_opt(p)
     json_opt(p)
     p = tp_sub.add_parser("remove", help="remove the account's TOTP secret")
@@ -409,6 +414,13 @@ def _totp(args: argparse.Namespace) -> int:
         else:
             print(f"imapguard: {user} has no TOTP secret", file=sys.stderr)
         return EXIT_OK if removed else EXIT_PROBLEM
+    if store.get_totp(user) is not None and not args.replace:
+        print(
+            f"imapguard: {user} already has a TOTP secret; --replace makes a new one "
+            "(the old authenticator entry stops working)",
+            file=sys.stderr,
+        )
+        return EXIT_PROBLEM
     key = derive_key(_server_key(config), TOTP_SEAL)
     secret = totp.new_secret()
     uri = totp.provisioning_uri(secret, user, config.auth.totp_issuer)

@@ -63,6 +63,11 @@ def test_help_on_every_command(capsys: pytest.CaptureFixture[str]) -> None:
         ["app-password", "create"],
         ["app-password", "list"],
         ["app-password", "revoke"],
+        ["totp", "enroll"],
+        ["totp", "remove"],
+        ["device", "list"],
+        ["device", "approve"],
+        ["device", "revoke"],
         ["events"],
     ]
     for command in commands:
@@ -119,6 +124,38 @@ def test_app_password_create_list_revoke(capsys: pytest.CaptureFixture[str], con
     code, _, err = _run(capsys, "app-password", "revoke", "alice", created["id"], *cfg)
     assert code == 1
     assert "no app password" in err
+
+
+def test_totp_enroll_remove(capsys: pytest.CaptureFixture[str], config: Path) -> None:
+    cfg = ("--config", str(config))
+    code, out, _ = _run(capsys, "totp", "enroll", "Alice", "--json", *cfg)
+    assert code == 0
+    enrolled = json.loads(out)
+    assert enrolled["uri"].startswith("otpauth://totp/imapguard:alice?secret=")
+    assert enrolled["secret"] in enrolled["uri"]
+    assert enrolled["secret"].encode() not in (config.parent / "state.db").read_bytes()
+    # A second enrollment would break the user's authenticator: only with --replace.
+    code, _, err = _run(capsys, "totp", "enroll", "alice", *cfg)
+    assert code == 1
+    assert "--replace" in err
+    code, out, _ = _run(capsys, "totp", "enroll", "alice", "--replace", *cfg)
+    assert code == 0
+    assert "otpauth://" in out
+    assert "\u2588" in out or "\u2580" in out or "\u2584" in out  # the QR code
+    shown = json.loads(_run(capsys, "user", "show", "alice", "--json", *cfg)[1])
+    assert shown["totp"]["locked_until"] is None
+    assert _run(capsys, "totp", "remove", "alice", *cfg)[0] == 0
+    assert _run(capsys, "totp", "remove", "alice", *cfg)[0] == 1
+
+
+def test_device_commands_on_unknown_ids(capsys: pytest.CaptureFixture[str], config: Path) -> None:
+    cfg = ("--config", str(config))
+    assert json.loads(_run(capsys, "device", "list", "alice", "--json", *cfg)[1]) == []
+    code, out, _ = _run(capsys, "device", "approve", "alice", "nope", "--json", *cfg)
+    assert (code, json.loads(out)) == (1, {"id": "nope", "approved": False})
+    code, _, err = _run(capsys, "device", "revoke", "alice", "nope", *cfg)
+    assert code == 1
+    assert "no device nope" in err
 
 
 def test_user_list_and_show(capsys: pytest.CaptureFixture[str], config: Path) -> None:
