@@ -12,10 +12,21 @@ import hmac
 
 from imapguard.secret import Secret
 
-__all__ = ["APP_PASSWORD", "TOTP_SEAL", "derive_key", "load_server_key"]
+__all__ = [
+    "APP_PASSWORD",
+    "PASSWORD_FINGERPRINT",
+    "SPRAY_FINGERPRINT",
+    "TOTP_SEAL",
+    "derive_key",
+    "load_server_key",
+]
 
 APP_PASSWORD = "app-password/v1"  # noqa: S105 - a key purpose label
 TOTP_SEAL = "totp-seal/v1"
+# Defense fingerprints of wrong passwords (imapguard.defense.fingerprints): per
+# account, and login-free with a key per epoch derived from this one.
+PASSWORD_FINGERPRINT = "password-fingerprint/v1"  # noqa: S105 - a key purpose label
+SPRAY_FINGERPRINT = "spray-fingerprint/v1"
 MIN_KEY_BYTES = 32
 
 
