@@ -417,3 +417,45 @@ async def test_a_factor_left_out_of_sufficient_is_not_enough(env: Env) -> None:
 )
 def test_device_network(ip: str, network: str) -> None:
     assert device_network(ip) == network
+
+
+# -- one timing profile ---------------------------------------------------------------
+
+
+class SlowRefusals(Upstream):
+    """Refuses wrong passwords only after `delay` seconds, as Dovecot does (2 s)."""
+
+    def __init__(self, clock: Clock, delay: float) -> None:
+        super().__init__()
+        self.clock = clock
+        self.delay = delay
+
+    async def __call__(
+        self, settings: UpstreamSettings, user: str, password: Secret | None, client: ClientAddress
+    ) -> UpstreamSession:
+        try:
+            return await super().__call__(settings, user, password, client)
+        except UpstreamRefused:
+            self.clock.now += self.delay
+            raise
+
+
+@pytest.mark.asyncio
+async def test_every_failure_takes_as_long_as_a_refused_password(env: Env) -> None:
+    """A correct password without a factor is answered by Dovecot at once; a wrong
+    one after its failure delay. Padding every failure to the refusals' 90th
+    percentile keeps timing from telling them apart."""
+    env.upstream = SlowRefusals(env.clock, 2.0)
+    auth = env.auth(methods=("password+totp",))
+    assert auth.failure_floor() == 0.0  # failure_delay of this Env
+    durations: dict[str, list[float]] = {"wrong password": [], "missing factor": []}
+    for i in range(20):
+        for kind, secret in (("wrong password", f"guess-{i}"), ("missing factor", None)):
+            started = env.clock.now
+            result = await attempt(auth, "alice", secret or PASSWORDS["alice"], ctx(f"10.0.{i}.1"))
+            assert result.outcome is not Outcome.OK
+            durations[kind].append(env.clock.now - started)
+    assert auth.failure_floor() == 2.0
+    # After the first refusal taught the floor, both kinds take the same time.
+    assert min(durations["missing factor"][1:]) >= 2.0
+    assert max(durations["wrong password"]) == 2.0

@@ -21,9 +21,13 @@ password without a sufficient factor is a compromise signal: audited, the owner
 told (`on_notice`), and from an unknown device a pending device is created for
 the owner to approve. On the wire every
 failure looks the same (`NO [AUTHENTICATIONFAILED] Authentication failed.`) and
-is answered no sooner than `failure_delay` plus a random jitter after the
-command arrived, so neither text nor timing tells an unknown user from a wrong
-password. A dead state store fails closed (UNAVAILABLE).
+is answered no sooner than a floor plus a random jitter after the command
+arrived, so neither text nor timing tells an unknown user from a wrong password,
+or a correct password (missing factor: the upstream answered OK at once) from a
+wrong one (the upstream answered NO after its own failure delay, 2 s in
+Dovecot). The floor is `failure_delay` or, if higher, the 90th percentile of
+the upstream's recent refusal times (at most `MAX_FAILURE_FLOOR`). A dead state
+store fails closed (UNAVAILABLE).
 
 State access: point reads go to `reader` on the event loop (WAL: never blocked
 by a writer); writes a decision depends on are awaited on the store's worker
@@ -41,7 +45,7 @@ import ipaddress
 import logging
 import random
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -76,6 +80,11 @@ T = TypeVar("T")
 
 # RFC 5321's limit on a mailbox (local@domain); longer names are no account.
 MAX_USER_BYTES = 255
+# The adaptive failure floor never exceeds this: clients give up near 30 s, and an
+# upstream that hangs must not make every failure hang with it.
+MAX_FAILURE_FLOOR = 10.0
+# Upstream refusal times kept for the floor's percentile.
+REFUSAL_SAMPLES = 256
 
 
 class Outcome(enum.Enum):
@@ -206,6 +215,7 @@ class Authenticator:
         self._audit = audit
         self._delay = failure_delay
         self._jitter = failure_jitter
+        self._refusals: deque[float] = deque(maxlen=REFUSAL_SAMPLES)
         self._clock = clock
         self._wall = wall_clock
         self._sleep = sleep
@@ -246,11 +256,31 @@ class Authenticator:
         )
         if result.outcome is not Outcome.OK:
             # One timing profile for every failure (SPEC "Failures are uniform").
-            target = self._delay + self._rng.uniform(0, self._jitter)
+            target = self.failure_floor() + self._rng.uniform(0, self._jitter)
             remaining = target - (self._clock() - started)
             if remaining > 0:
                 await self._sleep(remaining)
         return result
+
+    def failure_floor(self) -> float:
+        """How long every failure takes at least (before jitter)."""
+        if not self._refusals:
+            return self._delay
+        ordered = sorted(self._refusals)
+        p90 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.9))]
+        return max(self._delay, min(p90, MAX_FAILURE_FLOOR))
+
+    async def _password_login(
+        self, user: str, password: Secret, ctx: AuthContext
+    ) -> UpstreamSession:
+        """Log in upstream with the user's password; a refusal's duration feeds
+        the failure floor."""
+        started = self._clock()
+        try:
+            return await self._connect(self.upstream, user, password, ctx.client)
+        except UpstreamRefused:
+            self._refusals.append(self._clock() - started)
+            raise
 
     async def _store(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
@@ -550,7 +580,7 @@ class Authenticator:
             expiry = self._verified.get(cache_id)
             if expiry is not None and expiry > self._clock():
                 return None
-        session = await self._connect(self.upstream, user, password, ctx.client)
+        session = await self._password_login(user, password, ctx)
         if cache_id is not None:
             self._verified[cache_id] = self._clock() + self.factors.verified_cache_seconds
             self._verified.move_to_end(cache_id)
@@ -597,7 +627,10 @@ class Authenticator:
                 factor=factor,
             )
         try:
-            session = await self._connect(self.upstream, user, password, ctx.client)
+            if password is None:
+                session = await self._connect(self.upstream, user, None, ctx.client)
+            else:
+                session = await self._password_login(user, password, ctx)
         except UpstreamRefused as exc:
             reason = "wrong password" if password is not None else "upstream refused master login"
             return AuthResult(Outcome.INVALID, user, method, f"{reason} ({exc.detail})")
