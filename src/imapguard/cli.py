@@ -146,6 +146,22 @@ def _parser() -> argparse.ArgumentParser:
     config_opt(p)
     json_opt(p)
 
+    pol = sub.add_parser("policy", help="the zero-trust access policy")
+    pol_sub = pol.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = pol_sub.add_parser(
+        "explain", help="evaluate the policy for a login without logging in: decision and rule"
+    )
+    p.add_argument("--user", required=True, help="the account")
+    p.add_argument("--ip", required=True, help="the client's address")
+    p.add_argument("--method", help="auth method, e.g. password+totp, oauthbearer, client-cert")
+    p.add_argument("--factor", help="the proven factor, e.g. password+totp, oauth-mfa")
+    p.add_argument(
+        "--cert-subject", metavar="S", help="the client presented a verified certificate (S)"
+    )
+    p.add_argument("--listener", help="the listener address, as in [[listen]].address")
+    config_opt(p)
+    json_opt(p)
+
     events = sub.add_parser("events", help="read the audit log")
     events.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
     events.add_argument(
@@ -198,14 +214,21 @@ def _dispatch(args: argparse.Namespace) -> int:
         run_gateway(args.config or default_config_path())
         return EXIT_OK
     if command == "check-config":
+        from imapguard.policy.gate import load_policy
+
         path = args.config or default_config_path()
-        load_config(path)
+        config = load_config(path)
+        _, warnings = load_policy(config.policy, config.groups)
+        for warning in warnings:
+            print(f"warning: {warning}", file=sys.stderr)
         print(f"{path}: configuration is valid")
         return EXIT_OK
     if command == "user":
         return _user(args)
     if command == "app-password":
         return _app_password(args)
+    if command == "policy":
+        return _policy(args)
     if command == "totp":
         return _totp(args)
     if command == "device":
@@ -387,6 +410,37 @@ def _app_password(args: argparse.Namespace) -> int:
     else:
         print(f"imapguard: {user} has no app password {args.id}", file=sys.stderr)
     return EXIT_OK if revoked else EXIT_PROBLEM
+
+
+def _policy(args: argparse.Namespace) -> int:
+    import ipaddress
+
+    from imapguard.policy.gate import load_policy
+
+    config = _config(args, check_files=False)
+    user = _user_name(args.user)
+    try:
+        ipaddress.ip_address(args.ip)
+    except ValueError:
+        raise _Usage(f"--ip: not an IP address: {args.ip!r}") from None
+    gate, warnings = load_policy(config.policy, config.groups)
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    request = gate.request(
+        user,
+        args.ip,
+        method=args.method,
+        factor=args.factor,
+        listener=args.listener,
+        client_cert=args.cert_subject is not None,
+    )
+    explanation = gate.explain(request)
+    if args.json:
+        _json(explanation.to_dict())
+    else:
+        for line in explanation.explanation_lines():
+            print(line)
+    return EXIT_OK
 
 
 def _server_key(config: Config) -> Any:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from imapguard.errors import ConfigError
+from imapguard.policy.rules import GroupsConfig, PolicyConfig, policy_problems
 from imapguard.secret import Secret
 
 if TYPE_CHECKING:
@@ -231,6 +232,9 @@ class Config(_Section):
     audit: AuditConfig = Field(default_factory=AuditConfig)
     oauth: OAuthConfig | None = None
     notify: NotifyConfig | None = None
+    # Ordered zero-trust rules; absent: every authenticated login is allowed.
+    policy: PolicyConfig | None = None
+    groups: GroupsConfig | None = None
 
 
 def default_config_path() -> str:
@@ -410,6 +414,10 @@ def validate_config(config: Config, *, check_files: bool = True) -> list[tuple[s
             )
     if config.notify is not None:
         _check_notify(config.notify, add)
+    if config.policy is not None:
+        problems.extend(
+            policy_problems(config.policy, listen_addresses=[li.address for li in config.listen])
+        )
 
     if check_files:
         _check_file(problems, "tls.certificate", config.tls.certificate)
@@ -438,6 +446,8 @@ def validate_config(config: Config, *, check_files: bool = True) -> list[tuple[s
                 value = getattr(config.notify, key)
                 if value is not None:
                     _check_file(problems, f"notify.{key}", value)
+        if config.groups is not None and config.groups.groups_file is not None:
+            _check_file(problems, "groups.groups_file", config.groups.groups_file)
         if config.audit.path != "-":
             parent = Path(config.audit.path).parent
             if not parent.is_dir():

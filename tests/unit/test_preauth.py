@@ -571,3 +571,12 @@ def test_mechanism_not_configured_is_refused() -> None:
     assert sent(feed(machine, b"a AUTHENTICATE EXTERNAL =\r\n")) == (
         b"a NO Unsupported authentication mechanism.\r\n"
     )
+
+
+def test_policy_alert_replaces_the_uniform_failure() -> None:
+    machine = implicit_listener()
+    login_to_auth(machine, b"a LOGIN carol secret\r\n")
+    machine.auth_finished(AuthOutcome.FAILED, alert="IMAP is off] for students\r\n* OK x")
+    # Printable, no "]" (it would end the response code), no line breaks.
+    assert sent(feed(machine)) == b"a NO [ALERT] IMAP is off for students* OK x\r\n"
+    assert machine.auth_failures == 1

@@ -38,6 +38,7 @@ on `bookkeeping` and written in batches.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 import hashlib
 import hmac
@@ -61,6 +62,8 @@ from imapguard.gateway.upstream import (
     open_session,
 )
 from imapguard.imap.preauth import Credentials
+from imapguard.policy.engine import DecisionKind
+from imapguard.policy.gate import PolicyGate
 from imapguard.secret import Secret
 from imapguard.state.sqlite import DeviceKey, DeviceRecord, SqliteStore
 from imapguard.state.writebehind import WriteBehind
@@ -91,6 +94,7 @@ class Outcome(enum.Enum):
     OK = "ok"
     INVALID = "invalid"
     MISSING_FACTOR = "missing_factor"
+    DENIED = "denied"  # authenticated, but the policy says no
     UNAVAILABLE = "unavailable"
 
 
@@ -118,6 +122,10 @@ class AuthResult:
     device: str | None = None
     # A failed OAUTHBEARER/XOAUTH2 exchange: the RFC 7628 error JSON for the client.
     challenge: bytes | None = None
+    # The policy rule that decided, and the [ALERT] text of a deny (shown only to
+    # a client whose credentials were right).
+    rule: str | None = None
+    alert: str | None = None
 
 
 @dataclass(frozen=True)
@@ -202,6 +210,7 @@ class Authenticator:
         on_notice: NoticeHook | None = None,
         token_verifier: oauth.TokenVerifier | None = None,
         oauth_scope: str = "openid email",
+        policy: PolicyGate | None = None,
     ) -> None:
         self.methods = methods
         self.store = store
@@ -224,6 +233,7 @@ class Authenticator:
         self._on_notice = on_notice
         self._tokens = token_verifier
         self._oauth_scope = oauth_scope
+        self.policy = policy or PolicyGate()
         # keyed hash of (user, method, device, password) -> expiry (monotonic)
         self._verified: OrderedDict[bytes, float] = OrderedDict()
         self._cache_key = hashlib.sha256(b"imapguard/verified-cache/" + app_password_key).digest()
@@ -249,6 +259,7 @@ class Authenticator:
                     "method": result.method,
                     "factor": result.factor,
                     "device": result.device,
+                    "rule": result.rule,
                     "result": result.outcome.value,
                     "reason": result.reason,
                 },
@@ -599,6 +610,9 @@ class Authenticator:
     ) -> AuthResult:
         if session is None:
             result = await self._grant(user, None, "password", factor, ctx)
+        elif (refusal := self._may(user, "password", factor, ctx)) is not None:
+            await _close_session(session)
+            result = refusal
         else:
             self.bookkeeping.submit(
                 self.store.record_login, user, self._wall(), ctx.client.ip, factor
@@ -612,6 +626,8 @@ class Authenticator:
             result.session,
             factor,
             device,
+            rule=result.rule,
+            alert=result.alert,
         )
 
     async def _grant(
@@ -626,6 +642,9 @@ class Authenticator:
                 f"{factor} is not sufficient (auth.sufficient)",
                 factor=factor,
             )
+        refusal = self._may(user, method, factor, ctx)
+        if refusal is not None:
+            return refusal
         try:
             if password is None:
                 session = await self._connect(self.upstream, user, None, ctx.client)
@@ -639,22 +658,52 @@ class Authenticator:
         self.bookkeeping.submit(self.store.record_login, user, self._wall(), ctx.client.ip, factor)
         return AuthResult(Outcome.OK, user, method, "ok", session, factor)
 
+    def _may(self, user: str, method: str, factor: str, ctx: AuthContext) -> AuthResult | None:
+        """The policy's word on an authenticated login: None to go on, else the
+        refusal (DENIED, or MISSING_FACTOR when a stronger factor is required)."""
+        policy_method = _POLICY_METHOD.get(factor, method)
+        decision = self.policy.decide(
+            self.policy.request(
+                user,
+                ctx.client.ip,
+                method=policy_method,
+                factor=factor,
+                listener=ctx.listener,
+                client_cert=ctx.cert_user is not None,
+            )
+        )
+        if decision.kind is DecisionKind.ALLOW:
+            return None
+        outcome = (
+            Outcome.MISSING_FACTOR
+            if decision.kind is DecisionKind.REQUIRE_FACTOR
+            else Outcome.DENIED
+        )
+        return AuthResult(
+            outcome,
+            user,
+            method,
+            f"policy: {decision.reason}",
+            factor=factor,
+            rule=decision.rule,
+            alert=decision.alert,
+        )
+
     async def flush(self) -> None:
         """Write the queued bookkeeping now (tests; shutdown)."""
         await self.bookkeeping.flush()
 
 
 def _with_challenge(result: AuthResult, challenge: bytes | None) -> AuthResult:
-    return AuthResult(
-        result.outcome,
-        result.user,
-        result.method,
-        result.reason,
-        result.session,
-        result.factor,
-        result.device,
-        challenge,
-    )
+    return dataclasses.replace(result, challenge=challenge)
+
+
+# The auth.methods name a login's factor came through, for policy `methods` rules.
+_POLICY_METHOD = {
+    "password+totp": "password+totp",
+    "trusted-device": "password+totp",
+    "password+client-cert": "client-cert",
+}
 
 
 async def _close_session(session: UpstreamSession | None) -> None:

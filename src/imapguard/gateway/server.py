@@ -69,6 +69,7 @@ from imapguard.imap.preauth import (
 )
 from imapguard.keys import APP_PASSWORD, TOTP_SEAL, derive_key, load_server_key
 from imapguard.notify import Notice, NoticeKind, Notifier
+from imapguard.policy.gate import load_policy
 from imapguard.secret import Secret
 from imapguard.state.sqlite import SqliteStore, open_reader, open_store
 from imapguard.state.writebehind import WriteBehind
@@ -132,6 +133,9 @@ def build_runtime(
         connect_timeout=up.connect_timeout,
         login_timeout=up.login_timeout,
     )
+    policy, warnings = load_policy(config.policy, config.groups)
+    for warning in warnings:
+        log.warning("%s", warning)
     server_key = load_server_key(config.state.key_file)
     key = derive_key(server_key, APP_PASSWORD)
     a = config.auth
@@ -154,6 +158,7 @@ def build_runtime(
         on_notice=_notice_hook(notifier) if notifier is not None else None,
         token_verifier=token_verifier,
         oauth_scope=config.oauth.scope if config.oauth is not None else "openid email",
+        policy=policy,
         app_password_key=key,
         upstream=upstream,
         audit=audit,
@@ -551,7 +556,9 @@ class Gateway:
                 elif result.outcome is Outcome.UNAVAILABLE:
                     machine.auth_finished(AuthOutcome.UNAVAILABLE)
                 else:
-                    machine.auth_finished(AuthOutcome.FAILED, challenge=result.challenge)
+                    machine.auth_finished(
+                        AuthOutcome.FAILED, challenge=result.challenge, alert=result.alert
+                    )
             elif isinstance(action, Relay):
                 upstream = conn.upstream
                 assert upstream is not None  # noqa: S101 - set with AuthOutcome.OK

@@ -178,6 +178,7 @@ class PreAuth:
         self._out: deque[Action] = deque()
         self._sasl: tuple[bytes, str] | None = None
         self._pending_tag: bytes | None = None
+        self._alert: str | None = None
 
     # -- inputs ---------------------------------------------------------------
 
@@ -205,12 +206,16 @@ class PreAuth:
         outcome: AuthOutcome,
         capabilities: Sequence[str] = (),
         challenge: bytes | None = None,
+        alert: str | None = None,
     ) -> None:
         """`challenge`: on a failed OAUTHBEARER/XOAUTH2 exchange, the error JSON
-        the client gets as a continuation before the tagged NO (RFC 7628 §3.2.2)."""
+        the client gets as a continuation before the tagged NO (RFC 7628 §3.2.2).
+        `alert`: a policy's text for a client whose credentials were right, sent
+        as `NO [ALERT] text` instead of the uniform failure (RFC 9051 §7.1)."""
         if self.phase is not Phase.AUTHENTICATING or self._pending_tag is None:
             raise RuntimeError(f"auth_finished() in phase {self.phase}")
         if outcome is AuthOutcome.FAILED and challenge is not None:
+            self._alert = alert
             self.phase = Phase.SASL_ERROR
             self._send(b"+ " + binascii.b2a_base64(challenge, newline=False) + b"\r\n")
             return
@@ -226,7 +231,13 @@ class PreAuth:
         if outcome is AuthOutcome.UNAVAILABLE:
             self._send(tag + b" NO [UNAVAILABLE] Service temporarily unavailable, try later.\r\n")
             return
-        self._send(tag + b" NO [AUTHENTICATIONFAILED] Authentication failed.\r\n")
+        alert = alert or self._alert
+        self._alert = None
+        if alert:
+            clean = "".join(c for c in alert if c.isprintable() and c != "]")[:200]
+            self._send(tag + b" NO [ALERT] " + clean.encode() + b"\r\n")
+        else:
+            self._send(tag + b" NO [AUTHENTICATIONFAILED] Authentication failed.\r\n")
         self.auth_failures += 1
         if self.auth_failures >= self.settings.max_auth_failures:
             self._bye("Too many authentication failures.", "auth failure limit")
