@@ -656,6 +656,15 @@ class SqliteStore:
                 (key, bucket, member, expires),
             )
 
+    def members_add(self, entries: Sequence[tuple[str, str]], bucket: int, expires: float) -> None:
+        with self._tx("add members") as db:
+            db.executemany(
+                "INSERT INTO defense_members(key, bucket, member, expires) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (key, bucket, member) DO UPDATE SET"
+                " expires = max(defense_members.expires, excluded.expires)",
+                [(key, bucket, member, expires) for key, member in entries],
+            )
+
     def member_seen(self, key: str, buckets: range, member: str, now: float) -> bool:
         row = self._read(
             "read member",
@@ -684,6 +693,20 @@ class SqliteStore:
             lambda db: db.execute(f"SELECT COUNT(*) FROM ({query})", args).fetchone(),  # noqa: S608
         )
         return int(count)
+
+    def distinct_counts(self, keys: Sequence[str], buckets: range, now: float) -> dict[str, int]:
+        marks = ", ".join("?" * len(keys))
+        rows = self._read(
+            "count members",
+            lambda db: db.execute(
+                "SELECT key, COUNT(DISTINCT member) FROM defense_members"  # noqa: S608
+                f" WHERE key IN ({marks}) AND bucket BETWEEN ? AND ? AND expires > ?"
+                " GROUP BY key",
+                (*keys, *_bounds(buckets), now),
+            ).fetchall(),
+        )
+        found = dict(rows)
+        return {key: int(found.get(key, 0)) for key in keys}
 
     def distinct_members(
         self, keys: Sequence[str], buckets: range, now: float, limit: int
@@ -756,9 +779,7 @@ class SqliteStore:
 
     def blocks_get(self, targets: Sequence[Target], now: float) -> list[Block]:
         keys = [t.key for t in targets]
-        return self._blocks(
-            self._read("get blocks", lambda db: self._select_blocks(db, keys, now))
-        )
+        return self._blocks(self._read("get blocks", lambda db: self._select_blocks(db, keys, now)))
 
     def block_delete(self, target: Target) -> bool:
         with self._tx("delete block") as db:
