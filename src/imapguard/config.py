@@ -14,7 +14,7 @@ import stat
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
@@ -24,6 +24,7 @@ from imapguard.secret import Secret
 
 if TYPE_CHECKING:
     from imapguard.auth.oauth import OAuthSettings
+    from imapguard.defense.settings import DefenseSettings
     from imapguard.notify import NotifySettings
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "TlsConfig",
     "UpstreamConfig",
     "default_config_path",
+    "defense_settings",
     "load_config",
     "notify_settings",
     "oauth_settings",
@@ -232,6 +234,9 @@ class Config(_Section):
     audit: AuditConfig = Field(default_factory=AuditConfig)
     oauth: OAuthConfig | None = None
     notify: NotifyConfig | None = None
+    # Thresholds, windows, delays and blocks (imapguard.defense.settings has every
+    # key with the source of its default); absent: the defaults, enforced.
+    defense: dict[str, Any] = Field(default_factory=dict)
     # Ordered zero-trust rules; absent: every authenticated login is allowed.
     policy: PolicyConfig | None = None
     groups: GroupsConfig | None = None
@@ -418,6 +423,10 @@ def validate_config(config: Config, *, check_files: bool = True) -> list[tuple[s
         problems.extend(
             policy_problems(config.policy, listen_addresses=[li.address for li in config.listen])
         )
+    try:
+        defense_settings(config.defense)
+    except ConfigError as exc:
+        problems.extend(exc.problems)
 
     if check_files:
         _check_file(problems, "tls.certificate", config.tls.certificate)
@@ -518,6 +527,46 @@ def oauth_settings(oauth: OAuthConfig) -> OAuthSettings:
         http_timeout=oauth.http_timeout,
         ca_file=oauth.ca_file,
     )
+
+
+def defense_settings(section: dict[str, Any]) -> DefenseSettings:
+    """`[defense]` as DefenseSettings (raises ConfigError naming each bad key)."""
+    from dataclasses import fields
+
+    from imapguard.defense.settings import DefenseSettings
+
+    known = {f.name for f in fields(DefenseSettings)}
+    problems: list[tuple[str, str]] = []
+    values: dict[str, Any] = {}
+    for key, value in section.items():
+        if key not in known:
+            problems.append((f"defense.{key}", "unknown key"))
+            continue
+        default = getattr(DefenseSettings, key, None)
+        if key in ("trusted_networks", "allowlist"):
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                problems.append((f"defense.{key}", "must be a list of networks"))
+                continue
+            value = tuple(value)
+        elif isinstance(default, bool):
+            if not isinstance(value, bool):
+                problems.append((f"defense.{key}", "must be true or false"))
+                continue
+        elif isinstance(default, int | float):
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                problems.append((f"defense.{key}", "must be a number"))
+                continue
+            if isinstance(default, int) and not isinstance(value, int):
+                problems.append((f"defense.{key}", "must be a whole number"))
+                continue
+        values[key] = value
+    if problems:
+        raise ConfigError(problems)
+    settings = DefenseSettings(**values)
+    invalid = settings.problems()
+    if invalid:
+        raise ConfigError([(f"defense.{key}", message) for key, message in invalid])
+    return settings
 
 
 def _read_secret(path: str, key: str) -> Secret:

@@ -54,6 +54,9 @@ from typing import Any, TypeVar
 
 from imapguard.audit import AuditEvent, AuditLog
 from imapguard.auth import app_passwords, oauth, totp
+from imapguard.defense.counters import TargetKind
+from imapguard.defense.engine import Action, Attempt, Defense, FailureKind, Verdict
+from imapguard.defense.events import BlockPlaced, DefenseEvent
 from imapguard.errors import StateUnavailable, UpstreamRefused, UpstreamUnavailable
 from imapguard.gateway.upstream import (
     ClientAddress,
@@ -126,6 +129,8 @@ class AuthResult:
     # a client whose credentials were right).
     rule: str | None = None
     alert: str | None = None
+    # Refused by the defense before any credential was looked at.
+    blocked: bool = False
 
 
 @dataclass(frozen=True)
@@ -211,6 +216,7 @@ class Authenticator:
         token_verifier: oauth.TokenVerifier | None = None,
         oauth_scope: str = "openid email",
         policy: PolicyGate | None = None,
+        defense: Defense | None = None,
     ) -> None:
         self.methods = methods
         self.store = store
@@ -234,6 +240,7 @@ class Authenticator:
         self._tokens = token_verifier
         self._oauth_scope = oauth_scope
         self.policy = policy or PolicyGate()
+        self.defense = defense
         # keyed hash of (user, method, device, password) -> expiry (monotonic)
         self._verified: OrderedDict[bytes, float] = OrderedDict()
         self._cache_key = hashlib.sha256(b"imapguard/verified-cache/" + app_password_key).digest()
@@ -242,8 +249,41 @@ class Authenticator:
         self, credentials: Credentials, ctx: AuthContext, session: str
     ) -> AuthResult:
         started = self._clock()
+        attempt: Attempt | None = None
+        verdict: Verdict | None = None
         try:
-            result = await self._decide(credentials, ctx)
+            if self.defense is not None:
+                attempt, verdict = self._precheck(credentials, ctx)
+                if verdict.would_block or verdict.would_delay != verdict.delay:
+                    self._audit.emit(
+                        AuditEvent(
+                            "defense_log_only",
+                            session,
+                            {
+                                "src": ctx.client.ip,
+                                "user": attempt.user,
+                                "would": verdict.would.value,
+                                "would_delay": round(verdict.would_delay, 2),
+                                "reason": verdict.reason,
+                            },
+                        )
+                    )
+            if verdict is not None and verdict.action is Action.BLOCKED:
+                result = AuthResult(
+                    Outcome.INVALID,
+                    attempt.user if attempt else None,
+                    None,
+                    f"blocked: {verdict.reason} (until {verdict.expires:.0f})",
+                    blocked=True,
+                )
+            else:
+                if verdict is not None and verdict.action is Action.DELAY:
+                    # Before any expensive check; a coroutine waits, no thread does.
+                    await self._sleep(verdict.delay)
+                fresh = verdict is not None and verdict.require_factor
+                result = await self._decide(credentials, ctx, fresh)
+            if attempt is not None and verdict is not None:
+                await self._record(attempt, verdict, result, ctx, session)
         except StateUnavailable as exc:
             result = AuthResult(Outcome.UNAVAILABLE, None, None, f"state store: {exc.detail}")
         self._audit.emit(
@@ -260,6 +300,7 @@ class Authenticator:
                     "factor": result.factor,
                     "device": result.device,
                     "rule": result.rule,
+                    "delay": round(verdict.delay, 2) if verdict and verdict.delay else None,
                     "result": result.outcome.value,
                     "reason": result.reason,
                 },
@@ -272,6 +313,89 @@ class Authenticator:
             if remaining > 0:
                 await self._sleep(remaining)
         return result
+
+    # -- defense: how often have you failed? ------------------------------------
+
+    def _precheck(self, credentials: Credentials, ctx: AuthContext) -> tuple[Attempt, Verdict]:
+        """Reads only (on the event loop): blocks, delays, the posture."""
+        assert self.defense is not None  # noqa: S101 - checked by the caller
+        mechanism = credentials.mechanism
+        bearer = mechanism in ("OAUTHBEARER", "XOAUTH2")
+        if mechanism == "EXTERNAL":
+            user, secret = ctx.cert_user, None
+        elif bearer:
+            user, secret = None, credentials.secret
+        else:
+            user, secret = canonical_user(credentials.username), credentials.secret
+        trusted = False
+        if user is not None and "password+totp" in self.methods:
+            device = self.reader.find_device(self._device_key(user, ctx))
+            trusted = device is not None and device.trusted_at(self._wall())
+        attempt = self.defense.attempt(
+            ctx.client.ip,
+            user,
+            secret if secret else None,
+            method=mechanism.lower(),
+            listener=ctx.listener,
+            trusted_device=trusted,
+            spray=not bearer,
+        )
+        return attempt, self.defense.precheck(attempt)
+
+    async def _record(
+        self,
+        attempt: Attempt,
+        verdict: Verdict,
+        result: AuthResult,
+        ctx: AuthContext,
+        session: str,
+    ) -> None:
+        """Count the outcome (writes, on the store thread). Blocked attempts,
+        policy decisions and an unavailable upstream count for nothing."""
+        assert self.defense is not None  # noqa: S101 - checked by the caller
+        defense = self.defense
+        if result.outcome is Outcome.OK:
+            # Off the login path, batched; its events still reach the audit log.
+            def succeeded() -> None:
+                self._defense_events(defense.record_success(attempt), session, ctx)
+
+            self.bookkeeping.submit(succeeded)
+            return
+        if (
+            result.blocked
+            or result.rule is not None
+            or result.outcome
+            in (
+                Outcome.UNAVAILABLE,
+                Outcome.DENIED,
+            )
+        ):
+            return
+        if result.outcome is Outcome.MISSING_FACTOR:
+            kind = FailureKind.FACTOR
+        elif result.user is None and attempt.user is None and result.method is None:
+            kind = FailureKind.MALFORMED
+        else:
+            kind = FailureKind.CREDENTIAL
+        events = await self._store(defense.record_failure, attempt, kind, verdict.familiar)
+        self._defense_events(events, session, ctx)
+
+    def _defense_events(self, events: list[DefenseEvent], session: str, ctx: AuthContext) -> None:
+        for event in events:
+            self._audit.emit(AuditEvent(event.event, session, event.fields()))
+            if (
+                isinstance(event, BlockPlaced)
+                and event.block.target.kind is TargetKind.ACCOUNT_UNFAMILIAR
+            ):
+                self._notice("lockout", event.block.target.value, ctx, None)
+
+    async def maintain(self, session: str | None = None) -> None:
+        """Purge expired counters and let the posture relax (about once a minute)."""
+        if self.defense is None:
+            return
+        events = await self._store(self.defense.maintain)
+        for event in events:
+            self._audit.emit(AuditEvent(event.event, session, event.fields()))
 
     def failure_floor(self) -> float:
         """How long every failure takes at least (before jitter)."""
@@ -296,7 +420,9 @@ class Authenticator:
     async def _store(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
-    async def _decide(self, credentials: Credentials, ctx: AuthContext) -> AuthResult:
+    async def _decide(
+        self, credentials: Credentials, ctx: AuthContext, fresh_factor: bool = False
+    ) -> AuthResult:
         mechanism = credentials.mechanism
         if mechanism in ("OAUTHBEARER", "XOAUTH2"):
             result = await self._bearer(mechanism, credentials.secret, ctx)
@@ -331,7 +457,7 @@ class Authenticator:
                     return result
 
         if "password+totp" in self.methods or "client-cert" in self.methods:
-            return await self._password_and_factor(user, credentials.secret, ctx)
+            return await self._password_and_factor(user, credentials.secret, ctx, fresh_factor)
         if "password" in self.methods:
             return await self._grant(user, credentials.secret, "password", "password", ctx)
         return AuthResult(Outcome.INVALID, user, "app-password", "not a valid app password")
@@ -434,7 +560,11 @@ class Authenticator:
             return [_Reading(password, code), whole], "wrong or used one-time code"
         return [whole, _Reading(password, code)], "wrong or used one-time code"
 
-    async def _password_and_factor(self, user: str, secret: Secret, ctx: AuthContext) -> AuthResult:
+    async def _password_and_factor(
+        self, user: str, secret: Secret, ctx: AuthContext, fresh_factor: bool = False
+    ) -> AuthResult:
+        """`fresh_factor`: the account is under attack while the gateway is (the
+        defense's posture): a trusted device's password alone is not enough."""
         now = self._wall()
         key = self._device_key(user, ctx)
         device = self.reader.find_device(key)
@@ -472,7 +602,7 @@ class Authenticator:
                 reason = "one-time code already used"
         if factor is None and ctx.cert_user is not None and ctx.cert_user == user:
             factor = "password+client-cert"
-        if factor is None and device is not None and device.trusted_at(now):
+        if factor is None and device is not None and device.trusted_at(now) and not fresh_factor:
             factor = "trusted-device"
             self.bookkeeping.submit(
                 self.store.record_device_use,

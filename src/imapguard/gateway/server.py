@@ -48,11 +48,14 @@ from imapguard.auth.oauth import TokenVerifier
 from imapguard.config import (
     Config,
     ListenConfig,
+    defense_settings,
     load_config,
     notify_settings,
     oauth_settings,
     parse_address,
 )
+from imapguard.defense.engine import Defense
+from imapguard.defense.fingerprints import Fingerprinter
 from imapguard.errors import ConfigError
 from imapguard.gateway.link import Link
 from imapguard.gateway.upstream import ClientAddress, UpstreamSettings
@@ -82,6 +85,9 @@ log = logging.getLogger("imapguard.gateway")
 # How long a closing TLS connection waits for the peer's close_notify (asyncio's
 # default is 30 s, during which a silent client keeps its buffers).
 _SSL_SHUTDOWN_TIMEOUT = 5.0
+
+# How often expired defense counters are purged and the posture re-evaluated.
+_MAINTENANCE_INTERVAL = 60.0
 
 _BYE_UPSTREAM_LOST = b"* BYE [UNAVAILABLE] Connection to the mail server lost.\r\n"
 _BYE_SHUTDOWN = b"* BYE [UNAVAILABLE] Gateway shutting down, reconnect shortly.\r\n"
@@ -133,6 +139,9 @@ def build_runtime(
         connect_timeout=up.connect_timeout,
         login_timeout=up.login_timeout,
     )
+    defense = defense_settings(config.defense)
+    if not defense.enforce:
+        log.warning("defense.enforce = false: blocks and delays are recorded, not enforced")
     policy, warnings = load_policy(config.policy, config.groups)
     for warning in warnings:
         log.warning("%s", warning)
@@ -159,6 +168,12 @@ def build_runtime(
         token_verifier=token_verifier,
         oauth_scope=config.oauth.scope if config.oauth is not None else "openid email",
         policy=policy,
+        defense=Defense(
+            defense,
+            store,
+            fingerprints=Fingerprinter(server_key, epoch_seconds=defense.fingerprint_epoch),
+            reader=reader,
+        ),
         app_password_key=key,
         upstream=upstream,
         audit=audit,
@@ -253,6 +268,7 @@ class Gateway:
         """Listen until `stop()`; then drain. Returns when every connection is gone."""
         async with asyncio.TaskGroup() as tg:
             self._tg = tg
+            maintenance = tg.create_task(self._maintain())
             try:
                 for listener in self.runtime.config.listen:
                     await self._listen(listener)
@@ -260,6 +276,7 @@ class Gateway:
                     ready(self)
                 await self._stopping.wait()
             finally:
+                maintenance.cancel()
                 for task in self._accepting:
                     task.cancel()
                 for sock in self.listeners:
@@ -269,6 +286,16 @@ class Gateway:
 
     def stop(self) -> None:
         self._stopping.set()
+
+    async def _maintain(self) -> None:
+        """Once a minute: purge expired defense counters and let the posture
+        relax even when no login arrives."""
+        while True:
+            await asyncio.sleep(_MAINTENANCE_INTERVAL)
+            try:
+                await self.runtime.authenticator.maintain()
+            except Exception:  # a failed round must not end the next ones
+                log.exception("defense maintenance failed")
 
     def reload(self, runtime: Runtime) -> None:
         self.runtime = runtime
