@@ -146,6 +146,25 @@ def _parser() -> argparse.ArgumentParser:
     config_opt(p)
     json_opt(p)
 
+    p = user_sub.add_parser(
+        "unlock", help="lift an account's lockout, its per-address blocks and its code lock"
+    )
+    p.add_argument("user")
+    config_opt(p)
+    json_opt(p)
+
+    blk = sub.add_parser("blocks", help="current blocks (sources, networks, accounts, passwords)")
+    blk_sub = blk.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = blk_sub.add_parser("list", help="every block in force, with its reason and expiry")
+    config_opt(p)
+    json_opt(p)
+    p = blk_sub.add_parser(
+        "clear", help="lift one block: an address, a network, or KIND:VALUE as listed"
+    )
+    p.add_argument("target")
+    config_opt(p)
+    json_opt(p)
+
     pol = sub.add_parser("policy", help="the zero-trust access policy")
     pol_sub = pol.add_subparsers(dest="action", required=True, metavar="ACTION")
     p = pol_sub.add_parser(
@@ -229,6 +248,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _app_password(args)
     if command == "policy":
         return _policy(args)
+    if command == "blocks":
+        return _blocks(args)
     if command == "totp":
         return _totp(args)
     if command == "device":
@@ -286,7 +307,97 @@ def _user_name(raw: str) -> str:
     return user
 
 
+def _defense(config: Config) -> Any:
+    from imapguard.config import defense_settings
+    from imapguard.defense.engine import Defense
+    from imapguard.defense.fingerprints import Fingerprinter
+
+    settings = defense_settings(config.defense)
+    root = _server_key(config)
+    return Defense(
+        settings,
+        _store(config),
+        fingerprints=Fingerprinter(root, epoch_seconds=settings.fingerprint_epoch),
+    )
+
+
+def _target(text: str) -> Any:
+    """An address, a network, or KIND:VALUE (as `blocks list` prints it)."""
+    import ipaddress
+
+    from imapguard.defense.counters import Target, TargetKind
+
+    try:
+        return Target(TargetKind.SOURCE, str(ipaddress.ip_address(text)))
+    except ValueError:
+        pass
+    try:
+        network = ipaddress.ip_network(text, strict=False)
+        return Target(TargetKind.NETWORK, str(network))
+    except ValueError:
+        pass
+    try:
+        return Target.parse(text)
+    except ValueError as exc:
+        raise _Usage(f"target: {exc}") from None
+
+
+def _blocks(args: argparse.Namespace) -> int:
+    config = _config(args, check_files=False)
+    defense = _defense(config)
+    if args.action == "list":
+        blocks = defense.blocks()
+        if args.json:
+            _json(
+                [
+                    {
+                        "target": str(b.target),
+                        "kind": b.target.kind.value,
+                        "value": b.target.value,
+                        "reason": b.reason,
+                        "level": b.level,
+                        "created": b.created,
+                        "expires": b.expires,
+                    }
+                    for b in blocks
+                ]
+            )
+        else:
+            _table(
+                "Blocks",
+                ("target", "reason", "level", "since", "until"),
+                [
+                    (str(b.target), b.reason, str(b.level), _when(b.created), _when(b.expires))
+                    for b in blocks
+                ],
+            )
+        return EXIT_OK
+    target = _target(args.target)
+    cleared = defense.clear(target)
+    if args.json:
+        _json({"target": str(target), "cleared": cleared})
+    elif cleared:
+        print(f"cleared {target}")
+    else:
+        print(f"imapguard: no block on {target}", file=sys.stderr)
+    return EXIT_OK if cleared else EXIT_PROBLEM
+
+
 def _user(args: argparse.Namespace) -> int:
+    if args.action == "unlock":
+        config = _config(args, check_files=False)
+        name = _user_name(args.user)
+        lifted = [str(t) for t in _defense(config).unlock(name)]
+        codes = _store(config).clear_totp_lock(name)
+        if args.json:
+            _json({"user": name, "lifted": lifted, "totp_lock_cleared": codes})
+        else:
+            print(
+                f"unlocked {name}: "
+                + (", ".join(lifted) or "no blocks")
+                + ("; one-time codes unlocked" if codes else "")
+            )
+        return EXIT_OK
     store = _store(_config(args, check_files=False))
     if args.action == "list":
         users = store.list_users()

@@ -68,6 +68,10 @@ def test_help_on_every_command(capsys: pytest.CaptureFixture[str]) -> None:
         ["device", "list"],
         ["device", "approve"],
         ["device", "revoke"],
+        ["user", "unlock"],
+        ["blocks", "list"],
+        ["blocks", "clear"],
+        ["policy", "explain"],
         ["events"],
     ]
     for command in commands:
@@ -156,6 +160,40 @@ def test_device_commands_on_unknown_ids(capsys: pytest.CaptureFixture[str], conf
     code, _, err = _run(capsys, "device", "revoke", "alice", "nope", *cfg)
     assert code == 1
     assert "no device nope" in err
+
+
+def test_blocks_list_clear_and_unlock(capsys: pytest.CaptureFixture[str], config: Path) -> None:
+    import time
+
+    from imapguard.defense.counters import Block, Target, TargetKind
+    from imapguard.state import open_store
+
+    cfg = ("--config", str(config))
+    store = open_store(f"sqlite:///{config.parent}/state.db")
+    now = time.time()
+    for target in (
+        Target(TargetKind.SOURCE, "203.0.113.9"),
+        Target(TargetKind.NETWORK, "198.51.100.0/24"),
+        Target(TargetKind.ACCOUNT_UNFAMILIAR, "alice"),
+    ):
+        store.block_put(Block(target, "test", 1, now, now + 600))
+    store.close()
+    code, out, _ = _run(capsys, "blocks", "list", "--json", *cfg)
+    assert code == 0
+    assert sorted(b["target"] for b in json.loads(out)) == [
+        "account-unfamiliar:alice",
+        "network:198.51.100.0/24",
+        "source:203.0.113.9",
+    ]
+    # An address or a network is enough; KIND:VALUE works for the rest.
+    assert _run(capsys, "blocks", "clear", "203.0.113.9", *cfg)[0] == 0
+    assert _run(capsys, "blocks", "clear", "198.51.100.7/24", *cfg)[0] == 0
+    assert _run(capsys, "blocks", "clear", "203.0.113.9", *cfg)[0] == 1
+    assert _run(capsys, "blocks", "clear", "bogus:x", *cfg)[0] == 2
+    code, out, _ = _run(capsys, "user", "unlock", "Alice", "--json", *cfg)
+    assert code == 0
+    assert json.loads(out)["lifted"] == ["account-unfamiliar:alice"]
+    assert json.loads(_run(capsys, "blocks", "list", "--json", *cfg)[1]) == []
 
 
 def test_user_list_and_show(capsys: pytest.CaptureFixture[str], config: Path) -> None:
