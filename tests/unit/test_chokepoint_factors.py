@@ -459,3 +459,83 @@ async def test_every_failure_takes_as_long_as_a_refused_password(env: Env) -> No
     # After the first refusal taught the floor, both kinds take the same time.
     assert min(durations["missing factor"][1:]) >= 2.0
     assert max(durations["wrong password"]) == 2.0
+
+
+# -- the defense inside the chokepoint ------------------------------------------------
+
+
+def _defended(env: Env, **settings: Any) -> Authenticator:
+    from imapguard.defense import Defense, DefenseSettings, Fingerprinter
+
+    auth = env.auth(methods=("app-password", "password+totp"))
+    auth.defense = Defense(
+        DefenseSettings(**settings),
+        env.store,
+        env.clock,
+        random.Random(3),
+        fingerprints=Fingerprinter(Secret(KEY)),
+    )
+    return auth
+
+
+def _block(env: Env, ip: str) -> None:
+    from imapguard.defense import Block, Target, TargetKind
+
+    now = env.clock.now
+    env.store.block_put(Block(Target(TargetKind.SOURCE, ip), "test", 1, now, now + 60))
+
+
+@pytest.mark.asyncio
+async def test_blocked_source_is_refused_before_any_credential_check(env: Env) -> None:
+    auth = _defended(env)
+    env.store.block_put(
+        Block(
+            Target(TargetKind.SOURCE, "203.0.113.66"), "test", 1, env.clock.now, env.clock.now + 60
+        )
+    )
+    result = await attempt(auth, "alice", PASSWORDS["alice"], ctx("203.0.113.66"))
+    assert (result.outcome, result.blocked) == (Outcome.INVALID, True)
+    assert result.reason.startswith("blocked: test")
+    assert env.upstream.calls == []  # nothing was checked
+    # The block expires by itself.
+    env.clock.now += 61
+    result = await attempt(auth, "alice", PASSWORDS["alice"], ctx("203.0.113.66"))
+    assert not result.blocked
+
+
+@pytest.mark.asyncio
+async def test_repeated_guesses_are_delayed_then_blocked(env: Env) -> None:
+    slept: list[float] = []
+    auth = _defended(env, pair_free=1, pair_block=3, delay_base=2.0, delay_jitter=0.0)
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        env.clock.now += seconds
+
+    auth._sleep = sleep
+    for n in range(4):
+        await attempt(auth, "alice", f"guess-{n}", ctx("198.51.100.9"))
+    # The first guess is free; then the precheck waits before checking anything.
+    assert slept[0] > 0  # a failure's padding or a defense delay
+    blocked = await attempt(auth, "alice", "guess-x", ctx("198.51.100.9"))
+    assert blocked.blocked
+    guesses = [c for c in env.upstream.calls if c[1] is not None and c[1].startswith("guess")]
+    assert len(guesses) == 3  # the rest never reached the upstream
+
+
+@pytest.mark.asyncio
+async def test_log_only_mode_records_but_never_blocks(env: Env, tmp_path: Path) -> None:
+    import json
+
+    auth = _defended(env, enforce=False)
+    env.store.block_put(
+        Block(
+            Target(TargetKind.SOURCE, "203.0.113.67"), "test", 1, env.clock.now, env.clock.now + 60
+        )
+    )
+    result = await attempt(auth, "alice", PASSWORDS["alice"], ctx("203.0.113.67"))
+    assert not result.blocked
+    assert ("alice", PASSWORDS["alice"]) in env.upstream.calls
+    events = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    logged = [e for e in events if e["event"] == "defense_log_only"]
+    assert logged[-1]["would"] == "blocked"
