@@ -488,11 +488,7 @@ def _block(env: Env, ip: str) -> None:
 @pytest.mark.asyncio
 async def test_blocked_source_is_refused_before_any_credential_check(env: Env) -> None:
     auth = _defended(env)
-    env.store.block_put(
-        Block(
-            Target(TargetKind.SOURCE, "203.0.113.66"), "test", 1, env.clock.now, env.clock.now + 60
-        )
-    )
+    _block(env, "203.0.113.66")
     result = await attempt(auth, "alice", PASSWORDS["alice"], ctx("203.0.113.66"))
     assert (result.outcome, result.blocked) == (Outcome.INVALID, True)
     assert result.reason.startswith("blocked: test")
@@ -528,11 +524,7 @@ async def test_log_only_mode_records_but_never_blocks(env: Env, tmp_path: Path) 
     import json
 
     auth = _defended(env, enforce=False)
-    env.store.block_put(
-        Block(
-            Target(TargetKind.SOURCE, "203.0.113.67"), "test", 1, env.clock.now, env.clock.now + 60
-        )
-    )
+    _block(env, "203.0.113.67")
     result = await attempt(auth, "alice", PASSWORDS["alice"], ctx("203.0.113.67"))
     assert not result.blocked
     assert ("alice", PASSWORDS["alice"]) in env.upstream.calls
