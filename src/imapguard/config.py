@@ -533,7 +533,7 @@ def defense_settings(section: dict[str, Any]) -> DefenseSettings:
     """`[defense]` as DefenseSettings (raises ConfigError naming each bad key)."""
     from dataclasses import fields
 
-    from imapguard.defense.settings import DefenseSettings
+    from imapguard.defense.settings import DefenseSettings, SettingsError
 
     known = {f.name for f in fields(DefenseSettings)}
     problems: list[tuple[str, str]] = []
@@ -562,11 +562,10 @@ def defense_settings(section: dict[str, Any]) -> DefenseSettings:
         values[key] = value
     if problems:
         raise ConfigError(problems)
-    settings = DefenseSettings(**values)
-    invalid = settings.problems()
-    if invalid:
-        raise ConfigError([(f"defense.{key}", message) for key, message in invalid])
-    return settings
+    try:
+        return DefenseSettings(**values)
+    except SettingsError as exc:
+        raise ConfigError([(f"defense.{key}", message) for key, message in exc.problems]) from None
 
 
 def _read_secret(path: str, key: str) -> Secret:

@@ -218,3 +218,25 @@ def test_parse_address(text: str, expected: tuple[str, int]) -> None:
 def test_parse_address_rejects(text: str) -> None:
     with pytest.raises(ValueError, match=r"expected|invalid|IPv6"):
         parse_address(text)
+
+
+def test_defense_keys_are_checked(tmp_path: Path) -> None:
+    body = (
+        '[defense]\nenforce = false\nbogus = 1\ndelay_base = "fast"\n'
+        'trusted_networks = ["10.0.0.0/8"]\npair_free = 2.5\n'
+    )
+    problems = _problems(_write(tmp_path, body))
+    assert problems == {
+        "defense.bogus": "unknown key",
+        "defense.delay_base": "must be a number",
+        "defense.pair_free": "must be a whole number",
+    }
+    ok = _write(tmp_path, '[defense]\nenforce = false\ntrusted_networks = ["10.0.0.0/8"]\n')
+    assert load_config(ok).defense["enforce"] is False
+
+
+def test_defense_values_are_validated(tmp_path: Path) -> None:
+    problems = _problems(_write(tmp_path, "[defense]\ndelay_max = 40\n"))
+    assert list(problems) == ["defense.delay_max"]
+    problems = _problems(_write(tmp_path, '[defense]\nallowlist = ["not-a-network"]\n'))
+    assert list(problems) == ["defense.allowlist"]

@@ -11,11 +11,19 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, fields
 
-__all__ = ["MAX_DELAY", "DefenseSettings"]
+__all__ = ["MAX_DELAY", "DefenseSettings", "SettingsError"]
 
 # No single delay may reach this: mail clients give up near 30 s (Nextcloud cut
 # its 30 s cap to 25 s for that reason, nextcloud/server #9864; research §1.7).
 MAX_DELAY = 25.0
+
+
+class SettingsError(ValueError):
+    """Invalid settings; `.problems` is [(key, message)] for `check-config`."""
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(f"defense.{key}: {msg}" for key, msg in problems))
 
 
 @dataclass(frozen=True)
@@ -152,7 +160,7 @@ class DefenseSettings:
     def __post_init__(self) -> None:
         problems = self.problems()
         if problems:
-            raise ValueError("; ".join(f"defense.{key}: {msg}" for key, msg in problems))
+            raise SettingsError(problems)
 
     def problems(self) -> list[tuple[str, str]]:
         """(field, message) for every invalid setting."""
