@@ -356,8 +356,9 @@ class Authenticator:
         defense = self.defense
         if result.outcome is Outcome.OK:
             # Off the login path, batched; its events still reach the audit log.
-            def succeeded() -> None:
-                self._defense_events(defense.record_success(attempt), session, ctx)
+            def succeeded() -> None:  # on the store thread: audit only, no notices
+                events = defense.record_success(attempt)
+                self._defense_events(events, session, ctx, notify=False)
 
             self.bookkeeping.submit(succeeded)
             return
