@@ -381,11 +381,14 @@ class Authenticator:
         events = await self._store(defense.record_failure, attempt, kind, verdict.familiar)
         self._defense_events(events, session, ctx)
 
-    def _defense_events(self, events: list[DefenseEvent], session: str, ctx: AuthContext) -> None:
+    def _defense_events(
+        self, events: list[DefenseEvent], session: str, ctx: AuthContext, *, notify: bool = True
+    ) -> None:
         for event in events:
             self._audit.emit(AuditEvent(event.event, session, event.fields()))
             if (
-                isinstance(event, BlockPlaced)
+                notify
+                and isinstance(event, BlockPlaced)
                 and event.block.target.kind is TargetKind.ACCOUNT_UNFAMILIAR
             ):
                 self._notice("lockout", event.block.target.value, ctx, None)
