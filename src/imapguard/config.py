@@ -143,8 +143,10 @@ class UpstreamConfig(_Section):
 class AuthConfig(_Section):
     methods: list[Method] = Field(default_factory=lambda: ["app-password"])
     # Every failure is answered no sooner than this after the command arrived,
-    # plus up to `failure_jitter`: one timing profile for every reason.
-    failure_delay: Annotated[float, Field(ge=0, le=30)] = 1.0
+    # plus up to `failure_jitter`: one timing profile for every reason. It rises by
+    # itself to the upstream's refusal time; 2 s is Dovecot's default
+    # auth_failure_delay, so even the first failures after a start look alike.
+    failure_delay: Annotated[float, Field(ge=0, le=30)] = 2.0
     failure_jitter: Annotated[float, Field(ge=0, le=5)] = 0.25
     # Which proven factors let a login in (any one of them suffices).
     sufficient: list[Factor] = Field(default_factory=lambda: list(DEFAULT_SUFFICIENT))
