@@ -1,10 +1,14 @@
-"""Pieces the benchmarks share (bench/gateway.py, bench/logins.py): percentiles, the
-login-rate loop, and the rules for a shared machine (repeat a measurement that other
-processes disturbed; wait for Dovecot's session processes to exit)."""
+"""Pieces the benchmarks share (bench/gateway.py, bench/logins.py, bench/defense.py):
+percentiles, the login-rate loop, and the rules for a shared machine (repeat a
+measurement that other processes disturbed; wait for Dovecot's session processes to
+exit; tell this benchmark's CPU from everybody else's)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import resource
 import ssl
 import statistics
 import time
@@ -16,8 +20,10 @@ from tests.dovecot import DovecotServer
 
 from bench._imap import ImapError
 from bench._procs import (
+    children,
     count_processes,
     cpu_seconds,
+    groups_cpu_seconds,
     machine_busy_seconds,
     self_cpu_seconds,
 )
@@ -28,6 +34,7 @@ __all__ = [
     "LoginRun",
     "Measured",
     "RetryPolicy",
+    "benchmark_cpu_seconds",
     "measure_logins",
     "median",
     "pct",
@@ -188,6 +195,23 @@ def wait_quiet(env: ForeignMeter, budget: float) -> None:
         print(f"#   CPU load from other processes: {load:.2f} cores", flush=True)
         if load < 0.1 or time.monotonic() >= deadline:
             return
+
+
+def benchmark_cpu_seconds(groups: set[int]) -> float:
+    """CPU seconds used so far by this benchmark: this process, its children that run
+    (a load process) or were reaped, and the process groups `groups` (servers started
+    in their own sessions: Dovecot, gateways; their members are counted there, not
+    as children). The difference over a window, subtracted from the machine's busy
+    CPU, is the foreign load."""
+    live = 0.0
+    for pid in children(os.getpid()):
+        if pid not in groups:
+            with contextlib.suppress(OSError):
+                live += cpu_seconds(pid)
+    reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (
+        self_cpu_seconds() + reaped.ru_utime + reaped.ru_stime + live + groups_cpu_seconds(groups)
+    )
 
 
 def wait_dovecot_sessions(dovecot: DovecotServer, at_most: int, timeout: float = 60.0) -> int:
