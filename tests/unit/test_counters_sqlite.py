@@ -197,3 +197,27 @@ def test_sqlite_store_is_a_counter_store(tmp_path: Path) -> None:
     typed: CounterStore = sqlite_store  # checked by mypy --strict
     assert typed.defense_purge(0.0, 1) == 0
     sqlite_store.close()
+
+
+def test_maintain_purges_a_backlog_larger_than_one_round(tmp_path: Path) -> None:
+    """A sustained attack leaves more expired rows than one purge round removes;
+    maintain() keeps going until the backlog is gone."""
+    from imapguard.defense import Defense, DefenseSettings, Fingerprinter
+    from imapguard.secret import Secret
+
+    store = open_store(f"sqlite:///{tmp_path}/state.db")
+    entries = [(f"m:{n}", f"x{n}") for n in range(2_500)]
+    store.members_add(entries, 1, 50.0)
+    clock = [100.0]
+    defense = Defense(
+        DefenseSettings(purge_limit=1_000),
+        store,
+        lambda: clock[0],
+        fingerprints=Fingerprinter(Secret(b"k" * 32)),
+    )
+    defense.maintain()
+    remaining = store._read(
+        "count", lambda db: db.execute("SELECT COUNT(*) FROM defense_members").fetchone()[0]
+    )
+    assert remaining == 0
+    store.close()
