@@ -212,10 +212,12 @@ path = "{audit}"
 
     def events(self, event: str | None = None) -> list[dict[str, Any]]:
         try:
-            lines = self.audit_path.read_text().splitlines()
+            text = self.audit_path.read_text()
         except FileNotFoundError:
             return []
-        records = [json.loads(line) for line in lines if line.strip()]
+        # The gateway may be writing a line right now: only complete lines count.
+        complete = text[: text.rfind("\n") + 1]
+        records = [json.loads(line) for line in complete.splitlines() if line.strip()]
         return [r for r in records if event is None or r.get("event") == event]
 
     def client_ssl(self) -> ssl.SSLContext:
