@@ -17,12 +17,15 @@ __all__ = [
     "PASSWORD_FINGERPRINT",
     "SPRAY_FINGERPRINT",
     "TOTP_SEAL",
+    "VERIFIED_CACHE",
     "derive_key",
     "load_server_key",
 ]
 
 APP_PASSWORD = "app-password/v1"  # noqa: S105 - a key purpose label
 TOTP_SEAL = "totp-seal/v1"
+# Keys the in-memory cache of verified (user, device, password) entries.
+VERIFIED_CACHE = "verified-cache/v1"
 # Defense fingerprints of wrong passwords (imapguard.defense.fingerprints): per
 # account, and login-free with a key per epoch derived from this one.
 PASSWORD_FINGERPRINT = "password-fingerprint/v1"  # noqa: S105 - a key purpose label

@@ -40,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import enum
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -65,10 +66,11 @@ from imapguard.gateway.upstream import (
     open_session,
 )
 from imapguard.imap.preauth import Credentials
+from imapguard.keys import VERIFIED_CACHE, derive_key
 from imapguard.policy.engine import DecisionKind
 from imapguard.policy.gate import PolicyGate
 from imapguard.secret import Secret
-from imapguard.state.sqlite import DeviceKey, DeviceRecord, SqliteStore
+from imapguard.state.sqlite import DeviceKey, DeviceRecord, SqliteStore, TotpRecord
 from imapguard.state.writebehind import WriteBehind
 
 __all__ = [
@@ -182,6 +184,32 @@ def device_network(ip: str) -> str:
     return str(ipaddress.ip_network(f"{address}/{prefix}", strict=False))
 
 
+class _Account:
+    """One login's view of the account's factor records: each is read at most
+    once per attempt (the defense's precheck and the factor checks share it)."""
+
+    def __init__(self, reader: SqliteStore, key: DeviceKey) -> None:
+        self.key = key
+        self._reader = reader
+
+    @functools.cached_property
+    def device(self) -> DeviceRecord | None:
+        return self._reader.find_device(self.key)
+
+    @functools.cached_property
+    def totp(self) -> TotpRecord | None:
+        return self._reader.get_totp(self.key.user)
+
+    def enrolled(self) -> bool:
+        """Has the account any second factor (so a bare password is suspicious)?"""
+        user = self.key.user
+        return (
+            self.totp is not None
+            or bool(self._reader.list_app_passwords(user))
+            or any(d.status == "trusted" for d in self._reader.list_devices(user))
+        )
+
+
 @dataclass(frozen=True)
 class _Reading:
     """One way to read the password field: the password, and the code if any."""
@@ -243,7 +271,7 @@ class Authenticator:
         self.defense = defense
         # keyed hash of (user, method, device, password) -> expiry (monotonic)
         self._verified: OrderedDict[bytes, float] = OrderedDict()
-        self._cache_key = hashlib.sha256(b"imapguard/verified-cache/" + app_password_key).digest()
+        self._cache_key = derive_key(Secret(app_password_key), VERIFIED_CACHE)
 
     async def authenticate(
         self, credentials: Credentials, ctx: AuthContext, session: str
@@ -251,9 +279,10 @@ class Authenticator:
         started = self._clock()
         attempt: Attempt | None = None
         verdict: Verdict | None = None
+        account: _Account | None = None
         try:
             if self.defense is not None:
-                attempt, verdict = self._precheck(credentials, ctx)
+                attempt, verdict, account = self._precheck(credentials, ctx)
                 if verdict.would_block or verdict.would_delay != verdict.delay:
                     self._audit.emit(
                         AuditEvent(
@@ -281,7 +310,7 @@ class Authenticator:
                     # Before any expensive check; a coroutine waits, no thread does.
                     await self._sleep(verdict.delay)
                 fresh = verdict is not None and verdict.require_factor
-                result = await self._decide(credentials, ctx, fresh)
+                result = await self._decide(credentials, ctx, fresh, account)
             if attempt is not None and verdict is not None:
                 await self._record(attempt, verdict, result, ctx, session)
         except StateUnavailable as exc:
@@ -316,8 +345,11 @@ class Authenticator:
 
     # -- defense: how often have you failed? ------------------------------------
 
-    def _precheck(self, credentials: Credentials, ctx: AuthContext) -> tuple[Attempt, Verdict]:
-        """Reads only (on the event loop): blocks, delays, the posture."""
+    def _precheck(
+        self, credentials: Credentials, ctx: AuthContext
+    ) -> tuple[Attempt, Verdict, _Account | None]:
+        """Reads only (on the event loop): blocks, delays, the posture; and the
+        account view the factor checks go on with."""
         assert self.defense is not None  # noqa: S101 - checked by the caller
         mechanism = credentials.mechanism
         bearer = mechanism in ("OAUTHBEARER", "XOAUTH2")
@@ -327,9 +359,10 @@ class Authenticator:
             user, secret = None, credentials.secret
         else:
             user, secret = canonical_user(credentials.username), credentials.secret
-        trusted = False
+        trusted, account = False, None
         if user is not None and "password+totp" in self.methods:
-            device = self.reader.find_device(self._device_key(user, ctx))
+            account = _Account(self.reader, self._device_key(user, ctx))
+            device = account.device
             trusted = device is not None and device.trusted_at(self._wall())
         attempt = self.defense.attempt(
             ctx.client.ip,
@@ -340,7 +373,7 @@ class Authenticator:
             trusted_device=trusted,
             spray=not bearer,
         )
-        return attempt, self.defense.precheck(attempt)
+        return attempt, self.defense.precheck(attempt), account
 
     async def _record(
         self,
@@ -362,16 +395,8 @@ class Authenticator:
 
             self.bookkeeping.submit(succeeded)
             return
-        if (
-            result.blocked
-            or result.rule is not None
-            or result.outcome
-            in (
-                Outcome.UNAVAILABLE,
-                Outcome.DENIED,
-            )
-        ):
-            return
+        if result.blocked or result.rule is not None or result.outcome is Outcome.UNAVAILABLE:
+            return  # (a DENIED result always names its rule)
         if result.outcome is Outcome.MISSING_FACTOR:
             kind = FailureKind.FACTOR
         elif result.user is None and attempt.user is None and result.method is None:
@@ -382,12 +407,18 @@ class Authenticator:
         self._defense_events(events, session, ctx)
 
     def _defense_events(
-        self, events: list[DefenseEvent], session: str, ctx: AuthContext, *, notify: bool = True
+        self,
+        events: list[DefenseEvent],
+        session: str | None,
+        ctx: AuthContext | None,
+        *,
+        notify: bool = True,
     ) -> None:
         for event in events:
             self._audit.emit(AuditEvent(event.event, session, event.fields()))
             if (
                 notify
+                and ctx is not None
                 and isinstance(event, BlockPlaced)
                 and event.block.target.kind is TargetKind.ACCOUNT_UNFAMILIAR
             ):
@@ -398,8 +429,7 @@ class Authenticator:
         if self.defense is None:
             return
         events = await self._store(self.defense.maintain)
-        for event in events:
-            self._audit.emit(AuditEvent(event.event, session, event.fields()))
+        self._defense_events(events, session, None, notify=False)
 
     def failure_floor(self) -> float:
         """How long every failure takes at least (before jitter)."""
@@ -426,7 +456,11 @@ class Authenticator:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     async def _decide(
-        self, credentials: Credentials, ctx: AuthContext, fresh_factor: bool = False
+        self,
+        credentials: Credentials,
+        ctx: AuthContext,
+        fresh_factor: bool = False,
+        account: _Account | None = None,
     ) -> AuthResult:
         mechanism = credentials.mechanism
         if mechanism in ("OAUTHBEARER", "XOAUTH2"):
@@ -462,7 +496,10 @@ class Authenticator:
                     return result
 
         if "password+totp" in self.methods or "client-cert" in self.methods:
-            return await self._password_and_factor(user, credentials.secret, ctx, fresh_factor)
+            key = self._device_key(user, ctx)
+            if account is None or account.key != key:
+                account = _Account(self.reader, key)
+            return await self._password_and_factor(account, credentials.secret, ctx, fresh_factor)
         if "password" in self.methods:
             return await self._grant(user, credentials.secret, "password", "password", ctx)
         return AuthResult(Outcome.INVALID, user, "app-password", "not a valid app password")
@@ -539,7 +576,7 @@ class Authenticator:
         return DeviceKey(user, device_network(ctx.client.ip), ctx.id_name, ctx.id_version)
 
     def _readings(
-        self, secret: Secret, user: str, device: DeviceRecord | None, now: float
+        self, secret: Secret, account: _Account, now: float
     ) -> tuple[list[_Reading], str | None]:
         """The readings of the password field in the order to try them, and why a
         code was not usable (for the audit log)."""
@@ -548,12 +585,12 @@ class Authenticator:
         if not split:
             return [whole], None
         password, code = split[0]
-        record = self.reader.get_totp(user)
+        record = account.totp
         if record is None or self._totp_key is None:
             return [whole, _Reading(password, code)], "no one-time code enrolled"
         if record.locked_until is not None and record.locked_until > now:
             return [whole, _Reading(password, code)], "one-time codes locked (too many wrong)"
-        secret_key = totp.unseal(self._totp_key, user, record.sealed)
+        secret_key = totp.unseal(self._totp_key, account.key.user, record.sealed)
         step = totp.verify(secret_key, code, now, last_step=record.last_step)
         if step is not None:
             return [_Reading(password, code, step), whole], None
@@ -561,19 +598,19 @@ class Authenticator:
             # A current code already spent: certainly password+code (a mail client
             # resending what was typed, or a replay); read it that way first.
             return [_Reading(password, code), whole], "one-time code already used"
-        if device is not None and device.split_code:
-            return [_Reading(password, code), whole], "wrong or used one-time code"
-        return [whole, _Reading(password, code)], "wrong or used one-time code"
+        # A wrong code: the reading that worked on this device last time goes first.
+        split_first = account.device is not None and account.device.split_code
+        readings = [whole, _Reading(password, code)]
+        return readings[::-1] if split_first else readings, "wrong or used one-time code"
 
     async def _password_and_factor(
-        self, user: str, secret: Secret, ctx: AuthContext, fresh_factor: bool = False
+        self, account: _Account, secret: Secret, ctx: AuthContext, fresh_factor: bool = False
     ) -> AuthResult:
         """`fresh_factor`: the account is under attack while the gateway is (the
         defense's posture): a trusted device's password alone is not enough."""
         now = self._wall()
-        key = self._device_key(user, ctx)
-        device = self.reader.find_device(key)
-        readings, code_problem = self._readings(secret, user, device, now)
+        user, key, device = account.key.user, account.key, account.device
+        readings, code_problem = self._readings(secret, account, now)
 
         trusted = device is not None and device.trusted_at(now)
         try:
@@ -622,7 +659,7 @@ class Authenticator:
                 factor=factor,
             )
         return await self._compromise_signal(
-            user, reading, key, device, ctx, now, reason or code_problem
+            account, reading, device, ctx, now, reason or code_problem
         )
 
     async def _first_correct(
@@ -670,18 +707,19 @@ class Authenticator:
 
     async def _compromise_signal(
         self,
-        user: str,
+        account: _Account,
         reading: _Reading,
-        key: DeviceKey,
         device: DeviceRecord | None,
         ctx: AuthContext,
         now: float,
         code_problem: str | None,
     ) -> AuthResult:
-        """A correct password and no sufficient factor: refuse, record, tell the owner."""
+        """A correct password and no sufficient factor: refuse, record, tell the owner.
+        `device` is the account's device as it is now (trusted just now, or not)."""
+        user, key = account.key.user, account.key
         if reading.code is not None:
             reason = f"correct password, {code_problem or 'wrong one-time code'}"
-            if self.reader.get_totp(user) is not None:
+            if account.totp is not None:
                 locked = await self._store(
                     self.store.record_totp_failure,
                     user,
@@ -694,7 +732,7 @@ class Authenticator:
                     reason += "; one-time codes now locked for the account"
         else:
             reason = "correct password without a second factor"
-        enrolled = self._enrolled(user)
+        enrolled = account.enrolled()
         device_id = device.id if device is not None else None
         if enrolled and reading.code is None and self.factors.new_device_approval:
             if device is None or device.status == "pending":
@@ -722,14 +760,6 @@ class Authenticator:
         else:
             reason += " (no second factor enrolled)"
         return AuthResult(Outcome.MISSING_FACTOR, user, "password", reason, device=device_id)
-
-    def _enrolled(self, user: str) -> bool:
-        """Has the account any second factor (so a bare password is suspicious)?"""
-        if self.reader.get_totp(user) is not None:
-            return True
-        if self.reader.list_app_passwords(user):
-            return True
-        return any(d.status == "trusted" for d in self.reader.list_devices(user))
 
     def _notice(self, kind: str, user: str, ctx: AuthContext, device: str | None) -> None:
         if self._on_notice is not None:

@@ -565,10 +565,10 @@ class Gateway:
                     return "tls handshake failed"
                 machine.tls_established()
             elif isinstance(action, AuthRequest):
-                name, version = _id_fields(machine.client_id)
+                label, name, version = _client_identity(machine.client_id)
                 ctx = AuthContext(
                     client,
-                    _client_id(machine.client_id),
+                    label,
                     listener.address,
                     name,
                     version,
@@ -639,24 +639,16 @@ class Gateway:
         )
 
 
-def _id_fields(params: tuple[tuple[str, str | None], ...] | None) -> tuple[str, str]:
-    """IMAP ID name and version, bounded (they identify a device, and they are
-    the client's text)."""
-    if not params:
-        return "", ""
-    fields = {k.lower(): v for k, v in params if v}
-    return (fields.get("name") or "")[:64], (fields.get("version") or "")[:64]
-
-
-def _client_id(params: tuple[tuple[str, str | None], ...] | None) -> str | None:
-    if not params:
-        return None
-    fields = {k.lower(): v for k, v in params if v}
-    name = fields.get("name")
-    version = fields.get("version")
-    if name and version:
-        return f"{name}/{version}"
-    return name
+def _client_identity(
+    params: tuple[tuple[str, str | None], ...] | None,
+) -> tuple[str | None, str, str]:
+    """From the client's IMAP ID: its label for the audit log ("name/version"),
+    and its name and version bounded to 64 characters (they identify a device,
+    and they are the client's text)."""
+    fields = {k.lower(): v for k, v in params or () if v}
+    name, version = fields.get("name"), fields.get("version")
+    label = f"{name}/{version}" if name and version else name
+    return label, (name or "")[:64], (version or "")[:64]
 
 
 def run_gateway(config_path: str, *, ready: Callable[[Gateway], None] | None = None) -> None:
