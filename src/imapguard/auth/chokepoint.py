@@ -55,6 +55,7 @@ from typing import Any, TypeVar
 
 from imapguard.audit import AuditEvent, AuditLog
 from imapguard.auth import app_passwords, oauth, totp
+from imapguard.config import DEFAULT_SUFFICIENT
 from imapguard.defense.counters import TargetKind
 from imapguard.defense.engine import Action, Attempt, Defense, FailureKind, Verdict
 from imapguard.defense.events import BlockPlaced, DefenseEvent
@@ -139,14 +140,7 @@ class AuthResult:
 class FactorSettings:
     """[auth] settings the factor decisions need (see config.AuthConfig)."""
 
-    sufficient: tuple[str, ...] = (
-        "app-password",
-        "password+totp",
-        "trusted-device",
-        "oauth-mfa",
-        "client-cert",
-        "password+client-cert",
-    )
+    sufficient: tuple[str, ...] = DEFAULT_SUFFICIENT
     device_trust: float = 30 * 86400.0
     totp_max_failures: int = 5
     totp_lockout: float = 900.0
