@@ -13,6 +13,8 @@ import concurrent.futures
 import json
 import secrets
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -37,18 +39,26 @@ delay_max = 0.2
 """
 
 
-@pytest.fixture(scope="module")
-def gw_defense(
-    tmp_path_factory: pytest.TempPathFactory, dovecot: DovecotServer
-) -> Iterator[GatewayProcess]:
-    with running_gateway(
-        tmp_path_factory.mktemp("gw-defense"),
+def defense_gateway(
+    base: Path, dovecot: DovecotServer, defense: str
+) -> AbstractContextManager[GatewayProcess]:
+    """A master-mode gateway with app passwords, room for many connections from
+    one source, and the `[defense]` section given."""
+    return running_gateway(
+        base,
         dovecot,
         login="master",
         methods=("app-password",),
         limits="max_preauth_per_source = 200\n",
-        edit=lambda text: text + DEFENSE,
-    ) as gw:
+        edit=lambda text: text + defense,
+    )
+
+
+@pytest.fixture(scope="module")
+def gw_defense(
+    tmp_path_factory: pytest.TempPathFactory, dovecot: DovecotServer
+) -> Iterator[GatewayProcess]:
+    with defense_gateway(tmp_path_factory.mktemp("gw-defense"), dovecot, DEFENSE) as gw:
         yield gw
 
 

@@ -18,8 +18,8 @@ import pytest
 
 from tests.dovecot import DovecotServer
 from tests.gateway import GatewayProcess
-from tests.integration.conftest import running_gateway, wait_for
-from tests.integration.test_brute_force import add_users, login
+from tests.integration.conftest import wait_for
+from tests.integration.test_brute_force import add_users, defense_gateway, login
 
 pytestmark = pytest.mark.dovecot
 
@@ -40,14 +40,7 @@ delay_max = 0.2
 def gw_posture(
     tmp_path_factory: pytest.TempPathFactory, dovecot: DovecotServer
 ) -> Iterator[GatewayProcess]:
-    with running_gateway(
-        tmp_path_factory.mktemp("gw-posture"),
-        dovecot,
-        login="master",
-        methods=("app-password",),
-        limits="max_preauth_per_source = 200\n",
-        edit=lambda text: text + FAST_POSTURE,
-    ) as gw:
+    with defense_gateway(tmp_path_factory.mktemp("gw-posture"), dovecot, FAST_POSTURE) as gw:
         yield gw
 
 
