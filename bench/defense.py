@@ -75,22 +75,16 @@ measurement is repeated, at most --retries times (as in bench/gateway.py).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import collections
 import contextlib
-import dataclasses
 import json
 import math
-import multiprocessing
-import os
 import random
-import shutil
 import signal
 import sqlite3
 import ssl
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -103,29 +97,35 @@ from tests.dovecot import DOVEADM_BINARY, DOVECOT_BINARY, DovecotServer
 
 from bench._common import (
     CLIENT_ERRORS,
+    BenchError,
     LoginRun,
+    Row,
+    Summary,
+    argument_parser,
     benchmark_cpu_seconds,
+    check_prerequisites,
+    describe_source,
+    foreign_window,
+    helper_process,
+    login_command,
     measure_logins,
     median,
     pct,
     quiet_attempt,
+    report,
+    run_params,
+    start,
+    stopped,
+    uvloop_runner,
     verdict,
     wait_dovecot_sessions,
     wait_quiet,
+    wait_ready,
+    work_directory,
 )
 from bench._imap import ImapConn, client_ssl_context, connect
 from bench._procs import cpu_seconds, group_cpu_seconds, machine_busy_seconds, raise_nofile
-from bench.gateway import (
-    BenchGateway,
-    Row,
-    Summary,
-    _certificate_summary,
-    _interrupt,
-    _plain_master_password,
-    machine,
-    print_table,
-    source_state,
-)
+from bench.gateway import BenchGateway, _certificate_summary, _plain_master_password
 from imapguard.config import AuthConfig, LimitsConfig
 from imapguard.defense import Action, Defense, DefenseSettings, FailureKind, Fingerprinter
 from imapguard.secret import Secret
@@ -160,10 +160,6 @@ HEAVY_GUESSES = 40
 TARGETED_ACCOUNTS = 50
 COMMON_PASSWORDS = 1000
 SPRAY_SHARE = 0.25  # of the one-shot addresses; the rest stuff credentials
-
-
-class BenchError(Exception):
-    """The benchmark itself went wrong (a process did not answer, a precondition failed)."""
 
 
 @dataclass(frozen=True)
@@ -494,16 +490,6 @@ def measure_path(pop: Population, p: Params, rng: random.Random) -> PathRun:
 # --------------------------------------------------------------------------- IMAP clients
 
 
-def _quoted(text: str) -> bytes:
-    if any(c in text for c in '"\\\r\n'):
-        raise ValueError(f"{text!r} cannot be sent as a quoted string")
-    return b'"' + text.encode() + b'"'
-
-
-def login_command(user: str, password: str) -> bytes:
-    return b"LOGIN " + _quoted(user) + b" " + _quoted(password)
-
-
 async def connect_from(port: int, tls: ssl.SSLContext, source: str, secs: float) -> ImapConn:
     """`bench._imap.connect` from a given local address (127.0.0.0/8 is all ours)."""
     loop = asyncio.get_running_loop()
@@ -721,18 +707,9 @@ class Env:
         """Start a window; the returned function gives the CPU (in cores) used during
         it by processes that are not part of this benchmark (other users of the box)."""
         groups = self._groups()
-        t0, busy0, ours0 = (
-            time.perf_counter(),
-            machine_busy_seconds(),
-            benchmark_cpu_seconds(groups),
+        return foreign_window(
+            lambda: (time.perf_counter(), machine_busy_seconds(), benchmark_cpu_seconds(groups))
         )
-
-        def stop() -> float:
-            t1, busy1 = time.perf_counter(), machine_busy_seconds()
-            ours1 = benchmark_cpu_seconds(groups)
-            return max(0.0, (busy1 - busy0) - (ours1 - ours0)) / (t1 - t0)
-
-        return stop
 
 
 def _gateway_config(text: str) -> str:
@@ -744,12 +721,7 @@ def _gateway_config(text: str) -> str:
 
 @contextlib.contextmanager
 def environment(keep: bool, with_password: bool) -> Iterator[Env]:
-    base = Path(tempfile.mkdtemp(prefix="igbench-defense-"))
-    with contextlib.ExitStack() as stack:
-        if keep:
-            print(f"# work directory (kept): {base}")
-        else:
-            stack.callback(shutil.rmtree, base, True)
+    with work_directory(keep, "igbench-defense-") as (base, stack):
         dovecot = DovecotServer.create(base / "dovecot")
         _plain_master_password(dovecot)
         stack.callback(dovecot.stop)
@@ -1066,24 +1038,12 @@ def _attack_window(runner: asyncio.Runner, env: Env, p: Params, number: int) -> 
         spray_accounts=SPRAY_ACCOUNTS,
         tag=f"w{number}",
     )
-    ctx = multiprocessing.get_context("spawn")
-    stop = ctx.Event()
-    reader, writer = ctx.Pipe(duplex=False)
-    proc = ctx.Process(
-        target=_attack_process, args=(spec, stop, writer), name="bench-attack", daemon=True
-    )
     audit_path, dovecot_log = env.gateway.audit_path, env.dovecot.log_path
     a0, d0, t0 = _size(audit_path), _size(dovecot_log), time.monotonic()
-    proc.start()
-    writer.close()
-    attacker = proc.pid
-    assert attacker is not None
-    try:
-        if not reader.poll(60.0):
-            raise BenchError("the attack process did not start in 60 s")
-        kind, _ = reader.recv()
-        if kind != "ready":
-            raise BenchError(f"attack process: unexpected message {kind!r}")
+    with helper_process(_attack_process, (spec,), "bench-attack") as (proc, stop, reader):
+        attacker = proc.pid
+        assert attacker is not None
+        wait_ready(reader, "the attack process did not start in 60 s", "attack process")
         time.sleep(p.attack_ramp)
         c0 = cpu_seconds(attacker)
         run = _window(runner, env, "attack", p.window_seconds)
@@ -1092,15 +1052,9 @@ def _attack_window(runner: asyncio.Runner, env: Env, p: Params, number: int) -> 
         stop.set()
         if not reader.poll(ATTACK_TIMEOUT + 30.0):
             raise BenchError("the attack process sent no result")
-        kind, result = reader.recv()
+        _, result = reader.recv()
         proc.join(10.0)
         a1, d1, t1 = _size(audit_path), _size(dovecot_log), time.monotonic()
-    finally:
-        stop.set()
-        if proc.is_alive():
-            proc.terminate()
-            proc.join(5.0)
-        reader.close()
     run.attack = AttackStats(
         connections=sum(1 for t in result["connected"] if w0 <= t <= w1),
         attempts_answered=sum(1 for t in result["answered"] if w0 <= t <= w1),
@@ -1436,11 +1390,7 @@ def foreign_load(
 
 
 def _check_prerequisites() -> None:
-    missing = [str(p) for p in (DOVECOT_BINARY, DOVEADM_BINARY) if not p.exists()]
-    if missing:
-        sys.exit(f"missing: {', '.join(missing)} (apt-get install dovecot-imapd)")
-    if os.geteuid() != 0:
-        sys.exit("run as root (Dovecot switches users)")
+    check_prerequisites("dovecot-imapd", (DOVECOT_BINARY, DOVEADM_BINARY))
 
 
 def _raw(
@@ -1469,33 +1419,7 @@ def _raw(
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.defense", description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="short smoke run")
-    ap.add_argument("--only", choices=["a", "b"], action="append", help="run only these")
-    ap.add_argument("--json", type=Path, help="write all results to this JSON file")
-    ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
-    ap.add_argument(
-        "--src",
-        type=Path,
-        help="benchmark the imapguard package under this directory (default: this checkout's src)",
-    )
-    ap.add_argument(
-        "--wait-quiet",
-        type=float,
-        default=0.0,
-        metavar="SECONDS",
-        help="before measuring, wait up to this long for other processes to leave the CPU idle",
-    )
-    ap.add_argument(
-        "--max-foreign",
-        type=float,
-        default=0.15,
-        metavar="CORES",
-        help="repeat a measurement when other processes used more CPU than this during it",
-    )
-    ap.add_argument(
-        "--retries", type=int, help="how often to repeat a disturbed measurement (default 2)"
-    )
+    ap = argument_parser("python -m bench.defense", __doc__, ["a", "b"])
     ap.add_argument("--sources", type=int, help="attacking addresses of the simulated day in (a)")
     ap.add_argument("--attack-connections", type=int, help="concurrent attack connections in (b)")
     ap.add_argument(
@@ -1507,28 +1431,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.src is not None:
         BenchGateway.src_override = args.src.resolve()
     _check_prerequisites()
-    p = Params.quick() if args.quick else Params.full()
-    p = dataclasses.replace(
-        p,
-        retries=p.retries if args.retries is None else args.retries,
-        max_foreign=args.max_foreign,
-        sources=p.sources if args.sources is None else args.sources,
-        attack_connections=(
-            p.attack_connections if args.attack_connections is None else args.attack_connections
-        ),
+    p = run_params(
+        Params.quick() if args.quick else Params.full(),
+        args,
+        sources=args.sources,
+        attack_connections=args.attack_connections,
         with_password=args.with_password,
     )
     only = set(args.only or ["a", "b"])
-    nofile = raise_nofile()
-    signal.signal(signal.SIGTERM, _interrupt)
-    import uvloop
-
-    info: dict[str, Any] = machine()
-    info.pop("nginx", None)
-    print("# imapguard defense benchmark" + (" (--quick)" if args.quick else ""))
-    for k, v in info.items():
-        print(f"#   {k}: {v}")
-    print(f"#   RLIMIT_NOFILE: {nofile}; params: {p}", flush=True)
+    info = start("defense", args.quick, p, nginx=False)
     started = time.monotonic()
     pop: Population | None = None
     paths: list[PathRun] | None = None
@@ -1537,11 +1448,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with (
             environment(args.keep, p.with_password) as env,
-            asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner,
+            uvloop_runner() as runner,
             contextlib.ExitStack() as stack,
         ):
-            imported = env.gateway.imported_from()
-            info["imapguard"] = f"{imported} ({source_state(imported)})"
+            info["imapguard"] = describe_source(env.gateway.imported_from())
             info["gateway"] = (
                 f"methods {', '.join(env.methods)}; login master, upstream tls none;"
                 f" failure_delay {FAILURE_DELAY:g} s + jitter {FAILURE_JITTER:g} s;"
@@ -1571,34 +1481,13 @@ def main(argv: list[str] | None = None) -> int:
                 paths, logins = phase_path(runner, env, pop, p)
             if "b" in only:
                 windows = phase_attack(runner, env, p)
-    except KeyboardInterrupt:
-        print("\ninterrupted; everything stopped", file=sys.stderr)
-        return 130
-    except BenchError as exc:
-        print(f"\nBENCHMARK ERROR (everything stopped): {exc}", file=sys.stderr)
-        return 2
+    except (KeyboardInterrupt, BenchError) as exc:
+        return stopped(exc)
     summary = summarize(pop, paths, logins, windows)
     foreign = foreign_load(paths, logins, windows)
-    summary.values["foreign_load_cores"] = foreign
-    print_table(summary)
-    print(
-        "\n# CPU used by other processes on this machine during the measurements (cores,"
-        " median/max): " + ", ".join(f"({k}) {m:.2f}/{x:.2f}" for k, (m, x) in foreign.items())
+    return report(
+        summary, foreign, started, info, p, args.json, lambda: _raw(paths, logins, windows)
     )
-    if any(m > 0.1 for m, _ in foreign.values()):
-        print("# WARNING: the machine was not quiet; absolute figures and ratios are disturbed")
-    print(f"\n# total {time.monotonic() - started:.0f} s")
-    if args.json:
-        document = {
-            "machine": info,
-            "params": asdict(p),
-            "summary": summary.values,
-            "rows": [asdict(r) for r in summary.rows],
-            "raw": _raw(paths, logins, windows),
-        }
-        args.json.write_text(json.dumps(document, indent=2, default=str))
-    failed = any(r.result == "FAIL" for r in summary.rows)
-    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -52,25 +52,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import dataclasses
-import datetime
-import importlib.metadata
-import json
 import os
-import platform
 import random
 import shutil
-import signal
 import ssl
 import string
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any, ClassVar
 
 from tests.dovecot import DOVEADM_BINARY, DOVECOT_BINARY, DovecotServer, free_port
@@ -79,13 +71,25 @@ from tests.gateway import GatewayProcess
 from bench._common import (
     CLIENT_ERRORS,
     LoginRun,
+    Row,
+    Summary,
+    argument_parser,
+    check_prerequisites,
+    describe_source,
+    foreign_window,
     measure_logins,
     median,
     pct,
     quiet_attempt,
+    report,
+    run_params,
+    start,
+    stopped,
+    uvloop_runner,
     verdict,
     wait_dovecot_sessions,
     wait_quiet,
+    work_directory,
 )
 from bench._imap import ImapConn, ImapError, client_ssl_context, connect
 from bench._procs import (
@@ -97,7 +101,6 @@ from bench._procs import (
     groups_cpu_seconds,
     machine_busy_seconds,
     memory_kib,
-    raise_nofile,
     self_cpu_seconds,
 )
 
@@ -374,13 +377,7 @@ class Env:
     def measure_foreign(self) -> Callable[[], float]:
         """Start a window; the returned function gives the CPU (in cores) used during
         it by processes that are not part of this benchmark (other users of the box)."""
-        t0, busy0, ours0 = self._ours()
-
-        def stop() -> float:
-            t1, busy1, ours1 = self._ours()
-            return max(0.0, (busy1 - busy0) - (ours1 - ours0)) / (t1 - t0)
-
-        return stop
+        return foreign_window(self._ours)
 
     def targets(self) -> dict[str, Target]:
         dv = self.dovecot
@@ -431,12 +428,7 @@ def _plain_master_password(dovecot: DovecotServer) -> None:
 
 @contextlib.contextmanager
 def environment(keep: bool, master_scheme: str) -> Iterator[Env]:
-    base = Path(tempfile.mkdtemp(prefix="igbench-"))
-    with contextlib.ExitStack() as stack:
-        if keep:
-            print(f"# work directory (kept): {base}")
-        else:
-            stack.callback(shutil.rmtree, base, True)
+    with work_directory(keep, "igbench-") as (base, stack):
         dovecot = DovecotServer.create(base / "dovecot")
         if master_scheme == "plain":
             _plain_master_password(dovecot)
@@ -619,23 +611,6 @@ def phase_idle(runner: asyncio.Runner, env: Env, p: Params) -> dict[str, list[Id
 # --------------------------------------------------------------------------- report
 
 
-@dataclass
-class Row:
-    key: str
-    metric: str
-    imapguard: str
-    reference: str
-    ratio: str
-    goal: str
-    result: str
-
-
-@dataclass
-class Summary:
-    rows: list[Row] = field(default_factory=list)
-    values: dict[str, Any] = field(default_factory=dict)
-
-
 def _per_round_ratio(a: list[float], b: list[float]) -> float:
     return median([x / y for x, y in zip(a, b, strict=True) if y > 0])
 
@@ -811,92 +786,14 @@ def foreign_load(
     return out
 
 
-def print_table(s: Summary) -> None:
-    headers = Row("#", "metric", "imapguard", "reference", "ratio", "goal", "result")
-    rows = [headers, *s.rows]
-    cols = list(asdict(headers))
-    widths = {c: max(len(getattr(r, c)) for r in rows) for c in cols}
-    print()
-    for i, r in enumerate(rows):
-        print("  ".join(getattr(r, c).ljust(widths[c]) for c in cols).rstrip())
-        if i == 0:
-            print("  ".join("-" * widths[c] for c in cols))
-
-
-def machine() -> dict[str, str]:
-    model = ""
-    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="ascii") as f:
-        for line in f:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-
-    def version(*cmd: str) -> str:
-        try:
-            out = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=10)
-        except OSError:
-            return "?"
-        return (out.stdout + out.stderr).strip().splitlines()[0] if out.stdout + out.stderr else "?"
-
-    with open("/proc/meminfo", encoding="ascii") as f:
-        mem_kib = int(f.readline().split()[1])
-    return {
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "cpu": f"{os.cpu_count()} x {model}",
-        "memory": f"{mem_kib / 2**20:.1f} GiB",
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "openssl": ssl.OPENSSL_VERSION,
-        "uvloop": importlib.metadata.version("uvloop"),
-        "nginx": version(str(NGINX_BINARY), "-v"),
-        "dovecot": version(str(DOVECOT_BINARY), "--version"),
-    }
-
-
 # --------------------------------------------------------------------------- main
 
 
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def _check_prerequisites() -> None:
-    missing = [
-        str(p)
-        for p in (DOVECOT_BINARY, DOVEADM_BINARY, NGINX_BINARY, NGINX_MAIL_MODULE)
-        if not p.exists()
-    ]
-    if missing:
-        sys.exit(
-            f"missing: {', '.join(missing)} (apt-get install dovecot-imapd nginx libnginx-mod-mail)"
-        )
-    if os.geteuid() != 0:
-        sys.exit("run as root (Dovecot switches users)")
-
-
-def source_state(imported_from: str) -> str:
-    """Which imapguard was measured: the git commit of its checkout and whether the
-    source tree had uncommitted changes (read-only git commands)."""
-    src = Path(imported_from).resolve().parent.parent  # .../src
-    try:
-        head = subprocess.run(
-            ["git", "-C", str(src), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=10,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(src), "status", "--porcelain", "--", "."],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=10,
-        ).stdout.split("\n")
-    except (OSError, subprocess.SubprocessError):
-        return "not a git checkout"
-    changed = [line[3:] for line in dirty if line.strip()]
-    return f"git {head}" + (f" + uncommitted changes to {', '.join(changed)}" if changed else "")
+    check_prerequisites(
+        "dovecot-imapd nginx libnginx-mod-mail",
+        (DOVECOT_BINARY, DOVEADM_BINARY, NGINX_BINARY, NGINX_MAIL_MODULE),
+    )
 
 
 def _sanity(runner: asyncio.Runner, env: Env) -> None:
@@ -905,65 +802,28 @@ def _sanity(runner: asyncio.Runner, env: Env) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.gateway", description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="short smoke run")
-    ap.add_argument("--only", choices=["a", "bc", "d"], action="append", help="run only these")
-    ap.add_argument("--json", type=Path, help="write all results to this JSON file")
-    ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
-    ap.add_argument(
-        "--master-scheme",
-        choices=["plain", "sha512-crypt"],
-        default="plain",
-        help="how Dovecot stores the master password (default: plain, like the users')",
-    )
-    ap.add_argument(
-        "--src",
-        type=Path,
-        help="benchmark the imapguard package under this directory (default: this checkout's src)",
-    )
-    ap.add_argument(
-        "--wait-quiet",
-        type=float,
-        default=0.0,
-        metavar="SECONDS",
-        help="before measuring, wait up to this long for other processes to leave the CPU idle",
-    )
-    ap.add_argument(
-        "--max-foreign",
-        type=float,
-        default=0.15,
-        metavar="CORES",
-        help="repeat a measurement when other processes used more CPU than this during it",
-    )
-    ap.add_argument(
-        "--retries", type=int, help="how often to repeat a disturbed measurement (default 2)"
-    )
+    def master_scheme(ap: argparse.ArgumentParser) -> None:
+        ap.add_argument(
+            "--master-scheme",
+            choices=["plain", "sha512-crypt"],
+            default="plain",
+            help="how Dovecot stores the master password (default: plain, like the users')",
+        )
+
+    ap = argument_parser("python -m bench.gateway", __doc__, ["a", "bc", "d"], master_scheme)
     args = ap.parse_args(argv)
     if args.src is not None:
         BenchGateway.src_override = args.src.resolve()
     _check_prerequisites()
-    p = Params.quick() if args.quick else Params.full()
-    p = dataclasses.replace(
-        p,
-        retries=p.retries if args.retries is None else args.retries,
-        max_foreign=args.max_foreign,
-    )
+    p = run_params(Params.quick() if args.quick else Params.full(), args)
     only = set(args.only or ["a", "bc", "d"])
-    nofile = raise_nofile()
-    signal.signal(signal.SIGTERM, _interrupt)
-    import uvloop
-
-    info = machine()
-    print("# imapguard gateway benchmark" + (" (--quick)" if args.quick else ""))
-    for k, v in info.items():
-        print(f"#   {k}: {v}")
-    print(f"#   RLIMIT_NOFILE: {nofile}; params: {p}", flush=True)
+    info = start("gateway", args.quick, p)
     started = time.monotonic()
     logins = sessions = idle = None
     try:
         with (
             environment(args.keep, args.master_scheme) as env,
-            asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner,
+            uvloop_runner() as runner,
         ):
             cert = _certificate_summary(env.gateway.base / "gateway.pem")
             dcert = _certificate_summary(env.dovecot.base / "server-chain.pem")
@@ -972,8 +832,7 @@ def main(argv: list[str] | None = None) -> int:
                 f" Dovecot master password {{{args.master_scheme.upper()}}}",
                 flush=True,
             )
-            imported = env.gateway.imported_from()
-            info["imapguard"] = f"{imported} ({source_state(imported)})"
+            info["imapguard"] = describe_source(env.gateway.imported_from())
             print(f"#   imapguard: {info['imapguard']}", flush=True)
             wait_quiet(env, args.wait_quiet)
             _sanity(runner, env)
@@ -983,38 +842,21 @@ def main(argv: list[str] | None = None) -> int:
                 sessions = phase_sessions(runner, env, p)
             if "d" in only:
                 idle = phase_idle(runner, env, p)
-    except KeyboardInterrupt:
-        print("\ninterrupted; everything stopped", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        return stopped(exc)
     summary = summarize(logins, sessions, idle)
-    foreign = foreign_load(logins, sessions, idle)
-    summary.values["foreign_load_cores"] = foreign
-    print_table(summary)
-    print(
-        "\n# CPU used by other processes on this machine during the measurements (cores,"
-        " median/max): " + ", ".join(f"({k}) {m:.2f}/{x:.2f}" for k, (m, x) in foreign.items())
-    )
-    if any(m > 0.1 for m, _ in foreign.values()):
-        print("# WARNING: the machine was not quiet; absolute figures and ratios are disturbed")
-    print(f"\n# total {time.monotonic() - started:.0f} s")
-    if args.json:
-        document = {
-            "machine": info,
-            "params": asdict(p),
-            "summary": summary.values,
-            "rows": [asdict(r) for r in summary.rows],
-            "raw": {
-                "logins": {n: [asdict(r) for r in v] for n, v in (logins or {}).items()},
-                "sessions": {
-                    n: [{**asdict(r), "noop_us": None} for r in v]
-                    for n, v in (sessions or {}).items()
-                },
-                "idle": {n: [asdict(r) for r in v] for n, v in (idle or {}).items()},
+
+    def raw() -> dict[str, Any]:
+        return {
+            "logins": {n: [asdict(r) for r in v] for n, v in (logins or {}).items()},
+            "sessions": {
+                n: [{**asdict(r), "noop_us": None} for r in v] for n, v in (sessions or {}).items()
             },
+            "idle": {n: [asdict(r) for r in v] for n, v in (idle or {}).items()},
         }
-        args.json.write_text(json.dumps(document, indent=2, default=str))
-    failed = any(r.result == "FAIL" for r in summary.rows)
-    return 1 if failed else 0
+
+    foreign = foreign_load(logins, sessions, idle)
+    return report(summary, foreign, started, info, p, args.json, raw)
 
 
 if __name__ == "__main__":

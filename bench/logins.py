@@ -67,21 +67,15 @@ measurement is repeated, at most --retries times (as in bench/gateway.py).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
 import contextlib
-import dataclasses
 import json
-import multiprocessing
-import os
-import resource
 import shutil
 import signal
 import ssl
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -96,36 +90,39 @@ from tests.oidc_provider import OIDC_DIR, OidcProvider
 
 from bench._common import (
     CLIENT_ERRORS,
+    BenchError,
     LoginRun,
+    Row,
+    Summary,
+    argument_parser,
+    benchmark_cpu_seconds,
+    check_prerequisites,
+    describe_source,
+    foreign_window,
+    helper_process,
+    login_command,
     measure_logins,
     median,
     pct,
     quiet_attempt,
+    report,
+    run_params,
+    start,
+    stopped,
+    uvloop_runner,
     verdict,
     wait_dovecot_sessions,
     wait_quiet,
+    wait_ready,
+    work_directory,
 )
 from bench._imap import ImapConn, client_ssl_context, connect
-from bench._procs import (
-    children,
-    cpu_seconds,
-    group_cpu_seconds,
-    groups_cpu_seconds,
-    machine_busy_seconds,
-    raise_nofile,
-    self_cpu_seconds,
-)
+from bench._procs import cpu_seconds, group_cpu_seconds, machine_busy_seconds
 from bench.gateway import (
     BenchGateway,
-    Row,
-    Summary,
     _certificate_summary,
-    _interrupt,
     _per_round_ratio,
     _plain_master_password,
-    machine,
-    print_table,
-    source_state,
 )
 
 GOAL_ADDED_P99_MS = 20.0
@@ -222,16 +219,6 @@ async def login_once(spec: LoginSpec, ctx: ssl.SSLContext | None) -> None:
     await conn.closed(5.0)
 
 
-def _quoted(text: str) -> bytes:
-    if any(c in text for c in '"\\\r\n'):
-        raise ValueError(f"{text!r} cannot be sent as a quoted string")
-    return b'"' + text.encode() + b'"'
-
-
-def login_command(user: str, password: str) -> bytes:
-    return b"LOGIN " + _quoted(user) + b" " + _quoted(password)
-
-
 def oauthbearer_command(user: str, token: str) -> bytes:
     """RFC 7628 section 3.1 client response as a SASL-IR initial response."""
     payload = f"n,a={user},\x01host=localhost\x01port=993\x01auth=Bearer {token}\x01\x01"
@@ -284,32 +271,16 @@ class Env:
         children while they run (the OpenID provider, the load process) and once
         they were reaped."""
         groups = self._groups()
-        kids = [c for c in children(os.getpid()) if c not in groups]
-        live = 0.0
-        for pid in kids:
-            with contextlib.suppress(OSError):
-                live += cpu_seconds(pid)
-        reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
         return (
             time.perf_counter(),
             machine_busy_seconds(),
-            self_cpu_seconds()
-            + reaped.ru_utime
-            + reaped.ru_stime
-            + live
-            + groups_cpu_seconds(groups),
+            benchmark_cpu_seconds(groups),
         )
 
     def measure_foreign(self) -> Callable[[], float]:
         """Start a window; the returned function gives the CPU (in cores) used during
         it by processes that are not part of this benchmark (other users of the box)."""
-        t0, busy0, ours0 = self._ours()
-
-        def stop() -> float:
-            t1, busy1, ours1 = self._ours()
-            return max(0.0, (busy1 - busy0) - (ours1 - ours0)) / (t1 - t0)
-
-        return stop
+        return foreign_window(self._ours)
 
     def targets(self) -> dict[str, Target]:
         dv, gw = self.dovecot, self.gateways
@@ -411,12 +382,7 @@ def _enroll_totp(gw: BenchGateway, user: str) -> str:
 def environment(keep: bool, runner: asyncio.Runner) -> Iterator[Env]:
     import pyotp
 
-    base = Path(tempfile.mkdtemp(prefix="igbench-logins-"))
-    with contextlib.ExitStack() as stack:
-        if keep:
-            print(f"# work directory (kept): {base}")
-        else:
-            stack.callback(shutil.rmtree, base, True)
+    with work_directory(keep, "igbench-logins-") as (base, stack):
         dovecot = DovecotServer.create(base / "dovecot")
         _plain_master_password(dovecot)
         stack.callback(dovecot.stop)
@@ -471,10 +437,6 @@ def environment(keep: bool, runner: asyncio.Runner) -> Iterator[Env]:
             if (event.get("result"), event.get("factor")) != ("ok", "password+totp"):
                 raise BenchError(f"trusting the device on cache {cache}: {event}")
         yield Env(base, dovecot, idp, gateways, app_passwords, typed, token, client_cert)
-
-
-class BenchError(Exception):
-    """The benchmark itself went wrong (a login failed, a factor was not the one meant)."""
 
 
 def _last_auth(gw: BenchGateway, at_least: int, timeout: float = 10.0) -> dict[str, Any]:
@@ -693,25 +655,15 @@ def _loaded_probe(
     sessions: tuple[ImapConn, ImapConn],
     p: Params,
 ) -> ProbeRun:
-    ctx = multiprocessing.get_context("spawn")
-    stop = ctx.Event()
-    reader, writer = ctx.Pipe(duplex=False)
-    proc = ctx.Process(
-        target=_load_process,
-        args=(spec, p.load_concurrency, stop, writer),
-        name=f"bench-load-{spec.name}",
-        daemon=True,
-    )
     pid = env.gateways[0].proc.pid if env.gateways[0].proc is not None else None
     assert pid is not None
-    proc.start()
-    writer.close()
-    try:
-        if not reader.poll(60.0):
-            raise BenchError(f"load {spec.name}: not every client finished a login in 60 s")
-        kind, _ = reader.recv()
-        if kind != "ready":
-            raise BenchError(f"load {spec.name}: unexpected message {kind!r}")
+    load = helper_process(_load_process, (spec, p.load_concurrency), f"bench-load-{spec.name}")
+    with load as (proc, stop, reader):
+        wait_ready(
+            reader,
+            f"load {spec.name}: not every client finished a login in 60 s",
+            f"load {spec.name}",
+        )
         time.sleep(p.load_ramp)
         cpu0, w0 = cpu_seconds(pid), time.monotonic()
         through, straight = runner.run(_probe(*sessions, p.probe_seconds, p.probe_interval))
@@ -719,14 +671,8 @@ def _loaded_probe(
         stop.set()
         if not reader.poll(TIMEOUT + 30.0):
             raise BenchError(f"load {spec.name}: no result")
-        kind, result = reader.recv()
+        _, result = reader.recv()
         proc.join(10.0)
-    finally:
-        stop.set()
-        if proc.is_alive():
-            proc.terminate()
-            proc.join(5.0)
-        reader.close()
     inside = [s for t, s in result["finished"] if w0 <= t <= w1]
     first = result["first_error"]
     return ProbeRun(
@@ -970,15 +916,12 @@ def foreign_load(
 
 
 def _check_prerequisites() -> None:
-    missing = [str(p) for p in (DOVECOT_BINARY, DOVEADM_BINARY) if not p.exists()]
+    also = []
     if shutil.which("node") is None:
-        missing.append("node")
+        also.append("node")
     if not (OIDC_DIR / "node_modules" / "oidc-provider").is_dir():
-        missing.append(f"{OIDC_DIR}/node_modules (npm ci there)")
-    if missing:
-        sys.exit(f"missing: {', '.join(missing)} (apt-get install dovecot-imapd nodejs npm)")
-    if os.geteuid() != 0:
-        sys.exit("run as root (Dovecot switches users)")
+        also.append(f"{OIDC_DIR}/node_modules (npm ci there)")
+    check_prerequisites("dovecot-imapd nodejs npm", (DOVECOT_BINARY, DOVEADM_BINARY), also)
 
 
 def _facts(env: Env) -> dict[str, str]:
@@ -1006,33 +949,7 @@ def _facts(env: Env) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.logins", description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="short smoke run")
-    ap.add_argument("--only", choices=["a", "b"], action="append", help="run only these")
-    ap.add_argument("--json", type=Path, help="write all results to this JSON file")
-    ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
-    ap.add_argument(
-        "--src",
-        type=Path,
-        help="benchmark the imapguard package under this directory (default: this checkout's src)",
-    )
-    ap.add_argument(
-        "--wait-quiet",
-        type=float,
-        default=0.0,
-        metavar="SECONDS",
-        help="before measuring, wait up to this long for other processes to leave the CPU idle",
-    )
-    ap.add_argument(
-        "--max-foreign",
-        type=float,
-        default=0.15,
-        metavar="CORES",
-        help="repeat a measurement when other processes used more CPU than this during it",
-    )
-    ap.add_argument(
-        "--retries", type=int, help="how often to repeat a disturbed measurement (default 2)"
-    )
+    ap = argument_parser("python -m bench.logins", __doc__, ["a", "b"])
     ap.add_argument(
         "--probe-interval",
         type=float,
@@ -1043,35 +960,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.src is not None:
         BenchGateway.src_override = args.src.resolve()
     _check_prerequisites()
-    p = Params.quick() if args.quick else Params.full()
-    p = dataclasses.replace(
-        p,
-        retries=p.retries if args.retries is None else args.retries,
-        max_foreign=args.max_foreign,
-        probe_interval=p.probe_interval if args.probe_interval is None else args.probe_interval,
+    p = run_params(
+        Params.quick() if args.quick else Params.full(), args, probe_interval=args.probe_interval
     )
     only = set(args.only or ["a", "b"])
-    nofile = raise_nofile()
-    signal.signal(signal.SIGTERM, _interrupt)
-    import uvloop
-
-    info = machine()
-    info.pop("nginx", None)
-    print("# imapguard login benchmark" + (" (--quick)" if args.quick else ""))
-    for k, v in info.items():
-        print(f"#   {k}: {v}")
-    print(f"#   RLIMIT_NOFILE: {nofile}; params: {p}", flush=True)
+    info = start("login", args.quick, p, nginx=False)
     started = time.monotonic()
     logins: dict[str, list[MethodRun]] | None = None
     probes: dict[str, list[ProbeRun]] | None = None
     try:
         with (
-            asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner,
+            uvloop_runner() as runner,
             environment(args.keep, runner) as env,
         ):
             facts = _facts(env)
-            imported = env.gateways[300].imported_from()
-            facts["imapguard"] = f"{imported} ({source_state(imported)})"
+            facts["imapguard"] = describe_source(env.gateways[300].imported_from())
             for k, v in facts.items():
                 print(f"#   {k}: {v}", flush=True)
             info.update(facts)
@@ -1082,51 +985,32 @@ def main(argv: list[str] | None = None) -> int:
             if "b" in only:
                 probes = phase_responsiveness(runner, env, p)
             summary = summarize(env, logins, probes)
-    except KeyboardInterrupt:
-        print("\ninterrupted; everything stopped", file=sys.stderr)
-        return 130
-    except BenchError as exc:
-        print(f"\nBENCHMARK ERROR (everything stopped): {exc}", file=sys.stderr)
-        return 2
-    foreign = foreign_load(logins, probes)
-    summary.values["foreign_load_cores"] = foreign
-    print_table(summary)
-    print(
-        "\n# CPU used by other processes on this machine during the measurements (cores,"
-        " median/max): " + ", ".join(f"({k}) {m:.2f}/{x:.2f}" for k, (m, x) in foreign.items())
-    )
-    if any(m > 0.1 for m, _ in foreign.values()):
-        print("# WARNING: the machine was not quiet; absolute figures and ratios are disturbed")
-    print(f"\n# total {time.monotonic() - started:.0f} s")
-    if args.json:
-        document = {
-            "machine": info,
-            "params": asdict(p),
-            "summary": summary.values,
-            "rows": [asdict(r) for r in summary.rows],
-            "raw": {
-                "logins": {
-                    n: [{**asdict(r.login), "dovecot_cpu": r.dovecot_cpu} for r in v]
-                    for n, v in (logins or {}).items()
-                },
-                "probes": {
-                    n: [
-                        {
-                            **asdict(r),
-                            "gateway_us": None,
-                            "direct_us": None,
-                            "gateway_p99_us": pct(r.gateway_us, 99),
-                            "direct_p99_us": pct(r.direct_us, 99),
-                        }
-                        for r in v
-                    ]
-                    for n, v in (probes or {}).items()
-                },
+    except (KeyboardInterrupt, BenchError) as exc:
+        return stopped(exc)
+
+    def raw() -> dict[str, Any]:
+        return {
+            "logins": {
+                n: [{**asdict(r.login), "dovecot_cpu": r.dovecot_cpu} for r in v]
+                for n, v in (logins or {}).items()
+            },
+            "probes": {
+                n: [
+                    {
+                        **asdict(r),
+                        "gateway_us": None,
+                        "direct_us": None,
+                        "gateway_p99_us": pct(r.gateway_us, 99),
+                        "direct_p99_us": pct(r.direct_us, 99),
+                    }
+                    for r in v
+                ]
+                for n, v in (probes or {}).items()
             },
         }
-        args.json.write_text(json.dumps(document, indent=2, default=str))
-    failed = any(r.result == "FAIL" for r in summary.rows)
-    return 1 if failed else 0
+
+    foreign = foreign_load(logins, probes)
+    return report(summary, foreign, started, info, p, args.json, raw)
 
 
 if __name__ == "__main__":
