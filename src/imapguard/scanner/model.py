@@ -1,0 +1,160 @@
+"""The scanner's data: what was found, on which service, and how it grades.
+
+Every check produces `Finding`s (frozen, JSON-ready): a catalog ID from
+`imapguard.scanner.catalog`, a severity, evidence (what was sent and seen, never a
+secret) and, for a check that could not run, status ``not_tested`` with the
+reason. A `Service` is one reachable port that spoke a mail protocol (or TLS);
+the `ScanReport` is what every output format renders.
+
+Rules kept here so every part of the scanner agrees on them:
+- a finding is a problem (or an info note); a passed check leaves no finding;
+- a check that could not run leaves a ``not_tested`` finding, never a pass or
+  a fail, and never lowers or raises the grade;
+- evidence lines are short and quoted as seen on the wire (CRLF stripped).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from typing import Any
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "Finding",
+    "Protocol",
+    "ScanReport",
+    "Service",
+    "Severity",
+    "Status",
+    "TlsMode",
+]
+
+#: Version of the JSON report (docs/scan-report.schema.json); bumped on any
+#: incompatible change, minor on additions.
+SCHEMA_VERSION = "1.0"
+
+
+class Severity(enum.StrEnum):
+    CRITICAL = "critical"
+    HIGH = "high"
+    MEDIUM = "medium"
+    LOW = "low"
+    INFO = "info"
+
+    @property
+    def rank(self) -> int:
+        """0 for critical ... 4 for info (sorts the worst first)."""
+        return list(Severity).index(self)
+
+
+class Status(enum.StrEnum):
+    FAIL = "fail"  # the problem is present
+    NOT_TESTED = "not_tested"  # the check could not run (timeout, throttled, refused)
+
+
+class Protocol(enum.StrEnum):
+    IMAP = "imap"
+    POP3 = "pop3"
+    SMTP = "smtp"
+    SIEVE = "sieve"
+    UNKNOWN = "unknown"  # answered, but with nothing we recognise
+
+
+class TlsMode(enum.StrEnum):
+    IMPLICIT = "implicit"  # TLS from the first byte (993, 995, 465)
+    CLEARTEXT = "cleartext"  # a cleartext greeting; STARTTLS may or may not exist
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Finding:
+    id: str
+    severity: Severity
+    title: str
+    evidence: tuple[str, ...]
+    standard: str
+    fix: str
+    status: Status = Status.FAIL
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "status": self.status.value,
+            "severity": self.severity.value,
+            "title": self.title,
+            "evidence": list(self.evidence),
+            "standard": self.standard,
+            "fix": self.fix,
+        }
+
+
+@dataclasses.dataclass(slots=True)
+class Service:
+    """One open port that answered. `host` is the name the user gave (used for
+    the certificate's name check), `address` the IP actually scanned."""
+
+    host: str
+    address: str
+    port: int
+    protocol: Protocol
+    tls_mode: TlsMode
+    banner: str = ""
+    capabilities_before_tls: tuple[str, ...] = ()
+    capabilities_after_tls: tuple[str, ...] = ()
+    tls_versions: tuple[str, ...] = ()  # accepted, e.g. ("TLSv1.2", "TLSv1.3")
+    certificate: dict[str, Any] = dataclasses.field(default_factory=dict)
+    findings: list[Finding] = dataclasses.field(default_factory=list)
+    grade: str = ""
+    grade_reasons: tuple[str, ...] = ()  # "TLS-02 caps at C", ...
+    duration: float = 0.0  # seconds spent on this service
+
+    @property
+    def name(self) -> str:
+        """host:port as a person reads it (IPv6 in brackets)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    def ids(self) -> set[str]:
+        """The IDs of the problems found (not the not_tested ones)."""
+        return {f.id for f in self.findings if f.status is Status.FAIL}
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "host": self.host,
+            "address": self.address,
+            "port": self.port,
+            "protocol": self.protocol.value,
+            "tls_mode": self.tls_mode.value,
+            "banner": self.banner,
+            "capabilities_before_tls": list(self.capabilities_before_tls),
+            "capabilities_after_tls": list(self.capabilities_after_tls),
+            "tls_versions": list(self.tls_versions),
+            "certificate": self.certificate,
+            "grade": self.grade,
+            "grade_reasons": list(self.grade_reasons),
+            "duration_seconds": round(self.duration, 3),
+            "findings": [f.to_json() for f in self.findings],
+        }
+
+
+@dataclasses.dataclass(slots=True)
+class ScanReport:
+    started: str  # ISO 8601 UTC
+    finished: str
+    targets: tuple[str, ...]  # as the user gave them
+    services: list[Service]
+    closed: int = 0  # address:port pairs that did not answer
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    version: str = ""  # imapguard's version
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "tool": {"name": "imapguard", "version": self.version},
+            "started": self.started,
+            "finished": self.finished,
+            "targets": list(self.targets),
+            "options": self.options,
+            "ports_closed": self.closed,
+            "services": [s.to_json() for s in self.services],
+        }
