@@ -57,6 +57,7 @@ from imapguard.config import (
 from imapguard.defense.engine import Defense
 from imapguard.defense.fingerprints import Fingerprinter
 from imapguard.errors import ConfigError
+from imapguard.gateway.admission import Admission, AdmissionShed
 from imapguard.gateway.link import Link
 from imapguard.gateway.upstream import ClientAddress, UpstreamSettings
 from imapguard.imap.framing import NeedData
@@ -104,6 +105,8 @@ class Runtime:
     authenticator: Authenticator
     frame_limits: Any
     mechanisms: tuple[str, ...] = ("PLAIN",)
+    # Addresses that never wait for a handshake turn (defense.trusted_networks).
+    trusted_networks: tuple[str, ...] = ()
 
 
 def build_runtime(
@@ -191,6 +194,7 @@ def build_runtime(
             config.tls.client_ca,
         ),
         mechanisms=_mechanisms(config.auth.methods),
+        trusted_networks=defense.trusted_networks,
         authenticator=authenticator,
         frame_limits=FrameLimits(
             max_line=limits.max_line,
@@ -261,6 +265,11 @@ class Gateway:
         self._conns: set[_Conn] = set()
         self._stopping = asyncio.Event()
         self._all_closed = asyncio.Event()
+        self.admission = Admission(
+            ceiling=runtime.config.limits.max_preauth_total,
+            trusted_networks=runtime.trusted_networks,
+            on_change=self._admission_changed,
+        )
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -269,6 +278,7 @@ class Gateway:
         async with asyncio.TaskGroup() as tg:
             self._tg = tg
             maintenance = tg.create_task(self._maintain())
+            admission = tg.create_task(self.admission.monitor())
             try:
                 for listener in self.runtime.config.listen:
                     await self._listen(listener)
@@ -277,6 +287,7 @@ class Gateway:
                 await self._stopping.wait()
             finally:
                 maintenance.cancel()
+                admission.cancel()
                 for task in self._accepting:
                     task.cancel()
                 for sock in self.listeners:
@@ -297,8 +308,23 @@ class Gateway:
             except Exception:  # a failed round must not end the next ones
                 log.exception("defense maintenance failed")
 
+    def _admission_changed(self, saturated: bool, waited: int, shed: int) -> None:
+        self.audit.emit(
+            AuditEvent(
+                "admission",
+                None,
+                {
+                    "state": "saturated" if saturated else "normal",
+                    "limit": self.admission.limit.value,
+                    "waited": waited,
+                    "shed": shed,
+                },
+            )
+        )
+
     def reload(self, runtime: Runtime) -> None:
         self.runtime = runtime
+        self.admission.configure(runtime.config.limits.max_preauth_total, runtime.trusted_networks)
         self.audit.emit(AuditEvent("reload", None, {"result": "ok"}))
 
     async def _listen(self, listener: ListenConfig) -> None:
@@ -414,14 +440,20 @@ class Gateway:
             implicit = listener.tls == "implicit"
             link = Link()
             try:
-                # uvloop returns its own SSL protocol here, not ours: keep `link`.
-                transport, _ = await loop.connect_accepted_socket(
-                    lambda: link,
-                    sock,
-                    ssl=rt.server_ssl if implicit else None,
-                    ssl_handshake_timeout=limits.handshake_timeout if implicit else None,
-                    ssl_shutdown_timeout=_SSL_SHUTDOWN_TIMEOUT if implicit else None,
-                )
+                async with self._turn(client.ip, implicit, limits.handshake_timeout):
+                    # uvloop returns its own SSL protocol here, not ours: keep `link`.
+                    transport, _ = await loop.connect_accepted_socket(
+                        lambda: link,
+                        sock,
+                        ssl=rt.server_ssl if implicit else None,
+                        ssl_handshake_timeout=limits.handshake_timeout if implicit else None,
+                        ssl_shutdown_timeout=_SSL_SHUTDOWN_TIMEOUT if implicit else None,
+                    )
+            except AdmissionShed:
+                reason = "handshake not admitted: gateway saturated"
+                self.audit.emit(AuditEvent("close", session, {"src": client.ip, "reason": reason}))
+                sock.close()
+                return None
             except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
                 self.audit.emit(
                     AuditEvent(
@@ -478,20 +510,37 @@ class Gateway:
             return conn
         return None
 
+    def _turn(
+        self, ip: str, tls: bool, timeout: float
+    ) -> contextlib.AbstractAsyncContextManager[None]:
+        """A handshake turn (imapguard.gateway.admission); nothing to wait for without TLS."""
+        return self.admission.turn(ip, timeout) if tls else contextlib.nullcontext()
+
     async def _handshake(self, conn: _Conn, rt: Runtime) -> bool:
         """STARTTLS: the server side of the handshake on the open connection."""
         link = conn.link
         loop = asyncio.get_running_loop()
         assert link.transport is not None  # noqa: S101
         try:
-            transport = await loop.start_tls(
-                link.transport,
-                link,
-                rt.server_ssl,
-                server_side=True,
-                ssl_handshake_timeout=rt.config.limits.handshake_timeout,
-                ssl_shutdown_timeout=_SSL_SHUTDOWN_TIMEOUT,
+            async with self._turn(conn.src, True, rt.config.limits.handshake_timeout):
+                transport = await loop.start_tls(
+                    link.transport,
+                    link,
+                    rt.server_ssl,
+                    server_side=True,
+                    ssl_handshake_timeout=rt.config.limits.handshake_timeout,
+                    ssl_shutdown_timeout=_SSL_SHUTDOWN_TIMEOUT,
+                )
+        except AdmissionShed:
+            self.audit.emit(
+                AuditEvent(
+                    "tls_failed",
+                    conn.session,
+                    {"src": conn.src, "tls_mode": "starttls", "reason": "not admitted"},
+                )
             )
+            link.abort()
+            return False
         except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
             self.audit.emit(
                 AuditEvent(
@@ -576,6 +625,7 @@ class Gateway:
                 )
                 result = await rt.authenticator.authenticate(action.credentials, ctx, conn.session)
                 if result.outcome is Outcome.OK and result.session is not None:
+                    self.admission.note_success(client.ip)
                     conn.user = result.user
                     conn.upstream = result.session.link
                     conn.extra["leftover"] = result.session.leftover

@@ -1,0 +1,213 @@
+"""Admission under saturation: familiar sources first.
+
+A flood of connections from unfamiliar addresses (a distributed brute force, a
+spray) is refused by the defense before any credential check, but every one of
+those connections still costs the event loop a TLS handshake, a command parse, a
+precheck and an audit line. At about a thousand attempts a second one core is
+saturated, and a real user's handshake waits in the same FIFO queue as the
+attacker's (bench/defense.py measured her p99 going from 20 ms to 2.3 s).
+
+So the expensive first step of a connection, its TLS handshake (implicit or
+STARTTLS), takes a *turn*:
+
+- a familiar source (a configured trusted network, or an address from which
+  someone logged in successfully in the last `FAMILIAR_TTL` seconds) never waits;
+- unfamiliar sources share `limit` concurrent turns. The limit follows the event
+  loop's lag, as TCP follows packet loss (AIMD): every `SAMPLE_INTERVAL` a sleeper
+  measures how late it woke; lag above `TARGET_LAG` shrinks the limit by
+  `DECREASE`, lag below it grows the limit by one, between `MIN_LIMIT` and the
+  pre-auth connection cap. On an idle or merely busy gateway the limit sits at
+  the cap and nobody ever waits; only a saturated loop makes unfamiliar
+  handshakes queue (FIFO, up to the handshake timeout) behind familiar ones.
+
+This is a scheduling preference, not a security decision: nothing here refuses
+a login or reveals anything to a client. An attacker on a familiar address (a
+NAT shared with real users) is merely not slowed by it; the defense still
+decides. The controller is pure (`AimdLimit`); `Admission` is its asyncio shell.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import time
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator, Callable, Iterable
+
+__all__ = [
+    "DECREASE",
+    "FAMILIAR_TTL",
+    "MIN_LIMIT",
+    "SAMPLE_INTERVAL",
+    "TARGET_LAG",
+    "Admission",
+    "AdmissionShed",
+    "AimdLimit",
+]
+
+# A login is a handful of loop turns (handshake flights, greeting, LOGIN, the
+# upstream's answers); 10 ms of lag per turn keeps a real user's login well under
+# 100 ms while the loop is saturated.
+TARGET_LAG = 0.010
+SAMPLE_INTERVAL = 0.020
+# Halve slowly: a single late wake-up (a GC pause) should not throttle much.
+DECREASE = 0.75
+# Enough concurrent handshakes to keep one core busy over loopback round trips.
+MIN_LIMIT = 8
+# Addresses with a recent successful login; a device's address rarely lives
+# longer than a day (DHCP leases, mobile networks).
+FAMILIAR_TTL = 24 * 3600.0
+# Bounded memory: about 100 bytes an entry.
+FAMILIAR_MAX = 100_000
+
+
+class AdmissionShed(Exception):
+    """An unfamiliar connection waited for its turn longer than allowed."""
+
+
+class AimdLimit:
+    """The concurrency limit for unfamiliar handshakes, driven by lag samples."""
+
+    def __init__(self, ceiling: int, *, floor: int = MIN_LIMIT, target: float = TARGET_LAG):
+        self.ceiling = max(ceiling, floor)
+        self.floor = floor
+        self.target = target
+        self.value = self.ceiling
+
+    @property
+    def saturated(self) -> bool:
+        """Throttling in earnest (not one late wake-up): below half the ceiling."""
+        return self.value <= self.ceiling // 2
+
+    def sample(self, lag: float) -> int:
+        if lag > self.target:
+            self.value = max(self.floor, int(self.value * DECREASE))
+        else:
+            self.value = min(self.ceiling, self.value + 1)
+        return self.value
+
+
+class Admission:
+    def __init__(
+        self,
+        *,
+        ceiling: int,
+        trusted_networks: Iterable[str] = (),
+        clock: Callable[[], float] = time.monotonic,
+        on_change: Callable[[bool, int, int], None] | None = None,
+    ) -> None:
+        self.limit = AimdLimit(ceiling)
+        self._trusted = [ipaddress.ip_network(n, strict=False) for n in trusted_networks]
+        self._clock = clock
+        self._recent: OrderedDict[str, float] = OrderedDict()
+        self._active = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._on_change = on_change
+        self.shed = 0  # unfamiliar connections that gave up waiting (since the last change)
+        self.waited = 0  # unfamiliar connections that had to wait
+
+    def configure(self, ceiling: int, trusted_networks: Iterable[str]) -> None:
+        """A reload: new cap and trusted networks; turns held and waiting are kept."""
+        self.limit.ceiling = max(ceiling, self.limit.floor)
+        self.limit.value = min(self.limit.value, self.limit.ceiling)
+        self._trusted = [ipaddress.ip_network(n, strict=False) for n in trusted_networks]
+
+    # -- who is familiar ----------------------------------------------------------
+
+    def note_success(self, ip: str) -> None:
+        self._recent[ip] = self._clock() + FAMILIAR_TTL
+        self._recent.move_to_end(ip)
+        while len(self._recent) > FAMILIAR_MAX:
+            self._recent.popitem(last=False)
+
+    def familiar(self, ip: str) -> bool:
+        expires = self._recent.get(ip)
+        if expires is not None:
+            if expires > self._clock():
+                return True
+            del self._recent[ip]
+        if self._trusted:
+            try:
+                address = ipaddress.ip_address(ip)
+            except ValueError:
+                return False
+            return any(address in net for net in self._trusted)
+        return False
+
+    # -- turns --------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def turn(self, ip: str, patience: float) -> AsyncIterator[None]:
+        """Hold a handshake turn; raises AdmissionShed after `patience` seconds of waiting."""
+        if self.familiar(ip):
+            yield
+            return
+        if self._active >= self.limit.value or self._waiters:
+            self.waited += 1
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await asyncio.wait_for(asyncio.shield(waiter), patience)
+            except TimeoutError:
+                if waiter.done():  # granted just as the clock ran out: give it back
+                    self._release()
+                else:
+                    waiter.cancel()
+                    with contextlib.suppress(ValueError):
+                        self._waiters.remove(waiter)
+                self.shed += 1
+                raise AdmissionShed from None
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():
+                    self._release()
+                else:
+                    waiter.cancel()
+                    with contextlib.suppress(ValueError):
+                        self._waiters.remove(waiter)
+                raise
+        else:
+            self._active += 1
+        try:
+            yield
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        self._active -= 1
+        self._wake()
+
+    def _wake(self) -> None:
+        # A granted waiter inherits the slot (the count does not drop and rise).
+        while self._waiters and self._active < self.limit.value:
+            waiter = self._waiters.popleft()
+            if waiter.done():
+                continue
+            self._active += 1
+            waiter.set_result(None)
+
+    @property
+    def active(self) -> int:
+        return self._active
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    # -- the lag sensor -----------------------------------------------------------
+
+    async def monitor(self) -> None:
+        """Run forever: sample the loop's lag and adapt the limit."""
+        loop = asyncio.get_running_loop()
+        saturated = False
+        while True:
+            start = loop.time()
+            await asyncio.sleep(SAMPLE_INTERVAL)
+            lag = loop.time() - start - SAMPLE_INTERVAL
+            self.limit.sample(lag)
+            self._wake()
+            if self.limit.saturated != saturated:
+                saturated = self.limit.saturated
+                if self._on_change is not None:
+                    self._on_change(saturated, self.waited, self.shed)
+                self.waited = self.shed = 0
