@@ -30,7 +30,7 @@ __all__ = [
     "TlsMode",
 ]
 
-#: Version of the JSON report (docs/scan-report.schema.json); bumped on any
+#: Version of the JSON report (scanner/report.schema.json, docs/scan-report.md); bumped on any
 #: incompatible change, minor on additions.
 SCHEMA_VERSION = "1.0"
 
