@@ -26,27 +26,41 @@ class Clock:
         return self.now
 
 
-def test_aimd_shrinks_on_lag_and_grows_back_one_by_one() -> None:
-    limit = AimdLimit(100)
-    assert limit.value == 100
+def test_aimd_shrinks_to_a_share_of_what_is_in_flight() -> None:
+    limit = AimdLimit(100_000)
+    assert limit.value == 100_000
     assert not limit.saturated
-    assert limit.sample(TARGET_LAG * 2) == int(100 * DECREASE)
-    for _ in range(50):
-        limit.sample(1.0)
-    assert limit.value == MIN_LIMIT  # never below the floor
+    # Lag with 40 handshakes in flight: the limit drops below 40, not to 75,000.
+    assert limit.sample(TARGET_LAG * 2, active=40, waiting=0) == int(40 * DECREASE)
     assert limit.saturated
-    assert limit.sample(0.0) == MIN_LIMIT + 1
-    for _ in range(1000):
-        limit.sample(0.0)
-    assert limit.value == 100  # never above the ceiling
+    for _ in range(50):
+        limit.sample(1.0, active=limit.value, waiting=100)
+    assert limit.value == MIN_LIMIT  # never below the floor
+
+
+def test_aimd_probes_up_by_one_while_connections_wait() -> None:
+    limit = AimdLimit(1000)
+    limit.sample(1.0, active=8, waiting=50)
+    assert limit.value == MIN_LIMIT
+    assert limit.sample(0.0, active=MIN_LIMIT, waiting=50) == MIN_LIMIT + 1
+    assert limit.sample(0.0, active=MIN_LIMIT + 1, waiting=50) == MIN_LIMIT + 2
+
+
+def test_aimd_lifts_the_limit_fast_when_nobody_waits() -> None:
+    limit = AimdLimit(1000)
+    limit.sample(1.0, active=8, waiting=0)
+    values = [limit.sample(0.0, active=0, waiting=0) for _ in range(8)]
+    assert values == [16, 32, 64, 128, 256, 512, 1000, 1000]
     assert not limit.saturated
 
 
-def test_one_late_wakeup_is_not_saturation() -> None:
+def test_one_late_wakeup_on_an_idle_gateway_changes_little() -> None:
     limit = AimdLimit(2000)
-    limit.sample(1.0)
-    assert limit.value == 1500
-    assert not limit.saturated
+    limit.sample(1.0, active=0, waiting=0)
+    assert limit.value == MIN_LIMIT
+    for _ in range(8):
+        limit.sample(0.0, active=0, waiting=0)
+    assert limit.value == 2000
 
 
 def test_ceiling_below_floor_is_raised_to_floor() -> None:
@@ -92,7 +106,7 @@ async def _until(condition: Callable[[], bool]) -> None:
 
 def _saturate(adm: Admission) -> None:
     for _ in range(100):
-        adm.limit.sample(1.0)
+        adm.limit.sample(1.0, active=0, waiting=0)
     assert adm.limit.value == MIN_LIMIT
 
 

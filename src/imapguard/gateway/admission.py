@@ -14,11 +14,12 @@ STARTTLS), takes a *turn*:
   someone logged in successfully in the last `FAMILIAR_TTL` seconds) never waits;
 - unfamiliar sources share `limit` concurrent turns. The limit follows the event
   loop's lag, as TCP follows packet loss (AIMD): every `SAMPLE_INTERVAL` a sleeper
-  measures how late it woke; lag above `TARGET_LAG` shrinks the limit by
-  `DECREASE`, lag below it grows the limit by one, between `MIN_LIMIT` and the
-  pre-auth connection cap. On an idle or merely busy gateway the limit sits at
-  the cap and nobody ever waits; only a saturated loop makes unfamiliar
-  handshakes queue (FIFO, up to the handshake timeout) behind familiar ones.
+  measures how late it woke; lag above `TARGET_LAG` sets the limit to `DECREASE`
+  times the turns in use; lag below it grows the limit by one while connections
+  wait, and doubles it when none does, between `MIN_LIMIT` and the pre-auth
+  connection cap. On an idle or merely busy gateway the limit sits at the cap and
+  nobody ever waits; only a saturated loop makes unfamiliar handshakes queue
+  (FIFO, up to the handshake timeout) behind familiar ones.
 
 This is a scheduling preference, not a security decision: nothing here refuses
 a login or reveals anything to a client. An attacker on a familiar address (a
@@ -80,11 +81,15 @@ class AimdLimit:
         """Throttling in earnest (not one late wake-up): below half the ceiling."""
         return self.value <= self.ceiling // 2
 
-    def sample(self, lag: float) -> int:
+    def sample(self, lag: float, active: int, waiting: int) -> int:
+        """One lag sample, with the turns in use and the connections waiting."""
         if lag > self.target:
-            self.value = max(self.floor, int(self.value * DECREASE))
+            # Relative to what is in flight: a ceiling nobody reached says nothing.
+            self.value = max(self.floor, int(min(self.value, active) * DECREASE))
+        elif waiting:
+            self.value = min(self.ceiling, self.value + 1)  # probe upwards, gently
         else:
-            self.value = min(self.ceiling, self.value + 1)
+            self.value = min(self.ceiling, self.value * 2)  # nobody held back: no limit
         return self.value
 
 
@@ -204,10 +209,12 @@ class Admission:
             start = loop.time()
             await asyncio.sleep(SAMPLE_INTERVAL)
             lag = loop.time() - start - SAMPLE_INTERVAL
-            self.limit.sample(lag)
+            self.limit.sample(lag, self._active, len(self._waiters))
             self._wake()
-            if self.limit.saturated != saturated:
-                saturated = self.limit.saturated
+            # Throttling is news only when someone had to wait for it.
+            busy = self.limit.saturated and bool(self._waiters or self.waited)
+            if busy != saturated:
+                saturated = busy
                 if self._on_change is not None:
                     self._on_change(saturated, self.waited, self.shed)
                 self.waited = self.shed = 0
