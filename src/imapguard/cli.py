@@ -15,6 +15,7 @@ import logging
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from imapguard import __version__
@@ -181,6 +182,48 @@ def _parser() -> argparse.ArgumentParser:
     config_opt(p)
     json_opt(p)
 
+    scan = sub.add_parser(
+        "scan",
+        help="audit IMAP/POP3/SMTP services: TLS, plaintext authentication, grades, fixes",
+        description="Audit hosts, host:port, CIDR ranges or @file of targets (see the "
+        "README's scanner section for the checks and the grade table).",
+    )
+    scan.add_argument("targets", nargs="+", metavar="TARGET")
+    scan.add_argument(
+        "--ports",
+        default=None,
+        metavar="LIST",
+        help="ports to probe: '143,993' replaces the defaults (143,993,110,995,587,465), "
+        "'+25' adds to them; ranges a-b allowed",
+    )
+    scan.add_argument(
+        "--format", choices=("table", "json", "sarif", "html"), default="table", dest="fmt"
+    )
+    scan.add_argument("--output", "-o", type=Path, default=None, metavar="FILE")
+    scan.add_argument(
+        "--fail-on",
+        default=None,
+        metavar="GRADE",
+        help="exit 1 when a service grades below GRADE (for CI)",
+    )
+    scan.add_argument("--concurrency", type=_positive_int, default=32, metavar="N")
+    scan.add_argument(
+        "--per-host", type=_positive_int, default=4, metavar="N", help="connections per address"
+    )
+    scan.add_argument("--timeout", type=_positive_float, default=5.0, metavar="S")
+    scan.add_argument(
+        "--rate", type=_positive_float, default=100.0, metavar="N", help="new connections/s"
+    )
+    scan.add_argument(
+        "--ca-file", type=Path, default=None, metavar="FILE", help="a private CA to trust too"
+    )
+    scan.add_argument(
+        "--server-name",
+        default=None,
+        metavar="NAME",
+        help="the name certificates must match when a target is an address",
+    )
+
     events = sub.add_parser("events", help="read the audit log")
     events.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
     events.add_argument(
@@ -192,6 +235,26 @@ def _parser() -> argparse.ArgumentParser:
     config_opt(events)
     json_opt(events)
     return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{value} must be above 0")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -256,6 +319,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _device(args)
     if command == "events":
         return _events(args)
+    if command == "scan":
+        return _scan(args)
     raise _Usage(f"unknown command {command}")  # pragma: no cover - argparse refuses first
 
 
@@ -706,6 +771,66 @@ def _events(args: argparse.Namespace) -> int:
     else:
         for record in records:
             print(_format_event(record))
+    return EXIT_OK
+
+
+def _scan(args: argparse.Namespace) -> int:
+    import asyncio
+    import warnings
+
+    from imapguard.scanner.grade import GRADES
+    from imapguard.scanner.report import progress, render
+    from imapguard.scanner.run import ScanOptions, scan
+    from imapguard.scanner.targets import TargetError, parse_ports
+
+    fail_on = None
+    if args.fail_on is not None:
+        fail_on = args.fail_on.strip().upper()
+        if fail_on not in GRADES:
+            raise _Usage(f"--fail-on: {args.fail_on!r} is not a grade ({', '.join(GRADES)})")
+    if args.ca_file is not None:
+        from imapguard.scanner.tlsaudit import load_ca_file
+
+        try:
+            load_ca_file(args.ca_file)
+        except (OSError, ValueError) as exc:
+            raise _Usage(str(exc)) from None
+    try:
+        options = ScanOptions(
+            ports=parse_ports(args.ports),
+            concurrency=args.concurrency,
+            per_host=args.per_host,
+            timeout=args.timeout,
+            rate=args.rate,
+            ca_file=args.ca_file,
+            server_name=args.server_name,
+        )
+    except TargetError as exc:
+        raise _Usage(str(exc)) from None
+    # A progress bar on a terminal (stderr), nothing on a pipe.
+    with progress(0, enabled=sys.stderr.isatty()) as bar, warnings.catch_warnings():
+        # sslyze's bundled trust store has a certificate with a negative serial.
+        warnings.simplefilter("ignore")
+        try:
+            report = asyncio.run(
+                scan(args.targets, options, on_total=bar.set_total, advance=bar.advance)
+            )
+        except TargetError as exc:
+            raise _Usage(str(exc)) from None
+    to_file = args.output is not None
+    text = render(report, args.fmt, color=not to_file and sys.stdout.isatty())
+    if to_file:
+        args.output.write_text(text, encoding="utf-8")
+        print(f"imapguard: report written to {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    if fail_on is not None:
+        bar_rank = GRADES.index(fail_on)
+        below = [s for s in report.services if GRADES.index(s.grade) > bar_rank]
+        if below:
+            names = ", ".join(f"{s.name} {s.grade}" for s in below)
+            print(f"imapguard: below {fail_on}: {names}", file=sys.stderr)
+            return EXIT_PROBLEM
     return EXIT_OK
 
 

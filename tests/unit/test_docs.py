@@ -23,3 +23,12 @@ def test_example_config_has_no_cross_field_problems() -> None:
     assert validate_config(config, check_files=False) == []
     assert config.oauth is not None
     assert config.notify is not None
+
+
+def test_readme_prints_the_grade_table_and_the_catalog() -> None:
+    from imapguard.scanner.catalog import catalog_markdown
+    from imapguard.scanner.grade import grade_table_markdown
+
+    readme = (ROOT / "README.md").read_text()
+    assert grade_table_markdown() in readme
+    assert catalog_markdown() in readme

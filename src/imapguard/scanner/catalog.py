@@ -42,7 +42,15 @@ from collections.abc import Iterable
 
 from imapguard.scanner.model import Finding, Severity, Status
 
-__all__ = ["CATALOG", "Check", "finding", "fix_blocks", "not_tested", "standard_links"]
+__all__ = [
+    "CATALOG",
+    "Check",
+    "catalog_markdown",
+    "finding",
+    "fix_blocks",
+    "not_tested",
+    "standard_links",
+]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -1118,3 +1126,11 @@ def not_tested(check_id: str, reason: str) -> Finding:
         fix="",
         status=Status.NOT_TESTED,
     )
+
+
+def catalog_markdown() -> str:
+    """The catalog as the README prints it (a test checks the README holds it)."""
+    rows = ["| ID | Default severity | Finding | Standard |", "|---|---|---|---|"]
+    for check in CATALOG.values():
+        rows.append(f"| {check.id} | {check.severity.value} | {check.title} | {check.standard} |")
+    return "\n".join(rows)
