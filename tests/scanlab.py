@@ -22,9 +22,15 @@ What there is (each is a context manager, and :class:`ScanLab` hands them out to
   :class:`InjectableSmtp` (STARTTLS command injection, CVE-2011-0411 class, variant
   ``answers_in_cleartext`` or ``answers_in_tls``), :class:`PreauthImap` (``* PREAUTH``
   greeting on a cleartext port) and :class:`ThrottlingSmtp` (``421 4.7.0 Too many
-  connections`` after the first N connections). Apart from their one flaw they behave like
-  a careful server: LOGINDISABLED / no USER / 530 before TLS, STARTTLS not advertised after
-  TLS, STARTTLS refused inside TLS, SMTP state reset by STARTTLS.
+  connections`` after the first N connections). ``ToyServer(protocol, flaws=[...])``
+  switches on any of :data:`FLAWS`, one scanner check each (ST-03, ST-04, ST-05, ST-06,
+  ST-08, AUTH-06, AUTH-08, AUTH-09, BAN-01/02, BAN-03), and :data:`FLAW_KINDS` names a lab
+  kind for each (``imap:anonymous``, ``smtp:vrfy`` ...). Apart from their one flaw they
+  behave like a careful server: LOGINDISABLED / no USER / 530 before TLS, STARTTLS not
+  advertised after TLS, STARTTLS refused inside TLS, SMTP state reset by STARTTLS, no
+  version anywhere, pipelined commands after STARTTLS thrown away. A flaw of the STARTTLS
+  upgrade shows on the cleartext port only, ST-06 on the implicit-TLS twin only, and what a
+  TLS session offers (mechanisms, VRFY, names, versions) on both (``ToyFlaw.shows_on``).
 * :func:`start_lab` -- many services at once for the benchmark (one Dovecot per profile,
   listening on every address of that profile)::
 
@@ -88,6 +94,11 @@ Things that bite:
   open connections, lets their handlers end on the EOF (cancelling a stream handler makes
   Python 3.11 log "Exception in callback") and closes the loop, so no transport is left
   for the garbage collector (pytest turns ``ResourceWarning`` into errors here).
+* Python 3.11's asyncio can start TLS inside TLS, but a nested handshake that fails (the
+  client hangs up, as a scanner does once it has seen the answer) ends in
+  ``TypeError: SSLProtocol._abort() takes 1 positional argument`` and "Error calling
+  eof_received()" on the loop. So the toys that wrongly accept STARTTLS inside TLS (ST-05,
+  ST-06) answer it and hang up instead of negotiating: the answer is the flaw.
 * Fixtures are found by pytest only where imported: a test module does
   ``from tests.scanlab import scanlab`` (or tests/conftest.py re-exports it).
 """
@@ -96,6 +107,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import base64
 import concurrent.futures
 import contextlib
 import datetime
@@ -112,7 +124,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, AnyStr, Literal, Protocol, Self
@@ -128,11 +140,19 @@ from cryptography.x509.oid import NameOID
 from tests.dovecot import DOVECOT_BINARY, _check_credential, _group_members, _make_traversable
 
 __all__ = [
+    "CYRUS_ID",
+    "FLAWS",
+    "FLAW_KINDS",
+    "INTERNAL_NAME",
     "KINDS",
     "OTHER_NAME",
     "PROFILES",
+    "QPOPPER_GREETING",
+    "QPOPPER_IMPLEMENTATION",
     "SERVER_NAME",
+    "VRFY_USERS",
     "CertKind",
+    "Flaw",
     "InjectableImap",
     "InjectablePop3",
     "InjectableSmtp",
@@ -148,6 +168,7 @@ __all__ = [
     "PreauthImap",
     "ScanLab",
     "ThrottlingSmtp",
+    "ToyFlaw",
     "ToyServer",
     "free_port_on",
     "lab_address",
@@ -985,6 +1006,109 @@ class LabSubmission(_LoopServer):
 
 # -- tiny deliberately flawed servers --------------------------------------------------------
 
+#: The switchable flaws of :class:`ToyServer` (see :data:`FLAWS`).
+Flaw = Literal[
+    "starttls_unadvertised",
+    "starttls_after_tls",
+    "second_starttls",
+    "implicit_starttls_ok",
+    "no_reset",
+    "anonymous",
+    "vrfy",
+    "legacy_sasl",
+    "versioned",
+    "id_version",
+    "internal_name",
+]
+
+#: Which endpoint of a toy shows a flaw (see :class:`ToyFlaw`).
+ShowsOn = Literal["cleartext", "implicit", "both"]
+
+
+@dataclass(frozen=True, slots=True)
+class ToyFlaw:
+    """What one flaw of :class:`ToyServer` is built to show a scanner.
+
+    ``checks``: the catalog IDs (SCANNER-CHECKS.md) it is built to fail; ``summary`` names
+    any that necessarily fail with them. ``shows_on``: the toy's endpoint(s) where it is
+    visible: ``"cleartext"`` (the STARTTLS port, for flaws of the upgrade itself),
+    ``"implicit"`` (the implicit-TLS twin) or ``"both"`` (what every session, or every TLS
+    session, offers -- as a real misconfiguration would).
+    """
+
+    checks: tuple[str, ...]
+    protocols: frozenset[MailProtocol]
+    shows_on: ShowsOn
+    summary: str
+
+
+def _flaw(
+    checks: str, protocols: Sequence[MailProtocol], shows_on: ShowsOn, summary: str
+) -> ToyFlaw:
+    return ToyFlaw(tuple(checks.split()), frozenset(protocols), shows_on, summary)
+
+
+#: Every switchable flaw: the checks it fails, the protocols that have it, where it shows.
+FLAWS: Mapping[Flaw, ToyFlaw] = {
+    "starttls_unadvertised": _flaw(
+        "ST-03",
+        ("imap", "pop3"),
+        "cleartext",
+        "STARTTLS/STLS works but is not advertised (so ST-01 and EXP-01/EXP-02 fail too)",
+    ),
+    "starttls_after_tls": _flaw(
+        "ST-04", ("imap", "smtp"), "cleartext", "STARTTLS still advertised after STARTTLS"
+    ),
+    "second_starttls": _flaw(
+        "ST-05", ("smtp",), "cleartext", "a second STARTTLS inside TLS gets 220"
+    ),
+    "implicit_starttls_ok": _flaw(
+        "ST-06", ("imap",), "implicit", "STARTTLS on the implicit-TLS port gets OK"
+    ),
+    "no_reset": _flaw(
+        "ST-08", ("smtp",), "cleartext", "the EHLO from before STARTTLS still counts inside TLS"
+    ),
+    "anonymous": _flaw("AUTH-06", ("imap",), "both", "AUTH=ANONYMOUS inside TLS, and it works"),
+    "vrfy": _flaw("AUTH-08", ("smtp",), "both", "VRFY: 250 for a mailbox, 550 for anything else"),
+    "legacy_sasl": _flaw(
+        "AUTH-09", ("imap",), "both", "only AUTH=CRAM-MD5 and AUTH=DIGEST-MD5 inside TLS"
+    ),
+    "versioned": _flaw(
+        "BAN-01 BAN-02", ("pop3",), "both", "Qpopper 4.1.0 in the greeting and IMPLEMENTATION"
+    ),
+    "id_version": _flaw(
+        "BAN-02", ("imap",), "both", 'ID answers ("name" "Cyrus IMAP" "version" ...)'
+    ),
+    "internal_name": _flaw("BAN-03", ("smtp",), "both", "EHLO and HELO name mx1.corp.internal"),
+}
+
+#: The lab kinds with one switchable flaw each: kind -> (protocol, flaw).
+FLAW_KINDS: Mapping[str, tuple[MailProtocol, Flaw]] = {
+    "imap:starttls_unadvertised": ("imap", "starttls_unadvertised"),
+    "pop3:stls_unadvertised": ("pop3", "starttls_unadvertised"),
+    "imap:starttls_after_tls": ("imap", "starttls_after_tls"),
+    "smtp:starttls_after_tls": ("smtp", "starttls_after_tls"),
+    "smtp:second_starttls": ("smtp", "second_starttls"),
+    "imap:implicit_starttls_ok": ("imap", "implicit_starttls_ok"),
+    "smtp:no_reset": ("smtp", "no_reset"),
+    "imap:anonymous": ("imap", "anonymous"),
+    "smtp:vrfy": ("smtp", "vrfy"),
+    "imap:legacy_sasl": ("imap", "legacy_sasl"),
+    "pop3:versioned": ("pop3", "versioned"),
+    "imap:id_version": ("imap", "id_version"),
+    "smtp:internal_name": ("smtp", "internal_name"),
+}
+
+#: The ``id_version`` IMAP toy's ID fields (RFC 2971): Cyrus's, with its version.
+CYRUS_ID = '("name" "Cyrus IMAP" "version" "3.2.6")'
+#: The ``versioned`` POP3 toy's greeting and CAPA line (RFC 2449 §6.9).
+QPOPPER_GREETING = "+OK Qpopper 4.1.0 ready"
+QPOPPER_IMPLEMENTATION = "IMPLEMENTATION Qpopper-4.1.0"
+#: The name the ``internal_name`` SMTP toy gives itself in EHLO and HELO.
+INTERNAL_NAME = "mx1.corp.internal"
+#: The mailboxes the ``vrfy`` SMTP toy confirms; RFC 5321 §4.5.1 makes postmaster mandatory.
+VRFY_USERS = ("postmaster", "alice")
+
 
 @dataclass(frozen=True, slots=True)
 class _Reply:
@@ -996,16 +1120,48 @@ class _Reply:
 class _ImapToy:
     """A minimal IMAP server dialog (sans-IO): lines in, replies out."""
 
-    def __init__(self, *, tls: bool, preauth: bool, server_name: str) -> None:
+    def __init__(
+        self,
+        *,
+        tls: bool,
+        preauth: bool,
+        server_name: str,
+        flaws: frozenset[Flaw] = frozenset(),
+    ) -> None:
         self.tls = tls
+        #: TLS from the first byte (the implicit-TLS twin) rather than by STARTTLS.
+        self.implicit = tls
         self.preauth = preauth
+        self.authenticated = preauth
         self.server_name = server_name
+        self.flaws = flaws
         self._sasl_tag: str | None = None
+        self._sasl_anonymous = False
+
+    def mechanisms(self) -> list[str]:
+        """The SASL mechanisms offered inside TLS."""
+        offered = ["PLAIN"]
+        if "legacy_sasl" in self.flaws:
+            # DELIBERATELY BROKEN (AUTH-09): challenge-response mechanisms of the 1990s only
+            # (RFC 6331 made DIGEST-MD5 historic); TLS would make PLAIN the safer choice.
+            offered = ["CRAM-MD5", "DIGEST-MD5"]
+        if "anonymous" in self.flaws:
+            # DELIBERATELY BROKEN (AUTH-06): anyone logs in without a password (RFC 4505).
+            offered.append("ANONYMOUS")
+        return offered
 
     def capabilities(self) -> str:
         if self.preauth:
             return "IMAP4rev1 ID"
-        return "IMAP4rev1 ID AUTH=PLAIN" if self.tls else "IMAP4rev1 ID STARTTLS LOGINDISABLED"
+        if not self.tls:
+            # DELIBERATELY BROKEN (ST-03) with starttls_unadvertised: STARTTLS is left out
+            # of the list, yet handle() accepts it all the same.
+            starttls = "" if "starttls_unadvertised" in self.flaws else " STARTTLS"
+            return f"IMAP4rev1 ID{starttls} LOGINDISABLED"
+        # DELIBERATELY BROKEN (ST-04) with starttls_after_tls: STARTTLS is still listed after
+        # the upgrade (after STARTTLS only: the implicit twin lists it correctly not at all).
+        again = " STARTTLS" if "starttls_after_tls" in self.flaws and not self.implicit else ""
+        return f"IMAP4rev1 ID{again}" + "".join(f" AUTH={m}" for m in self.mechanisms())
 
     def greeting(self) -> str:
         if self.preauth:
@@ -1018,9 +1174,8 @@ class _ImapToy:
         self.tls = True
 
     def handle(self, line: str) -> _Reply:
-        if self._sasl_tag is not None:  # the client's SASL response: never good enough
-            tag, self._sasl_tag = self._sasl_tag, None
-            return _Reply(f"{tag} NO [AUTHENTICATIONFAILED] Authentication failed.\r\n")
+        if self._sasl_tag is not None:
+            return self._sasl_response(line)
         parts = line.split(None, 2)
         if len(parts) < 2:
             return _Reply("* BAD Error in IMAP command received by server.\r\n")
@@ -1034,48 +1189,100 @@ class _ImapToy:
             case "NOOP":
                 return _Reply(f"{tag} OK NOOP completed.\r\n")
             case "ID":
-                return _Reply(f"* ID NIL\r\n{tag} OK ID completed.\r\n")
+                # DELIBERATELY BROKEN (BAN-02) with id_version: product and version.
+                fields = CYRUS_ID if "id_version" in self.flaws else "NIL"
+                return _Reply(f"* ID {fields}\r\n{tag} OK ID completed.\r\n")
             case "LOGOUT":
                 return _Reply(f"* BYE Logging out\r\n{tag} OK LOGOUT completed.\r\n", close=True)
-            case "STARTTLS" if self.tls or self.preauth:
+            case "STARTTLS" if self.implicit and "implicit_starttls_ok" in self.flaws:
+                # DELIBERATELY BROKEN (ST-06): on an implicit-TLS port STARTTLS must get a
+                # tagged BAD (RFC 9051 §6.2.1); this one says OK. It then hangs up rather
+                # than nest TLS in TLS: Python 3.11's asyncio cannot end a failed nested
+                # handshake cleanly (SSLProtocol._abort() TypeError), and OK is the flaw.
+                return _Reply(f"{tag} OK Begin TLS negotiation now.\r\n", close=True)
+            case "STARTTLS" if self.tls or self.authenticated:
                 return _Reply(f"{tag} BAD STARTTLS not allowed now.\r\n")
             case "STARTTLS":
                 return _Reply(f"{tag} OK Begin TLS negotiation now.\r\n", starttls=True)
-            case "LOGIN" | "AUTHENTICATE" if self.preauth:
+            case "LOGIN" | "AUTHENTICATE" if self.authenticated:
                 return _Reply(f"{tag} BAD Already authenticated.\r\n")
             case "LOGIN" | "AUTHENTICATE" if not self.tls:
                 return _Reply(privacy)
-            case "AUTHENTICATE" if len(args.split()) < 2:
-                self._sasl_tag = tag
-                return _Reply("+ \r\n")
-            case "LOGIN" | "AUTHENTICATE":
+            case "AUTHENTICATE":
+                return self._authenticate(tag, args)
+            case "LOGIN":
                 return _Reply(f"{tag} NO [AUTHENTICATIONFAILED] Authentication failed.\r\n")
-            case "LIST" if self.preauth:
+            case "LIST" if self.authenticated:
                 return _Reply(f'* LIST (\\HasNoChildren) "/" INBOX\r\n{tag} OK LIST completed.\r\n')
             case _:
                 return _Reply(f"{tag} BAD Unknown command.\r\n")
+
+    def _authenticate(self, tag: str, args: str) -> _Reply:
+        words = args.split()
+        mechanism = words[0].upper() if words else ""
+        if mechanism == "ANONYMOUS" and mechanism in self.mechanisms():
+            if len(words) > 1:  # an initial response (SASL-IR) is the trace: welcome
+                return self._anonymous(tag)
+            self._sasl_tag, self._sasl_anonymous = tag, True
+            return _Reply("+ \r\n")
+        if len(words) > 1:
+            return _Reply(f"{tag} NO [AUTHENTICATIONFAILED] Authentication failed.\r\n")
+        self._sasl_tag = tag
+        challenge = ""
+        if mechanism == "CRAM-MD5":  # RFC 2195: the server speaks first, a msg-id
+            msg_id = f"<{secrets.randbelow(10**9)}.{int(time.time())}@{self.server_name}>"
+            challenge = base64.b64encode(msg_id.encode()).decode()
+        return _Reply(f"+ {challenge}\r\n")
+
+    def _sasl_response(self, line: str) -> _Reply:
+        tag, self._sasl_tag = self._sasl_tag or "*", None
+        anonymous, self._sasl_anonymous = self._sasl_anonymous, False
+        if anonymous and line.strip() != "*":
+            return self._anonymous(tag)
+        return _Reply(f"{tag} NO [AUTHENTICATIONFAILED] Authentication failed.\r\n")
+
+    def _anonymous(self, tag: str) -> _Reply:
+        self.authenticated = True
+        return _Reply(f"{tag} OK Logged in anonymously.\r\n")
 
 
 class _Pop3Toy:
     """A minimal POP3 server dialog (sans-IO)."""
 
-    def __init__(self, *, tls: bool, server_name: str) -> None:
+    def __init__(
+        self, *, tls: bool, server_name: str, flaws: frozenset[Flaw] = frozenset()
+    ) -> None:
         self.tls = tls
         self.server_name = server_name
+        self.flaws = flaws
 
     def greeting(self) -> str:
+        if "versioned" in self.flaws:
+            # DELIBERATELY BROKEN (BAN-01): product and version to anyone who connects.
+            return f"{QPOPPER_GREETING}\r\n"
         return f"+OK {self.server_name} POP3 ready.\r\n"
 
     def start_tls(self) -> None:
         self.tls = True
+
+    def capabilities(self) -> list[str]:
+        found = ["TOP", "UIDL", "RESP-CODES", "PIPELINING"]
+        if self.tls:
+            found += ["USER", "SASL PLAIN"]
+        elif "starttls_unadvertised" not in self.flaws:
+            found.append("STLS")
+        # else DELIBERATELY BROKEN (ST-03): STLS missing here, yet handle() accepts it.
+        if "versioned" in self.flaws:
+            found.append(QPOPPER_IMPLEMENTATION)  # DELIBERATELY BROKEN (BAN-02)
+        return found
 
     def handle(self, line: str) -> _Reply:
         command = (line.split(None, 1) or [""])[0].upper()
         privacy = "-ERR [AUTH] Plaintext authentication disallowed on non-secure (SSL/TLS) connections.\r\n"  # noqa: E501
         match command:
             case "CAPA":
-                extra = "USER\r\nSASL PLAIN\r\n" if self.tls else "STLS\r\n"
-                return _Reply(f"+OK\r\nTOP\r\nUIDL\r\nRESP-CODES\r\nPIPELINING\r\n{extra}.\r\n")
+                listing = "".join(f"{c}\r\n" for c in self.capabilities())
+                return _Reply(f"+OK\r\n{listing}.\r\n")
             case "STLS" if self.tls:
                 return _Reply("-ERR TLS is already active.\r\n")
             case "STLS":
@@ -1095,18 +1302,37 @@ class _Pop3Toy:
 class _SmtpToy:
     """A minimal submission server dialog (sans-IO); TLS required before AUTH and MAIL."""
 
-    def __init__(self, *, tls: bool, server_name: str) -> None:
+    def __init__(
+        self, *, tls: bool, server_name: str, flaws: frozenset[Flaw] = frozenset()
+    ) -> None:
         self.tls = tls
+        #: TLS from the first byte (the implicit-TLS twin) rather than by STARTTLS.
+        self.implicit = tls
         self.server_name = server_name
+        self.flaws = flaws
         self._helo: str | None = None
         self._in_auth = False
+        self._mail = False  # a MAIL transaction is open (only the no_reset toy takes MAIL)
 
     def greeting(self) -> str:
         return f"220 {self.server_name} ESMTP ready\r\n"
 
+    def host_name(self) -> str:
+        """The name in the first line of the EHLO (and the HELO) reply."""
+        if "internal_name" in self.flaws:
+            # DELIBERATELY BROKEN (BAN-03): the machine's own name (Postfix's myhostname
+            # left at its default) while the greeting shows the public one.
+            return INTERNAL_NAME
+        return self.server_name
+
     def start_tls(self) -> None:
         self.tls = True
+        if "no_reset" in self.flaws:
+            # DELIBERATELY BROKEN (ST-08): RFC 3207 §4.2 says forget everything said before
+            # TLS; this one keeps the EHLO, so MAIL works at once without a new one.
+            return
         self._helo = None  # RFC 3207 §4.2: forget everything said before TLS
+        self._mail = False
 
     def handle(self, line: str) -> _Reply:
         if self._in_auth:
@@ -1118,23 +1344,42 @@ class _SmtpToy:
         must_tls = "530 5.7.0 Must issue a STARTTLS command first\r\n"
         match command:
             case "EHLO":
-                self._helo = args or "unknown"
+                self._helo, self._mail = args or "unknown", False
                 keywords = ["PIPELINING", "8BITMIME"]
-                keywords.append("AUTH PLAIN LOGIN" if self.tls else "STARTTLS")
-                lines = [self.server_name, *keywords]
+                if not self.tls:
+                    keywords.append("STARTTLS")
+                elif "starttls_after_tls" in self.flaws and not self.implicit:
+                    # DELIBERATELY BROKEN (ST-04): STARTTLS offered again inside TLS
+                    # (after STARTTLS only; the implicit twin does not offer it).
+                    keywords.append("STARTTLS")
+                if self.tls:
+                    keywords.append("AUTH PLAIN LOGIN")
+                lines = [self.host_name(), *keywords]
                 body = "".join(f"250-{k}\r\n" for k in lines[:-1])
                 return _Reply(f"{body}250 {lines[-1]}\r\n")
             case "HELO":
-                self._helo = args or "unknown"
-                return _Reply(f"250 {self.server_name}\r\n")
+                self._helo, self._mail = args or "unknown", False
+                return _Reply(f"250 {self.host_name()}\r\n")
+            case "STARTTLS" if self.tls and "second_starttls" in self.flaws and not self.implicit:
+                # DELIBERATELY BROKEN (ST-05): RFC 3207 §4.2 forbids a second STARTTLS; this
+                # one says 220 (the twin still refuses it), then hangs up rather than nest
+                # TLS in TLS (see the IMAP toy's ST-06 for why).
+                return _Reply("220 2.0.0 Ready to start TLS\r\n", close=True)
             case "STARTTLS" if self.tls:
                 return _Reply("554 5.5.1 Error: TLS already active\r\n")
             case "STARTTLS":
                 return _Reply("220 2.0.0 Ready to start TLS\r\n", starttls=True)
-            case "NOOP" | "RSET":
+            case "NOOP":
+                return _Reply("250 2.0.0 Ok\r\n")
+            case "RSET":
+                self._mail = False
                 return _Reply("250 2.0.0 Ok\r\n")
             case "QUIT":
                 return _Reply("221 2.0.0 Bye\r\n", close=True)
+            case "VRFY" if "vrfy" in self.flaws and not self.tls:
+                return _Reply(must_tls)
+            case "VRFY" if "vrfy" in self.flaws:
+                return self._vrfy(args)
             case "VRFY" | "EXPN":
                 return _Reply(f"502 5.5.1 {command} command is disabled\r\n")
             case "AUTH" | "MAIL" | "RCPT" | "DATA" if not self.tls:
@@ -1146,12 +1391,33 @@ class _SmtpToy:
                 return _Reply("334 \r\n")
             case "AUTH":
                 return _Reply("535 5.7.8 Error: authentication failed\r\n")
+            case "MAIL" if "no_reset" in self.flaws and self._mail:
+                return _Reply("503 5.5.1 Error: nested MAIL command\r\n")
+            case "MAIL" if "no_reset" in self.flaws:
+                # Postfix's default: MAIL from anyone, relaying refused at RCPT. The flaw
+                # above needs an accepted MAIL to show; the other toys want AUTH first.
+                self._mail = True
+                return _Reply("250 2.1.0 Ok\r\n")
             case "MAIL":
                 return _Reply("530 5.7.0 Authentication required\r\n")
+            case "RCPT" if self._mail:
+                recipient = args.partition(":")[2].strip() or "<>"
+                return _Reply(f"554 5.7.1 {recipient}: Relay access denied\r\n")
             case "RCPT" | "DATA":
                 return _Reply("503 5.5.1 Error: need MAIL command\r\n")
             case _:
                 return _Reply("502 5.5.2 Error: command not recognized\r\n")
+
+    def _vrfy(self, args: str) -> _Reply:
+        who = args.strip().strip("<>")
+        if not who:
+            return _Reply("501 5.5.4 Syntax: VRFY address\r\n")
+        local, _, domain = who.partition("@")
+        if local.lower() in VRFY_USERS and domain.lower() in ("", self.server_name):
+            # DELIBERATELY BROKEN (AUTH-08): a mailbox is confirmed with its address and
+            # (below) anything else denied, so VRFY tells users from non-users.
+            return _Reply(f"250 2.1.5 <{local.lower()}@{self.server_name}>\r\n")
+        return _Reply(f"550 5.1.1 <{who}>: Recipient address rejected: User unknown\r\n")
 
 
 def _take_line(buffer: bytearray) -> str | None:
@@ -1172,9 +1438,10 @@ class ToyServer(_LoopServer):
     reply. ``"answers_in_tls"``: they are kept and answered inside TLS once the handshake is
     done -- the CVE-2011-0411 shape; the first record the client decrypts answers them.
     ``preauth`` (IMAP only): greet with ``* PREAUTH``. ``throttle_after=N``: connections
-    after the first N are greeted with ``421 4.7.0`` (SMTP) and closed.
-    ``implicit_twin``: a second listener speaking the same protocol inside TLS from the
-    first byte. Certificates are ``good`` ones from :func:`lab_pki`.
+    after the first N are greeted with ``421 4.7.0`` (SMTP) and closed. ``flaws``: any of
+    :data:`FLAWS` that the protocol has (each names the checks it fails and the endpoint
+    it shows on). ``implicit_twin``: a second listener speaking the same protocol inside
+    TLS from the first byte. Certificates are ``good`` ones from :func:`lab_pki`.
     """
 
     def __init__(
@@ -1184,6 +1451,7 @@ class ToyServer(_LoopServer):
         injection: Injection | None = None,
         preauth: bool = False,
         throttle_after: int | None = None,
+        flaws: Iterable[Flaw] = (),
         implicit_twin: bool = True,
         address: str | None = None,
         port: int = 0,
@@ -1194,11 +1462,20 @@ class ToyServer(_LoopServer):
             raise ValueError("PREAUTH is an IMAP greeting")
         if throttle_after is not None and protocol != "smtp":
             raise ValueError("421 throttling is an SMTP reply")
+        chosen: frozenset[Flaw] = frozenset(flaws)
+        for flaw in sorted(chosen):
+            if flaw not in FLAWS:
+                raise ValueError(f"unknown flaw {flaw!r}; known: {', '.join(FLAWS)}")
+            if protocol not in FLAWS[flaw].protocols:
+                raise ValueError(f"{flaw!r} is not a flaw the {protocol} toy has")
+            if FLAWS[flaw].shows_on == "implicit" and not implicit_twin:
+                raise ValueError(f"{flaw!r} lives on the implicit-TLS twin: keep implicit_twin")
         super().__init__(address, server_name)
         self.protocol: MailProtocol = protocol
         self.injection = injection
         self.preauth = preauth
         self.throttle_after = throttle_after
+        self.flaws = chosen
         self.port = port
         self.implicit_port: int | None = implicit_port if implicit_twin else None
         #: Connections accepted so far (both listeners).
@@ -1227,11 +1504,12 @@ class ToyServer(_LoopServer):
             self.implicit_port = self._port_of(twin)
 
     def _session(self, tls: bool) -> _ImapToy | _Pop3Toy | _SmtpToy:
+        name, flaws = self.server_name, self.flaws
         if self.protocol == "imap":
-            return _ImapToy(tls=tls, preauth=self.preauth, server_name=self.server_name)
+            return _ImapToy(tls=tls, preauth=self.preauth, server_name=name, flaws=flaws)
         if self.protocol == "pop3":
-            return _Pop3Toy(tls=tls, server_name=self.server_name)
-        return _SmtpToy(tls=tls, server_name=self.server_name)
+            return _Pop3Toy(tls=tls, server_name=name, flaws=flaws)
+        return _SmtpToy(tls=tls, server_name=name, flaws=flaws)
 
     async def _cleartext(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await self._serve(reader, writer, implicit=False)
@@ -1405,6 +1683,7 @@ KINDS: Mapping[str, _Factory] = {
     },
     "imap:preauth": _toy_kind("imap", preauth=True),
     "smtp:throttle": _toy_kind("smtp", throttle_after=3),
+    **{kind: _toy_kind(proto, flaws=(flaw,)) for kind, (proto, flaw) in FLAW_KINDS.items()},
 }
 
 

@@ -30,7 +30,14 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tests.dovecot import _group_members
 from tests.scanlab import (
+    CYRUS_ID,
+    FLAW_KINDS,
+    FLAWS,
+    INTERNAL_NAME,
+    KINDS,
     OTHER_NAME,
+    QPOPPER_GREETING,
+    QPOPPER_IMPLEMENTATION,
     SERVER_NAME,
     InjectableImap,
     LabDovecot,
@@ -795,6 +802,488 @@ def test_throttling_smtp_answers_421_after_n_connections() -> None:
         assert error.startswith(b"4.7.0 ")
         assert b"Too many connections" in error
         assert server.connections == 3
+
+
+# -- one switchable flaw per toy -------------------------------------------------------------
+
+
+def imap_capabilities(lines: Lines, tag: str) -> set[str]:
+    reply = imap_exchange(lines, tag, "CAPABILITY")
+    assert reply[-1].startswith(f"{tag} OK"), reply
+    listed = next(line for line in reply if line.startswith("* CAPABILITY "))
+    return set(listed.split()[2:])
+
+
+def sasl_of(capabilities: list[str] | tuple[str, ...]) -> set[str]:
+    return {c.removeprefix("AUTH=") for c in capabilities if c.startswith("AUTH=")}
+
+
+def _twin(server: ToyServer) -> int:
+    assert server.implicit_port is not None
+    return server.implicit_port
+
+
+def test_flaw_kinds_are_registered_with_their_one_flaw(scanlab: ScanLab) -> None:
+    assert set(FLAW_KINDS) <= set(KINDS)
+    for kind, (protocol, flaw) in FLAW_KINDS.items():
+        assert kind.startswith(f"{protocol}:")
+        assert protocol in FLAWS[flaw].protocols
+        assert FLAWS[flaw].checks
+    server = scanlab.toy("smtp:vrfy")
+    assert (server.protocol, server.flaws) == ("smtp", frozenset({"vrfy"}))
+    assert server.implicit_port is not None  # every flaw kind has its twin: no EXP-05
+
+
+def test_toy_flaws_belong_to_their_protocol() -> None:
+    with pytest.raises(ValueError, match="not a flaw the imap toy has"):
+        ToyServer("imap", flaws=["vrfy"])
+    with pytest.raises(ValueError, match="implicit-TLS twin"):
+        ToyServer("imap", flaws=["implicit_starttls_ok"], implicit_twin=False)
+    with pytest.raises(ValueError, match="unknown flaw"):
+        ToyServer("pop3", flaws=["no_such_flaw"])  # type: ignore[list-item]
+
+
+@pytest.mark.parametrize("kind", sorted(FLAW_KINDS))
+def test_flaw_kinds_are_otherwise_careful(scanlab: ScanLab, kind: str) -> None:
+    """Only the one flaw: credentials refused before TLS, nothing offered for them, and
+    a command pipelined behind STARTTLS thrown away (no ST-07, no AUTH-0x, no EXP-0x)."""
+    server = scanlab.toy(kind)
+    client = Lines(server.address, server.port)
+    try:
+        greeting = client.line()
+        if server.protocol == "imap":
+            assert "LOGINDISABLED" in greeting
+            assert "AUTH=" not in greeting
+            assert imap_exchange(client, "a", "LOGIN probe probe")[-1].startswith(
+                "a NO [PRIVACYREQUIRED]"
+            )
+        elif server.protocol == "pop3":
+            client.send(b"CAPA\r\n")
+            assert "USER" not in client.until(".")
+            client.send(b"USER probe\r\n")
+            assert client.line().startswith("-ERR [AUTH] Plaintext")
+        else:
+            client.send(b"EHLO lab.test\r\n")
+            assert not [line for line in client.until("250 ") if "AUTH" in line]
+            client.send(b"AUTH PLAIN AHByb2JlAHByb2Jl\r\nMAIL FROM:<probe@lab.test>\r\n")
+            assert client.line().startswith("530 5.7.0")
+            assert client.line().startswith("530 5.7.0")
+    finally:
+        client.close()
+    injected = _start_injection(server)
+    try:
+        injected.upgrade(trusting(server.ca_cert), SERVER_NAME)
+        _, _, _, own, answer = _INJECTION[server.protocol]
+        injected.send(own)
+        assert injected.line().startswith(answer)
+    finally:
+        injected.close()
+
+
+def test_imap_starttls_works_although_not_advertised(scanlab: ScanLab) -> None:
+    server = scanlab.toy("imap:starttls_unadvertised")
+    careful = imaplib.IMAP4(server.address, server.port, timeout=_TIMEOUT)
+    try:
+        assert "STARTTLS" not in careful.capabilities
+        assert "LOGINDISABLED" in careful.capabilities
+        with pytest.raises(imaplib.IMAP4.abort, match="TLS not supported by server"):
+            careful.starttls(trusting(server.ca_cert))  # a careful client believes the list
+    finally:
+        careful.logout()
+    raw = Lines(server.address, server.port)
+    try:
+        assert "STARTTLS" not in raw.line()
+        assert "STARTTLS" not in imap_capabilities(raw, "a")
+        assert imap_exchange(raw, "b", "STARTTLS")[-1].startswith("b OK")
+        raw.upgrade(trusting(server.ca_cert), SERVER_NAME)
+        inside = imap_capabilities(raw, "c")
+        assert "AUTH=PLAIN" in inside
+        assert "STARTTLS" not in inside
+    finally:
+        raw.close()
+    # The control: the safe toy advertises what it accepts.
+    safe = scanlab.toy("imap:safe")
+    control = Lines(safe.address, safe.port)
+    try:
+        assert "STARTTLS" in control.line()
+    finally:
+        control.close()
+
+
+def test_pop3_stls_works_although_not_advertised(scanlab: ScanLab) -> None:
+    server = scanlab.toy("pop3:stls_unadvertised")
+    careful = poplib.POP3(server.address, server.port, timeout=_TIMEOUT)
+    try:
+        assert "STLS" not in careful.capa()
+        with pytest.raises(poplib.error_proto, match="STLS not supported"):
+            careful.stls(trusting(server.ca_cert))
+    finally:
+        careful.quit()
+    raw = Lines(server.address, server.port)
+    try:
+        raw.line()
+        raw.send(b"STLS\r\n")
+        assert raw.line().startswith("+OK")
+        raw.upgrade(trusting(server.ca_cert), SERVER_NAME)
+        raw.send(b"CAPA\r\n")
+        inside = raw.until(".")
+        assert "USER" in inside
+        assert "STLS" not in inside
+    finally:
+        raw.close()
+    safe = scanlab.toy("pop3:safe")
+    control = poplib.POP3(safe.address, safe.port, timeout=_TIMEOUT)
+    try:
+        assert "STLS" in control.capa()
+    finally:
+        control.quit()
+
+
+@pytest.mark.parametrize(
+    ("kind", "protocol"),
+    [("imap:starttls_unadvertised", "imap"), ("pop3:stls_unadvertised", "pop3")],
+)
+def test_s_client_upgrades_where_starttls_is_not_advertised(
+    scanlab: ScanLab, kind: str, protocol: str
+) -> None:
+    """``openssl s_client -starttls`` tries anyway, and gets a verified TLS session."""
+    server = scanlab.toy(kind)
+    result = subprocess.run(
+        [
+            "openssl",
+            "s_client",
+            "-starttls",
+            protocol,
+            "-connect",
+            f"{server.address}:{server.port}",
+            "-CAfile",
+            str(server.ca_cert),
+            "-verify_return_error",
+            "-verify_hostname",
+            SERVER_NAME,
+            "-servername",
+            SERVER_NAME,
+        ],
+        input="",
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=_TIMEOUT,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Verify return code: 0 (ok)" in result.stdout
+    assert re.search(r"^New, TLSv1\.[23], Cipher is ", result.stdout, re.MULTILINE)
+    if protocol == "imap":  # s_client reads CAPABILITY first (for POP3 it sends STLS blindly)
+        assert "Didn't find STARTTLS in server response, trying anyway" in result.stderr
+
+
+def test_imap_still_advertises_starttls_after_starttls(scanlab: ScanLab) -> None:
+    server = scanlab.toy("imap:starttls_after_tls")
+    context = trusting(server.ca_cert)
+    client = imaplib.IMAP4(server.address, server.port, timeout=_TIMEOUT)
+    try:
+        assert {"STARTTLS", "LOGINDISABLED"} <= set(client.capabilities)
+        client.starttls(context)
+        assert "STARTTLS" in client.capabilities  # the flaw (RFC 9051 §6.2.1)
+        assert "AUTH=PLAIN" in client.capabilities
+        with pytest.raises(imaplib.IMAP4.error, match="STARTTLS not allowed"):
+            client.xatom("STARTTLS")  # only the list is wrong: a second one is refused
+    finally:
+        client.logout()
+    # The implicit twin is right: the flaw belongs to the upgrade.
+    twin = imaplib.IMAP4_SSL(server.address, _twin(server), ssl_context=context)
+    try:
+        assert "STARTTLS" not in twin.capabilities
+        assert "AUTH=PLAIN" in twin.capabilities
+    finally:
+        twin.logout()
+
+
+def test_smtp_still_advertises_starttls_after_starttls(scanlab: ScanLab) -> None:
+    server = scanlab.toy("smtp:starttls_after_tls")
+    context = trusting(server.ca_cert)
+    client = smtplib.SMTP(server.address, server.port, timeout=_TIMEOUT)
+    try:
+        client.ehlo("lab.test")
+        assert client.has_extn("starttls")
+        assert not client.has_extn("auth")
+        client.starttls(context=context)
+        client.ehlo("lab.test")
+        assert client.has_extn("starttls")  # the flaw (RFC 3207 §4.2)
+        assert client.has_extn("auth")
+        assert client.docmd("STARTTLS")[0] == 554  # only advertised, still refused
+    finally:
+        client.quit()
+    twin = smtplib.SMTP_SSL(server.address, _twin(server), context=context, timeout=_TIMEOUT)
+    try:
+        twin.ehlo("lab.test")
+        assert not twin.has_extn("starttls")
+    finally:
+        twin.quit()
+
+
+def test_smtp_accepts_a_second_starttls(scanlab: ScanLab) -> None:
+    server = scanlab.toy("smtp:second_starttls")
+    context = trusting(server.ca_cert)
+    client = smtplib.SMTP(server.address, server.port, timeout=_TIMEOUT)
+    try:
+        client.ehlo("lab.test")
+        client.starttls(context=context)
+        client.ehlo("lab.test")
+        assert not client.has_extn("starttls")  # not advertised: only the command is wrong
+        assert client.docmd("STARTTLS") == (220, b"2.0.0 Ready to start TLS")
+        # It then hangs up rather than nest TLS (see tests/scanlab.py "Things that bite").
+        with pytest.raises(smtplib.SMTPServerDisconnected):
+            client.noop()
+    finally:
+        client.close()
+    # Controls: the twin and the safe toy refuse STARTTLS inside TLS (no ST-06, no ST-05).
+    twin = smtplib.SMTP_SSL(server.address, _twin(server), context=context, timeout=_TIMEOUT)
+    try:
+        twin.ehlo("lab.test")
+        assert twin.docmd("STARTTLS")[0] == 554
+    finally:
+        twin.quit()
+    safe = scanlab.toy("smtp:safe")
+    control = smtplib.SMTP(safe.address, safe.port, timeout=_TIMEOUT)
+    try:
+        control.starttls(context=trusting(safe.ca_cert))
+        control.ehlo("lab.test")
+        assert control.docmd("STARTTLS")[0] == 554
+    finally:
+        control.quit()
+
+
+def test_imap_implicit_port_answers_starttls_with_ok(scanlab: ScanLab) -> None:
+    server = scanlab.toy("imap:implicit_starttls_ok")
+    context = trusting(server.ca_cert)
+    twin = imaplib.IMAP4_SSL(server.address, _twin(server), ssl_context=context)
+    try:
+        assert "STARTTLS" not in twin.capabilities
+        assert twin.xatom("STARTTLS")[0] == "OK"  # RFC 9051 §6.2.1 wants a tagged BAD
+    finally:
+        twin.shutdown()  # it hung up after the OK
+    # The control: the safe toy's twin answers BAD (imaplib raises on BAD).
+    safe = scanlab.toy("imap:safe")
+    control = imaplib.IMAP4_SSL(safe.address, _twin(safe), ssl_context=trusting(safe.ca_cert))
+    try:
+        with pytest.raises(imaplib.IMAP4.error, match="STARTTLS not allowed"):
+            control.xatom("STARTTLS")
+    finally:
+        control.logout()
+    # The flawed toy's cleartext port is safe: one STARTTLS, and none inside TLS.
+    client = imaplib.IMAP4(server.address, server.port, timeout=_TIMEOUT)
+    try:
+        client.starttls(context)
+        assert "STARTTLS" not in client.capabilities
+        with pytest.raises(imaplib.IMAP4.error, match="STARTTLS not allowed"):
+            client.xatom("STARTTLS")
+    finally:
+        client.logout()
+
+
+@pytest.mark.parametrize(("kind", "after_starttls"), [("smtp:no_reset", 250), ("smtp:safe", 503)])
+def test_smtp_state_across_starttls(scanlab: ScanLab, kind: str, after_starttls: int) -> None:
+    """``no_reset`` keeps the EHLO from before TLS (MAIL works at once); the safe toy forgot
+    it (503 until a new EHLO)."""
+    server = scanlab.toy(kind)
+    client = smtplib.SMTP(server.address, server.port, timeout=_TIMEOUT)
+    try:
+        client.ehlo("lab.test")
+        assert client.docmd("MAIL", "FROM:<probe@lab.test>")[0] == 530  # not before TLS
+        client.starttls(context=trusting(server.ca_cert))
+        assert client.docmd("MAIL", "FROM:<probe@lab.test>")[0] == after_starttls
+        assert client.rset()[0] == 250
+        client.ehlo("lab.test")
+        if kind == "smtp:no_reset":
+            # MAIL without AUTH is Postfix's default; relaying is refused at RCPT.
+            assert client.docmd("MAIL", "FROM:<probe@lab.test>")[0] == 250
+            rcpt = client.docmd("RCPT", "TO:<probe@example.invalid>")
+            assert rcpt == (554, b"5.7.1 <probe@example.invalid>: Relay access denied")
+        else:
+            assert client.docmd("MAIL", "FROM:<probe@lab.test>")[0] == 530
+    finally:
+        client.quit()
+
+
+def test_imap_anonymous_login_works_inside_tls(scanlab: ScanLab) -> None:
+    server = scanlab.toy("imap:anonymous")
+    context = trusting(server.ca_cert)
+
+    def trace(challenge: bytes) -> bytes:
+        return b"lab@lab.test"  # RFC 4505 trace information: no password
+
+    client = imaplib.IMAP4(server.address, server.port, timeout=_TIMEOUT)
+    try:
+        assert sasl_of(client.capabilities) == set()
+        with pytest.raises(imaplib.IMAP4.error, match=r"\[PRIVACYREQUIRED\]"):
+            client.authenticate("ANONYMOUS", trace)
+        client.starttls(context)
+        assert sasl_of(client.capabilities) == {"PLAIN", "ANONYMOUS"}
+        assert client.authenticate("ANONYMOUS", trace)[0] == "OK"  # in without a password
+        assert client.state == "AUTH"
+        typ, mailboxes = client.list()
+        assert typ == "OK"
+        assert b"INBOX" in b" ".join(m for m in mailboxes if isinstance(m, bytes))
+    finally:
+        client.logout()
+    twin = imaplib.IMAP4_SSL(server.address, _twin(server), ssl_context=context)
+    try:
+        assert "AUTH=ANONYMOUS" in twin.capabilities
+    finally:
+        twin.logout()
+    safe = scanlab.toy("imap:safe")
+    control = imaplib.IMAP4(safe.address, safe.port, timeout=_TIMEOUT)
+    try:
+        control.starttls(trusting(safe.ca_cert))
+        assert sasl_of(control.capabilities) == {"PLAIN"}
+        with pytest.raises(imaplib.IMAP4.error, match=r"\[AUTHENTICATIONFAILED\]"):
+            control.authenticate("ANONYMOUS", trace)
+    finally:
+        control.logout()
+
+
+def test_smtp_vrfy_tells_mailboxes_from_strangers(scanlab: ScanLab) -> None:
+    server = scanlab.toy("smtp:vrfy")
+    context = trusting(server.ca_cert)
+    stranger = f"nobody-{secrets.token_hex(4)}"
+    client = smtplib.SMTP(server.address, server.port, timeout=_TIMEOUT)
+    try:
+        client.ehlo("lab.test")
+        assert client.verify("postmaster")[0] == 530  # TLS first, like everything else
+        client.starttls(context=context)
+        client.ehlo("lab.test")
+        assert client.verify("postmaster") == (250, b"2.1.5 <postmaster@mail.lab.test>")
+        assert client.verify("alice@mail.lab.test") == (250, b"2.1.5 <alice@mail.lab.test>")
+        assert client.verify(stranger)[0] == 550
+        assert client.expn("postmaster")[0] == 502
+    finally:
+        client.quit()
+    twin = smtplib.SMTP_SSL(server.address, _twin(server), context=context, timeout=_TIMEOUT)
+    try:
+        twin.ehlo("lab.test")
+        assert twin.verify("postmaster")[0] == 250
+        assert twin.verify(stranger)[0] == 550
+    finally:
+        twin.quit()
+    safe = scanlab.toy("smtp:safe")
+    control = smtplib.SMTP(safe.address, safe.port, timeout=_TIMEOUT)
+    try:
+        control.starttls(context=trusting(safe.ca_cert))
+        control.ehlo("lab.test")
+        assert control.verify("postmaster")[0] == control.verify(stranger)[0] == 502
+    finally:
+        control.quit()
+
+
+def test_imap_offers_only_legacy_sasl_inside_tls(scanlab: ScanLab) -> None:
+    server = scanlab.toy("imap:legacy_sasl")
+    context = trusting(server.ca_cert)
+    challenges: list[bytes] = []
+
+    def respond(challenge: bytes) -> bytes:
+        challenges.append(challenge)
+        return b"alice 0123456789abcdef0123456789abcdef"
+
+    client = imaplib.IMAP4(server.address, server.port, timeout=_TIMEOUT)
+    try:
+        assert sasl_of(client.capabilities) == set()
+        client.starttls(context)
+        assert sasl_of(client.capabilities) == {"CRAM-MD5", "DIGEST-MD5"}
+        with pytest.raises(imaplib.IMAP4.error, match=r"\[AUTHENTICATIONFAILED\]"):
+            client.authenticate("CRAM-MD5", respond)
+        assert re.fullmatch(rb"<\d+\.\d+@mail\.lab\.test>", challenges[0])  # RFC 2195
+    finally:
+        client.logout()
+    twin = imaplib.IMAP4_SSL(server.address, _twin(server), ssl_context=context)
+    try:
+        assert sasl_of(twin.capabilities) == {"CRAM-MD5", "DIGEST-MD5"}
+    finally:
+        twin.logout()
+    safe = scanlab.toy("imap:safe")
+    control = imaplib.IMAP4_SSL(safe.address, _twin(safe), ssl_context=trusting(safe.ca_cert))
+    try:
+        assert sasl_of(control.capabilities) == {"PLAIN"}
+    finally:
+        control.logout()
+
+
+def test_pop3_discloses_product_and_version(scanlab: ScanLab) -> None:
+    server = scanlab.toy("pop3:versioned")
+    context = trusting(server.ca_cert)
+    implementation = QPOPPER_IMPLEMENTATION.split()[1:]
+    client = poplib.POP3(server.address, server.port, timeout=_TIMEOUT)
+    try:
+        assert client.getwelcome() == QPOPPER_GREETING.encode() == b"+OK Qpopper 4.1.0 ready"
+        before = client.capa()
+        assert before["IMPLEMENTATION"] == implementation == ["Qpopper-4.1.0"]
+        assert "STLS" in before
+        client.stls(context)
+        assert client.capa()["IMPLEMENTATION"] == implementation
+    finally:
+        client.quit()
+    twin = poplib.POP3_SSL(server.address, _twin(server), context=context, timeout=_TIMEOUT)
+    try:
+        assert twin.getwelcome() == QPOPPER_GREETING.encode()
+        assert twin.capa()["IMPLEMENTATION"] == implementation
+    finally:
+        twin.quit()
+    safe = scanlab.toy("pop3:safe")
+    control = poplib.POP3(safe.address, safe.port, timeout=_TIMEOUT)
+    try:
+        assert not re.search(rb"\d\.\d", control.getwelcome())
+        assert "IMPLEMENTATION" not in control.capa()
+    finally:
+        control.quit()
+
+
+def test_imap_id_discloses_product_and_version(scanlab: ScanLab) -> None:
+    server, safe = scanlab.toy("imap:id_version"), scanlab.toy("imap:safe")
+    context = trusting(server.ca_cert)
+    for address, port, tls, fields in (
+        (server.address, server.port, False, CYRUS_ID),
+        (server.address, _twin(server), True, CYRUS_ID),
+        (safe.address, safe.port, False, "NIL"),
+    ):
+        client = Lines(address, port)
+        try:
+            if tls:
+                client.upgrade(context, SERVER_NAME)
+            greeting = client.line()
+            assert not re.search(r"\d\.\d", greeting.partition("] ")[2])  # BAN-01 stays clean
+            assert imap_exchange(client, "a", "ID NIL") == [f"* ID {fields}", "a OK ID completed."]
+        finally:
+            client.close()
+    assert CYRUS_ID == '("name" "Cyrus IMAP" "version" "3.2.6")'
+
+
+def test_smtp_ehlo_names_an_internal_host(scanlab: ScanLab) -> None:
+    server, safe = scanlab.toy("smtp:internal_name"), scanlab.toy("smtp:safe")
+    context = trusting(server.ca_cert)
+    client = smtplib.SMTP(timeout=_TIMEOUT)
+    try:
+        code, greeting = client.connect(server.address, server.port)
+        assert (code, greeting.split()[0]) == (220, SERVER_NAME.encode())  # the public name
+        client.ehlo("lab.test")
+        assert client.ehlo_resp is not None
+        assert client.ehlo_resp.splitlines()[0] == INTERNAL_NAME.encode() == b"mx1.corp.internal"
+        assert client.helo("lab.test") == (250, INTERNAL_NAME.encode())
+    finally:
+        client.quit()
+    twin = smtplib.SMTP_SSL(server.address, _twin(server), context=context, timeout=_TIMEOUT)
+    try:
+        twin.ehlo("lab.test")
+        assert twin.ehlo_resp is not None
+        assert twin.ehlo_resp.splitlines()[0] == INTERNAL_NAME.encode()
+    finally:
+        twin.quit()
+    control = smtplib.SMTP(safe.address, safe.port, timeout=_TIMEOUT)
+    try:
+        control.ehlo("lab.test")
+        assert control.ehlo_resp is not None
+        assert control.ehlo_resp.splitlines()[0] == SERVER_NAME.encode()
+    finally:
+        control.quit()
 
 
 def test_toy_servers_reject_127_0_0_1() -> None:
