@@ -827,9 +827,18 @@ def _scan(args: argparse.Namespace) -> int:
     if fail_on is not None:
         bar_rank = GRADES.index(fail_on)
         below = [s for s in report.services if GRADES.index(s.grade) > bar_rank]
+        # A service that could not be fully tested has not shown that it meets the bar.
+        unproven = [s for s in report.services if s not in below and not s.complete]
         if below:
             names = ", ".join(f"{s.name} {s.grade}" for s in below)
             print(f"imapguard: below {fail_on}: {names}", file=sys.stderr)
+        if unproven:
+            names = ", ".join(s.name for s in unproven)
+            print(
+                f"imapguard: not fully tested, so not shown to meet {fail_on}: {names}",
+                file=sys.stderr,
+            )
+        if below or unproven:
             return EXIT_PROBLEM
     return EXIT_OK
 

@@ -208,7 +208,16 @@ def grade(service: Service) -> tuple[str, tuple[str, ...]]:
             claimed.setdefault(key, (rule.cap, reason))
     worst = max((grade_rank(cap) for cap, _ in claimed.values()), default=0)
     ordered = sorted(claimed.values(), key=lambda item: -grade_rank(item[0]))
-    return GRADES[worst], tuple(f"{reason} caps at {cap}" for cap, reason in ordered)
+    reasons = [f"{reason} caps at {cap}" for cap, reason in ordered]
+    if not service.complete:
+        # Not a cap (a check that did not run is neither a pass nor a fail), but a
+        # grade is only as good as what was seen: say so next to it.
+        untested = sorted({f.id for f in service.findings if f.status is Status.NOT_TESTED})
+        reasons.append(
+            f"incomplete: {len(untested)} checks not tested ({', '.join(untested)}); "
+            "the grade covers only what was tested"
+        )
+    return GRADES[worst], tuple(reasons)
 
 
 def grade_table_markdown() -> str:

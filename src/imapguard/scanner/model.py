@@ -114,6 +114,11 @@ class Service:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{host}:{self.port}"
 
+    @property
+    def complete(self) -> bool:
+        """Every check ran (no not_tested finding)."""
+        return all(f.status is Status.FAIL for f in self.findings)
+
     def ids(self) -> set[str]:
         """The IDs of the problems found (not the not_tested ones)."""
         return {f.id for f in self.findings if f.status is Status.FAIL}
@@ -132,6 +137,7 @@ class Service:
             "certificate": self.certificate,
             "grade": self.grade,
             "grade_reasons": list(self.grade_reasons),
+            "complete": self.complete,
             "duration_seconds": round(self.duration, 3),
             "findings": [f.to_json() for f in self.findings],
         }

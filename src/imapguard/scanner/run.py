@@ -107,15 +107,15 @@ async def scan(
             findings=list(result.findings),
         )
         service.duration = time.monotonic() - began
+        # Only a STARTTLS seen to work is audited (not one refused, broken or untested).
+        starttls[ep] = rec.tls_mode is TlsMode.CLEARTEXT and result.starttls_works is True
         step(1, f"mail checks {service.name}")
         return service
 
+    starttls: dict[Endpoint, bool] = {}
+
     services = list(await asyncio.gather(*(check(ep, rec) for ep, rec in found)))
-    starttls_ok = {
-        (s.address, s.port)
-        for s in services
-        if s.tls_mode is TlsMode.CLEARTEXT and _starttls_works(s)
-    }
+    starttls_ok = {(ep.address, ep.port) for ep, works in starttls.items() if works}
 
     # 3. TLS of every TLS endpoint: implicit ones, and cleartext ones whose STARTTLS works.
     tls_results: dict[str, TlsResult] = {}
@@ -183,11 +183,6 @@ def _name(ep: Endpoint, options: ScanOptions) -> str | None:
 
 def _key(s: Service) -> str:
     return f"{s.address}|{s.port}"
-
-
-def _starttls_works(s: Service) -> bool:
-    # ST-01/ST-02/EXP-07 mean there is no working STARTTLS to audit.
-    return not ({"ST-01", "ST-02", "EXP-07"} & s.ids())
 
 
 async def _twins(

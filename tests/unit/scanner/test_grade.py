@@ -177,17 +177,31 @@ def test_31_days_left_is_enough_for_a_plus() -> None:
 
 def test_a_plus_needs_every_tls_and_certificate_check_run() -> None:
     throttled = not_tested("TLS-10", "throttled")
-    assert grade(service(throttled)) == ("A", ("TLS-10 not tested caps at A",))
-    # A not-tested mail check does not block A+: it says nothing about TLS.
-    assert grade(service(not_tested("AUTH-05", "refused")))[0] == "A+"
+    assert grade(service(throttled)) == (
+        "A",
+        (
+            "TLS-10 not tested caps at A",
+            "incomplete: 1 checks not tested (TLS-10); the grade covers only what was tested",
+        ),
+    )
+    # A not-tested mail check does not block A+: it says nothing about TLS. The
+    # grade still says it is incomplete.
+    letter, reasons = grade(service(not_tested("AUTH-05", "refused")))
+    assert letter == "A+"
+    assert reasons == (
+        "incomplete: 1 checks not tested (AUTH-05); the grade covers only what was tested",
+    )
+    assert not service(not_tested("AUTH-05", "refused")).complete
+    assert service(f("ST-10")).complete
 
 
 def test_not_tested_findings_never_lower_the_grade_below_a() -> None:
     every = [not_tested(check_id, "timeout") for check_id in CATALOG]
     letter, reasons = grade(service(*every))
     assert letter == "A"
-    assert len(reasons) == 1
+    assert len(reasons) == 2
     assert reasons[0].endswith("not tested caps at A")
+    assert reasons[1].startswith(f"incomplete: {len(CATALOG)} checks not tested (")
 
 
 # -- mail-aware ---------------------------------------------------------------------
