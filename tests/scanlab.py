@@ -631,10 +631,16 @@ service anvil {{
     mode = 0
   }}
 }}
+# High-performance login mode (as tests/dovecot.py): a TLS scan opens ~600
+# connections per port, and forking a login process for each costs ~9 s a port.
 service imap-login {{
-{listener("imap", self.imap_port, False)}{listener("imaps", self.imaps_port, True)}}}
+{listener("imap", self.imap_port, False)}{listener("imaps", self.imaps_port, True)}  service_count = 0
+  process_min_avail = 1
+}}
 service pop3-login {{
-{listener("pop3", self.pop3_port, False)}{listener("pop3s", self.pop3s_port, True)}}}
+{listener("pop3", self.pop3_port, False)}{listener("pop3s", self.pop3s_port, True)}  service_count = 0
+  process_min_avail = 1
+}}
 """
         self.config_path.write_text(text, encoding="utf-8")
 

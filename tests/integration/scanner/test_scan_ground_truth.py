@@ -1,0 +1,336 @@
+"""Ground truth for the whole `imapguard scan`: the command, as an admin runs it,
+against real servers on loopback whose flaws we know (tests/scanlab.py: Debian's
+Dovecot in the configurations of issue 5, aiosmtpd submission, and the toy servers
+for what no real server does any more).
+
+One scan covers every lab server (as a /24 would), in a child process with
+`--format json`; each test then checks one server's services: the exact set of
+check IDs found, the ones that must not appear, and the grade. Mail-check details
+are in test_mail_checks.py and TLS details in test_tls_audit.py; this file proves the
+parts work together: recognition on non-standard ports, the TLS audit only where
+STARTTLS works, the implicit-TLS twin across services, grading, and the command's
+output and exit codes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema  # type: ignore[import-untyped]
+import pytest
+
+from tests.scanlab import SERVER_NAME, ScanLab, lab_pki, scanlab
+
+__all__ = ["scanlab"]  # the session fixture, imported so pytest finds it
+
+pytestmark = pytest.mark.dovecot
+
+# kind -> {(protocol, tls mode): (IDs found, grade)}; (not_tested IDs) where any.
+CLEAR, IMPL = "cleartext", "implicit"
+EXPECTED: dict[str, dict[tuple[str, str], tuple[frozenset[str], str]]] = {
+    "dovecot:good": {
+        ("imap", CLEAR): (frozenset({"ST-10", "CERT-08"}), "A"),
+        ("imap", IMPL): (frozenset({"CERT-08"}), "A+"),
+        ("pop3", CLEAR): (frozenset({"ST-10", "CERT-08"}), "A"),
+        ("pop3", IMPL): (frozenset({"CERT-08"}), "A+"),
+    },
+    "dovecot:plaintext": {
+        ("imap", CLEAR): (
+            frozenset({"EXP-01", "AUTH-01", "AUTH-02", "AUTH-05", "ST-10", "CERT-08"}),
+            "F",
+        ),
+        ("imap", IMPL): (frozenset({"CERT-08"}), "A+"),
+        ("pop3", CLEAR): (frozenset({"EXP-02", "AUTH-03", "AUTH-05", "ST-10", "CERT-08"}), "F"),
+        ("pop3", IMPL): (frozenset({"CERT-08"}), "A+"),
+    },
+    "dovecot:no_starttls": {
+        ("imap", CLEAR): (frozenset({"EXP-01", "EXP-05", "EXP-07", "ST-01"}), "F"),
+        ("pop3", CLEAR): (frozenset({"EXP-02", "EXP-05", "EXP-07", "ST-01"}), "F"),
+    },
+    "dovecot:tls10": {
+        (proto, mode): (
+            frozenset(
+                {"TLS-02", "TLS-05", "TLS-07", "CERT-08"} | ({"ST-10"} if mode == CLEAR else set())
+            ),
+            "C",
+        )
+        for proto in ("imap", "pop3")
+        for mode in (CLEAR, IMPL)
+    },
+    **{
+        f"dovecot:{profile}": {
+            (proto, mode): (
+                frozenset({cert_id, "CERT-08"} | ({"ST-10"} if mode == CLEAR else set())),
+                grade,
+            )
+            for proto in ("imap", "pop3")
+            for mode in (CLEAR, IMPL)
+        }
+        for profile, cert_id, grade in (
+            ("expired", "CERT-03", "F"),
+            ("self_signed", "CERT-01", "C"),
+            ("wrong_name", "CERT-02", "C"),
+        )
+    },
+    "dovecot:no_twins": {
+        ("imap", CLEAR): (frozenset({"EXP-05", "ST-10", "CERT-08"}), "B"),
+        ("pop3", CLEAR): (frozenset({"EXP-05", "ST-10", "CERT-08"}), "B"),
+    },
+    "dovecot:banner": {
+        ("imap", CLEAR): (frozenset({"BAN-01", "BAN-02", "ST-10", "CERT-08"}), "A-"),
+        ("imap", IMPL): (frozenset({"BAN-01", "BAN-02", "CERT-08"}), "A-"),
+        ("pop3", CLEAR): (frozenset({"BAN-01", "ST-10", "CERT-08"}), "A-"),
+        ("pop3", IMPL): (frozenset({"BAN-01", "CERT-08"}), "A-"),
+    },
+    # aiosmtpd answers a second STARTTLS inside TLS with 220 (ST-05): a real finding.
+    "submission:auth_before_tls": {
+        ("smtp", CLEAR): (
+            frozenset({"EXP-03", "AUTH-04", "AUTH-05", "ST-05", "ST-10", "CERT-08"}),
+            "F",
+        ),
+        ("smtp", IMPL): (frozenset({"CERT-08"}), "A+"),
+    },
+    "submission:tls_required": {
+        ("smtp", CLEAR): (frozenset({"ST-05", "ST-10", "CERT-08"}), "A-"),
+        ("smtp", IMPL): (frozenset({"CERT-08"}), "A+"),
+    },
+    "imap:inject_cleartext": {
+        ("imap", CLEAR): (frozenset({"ST-07", "ST-10", "CERT-08"}), "F"),
+        ("imap", IMPL): (frozenset({"CERT-08"}), "A+"),
+    },
+    "imap:inject_tls": {
+        ("imap", CLEAR): (frozenset({"ST-07", "ST-10", "CERT-08"}), "F"),
+        ("imap", IMPL): (frozenset({"CERT-08"}), "A+"),
+    },
+    "pop3:inject_tls": {
+        ("pop3", CLEAR): (frozenset({"ST-07", "ST-10", "CERT-08"}), "F"),
+        ("pop3", IMPL): (frozenset({"CERT-08"}), "A+"),
+    },
+    "smtp:inject_tls": {
+        ("smtp", CLEAR): (frozenset({"ST-07", "ST-10", "CERT-08"}), "F"),
+        ("smtp", IMPL): (frozenset({"CERT-08"}), "A+"),
+    },
+    "imap:preauth": {
+        ("imap", CLEAR): (frozenset({"EXP-01", "ST-09"}), "D"),
+        ("imap", IMPL): (frozenset({"CERT-08"}), "A+"),
+    },
+}
+
+# Checks that cannot run after a PREAUTH greeting (the session is already open).
+PREAUTH_NOT_TESTED = frozenset(
+    {"AUTH-01", "AUTH-02", "AUTH-05", "AUTH-06", "AUTH-09", "EXP-07"}
+    | {"ST-01", "ST-02", "ST-03", "ST-04", "ST-07", "ST-10"}
+)
+# Checks that must never appear on a server of this lab unless listed above.
+NEVER_UNLESS_EXPECTED = frozenset(
+    {"TLS-01", "TLS-04", "TLS-10", "CERT-05", "CERT-06", "CERT-09", "AUTH-07", "ST-11"}
+)
+
+
+@dataclass
+class Scan:
+    report: dict[str, Any]
+    kinds: dict[str, str]  # address -> kind
+    stderr: str
+    stdout: str
+
+
+def _imapguard(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run(
+        [sys.executable, "-m", "imapguard.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def lab_scan(scanlab: ScanLab, tmp_path_factory: pytest.TempPathFactory) -> Scan:
+    base = tmp_path_factory.mktemp("ground-truth")
+    kinds: dict[str, str] = {}
+    lines: list[str] = []
+    for kind in [*EXPECTED, "smtp:throttle"]:
+        server = scanlab.get(kind)
+        for ep in server.endpoints:
+            kinds[ep.address] = kind
+            lines.append(f"{ep.address}:{ep.port}")
+    targets = base / "targets.txt"
+    targets.write_text("# the lab\n" + "\n".join(lines) + "\n")
+    out = base / "report.json"
+    done = _imapguard(
+        "scan",
+        f"@{targets}",
+        "--format",
+        "json",
+        "--output",
+        str(out),
+        "--ca-file",
+        str(lab_pki().ca_cert),
+        "--server-name",
+        SERVER_NAME,
+    )
+    assert done.returncode == 0, done.stderr
+    return Scan(json.loads(out.read_text()), kinds, done.stderr, done.stdout)
+
+
+def _services(scan: Scan, kind: str) -> dict[tuple[str, str], dict[str, Any]]:
+    found = [s for s in scan.report["services"] if scan.kinds.get(s["address"]) == kind]
+    by_key = {(s["protocol"], s["tls_mode"]): s for s in found}
+    assert len(by_key) == len(found), f"two services of one kind share protocol and mode: {found}"
+    return by_key
+
+
+def _ids(service: dict[str, Any], status: str = "fail") -> set[str]:
+    return {f["id"] for f in service["findings"] if f["status"] == status}
+
+
+@pytest.mark.parametrize("kind", list(EXPECTED))
+def test_each_lab_server_gets_exactly_its_findings_and_grade(lab_scan: Scan, kind: str) -> None:
+    services = _services(lab_scan, kind)
+    assert set(services) == set(EXPECTED[kind]), f"{kind}: services found {sorted(services)}"
+    for key, (expected, grade) in EXPECTED[kind].items():
+        service = services[key]
+        found = _ids(service)
+        assert found == expected, f"{kind} {key}: {sorted(found)} != {sorted(expected)}"
+        assert not (found & NEVER_UNLESS_EXPECTED - expected)
+        assert service["grade"] == grade, f"{kind} {key}: {service['grade_reasons']}"
+        untested = _ids(service, "not_tested")
+        if kind == "imap:preauth" and key == ("imap", CLEAR):
+            assert untested == PREAUTH_NOT_TESTED
+            assert service["complete"] is False
+        else:
+            assert untested == set(), f"{kind} {key}: not tested {sorted(untested)}"
+            assert service["complete"] is True
+
+
+def test_severity_is_raised_where_the_catalog_says(lab_scan: Scan) -> None:
+    plain = _services(lab_scan, "dovecot:plaintext")[("imap", CLEAR)]
+    by_id = {f["id"]: f for f in plain["findings"]}
+    # EXP-01 is critical when the dummy credential was evaluated (AUTH-05 failed) ...
+    assert by_id["EXP-01"]["severity"] == "critical"
+    assert by_id["AUTH-05"]["severity"] == "critical"
+    # ... and high when there is simply no STARTTLS.
+    none = _services(lab_scan, "dovecot:no_starttls")[("imap", CLEAR)]
+    assert {f["id"]: f["severity"] for f in none["findings"]}["EXP-01"] == "high"
+
+
+def test_the_probe_password_never_reaches_the_report(lab_scan: Scan) -> None:
+    plain = _services(lab_scan, "dovecot:plaintext")[("imap", CLEAR)]
+    probe = next(f for f in plain["findings"] if f["id"] == "AUTH-05")
+    evidence = "\n".join(probe["evidence"])
+    assert "LOGIN" in evidence
+    assert "***" in evidence
+    # The evidence shows what the server answered to the evaluated credential.
+    assert "AUTHENTICATIONFAILED" in evidence
+
+
+def test_every_finding_has_fix_standard_and_evidence(lab_scan: Scan) -> None:
+    for service in lab_scan.report["services"]:
+        for f in service["findings"]:
+            assert f["title"]
+            assert f["evidence"], f
+            if f["status"] == "fail":
+                assert f["fix"].strip(), f["id"]
+                assert f["standard"], f["id"]
+
+
+def test_a_throttling_server_is_not_tested_never_passed(lab_scan: Scan) -> None:
+    services = _services(lab_scan, "smtp:throttle")
+    assert services, "the throttling server was not found"
+    for service in services.values():
+        assert "ST-11" in _ids(service)
+        assert service["complete"] is False
+        assert any(r.startswith("incomplete: ") for r in service["grade_reasons"])
+        untested = _ids(service, "not_tested")
+        assert untested
+        # What could not run is neither a pass nor a fail.
+        assert not (untested & _ids(service))
+
+
+def test_the_report_validates_against_the_published_schema(lab_scan: Scan) -> None:
+    schema = json.loads(
+        resources.files("imapguard.scanner").joinpath("report.schema.json").read_text()
+    )
+    jsonschema.validate(lab_scan.report, schema)
+    assert lab_scan.report["schema_version"] == "1.0"
+    assert lab_scan.report["ports_closed"] == 0
+
+
+def test_a_pipe_gets_no_progress_bar_and_no_colour(lab_scan: Scan) -> None:
+    assert lab_scan.stdout == ""
+    assert lab_scan.stderr.strip().startswith("imapguard: report written to ")
+    assert "\x1b[" not in lab_scan.stderr
+
+
+def test_fail_on_and_the_table_on_a_pipe(scanlab: ScanLab) -> None:
+    inject = scanlab.get("imap:inject_tls").endpoints
+    cleartext = next(e for e in inject if not e.implicit_tls)
+    target = f"{cleartext.address}:{cleartext.port}"
+    common = ["--ca-file", str(lab_pki().ca_cert), "--server-name", SERVER_NAME]
+    below = _imapguard("scan", target, "--fail-on", "B", *common)
+    assert below.returncode == 1, below.stderr
+    assert f"below B: {target} F" in below.stderr
+    # The table went to stdout, plain: no escape sequences on a pipe.
+    assert "ST-07" in below.stdout
+    assert "STARTTLS command injection" in below.stdout
+    assert "\x1b[" not in below.stdout
+    good = scanlab.get("dovecot:good").endpoints
+    implicit = next(e for e in good if e.implicit_tls and e.protocol == "imap")
+    passed = _imapguard("scan", f"{implicit.address}:{implicit.port}", "--fail-on", "A", *common)
+    assert passed.returncode == 0, passed.stderr + passed.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--fail-on", "E"], "--fail-on: 'E' is not a grade"),
+        (["--ports", "0"], "--ports: 0 is not a TCP port"),
+        (["--ca-file", "/nonexistent/ca.pem"], "--ca-file /nonexistent/ca.pem"),
+        (["--concurrency", "0"], "--concurrency"),
+    ],
+)
+def test_usage_errors_name_the_argument_and_exit_2(args: list[str], message: str) -> None:
+    done = _imapguard("scan", "127.0.0.1", *args)
+    assert done.returncode == 2
+    assert message in done.stderr
+
+
+def test_a_network_too_large_is_refused_before_any_connection() -> None:
+    done = _imapguard("scan", "10.0.0.0/8")
+    assert done.returncode == 2
+    assert "10.0.0.0/8: more than 65536 addresses" in done.stderr
+
+
+def test_an_html_report_is_one_self_contained_file(scanlab: ScanLab, tmp_path: Path) -> None:
+    server = scanlab.get("dovecot:plaintext")
+    ep = next(e for e in server.endpoints if not e.implicit_tls and e.protocol == "imap")
+    out = tmp_path / "r.html"
+    done = _imapguard(
+        "scan",
+        f"{ep.address}:{ep.port}",
+        "--format",
+        "html",
+        "-o",
+        str(out),
+        "--ca-file",
+        str(lab_pki().ca_cert),
+        "--server-name",
+        SERVER_NAME,
+    )
+    assert done.returncode == 0, done.stderr
+    html = out.read_text()
+    assert html.startswith("<!DOCTYPE html>")
+    assert "AUTH-05" in html
+    # Nothing is loaded from elsewhere (links to the RFCs are only links).
+    for external in ("<script", "<link", "<img", " src=", "url(", "@import"):
+        assert external not in html
