@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         return stopped(exc)
 
     def med(c: int, f: str) -> float:
-        return statistics.median(getattr(r, f) for r in runs[c])
+        return float(statistics.median(getattr(r, f) for r in runs[c]))
 
     summary = Summary()
     w1, w32 = med(1, "wall"), med(32, "wall")

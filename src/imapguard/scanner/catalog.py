@@ -160,14 +160,61 @@ def _nft_lan_only(ports: str) -> tuple[str, ...]:
     )
 
 
+def _listener(service: str, listener: str, *settings: str) -> tuple[str, ...]:
+    """A Dovecot (2.3 and 2.4) inet_listener block with `settings`."""
+    return (
+        f"service {service} {{",
+        f"  inet_listener {listener} {{",
+        *(f"    {setting}" for setting in settings),
+        "  }",
+        "}",
+    )
+
+
 def _close_dovecot_listener(service: str, listener: str) -> tuple[str, ...]:
     return (
         f"Dovecot 2.3 and 2.4, to close the port instead ({listener})",
-        f"service {service} {{",
-        f"  inet_listener {listener} {{",
-        "    port = 0",
-        "  }",
-        "}",
+        *_listener(service, listener, "port = 0"),
+    )
+
+
+_IMAPS_LISTENER = _listener("imap-login", "imaps", "port = 993", "ssl = yes")
+
+#: TLS required before login, in both Dovecot generations.
+_DOVECOT_TLS_REQUIRED = (
+    ("Dovecot 2.3", "ssl = required", "disable_plaintext_auth = yes"),
+    ("Dovecot 2.4", "ssl = required", "auth_allow_cleartext = no"),
+)
+
+
+def _offer_tls(postfix_note: str) -> tuple[tuple[str, ...], ...]:
+    """A certificate, and TLS offered (Dovecot: required) by each server."""
+    return (
+        ("Dovecot 2.3", "ssl = required", *_DOVECOT23_CERT),
+        ("Dovecot 2.4", "ssl = required", *_DOVECOT24_CERT),
+        (f"Postfix main.cf ({postfix_note})", *_POSTFIX_CERT, "smtpd_tls_security_level = may"),
+        ("Exim", "tls_advertise_hosts = *", *_EXIM_CERT),
+    )
+
+
+def _certificate(postfix_label: str) -> tuple[tuple[str, ...], ...]:
+    """Where each server takes its certificate and chain from."""
+    return (
+        ("Dovecot 2.3", *_DOVECOT23_CERT),
+        ("Dovecot 2.4", *_DOVECOT24_CERT),
+        (postfix_label, *_POSTFIX_CERT),
+        ("Exim", *_EXIM_CERT),
+    )
+
+
+def _no_cleartext_login(exchange_cmdlet: str) -> tuple[tuple[str, ...], ...]:
+    """Login refused before TLS (the servers then stop advertising it in clear)."""
+    return (
+        ("Dovecot 2.3", "disable_plaintext_auth = yes"),
+        ("Dovecot 2.4", "auth_allow_cleartext = no"),
+        ("Cyrus imapd.conf", "allowplaintext: no"),
+        ("Exchange (PowerShell)", f"{exchange_cmdlet} -LoginType SecureLogin"),
+        _TRUSTED_NOTE,
     )
 
 
@@ -181,8 +228,7 @@ _CHECKS: tuple[Check, ...] = (
         _fix(
             "Refuse every login on port 143 until STARTTLS has succeeded, or close 143 and"
             " serve IMAP on 993 only.",
-            ("Dovecot 2.3", "ssl = required", "disable_plaintext_auth = yes"),
-            ("Dovecot 2.4", "ssl = required", "auth_allow_cleartext = no"),
+            *_DOVECOT_TLS_REQUIRED,
             ("Exchange (PowerShell)", "Set-ImapSettings -LoginType SecureLogin"),
             _close_dovecot_listener("imap-login", "imap"),
             _nft_lan_only("143"),
@@ -197,8 +243,7 @@ _CHECKS: tuple[Check, ...] = (
         _fix(
             "Refuse USER/PASS and every other login on port 110 until STLS has succeeded,"
             " or close 110 and serve POP3 on 995 only.",
-            ("Dovecot 2.3", "ssl = required", "disable_plaintext_auth = yes"),
-            ("Dovecot 2.4", "ssl = required", "auth_allow_cleartext = no"),
+            *_DOVECOT_TLS_REQUIRED,
             ("Exchange (PowerShell)", "Set-PopSettings -LoginType SecureLogin"),
             _close_dovecot_listener("pop3-login", "pop3"),
             _nft_lan_only("110"),
@@ -259,18 +304,8 @@ _CHECKS: tuple[Check, ...] = (
             " closing the cleartext port (RFC 8314 prefers implicit TLS).",
             (
                 "Dovecot 2.3 and 2.4 (conf.d/10-master.conf)",
-                "service imap-login {",
-                "  inet_listener imaps {",
-                "    port = 993",
-                "    ssl = yes",
-                "  }",
-                "}",
-                "service pop3-login {",
-                "  inet_listener pop3s {",
-                "    port = 995",
-                "    ssl = yes",
-                "  }",
-                "}",
+                *_IMAPS_LISTENER,
+                *_listener("pop3-login", "pop3s", "port = 995", "ssl = yes"),
             ),
             (
                 "Postfix master.cf",
@@ -296,11 +331,7 @@ _CHECKS: tuple[Check, ...] = (
             " mail ports.",
             (
                 "Dovecot 2.3 and 2.4 (ManageSieve on 4190; ssl = required covers it too)",
-                "service managesieve-login {",
-                "  inet_listener sieve {",
-                "    port = 0",
-                "  }",
-                "}",
+                *_listener("managesieve-login", "sieve", "port = 0"),
             ),
             _nft_lan_only("{ 2525, 4190 }"),
         ),
@@ -313,14 +344,7 @@ _CHECKS: tuple[Check, ...] = (
         _fix(
             "Give the service a certificate and require TLS before login, or close the port:"
             " today every password and message crosses the network in cleartext.",
-            ("Dovecot 2.3", "ssl = required", *_DOVECOT23_CERT),
-            ("Dovecot 2.4", "ssl = required", *_DOVECOT24_CERT),
-            (
-                "Postfix main.cf (encrypt instead of may on the submission service)",
-                *_POSTFIX_CERT,
-                "smtpd_tls_security_level = may",
-            ),
-            ("Exim", "tls_advertise_hosts = *", *_EXIM_CERT),
+            *_offer_tls("encrypt instead of may on the submission service"),
             _nft_lan_only("{ 110, 143 }"),
         ),
     ),
@@ -333,14 +357,7 @@ _CHECKS: tuple[Check, ...] = (
         _fix(
             "Configure TLS so the server offers STARTTLS/STLS here, and check that nothing"
             " between client and server strips it.",
-            ("Dovecot 2.3", "ssl = required", *_DOVECOT23_CERT),
-            ("Dovecot 2.4", "ssl = required", *_DOVECOT24_CERT),
-            (
-                "Postfix main.cf (and no starttls in smtpd_discard_ehlo_keywords)",
-                *_POSTFIX_CERT,
-                "smtpd_tls_security_level = may",
-            ),
-            ("Exim", "tls_advertise_hosts = *", *_EXIM_CERT),
+            *_offer_tls("and no starttls in smtpd_discard_ehlo_keywords"),
             ("Cisco ASA (its ESMTP inspection hides STARTTLS)", "no inspect esmtp"),
         ),
     ),
@@ -422,12 +439,7 @@ _CHECKS: tuple[Check, ...] = (
             " of a cleartext listener usually causes this.",
             (
                 "Dovecot 2.3 and 2.4 (let Dovecot terminate TLS itself)",
-                "service imap-login {",
-                "  inet_listener imaps {",
-                "    port = 993",
-                "    ssl = yes",
-                "  }",
-                "}",
+                *_IMAPS_LISTENER,
             ),
             (
                 "TLS proxy (stunnel, haproxy) in front",
@@ -533,11 +545,7 @@ _CHECKS: tuple[Check, ...] = (
         "RFC 9051 §6.2.3, §7.2.2",
         _fix(
             "Refuse LOGIN before TLS; the server then advertises LOGINDISABLED on port 143.",
-            ("Dovecot 2.3", "disable_plaintext_auth = yes"),
-            ("Dovecot 2.4", "auth_allow_cleartext = no"),
-            ("Cyrus imapd.conf", "allowplaintext: no"),
-            ("Exchange (PowerShell)", "Set-ImapSettings -LoginType SecureLogin"),
-            _TRUSTED_NOTE,
+            *_no_cleartext_login("Set-ImapSettings"),
         ),
     ),
     Check(
@@ -548,11 +556,7 @@ _CHECKS: tuple[Check, ...] = (
         _fix(
             "Offer PLAIN and LOGIN only after TLS; the server then stops advertising them on"
             " the cleartext port.",
-            ("Dovecot 2.3", "disable_plaintext_auth = yes"),
-            ("Dovecot 2.4", "auth_allow_cleartext = no"),
-            ("Cyrus imapd.conf", "allowplaintext: no"),
-            ("Exchange (PowerShell)", "Set-ImapSettings -LoginType SecureLogin"),
-            _TRUSTED_NOTE,
+            *_no_cleartext_login("Set-ImapSettings"),
         ),
     ),
     Check(
@@ -563,11 +567,7 @@ _CHECKS: tuple[Check, ...] = (
         _fix(
             "Refuse USER/PASS and plaintext SASL before STLS; the server then stops offering"
             " them on port 110.",
-            ("Dovecot 2.3", "disable_plaintext_auth = yes"),
-            ("Dovecot 2.4", "auth_allow_cleartext = no"),
-            ("Cyrus imapd.conf", "allowplaintext: no"),
-            ("Exchange (PowerShell)", "Set-PopSettings -LoginType SecureLogin"),
-            _TRUSTED_NOTE,
+            *_no_cleartext_login("Set-PopSettings"),
         ),
     ),
     Check(
@@ -591,8 +591,7 @@ _CHECKS: tuple[Check, ...] = (
         _fix(
             "Refuse every authentication attempt before TLS without checking it; until then"
             " passwords cross the network in cleartext.",
-            ("Dovecot 2.3", "ssl = required", "disable_plaintext_auth = yes"),
-            ("Dovecot 2.4", "ssl = required", "auth_allow_cleartext = no"),
+            *_DOVECOT_TLS_REQUIRED,
             ("Postfix main.cf", "smtpd_tls_auth_only = yes"),
             ("Exim", _EXIM_AUTH_TLS),
             ("Cyrus imapd.conf", "allowplaintext: no"),
@@ -890,10 +889,7 @@ _CHECKS: tuple[Check, ...] = (
             "Use a certificate from a CA the clients trust (ACME, e.g. Let's Encrypt), or"
             " give every client your private CA (and scan with --ca-file).",
             ("Certificate", "certbot certonly --standalone -d mail.example.org"),
-            ("Dovecot 2.3", *_DOVECOT23_CERT),
-            ("Dovecot 2.4", *_DOVECOT24_CERT),
-            ("Postfix main.cf", *_POSTFIX_CERT),
-            ("Exim", *_EXIM_CERT),
+            *_certificate("Postfix main.cf"),
         ),
     ),
     Check(
@@ -956,10 +952,7 @@ _CHECKS: tuple[Check, ...] = (
         _fix(
             "Serve the full chain, server certificate first, then its intermediates"
             " (certbot's fullchain.pem, not cert.pem).",
-            ("Dovecot 2.3", *_DOVECOT23_CERT),
-            ("Dovecot 2.4", *_DOVECOT24_CERT),
-            ("Postfix main.cf (key first, then the chain)", *_POSTFIX_CERT),
-            ("Exim", *_EXIM_CERT),
+            *_certificate("Postfix main.cf (key first, then the chain)"),
         ),
     ),
     Check(

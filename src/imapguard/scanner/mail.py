@@ -15,6 +15,8 @@ Theory of operation:
 - The I/O here only collects what the server said; the verdicts are pure functions
   (`classify_*`, `disclosed_version`, `internal_name` ...) tested by tables, and
   parsing is `dialogs.py`'s (complete responses only).
+- Reads are bounded: `dialogs` limits every response's size, and a command's
+  answer gets one timeout in all, however slowly its responses trickle in.
 - A check that could not run (timeout, reset, a reply the dialog cannot go on from,
   throttling) ends as `not_tested` with the reason, never as a pass or a fail. A
   check that does not apply (no STARTTLS at all, so nothing to inject into) leaves
@@ -450,6 +452,17 @@ class _Conn:
             parser.feed(data)
         return item
 
+    def deadline(self) -> float:
+        """The loop time by which a whole answer must be in: an answer made of many
+        responses (IMAP's untagged ones, ManageSieve's lines) gets one timeout for
+        all of them, so a server dripping them slowly cannot hold the scan for
+        `MAX_RESPONSES` timeouts."""
+        return asyncio.get_running_loop().time() + self.timeout
+
+    async def receive_by(self, parser: _Source[_T], deadline: float) -> _T:
+        """The next complete response, by `deadline` (see `deadline()`)."""
+        return await self.receive(parser, deadline - asyncio.get_running_loop().time())
+
     async def quiet(self, parser: _Source[_T], seconds: float) -> tuple[_T | None, bytes]:
         """What arrives within `seconds`: the first complete response (or None)
         and every byte read meanwhile (garbage and half responses included)."""
@@ -481,6 +494,15 @@ class _Conn:
             self.timeout + 1.0,
         )
 
+    async def try_starttls(self, server_name: str | None) -> str | None:
+        """The handshake; None when it worked, else why it failed (the connection is
+        then unusable: closing it is all that is left)."""
+        try:
+            await self.starttls(server_name)
+        except (ssl.SSLError, OSError, TimeoutError) as exc:
+            return _reason(exc)
+        return None
+
     async def close(self) -> None:
         with contextlib.suppress(Exception):
             self.writer.close()
@@ -490,14 +512,36 @@ class _Conn:
                 self.writer.transport.abort()
 
 
+@contextlib.asynccontextmanager
+async def _connection(net: Network, address: str, port: int) -> AsyncIterator[_Conn]:
+    """A fresh connection inside the address's slot, closed on the way out."""
+    async with net.slot(address):
+        reader, writer = await net.connect(address, port)
+        conn = _Conn(reader, writer, net.settings.timeout)
+        try:
+            yield conn
+        finally:
+            await conn.close()
+
+
 def _sni(server_name: str | None, address: str) -> str | None:
-    """The name for SNI: the user's name for the host, never an address."""
+    """The name for SNI: the user's name for the host, never an address, and none
+    the ssl module refuses (a label over 63 characters, a name over 255, a NUL:
+    ValueError, TypeError or SSLError before any byte is sent, which would crash
+    the scan or make every TLS port look dead). The mail checks do not judge the
+    certificate, so they go without SNI then."""
     name = server_name or address
     try:
         ipaddress.ip_address(name.strip("[]"))
     except ValueError:
-        return name
-    return None
+        pass
+    else:
+        return None
+    try:
+        _tls_context().wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO(), server_hostname=name)
+    except (ValueError, TypeError, ssl.SSLError):
+        return None
+    return name
 
 
 # -- protocol sessions -------------------------------------------------------------
@@ -533,8 +577,9 @@ class _Imap:
 
     async def until_tagged(self, tag: str) -> tuple[list[d.ImapResponse], d.ImapResponse]:
         others: list[d.ImapResponse] = []
+        deadline = self.conn.deadline()
         for _ in range(MAX_RESPONSES):
-            response = await self.conn.receive(self.parser)
+            response = await self.conn.receive_by(self.parser, deadline)
             if response.kind is d.ImapKind.TAGGED and response.tag == tag:
                 return others, response
             if response.kind is d.ImapKind.UNTAGGED and response.status == "BYE":
@@ -608,6 +653,14 @@ class _Smtp:
             raise _Unexpected(f"EHLO refused: {reply.shown()}")
         return command, reply, d.parse_ehlo(reply)
 
+    async def mail_from(self) -> tuple[d.Command, d.SmtpReply]:
+        """MAIL FROM the probe's address under our EHLO name."""
+        command = d.smtp_command(f"MAIL FROM:<{PROBE_USER}@{self.ehlo_name}>")
+        return command, await self.run(command)
+
+    async def rset(self) -> None:
+        await self.run(d.smtp_command("RSET"))
+
     def restart(self) -> None:
         self.parser = d.SmtpParser()
 
@@ -620,8 +673,15 @@ def _c(command: d.Command) -> str:
     return f"C: {command.shown}"
 
 
-def _s(response: d.ImapResponse | d.Pop3Response | d.SmtpReply) -> str:
+#: A response of any of the three protocols.
+_Response = d.ImapResponse | d.Pop3Response | d.SmtpReply
+
+
+def _s(response: _Response) -> str:
     return f"S: {response.shown()}"
+
+
+_R = TypeVar("_R", bound=_Response)
 
 
 # -- the audit ---------------------------------------------------------------------
@@ -761,22 +821,24 @@ class _Audit:
     async def connection(self) -> AsyncIterator[_Conn]:
         """A fresh connection inside the address's slot; on an implicit-TLS port
         the handshake comes first."""
-        async with self.net.slot(self.address):
-            reader, writer = await self.net.connect(self.address, self.port)
-            conn = _Conn(reader, writer, self.net.settings.timeout)
-            try:
-                if not self.cleartext:
-                    await conn.starttls(self.sni)
-                yield conn
-            finally:
-                await conn.close()
+        async with _connection(self.net, self.address, self.port) as conn:
+            if not self.cleartext:
+                await conn.starttls(self.sni)
+            yield conn
 
     # -- shared judgements -----------------------------------------------------
 
-    def judge_banner(self, text: str, evidence: str) -> None:
+    def judge_greeting(self, greeting: _Response) -> None:
+        """BAN-01 from the greeting, whose first line becomes the service's banner."""
+        if isinstance(greeting, d.SmtpReply):
+            self.banner = d.printable(greeting.raw[0]) if greeting.raw else str(greeting.code)
+            text = " ".join(greeting.lines)
+        else:
+            self.banner = greeting.shown()
+            text = greeting.text
         version = disclosed_version(text)
         if version:
-            self.fail("BAN-01", (evidence, f"discloses {version!r}"))
+            self.fail("BAN-01", (_s(greeting), f"discloses {version!r}"))
         else:
             self.ok("BAN-01")
 
@@ -822,9 +884,18 @@ class _Audit:
         else:
             self.untested(ids, "STARTTLS did not work (see ST-02)")
 
-    def judge_after_tls(self, protocol: Protocol, shown: Sequence[str]) -> None:
-        """ST-04, ST-10 and AUTH-09 from the capabilities seen inside TLS."""
-        after = self.caps_after
+    def record_before_tls(self, protocol: Protocol, caps: Sequence[str]) -> None:
+        """The capabilities seen in clear (ST-10, AUTH-06 and AUTH-07 use them)."""
+        self.caps_before = tuple(caps)
+        self.note_anonymous(protocol, caps, "before TLS")
+
+    def judge_after_tls(
+        self, protocol: Protocol, caps: Sequence[str], where: str, shown: Sequence[str]
+    ) -> None:
+        """ST-04, ST-10 and AUTH-09 from the capabilities seen inside TLS (`where`:
+        after STARTTLS, or inside implicit TLS); AUTH-06 and AUTH-07 use them too."""
+        self.caps_after = after = tuple(caps)
+        self.note_anonymous(protocol, after, where)
         starttls_word = "STLS" if protocol is Protocol.POP3 else "STARTTLS"
         if any(c.upper().split()[:1] == [starttls_word] for c in after):
             self.fail("ST-04", (*shown, f"{starttls_word} is still offered inside TLS"))
@@ -943,30 +1014,20 @@ async def recognise(
     connection; one that stayed silent and refused TLS gets one more, patient,
     cleartext try (a slow greeter)."""
     sni = _sni(server_name, address)
-    timeout = net.settings.timeout
     try:
-        async with net.slot(address):
-            reader, writer = await net.connect(address, port)
-            conn = _Conn(reader, writer, timeout)
-            try:
-                raw, line = await _first_line(conn, GREETING_WAIT)
-                if line is not None:
-                    found = await _identify(conn, raw, line, TlsMode.CLEARTEXT, net, address)
-                    if found is not None:
-                        return found
-                    unknown = d.printable(line)
-                elif raw:
-                    unknown = d.printable(raw)
-                else:
-                    unknown = None
-                    try:
-                        await conn.starttls(sni)
-                    except (ssl.SSLError, OSError, TimeoutError):
-                        pass
-                    else:
-                        return await _inside_tls(conn, net, address)
-            finally:
-                await conn.close()
+        async with _connection(net, address, port) as conn:
+            raw, line = await _first_line(conn, GREETING_WAIT)
+            if line is not None:
+                found = await _identify(conn, raw, line, TlsMode.CLEARTEXT, net, address)
+                if found is not None:
+                    return found
+                unknown = d.printable(line)
+            elif raw:
+                unknown = d.printable(raw)
+            else:
+                unknown = None
+                if await conn.try_starttls(sni) is None:
+                    return await _inside_tls(conn, net, address)
         if unknown is not None:
             tls = await _try_tls(net, address, port, sni)
             return tls or Recognised(Protocol.UNKNOWN, TlsMode.CLEARTEXT, unknown)
@@ -1028,8 +1089,9 @@ async def _identify(
     # ManageSieve: capability lines up to OK; the IMPLEMENTATION names the server.
     lines = d.LineParser()
     lines.feed(raw)
+    deadline = conn.deadline()
     for _ in range(MAX_RESPONSES):
-        sieve = await conn.receive(lines)
+        sieve = await conn.receive_by(lines, deadline)
         pair = d.parse_sieve_line(sieve)
         if pair is not None and pair[0] == "IMPLEMENTATION":
             banner = d.printable(sieve)
@@ -1051,31 +1113,19 @@ async def _inside_tls(conn: _Conn, net: Network, address: str) -> Recognised:
 
 
 async def _try_tls(net: Network, address: str, port: int, sni: str | None) -> Recognised | None:
-    async with net.slot(address):
-        reader, writer = await net.connect(address, port)
-        conn = _Conn(reader, writer, net.settings.timeout)
-        try:
-            try:
-                await conn.starttls(sni)
-            except (ssl.SSLError, OSError, TimeoutError):
-                return None
-            return await _inside_tls(conn, net, address)
-        finally:
-            await conn.close()
+    async with _connection(net, address, port) as conn:
+        if await conn.try_starttls(sni) is not None:
+            return None
+        return await _inside_tls(conn, net, address)
 
 
 async def _slow_greeter(net: Network, address: str, port: int) -> Recognised | None:
-    async with net.slot(address):
-        reader, writer = await net.connect(address, port)
-        conn = _Conn(reader, writer, net.settings.timeout)
-        try:
-            raw, line = await _first_line(conn, conn.timeout)
-            if line is None:
-                return None
-            found = await _identify(conn, raw, line, TlsMode.CLEARTEXT, net, address)
-            return found or Recognised(Protocol.UNKNOWN, TlsMode.CLEARTEXT, d.printable(line))
-        finally:
-            await conn.close()
+    async with _connection(net, address, port) as conn:
+        raw, line = await _first_line(conn, conn.timeout)
+        if line is None:
+            return None
+        found = await _identify(conn, raw, line, TlsMode.CLEARTEXT, net, address)
+        return found or Recognised(Protocol.UNKNOWN, TlsMode.CLEARTEXT, d.printable(line))
 
 
 # -- audit_mail --------------------------------------------------------------------
@@ -1099,16 +1149,11 @@ async def audit_mail(
             (f"ManageSieve answers on port {port}", f"S: {rec.banner}"),
         )
         return audit.result()
-    if protocol not in (Protocol.IMAP, Protocol.POP3, Protocol.SMTP):
+    if protocol not in _DIALOGS:
         return audit.result()
     checks = (_CLEARTEXT_CHECKS if audit.cleartext else _IMPLICIT_CHECKS)[protocol]
     if audit.throttled is None:
-        if protocol is Protocol.IMAP:
-            await _audit_imap(audit)
-        elif protocol is Protocol.POP3:
-            await _audit_pop3(audit)
-        else:
-            await _audit_smtp(audit)
+        await _audit_service(audit, protocol)
         audit.judge_exposure(protocol)
     if audit.throttled is not None:
         audit.untested(checks, f"server throttled the scan ({audit.throttled})")
@@ -1121,6 +1166,36 @@ async def audit_mail(
             ),
         )
     return audit.result()
+
+
+async def _audit_service(audit: _Audit, protocol: Protocol) -> None:
+    """The steps of an IMAP, POP3 or SMTP service, each on its own connection."""
+    dialogs = _DIALOGS[protocol]
+    if not audit.cleartext:
+        await audit.run(_IMPLICIT_CHECKS[protocol], lambda: dialogs.implicit(audit))
+        if audit.ntlm:
+            await _ntlm_step(audit, protocol)
+        return
+    await audit.run(_CLEARTEXT_CHECKS[protocol], lambda: dialogs.main(audit))
+    if protocol is Protocol.SMTP and audit.starttls_state != "works":
+        # The envelope checks ran inside TLS when STARTTLS worked; else in clear.
+        await audit.run(("AUTH-06", "AUTH-08"), lambda: _smtp_envelope_clear(audit))
+    if audit.ntlm:
+        await _ntlm_step(audit, protocol)
+    await audit.run(("AUTH-05",), lambda: dialogs.probe(audit))
+    await _injection(audit, protocol)
+
+
+async def _mailbox_without_tls(
+    audit: _Audit, protocol: Protocol, session: _Imap | _Pop3, handshake_error: str | None
+) -> None:
+    """IMAP or POP3 whose STARTTLS did not work: what was seen in clear decides
+    AUTH-06 and BAN-02, what needs TLS is decided by `after_starttls_unavailable`."""
+    audit.after_starttls_unavailable(protocol)
+    audit.judge_anonymous()
+    audit.ok("BAN-02")
+    if handshake_error is None:  # refused in clear: the session still speaks
+        await session.bye()
 
 
 # -- IMAP ----------------------------------------------------------------------------
@@ -1162,25 +1237,27 @@ async def _imap_id(audit: _Audit, imap: _Imap) -> None:
         audit.ok("BAN-02")
 
 
-async def _audit_imap(audit: _Audit) -> None:
-    if audit.cleartext:
-        await audit.run(_CLEARTEXT_CHECKS[Protocol.IMAP], lambda: _imap_main(audit))
-        if audit.ntlm:
-            await _ntlm_step(audit, Protocol.IMAP)
-        await audit.run(("AUTH-05",), lambda: _imap_probe(audit))
-        await _injection(audit, Protocol.IMAP)
-    else:
-        await audit.run(_IMPLICIT_CHECKS[Protocol.IMAP], lambda: _imap_implicit(audit))
-        if audit.ntlm:
-            await _ntlm_step(audit, Protocol.IMAP)
+async def _imap_after_tls(
+    audit: _Audit, imap: _Imap, greeting: d.ImapResponse | None, where: str
+) -> None:
+    """ST-04, ST-10, AUTH-06, AUTH-09 and (unless decided in clear) BAN-02 from
+    CAPABILITY inside TLS. `greeting`: the implicit-TLS greeting, whose capability
+    code may answer for CAPABILITY."""
+    command, others, tagged = await imap.run("CAPABILITY")
+    caps = _imap_caps(others, tagged, greeting)
+    shown = (_c(command), f"S: * CAPABILITY {' '.join(caps)}")
+    audit.judge_after_tls(Protocol.IMAP, caps, where, shown)
+    audit.judge_anonymous()
+    if "BAN-02" not in audit.decided and "ID" in audit.caps_after:
+        await _imap_id(audit, imap)
+    audit.ok("BAN-02")
 
 
 async def _imap_main(audit: _Audit) -> None:
     async with audit.connection() as conn:
         imap = _Imap(conn)
         greeting = await imap.greeting()
-        audit.banner = greeting.shown()
-        audit.judge_banner(greeting.text, _s(greeting))
+        audit.judge_greeting(greeting)
         if greeting.status == "PREAUTH":
             audit.fail(
                 "ST-09",
@@ -1196,8 +1273,7 @@ async def _imap_main(audit: _Audit) -> None:
         command, others, tagged = await imap.run("CAPABILITY")
         caps = _imap_caps(others, tagged, greeting)
         shown = (_c(command), f"S: * CAPABILITY {' '.join(caps)}")
-        audit.caps_before = caps
-        audit.note_anonymous(Protocol.IMAP, caps, "before TLS")
+        audit.record_before_tls(Protocol.IMAP, caps)
         if "ID" in caps:
             await _imap_id(audit, imap)
         if greeting.status == "PREAUTH":
@@ -1221,33 +1297,14 @@ async def _imap_main(audit: _Audit) -> None:
         else:
             audit.ok("AUTH-02")
         command, _, tagged = await imap.run("STARTTLS")
-        handshake_error = None
-        if tagged.status == "OK":
-            try:
-                await conn.starttls(audit.sni)
-            except (ssl.SSLError, OSError, TimeoutError) as exc:
-                handshake_error = _reason(exc)
-        works = audit.judge_starttls(
-            advertised, tagged.status == "OK", handshake_error, (_c(command), _s(tagged))
-        )
-        if not works:
-            audit.after_starttls_unavailable(Protocol.IMAP)
-            audit.judge_anonymous()
-            audit.ok("BAN-02")
-            if handshake_error is None:
-                await imap.bye()
+        accepted = tagged.status == "OK"
+        handshake_error = await conn.try_starttls(audit.sni) if accepted else None
+        evidence = (_c(command), _s(tagged))
+        if not audit.judge_starttls(advertised, accepted, handshake_error, evidence):
+            await _mailbox_without_tls(audit, Protocol.IMAP, imap, handshake_error)
             return
         imap.restart()
-        command, others, tagged = await imap.run("CAPABILITY")
-        audit.caps_after = _imap_caps(others, tagged, None)
-        audit.note_anonymous(Protocol.IMAP, audit.caps_after, "after TLS")
-        audit.judge_after_tls(
-            Protocol.IMAP, (_c(command), f"S: * CAPABILITY {' '.join(audit.caps_after)}")
-        )
-        audit.judge_anonymous()
-        if "BAN-02" not in audit.decided and "ID" in audit.caps_after:
-            await _imap_id(audit, imap)
-        audit.ok("BAN-02")
+        await _imap_after_tls(audit, imap, None, "after TLS")
         await imap.bye()
 
 
@@ -1255,17 +1312,8 @@ async def _imap_implicit(audit: _Audit) -> None:
     async with audit.connection() as conn:
         imap = _Imap(conn)
         greeting = await imap.greeting()
-        audit.banner = greeting.shown()
-        audit.judge_banner(greeting.text, _s(greeting))
-        command, others, tagged = await imap.run("CAPABILITY")
-        audit.caps_after = _imap_caps(others, tagged, greeting)
-        shown = (_c(command), f"S: * CAPABILITY {' '.join(audit.caps_after)}")
-        audit.note_anonymous(Protocol.IMAP, audit.caps_after, "inside TLS")
-        audit.judge_after_tls(Protocol.IMAP, shown)
-        audit.judge_anonymous()
-        if "ID" in audit.caps_after:
-            await _imap_id(audit, imap)
-        audit.ok("BAN-02")
+        audit.judge_greeting(greeting)
+        await _imap_after_tls(audit, imap, greeting, "inside TLS")
         # RFC 9051 §6.2.1: a tagged BAD on an implicit-TLS port, in any state
         # (so also after a PREAUTH greeting, which is fine inside TLS).
         command, _, tagged = await imap.run("STARTTLS")
@@ -1298,19 +1346,6 @@ async def _imap_probe(audit: _Audit) -> None:
 # -- POP3 ----------------------------------------------------------------------------
 
 
-async def _audit_pop3(audit: _Audit) -> None:
-    if audit.cleartext:
-        await audit.run(_CLEARTEXT_CHECKS[Protocol.POP3], lambda: _pop3_main(audit))
-        if audit.ntlm:
-            await _ntlm_step(audit, Protocol.POP3)
-        await audit.run(("AUTH-05",), lambda: _pop3_probe(audit))
-        await _injection(audit, Protocol.POP3)
-    else:
-        await audit.run(_IMPLICIT_CHECKS[Protocol.POP3], lambda: _pop3_implicit(audit))
-        if audit.ntlm:
-            await _ntlm_step(audit, Protocol.POP3)
-
-
 async def _pop3_capa(pop3: _Pop3) -> tuple[d.Command, d.Pop3Response, tuple[str, ...] | None]:
     command = d.pop3_command("CAPA")
     response = await pop3.run(command, multiline=True)
@@ -1330,17 +1365,28 @@ def _pop3_implementation(audit: _Audit, caps: Sequence[str], shown: Sequence[str
     return True
 
 
+async def _pop3_after_tls(audit: _Audit, pop3: _Pop3, where: str) -> None:
+    """ST-04, ST-10, AUTH-06, AUTH-09 and (unless decided in clear) BAN-02 from
+    CAPA inside TLS."""
+    command, response, caps = await _pop3_capa(pop3)
+    after = caps or ()
+    shown = (_c(command), _s(response))
+    audit.judge_after_tls(Protocol.POP3, after, where, (*shown, f"S: {' | '.join(after)}"))
+    audit.judge_anonymous()
+    if "BAN-02" not in audit.decided:
+        _pop3_implementation(audit, audit.caps_after, shown)
+    audit.ok("BAN-02")
+
+
 async def _pop3_main(audit: _Audit) -> None:
     async with audit.connection() as conn:
         pop3 = _Pop3(conn)
         greeting = await pop3.greeting()
-        audit.banner = greeting.shown()
-        audit.judge_banner(greeting.text, _s(greeting))
+        audit.judge_greeting(greeting)
         command, response, caps = await _pop3_capa(pop3)
         shown = (_c(command), _s(response))
-        audit.caps_before = caps or ()
+        audit.record_before_tls(Protocol.POP3, caps or ())
         capa = d.parse_capa(audit.caps_before)
-        audit.note_anonymous(Protocol.POP3, audit.caps_before, "before TLS")
         advertised = "STLS" in capa
         if not advertised:
             why = "STLS is not advertised" if caps is not None else "CAPA is not supported"
@@ -1360,32 +1406,13 @@ async def _pop3_main(audit: _Audit) -> None:
         _pop3_implementation(audit, audit.caps_before, shown)
         command = d.pop3_command("STLS")
         response = await pop3.run(command)
-        handshake_error = None
-        if response.ok:
-            try:
-                await conn.starttls(audit.sni)
-            except (ssl.SSLError, OSError, TimeoutError) as exc:
-                handshake_error = _reason(exc)
-        works = audit.judge_starttls(
-            advertised, response.ok, handshake_error, (_c(command), _s(response))
-        )
-        if not works:
-            audit.after_starttls_unavailable(Protocol.POP3)
-            audit.judge_anonymous()
-            audit.ok("BAN-02")
-            if handshake_error is None:
-                await pop3.bye()
+        handshake_error = await conn.try_starttls(audit.sni) if response.ok else None
+        evidence = (_c(command), _s(response))
+        if not audit.judge_starttls(advertised, response.ok, handshake_error, evidence):
+            await _mailbox_without_tls(audit, Protocol.POP3, pop3, handshake_error)
             return
         pop3.restart()
-        command, response, caps = await _pop3_capa(pop3)
-        audit.caps_after = caps or ()
-        shown = (_c(command), _s(response))
-        audit.note_anonymous(Protocol.POP3, audit.caps_after, "after TLS")
-        audit.judge_after_tls(Protocol.POP3, (*shown, f"S: {' | '.join(audit.caps_after)}"))
-        audit.judge_anonymous()
-        if "BAN-02" not in audit.decided:
-            _pop3_implementation(audit, audit.caps_after, shown)
-        audit.ok("BAN-02")
+        await _pop3_after_tls(audit, pop3, "after TLS")
         await pop3.bye()
 
 
@@ -1393,16 +1420,8 @@ async def _pop3_implicit(audit: _Audit) -> None:
     async with audit.connection() as conn:
         pop3 = _Pop3(conn)
         greeting = await pop3.greeting()
-        audit.banner = greeting.shown()
-        audit.judge_banner(greeting.text, _s(greeting))
-        command, response, caps = await _pop3_capa(pop3)
-        audit.caps_after = caps or ()
-        shown = (_c(command), _s(response))
-        audit.note_anonymous(Protocol.POP3, audit.caps_after, "inside TLS")
-        audit.judge_after_tls(Protocol.POP3, (*shown, f"S: {' | '.join(audit.caps_after)}"))
-        audit.judge_anonymous()
-        _pop3_implementation(audit, audit.caps_after, shown)
-        audit.ok("BAN-02")
+        audit.judge_greeting(greeting)
+        await _pop3_after_tls(audit, pop3, "inside TLS")
         command = d.pop3_command("STLS")
         response = await pop3.run(command)
         if response.kind is d.Pop3Kind.ERR:
@@ -1433,22 +1452,6 @@ def _smtp(audit: _Audit, conn: _Conn) -> _Smtp:
     return _Smtp(conn, audit.ehlo_name, audit.throttle)
 
 
-async def _audit_smtp(audit: _Audit) -> None:
-    if audit.cleartext:
-        await audit.run(_CLEARTEXT_CHECKS[Protocol.SMTP], lambda: _smtp_main(audit))
-        if audit.starttls_state != "works":
-            # The envelope checks ran inside TLS when STARTTLS worked; else in clear.
-            await audit.run(("AUTH-06", "AUTH-08"), lambda: _smtp_envelope_clear(audit))
-        if audit.ntlm:
-            await _ntlm_step(audit, Protocol.SMTP)
-        await audit.run(("AUTH-05",), lambda: _smtp_probe(audit))
-        await _injection(audit, Protocol.SMTP)
-    else:
-        await audit.run(_IMPLICIT_CHECKS[Protocol.SMTP], lambda: _smtp_implicit(audit))
-        if audit.ntlm:
-            await _ntlm_step(audit, Protocol.SMTP)
-
-
 def _judge_names(audit: _Audit, greeting: d.SmtpReply, ehlo: d.EhloInfo) -> None:
     """BAN-03: the host names the server gives itself in its greeting and EHLO."""
     greeting_words = greeting.lines[0].split() if greeting.lines else []
@@ -1468,13 +1471,11 @@ def _judge_names(audit: _Audit, greeting: d.SmtpReply, ehlo: d.EhloInfo) -> None
 async def _smtp_envelope(audit: _Audit, smtp: _Smtp) -> None:
     """AUTH-06 (anonymous SASL, open relay) and AUTH-08 (VRFY/EXPN enumeration)
     on a session that has said EHLO."""
-    sender = f"MAIL FROM:<imapguard-scan-probe@{audit.ehlo_name}>"
-    mail_command = d.smtp_command(sender)
-    mail = await smtp.run(mail_command)
+    mail_command, mail = await smtp.mail_from()
     rcpt_command = d.smtp_command(f"RCPT TO:<{RELAY_PROBE_RCPT}>")
     rcpt = await smtp.run(rcpt_command) if mail.positive else None
     if mail.positive:
-        await smtp.run(d.smtp_command("RSET"))
+        await smtp.rset()
     relay: list[str] = []
     if rcpt is not None and classify_relay(mail, rcpt):
         relay = [
@@ -1502,17 +1503,23 @@ async def _smtp_envelope(audit: _Audit, smtp: _Smtp) -> None:
         audit.ok("AUTH-08")
 
 
+async def _smtp_after_tls(audit: _Audit, smtp: _Smtp, where: str) -> d.EhloInfo:
+    """ST-04, ST-10 and AUTH-09 from EHLO inside TLS."""
+    command, _, ehlo = await smtp.ehlo()
+    shown = (_c(command), f"S: extensions {' | '.join(ehlo.lines)}")
+    audit.judge_after_tls(Protocol.SMTP, ehlo.lines, where, shown)
+    return ehlo
+
+
 async def _smtp_main(audit: _Audit) -> None:
     async with audit.connection() as conn:
         smtp = _smtp(audit, conn)
         greeting = await smtp.greeting()
-        audit.banner = greeting.shown().split(" (+", 1)[0]
-        audit.judge_banner(" ".join(greeting.lines), _s(greeting))
+        audit.judge_greeting(greeting)
         command, reply, ehlo = await smtp.ehlo()
-        audit.caps_before = ehlo.lines
+        audit.record_before_tls(Protocol.SMTP, ehlo.lines)
         _judge_names(audit, greeting, ehlo)
         shown = (_c(command), _s(reply), f"S: extensions {' | '.join(ehlo.lines)}")
-        audit.note_anonymous(Protocol.SMTP, ehlo.lines, "before TLS")
         advertised = "STARTTLS" in ehlo.keywords
         if not advertised:
             audit.fail("ST-01", (*shown, "STARTTLS is not advertised"))
@@ -1528,52 +1535,39 @@ async def _smtp_main(audit: _Audit) -> None:
         else:
             audit.ok("AUTH-04")
         if audit.port != 25:
-            mail_command = d.smtp_command(f"MAIL FROM:<imapguard-scan-probe@{audit.ehlo_name}>")
-            mail = await smtp.run(mail_command)
+            mail_command, mail = await smtp.mail_from()
             if mail.positive:
                 audit.extra_exposure += [
                     _c(mail_command),
                     _s(mail),
                     "MAIL accepted before STARTTLS",
                 ]
-                await smtp.run(d.smtp_command("RSET"))
+                await smtp.rset()
         command = d.smtp_command("STARTTLS")
         reply = await smtp.run(command)
-        handshake_error = None
-        if reply.code == 220:
-            try:
-                await conn.starttls(audit.sni)
-            except (ssl.SSLError, OSError, TimeoutError) as exc:
-                handshake_error = _reason(exc)
-        works = audit.judge_starttls(
-            advertised, reply.code == 220, handshake_error, (_c(command), _s(reply))
-        )
-        if not works:
+        accepted = reply.code == 220
+        handshake_error = await conn.try_starttls(audit.sni) if accepted else None
+        evidence = (_c(command), _s(reply))
+        if not audit.judge_starttls(advertised, accepted, handshake_error, evidence):
             audit.after_starttls_unavailable(Protocol.SMTP)
             if handshake_error is None:
                 await smtp.bye()
             return
         smtp.restart()
         # ST-08 first: MAIL right after the handshake, before any new EHLO.
-        mail_command = d.smtp_command(f"MAIL FROM:<imapguard-scan-probe@{audit.ehlo_name}>")
-        mail = await smtp.run(mail_command)
+        mail_command, mail = await smtp.mail_from()
         kept = classify_state_reset(mail)
         if kept is True:
             audit.fail(
                 "ST-08",
                 (_c(mail_command), _s(mail), "MAIL accepted inside TLS without a new EHLO"),
             )
-            await smtp.run(d.smtp_command("RSET"))
+            await smtp.rset()
         elif kept is False:
             audit.ok("ST-08")
         else:
             audit.untested(("ST-08",), f"MAIL refused for another reason: {mail.shown()}")
-        command, reply, ehlo = await smtp.ehlo()
-        audit.caps_after = ehlo.lines
-        audit.note_anonymous(Protocol.SMTP, ehlo.lines, "after TLS")
-        audit.judge_after_tls(
-            Protocol.SMTP, (_c(command), f"S: extensions {' | '.join(ehlo.lines)}")
-        )
+        await _smtp_after_tls(audit, smtp, "after TLS")
         await _smtp_envelope(audit, smtp)
         command = d.smtp_command("STARTTLS")
         reply = await smtp.run(command)
@@ -1597,15 +1591,9 @@ async def _smtp_implicit(audit: _Audit) -> None:
     async with audit.connection() as conn:
         smtp = _smtp(audit, conn)
         greeting = await smtp.greeting()
-        audit.banner = greeting.shown().split(" (+", 1)[0]
-        audit.judge_banner(" ".join(greeting.lines), _s(greeting))
-        command, reply, ehlo = await smtp.ehlo()
-        audit.caps_after = ehlo.lines
+        audit.judge_greeting(greeting)
+        ehlo = await _smtp_after_tls(audit, smtp, "inside TLS")
         _judge_names(audit, greeting, ehlo)
-        audit.note_anonymous(Protocol.SMTP, ehlo.lines, "inside TLS")
-        audit.judge_after_tls(
-            Protocol.SMTP, (_c(command), f"S: extensions {' | '.join(ehlo.lines)}")
-        )
         await _smtp_envelope(audit, smtp)
         command = d.smtp_command("STARTTLS")
         reply = await smtp.run(command)
@@ -1671,7 +1659,7 @@ async def _ntlm_step(audit: _Audit, protocol: Protocol) -> None:
 
     async def body() -> None:
         async with audit.connection() as conn:
-            blob, evidence = await _ntlm_challenge(audit, conn, protocol, inside)
+            blob, evidence = await _DIALOGS[protocol].ntlm(audit, conn, inside)
             if blob is None:
                 audit.untested(("AUTH-07",), f"no NTLM challenge: {evidence[-1]}")
                 return
@@ -1685,22 +1673,33 @@ async def _ntlm_step(audit: _Audit, protocol: Protocol) -> None:
     await audit.run(("AUTH-07",), body)
 
 
-async def _ntlm_challenge(
-    audit: _Audit, conn: _Conn, protocol: Protocol, starttls: bool
-) -> tuple[str | None, list[str]]:
-    """(base64 challenge or None, evidence) of one NTLM exchange, cancelled at once."""
-    if protocol is Protocol.IMAP:
-        return await _ntlm_imap(audit, conn, starttls)
-    if protocol is Protocol.POP3:
-        return await _ntlm_pop3(audit, conn, starttls)
-    return await _ntlm_smtp(audit, conn, starttls)
-
-
-def _negotiate() -> d.Command:
-    return d.sasl_line(d.ntlm_negotiate(), "NTLM NEGOTIATE_MESSAGE (base64)")
-
-
 _CANCEL = d.smtp_command("*")  # "*" cancels a SASL exchange in all three protocols
+
+
+async def _ntlm_exchange(
+    command: d.Command,
+    ask: Callable[[d.Command], Awaitable[_R]],
+    challenge: Callable[[_R], str | None],
+    cancel: Callable[[], Awaitable[object]],
+    bye: Callable[[], Awaitable[None]],
+) -> tuple[str | None, list[str]]:
+    """(base64 challenge or None, evidence) of one NTLM exchange, cancelled at once:
+    `command` starts it, a NEGOTIATE_MESSAGE naming nothing of ours follows.
+    `ask` sends a line and reads the answer; `challenge` is the base64 text of a
+    continuation, None for any other answer."""
+    first = await ask(command)
+    if challenge(first) is None:
+        return None, [_c(command), _s(first)]
+    negotiate = d.sasl_line(d.ntlm_negotiate(), "NTLM NEGOTIATE_MESSAGE (base64)")
+    second = await ask(negotiate)
+    evidence = [_c(command), _s(first), _c(negotiate), _s(second)]
+    blob = challenge(second)
+    if blob is None:
+        return None, evidence
+    with contextlib.suppress(*_NETWORK_ERRORS):  # the challenge is in: it decides
+        await cancel()
+    await bye()
+    return blob, evidence
 
 
 async def _ntlm_imap(audit: _Audit, conn: _Conn, starttls: bool) -> tuple[str | None, list[str]]:
@@ -1711,22 +1710,19 @@ async def _ntlm_imap(audit: _Audit, conn: _Conn, starttls: bool) -> tuple[str | 
         await conn.starttls(audit.sni)
         imap.restart()
     tag = imap.tags.next()
-    command = d.imap_authenticate(tag, "NTLM")
-    await conn.send(command)
-    first = await conn.receive(imap.parser)
-    if first.kind is not d.ImapKind.CONTINUATION:
-        return None, [_c(command), _s(first)]
-    negotiate = _negotiate()
-    await conn.send(negotiate)
-    second = await conn.receive(imap.parser)
-    evidence = [_c(command), _s(first), _c(negotiate), _s(second)]
-    if second.kind is not d.ImapKind.CONTINUATION:
-        return None, evidence
-    await conn.send(_CANCEL)
-    with contextlib.suppress(*_NETWORK_ERRORS):
+
+    async def ask(command: d.Command) -> d.ImapResponse:
+        await conn.send(command)
+        return await conn.receive(imap.parser)
+
+    async def cancel() -> None:
+        await conn.send(_CANCEL)
         await imap.until_tagged(tag)
-    await imap.bye()
-    return second.text, evidence
+
+    def challenge(response: d.ImapResponse) -> str | None:
+        return response.text if response.kind is d.ImapKind.CONTINUATION else None
+
+    return await _ntlm_exchange(d.imap_authenticate(tag, "NTLM"), ask, challenge, cancel, imap.bye)
 
 
 async def _ntlm_pop3(audit: _Audit, conn: _Conn, starttls: bool) -> tuple[str | None, list[str]]:
@@ -1736,19 +1732,13 @@ async def _ntlm_pop3(audit: _Audit, conn: _Conn, starttls: bool) -> tuple[str | 
         await pop3.run(d.pop3_command("STLS"))
         await conn.starttls(audit.sni)
         pop3.restart()
-    command = d.pop3_command("AUTH NTLM")
-    first = await pop3.run(command)
-    if first.kind is not d.Pop3Kind.CONTINUATION:
-        return None, [_c(command), _s(first)]
-    negotiate = _negotiate()
-    second = await pop3.run(negotiate)
-    evidence = [_c(command), _s(first), _c(negotiate), _s(second)]
-    if second.kind is not d.Pop3Kind.CONTINUATION:
-        return None, evidence
-    with contextlib.suppress(*_NETWORK_ERRORS):
-        await pop3.run(_CANCEL)
-    await pop3.bye()
-    return second.text, evidence
+
+    def challenge(response: d.Pop3Response) -> str | None:
+        return response.text if response.kind is d.Pop3Kind.CONTINUATION else None
+
+    return await _ntlm_exchange(
+        d.pop3_command("AUTH NTLM"), pop3.run, challenge, lambda: pop3.run(_CANCEL), pop3.bye
+    )
 
 
 async def _ntlm_smtp(audit: _Audit, conn: _Conn, starttls: bool) -> tuple[str | None, list[str]]:
@@ -1760,19 +1750,13 @@ async def _ntlm_smtp(audit: _Audit, conn: _Conn, starttls: bool) -> tuple[str | 
         await conn.starttls(audit.sni)
         smtp.restart()
         await smtp.ehlo()
-    command = d.smtp_command("AUTH NTLM")
-    first = await smtp.run(command)
-    if first.code != 334:
-        return None, [_c(command), _s(first)]
-    negotiate = _negotiate()
-    second = await smtp.run(negotiate)
-    evidence = [_c(command), _s(first), _c(negotiate), _s(second)]
-    if second.code != 334:
-        return None, evidence
-    with contextlib.suppress(*_NETWORK_ERRORS):
-        await smtp.run(_CANCEL)
-    await smtp.bye()
-    return second.lines[0], evidence
+
+    def challenge(reply: d.SmtpReply) -> str | None:
+        return reply.lines[0] if reply.code == 334 else None
+
+    return await _ntlm_exchange(
+        d.smtp_command("AUTH NTLM"), smtp.run, challenge, lambda: smtp.run(_CANCEL), smtp.bye
+    )
 
 
 # -- STARTTLS injection (ST-07) ------------------------------------------------------
@@ -1782,31 +1766,77 @@ async def _injection(audit: _Audit, protocol: Protocol) -> None:
     """Both variants, each on its own connection, only when STARTTLS works."""
     if audit.starttls_state != "works":
         return  # after_starttls_unavailable() has decided ST-07 already
+    inject = _DIALOGS[protocol].inject
     results: list[tuple[str, list[str] | None, str | None]] = []
     for name, inside in (("cleartext variant", False), ("TLS variant", True)):
         convicted: list[list[str] | None] = [None]
 
         async def body(inside: bool = inside, out: list[list[str] | None] = convicted) -> None:
-            out[0] = await _inject(audit, protocol, inside=inside)
+            async with audit.connection() as conn:
+                out[0] = await inject(audit, conn, inside)
 
         error = await audit.attempt(body)
         results.append((name, convicted[0], error))
     audit.judge_injection(results)
 
 
-async def _inject(audit: _Audit, protocol: Protocol, *, inside: bool) -> list[str] | None:
-    """One injection attempt; the evidence if the server answered the injected
-    command, None if it did not."""
-    async with audit.connection() as conn:
-        if protocol is Protocol.IMAP:
-            return await _inject_imap(audit, conn, inside)
-        if protocol is Protocol.POP3:
-            return await _inject_pop3(audit, conn, inside)
-        return await _inject_smtp(audit, conn, inside)
-
-
-def _heard(raw: bytes, response: d.ImapResponse | d.Pop3Response | d.SmtpReply | None) -> str:
+def _heard(raw: bytes, response: _Response | None) -> str:
     return _s(response) if response is not None else f"S: {d.printable(raw)}"
+
+
+async def _after_injection(
+    audit: _Audit,
+    conn: _Conn,
+    parser: _Source[_Response],
+    head: Sequence[str],
+    verb: str,
+    *,
+    inside: bool,
+    restart: Callable[[], None],
+    probe: Callable[[], Awaitable[list[str] | None]],
+) -> list[str] | None:
+    """The part of one injection attempt common to the three protocols, once the
+    server accepted a STARTTLS (`verb`) written together with an injected command:
+    the evidence if the server answered that command, None if it did not. `head`
+    shows what we sent and the STARTTLS reply; `parser` is the cleartext one.
+
+    Cleartext variant: any response or byte within `QUIET_WAIT` convicts. TLS
+    variant: the handshake (a failure passes: the server read our bytes as TLS),
+    `restart`, then `probe`, which returns its evidence when the injected command
+    was answered inside TLS. In both, bytes already received after the STARTTLS
+    reply convict."""
+    leftover = parser.buffered
+    if not inside:
+        extra, raw = await conn.quiet(parser, QUIET_WAIT)
+        if extra is not None or raw:
+            return [*head, _heard(raw, extra), f"answered in cleartext after {verb}"]
+    else:
+        if await conn.try_starttls(audit.sni) is not None:
+            return None
+        restart()
+        answered = await probe()
+        if answered is not None:
+            return [*head, "(TLS handshake)", *answered]
+    if leftover:
+        return [*head, f"bytes followed the {verb} reply in cleartext"]
+    return None
+
+
+async def _second_answer(
+    conn: _Conn,
+    parser: _Source[_Response],
+    command: d.Command,
+    answer: Callable[[], Awaitable[_Response]],
+    verdict: str,
+) -> list[str] | None:
+    """POP3 and SMTP inside TLS: `command`, its answer, and a second answer within
+    `QUIET_WAIT` (the injected command's) as evidence, or None."""
+    await conn.send(command)
+    first = await answer()
+    second, raw = await conn.quiet(parser, QUIET_WAIT)
+    if second is None and not raw:
+        return None
+    return [_c(command), _s(first), _heard(raw, second), verdict]
 
 
 async def _inject_imap(audit: _Audit, conn: _Conn, inside: bool) -> list[str] | None:
@@ -1826,115 +1856,94 @@ async def _inject_imap(audit: _Audit, conn: _Conn, inside: bool) -> list[str] | 
             _s(early[0]),
             "the injected command was answered before the STARTTLS reply",
         ]
-    if not inside:
-        response, raw = await conn.quiet(imap.parser, QUIET_WAIT)
-        if response is None and not raw:
+
+    async def probe() -> list[str] | None:
+        probe_tag, command = imap.command("NOOP")
+        await conn.send(command)
+        others, _ = await imap.until_tagged(probe_tag)
+        answered = [r for r in others if r.tag == injected_tag]
+        if not answered:
             return None
-        return [_c(both), _s(tagged), _heard(raw, response), "answered in cleartext after STARTTLS"]
-    leftover = imap.parser.buffered
-    try:
-        await conn.starttls(audit.sni)
-    except (ssl.SSLError, OSError, TimeoutError):
-        return None  # the extra bytes were read as TLS: the handshake broke (allowed)
-    imap.restart()
-    probe_tag, probe = imap.command("NOOP")
-    await conn.send(probe)
-    others, _ = await imap.until_tagged(probe_tag)
-    answered = [r for r in others if r.tag == injected_tag]
-    if answered:
-        return [
-            _c(both),
-            _s(tagged),
-            "(TLS handshake)",
-            _c(probe),
-            _s(answered[0]),
-            "the injected command was answered inside TLS",
-        ]
-    if leftover:
-        return [_c(both), _s(tagged), "bytes followed the STARTTLS reply in cleartext"]
-    return None
+        return [_c(command), _s(answered[0]), "the injected command was answered inside TLS"]
+
+    head = (_c(both), _s(tagged))
+    return await _after_injection(
+        audit, conn, imap.parser, head, "STARTTLS", inside=inside, restart=imap.restart, probe=probe
+    )
 
 
 async def _inject_pop3(audit: _Audit, conn: _Conn, inside: bool) -> list[str] | None:
     pop3 = _Pop3(conn)
     await pop3.greeting()
-    stls = d.pop3_command("STLS")
-    injected = d.pop3_command("CAPA" if inside else "NOOP")
-    both = stls + injected
+    both = d.pop3_command("STLS") + d.pop3_command("CAPA" if inside else "NOOP")
     pop3.parser.expect(False)
     await conn.send(both)
     response = await conn.receive(pop3.parser)
     if not response.ok:
         return None
-    if not inside:
-        extra, raw = await conn.quiet(pop3.parser, QUIET_WAIT)
-        if extra is None and not raw:
-            return None
-        return [_c(both), _s(response), _heard(raw, extra), "answered in cleartext after STLS"]
-    leftover = pop3.parser.buffered
-    try:
-        await conn.starttls(audit.sni)
-    except (ssl.SSLError, OSError, TimeoutError):
-        return None
-    pop3.restart()
-    # Both the injected CAPA (if it was kept) and ours have a body.
-    pop3.parser.expect(True)
-    pop3.parser.expect(True)
-    capa = d.pop3_command("CAPA")
-    await conn.send(capa)
-    first = await conn.receive(pop3.parser)
-    second, raw = await conn.quiet(pop3.parser, QUIET_WAIT)
-    if second is not None or raw:
-        return [
-            _c(both),
-            _s(response),
-            "(TLS handshake)",
-            _c(capa),
-            _s(first),
-            _heard(raw, second),
+
+    async def probe() -> list[str] | None:
+        # Both the injected CAPA (if it was kept) and ours have a body.
+        pop3.parser.expect(True)
+        pop3.parser.expect(True)
+        return await _second_answer(
+            conn,
+            pop3.parser,
+            d.pop3_command("CAPA"),
+            lambda: conn.receive(pop3.parser),
             "two answers to one CAPA: the injected one was kept",
-        ]
-    if leftover:
-        return [_c(both), _s(response), "bytes followed the STLS reply in cleartext"]
-    return None
+        )
+
+    head = (_c(both), _s(response))
+    return await _after_injection(
+        audit, conn, pop3.parser, head, "STLS", inside=inside, restart=pop3.restart, probe=probe
+    )
 
 
 async def _inject_smtp(audit: _Audit, conn: _Conn, inside: bool) -> list[str] | None:
     smtp = _smtp(audit, conn)
     await smtp.greeting()
     await smtp.ehlo()
-    starttls = d.smtp_command("STARTTLS")
     injected = d.smtp_command(f"EHLO {audit.ehlo_name}" if inside else "NOOP")
-    both = starttls + injected
+    both = d.smtp_command("STARTTLS") + injected
     await conn.send(both)
     reply = await smtp.reply()
     if reply.code != 220:
         return None
-    if not inside:
-        extra, raw = await conn.quiet(smtp.parser, QUIET_WAIT)
-        if extra is None and not raw:
-            return None
-        return [_c(both), _s(reply), _heard(raw, extra), "answered in cleartext after STARTTLS"]
-    leftover = smtp.parser.buffered
-    try:
-        await conn.starttls(audit.sni)
-    except (ssl.SSLError, OSError, TimeoutError):
-        return None
-    smtp.restart()
-    noop = d.smtp_command("NOOP")
-    await conn.send(noop)
-    first = await smtp.reply()
-    second, raw = await conn.quiet(smtp.parser, QUIET_WAIT)
-    if second is not None or raw:
-        return [
-            _c(both),
-            _s(reply),
-            "(TLS handshake)",
-            _c(noop),
-            _s(first),
-            _heard(raw, second),
+
+    async def probe() -> list[str] | None:
+        return await _second_answer(
+            conn,
+            smtp.parser,
+            d.smtp_command("NOOP"),
+            smtp.reply,
             "two replies to one NOOP: the injected EHLO was kept",
-        ]
-    if leftover:
-        return [_c(both), _s(reply), "bytes followed the STARTTLS reply in cleartext"]
-    return None
+        )
+
+    head = (_c(both), _s(reply))
+    return await _after_injection(
+        audit, conn, smtp.parser, head, "STARTTLS", inside=inside, restart=smtp.restart, probe=probe
+    )
+
+
+# -- the dialogs of each protocol ----------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Dialogs:
+    """The steps of one protocol, as `_audit_service` runs them."""
+
+    main: Callable[[_Audit], Awaitable[None]]  # cleartext: capabilities, STARTTLS, again
+    implicit: Callable[[_Audit], Awaitable[None]]  # the same inside implicit TLS
+    probe: Callable[[_Audit], Awaitable[None]]  # AUTH-05
+    #: AUTH-07 on a fresh connection (inside STARTTLS when the flag says so).
+    ntlm: Callable[[_Audit, _Conn, bool], Awaitable[tuple[str | None, list[str]]]]
+    #: ST-07 on a fresh connection (the TLS variant when the flag says so).
+    inject: Callable[[_Audit, _Conn, bool], Awaitable[list[str] | None]]
+
+
+_DIALOGS = {
+    Protocol.IMAP: _Dialogs(_imap_main, _imap_implicit, _imap_probe, _ntlm_imap, _inject_imap),
+    Protocol.POP3: _Dialogs(_pop3_main, _pop3_implicit, _pop3_probe, _ntlm_pop3, _inject_pop3),
+    Protocol.SMTP: _Dialogs(_smtp_main, _smtp_implicit, _smtp_probe, _ntlm_smtp, _inject_smtp),
+}

@@ -53,6 +53,7 @@ import itertools
 import math
 import re
 import socket
+import traceback
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -325,6 +326,14 @@ def _worst(severities: Iterable[Severity]) -> Severity:
     return min(severities, key=lambda s: s.rank)
 
 
+def _graded(check_id: str, issues: Sequence[tuple[Severity, str]]) -> list[Finding]:
+    """One finding with a line per issue, at the worst issue's severity; none
+    without issues."""
+    if not issues:
+        return []
+    return [finding(check_id, [text for _, text in issues], severity=_worst(s for s, _ in issues))]
+
+
 def _iso(when: dt.datetime) -> str:
     return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -433,15 +442,23 @@ def _curve_bits(curve_name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def _completed(attempts: AllScanCommandsAttempts, command: ScanCommand) -> Any:
+    """The result of `command`, or None when it did not complete."""
+    attempt: ScanCommandAttempt[Any] = getattr(attempts, command.value)
+    if attempt.status is ScanCommandAttemptStatusEnum.COMPLETED:
+        return attempt.result
+    return None
+
+
 def _accepted(
     attempts: AllScanCommandsAttempts,
 ) -> dict[str, list[CipherSuiteAcceptedByServer]]:
     """Accepted suites per version label, for the versions whose scan completed."""
     out: dict[str, list[CipherSuiteAcceptedByServer]] = {}
     for command, label in _VERSIONS:
-        attempt: ScanCommandAttempt[Any] = getattr(attempts, command.value)
-        if attempt.status is ScanCommandAttemptStatusEnum.COMPLETED and attempt.result is not None:
-            out[label] = list(attempt.result.accepted_cipher_suites)
+        result = _completed(attempts, command)
+        if result is not None:
+            out[label] = list(result.accepted_cipher_suites)
     return out
 
 
@@ -495,10 +512,9 @@ def evaluate(
     errors: dict[str, list[str]] = {}
 
     for command in _COMMANDS:
-        attempt: ScanCommandAttempt[Any] = getattr(attempts, command.value)
-        if attempt.status is ScanCommandAttemptStatusEnum.COMPLETED and attempt.result is not None:
+        if _completed(attempts, command) is not None:
             continue
-        reason = _attempt_error(command, attempt)
+        reason = _attempt_error(command, getattr(attempts, command.value))
         for check_id in _FEEDS[command]:
             errors.setdefault(check_id, []).append(reason)
 
@@ -516,11 +532,11 @@ def evaluate(
 
     certificate: dict[str, Any] = {}
     fingerprints: list[str] = []
-    cert_attempt = attempts.certificate_info
-    if cert_attempt.status is ScanCommandAttemptStatusEnum.COMPLETED and cert_attempt.result:
+    cert_info = _completed(attempts, ScanCommand.CERTIFICATE_INFO)
+    if cert_info is not None:
         deployments = [
             (d.received_certificate_chain, d.ocsp_response is not None)
-            for d in cert_attempt.result.certificate_deployments
+            for d in cert_info.certificate_deployments
             if d.received_certificate_chain
         ]
         chains = [chain for chain, _ in deployments]
@@ -567,15 +583,20 @@ def unreachable(target: TlsTarget, reason: str) -> TlsResult:
     return TlsResult(findings, (), {}, {})
 
 
+def _exception_line(trace: traceback.TracebackException | None) -> str:
+    """The last line of the exception sslyze caught ("" if none), for a reason."""
+    if trace is None:
+        return ""
+    lines = [line.strip() for line in trace.format_exception_only()]
+    return lines[-1][:200] if lines else ""
+
+
 def _attempt_error(command: ScanCommand, attempt: ScanCommandAttempt[Any]) -> str:
     if attempt.status is ScanCommandAttemptStatusEnum.NOT_SCHEDULED:
         return f"sslyze {command.value} did not run"
     why = attempt.error_reason.value if attempt.error_reason else "error"
-    detail = ""
-    if attempt.error_trace is not None:
-        lines = [line.strip() for line in attempt.error_trace.format_exception_only()]
-        detail = f" ({lines[-1][:200]})" if lines else ""
-    return f"sslyze {command.value} failed: {why}{detail}"
+    detail = _exception_line(attempt.error_trace)
+    return f"sslyze {command.value} failed: {why}{f' ({detail})' if detail else ''}"
 
 
 def _reference(target: TlsTarget) -> str:
@@ -590,28 +611,14 @@ def _protocol_findings(
     def names(label: str) -> list[str]:
         return [a.cipher_suite.name for a in accepted.get(label, [])]
 
-    old_ssl = [v for v in ("SSLv2", "SSLv3") if accepted.get(v)]
-    if old_ssl:
-        out.append(
-            finding(
-                "TLS-01",
-                [
-                    f"{v} accepted with {len(names(v))} suite(s): {_listing(names(v))}"
-                    for v in old_ssl
-                ],
-            )
-        )
-    old_tls = [v for v in ("TLSv1.0", "TLSv1.1") if accepted.get(v)]
-    if old_tls:
-        out.append(
-            finding(
-                "TLS-02",
-                [
-                    f"{v} accepted with {len(names(v))} suite(s): {_listing(names(v))}"
-                    for v in old_tls
-                ],
-            )
-        )
+    for check_id, old in (("TLS-01", ("SSLv2", "SSLv3")), ("TLS-02", ("TLSv1.0", "TLSv1.1"))):
+        evidence = [
+            f"{v} accepted with {len(names(v))} suite(s): {_listing(names(v))}"
+            for v in old
+            if accepted.get(v)
+        ]
+        if evidence:
+            out.append(finding(check_id, evidence))
 
     missing: list[tuple[Severity, str]] = []
     if "TLSv1.2" in accepted and not accepted["TLSv1.2"]:
@@ -620,14 +627,7 @@ def _protocol_findings(
         missing.append(
             (Severity.LOW, "TLS 1.3 is not offered (RFC 9051 §11.1: RECOMMENDED; low on its own)")
         )
-    if missing:
-        out.append(
-            finding(
-                "TLS-03",
-                [text for _, text in missing],
-                severity=_worst(s for s, _ in missing),
-            )
-        )
+    out += _graded("TLS-03", missing)
 
     # TLS-04 / TLS-05 over every version (TLS 1.3 suites are all AEAD with ephemeral keys).
     # Evidence names each suite once, with the versions that accept it.
@@ -736,8 +736,7 @@ def _handshake_findings(
                     f"({reneg.client_renegotiations_success_count} in a row): a DoS lever",
                 )
             )
-    if issues:
-        out.append(finding("TLS-09", [t for _, t in issues], severity=_worst(s for s, _ in issues)))
+    out += _graded("TLS-09", issues)
 
     # TLS-10: Heartbleed, CCS injection, ROBOT.
     vulns: list[tuple[Severity, str]] = []
@@ -757,8 +756,7 @@ def _handshake_findings(
             )
         elif robot.robot_result is RobotScanResultEnum.UNKNOWN_INCONSISTENT_RESULTS:
             errors.setdefault("TLS-10", []).append("ROBOT: the server's answers were inconsistent")
-    if vulns:
-        out.append(finding("TLS-10", [t for _, t in vulns], severity=_worst(s for s, _ in vulns)))
+    out += _graded("TLS-10", vulns)
 
     # TLS-11: fallback SCSV, Extended Master Secret.
     missing: list[str] = []
@@ -835,32 +833,23 @@ def _certificate_findings(
 
     # CERT-03
     not_before, not_after = leaf.not_valid_before_utc, leaf.not_valid_after_utc
+    validity: list[tuple[Severity, str]] = []
     if now > not_after:
         days = (now - not_after).days
-        out.append(
-            finding(
-                "CERT-03",
-                [f"expired on {_iso(not_after)} ({days} day(s) ago)"],
-                severity=Severity.CRITICAL,
-            )
-        )
+        validity.append((Severity.CRITICAL, f"expired on {_iso(not_after)} ({days} day(s) ago)"))
     elif now < not_before:
-        out.append(
-            finding(
-                "CERT-03",
-                [f"not valid before {_iso(not_before)} (the server's clock or the CA's)"],
-                severity=Severity.HIGH,
-            )
+        validity.append(
+            (Severity.HIGH, f"not valid before {_iso(not_before)} (the server's clock or the CA's)")
         )
     elif (not_after - now) <= dt.timedelta(days=_EXPIRY_WARN_DAYS):
         days = (not_after - now).days
-        out.append(
-            finding(
-                "CERT-03",
-                [f"expires on {_iso(not_after)}, in {days} day(s) (within {_EXPIRY_WARN_DAYS})"],
-                severity=Severity.MEDIUM,
+        validity.append(
+            (
+                Severity.MEDIUM,
+                f"expires on {_iso(not_after)}, in {days} day(s) (within {_EXPIRY_WARN_DAYS})",
             )
         )
+    out += _graded("CERT-03", validity)
 
     # CERT-04
     chain_problems = _chain_problems(chain, verdict)
@@ -1171,11 +1160,8 @@ def _probe_orders(
 
 
 def _no_connectivity_reason(scan: ServerScanResult) -> str:
-    detail = ""
-    if scan.connectivity_error_trace is not None:
-        lines = [line.strip() for line in scan.connectivity_error_trace.format_exception_only()]
-        detail = f": {lines[-1][:200]}" if lines else ""
-    return f"no TLS connection (tried twice){detail}"
+    detail = _exception_line(scan.connectivity_error_trace)
+    return f"no TLS connection (tried twice){f': {detail}' if detail else ''}"
 
 
 def audit_tls(

@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from imapguard.scanner.model import Protocol, Severity, Status, TlsMode
+from imapguard.scanner.model import Finding, Protocol, Severity, Status, TlsMode
 from imapguard.scanner.tlsaudit import TlsResult, TlsTarget, audit_tls, twin_findings
 from tests.dovecot import DovecotServer, free_port
 from tests.scanlab import SERVER_NAME as LAB_NAME
@@ -132,9 +132,12 @@ class Audit:
     def ids(self, key: str) -> set[str]:
         return {f.id for f in self.results[key].findings if f.status is Status.FAIL}
 
-    def severity(self, key: str, check_id: str) -> Severity:
+    def finding(self, key: str, check_id: str) -> Finding:
         [f] = [f for f in self.results[key].findings if f.id == check_id]
-        return f.severity
+        return f
+
+    def severity(self, key: str, check_id: str) -> Severity:
+        return self.finding(key, check_id).severity
 
     def not_tested(self, key: str) -> set[str]:
         return {f.id for f in self.results[key].findings if f.status is Status.NOT_TESTED}
@@ -270,7 +273,7 @@ def test_legacy_server(audit: Audit) -> None:
     assert audit.severity("legacy", "TLS-02") is Severity.HIGH
     assert audit.severity("legacy", "TLS-03") is Severity.MEDIUM  # TLS 1.2 missing
     assert audit.severity("legacy", "TLS-04") is Severity.CRITICAL  # anonymous suites
-    [tls04] = [f for f in result.findings if f.id == "TLS-04"]
+    tls04 = audit.finding("legacy", "TLS-04")
     assert "TLS_DH_anon_WITH_AES_128_CBC_SHA (anonymous; TLSv1.0)" in tls04.evidence[0]
 
 
@@ -285,8 +288,7 @@ def test_expired_certificate(audit: Audit) -> None:
 def test_self_signed_certificate(audit: Audit) -> None:
     assert audit.ids("self_signed") == {"CERT-01", "CERT-08"}
     assert not audit.ids("self_signed") & {"CERT-02", "CERT-03", "CERT-04"}
-    [cert01] = [f for f in audit.results["self_signed"].findings if f.id == "CERT-01"]
-    assert "the leaf is self-signed" in cert01.evidence
+    assert "the leaf is self-signed" in audit.finding("self_signed", "CERT-01").evidence
 
 
 def test_wrong_name(audit: Audit) -> None:

@@ -13,9 +13,8 @@ import contextlib
 import dataclasses
 import socket
 import ssl
-import struct
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import trustme
@@ -24,32 +23,32 @@ from imapguard.scanner import dialogs as d
 from imapguard.scanner import mail
 from imapguard.scanner.model import Protocol, Severity, Status, TlsMode
 from imapguard.scanner.net import Network, NetworkSettings
+from tests.unit.scanner.test_dialogs import ntlm_challenge
 
 # -- pure verdicts ---------------------------------------------------------------------
 
 
-def imap(line: bytes) -> d.ImapResponse:
-    parser = d.ImapParser()
+_T = TypeVar("_T")
+
+
+def parsed(parser: d.ResponseParser[_T], line: bytes) -> _T:
+    """The response `line` (CRLF added) makes."""
     parser.feed(line + b"\r\n")
     response = parser.next()
     assert response is not None
     return response
+
+
+def imap(line: bytes) -> d.ImapResponse:
+    return parsed(d.ImapParser(), line)
 
 
 def smtp(line: bytes) -> d.SmtpReply:
-    parser = d.SmtpParser()
-    parser.feed(line + b"\r\n")
-    reply = parser.next()
-    assert reply is not None
-    return reply
+    return parsed(d.SmtpParser(), line)
 
 
 def pop3(line: bytes) -> d.Pop3Response:
-    parser = d.Pop3Parser()
-    parser.feed(line + b"\r\n")
-    response = parser.next()
-    assert response is not None
-    return response
+    return parsed(d.Pop3Parser(), line)
 
 
 @pytest.mark.parametrize(
@@ -639,23 +638,59 @@ async def test_imap_silence_after_greeting_is_not_tested_never_passed(tls: ssl.S
     assert "timed out waiting for the server" in by_id(result, "AUTH-05").evidence[0]
 
 
-def _av(av_id: int, text: str) -> bytes:
-    value = text.encode("utf-16-le")
-    return struct.pack("<HH", av_id, len(value)) + value
+@pytest.mark.asyncio
+async def test_imap_untagged_responses_trickling_in_share_one_timeout(
+    tls: ssl.SSLContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server answering every command with an endless trickle of untagged
+    responses, each well within the timeout: the command still gets one timeout in
+    all, so the checks end as not tested for a timeout (not after MAX_RESPONSES
+    timeouts, nor for too many responses)."""
+    monkeypatch.setattr(mail, "MAX_RESPONSES", 20)
 
+    class Trickle(Scripted):
+        async def _converse(
+            self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        ) -> None:
+            writer.write(b"* OK ready\r\n")
+            await writer.drain()
+            await reader.readline()
+            while True:
+                writer.write(b"* OK still working on it\r\n")
+                await writer.drain()
+                await asyncio.sleep(0.2)  # 20 of them take 4 s, the timeout is 1 s
 
-def _challenge() -> str:
-    info = _av(2, "CORP") + _av(3, "mail01.corp.local") + struct.pack("<HH", 0, 0)
-    header = 56
-    blob = (
-        b"NTLMSSP\0"
-        + struct.pack(
-            "<IHHIIQQHHI", 2, 0, 0, header, 0x02800001, 1, 0, len(info), len(info), header
+    script = Script(greeting=lambda s: None, respond=lambda s, line: Reply(""))
+    rec = mail.Recognised(Protocol.IMAP, TlsMode.CLEARTEXT, "* OK ready")
+    async with Trickle(script, tls) as server:
+        result = await mail.audit_mail(
+            network(timeout=1.0), "127.0.0.1", server.port, rec, server_name=None
         )
-        + struct.pack("<BBH3xB", 10, 0, 17763, 15)
-        + info
-    )
-    return base64.b64encode(blob).decode()
+    assert failed(result) == set()
+    for check_id in ("ST-01", "AUTH-01", "AUTH-05"):
+        assert by_id(result, check_id).evidence == (
+            "not tested: timed out waiting for the server",
+        ), check_id
+
+
+@pytest.mark.asyncio
+async def test_imap_bytes_after_the_starttls_reply_convict_in_both_variants(
+    tls: ssl.SSLContext,
+) -> None:
+    """The start of a response right behind the STARTTLS reply, never completed:
+    bytes before our ClientHello, so each variant convicts on its own."""
+
+    def extra(s: Session, tag: str, command: str, arg: str) -> str | None:
+        if command == "STARTTLS" and not s.tls:
+            return f"{tag} OK Begin TLS negotiation now.\r\n* OK"
+        return None
+
+    script = imap_script(lambda s: "IMAP4rev1 STARTTLS LOGINDISABLED", extra=extra)
+    async with serving(script, tls) as server:
+        _, result, _ = await scan(server)
+    assert "ST-07" in failed(result)
+    lines = by_id(result, "ST-07").evidence
+    assert lines.count("bytes followed the STARTTLS reply in cleartext") == 2, lines
 
 
 @pytest.mark.asyncio
@@ -669,7 +704,8 @@ async def test_imap_ntlm_challenge_names(tls: ssl.SSLContext) -> None:
                 return f"{s.state.pop('ntlm')} BAD cancelled\r\n"
             negotiate = base64.b64decode(tag)
             assert negotiate.startswith(b"NTLMSSP\0\x01\0\0\0")
-            return f"+ {_challenge()}\r\n"
+            challenge = ntlm_challenge("", [(2, "CORP"), (3, "mail01.corp.local")], (10, 0, 17763))
+            return f"+ {base64.b64encode(challenge).decode()}\r\n"
         return None
 
     script = imap_script(lambda s: "IMAP4rev1 STARTTLS LOGINDISABLED AUTH=NTLM", extra=extra)
@@ -817,6 +853,26 @@ async def test_recognise_silent_port_is_none(tls: ssl.SSLContext) -> None:
     async with serving(script, tls) as server:
         rec = await mail.recognise(network(timeout=0.5), "127.0.0.1", server.port, server_name=None)
     assert rec is None
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["a" * 64 + ".example.org", ".".join(["a" * 60] * 5)],
+    ids=["label-over-63", "name-over-255"],
+)
+@pytest.mark.asyncio
+async def test_a_server_name_the_ssl_module_refuses_goes_without_sni(
+    tls: ssl.SSLContext, name: str
+) -> None:
+    """--server-name is the user's text: one that cannot go into SNI must neither
+    crash the scan (UnicodeError) nor make a TLS port look dead (SSLError)."""
+    script = imap_script(lambda s: "IMAP4rev1 ID AUTH=PLAIN")
+    async with serving(script, tls, implicit=True) as server:
+        net = network()
+        rec = await mail.recognise(net, "127.0.0.1", server.port, server_name=name)
+        assert rec == mail.Recognised(Protocol.IMAP, TlsMode.IMPLICIT, "* OK Server ready.")
+        result = await mail.audit_mail(net, "127.0.0.1", server.port, rec, server_name=name)
+    assert result.findings == ()
 
 
 @pytest.mark.asyncio

@@ -320,17 +320,18 @@ def test_sarif_location_of_an_ipv6_service_keeps_the_colon_out_of_the_first_segm
     assert location["logicalLocations"][0]["fullyQualifiedName"] == "imap://[2001:db8::25]:143"
 
 
-def test_sarif_fingerprints_are_stable_per_service_and_id() -> None:
-    first = {
+def _fingerprints(log: dict[str, Any]) -> dict[tuple[str, str], Any]:
+    return {
         (r["properties"]["service"], r["ruleId"]): r["partialFingerprints"]
-        for r in _sarif()["runs"][0]["results"]
+        for r in log["runs"][0]["results"]
     }
+
+
+def test_sarif_fingerprints_are_stable_per_service_and_id() -> None:
+    first = _fingerprints(_sarif())
     changed = sample_report()
     changed.services[4].findings[0] = finding("EXP-02", ["different evidence today"])
-    second = {
-        (r["properties"]["service"], r["ruleId"]): r["partialFingerprints"]
-        for r in sarif_log(changed)["runs"][0]["results"]
-    }
+    second = _fingerprints(sarif_log(changed))
     assert first == second
     assert len({json.dumps(v) for v in first.values()}) == len(first)
 

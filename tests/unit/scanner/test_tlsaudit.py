@@ -538,60 +538,90 @@ def test_strong_dh_is_fine() -> None:
 # -- compression, renegotiation, vulnerabilities, TLS-11 ------------------------------------
 
 
-def test_client_renegotiation_alone_is_medium() -> None:
-    found = by_id(
-        run(scan(session_renegotiation=done(SessionRenegotiationScanResult(True, True, 10))))
-    )
-    assert set(found) == {"TLS-09"}
-    assert found["TLS-09"].severity is Severity.MEDIUM
-    assert "client-initiated renegotiation is accepted (10 in a row)" in text(found["TLS-09"])
+_WEAK_ROBOT = done(RobotScanResult(RobotScanResultEnum.VULNERABLE_WEAK_ORACLE))
 
 
-def test_compression_and_insecure_renegotiation_are_high() -> None:
-    found = by_id(
-        run(
-            scan(
-                tls_compression=done(CompressionScanResult(supports_compression=True)),
-                session_renegotiation=done(SessionRenegotiationScanResult(False, True, 10)),
-            )
-        )
-    )
-    assert found["TLS-09"].severity is Severity.HIGH
-    assert len(found["TLS-09"].evidence) == 3
-
-
-def test_heartbleed_and_weak_robot() -> None:
-    weak_robot = by_id(
-        run(scan(robot=done(RobotScanResult(RobotScanResultEnum.VULNERABLE_WEAK_ORACLE))))
-    )
-    assert weak_robot["TLS-10"].severity is Severity.HIGH
-    both = by_id(
-        run(
-            scan(
-                robot=done(RobotScanResult(RobotScanResultEnum.VULNERABLE_WEAK_ORACLE)),
-                heartbleed=done(HeartbleedScanResult(is_vulnerable_to_heartbleed=True)),
-            )
-        )
-    )
-    assert both["TLS-10"].severity is Severity.CRITICAL
-    assert "Heartbleed" in text(both["TLS-10"])
-
-
-def test_ccs_injection_and_strong_robot_are_critical() -> None:
-    found = by_id(
-        run(
-            scan(
-                openssl_ccs_injection=done(
+@pytest.mark.parametrize(
+    ("overrides", "check_id", "severity", "lines"),
+    [
+        pytest.param(
+            {"session_renegotiation": done(SessionRenegotiationScanResult(True, True, 10))},
+            "TLS-09",
+            Severity.MEDIUM,
+            ("client-initiated renegotiation is accepted (10 in a row)",),
+            id="client-renegotiation-alone-is-medium",
+        ),
+        pytest.param(
+            {
+                "tls_compression": done(CompressionScanResult(supports_compression=True)),
+                "session_renegotiation": done(SessionRenegotiationScanResult(False, True, 10)),
+            },
+            "TLS-09",
+            Severity.HIGH,
+            ("TLS compression", "secure renegotiation", "client-initiated renegotiation"),
+            id="compression-and-insecure-renegotiation-are-high",
+        ),
+        pytest.param(
+            {"robot": _WEAK_ROBOT},
+            "TLS-10",
+            Severity.HIGH,
+            ("ROBOT: weak Bleichenbacher oracle",),
+            id="weak-robot-is-high",
+        ),
+        pytest.param(
+            {
+                "robot": _WEAK_ROBOT,
+                "heartbleed": done(HeartbleedScanResult(is_vulnerable_to_heartbleed=True)),
+            },
+            "TLS-10",
+            Severity.CRITICAL,
+            ("Heartbleed", "ROBOT: weak"),
+            id="heartbleed-makes-it-critical",
+        ),
+        pytest.param(
+            {
+                "openssl_ccs_injection": done(
                     OpenSslCcsInjectionScanResult(is_vulnerable_to_ccs_injection=True)
                 )
-            )
-        )
-    )
-    assert found["TLS-10"].severity is Severity.CRITICAL
-    robot = by_id(
-        run(scan(robot=done(RobotScanResult(RobotScanResultEnum.VULNERABLE_STRONG_ORACLE))))
-    )
-    assert robot["TLS-10"].severity is Severity.CRITICAL
+            },
+            "TLS-10",
+            Severity.CRITICAL,
+            ("CCS injection",),
+            id="ccs-injection-is-critical",
+        ),
+        pytest.param(
+            {"robot": done(RobotScanResult(RobotScanResultEnum.VULNERABLE_STRONG_ORACLE))},
+            "TLS-10",
+            Severity.CRITICAL,
+            ("ROBOT: strong Bleichenbacher oracle",),
+            id="strong-robot-is-critical",
+        ),
+        pytest.param(
+            {
+                "tls_fallback_scsv": done(FallbackScsvScanResult(supports_fallback_scsv=False)),
+                "tls_extended_master_secret": done(
+                    EmsExtensionScanResult(supports_ems_extension=False)
+                ),
+            },
+            "TLS-11",
+            Severity.LOW,
+            ("TLS_FALLBACK_SCSV", "Extended Master Secret"),
+            id="no-fallback-scsv-no-ems",
+        ),
+    ],
+)
+def test_handshake_problems(
+    overrides: dict[str, Any], check_id: str, severity: Severity, lines: tuple[str, ...]
+) -> None:
+    """Compression, renegotiation, vulnerabilities and TLS-11: one finding at the
+    worst severity, one evidence line per problem (`lines`: words of each)."""
+    found = by_id(run(scan(**overrides)))
+    assert set(found) == {check_id}
+    assert found[check_id].severity is severity
+    evidence = found[check_id].evidence
+    assert len(evidence) == len(lines), evidence
+    for line, words in zip(evidence, lines, strict=True):
+        assert words in line
 
 
 def test_inconclusive_robot_is_not_tested_not_a_pass() -> None:
@@ -601,22 +631,6 @@ def test_inconclusive_robot_is_not_tested_not_a_pass() -> None:
     assert set(found) == {"TLS-10"}
     assert found["TLS-10"].status is Status.NOT_TESTED
     assert "inconsistent" in text(found["TLS-10"])
-
-
-def test_no_fallback_scsv_no_ems() -> None:
-    found = by_id(
-        run(
-            scan(
-                tls_fallback_scsv=done(FallbackScsvScanResult(supports_fallback_scsv=False)),
-                tls_extended_master_secret=done(
-                    EmsExtensionScanResult(supports_ems_extension=False)
-                ),
-            )
-        )
-    )
-    assert set(found) == {"TLS-11"}
-    assert found["TLS-11"].severity is Severity.LOW
-    assert len(found["TLS-11"].evidence) == 2
 
 
 # -- errors --------------------------------------------------------------------------------
