@@ -10,7 +10,7 @@
 Twins (RFC 8314 §3): IMAP 143 ↔ 993, POP3 110 ↔ 995, submission 587 ↔ 465. On
 other ports a cleartext service's twin is any implicit-TLS service of the same
 protocol on the same address; when the standard twin port was not in the scan,
-it is probed (one connection) before EXP-05 is reported. Port 25 (MX) has none.
+EXP-05 is not tested (the scanner talks to nothing it was not given). Port 25 (MX) has none.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from imapguard import __version__
-from imapguard.scanner.catalog import finding
+from imapguard.scanner.catalog import finding, not_tested
 from imapguard.scanner.grade import grade
 from imapguard.scanner.mail import Recognised, audit_mail, recognise
 from imapguard.scanner.model import Protocol, ScanReport, Service, TlsMode
@@ -156,7 +156,7 @@ async def scan(
         step(1, f"TLS {s.name}")
 
     # 4. Across services of one address: twins.
-    await _twins(net, services, tls_results, endpoints, options)
+    _twins(services, tls_results, endpoints)
 
     # 5. Grades.
     for s in services:
@@ -185,12 +185,10 @@ def _key(s: Service) -> str:
     return f"{s.address}|{s.port}"
 
 
-async def _twins(
-    net: Network,
+def _twins(
     services: list[Service],
     tls_results: dict[str, TlsResult],
     endpoints: list[Endpoint],
-    options: ScanOptions,
 ) -> None:
     scanned = {(e.address, e.port) for e in endpoints}
     by_address: dict[str, list[Service]] = {}
@@ -206,9 +204,11 @@ async def _twins(
             standard = STANDARD_TWINS.get(s.port)
             twin = next((t for t in twins if t.port == standard), twins[0] if twins else None)
             if twin is None and standard is not None and (address, standard) not in scanned:
-                rec = await recognise(net, address, standard, server_name=None)
-                if rec is not None and rec.protocol is s.protocol:
-                    continue  # it exists, outside the ports scanned: not EXP-05
+                # The scanner talks only to what it was given: no look at the twin port.
+                s.findings.append(
+                    not_tested("EXP-05", f"port {standard} (its twin) was not in the scan")
+                )
+                continue
             if twin is None:
                 where = f"port {standard}" if standard else "any scanned port"
                 s.findings.append(
