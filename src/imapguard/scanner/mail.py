@@ -1263,11 +1263,6 @@ async def _imap_main(audit: _Audit) -> None:
                 "ST-09",
                 (_s(greeting), "PREAUTH in cleartext: the session is authenticated before TLS"),
             )
-            audit.untested(
-                [i for i in _CLEARTEXT_CHECKS[Protocol.IMAP] if i not in ("EXP-01", "BAN-02")],
-                "the PREAUTH greeting makes the session authenticated: STARTTLS and "
-                "login cannot be tried (see ST-09)",
-            )
         else:
             audit.ok("ST-09")
         command, others, tagged = await imap.run("CAPABILITY")
@@ -1277,6 +1272,26 @@ async def _imap_main(audit: _Audit) -> None:
         if "ID" in caps:
             await _imap_id(audit, imap)
         if greeting.status == "PREAUTH":
+            # STARTTLS is valid only in the not-authenticated state (RFC 9051 §6.2.1):
+            # this session can never be encrypted, whatever it advertises.
+            decided = ("EXP-01", "BAN-02", "ST-01", "EXP-07")
+            if "STARTTLS" not in caps:
+                audit.fail("ST-01", (*shown, "STARTTLS is not advertised"))
+            else:
+                audit.ok("ST-01")
+            audit.fail(
+                "EXP-07",
+                (
+                    _s(greeting),
+                    "STARTTLS is only allowed before authentication (RFC 9051 §6.2.1); "
+                    "a PREAUTH session stays in cleartext",
+                ),
+            )
+            audit.untested(
+                [i for i in _CLEARTEXT_CHECKS[Protocol.IMAP] if i not in decided],
+                "the PREAUTH greeting makes the session authenticated: STARTTLS and "
+                "login cannot be tried (see ST-09)",
+            )
             audit.ok("BAN-02")
             await imap.bye()
             return

@@ -197,10 +197,14 @@ async def test_preauth_on_cleartext(scanlab: ScanLab) -> None:
     rec, result = await audit(ep, network())
     assert rec.banner.startswith("* PREAUTH")
     failed = {f.id for f in result.findings if f.status is Status.FAIL}
-    assert failed == {"ST-09", "EXP-01"}
-    # Nothing that needs an unauthenticated session can run: not tested, never passed.
+    # STARTTLS is impossible once authenticated (RFC 9051 §6.2.1): no STARTTLS at all.
+    assert failed == {"ST-09", "EXP-01", "ST-01", "EXP-07"}
+    exp07 = next(f for f in result.findings if f.id == "EXP-07")
+    assert "RFC 9051 §6.2.1" in exp07.evidence[1]
+    # Nothing else that needs an unauthenticated session can run: not tested, never passed.
     not_tested = {f.id for f in result.findings if f.status is Status.NOT_TESTED}
-    assert {"ST-01", "ST-02", "AUTH-01", "AUTH-05", "ST-07"} <= not_tested
+    assert {"ST-02", "AUTH-01", "AUTH-05", "ST-07"} <= not_tested
+    assert not not_tested & failed
     assert all("PREAUTH" in f.evidence[0] for f in result.findings if f.id in not_tested)
 
 
