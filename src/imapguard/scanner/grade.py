@@ -104,13 +104,20 @@ def _condition(test: Callable[[Service], str | None]) -> _Match:
     return match
 
 
+def _without_tls(service: Service) -> bool:
+    """No TLS at all (EXP-07): the A+ conditions about TLS say nothing more."""
+    return "EXP-07" in service.ids()
+
+
 def _no_tls13(service: Service) -> str | None:
-    return None if "TLSv1.3" in service.tls_versions else "TLS 1.3 not accepted"
+    if _without_tls(service) or "TLSv1.3" in service.tls_versions:
+        return None
+    return "TLS 1.3 not accepted"
 
 
 def _short_certificate(service: Service) -> str | None:
     days = service.certificate.get("days_left")
-    if isinstance(days, int | float) and days > MIN_DAYS_LEFT:
+    if _without_tls(service) or (isinstance(days, int | float) and days > MIN_DAYS_LEFT):
         return None
     if not isinstance(days, int | float):
         return "certificate validity unknown"
@@ -131,7 +138,7 @@ def _tls_not_tested(service: Service) -> str | None:
 
 
 def _starttls(service: Service) -> str | None:
-    if service.tls_mode is TlsMode.IMPLICIT:
+    if service.tls_mode is TlsMode.IMPLICIT or _without_tls(service):
         return None
     return "cleartext port with STARTTLS, not implicit TLS"
 
