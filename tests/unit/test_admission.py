@@ -7,6 +7,10 @@ from collections.abc import Callable
 
 import pytest
 
+from imapguard.defense.counters import MemoryCounterStore
+from imapguard.defense.engine import Defense
+from imapguard.defense.fingerprints import Fingerprinter
+from imapguard.defense.settings import DefenseSettings
 from imapguard.gateway.admission import (
     DECREASE,
     FAMILIAR_TTL,
@@ -16,6 +20,7 @@ from imapguard.gateway.admission import (
     AdmissionShed,
     AimdLimit,
 )
+from imapguard.secret import Secret
 
 
 class Clock:
@@ -78,13 +83,21 @@ def test_familiar_by_recent_success_expires() -> None:
     assert not adm.familiar("198.51.100.7")
 
 
+def _trusted(*networks: str) -> Callable[[str], bool]:
+    """The gateway's own predicate: the defense's trusted networks."""
+    settings = DefenseSettings(trusted_networks=networks)
+    root = Secret(b"k" * 32)
+    defense = Defense(settings, MemoryCounterStore(), fingerprints=Fingerprinter(root))
+    return defense.in_trusted_network
+
+
 def test_familiar_by_trusted_network() -> None:
-    adm = Admission(ceiling=100, trusted_networks=["10.0.0.0/8", "2001:db8::/32"])
+    adm = Admission(ceiling=100, trusted=_trusted("10.0.0.0/8", "2001:db8::/32"))
     assert adm.familiar("10.1.2.3")
     assert adm.familiar("2001:db8::1")
     assert not adm.familiar("192.0.2.1")
     assert not adm.familiar("not an address")
-    adm.configure(100, [])
+    adm.configure(100, _trusted())
     assert not adm.familiar("10.1.2.3")
 
 

@@ -368,6 +368,10 @@ class Defense:
         jittered = base * (1.0 + self._rng.uniform(-s.delay_jitter, s.delay_jitter))
         return min(max(0.0, jittered), math.nextafter(MAX_DELAY, 0.0))
 
+    def in_trusted_network(self, ip: str) -> bool:
+        """`ip` is in `trusted_networks` (also what handshake admission asks)."""
+        return self._classify(ip)[1]
+
     def _classify(self, ip: str) -> tuple[bool, bool]:
         """(allowlisted, in a trusted network)."""
         if not self._allowlist and not self._trusted:

@@ -31,10 +31,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import time
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable
 
 __all__ = [
     "DECREASE",
@@ -98,12 +97,12 @@ class Admission:
         self,
         *,
         ceiling: int,
-        trusted_networks: Iterable[str] = (),
+        trusted: Callable[[str], bool] = lambda ip: False,
         clock: Callable[[], float] = time.monotonic,
         on_change: Callable[[bool, int, int], None] | None = None,
     ) -> None:
         self.limit = AimdLimit(ceiling)
-        self._trusted = [ipaddress.ip_network(n, strict=False) for n in trusted_networks]
+        self._trusted = trusted
         self._clock = clock
         self._recent: OrderedDict[str, float] = OrderedDict()
         self._active = 0
@@ -112,11 +111,11 @@ class Admission:
         self.shed = 0  # unfamiliar connections that gave up waiting (since the last change)
         self.waited = 0  # unfamiliar connections that had to wait
 
-    def configure(self, ceiling: int, trusted_networks: Iterable[str]) -> None:
+    def configure(self, ceiling: int, trusted: Callable[[str], bool]) -> None:
         """A reload: new cap and trusted networks; turns held and waiting are kept."""
         self.limit.ceiling = max(ceiling, self.limit.floor)
         self.limit.value = min(self.limit.value, self.limit.ceiling)
-        self._trusted = [ipaddress.ip_network(n, strict=False) for n in trusted_networks]
+        self._trusted = trusted
 
     # -- who is familiar ----------------------------------------------------------
 
@@ -132,13 +131,7 @@ class Admission:
             if expires > self._clock():
                 return True
             del self._recent[ip]
-        if self._trusted:
-            try:
-                address = ipaddress.ip_address(ip)
-            except ValueError:
-                return False
-            return any(address in net for net in self._trusted)
-        return False
+        return self._trusted(ip)
 
     # -- turns --------------------------------------------------------------------
 

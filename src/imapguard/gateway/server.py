@@ -87,11 +87,11 @@ log = logging.getLogger("imapguard.gateway")
 # default is 30 s, during which a silent client keeps its buffers).
 _SSL_SHUTDOWN_TIMEOUT = 5.0
 
-# How often expired defense counters are purged and the posture re-evaluated.
 # Linux caps the listen queue at net.core.somaxconn (4096 on current kernels).
 _BACKLOG = 4096
 # Connections taken from the kernel's queue per wake-up of the accept loop.
 _ACCEPT_BATCH = 256
+# How often expired defense counters are purged and the posture re-evaluated.
 _MAINTENANCE_INTERVAL = 60.0
 
 _BYE_UPSTREAM_LOST = b"* BYE [UNAVAILABLE] Connection to the mail server lost.\r\n"
@@ -110,7 +110,7 @@ class Runtime:
     frame_limits: Any
     mechanisms: tuple[str, ...] = ("PLAIN",)
     # Addresses that never wait for a handshake turn (defense.trusted_networks).
-    trusted_networks: tuple[str, ...] = ()
+    trusted: Callable[[str], bool] = lambda ip: False
 
 
 def build_runtime(
@@ -198,7 +198,9 @@ def build_runtime(
             config.tls.client_ca,
         ),
         mechanisms=_mechanisms(config.auth.methods),
-        trusted_networks=defense.trusted_networks,
+        trusted=authenticator.defense.in_trusted_network
+        if authenticator.defense is not None
+        else lambda ip: False,
         authenticator=authenticator,
         frame_limits=FrameLimits(
             max_line=limits.max_line,
@@ -271,7 +273,7 @@ class Gateway:
         self._all_closed = asyncio.Event()
         self.admission = Admission(
             ceiling=runtime.config.limits.max_preauth_total,
-            trusted_networks=runtime.trusted_networks,
+            trusted=runtime.trusted,
             on_change=self._admission_changed,
         )
 
@@ -328,7 +330,7 @@ class Gateway:
 
     def reload(self, runtime: Runtime) -> None:
         self.runtime = runtime
-        self.admission.configure(runtime.config.limits.max_preauth_total, runtime.trusted_networks)
+        self.admission.configure(runtime.config.limits.max_preauth_total, runtime.trusted)
         self.audit.emit(AuditEvent("reload", None, {"result": "ok"}))
 
     async def _listen(self, listener: ListenConfig) -> None:
