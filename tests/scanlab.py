@@ -258,7 +258,7 @@ class LabPki:
         """A certificate chain and its private key (PEM) of the given kind."""
         now = datetime.datetime.now(datetime.UTC)
         if kind == "self_signed":
-            return _self_signed(addresses, now)
+            return self_signed(addresses, now)
         identities: list[str] = [SERVER_NAME, *addresses]
         not_before, not_after = now - datetime.timedelta(days=1), now + datetime.timedelta(days=90)
         if kind == "expired":
@@ -295,10 +295,13 @@ class LabPki:
         return context
 
 
-def _self_signed(addresses: Sequence[str], now: datetime.datetime) -> tuple[bytes, bytes]:
+def self_signed(
+    addresses: Sequence[str], now: datetime.datetime, server_name: str = SERVER_NAME
+) -> tuple[bytes, bytes]:
+    """(certificate PEM, key PEM) of a self-signed leaf for `server_name` and `addresses`."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, SERVER_NAME)])
-    alt_names: list[x509.GeneralName] = [x509.DNSName(SERVER_NAME)]
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, server_name)])
+    alt_names: list[x509.GeneralName] = [x509.DNSName(server_name)]
     alt_names += [x509.IPAddress(ipaddress.ip_address(a)) for a in addresses]
     cert = (
         x509.CertificateBuilder()

@@ -28,16 +28,12 @@ from pathlib import Path
 
 import pytest
 import trustme
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
 
 from imapguard.scanner.model import Finding, Protocol, Severity, Status, TlsMode
 from imapguard.scanner.tlsaudit import TlsResult, TlsTarget, audit_tls, twin_findings
 from tests.dovecot import DovecotServer, free_port
 from tests.scanlab import SERVER_NAME as LAB_NAME
-from tests.scanlab import ScanLab, scanlab
+from tests.scanlab import ScanLab, scanlab, self_signed
 
 __all__ = ["scanlab"]  # the session fixture, imported so pytest finds it
 
@@ -99,24 +95,8 @@ def s_server(pem: Path, log: Path, *options: str) -> Iterator[int]:
 
 
 def self_signed_pem(path: Path) -> Path:
-    now = dt.datetime.now(dt.UTC)
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, NAME)])
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=90))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(NAME)]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    path.write_bytes(key_pem + cert.public_bytes(serialization.Encoding.PEM))
+    cert, key = self_signed((), dt.datetime.now(dt.UTC), NAME)
+    path.write_bytes(key + cert)
     return path
 
 
