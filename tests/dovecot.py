@@ -374,29 +374,10 @@ protocol imap {{
             "-c",
             str(self.config_path),
         ]
-        setpriv = shutil.which("setpriv")
-        if setpriv is not None and threading.current_thread() is threading.main_thread():
-            # PR_SET_PDEATHSIG fires when the *thread* that forked exits; only safe from main.
-            command = [setpriv, "--pdeathsig", "TERM", *command]
         return command
 
     def _start_once(self) -> None:
-        check = subprocess.run(
-            [str(DOVECOT_BINARY), "-c", str(self.config_path), "-n"],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if check.returncode != 0:
-            raise RuntimeError(f"invalid Dovecot configuration:\n{check.stderr}")
-        with self.stdout_path.open("ab") as out:
-            self._proc = subprocess.Popen(
-                self._command(),
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        self._proc = launch_dovecot(self.config_path, self.stdout_path, self._command())
         atexit.register(self.stop)
         deadline = time.monotonic() + _START_TIMEOUT
         while True:
@@ -499,6 +480,36 @@ protocol imap {{
             return self.log_path.read_text(encoding="utf-8", errors="replace")
         except FileNotFoundError:
             return ""
+
+
+def launch_dovecot(
+    config_path: Path, stdout_path: Path, command: list[str] | None = None
+) -> subprocess.Popen[bytes]:
+    """Check the configuration (``dovecot -n``), then start the master (by default
+    ``dovecot -F -c config_path``) in a session of its own, output appended to
+    ``stdout_path``; from the main thread it also gets SIGTERM if we die."""
+    check = subprocess.run(
+        [str(DOVECOT_BINARY), "-c", str(config_path), "-n"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if check.returncode != 0:
+        raise RuntimeError(f"invalid Dovecot configuration:\n{check.stderr}")
+    if command is None:
+        command = [str(DOVECOT_BINARY), "-F", "-c", str(config_path)]
+    setpriv = shutil.which("setpriv")
+    if setpriv is not None and threading.current_thread() is threading.main_thread():
+        # PR_SET_PDEATHSIG fires when the *thread* that forked exits; only safe from main.
+        command = [setpriv, "--pdeathsig", "TERM", *command]
+    with stdout_path.open("ab") as out:
+        return subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
 class _BindError(RuntimeError):

@@ -137,7 +137,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from tests.dovecot import DOVECOT_BINARY, _check_credential, _group_members, _make_traversable
+from tests.dovecot import (
+    DOVECOT_BINARY,
+    _check_credential,
+    _group_members,
+    _make_traversable,
+    launch_dovecot,
+)
 
 __all__ = [
     "CYRUS_ID",
@@ -669,27 +675,7 @@ service pop3-login {{
             self._start_once()
 
     def _start_once(self) -> None:
-        check = subprocess.run(
-            [str(DOVECOT_BINARY), "-c", str(self.config_path), "-n"],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if check.returncode != 0:
-            raise RuntimeError(f"invalid Dovecot configuration:\n{check.stderr}")
-        command = [str(DOVECOT_BINARY), "-F", "-c", str(self.config_path)]
-        setpriv = shutil.which("setpriv")
-        if setpriv is not None and threading.current_thread() is threading.main_thread():
-            # PR_SET_PDEATHSIG fires when the *thread* that forked exits; only safe from main.
-            command = [setpriv, "--pdeathsig", "TERM", *command]
-        with (self.base / "dovecot.stdout").open("ab") as out:
-            self._proc = subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        self._proc = launch_dovecot(self.config_path, self.base / "dovecot.stdout")
         atexit.register(self.stop)
         deadline = time.monotonic() + _START_TIMEOUT
         while True:
