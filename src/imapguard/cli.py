@@ -363,12 +363,13 @@ def _store(config: Config) -> Any:
     return open_store(config.state.url)
 
 
-def _user_name(raw: str) -> str:
-    from imapguard.auth.chokepoint import canonical_user
+def _user_name(raw: str, config: Config) -> str:
+    """The account, in the form the gateway keys it by ([auth] username rules)."""
+    from imapguard.config import account_names
 
-    user = canonical_user(raw.encode())
+    user = account_names(config).canonical(raw.encode())
     if user is None:
-        raise _Usage(f"invalid user name {raw!r}")
+        raise _Usage(f"invalid user name {raw!r} (see auth.username_chars, auth.realms)")
     return user
 
 
@@ -451,7 +452,7 @@ def _blocks(args: argparse.Namespace) -> int:
 def _user(args: argparse.Namespace) -> int:
     if args.action == "unlock":
         config = _config(args, check_files=False)
-        name = _user_name(args.user)
+        name = _user_name(args.user, config)
         lifted = [str(t) for t in _defense(config).unlock(name)]
         codes = _store(config).clear_totp_lock(name)
         if args.json:
@@ -463,7 +464,8 @@ def _user(args: argparse.Namespace) -> int:
                 + ("; one-time codes unlocked" if codes else "")
             )
         return EXIT_OK
-    store = _store(_config(args, check_files=False))
+    config = _config(args, check_files=False)
+    store = _store(config)
     if args.action == "list":
         users = store.list_users()
         if args.json:
@@ -484,7 +486,7 @@ def _user(args: argparse.Namespace) -> int:
                 ],
             )
         return EXIT_OK
-    name = _user_name(args.user)
+    name = _user_name(args.user, config)
     record = store.get_user(name)
     if record is None:
         print(f"imapguard: no such user: {name}", file=sys.stderr)
@@ -504,7 +506,7 @@ def _user(args: argparse.Namespace) -> int:
                     "enrolled_at": totp_record.created_at,
                     "locked_until": totp_record.locked_until,
                 },
-                "devices": [{**d.__dict__, "trusted": d.trusted_at(now)} for d in devices],
+                "devices": [_device_json(d, now) for d in devices],
             }
         )
         return EXIT_OK
@@ -535,7 +537,7 @@ def _app_password(args: argparse.Namespace) -> int:
     from imapguard.keys import APP_PASSWORD, derive_key, load_server_key
 
     config = _config(args, check_files=False)
-    user = _user_name(args.user)
+    user = _user_name(args.user, config)
     store = _store(config)
     if args.action == "create":
         label = args.label.strip()
@@ -594,7 +596,7 @@ def _policy(args: argparse.Namespace) -> int:
     from imapguard.policy.gate import load_policy
 
     config = _config(args, check_files=False)
-    user = _user_name(args.user)
+    user = _user_name(args.user, config)
     try:
         ipaddress.ip_address(args.ip)
     except ValueError:
@@ -633,7 +635,7 @@ def _totp(args: argparse.Namespace) -> int:
     from imapguard.keys import TOTP_SEAL, derive_key
 
     config = _config(args, check_files=False)
-    user = _user_name(args.user)
+    user = _user_name(args.user, config)
     store = _store(config)
     if args.action == "remove":
         removed = store.remove_totp(user)
@@ -667,15 +669,23 @@ def _totp(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _device_json(device: Any, now: float) -> dict[str, Any]:
+    """A device record for --json: never its secret (the keyed digest of its code);
+    `bound_to` says what the trust is bound to ("code", or the approved address)."""
+    fields = {k: v for k, v in device.__dict__.items() if k != "secret"}
+    bound = "code" if device.secret is not None else device.bound_address
+    return {**fields, "trusted": device.trusted_at(now), "bound_to": bound}
+
+
 def _device(args: argparse.Namespace) -> int:
     config = _config(args, check_files=False)
-    user = _user_name(args.user)
+    user = _user_name(args.user, config)
     store = _store(config)
     now = time.time()
     if args.action == "list":
         devices = store.list_devices(user)
         if args.json:
-            _json([{**d.__dict__, "trusted": d.trusted_at(now)} for d in devices])
+            _json([_device_json(d, now) for d in devices])
         else:
             _table(
                 f"Devices of {user}",
@@ -699,9 +709,18 @@ def _device(args: argparse.Namespace) -> int:
             )
         return EXIT_OK
     if args.action == "approve":
-        until = now + config.auth.device_trust_days * 86400.0
+        # Trusted for the exact address and client the login came from, for a
+        # shorter time than a device that proved a code (it proved nothing).
+        until = now + config.auth.approved_device_days * 86400.0
+        device = store.get_device(user, args.id)
         done = store.approve_device(user, args.id, until)
         verb = "approved"
+        if done and device is not None and not args.json:
+            client = f"{device.client_name} {device.client_version}".strip() or "no client ID"
+            print(
+                f"device {args.id} of {user}: login from {device.last_address} ({client}),"
+                f" trusted at that address only until {_when(until)}"
+            )
     else:
         done = store.revoke_device(user, args.id)
         verb = "revoked"

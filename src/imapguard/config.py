@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
+from imapguard.auth.names import DEFAULT_MASTER_SEPARATOR, DOVECOT_USERNAME_CHARS, AccountNames
 from imapguard.errors import ConfigError
 from imapguard.policy.rules import GroupsConfig, PolicyConfig, policy_problems
 from imapguard.secret import Secret
@@ -39,6 +40,7 @@ __all__ = [
     "StateConfig",
     "TlsConfig",
     "UpstreamConfig",
+    "account_names",
     "default_config_path",
     "defense_settings",
     "load_config",
@@ -136,6 +138,10 @@ class UpstreamConfig(_Section):
     master_user: str | None = None
     master_password_file: str | None = None
     forward_client_ip: Literal["id", "proxy-v2", "none"] = "id"
+    # The upstream's master-user separator (Dovecot's auth_master_user_separator):
+    # an account name containing it is refused, whatever `login` is, so that
+    # `alice*imapguard` plus a master password never reaches the upstream.
+    master_separator: str = DEFAULT_MASTER_SEPARATOR
     connect_timeout: Seconds = 10.0
     login_timeout: Seconds = 30.0
 
@@ -150,9 +156,12 @@ class AuthConfig(_Section):
     failure_jitter: Annotated[float, Field(ge=0, le=5)] = 0.25
     # Which proven factors let a login in (any one of them suffices).
     sufficient: list[Factor] = Field(default_factory=lambda: list(DEFAULT_SUFFICIENT))
-    # A device (account, client /24 or /64, IMAP ID name and version) stays trusted
-    # this long after a correct code or an approval.
+    # A device (account, client /24 or /64, IMAP ID name and version) that proved
+    # a code stays trusted this long, for the password followed by that code.
     device_trust_days: Annotated[int, Field(ge=1, le=400)] = 30
+    # A pending device approved by its owner is trusted this long, for its exact
+    # address and client only (it proved no code).
+    approved_device_days: Annotated[int, Field(ge=1, le=400)] = 7
     # Wrong codes after a correct password, per account: past the limit, codes are
     # refused for `totp_lockout` seconds (trusted devices keep working).
     totp_max_failures: Annotated[int, Field(ge=1, le=100)] = 5
@@ -164,6 +173,16 @@ class AuthConfig(_Section):
     # A verified (user, credential, device) is remembered this long (0: never), so
     # that a client opening five connections does not cost five password checks.
     verified_cache_seconds: Annotated[float, Field(ge=0, le=3600)] = 300.0
+    # Account names in the upstream's own form (imapguard.auth.names): "full" is
+    # Dovecot's %u (the name as given), "local" its %n (the part before "@").
+    username_format: Literal["full", "local"] = "full"
+    # A name without "@" gets "@default_realm" (Dovecot's auth_default_realm).
+    default_realm: str = ""
+    # When set, the only domains accepted after "@" (others: no such account).
+    realms: list[str] = Field(default_factory=list)
+    # The characters an account name may hold (Dovecot's auth_username_chars and
+    # its default); "" allows any printable character.
+    username_chars: str = DOVECOT_USERNAME_CHARS
 
 
 class OAuthConfig(_Section):
@@ -204,6 +223,9 @@ class NotifyConfig(_Section):
     portal_url: str | None = None
     # At most one notice per account and kind in this many seconds.
     min_interval: Annotated[float, Field(ge=0, le=86400 * 7)] = 3600.0
+    # And at most this many notices an hour in all (a flood of lockouts must not
+    # turn the organisation's relay into a mailer for the attacker).
+    max_per_hour: Annotated[int, Field(ge=1, le=100_000)] = 200
     timeout: Annotated[float, Field(gt=0, le=120)] = 10.0
 
 
@@ -419,6 +441,7 @@ def validate_config(config: Config, *, check_files: bool = True) -> list[tuple[s
                     "for an encryption-only rollout instead",
                 )
             )
+    _check_names(config, add)
     if config.notify is not None:
         _check_notify(config.notify, add)
     if config.policy is not None:
@@ -510,7 +533,48 @@ def notify_settings(
         portal_url=notify.portal_url,
         timeout=notify.timeout,
         min_interval=notify.min_interval,
+        max_per_hour=notify.max_per_hour,
     )
+
+
+def account_names(config: Config) -> AccountNames:
+    """The account-name rule of `[auth]` and `[upstream]` (imapguard.auth.names)."""
+    a = config.auth
+    return AccountNames(
+        username_format=a.username_format,
+        default_realm=a.default_realm.lower(),
+        realms=tuple(r.lower() for r in a.realms),
+        username_chars=a.username_chars,
+        master_separator=config.upstream.master_separator,
+    )
+
+
+def _check_names(config: Config, add: Callable[[tuple[str, str]], None]) -> None:
+    a, separator = config.auth, config.upstream.master_separator
+    plain = AccountNames(username_chars="", master_separator="")
+    for key, domain in [("auth.default_realm", a.default_realm)] + [
+        (f"auth.realms[{i}]", r) for i, r in enumerate(a.realms)
+    ]:
+        if domain and (plain.canonical_text("x@" + domain) is None or "@" in domain):
+            add((key, f"{domain!r} is not a domain name"))
+    realms = [r.lower() for r in a.realms]
+    if a.default_realm and realms and a.default_realm.lower() not in realms:
+        add(("auth.default_realm", "must be one of auth.realms"))
+    if not separator or any(c.isspace() or not c.isprintable() for c in separator):
+        add(("upstream.master_separator", "must be printable characters without spaces"))
+    elif separator.isalnum() or separator in ".-_@":
+        add(
+            (
+                "upstream.master_separator",
+                f"{separator!r} is part of ordinary account names; use Dovecot's usual '*'",
+            )
+        )
+    elif a.username_chars and all(c in a.username_chars for c in separator):
+        add(("auth.username_chars", f"must not allow the master separator {separator!r}"))
+    if a.username_chars and any(c.isspace() or not c.isprintable() for c in a.username_chars):
+        add(("auth.username_chars", "must be printable characters without spaces"))
+    if "@" not in a.username_chars and a.username_chars and (a.realms or a.default_realm):
+        add(("auth.username_chars", "realms need '@' in the allowed characters"))
 
 
 def oauth_settings(oauth: OAuthConfig) -> OAuthSettings:

@@ -14,6 +14,7 @@ from imapguard.secret import Secret
 
 __all__ = [
     "APP_PASSWORD",
+    "DEVICE_SECRET",
     "PASSWORD_FINGERPRINT",
     "SPRAY_FINGERPRINT",
     "TOTP_SEAL",
@@ -26,6 +27,8 @@ APP_PASSWORD = "app-password/v1"  # noqa: S105 - a key purpose label
 TOTP_SEAL = "totp-seal/v1"
 # Keys the in-memory cache of verified (user, device, password) entries.
 VERIFIED_CACHE = "verified-cache/v1"
+# Digests of the code a trusted device proved (its secret: it sends it again).
+DEVICE_SECRET = "device-secret/v1"  # noqa: S105 - a key purpose label
 # Defense fingerprints of wrong passwords (imapguard.defense.fingerprints): per
 # account, and login-free with a key per epoch derived from this one.
 PASSWORD_FINGERPRINT = "password-fingerprint/v1"  # noqa: S105 - a key purpose label

@@ -69,7 +69,7 @@ import smtplib
 import ssl
 import textwrap
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -213,6 +213,8 @@ class NotifySettings:
     portal_url: str | None = None
     timeout: float = 10.0
     min_interval: float = 3600.0
+    #: At most this many notices an hour in all, whatever the accounts (per node).
+    max_per_hour: int = 200
 
     def __post_init__(self) -> None:
         problems = self.problems()
@@ -272,6 +274,8 @@ class NotifySettings:
             add("timeout", "must be a positive number of seconds")
         if not (math.isfinite(self.min_interval) and self.min_interval >= 0):
             add("min_interval", "must be zero or a positive number of seconds")
+        if self.max_per_hour < 1:
+            add("max_per_hour", "must be at least 1")
         return out
 
     @property
@@ -586,7 +590,7 @@ class NotifyStatus(enum.Enum):
     SENT = "sent"  # every channel delivered
     PARTIAL = "partial"  # some channels delivered, some failed
     FAILED = "failed"  # nothing delivered (see deliveries / detail)
-    RATE_LIMITED = "rate_limited"  # already told within min_interval
+    RATE_LIMITED = "rate_limited"  # already told within min_interval, or over max_per_hour
 
 
 @dataclass(frozen=True)
@@ -706,6 +710,9 @@ class Notifier:
         self._pending: set[asyncio.Task[NotifyResult | None]] = set()
         self._dropped = 0
         self._dropping = 0  # dropped since the queue was last not full
+        # When the notices of the last hour were sent (the global cap).
+        self._sent: deque[float] = deque()
+        self._capped = 0  # suppressed by the cap since the last one that went out
         self._http: httpx.AsyncClient | None = None
         self._smtp_context: ssl.SSLContext | None = None
         # SMTP runs in its own threads: blocking sends must never take the
@@ -848,6 +855,8 @@ class Notifier:
                 self.settings.min_interval,
             )
             return NotifyResult(notice, NotifyStatus.RATE_LIMITED)
+        if not self._within_hourly_cap():
+            return NotifyResult(notice, NotifyStatus.RATE_LIMITED, (), "max_per_hour reached")
         async with self._slots, asyncio.TaskGroup() as tg:
             jobs = []
             if self._http is not None and self.settings.webhook_url is not None:
@@ -859,6 +868,28 @@ class Notifier:
         result = NotifyResult.of(notice, tuple(d for job in jobs for d in job.result()))
         self._log(result)
         return result
+
+    def _within_hourly_cap(self) -> bool:
+        """At most `max_per_hour` notices in any hour: a flood of lockouts (or an
+        attacker who found a way to trigger notices) cannot make the relay mail
+        without bound. The first suppressed one is logged, then a count."""
+        now = self._clock()
+        while self._sent and self._sent[0] <= now - 3600.0:
+            self._sent.popleft()
+        if len(self._sent) >= self.settings.max_per_hour:
+            self._capped += 1
+            if self._capped == 1:
+                log.warning(
+                    "notifications: %d sent in the last hour (notify.max_per_hour); "
+                    "suppressing until the hour has passed",
+                    len(self._sent),
+                )
+            return False
+        if self._capped:
+            log.warning("notifications resume; %d suppressed by max_per_hour", self._capped)
+            self._capped = 0
+        self._sent.append(now)
+        return True
 
     async def _webhook(self, http: httpx.AsyncClient, url: str, notice: Notice) -> list[Delivery]:
         body, headers = webhook_request(notice, self.settings)

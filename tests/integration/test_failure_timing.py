@@ -331,6 +331,8 @@ def test_the_six_failure_kinds_take_the_same_time(
 ) -> None:
     gw = gw_timing
     gw.create_app_password(accounts.mfa, "phone")  # enrolled: its bare password is a signal
+    # A code enrolled too: six digits after its password read as a (wrong) code.
+    gw.cli("totp", "enroll", accounts.mfa, "--json")
     denied_app_password = gw.create_app_password(accounts.denied, "phone")
     plan = _plan(accounts, denied_app_password)
     _place_blocks(gw, plan, accounts.locked)

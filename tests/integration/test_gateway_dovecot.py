@@ -10,6 +10,7 @@ import secrets
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -260,9 +261,14 @@ def test_app_password_last_use_is_recorded(gw: GatewayProcess) -> None:
             b"a OK "
         )
         assert c.command(b"b", b"NOOP")[-1].startswith(b"b OK")
-    listed = json.loads(gw.cli("app-password", "list", "alice", "--json").stdout)
-    record = next(r for r in listed if r["id"] == created["id"])
-    assert record["last_used_at"] is not None
+
+    def recorded() -> dict[str, Any] | None:
+        # Bookkeeping is written behind the login (state/writebehind.py: within 0.25 s).
+        listed = json.loads(gw.cli("app-password", "list", "alice", "--json").stdout)
+        record: dict[str, Any] = next(r for r in listed if r["id"] == created["id"])
+        return record if record["last_used_at"] is not None else None
+
+    record = wait_for(recorded, 10.0, "the app password's last use")
     assert before - 1 <= record["last_used_at"] <= time.time() + 1
     assert record["last_used_address"] == src
     assert record["last_used_client"] == "pytest-client/1.0"

@@ -1,8 +1,9 @@
 """Password + one-time code through the gateway to a real Dovecot (master mode), with
 Python's imaplib as the client: enrollment with the CLI, a code accepted once, the
-same stale string accepted again from the device that proved it, refused from any
-other network; password alone from an unknown device creates a pending device,
-which the owner approves; passwords that end in digits keep working.
+same stale string accepted again from the device that proved it (never the password
+alone), refused from any other network; password alone from an unknown device creates
+a pending device, which the owner approves (for its exact address); passwords that end
+in digits keep working with a code.
 
 Source networks: every device here is its own /24 in 127.0.20.0-127.0.39.255
 (a device is bound to the client's /24), one block per test.
@@ -235,11 +236,14 @@ def test_passwords_ending_in_digits_still_work(
     user, password = _user(dovecot, f"pw-{secrets.token_hex(4)}-123456")
     otp = _enroll(gw, user)
     # With a code after the digits:
-    assert _login(gw, "127.0.26.1", user, password + otp.now())
-    # From that (now trusted) device, the password alone, digits and all:
-    assert _login(gw, "127.0.26.1", user, password)
+    typed = password + otp.now()
+    assert _login(gw, "127.0.26.1", user, typed)
+    # From that (now trusted) device, what its mail client stored, digits and all:
+    assert _login(gw, "127.0.26.1", user, typed)
     factors = [e.get("factor") for e in _auth_events(gw, user) if e["result"] == "ok"]
     assert factors == ["password+totp", "trusted-device"]
+    # The password alone is not the device (A7): its last six digits read as a code.
+    assert not _login(gw, "127.0.26.1", user, password)
 
 
 def test_unenrolled_account_password_alone_is_refused_without_a_signal(

@@ -220,13 +220,24 @@ async def test_new_device_approval_can_be_switched_off(env: Env) -> None:
 
 
 @pytest.mark.asyncio
-async def test_a_password_ending_in_six_digits_is_read_both_ways(env: Env) -> None:
+async def test_a_password_ending_in_six_digits_with_a_code_is_checked_once(env: Env) -> None:
     auth = env.auth()
     otp = env.enroll("bob")  # bob's password ends in 123456
-    with_code = await attempt(auth, "bob", PASSWORDS["bob"] + otp.at(env.clock.now))
+    typed = PASSWORDS["bob"] + otp.at(env.clock.now)
+    with_code = await attempt(auth, "bob", typed)
     assert (with_code.outcome, with_code.factor) == (Outcome.OK, "password+totp")
+    # The device sends the same string again: its stale code is its secret.
+    again = await attempt(auth, "bob", typed)
+    assert (again.outcome, again.factor) == (Outcome.OK, "trusted-device")
+    # Each login asked the upstream once, with the password alone (never the whole
+    # field: a failed upstream login for every right password + code, A10).
+    assert env.upstream.calls == [("bob", PASSWORDS["bob"])] * 2
+    # The password alone is no trusted device. bob's ends in six digits, and his
+    # account has a code enrolled: the field reads as a password and a wrong code
+    # (one check, decided before asking), so it fails as a wrong password.
     alone = await attempt(auth, "bob", PASSWORDS["bob"])
-    assert (alone.outcome, alone.factor) == (Outcome.OK, "trusted-device")
+    assert alone.outcome is Outcome.INVALID
+    assert env.upstream.calls[-1] == ("bob", PASSWORDS["bob"][:-6])
 
 
 @pytest.mark.asyncio
@@ -402,8 +413,8 @@ async def test_a_factor_left_out_of_sufficient_is_not_enough(env: Env) -> None:
     assert (await attempt(auth, "alice", PASSWORDS["alice"] + otp.at(env.clock.now))).outcome is (
         Outcome.OK
     )
-    # trusted-device is not in auth.sufficient: the password alone is not enough.
-    result = await attempt(auth, "alice", PASSWORDS["alice"])
+    # trusted-device is not in auth.sufficient: the device's stale string is not enough.
+    result = await attempt(auth, "alice", PASSWORDS["alice"] + otp.at(env.clock.now))
     assert (result.outcome, result.factor) == (Outcome.MISSING_FACTOR, "trusted-device")
 
 
@@ -531,3 +542,240 @@ async def test_log_only_mode_records_but_never_blocks(env: Env, tmp_path: Path) 
     events = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
     logged = [e for e in events if e["event"] == "defense_log_only"]
     assert logged[-1]["would"] == "blocked"
+
+
+class Penalized(Upstream):
+    """Dovecot's timing, per client address: a penalty that doubles with each failure
+    (4, 8, then 15 s at most) before any answer, then 2 s more for a refusal; a
+    right password clears the penalty (auth-penalty.c)."""
+
+    def __init__(self, clock: Clock) -> None:
+        super().__init__()
+        self.clock = clock
+        self.failures: dict[str, int] = {}
+
+    def penalty(self, ip: str) -> float:
+        # As measured on Debian's Dovecot 2.3: refusals of 2, 6, 10, 17, 17 s.
+        n = self.failures.get(ip, 0)
+        return 0.0 if n == 0 else min(15.0, 2.0 * 2**n)
+
+    async def __call__(
+        self, settings: UpstreamSettings, user: str, password: Secret | None, client: ClientAddress
+    ) -> UpstreamSession:
+        self.clock.now += self.penalty(client.ip)
+        try:
+            session = await super().__call__(settings, user, password, client)
+        except UpstreamRefused:
+            self.clock.now += 2.0
+            self.failures[client.ip] = self.failures.get(client.ip, 0) + 1
+            raise
+        self.failures.pop(client.ip, None)
+        return session
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("failures", [0, 1, 2, 3, 4, 6])
+async def test_timing_oracle_at_every_upstream_penalty_level(env: Env, failures: int) -> None:
+    """A5: with the upstream's per-address penalty at any level (up to Dovecot's 15 s,
+    past the floor's 10 s cap), a right password without its factor, a wrong password
+    and a blocked source are answered after the same time."""
+    upstream = Penalized(env.clock)
+    env.upstream = upstream
+    # The defense neither delays nor blocks here (its own delays are decided before
+    # any check, alike for every kind); the one block is placed by the test.
+    auth = _defended(env, pair_free=1000, source_free=1000, **_NO_BLOCKS)
+    # Another address teaches the gateway the upstream's plain refusal time.
+    await attempt(auth, "alice", "warm-up", ctx("198.51.100.200"))
+    ip = "203.0.113.9"
+
+    async def build_penalty() -> None:
+        env.clock.now += 60  # quiet: the upstream's penalty has faded
+        upstream.failures[ip] = 0
+        for n in range(failures):
+            await attempt(auth, "alice", f"guess-{n}-{secrets_suffix()}", ctx(ip))
+
+    async def timed(secret: str) -> float:
+        started = env.clock.now
+        result = await attempt(auth, "alice", secret, ctx(ip))
+        assert result.outcome is not Outcome.OK
+        return env.clock.now - started
+
+    await build_penalty()
+    right = await timed(PASSWORDS["alice"])  # no code: missing factor (clears the penalty)
+    await build_penalty()
+    wrong = await timed("a-wrong-password")
+    await build_penalty()
+    _block(env, ip)
+    blocked = await timed(PASSWORDS["alice"])
+    env.store.block_delete(_source(ip))
+    assert right == pytest.approx(wrong, abs=1e-6), (right, wrong, upstream.penalty(ip))
+    assert blocked == pytest.approx(wrong, abs=1e-6), (blocked, wrong)
+
+
+_NO_BLOCKS = {
+    "account_lockout": 1000,
+    "account_attacked": 1000,
+    "pair_block": 1000,
+    "source_failures": 1000,
+    "source_accounts": 1000,
+    "network_failures": 1000,
+    "network_accounts": 1000,
+    "spray_accounts": 1000,
+}
+
+
+def secrets_suffix() -> str:
+    import secrets
+
+    return secrets.token_hex(4)
+
+
+def _source(ip: str) -> Any:
+    from imapguard.defense import Target, TargetKind
+
+    return Target(TargetKind.SOURCE, ip)
+
+
+# -- a trusted device is the device, not its network (A7) -------------------------------
+
+
+@pytest.mark.asyncio
+async def test_trusted_device_forged_from_the_same_network_with_the_password_alone(
+    env: Env,
+) -> None:
+    auth = env.auth()
+    otp = env.enroll("alice")
+    typed = PASSWORDS["alice"] + otp.at(env.clock.now)
+    assert (await attempt(auth, "alice", typed, ctx("192.0.2.10"))).outcome is Outcome.OK
+    # The attacker: the phished password, the victim's /24 and mail client ID.
+    forged = await attempt(auth, "alice", PASSWORDS["alice"], ctx("192.0.2.66"))
+    assert forged.outcome is Outcome.MISSING_FACTOR
+    assert "trusted only with the code it proved" in forged.reason
+    # A guess at the device's stale code is a wrong code: counted, then locked.
+    right_code = otp.at(env.clock.now)
+    guess = f"{(int(right_code) + 1) % 1_000_000:06d}"
+    wrong = await attempt(auth, "alice", PASSWORDS["alice"] + guess, ctx("192.0.2.66"))
+    assert wrong.outcome is Outcome.MISSING_FACTOR
+    record = env.store.get_totp("alice")
+    assert record is not None
+    assert record.failures == 1
+    # The device itself, sending what it stored, days later: still fine.
+    env.clock.now += 5 * 86400
+    again = await attempt(auth, "alice", typed, ctx("192.0.2.10"))
+    assert (again.outcome, again.factor) == (Outcome.OK, "trusted-device")
+
+
+@pytest.mark.asyncio
+async def test_stale_code_guessing_stops_at_the_code_lockout(env: Env) -> None:
+    auth = env.auth(totp_max_failures=2, totp_lockout=900.0)
+    otp = env.enroll("alice")
+    typed = PASSWORDS["alice"] + otp.at(env.clock.now)
+    assert (await attempt(auth, "alice", typed, ctx("192.0.2.10"))).outcome is Outcome.OK
+    env.clock.now += 3600
+    for code in ("000001", "000002"):
+        await attempt(auth, "alice", PASSWORDS["alice"] + code, ctx("192.0.2.66"))
+    # Locked: even the right stale code from another address of the /24 is refused...
+    hit = await attempt(auth, "alice", typed, ctx("192.0.2.66"))
+    assert hit.outcome is Outcome.MISSING_FACTOR
+    # ...while the device at its own address keeps working.
+    own = await attempt(auth, "alice", typed, ctx("192.0.2.10"))
+    assert (own.outcome, own.factor) == (Outcome.OK, "trusted-device")
+
+
+@pytest.mark.asyncio
+async def test_approved_device_is_trusted_at_its_exact_address_for_a_shorter_time(
+    env: Env,
+) -> None:
+    auth = env.auth(approved_device_trust=3600.0)
+    env.enroll("alice")
+    pending = await attempt(auth, "alice", PASSWORDS["alice"], ctx("192.0.2.10"))
+    assert pending.outcome is Outcome.MISSING_FACTOR
+    assert pending.device is not None
+    assert env.store.approve_device("alice", pending.device, env.clock.now + 3600.0)
+    ok = await attempt(auth, "alice", PASSWORDS["alice"], ctx("192.0.2.10"))
+    assert (ok.outcome, ok.factor) == (Outcome.OK, "trusted-device")
+    # Same /24, same client: another address is not the approved device.
+    other = await attempt(auth, "alice", PASSWORDS["alice"], ctx("192.0.2.11"))
+    assert other.outcome is Outcome.MISSING_FACTOR
+    assert "trusted only at 192.0.2.10" in other.reason
+    env.clock.now += 3601
+    late = await attempt(auth, "alice", PASSWORDS["alice"], ctx("192.0.2.10"))
+    assert late.outcome is Outcome.MISSING_FACTOR
+
+
+@pytest.mark.asyncio
+async def test_a_device_trusted_before_the_binding_proves_a_code_again(env: Env) -> None:
+    """Devices trusted by an older imapguard carry neither a code digest nor an
+    address: they are not trusted until they prove a code once more."""
+    from imapguard.state.sqlite import DeviceKey
+
+    auth = env.auth()
+    env.enroll("alice")
+    key = DeviceKey("alice", "192.0.2.0/24", "Mail", "1.0")
+    device = env.store.trust_device(key, env.clock.now, env.clock.now + 86400, "192.0.2.10", b"x")
+    env.store._db.execute("UPDATE devices SET secret = NULL WHERE id = ?", (device.id,))
+    result = await attempt(auth, "alice", PASSWORDS["alice"], ctx("192.0.2.10"))
+    assert result.outcome is Outcome.MISSING_FACTOR
+
+
+# -- A9: the policy's client_cert, sessions never leaked ----------------------------------
+
+
+@pytest.mark.asyncio
+async def test_another_accounts_certificate_does_not_meet_a_client_cert_rule(env: Env) -> None:
+    from imapguard.policy.gate import PolicyGate, load_policy
+    from imapguard.policy.rules import PolicyConfig
+
+    policy, _ = load_policy(
+        PolicyConfig.model_validate(
+            {"rules": [{"name": "cert", "action": "allow", "client_cert": True}]}
+        ),
+        None,
+    )
+    assert isinstance(policy, PolicyGate)
+    auth = env.auth(methods=("password+totp", "client-cert"))
+    auth.policy = policy
+    otp = env.enroll("alice")
+    typed = PASSWORDS["alice"] + otp.at(env.clock.now)
+    # Bob's certificate, alice's password and code: the rule needs alice's certificate.
+    result = await attempt(auth, "alice", typed, ctx(cert_user="bob"))
+    assert result.outcome is Outcome.DENIED
+    env.clock.now += 30
+    typed = PASSWORDS["alice"] + otp.at(env.clock.now)
+    own = await attempt(auth, "alice", typed, ctx(ip="192.0.2.10", cert_user="alice"))
+    assert own.outcome is Outcome.OK
+
+
+class _TrackedLink(_Link):
+    closed = 0
+
+    def close(self) -> None:
+        _TrackedLink.closed += 1
+
+
+@pytest.mark.asyncio
+async def test_an_unexpected_error_after_the_password_check_closes_the_upstream_session(
+    env: Env,
+) -> None:
+    auth = env.auth()
+    otp = env.enroll("alice")
+    sessions: list[UpstreamSession] = []
+
+    async def connect(
+        settings: UpstreamSettings, user: str, password: Secret | None, client: ClientAddress
+    ) -> UpstreamSession:
+        link: Any = _TrackedLink()
+        sessions.append(UpstreamSession(link=link, capabilities=[], leftover=b""))
+        return sessions[-1]
+
+    auth._connect = connect
+
+    def broken(*args: Any) -> bool:
+        raise RuntimeError("a bug in the store")
+
+    env.store.use_totp_step = broken  # type: ignore[method-assign,assignment]
+    _TrackedLink.closed = 0
+    with pytest.raises(RuntimeError):
+        await attempt(auth, "alice", PASSWORDS["alice"] + otp.at(env.clock.now))
+    assert len(sessions) == 1
+    assert _TrackedLink.closed == 1

@@ -129,9 +129,8 @@ def test_migration_from_version_2_keeps_the_data(tmp_path: Path) -> None:
     db.commit()
     db.close()
     store = open_store(f"sqlite:///{path}")
-    assert len(MIGRATIONS) == 3
     (version,) = sqlite3.connect(path).execute("PRAGMA user_version").fetchone()
-    assert version == 3
+    assert version == len(MIGRATIONS)
     assert [u.name for u in store.list_users()] == ["alice"]
     store.member_add("s", 1, "a", 100.0)
     assert store.distinct_count(["s"], range(1, 2), 0.0) == 1

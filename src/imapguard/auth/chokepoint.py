@@ -38,6 +38,7 @@ on `bookkeeping` and written in batches.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import dataclasses
 import enum
 import functools
@@ -50,11 +51,13 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from imapguard.audit import AuditEvent, AuditLog
 from imapguard.auth import app_passwords, oauth, totp
+from imapguard.auth.names import AccountNames
+from imapguard.auth.penalty import UpstreamPenalty
 from imapguard.config import DEFAULT_SUFFICIENT
 from imapguard.defense.counters import TargetKind
 from imapguard.defense.engine import Action, Attempt, Defense, FailureKind, Verdict
@@ -67,7 +70,7 @@ from imapguard.gateway.upstream import (
     open_session,
 )
 from imapguard.imap.preauth import Credentials
-from imapguard.keys import VERIFIED_CACHE, derive_key
+from imapguard.keys import DEVICE_SECRET, VERIFIED_CACHE, derive_key
 from imapguard.policy.engine import DecisionKind
 from imapguard.policy.gate import PolicyGate
 from imapguard.secret import Secret
@@ -87,10 +90,9 @@ __all__ = [
 log = logging.getLogger("imapguard.auth")
 T = TypeVar("T")
 
-# RFC 5321's limit on a mailbox (local@domain); longer names are no account.
-MAX_USER_BYTES = 255
 # The adaptive failure floor never exceeds this: clients give up near 30 s, and an
-# upstream that hangs must not make every failure hang with it.
+# upstream that hangs must not make every failure hang with it. (Per source, the
+# upstream's own penalty is followed further: see `Authenticator._failure_target`.)
 MAX_FAILURE_FLOOR = 10.0
 # Upstream refusal times kept for the floor's percentile.
 REFUSAL_SAMPLES = 256
@@ -147,6 +149,10 @@ class FactorSettings:
     new_device_approval: bool = True
     verified_cache_seconds: float = 300.0
     verified_cache_entries: int = 10_000
+    # A pending device its owner approved: trusted this long, at its exact address.
+    approved_device_trust: float = 7 * 86400.0
+    # The account-name rule (imapguard.auth.names).
+    names: AccountNames = field(default_factory=AccountNames)
 
 
 # Called (synchronously; it must not block) when the owner should be told:
@@ -155,17 +161,12 @@ NoticeHook = Callable[[str, str, AuthContext, str | None], None]
 
 
 def canonical_user(raw: bytes) -> str | None:
-    """The account name: UTF-8, printable, bounded, lower case (accounts compare
-    case-insensitively, and the upstream is always asked for this exact form)."""
-    if not raw or len(raw) > MAX_USER_BYTES:
-        return None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
-    if any(ord(c) < 0x21 or ord(c) == 0x7F for c in text) or '"' in text or "\\" in text:
-        return None
-    return text.lower()
+    """The account `raw` names under the default rule (imapguard.auth.names);
+    the chokepoint itself applies the configured one."""
+    return _DEFAULT_NAMES.canonical(raw)
+
+
+_DEFAULT_NAMES = AccountNames()
 
 
 def device_network(ip: str) -> str:
@@ -206,11 +207,29 @@ class _Account:
 
 @dataclass(frozen=True)
 class _Reading:
-    """One way to read the password field: the password, and the code if any."""
+    """How the password field is read: the password, and the code if any."""
 
     password: Secret
     code: str | None
     step: int | None = None  # the code verified for this time step
+    # The code is the one this trusted device proved (its digest matched).
+    device_code: bool = False
+
+
+@dataclass
+class _Timing:
+    """One attempt's clock, for its failure's timing (see `_failure_target`)."""
+
+    started: float
+    # The upstream's refusal time for this source when the attempt began.
+    refusal: float = 0.0
+    # When an upstream check said the password was right (or the verified cache did).
+    password_ok_at: float | None = None
+
+
+_ATTEMPT: contextvars.ContextVar[_Timing | None] = contextvars.ContextVar(
+    "imapguard_attempt", default=None
+)
 
 
 class Authenticator:
@@ -253,6 +272,8 @@ class Authenticator:
         self._delay = failure_delay
         self._jitter = failure_jitter
         self._refusals: deque[float] = deque(maxlen=REFUSAL_SAMPLES)
+        # The upstream's per-address refusal time (imapguard.auth.penalty).
+        self.penalty = UpstreamPenalty(clock, failure_delay)
         self._clock = clock
         self._wall = wall_clock
         self._sleep = sleep
@@ -263,14 +284,26 @@ class Authenticator:
         self._oauth_scope = oauth_scope
         self.policy = policy or PolicyGate()
         self.defense = defense
+        self.names = self.factors.names
         # keyed hash of (user, method, device, password) -> expiry (monotonic)
         self._verified: OrderedDict[bytes, float] = OrderedDict()
         self._cache_key = derive_key(Secret(app_password_key), VERIFIED_CACHE)
+        self._device_secret_key = derive_key(Secret(app_password_key), DEVICE_SECRET)
 
     async def authenticate(
         self, credentials: Credentials, ctx: AuthContext, session: str
     ) -> AuthResult:
         started = self._clock()
+        timing = _Timing(started, self.penalty.predicted_refusal(ctx.client.ip))
+        token = _ATTEMPT.set(timing)
+        try:
+            return await self._authenticate(credentials, ctx, session, timing)
+        finally:
+            _ATTEMPT.reset(token)
+
+    async def _authenticate(
+        self, credentials: Credentials, ctx: AuthContext, session: str, timing: _Timing
+    ) -> AuthResult:
         attempt: Attempt | None = None
         verdict: Verdict | None = None
         account: _Account | None = None
@@ -331,11 +364,32 @@ class Authenticator:
         )
         if result.outcome is not Outcome.OK:
             # One timing profile for every failure (SPEC "Failures are uniform").
-            target = self.failure_floor() + self._rng.uniform(0, self._jitter)
-            remaining = target - (self._clock() - started)
+            target = self._failure_target(timing)
+            target += self._rng.uniform(0, self._jitter)
+            remaining = target - (self._clock() - timing.started)
             if remaining > 0:
                 await self._sleep(remaining)
         return result
+
+    def _failure_target(self, timing: _Timing) -> float:
+        """How long after the command this failure is answered (before jitter).
+
+        Whatever failed, the answer must take as long as a refusal by the upstream
+        would take for this source now. The upstream's refusal time grows with its
+        per-address penalty (Dovecot: up to 15 s, past the floor's cap), and a right
+        password is answered after the penalty alone. So the target is the highest
+        of: the floor (recent refusal times from anywhere, capped); the refusal
+        time predicted for this source when the attempt began (imapguard.auth.penalty:
+        what a failure that never reached the upstream, a block or a malformed name,
+        must wait); and,
+        when the upstream said the password was right but the login fails anyway (no
+        factor, a policy), the time that took plus what a refusal adds. At any
+        penalty a right and a wrong password then end alike."""
+        target = max(self.failure_floor(), timing.refusal)
+        if timing.password_ok_at is not None:
+            ok_after = timing.password_ok_at - timing.started
+            target = max(target, ok_after + self.penalty.refusal_delay())
+        return target
 
     # -- defense: how often have you failed? ------------------------------------
 
@@ -348,11 +402,11 @@ class Authenticator:
         mechanism = credentials.mechanism
         bearer = mechanism in ("OAUTHBEARER", "XOAUTH2")
         if mechanism == "EXTERNAL":
-            user, secret = ctx.cert_user, None
+            user, secret = self._cert_user(ctx), None
         elif bearer:
             user, secret = None, credentials.secret
         else:
-            user, secret = canonical_user(credentials.username), credentials.secret
+            user, secret = self.names.canonical(credentials.username), credentials.secret
         trusted, account = False, None
         if user is not None and "password+totp" in self.methods:
             account = _Account(self.reader, self._device_key(user, ctx))
@@ -415,8 +469,18 @@ class Authenticator:
                 and ctx is not None
                 and isinstance(event, BlockPlaced)
                 and event.block.target.kind is TargetKind.ACCOUNT_UNFAMILIAR
+                and self._known(event.block.target.value)
             ):
                 self._notice("lockout", event.block.target.value, ctx, None)
+
+    def _known(self, user: str) -> bool:
+        """An account the gateway knows (it logged in, or has a factor or device):
+        only those are told of a lockout. Anyone can fail ten logins under any
+        name; the organisation's relay must not mail whatever name they chose."""
+        try:
+            return self.reader.get_user(user) is not None
+        except StateUnavailable:
+            return False
 
     async def maintain(self, session: str | None = None) -> None:
         """Purge expired counters and let the posture relax (about once a minute)."""
@@ -441,10 +505,19 @@ class Authenticator:
         the failure floor."""
         started = self._clock()
         try:
-            return await self._connect(self.upstream, user, password, ctx.client)
+            session = await self._connect(self.upstream, user, password, ctx.client)
         except UpstreamRefused:
-            self._refusals.append(self._clock() - started)
+            duration = self._clock() - started
+            self._refusals.append(duration)
+            self.penalty.refused(ctx.client.ip, duration)
             raise
+        _password_ok(self._clock())
+        self.penalty.succeeded(ctx.client.ip)
+        return session
+
+    def _cert_user(self, ctx: AuthContext) -> str | None:
+        """The account the verified client certificate names, under the rule."""
+        return self.names.canonical_text(ctx.cert_user) if ctx.cert_user else None
 
     async def _store(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
@@ -464,10 +537,10 @@ class Authenticator:
             return result
         if mechanism == "EXTERNAL":
             return await self._external(credentials, ctx)
-        user = canonical_user(credentials.username)
+        user = self.names.canonical(credentials.username)
         if user is None:
             return AuthResult(Outcome.INVALID, None, None, "malformed user name")
-        if credentials.authzid and canonical_user(credentials.authzid) != user:
+        if credentials.authzid and self.names.canonical(credentials.authzid) != user:
             return AuthResult(Outcome.INVALID, user, None, "authorization identity differs")
         if not credentials.secret:
             return AuthResult(Outcome.INVALID, user, None, "empty password")
@@ -519,7 +592,7 @@ class Authenticator:
             return AuthResult(Outcome.INVALID, None, method, f"malformed {mechanism}: {exc.reason}")
         authzid = None
         if bearer.authzid:
-            authzid = canonical_user(bearer.authzid)
+            authzid = self.names.canonical(bearer.authzid)
             if authzid is None:
                 return AuthResult(Outcome.INVALID, None, method, "malformed authorization identity")
         if bearer.discovery:
@@ -530,7 +603,7 @@ class Authenticator:
             return AuthResult(Outcome.INVALID, authzid, method, f"token rejected: {exc.reason}")
         except oauth.IssuerUnavailable as exc:
             return AuthResult(Outcome.UNAVAILABLE, authzid, method, f"issuer: {exc.reason}")
-        user = canonical_user(token.user.encode())
+        user = self.names.canonical_text(token.user)
         if user is None:
             return AuthResult(Outcome.INVALID, None, method, "token names no valid account")
         factor = "oauth-mfa" if token.mfa else "oauth"
@@ -547,7 +620,7 @@ class Authenticator:
     async def _external(self, credentials: Credentials, ctx: AuthContext) -> AuthResult:
         if "client-cert" not in self.methods:
             return AuthResult(Outcome.INVALID, None, "client-cert", "EXTERNAL is not enabled")
-        user = ctx.cert_user
+        user = self._cert_user(ctx)
         if user is None:
             return AuthResult(
                 Outcome.INVALID,
@@ -555,7 +628,7 @@ class Authenticator:
                 "client-cert",
                 "no verified client certificate naming an account",
             )
-        if credentials.authzid and canonical_user(credentials.authzid) != user:
+        if credentials.authzid and self.names.canonical(credentials.authzid) != user:
             return AuthResult(
                 Outcome.INVALID,
                 user,
@@ -569,33 +642,90 @@ class Authenticator:
     def _device_key(self, user: str, ctx: AuthContext) -> DeviceKey:
         return DeviceKey(user, device_network(ctx.client.ip), ctx.id_name, ctx.id_version)
 
-    def _readings(
-        self, secret: Secret, account: _Account, now: float
-    ) -> tuple[list[_Reading], str | None]:
-        """The readings of the password field in the order to try them, and why a
-        code was not usable (for the audit log)."""
+    def _reading(
+        self, secret: Secret, account: _Account, ctx: AuthContext, now: float
+    ) -> tuple[_Reading, str | None]:
+        """How to read the password field (one reading: the upstream is asked once
+        per login), and why a code in it was not usable (for the audit log).
+
+        Decided locally, from what the field and the account's records say, before
+        the upstream is asked: a code that verifies now, or the code this trusted
+        device proved, makes it password+code; a device its owner approved, or a
+        client certificate of this account, takes the field as the password; an
+        account with a one-time code enrolled reads trailing digits as a (wrong or
+        used) code, so that a right password with a wrong code is seen and counted;
+        anything else is the password as typed. Every branch costs exactly one
+        upstream check, so which one was taken does not show in the timing, and a
+        correct password with a correct code is never also sent whole (a failed
+        upstream login, and the upstream's per-address penalty for the user)."""
         whole = _Reading(secret, None)
         split = totp.split_password_and_code(secret)
+        device = account.device
+        trusted = device is not None and device.trusted_at(now)
         if not split:
-            return [whole], None
+            return whole, None
         password, code = split[0]
         record = account.totp
-        if record is None or self._totp_key is None:
-            return [whole, _Reading(password, code)], "no one-time code enrolled"
-        if record.locked_until is not None and record.locked_until > now:
-            return [whole, _Reading(password, code)], "one-time codes locked (too many wrong)"
-        secret_key = totp.unseal(self._totp_key, account.key.user, record.sealed)
-        step = totp.verify(secret_key, code, now, last_step=record.last_step)
-        if step is not None:
-            return [_Reading(password, code, step), whole], None
-        if totp.verify(secret_key, code, now, last_step=None) is not None:
-            # A current code already spent: certainly password+code (a mail client
-            # resending what was typed, or a replay); read it that way first.
-            return [_Reading(password, code), whole], "one-time code already used"
-        # A wrong code: the reading that worked on this device last time goes first.
-        split_first = account.device is not None and account.device.split_code
-        readings = [whole, _Reading(password, code)]
-        return readings[::-1] if split_first else readings, "wrong or used one-time code"
+        locked = record is not None and record.locked_until is not None and (
+            record.locked_until > now
+        )
+        secret_key = None
+        if record is not None and self._totp_key is not None:
+            secret_key = totp.unseal(self._totp_key, account.key.user, record.sealed)
+            if not locked:
+                step = totp.verify(secret_key, code, now, last_step=record.last_step)
+                if step is not None:
+                    return _Reading(password, code, step), None
+        # While codes are locked, the stale code only from the device's own last
+        # address: the lock must stop a guesser of the stale code too.
+        if (
+            trusted
+            and device is not None
+            and self._device_code_matches(device, code)
+            and (not locked or ctx.client.ip == device.last_address)
+        ):
+            return _Reading(password, code, device_code=True), None
+        if trusted and device is not None and device.bound_address == ctx.client.ip:
+            return whole, None
+        if self._cert_user(ctx) == account.key.user:
+            return whole, None
+        if secret_key is None or record is None:
+            return whole, None
+        if locked:
+            problem = "one-time codes locked (too many wrong)"
+        elif totp.verify(secret_key, code, now, last_step=None) is not None:
+            # A current code already spent: a mail client resending what was typed
+            # on another device, or a replay.
+            problem = "one-time code already used"
+        else:
+            problem = "wrong or used one-time code"
+        return _Reading(password, code), problem
+
+    def _device_secret(self, key: DeviceKey, code: str) -> bytes:
+        """The keyed digest of the code a device proved: its secret from then on."""
+        material = "\0".join(
+            (key.user, key.network, key.client_name, key.client_version, code)
+        ).encode()
+        return hmac.new(self._device_secret_key, material, hashlib.sha256).digest()
+
+    def _device_code_matches(self, device: DeviceRecord, code: str) -> bool:
+        if device.secret is None:
+            return False
+        key = DeviceKey(device.user, device.network, device.client_name, device.client_version)
+        return hmac.compare_digest(self._device_secret(key, code), device.secret)
+
+    def _device_accepts(
+        self, device: DeviceRecord | None, reading: _Reading, ctx: AuthContext, now: float
+    ) -> bool:
+        """Is this login the trusted device itself? A device that proved a code is
+        trusted for its password followed by that code (what its mail client stores
+        and sends again), never for the password alone; a device its owner approved
+        is trusted at the exact address it was approved for."""
+        if device is None or not device.trusted_at(now):
+            return False
+        if reading.device_code:
+            return True
+        return reading.code is None and device.bound_address == ctx.client.ip
 
     async def _password_and_factor(
         self, account: _Account, secret: Secret, ctx: AuthContext, fresh_factor: bool = False
@@ -603,34 +733,58 @@ class Authenticator:
         """`fresh_factor`: the account is under attack while the gateway is (the
         defense's posture): a trusted device's password alone is not enough."""
         now = self._wall()
-        user, key, device = account.key.user, account.key, account.device
-        readings, code_problem = self._readings(secret, account, now)
-
-        trusted = device is not None and device.trusted_at(now)
+        user = account.key.user
+        reading, code_problem = self._reading(secret, account, ctx, now)
         try:
-            reading, session, refusal = await self._first_correct(user, readings, ctx, trusted)
+            session = await self._check_password(user, reading.password, ctx)
+        except UpstreamRefused as exc:
+            reason = f"wrong password ({exc.detail})".replace(" ()", "")
+            return AuthResult(Outcome.INVALID, user, "password", reason)
         except UpstreamUnavailable as exc:
             return AuthResult(Outcome.UNAVAILABLE, user, "password", f"upstream: {exc.detail}")
-        if reading is None:
-            return AuthResult(
-                Outcome.INVALID, user, "password", f"wrong password ({refusal})".replace(" ()", "")
+        try:
+            return await self._after_password(
+                account, reading, session, ctx, now, fresh_factor, code_problem
             )
+        except BaseException:
+            await _close_session(session)  # whatever went wrong, no session is left open
+            raise
 
-        # The password is right. Which second factor comes with it?
+    async def _after_password(
+        self,
+        account: _Account,
+        reading: _Reading,
+        session: UpstreamSession | None,
+        ctx: AuthContext,
+        now: float,
+        fresh_factor: bool,
+        code_problem: str | None,
+    ) -> AuthResult:
+        """The password is right. Which second factor comes with it?"""
+        user, key, device = account.key.user, account.key, account.device
         factor: str | None = None
         reason = ""
-        trusted_until = now + self.factors.device_trust
-        if reading.step is not None:
+        if reading.step is not None and reading.code is not None:
             if await self._store(self.store.use_totp_step, user, reading.step):
                 factor = "password+totp"
                 device = await self._store(
-                    self.store.trust_device, key, now, trusted_until, ctx.client.ip, True
+                    self.store.trust_device,
+                    key,
+                    now,
+                    now + self.factors.device_trust,
+                    ctx.client.ip,
+                    self._device_secret(key, reading.code),
                 )
             else:
                 reason = "one-time code already used"
-        if factor is None and ctx.cert_user is not None and ctx.cert_user == user:
+        if factor is None and self._cert_user(ctx) == user:
             factor = "password+client-cert"
-        if factor is None and device is not None and device.trusted_at(now) and not fresh_factor:
+        if (
+            factor is None
+            and device is not None
+            and not fresh_factor
+            and self._device_accepts(device, reading, ctx, now)
+        ):
             factor = "trusted-device"
             self.bookkeeping.submit(
                 self.store.record_device_use,
@@ -655,49 +809,6 @@ class Authenticator:
         return await self._compromise_signal(
             account, reading, device, ctx, now, reason or code_problem
         )
-
-    async def _first_correct(
-        self, user: str, readings: list[_Reading], ctx: AuthContext, trusted: bool
-    ) -> tuple[_Reading | None, UpstreamSession | None, str]:
-        """The first reading (in order) whose password is right, its session, and
-        the last refusal's detail. From a trusted device the readings are tried
-        one after the other (the likely one first: its wrong twin is never sent).
-        From anywhere else they are checked at the same time: one after the other,
-        a wrong guess with six digits appended would cost two refusals (and
-        Dovecot's per-address penalty in between) while a right password with a
-        wrong code costs one: a timing oracle for the password."""
-        if trusted or len(readings) == 1:
-            refusal = ""
-            for candidate in readings:
-                try:
-                    session = await self._check_password(user, candidate.password, ctx)
-                except UpstreamRefused as exc:
-                    refusal = exc.detail
-                    continue
-                return candidate, session, refusal
-            return None, None, refusal
-        outcomes = await asyncio.gather(
-            *(self._check_password(user, r.password, ctx) for r in readings),
-            return_exceptions=True,
-        )
-        chosen: tuple[_Reading, UpstreamSession | None] | None = None
-        refusal, unavailable = "", None
-        for candidate, outcome in zip(readings, outcomes, strict=True):
-            if isinstance(outcome, UpstreamRefused):
-                refusal = outcome.detail
-            elif isinstance(outcome, UpstreamUnavailable):
-                unavailable = outcome
-            elif isinstance(outcome, BaseException):
-                raise outcome
-            elif chosen is None:
-                chosen = (candidate, outcome)
-            else:
-                await _close_session(outcome)  # both right: keep the first reading's
-        if chosen is not None:
-            return chosen[0], chosen[1], refusal
-        if unavailable is not None:
-            raise unavailable
-        return None, None, refusal
 
     async def _compromise_signal(
         self,
@@ -734,6 +845,12 @@ class Authenticator:
                 device_id = device.id
                 reason += f"; device {device.id} awaits approval"
                 self._notice("new_device", user, ctx, device.id)
+            elif device.trusted_at(now):
+                reason += (
+                    f"; device {device.id} is trusted only with the code it proved"
+                    if device.secret is not None
+                    else f"; device {device.id} is trusted only at {device.bound_address}"
+                )
             else:
                 reason += f"; device {device.id} trust expired"
         if enrolled:
@@ -784,6 +901,7 @@ class Authenticator:
             cache_id = self._cache_id(user, password, ctx)
             expiry = self._verified.get(cache_id)
             if expiry is not None and expiry > self._clock():
+                _password_ok(self._clock())
                 return None
         session = await self._password_login(user, password, ctx)
         if cache_id is not None:
@@ -842,6 +960,7 @@ class Authenticator:
         try:
             if password is None:
                 session = await self._connect(self.upstream, user, None, ctx.client)
+                self.penalty.succeeded(ctx.client.ip)
             else:
                 session = await self._password_login(user, password, ctx)
         except UpstreamRefused as exc:
@@ -863,7 +982,9 @@ class Authenticator:
                 method=policy_method,
                 factor=factor,
                 listener=ctx.listener,
-                client_cert=ctx.cert_user is not None,
+                # Only a certificate of this very account (another account's is no
+                # possession factor for this one).
+                client_cert=self._cert_user(ctx) == user,
             )
         )
         if decision.kind is DecisionKind.ALLOW:
@@ -898,6 +1019,13 @@ _POLICY_METHOD = {
     "trusted-device": "password+totp",
     "password+client-cert": "client-cert",
 }
+
+
+def _password_ok(at: float) -> None:
+    """Note on the running attempt that the upstream accepted the password."""
+    timing = _ATTEMPT.get()
+    if timing is not None and timing.password_ok_at is None:
+        timing.password_ok_at = at
 
 
 async def _close_session(session: UpstreamSession | None) -> None:

@@ -48,6 +48,7 @@ from imapguard.auth.oauth import TokenVerifier
 from imapguard.config import (
     Config,
     ListenConfig,
+    account_names,
     defense_settings,
     load_config,
     notify_settings,
@@ -162,6 +163,8 @@ def build_runtime(
         totp_lockout=a.totp_lockout,
         new_device_approval=a.new_device_approval,
         verified_cache_seconds=a.verified_cache_seconds,
+        approved_device_trust=a.approved_device_days * 86400.0,
+        names=account_names(config),
     )
     authenticator = Authenticator(
         methods=tuple(config.auth.methods),

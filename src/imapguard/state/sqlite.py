@@ -141,6 +141,15 @@ MIGRATIONS: tuple[str, ...] = (
     ) WITHOUT ROWID;
     CREATE INDEX defense_values_expires ON defense_values(expires);
     """,
+    # 4: a trusted device is bound to what only it has: the keyed digest of the code
+    # it proved (sent again with its password), or, approved by its owner without a
+    # code, its exact address. Devices trusted before this version had neither and
+    # prove a code once more. Notices get an index for their purge.
+    """
+    ALTER TABLE devices ADD COLUMN secret BLOB;
+    ALTER TABLE devices ADD COLUMN bound_address TEXT;
+    CREATE INDEX notices_sent_at ON notices(sent_at);
+    """,
 )
 
 
@@ -188,12 +197,19 @@ class DeviceRecord:
     trusted_until: float | None
     last_seen_at: float | None
     last_address: str | None
-    # The client typed password+code last time: try that split first.
+    # The client typed password+code last time.
     split_code: bool
+    # What the trust is bound to (imapguard.auth.chokepoint): the keyed digest of
+    # the code the device proved, or the exact address an owner approved.
+    secret: bytes | None = None
+    bound_address: str | None = None
 
     def trusted_at(self, now: float) -> bool:
         return (
-            self.status == "trusted" and self.trusted_until is not None and self.trusted_until > now
+            self.status == "trusted"
+            and self.trusted_until is not None
+            and self.trusted_until > now
+            and (self.secret is not None or self.bound_address is not None)
         )
 
 
@@ -469,16 +485,31 @@ class SqliteStore:
 
     _DEV_COLUMNS = (
         "id, user, network, client_name, client_version, status, created_at, trusted_until,"
-        " last_seen_at, last_address, split_code"
+        " last_seen_at, last_address, split_code, secret, bound_address"
     )
 
     @staticmethod
     def _device_row(row: tuple[Any, ...] | None) -> DeviceRecord | None:
         if row is None:
             return None
-        (id_, user, network, name, version, status, created, until, seen, address, split) = row
+        (id_, user, network, name, version, status, created, until, seen, address, split) = row[
+            :11
+        ]
+        secret, bound = row[11:]
         return DeviceRecord(
-            id_, user, network, name, version, status, created, until, seen, address, bool(split)
+            id_,
+            user,
+            network,
+            name,
+            version,
+            status,
+            created,
+            until,
+            seen,
+            address,
+            bool(split),
+            None if secret is None else bytes(secret),
+            bound,
         )
 
     def find_device(self, key: DeviceKey) -> DeviceRecord | None:
@@ -514,21 +545,23 @@ class SqliteStore:
         return [d for d in map(self._device_row, rows) if d is not None]
 
     def trust_device(
-        self, key: DeviceKey, now: float, until: float, address: str, split_code: bool
+        self, key: DeviceKey, now: float, until: float, address: str, secret: bytes
     ) -> DeviceRecord:
-        """The device proved a factor: trusted until `until` (created if new)."""
+        """The device proved a code: trusted until `until` (created if new) for
+        its password followed by that code, whose keyed digest is `secret`."""
         with self._tx("trust device") as db:
             db.execute(
                 "INSERT OR IGNORE INTO users(name, created_at) VALUES (?, ?)", (key.user, now)
             )
             db.execute(
                 "INSERT INTO devices(id, user, network, client_name, client_version, status,"
-                " created_at, trusted_until, last_seen_at, last_address, split_code)"
-                " VALUES (?, ?, ?, ?, ?, 'trusted', ?, ?, ?, ?, ?)"
+                " created_at, trusted_until, last_seen_at, last_address, split_code, secret,"
+                " bound_address)"
+                " VALUES (?, ?, ?, ?, ?, 'trusted', ?, ?, ?, ?, 1, ?, NULL)"
                 " ON CONFLICT (user, network, client_name, client_version) DO UPDATE SET"
                 " status = 'trusted', trusted_until = excluded.trusted_until,"
                 " last_seen_at = excluded.last_seen_at, last_address = excluded.last_address,"
-                " split_code = excluded.split_code",
+                " split_code = 1, secret = excluded.secret, bound_address = NULL",
                 (
                     secrets.token_hex(4),
                     key.user,
@@ -539,7 +572,7 @@ class SqliteStore:
                     until,
                     now,
                     address,
-                    int(split_code),
+                    secret,
                 ),
             )
         device = self.find_device(key)
@@ -583,10 +616,13 @@ class SqliteStore:
         return device
 
     def approve_device(self, user: str, device_id: str, until: float) -> bool:
+        """The owner says "this was me": the device is trusted until `until`, for the
+        exact address its login came from (it proved no code)."""
         with self._tx("approve device") as db:
             cursor = db.execute(
-                "UPDATE devices SET status = 'trusted', trusted_until = ?"
-                " WHERE user = ? AND id = ?",
+                "UPDATE devices SET status = 'trusted', trusted_until = ?,"
+                " bound_address = last_address, secret = NULL"
+                " WHERE user = ? AND id = ? AND last_address IS NOT NULL",
                 (until, user, device_id),
             )
             return cursor.rowcount > 0
@@ -613,6 +649,8 @@ class SqliteStore:
         the last `interval` seconds: at most one per account and kind per interval,
         on every gateway node sharing the store."""
         with self._tx("claim notice") as db:
+            # Rows older than the interval limit nothing any more (bounded table).
+            db.execute("DELETE FROM notices WHERE sent_at <= ?", (now - interval,))
             cursor = db.execute(
                 "INSERT INTO notices(user, kind, sent_at) VALUES (?, ?, ?)"
                 " ON CONFLICT (user, kind) DO UPDATE SET sent_at = excluded.sent_at"

@@ -1,0 +1,72 @@
+"""The account-name rule (imapguard.auth.names): one account per upstream account,
+and nothing the upstream reads specially."""
+
+from __future__ import annotations
+
+import pytest
+
+from imapguard.auth.names import AccountNames, printable
+
+LOCAL = AccountNames(username_format="local")
+LOCAL_ORG = AccountNames(username_format="local", realms=("example.org",))
+ANY = AccountNames(username_chars="")
+
+
+@pytest.mark.parametrize(
+    ("rule", "raw", "expected"),
+    [
+        (AccountNames(), "Alice", "alice"),
+        (AccountNames(), "alice@Example.ORG", "alice@example.org"),
+        # The master-user separator never reaches the upstream (A4).
+        (AccountNames(), "alice*imapguard", None),
+        (ANY, "alice*imapguard", None),
+        (AccountNames(master_separator="%"), "alice%master", None),
+        # Dovecot's %n: every domain is the same account upstream, so here too (A6).
+        (LOCAL, "alice@h0.example", "alice"),
+        (LOCAL, "ALICE@h11.example", "alice"),
+        (LOCAL, "alice", "alice"),
+        (LOCAL_ORG, "alice@evil.test", None),
+        (LOCAL_ORG, "alice@example.org", "alice"),
+        # Dovecot's auth_default_realm: a bare name is the realm's.
+        (AccountNames(default_realm="example.org"), "alice", "alice@example.org"),
+        (AccountNames(default_realm="example.org"), "alice@example.org", "alice@example.org"),
+        (AccountNames(realms=("example.org",)), "alice@other.test", None),
+        # One @ at most, none dangling.
+        (AccountNames(), "a@b@c", None),
+        (AccountNames(), "@example.org", None),
+        (AccountNames(), "alice@", None),
+        # Characters: Dovecot's default set, or any printable one.
+        (AccountNames(), "jörg", None),
+        (ANY, "jörg", "jörg"),
+        (AccountNames(), "x[/x]", None),
+        (ANY, "x[/x]", "x[/x]"),
+        # Never, whatever username_chars says (A8): C1 controls, bidi overrides,
+        # other format characters, whitespace, quotes.
+        (ANY, "alice\u0085", None),
+        (ANY, "alice\u009b31m", None),
+        (ANY, "ecila\u202e", None),
+        (ANY, "al\u2066ice", None),
+        (ANY, "al\u200bice", None),
+        (ANY, "al ice", None),
+        (ANY, "al\u00a0ice", None),
+        (ANY, 'al"ice', None),
+        (ANY, "al\\ice", None),
+        (ANY, "al\x00ice", None),
+        (ANY, "a" * 256, None),
+    ],
+)
+def test_canonical(rule: AccountNames, raw: str, expected: str | None) -> None:
+    assert rule.canonical(raw.encode()) == expected
+    assert rule.canonical_text(raw) == expected
+
+
+def test_invalid_utf8_and_empty_name_no_account() -> None:
+    assert ANY.canonical(b"\xff") is None
+    assert ANY.canonical(b"") is None
+    assert ANY.canonical_text("\ud800") is None  # a lone surrogate from JSON
+
+
+def test_printable() -> None:
+    assert printable("alice@example.org")
+    assert not printable("a\u202eb")
+    assert not printable("a\u0090b")
