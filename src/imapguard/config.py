@@ -217,8 +217,17 @@ class LimitsConfig(_Section):
     handshake_timeout: Seconds = 10.0
     max_preauth_per_source: Annotated[int, Field(ge=1)] = 20
     max_preauth_total: Annotated[int, Field(ge=1)] = 2000
+    # Concurrent TLS handshakes of unfamiliar sources at most (HAProxy's
+    # maxsslconn); under load the limit follows the event loop's lag below it.
+    # Default: max_preauth_total.
+    max_handshakes: Annotated[int, Field(ge=1)] | None = None
     # SIGTERM: how long established sessions may go on before they are closed.
     drain_timeout: Annotated[float, Field(ge=0, le=3600)] = 30.0
+
+    @property
+    def handshakes(self) -> int:
+        """max_handshakes with its default filled in."""
+        return self.max_preauth_total if self.max_handshakes is None else self.max_handshakes
 
 
 class AuditConfig(_Section):

@@ -72,6 +72,21 @@ def test_ceiling_below_floor_is_raised_to_floor() -> None:
     assert AimdLimit(2).value == MIN_LIMIT
 
 
+def test_max_handshakes_below_the_floor_is_a_hard_cap() -> None:
+    """limits.max_handshakes under MIN_LIMIT: lag cannot push the limit below it,
+    and nothing lifts it above it."""
+    adm = Admission(ceiling=2)
+    assert adm.limit.value == 2
+    adm.limit.sample(1.0, active=2, waiting=5)
+    assert adm.limit.value == 2
+    adm.limit.sample(0.0, active=0, waiting=0)
+    assert adm.limit.value == 2
+    adm.configure(20, lambda ip: False)
+    assert (adm.limit.floor, adm.limit.ceiling) == (MIN_LIMIT, 20)
+    adm.configure(3, lambda ip: False)
+    assert (adm.limit.floor, adm.limit.ceiling, adm.limit.value) == (3, 3, 3)
+
+
 def test_familiar_by_recent_success_expires() -> None:
     clock = Clock()
     adm = Admission(ceiling=100, clock=clock)

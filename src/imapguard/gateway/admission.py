@@ -16,10 +16,11 @@ STARTTLS), takes a *turn*:
   loop's lag, as TCP follows packet loss (AIMD): every `SAMPLE_INTERVAL` a sleeper
   measures how late it woke; lag above `TARGET_LAG` sets the limit to `DECREASE`
   times the turns in use; lag below it grows the limit by one while connections
-  wait, and doubles it when none does, between `MIN_LIMIT` and the pre-auth
-  connection cap. On an idle or merely busy gateway the limit sits at the cap and
-  nobody ever waits; only a saturated loop makes unfamiliar handshakes queue
-  (FIFO, up to the handshake timeout) behind familiar ones.
+  wait, and doubles it when none does, between `MIN_LIMIT` (the ceiling if that is
+  lower) and the ceiling `limits.max_handshakes` (HAProxy's `maxsslconn`). On an
+  idle or merely busy gateway the limit sits at the ceiling and nobody waits
+  unless the ceiling is reached; a saturated loop makes unfamiliar handshakes
+  queue (FIFO, up to the handshake timeout) behind familiar ones.
 
 This is a scheduling preference, not a security decision: nothing here refuses
 a login or reveals anything to a client. An attacker on a familiar address (a
@@ -101,7 +102,7 @@ class Admission:
         clock: Callable[[], float] = time.monotonic,
         on_change: Callable[[bool, int, int], None] | None = None,
     ) -> None:
-        self.limit = AimdLimit(ceiling)
+        self.limit = AimdLimit(ceiling, floor=min(MIN_LIMIT, ceiling))
         self._trusted = trusted
         self._clock = clock
         self._recent: OrderedDict[str, float] = OrderedDict()
@@ -113,8 +114,9 @@ class Admission:
 
     def configure(self, ceiling: int, trusted: Callable[[str], bool]) -> None:
         """A reload: new cap and trusted networks; turns held and waiting are kept."""
+        self.limit.floor = min(MIN_LIMIT, ceiling)
         self.limit.ceiling = max(ceiling, self.limit.floor)
-        self.limit.value = min(self.limit.value, self.limit.ceiling)
+        self.limit.value = max(self.limit.floor, min(self.limit.value, self.limit.ceiling))
         self._trusted = trusted
 
     # -- who is familiar ----------------------------------------------------------

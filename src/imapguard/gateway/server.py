@@ -272,7 +272,7 @@ class Gateway:
         self._stopping = asyncio.Event()
         self._all_closed = asyncio.Event()
         self.admission = Admission(
-            ceiling=runtime.config.limits.max_preauth_total,
+            ceiling=runtime.config.limits.handshakes,
             trusted=runtime.trusted,
             on_change=self._admission_changed,
         )
@@ -330,7 +330,7 @@ class Gateway:
 
     def reload(self, runtime: Runtime) -> None:
         self.runtime = runtime
-        self.admission.configure(runtime.config.limits.max_preauth_total, runtime.trusted)
+        self.admission.configure(runtime.config.limits.handshakes, runtime.trusted)
         self.audit.emit(AuditEvent("reload", None, {"result": "ok"}))
 
     async def _listen(self, listener: ListenConfig) -> None:
@@ -534,22 +534,57 @@ class Gateway:
         """A handshake turn (imapguard.gateway.admission); nothing to wait for without TLS."""
         return self.admission.turn(ip, timeout) if tls else contextlib.nullcontext()
 
-    async def _handshake(self, conn: _Conn, rt: Runtime) -> bool:
-        """STARTTLS: the server side of the handshake on the open connection."""
+    async def _starttls(self, conn: _Conn, machine: PreAuth, ok: bytes, rt: Runtime) -> bool:
+        """STARTTLS: wait for a handshake turn, then write the tagged OK and put
+        TLS on the transport with no await in between.
+
+        The client must wait for the OK before it sends its ClientHello, so every
+        byte that arrives before the OK was injected (CVE-2011-0411 class): the
+        link discards and counts it, whatever the wait, and one
+        `starttls_injection` event reports all of them (also those the framer
+        held after the STARTTLS line). `loop.start_tls` (asyncio and uvloop alike)
+        sets its TLS protocol on the transport before its first await, so no byte
+        read after the OK reaches the link in clear."""
         link = conn.link
-        loop = asyncio.get_running_loop()
-        assert link.transport is not None  # noqa: S101
+        plain = link.transport
+        assert plain is not None  # noqa: S101 - a STARTTLS listener's transport
+        timeout = rt.config.limits.handshake_timeout
+        link.discard_input()
+        reported = False
+
+        def report_discarded() -> None:
+            nonlocal reported
+            if reported:
+                return
+            reported = True
+            machine.discarded_after_starttls += link.keep_input()
+            if machine.discarded_after_starttls:
+                self.audit.emit(
+                    AuditEvent(
+                        "starttls_injection",
+                        conn.session,
+                        {"src": conn.src, "discarded_bytes": machine.discarded_after_starttls},
+                    )
+                )
+
         try:
-            async with self._turn(conn.src, True, rt.config.limits.handshake_timeout):
-                transport = await loop.start_tls(
-                    link.transport,
+            async with self._turn(conn.src, True, timeout):
+                if link.closed or plain.is_closing():
+                    report_discarded()
+                    return self._tls_up(conn, None, "starttls")
+                # No await from here until the TLS protocol is on the transport.
+                report_discarded()
+                link.write(ok)
+                transport = await asyncio.get_running_loop().start_tls(
+                    plain,
                     link,
                     rt.server_ssl,
                     server_side=True,
-                    ssl_handshake_timeout=rt.config.limits.handshake_timeout,
+                    ssl_handshake_timeout=timeout,
                     ssl_shutdown_timeout=_SSL_SHUTDOWN_TIMEOUT,
                 )
         except AdmissionShed:
+            report_discarded()
             self.audit.emit(
                 AuditEvent(
                     "tls_failed",
@@ -557,7 +592,8 @@ class Gateway:
                     {"src": conn.src, "tls_mode": "starttls", "reason": "not admitted"},
                 )
             )
-            link.abort()
+            link.write(_BYE_BUSY)
+            link.close()
             return False
         except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
             self.audit.emit(
@@ -569,6 +605,8 @@ class Gateway:
             )
             link.abort()
             return False
+        finally:
+            report_discarded()  # also when the pre-auth timeout ends the wait
         return self._tls_up(conn, transport, "starttls")
 
     def _tls_up(self, conn: _Conn, transport: asyncio.BaseTransport | None, mode: str) -> bool:
@@ -619,16 +657,7 @@ class Gateway:
             elif isinstance(action, Send):
                 link.write(action.data)
             elif isinstance(action, StartTlsNow):
-                machine.discarded_after_starttls += len(link.take_buffer())
-                if machine.discarded_after_starttls:
-                    self.audit.emit(
-                        AuditEvent(
-                            "starttls_injection",
-                            conn.session,
-                            {"src": conn.src, "discarded_bytes": machine.discarded_after_starttls},
-                        )
-                    )
-                if not await self._handshake(conn, rt):
+                if not await self._starttls(conn, machine, action.response, rt):
                     return "tls handshake failed"
                 machine.tls_established()
             elif isinstance(action, AuthRequest):
