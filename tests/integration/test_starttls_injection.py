@@ -117,11 +117,24 @@ def test_starttls_inside_tls_is_refused(gw: GatewayProcess) -> None:
         assert lines[-1].startswith(b"b BAD "), lines
 
 
-def _hold_turns(gw: GatewayProcess, src: str) -> list[socket.socket]:
+@pytest.fixture(scope="module")
+def gw_one_turn(
+    tmp_path_factory: pytest.TempPathFactory, dovecot: DovecotServer
+) -> Iterator[GatewayProcess]:
+    with running_gateway(
+        tmp_path_factory.mktemp("gw-one-turn"),
+        dovecot,
+        limits="max_handshakes = 1\nhandshake_timeout = 3.0\n",
+    ) as gw:
+        yield gw
+
+
+def _hold_turns(gw: GatewayProcess, src: str, count: int = TURNS) -> list[socket.socket]:
     """Idle TCP connections to the implicit-TLS listener: each holds a handshake
-    turn (taken at once after its `connect` event) until it closes or times out."""
+    turn (taken, or queued for, at once after its `connect` event) until it closes
+    or its handshake times out."""
     holders = []
-    for _ in range(TURNS):
+    for _ in range(count):
         sock = socket.create_connection(("127.0.0.1", gw.implicit_port), 5, source_address=(src, 0))
         holders.append(sock)
         session_of(gw, src, sock.getsockname()[1])
@@ -161,6 +174,12 @@ def test_starttls_injection_while_waiting_for_a_handshake_turn(
             victim.send(b"a STARTTLS\r\n")
             victim.send(injected)  # the attacker's bytes, after the victim's line
             legit = pool.submit(legitimate_client)
+            # Once the gateway has taken the later connection, it has read (and
+            # dropped) the injected bytes too: they were queued before it.
+            wait_for(
+                lambda: [e for e in gw.events("connect") if e["src"] == source_address(232)],
+                what="the legitimate client's connection",
+            )
             # While every turn is held the gateway says nothing: no OK yet, and
             # nothing for b or d.
             assert victim.quiet(0.5) == b""
@@ -188,3 +207,28 @@ def test_starttls_injection_while_waiting_for_a_handshake_turn(
     assert [e["tls_mode"] for e in gw.events("tls") if e.get("session") == session] == ["starttls"]
     legit_sessions = {e["session"] for e in gw.events("connect") if e["src"] == source_address(232)}
     assert not [e for e in gw.events("starttls_injection") if e["session"] in legit_sessions]
+
+
+def test_starttls_not_admitted_in_time_is_told_busy(gw_one_turn: GatewayProcess) -> None:
+    """A STARTTLS whose turn does not come within handshake_timeout gets a BYE
+    (never the OK), and what was injected meanwhile is still reported. The one
+    turn is held by an idle connection, and the next by a second one queued
+    ahead of the STARTTLS: it is granted only when the first times out, and holds
+    the turn longer than the STARTTLS may wait."""
+    gw, src = gw_one_turn, source_address(234)
+    holders = _hold_turns(gw, source_address(233), count=2)
+    try:
+        with RawClient(gw.starttls_port, src) as c:
+            assert c.line().startswith(b"* OK ")
+            c.send(b"a STARTTLS\r\nb NOOP\r\n")
+            c.send(b"c NOOP\r\n")
+            rest = c.rest_until_closed(timeout=10)
+            assert rest == b"* BYE [UNAVAILABLE] Server busy, try later.\r\n", rest
+            session = session_of(gw, src, c.local_port)
+    finally:
+        for sock in holders:
+            sock.close()
+    failed = [e for e in gw.events("tls_failed") if e.get("session") == session]
+    assert [e["reason"] for e in failed] == ["not admitted"]
+    injections = [e for e in gw.events("starttls_injection") if e.get("session") == session]
+    assert [e["discarded_bytes"] for e in injections] == [len(b"b NOOP\r\nc NOOP\r\n")]
