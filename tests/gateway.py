@@ -14,6 +14,9 @@ and 127.0.0.1), its own server key, state database and audit log under `base`,
 one implicit-TLS and one STARTTLS listener on free loopback ports, and an upstream
 pointing at the Dovecot fixture (STARTTLS by default, verified against Dovecot's CA).
 `extra_toml` is appended to the generated configuration for test-specific limits.
+With `netns` (tests.netns.NetNamespace) the gateway runs inside that network
+namespace, listening on `listen_host` there (e.g. "::1"); its upstream address must
+then be reachable from inside (a forwarder whose listener was created there).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import trustme
 
 from imapguard.audit import read_events
 from tests.dovecot import DovecotServer, free_port
+from tests.netns import NetNamespace
 
 __all__ = ["GatewayProcess", "source_address"]
 
@@ -58,6 +62,8 @@ class GatewayProcess:
     audit_path: Path
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path = field(init=False)
+    listen_host: str = "127.0.0.1"
+    netns: NetNamespace | None = None
 
     def __post_init__(self) -> None:
         self.log_path = self.base / "gateway.log"
@@ -73,6 +79,8 @@ class GatewayProcess:
         upstream_tls: str = "starttls",
         failure_delay: float = 0.05,
         extra_toml: str = "",
+        listen_host: str = "127.0.0.1",
+        netns: NetNamespace | None = None,
     ) -> GatewayProcess:
         base.mkdir(parents=True, exist_ok=True)
         ca = trustme.CA()
@@ -96,6 +104,7 @@ class GatewayProcess:
         audit = base / "audit.jsonl"
         method_list = ", ".join(f'"{m}"' for m in methods)
         config = base / "imapguard.toml"
+        host = f"[{listen_host}]" if ":" in listen_host else listen_host
         config.write_text(
             f"""
 [state]
@@ -103,11 +112,11 @@ url = "sqlite:///{base}/state.db"
 key_file = "{server_key}"
 
 [[listen]]
-address = "127.0.0.1:{implicit_port}"
+address = "{host}:{implicit_port}"
 tls = "implicit"
 
 [[listen]]
-address = "127.0.0.1:{starttls_port}"
+address = "{host}:{starttls_port}"
 tls = "starttls"
 
 [tls]
@@ -140,6 +149,8 @@ path = "{audit}"
             starttls_port=starttls_port,
             ca_cert=ca_cert,
             audit_path=audit,
+            listen_host=listen_host,
+            netns=netns,
         )
 
     # -- process --------------------------------------------------------------
@@ -153,8 +164,9 @@ path = "{audit}"
 
     def start(self, timeout: float = 15.0) -> None:
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child keeps it
+        prefix = self.netns.exec_prefix() if self.netns is not None else []
         self.proc = subprocess.Popen(
-            [*IMAPGUARD, "serve", "--config", str(self.config_path)],
+            [*prefix, *IMAPGUARD, "serve", "--config", str(self.config_path)],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=self._env(),
@@ -165,11 +177,25 @@ path = "{audit}"
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"imapguard serve exited: {self.log_text()}")
-            if all(_accepts(p) for p in (self.implicit_port, self.starttls_port)):
+            if all(self.accepts(p) for p in (self.implicit_port, self.starttls_port)):
                 return
             time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"imapguard serve did not start: {self.log_text()}")
+
+    def accepts(self, port: int) -> bool:
+        """A TCP connection to `port` of the gateway's host succeeds (in its namespace)."""
+        family = socket.AF_INET6 if ":" in self.listen_host else socket.AF_INET
+        sock = (
+            self.netns.tcp_socket(family)
+            if self.netns is not None
+            else socket.socket(family, socket.SOCK_STREAM)
+        )
+        with contextlib.suppress(OSError), sock:
+            sock.settimeout(0.2)
+            sock.connect((self.listen_host, port))
+            return True
+        return False
 
     def signal(self, signum: int) -> None:
         assert self.proc is not None
@@ -222,9 +248,3 @@ path = "{audit}"
 
     def client_ssl(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=str(self.ca_cert))
-
-
-def _accepts(port: int) -> bool:
-    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-        return True
-    return False

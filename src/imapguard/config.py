@@ -237,10 +237,31 @@ class LimitsConfig(_Section):
     max_auth_failures: Annotated[int, Field(ge=1, le=100)] = 3
     preauth_timeout: Seconds = 60.0
     handshake_timeout: Seconds = 10.0
+    # Connections not logged in yet, per source (an IPv4 address or an IPv6 /64)
+    # and in total; one over a limit is closed at accept, before TLS.
     max_preauth_per_source: Annotated[int, Field(ge=1)] = 20
     max_preauth_total: Annotated[int, Field(ge=1)] = 2000
+    # Of max_preauth_total, slots only familiar sources (defense.trusted_networks,
+    # a successful login in the last 24 h) may take. Default: a tenth of it.
+    familiar_reserve: Annotated[int, Field(ge=0)] | None = None
+    # Concurrent TLS handshakes of unfamiliar sources at most (HAProxy's
+    # maxsslconn); under load the limit follows the event loop's lag below it.
+    # Default: max_preauth_total.
+    max_handshakes: Annotated[int, Field(ge=1)] | None = None
     # SIGTERM: how long established sessions may go on before they are closed.
     drain_timeout: Annotated[float, Field(ge=0, le=3600)] = 30.0
+
+    @property
+    def reserve(self) -> int:
+        """familiar_reserve with its default filled in."""
+        if self.familiar_reserve is None:
+            return self.max_preauth_total // 10
+        return self.familiar_reserve
+
+    @property
+    def handshakes(self) -> int:
+        """max_handshakes with its default filled in."""
+        return self.max_preauth_total if self.max_handshakes is None else self.max_handshakes
 
 
 class AuditConfig(_Section):
@@ -452,6 +473,10 @@ def validate_config(config: Config, *, check_files: bool = True) -> list[tuple[s
         defense_settings(config.defense)
     except ConfigError as exc:
         problems.extend(exc.problems)
+
+    limits = config.limits
+    if limits.familiar_reserve is not None and limits.familiar_reserve >= limits.max_preauth_total:
+        add(("limits.familiar_reserve", "must be below limits.max_preauth_total"))
 
     if check_files:
         _check_file(problems, "tls.certificate", config.tls.certificate)

@@ -10,6 +10,8 @@ own n. Allocation, one block per file (keep it that way when adding tests):
     45-49 test_literal_bomb      50-54 test_login_before_tls  55-64 test_preauth_flood
     65-79 test_garbage           80-89 test_upstream_down  90-99 test_tls_policy
     100-109 test_upstream_mitm   110-119 test_slow_reader
+    230-234 test_starttls_injection  235-239 test_preauth_flood
+    (test_preauth_slot_exhaustion uses a network namespace of its own, tests/netns.py)
 """
 
 from __future__ import annotations
@@ -80,8 +82,8 @@ def running_gateway(
 
     `limits` is extra `[limits]` TOML lines; `edit` may rewrite the generated
     configuration text and `before_start` change files before the start. On the way
-    out the gateway must still be running (no crash) and its log must hold no
-    traceback."""
+    out the gateway must still be running (no crash) unless the test stopped it, and
+    its log must hold no traceback."""
     gw = GatewayProcess.create(
         base, dovecot, extra_toml="[limits]\n" + _QUICK_DRAIN + limits, **kwargs
     )
@@ -92,8 +94,8 @@ def running_gateway(
     gw.start()
     try:
         yield gw
-        assert gw.proc is not None
-        assert gw.proc.poll() is None, f"the gateway died:\n{gw.log_text()}"
+        # A test that stopped the gateway itself checks its exit status.
+        assert gw.proc is None or gw.proc.poll() is None, f"the gateway died:\n{gw.log_text()}"
     finally:
         gw.stop()
     assert "Traceback" not in gw.log_text(), gw.log_text()
@@ -161,9 +163,11 @@ class RawClient:
         *,
         tls: ssl.SSLContext | None = None,
         timeout: float = 10.0,
+        sock: socket.socket | None = None,
     ) -> None:
         self.src = src
-        self.sock: socket.socket = _connect(port, src, timeout)
+        # `sock`: already connected (e.g. from inside a network namespace, tests.netns).
+        self.sock: socket.socket = sock if sock is not None else _connect(port, src, timeout)
         self.local_port: int = self.sock.getsockname()[1]
         self.buf = b""
         if tls is not None:
@@ -303,11 +307,19 @@ class TcpForwarder:
     """Listens on 127.0.0.1:`port` and pipes every connection to `target`.
 
     `kill()` closes the listener and every piped connection: to the gateway that
-    looks like the mail server going away."""
+    looks like the mail server going away. `make_listener` creates the listening
+    socket (e.g. inside a network namespace, tests.netns); the connections to
+    `target` are made from this process's own namespace."""
 
-    def __init__(self, port: int, target: tuple[str, int]) -> None:
+    def __init__(
+        self,
+        port: int,
+        target: tuple[str, int],
+        make_listener: Callable[[], socket.socket] | None = None,
+    ) -> None:
         self.port = port
         self.target = target
+        self._make_listener = make_listener
         self._listener: socket.socket | None = None
         self._socks: list[socket.socket] = []
         self._lock = threading.Lock()
@@ -315,7 +327,10 @@ class TcpForwarder:
         self.accepted = 0
 
     def start(self) -> None:
-        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if self._make_listener is not None:
+            listener = self._make_listener()
+        else:
+            listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind(("127.0.0.1", self.port))
         listener.listen(64)

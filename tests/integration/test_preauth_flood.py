@@ -1,12 +1,16 @@
 """Pre-authentication floods: concurrent unauthenticated connections per source are
-capped (the one over the cap gets a BYE that says why), other sources are not
-affected, slots come back when connections close, and a connection that does not
-log in (or does not even finish its TLS handshake) in time is ended."""
+capped (the one over the cap is closed at accept, before TLS, with a BYE that says
+why on a STARTTLS listener), other sources are not affected, familiar sources keep
+a reserve of the total, slots come back when connections close, and a connection
+that does not log in (or does not even finish its TLS handshake) in time is ended.
+
+Source addresses: 55-64 and 235-239 (tests/integration/conftest.py)."""
 
 from __future__ import annotations
 
 import contextlib
 import socket
+import ssl
 import time
 from collections.abc import Iterator
 
@@ -14,7 +18,7 @@ import pytest
 
 from tests.dovecot import DovecotServer
 from tests.gateway import GatewayProcess, source_address
-from tests.integration.conftest import RawClient, running_gateway, session_of, wait_for
+from tests.integration.conftest import RawClient, running_gateway, wait_for
 
 pytestmark = pytest.mark.dovecot
 
@@ -30,6 +34,18 @@ def gw_capped(
         tmp_path_factory.mktemp("gw-capped"),
         dovecot,
         limits="max_preauth_per_source = 5\nmax_preauth_total = 8\n",
+    ) as gw:
+        yield gw
+
+
+@pytest.fixture(scope="module")
+def gw_reserved(
+    tmp_path_factory: pytest.TempPathFactory, dovecot: DovecotServer
+) -> Iterator[GatewayProcess]:
+    with running_gateway(
+        tmp_path_factory.mktemp("gw-reserved"),
+        dovecot,
+        limits="max_preauth_per_source = 3\nmax_preauth_total = 8\nfamiliar_reserve = 2\n",
     ) as gw:
         yield gw
 
@@ -57,19 +73,23 @@ def test_per_source_preauth_cap(gw_capped: GatewayProcess) -> None:
     gw, src, other = gw_capped, source_address(55), source_address(56)
     held = [_greeted(gw, src) for _ in range(5)]
     try:
-        # The 6th from the same source, on either listener: a clear BYE, then closed.
+        # The 6th from the same source is closed at accept: on the STARTTLS listener
+        # with a clear BYE, on the implicit one before any TLS (no handshake, no turn).
         with RawClient(gw.starttls_port, src) as sixth:
             assert sixth.line() == TOO_MANY
             assert sixth.rest_until_closed() == b""
-            session = session_of(gw, src, sixth.local_port)
-        with RawClient(gw.implicit_port, src, tls=gw.client_ssl()) as sixth:
-            assert sixth.line() == TOO_MANY
-            assert sixth.rest_until_closed() == b""
-        closes = wait_for(
-            lambda: [e for e in gw.events("close") if e.get("session") == session],
-            what="the close event",
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            RawClient(gw.implicit_port, src, tls=gw.client_ssl()).close()
+        refused = wait_for(
+            lambda: [e for e in gw.events("refused") if e.get("src") == src],
+            what="the refused event",
         )
-        assert closes[0]["reason"] == "per-source pre-auth limit"
+        # One event for the source and reason (the rest are counted, not listed).
+        assert len(refused) == 1, refused
+        assert refused[0]["reason"] == "per-source pre-auth limit"
+        assert refused[0]["count"] == 1
+        # They cost no session: only the five held connections were ever started.
+        assert len([e for e in gw.events("connect") if e.get("src") == src]) == 5
 
         # Another source is not affected, and its login goes through.
         password = gw.create_app_password("alice", "flood")
@@ -145,6 +165,44 @@ def test_total_preauth_cap(gw_capped: GatewayProcess) -> None:
 
     again: RawClient = wait_for(fresh, what="a free pre-auth slot")
     again.close()
+
+
+def test_unfamiliar_flood_cannot_take_the_familiar_reserve(gw_reserved: GatewayProcess) -> None:
+    """Unfamiliar sources fill every slot but the reserve (familiar_reserve = 2 of
+    8): the next unfamiliar one is turned away, an address that logged in before
+    still gets in and logs in."""
+    gw, familiar = gw_reserved, source_address(235)
+    password = gw.create_app_password("alice", "reserve")
+    with RawClient(gw.implicit_port, familiar, tls=gw.client_ssl()) as c:
+        c.line()
+        assert c.command(b"l", f'LOGIN alice "{password}"'.encode())[-1].startswith(b"l OK")
+    held = [_greeted(gw, source_address(236 + i // 3)) for i in range(6)]
+    try:
+        with RawClient(gw.starttls_port, source_address(238)) as c:
+            assert c.line() == BUSY
+            assert c.rest_until_closed() == b""
+        # The reserve is the familiar source's: two connections at once, both log in.
+        first = RawClient(gw.implicit_port, familiar, tls=gw.client_ssl())
+        second = RawClient(gw.starttls_port, familiar)
+        with first, second:
+            assert first.line().startswith(b"* OK ")
+            assert second.line().startswith(b"* OK ")
+            # Now every slot is taken: a third connection, even familiar, is refused.
+            with RawClient(gw.starttls_port, familiar) as third:
+                assert third.line() == BUSY
+            login = first.command(b"l", f'LOGIN alice "{password}"'.encode())
+            assert login[-1].startswith(b"l OK"), login
+            assert second.command(b"s", b"STARTTLS")[-1].startswith(b"s OK")
+            second.starttls(gw.client_ssl())
+            login = second.command(b"l", f'LOGIN alice "{password}"'.encode())
+            assert login[-1].startswith(b"l OK"), login
+    finally:
+        for c in held:
+            c.close()
+    refused = [e for e in gw.events("refused") if e.get("src") == source_address(238)]
+    assert [e["reason"] for e in refused] == ["pre-auth limit for unfamiliar sources"]
+    refused = [e for e in gw.events("refused") if e.get("src") == familiar]
+    assert [e["reason"] for e in refused] == ["total pre-auth limit"]
 
 
 def test_idle_connection_is_logged_out(gw_impatient: GatewayProcess) -> None:

@@ -1,4 +1,6 @@
-"""Handshake admission: familiar sources first, unfamiliar ones share an adaptive limit."""
+"""Admission: pre-auth slots per source (IPv4 address, IPv6 /64) with a reserve for
+familiar sources; handshake turns, familiar sources first, unfamiliar ones share an
+adaptive limit."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ from collections.abc import Callable
 
 import pytest
 
+from imapguard.config import Config, validate_config
 from imapguard.defense.counters import MemoryCounterStore
 from imapguard.defense.engine import Defense
 from imapguard.defense.fingerprints import Fingerprinter
@@ -15,10 +18,17 @@ from imapguard.gateway.admission import (
     DECREASE,
     FAMILIAR_TTL,
     MIN_LIMIT,
+    OTHER_SOURCES,
+    PER_SOURCE,
     TARGET_LAG,
+    TOTAL,
+    UNFAMILIAR,
     Admission,
     AdmissionShed,
     AimdLimit,
+    PreauthSlots,
+    Refusals,
+    source_key,
 )
 from imapguard.secret import Secret
 
@@ -70,6 +80,150 @@ def test_one_late_wakeup_on_an_idle_gateway_changes_little() -> None:
 
 def test_ceiling_below_floor_is_raised_to_floor() -> None:
     assert AimdLimit(2).value == MIN_LIMIT
+
+
+def test_max_handshakes_below_the_floor_is_a_hard_cap() -> None:
+    """limits.max_handshakes under MIN_LIMIT: lag cannot push the limit below it,
+    and nothing lifts it above it."""
+    adm = Admission(ceiling=2)
+    assert adm.limit.value == 2
+    adm.limit.sample(1.0, active=2, waiting=5)
+    assert adm.limit.value == 2
+    adm.limit.sample(0.0, active=0, waiting=0)
+    assert adm.limit.value == 2
+    adm.configure(20, lambda ip: False)
+    assert (adm.limit.floor, adm.limit.ceiling) == (MIN_LIMIT, 20)
+    adm.configure(3, lambda ip: False)
+    assert (adm.limit.floor, adm.limit.ceiling, adm.limit.value) == (3, 3, 3)
+
+
+# -- pre-auth slots ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("ip", "key"),
+    [
+        ("198.51.100.7", "198.51.100.7"),
+        ("2001:db8:1:2:aaaa:bbbb:cccc:dddd", "2001:db8:1:2::/64"),
+        ("2001:db8:1:2::1", "2001:db8:1:2::/64"),
+        ("2001:db8:1:3::1", "2001:db8:1:3::/64"),
+        ("::ffff:198.51.100.7", "198.51.100.7"),
+        ("fe80::1%eth0", "fe80::/64"),
+        ("not an address", "not an address"),
+    ],
+)
+def test_source_key_is_the_ipv4_address_or_the_ipv6_64(ip: str, key: str) -> None:
+    assert source_key(ip) == key
+
+
+def _slots(familiar: set[str] | None = None, **limits: int) -> PreauthSlots:
+    known = familiar or set()
+    settings = {"per_source": 3, "total": 10, "reserve": 2} | limits
+    return PreauthSlots(**settings, familiar=known.__contains__)
+
+
+def test_one_source_gets_per_source_slots_and_no_more() -> None:
+    slots = _slots()
+    assert [slots.take("2001:db8::1")[1] for _ in range(3)] == [None, None, None]
+    # Another address of the same /64 is the same source.
+    assert slots.take("2001:db8::ffff:1") == ("2001:db8::/64", PER_SOURCE)
+    assert slots.take("2001:db8:0:1::1") == ("2001:db8:0:1::/64", None)
+    assert slots.in_use == 4
+    # A refused connection took nothing; a closed one gives its slot back.
+    slots.give_back("2001:db8::/64")
+    assert slots.held("2001:db8::/64") == 2
+    assert slots.take("2001:db8::2") == ("2001:db8::/64", None)
+
+
+def test_unfamiliar_sources_cannot_take_the_familiar_reserve() -> None:
+    slots = _slots({"192.0.2.1"}, per_source=3, total=10, reserve=2)
+    taken = [slots.take(f"203.0.113.{i // 3}") for i in range(8)]
+    assert all(reason is None for _, reason in taken)
+    assert slots.take("203.0.113.9") == ("203.0.113.9", UNFAMILIAR)
+    # The familiar source gets the reserve, then nobody gets anything.
+    assert slots.take("192.0.2.1") == ("192.0.2.1", None)
+    assert slots.take("192.0.2.1") == ("192.0.2.1", None)
+    assert slots.take("192.0.2.1") == ("192.0.2.1", TOTAL)
+    assert slots.in_use == 10
+    slots.give_back("203.0.113.0")
+    assert slots.take("203.0.113.9") == ("203.0.113.9", UNFAMILIAR)
+    slots.give_back("203.0.113.1")
+    slots.give_back("203.0.113.1")
+    assert slots.take("203.0.113.9") == ("203.0.113.9", None)
+
+
+def test_familiar_is_asked_only_near_the_limit() -> None:
+    asked: list[str] = []
+
+    def familiar(ip: str) -> bool:
+        asked.append(ip)
+        return False
+
+    slots = PreauthSlots(per_source=5, total=4, reserve=1, familiar=familiar)
+    for i in range(3):
+        assert slots.take(f"192.0.2.{i}")[1] is None
+    assert asked == []
+    assert slots.take("192.0.2.9")[1] == UNFAMILIAR
+    assert asked == ["192.0.2.9"]
+
+
+def test_reloaded_limits_apply_to_new_connections_only() -> None:
+    slots = _slots(per_source=3)
+    for _ in range(3):
+        slots.take("192.0.2.1")
+    slots.configure(per_source=1, total=10, reserve=0)
+    assert slots.take("192.0.2.1")[1] == PER_SOURCE
+    for _ in range(3):
+        slots.give_back("192.0.2.1")
+    assert slots.in_use == 0
+    assert slots.take("192.0.2.1")[1] is None
+
+
+def _limits(**limits: int) -> Config:
+    return Config.model_validate(
+        {
+            "listen": [{"address": "127.0.0.1:993", "tls": "implicit"}],
+            "tls": {"certificate": "c", "private_key": "k"},
+            "upstream": {"address": "127.0.0.1:143", "master_user": "m"},
+            "limits": limits,
+        }
+    )
+
+
+def test_limit_defaults_and_the_reserve_below_the_total() -> None:
+    config = _limits()
+    assert (config.limits.reserve, config.limits.handshakes) == (200, 2000)
+    config = _limits(max_preauth_total=50, familiar_reserve=5, max_handshakes=4)
+    assert (config.limits.reserve, config.limits.handshakes) == (5, 4)
+    assert not [p for p in validate_config(config, check_files=False) if "limits" in p[0]]
+    config = _limits(max_preauth_total=50, familiar_reserve=50)
+    assert ("limits.familiar_reserve", "must be below limits.max_preauth_total") in (
+        validate_config(config, check_files=False)
+    )
+
+
+def test_refusals_first_at_once_then_one_count_per_interval() -> None:
+    refusals = Refusals()
+    assert refusals.note("192.0.2.1", PER_SOURCE)
+    assert not refusals.note("192.0.2.1", PER_SOURCE)
+    assert not refusals.note("192.0.2.1", PER_SOURCE)
+    assert refusals.note("192.0.2.1", TOTAL)
+    assert refusals.note("2001:db8::/64", PER_SOURCE)
+    assert refusals.drain() == [("192.0.2.1", PER_SOURCE, 2)]
+    assert refusals.drain() == []
+    assert refusals.note("192.0.2.1", PER_SOURCE)  # a new interval
+
+
+def test_refusals_of_too_many_sources_are_summed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("imapguard.gateway.admission.REFUSALS_MAX", 2)
+    refusals = Refusals()
+    assert refusals.note("192.0.2.1", TOTAL)
+    assert refusals.note("192.0.2.2", TOTAL)
+    assert refusals.note("192.0.2.3", TOTAL)  # the first of the "other sources"
+    for i in range(4, 10):
+        assert not refusals.note(f"192.0.2.{i}", TOTAL)
+    assert not refusals.note("192.0.2.1", TOTAL)
+    assert sorted(refusals.drain()) == [(OTHER_SOURCES, TOTAL, 6), ("192.0.2.1", TOTAL, 1)]
 
 
 def test_familiar_by_recent_success_expires() -> None:

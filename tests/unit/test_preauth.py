@@ -96,8 +96,7 @@ def test_greeting_on_implicit_listener() -> None:
 def test_capability_after_starttls_has_auth_and_no_starttls() -> None:
     machine = starttls_listener()
     assert feed(machine, b"a STARTTLS\r\n") == [
-        Send(b"a OK Begin TLS negotiation now.\r\n"),
-        StartTlsNow(),
+        StartTlsNow(b"a OK Begin TLS negotiation now.\r\n"),
     ]
     machine.tls_established()
     assert feed(machine, b"b CAPABILITY\r\n") == [
@@ -218,8 +217,7 @@ def test_starttls_injection_is_never_answered() -> None:
     # CVE-2011-0411: the commands pipelined after STARTTLS in clear.
     machine = starttls_listener()
     assert feed(machine, b"a STARTTLS\r\nb CAPABILITY\r\n") == [
-        Send(b"a OK Begin TLS negotiation now.\r\n"),
-        StartTlsNow(),
+        StartTlsNow(b"a OK Begin TLS negotiation now.\r\n"),
     ]
     assert machine.discarded_after_starttls == len(b"b CAPABILITY\r\n")
     machine.tls_established()
@@ -230,7 +228,9 @@ def test_starttls_injection_is_never_answered() -> None:
 def test_starttls_injection_of_a_half_line() -> None:
     # A fragment in clear must not become the start of the first command in TLS.
     machine = starttls_listener()
-    assert feed(machine, b"a STARTTLS\r\nb LOG")[-1] == StartTlsNow()
+    assert feed(machine, b"a STARTTLS\r\nb LOG") == [
+        StartTlsNow(b"a OK Begin TLS negotiation now.\r\n")
+    ]
     machine.tls_established()
     assert feed(machine, b"c NOOP\r\n") == [Send(b"c OK NOOP completed.\r\n")]
 
@@ -246,6 +246,20 @@ def test_data_during_starttls_phase_is_discarded() -> None:
         Send(b"* CAPABILITY " + TLS_CAPS + b"\r\n"),
         Send(b"c OK Capability completed.\r\n"),
     ]
+
+
+def test_starttls_ok_is_written_by_the_shell_at_the_switch() -> None:
+    """The OK is not a Send of its own: responses queued before STARTTLS go out
+    first, and the OK only with StartTlsNow, when the shell puts TLS on the
+    transport (it may first wait for a handshake turn; a client must wait for
+    the OK, so whatever arrives before it was injected)."""
+    machine = starttls_listener()
+    actions = feed(machine, b"a NOOP\r\nb STARTTLS\r\nc NOOP\r\n")
+    assert actions == [
+        Send(b"a OK NOOP completed.\r\n"),
+        StartTlsNow(b"b OK Begin TLS negotiation now.\r\n"),
+    ]
+    assert machine.discarded_after_starttls == len(b"c NOOP\r\n")
 
 
 def test_starttls_inside_tls_is_bad() -> None:

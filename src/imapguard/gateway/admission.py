@@ -1,5 +1,20 @@
-"""Admission under saturation: familiar sources first.
+"""Admission: pre-auth slots per source at accept, then handshake turns under
+saturation, familiar sources first.
 
+**Slots** (`PreauthSlots`). Every connection that has not logged in yet holds a
+slot of its source and one of the total, taken at accept, before any TLS work,
+turn or task: a connection over a limit is closed at once and costs nothing
+else. A source is an IPv4 address (a NAT shares one, hence
+`limits.max_preauth_per_source` is 20, not 1) or an IPv6 /64, the smallest
+prefix a subscriber gets (RFC 6177): per address, one host with 2^64 of them
+would have no limit. IPv4-mapped IPv6 addresses count as their IPv4 address.
+Of `limits.max_preauth_total`, `limits.familiar_reserve` slots are taken only
+by familiar sources (below), so that a flood from many unfamiliar addresses
+cannot keep the real users out. Refusals are reported in the audit log per
+source and reason, the first at once and then one count per interval
+(`Refusals`): a flood of a million connections is a few lines, not a million.
+
+**Turns.**
 A flood of connections from unfamiliar addresses (a distributed brute force, a
 spray) is refused by the defense before any credential check, but every one of
 those connections still costs the event loop a TLS handshake, a command parse, a
@@ -16,12 +31,13 @@ STARTTLS), takes a *turn*:
   loop's lag, as TCP follows packet loss (AIMD): every `SAMPLE_INTERVAL` a sleeper
   measures how late it woke; lag above `TARGET_LAG` sets the limit to `DECREASE`
   times the turns in use; lag below it grows the limit by one while connections
-  wait, and doubles it when none does, between `MIN_LIMIT` and the pre-auth
-  connection cap. On an idle or merely busy gateway the limit sits at the cap and
-  nobody ever waits; only a saturated loop makes unfamiliar handshakes queue
-  (FIFO, up to the handshake timeout) behind familiar ones.
+  wait, and doubles it when none does, between `MIN_LIMIT` (the ceiling if that is
+  lower) and the ceiling `limits.max_handshakes` (HAProxy's `maxsslconn`). On an
+  idle or merely busy gateway the limit sits at the ceiling and nobody waits
+  unless the ceiling is reached; a saturated loop makes unfamiliar handshakes
+  queue (FIFO, up to the handshake timeout) behind familiar ones.
 
-This is a scheduling preference, not a security decision: nothing here refuses
+Turns are a scheduling preference, not a security decision: nothing here refuses
 a login or reveals anything to a client. An attacker on a familiar address (a
 NAT shared with real users) is merely not slowed by it; the defense still
 decides. The controller is pure (`AimdLimit`); `Admission` is its asyncio shell.
@@ -31,6 +47,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable
@@ -39,11 +56,16 @@ __all__ = [
     "DECREASE",
     "FAMILIAR_TTL",
     "MIN_LIMIT",
+    "OTHER_SOURCES",
+    "REFUSALS_MAX",
     "SAMPLE_INTERVAL",
     "TARGET_LAG",
     "Admission",
     "AdmissionShed",
     "AimdLimit",
+    "PreauthSlots",
+    "Refusals",
+    "source_key",
 ]
 
 # A login is a handful of loop turns (handshake flights, greeting, LOGIN, the
@@ -60,6 +82,95 @@ MIN_LIMIT = 8
 FAMILIAR_TTL = 24 * 3600.0
 # Bounded memory: about 100 bytes an entry.
 FAMILIAR_MAX = 100_000
+# Sources with refusals reported apart per interval; the rest are summed under
+# OTHER_SOURCES (a distributed flood: the count matters, not a million lines).
+REFUSALS_MAX = 10_000
+OTHER_SOURCES = "(other sources)"
+
+PER_SOURCE = "per-source pre-auth limit"
+TOTAL = "total pre-auth limit"
+UNFAMILIAR = "pre-auth limit for unfamiliar sources"
+
+
+def source_key(ip: str) -> str:
+    """What a per-source limit counts: the IPv4 address, or the IPv6 /64."""
+    if ":" not in ip:
+        return ip
+    try:
+        address = ipaddress.IPv6Address(ip)
+    except ValueError:
+        return ip  # not an address (a test's label): its own source
+    if address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return f"{ipaddress.IPv6Address(int(address) >> 64 << 64)}/64"
+
+
+class PreauthSlots:
+    """Pre-auth connections per source and in total (see the module docstring)."""
+
+    def __init__(
+        self, *, per_source: int, total: int, reserve: int, familiar: Callable[[str], bool]
+    ) -> None:
+        self.per_source = per_source
+        self.total = total
+        self.reserve = reserve
+        self._familiar = familiar
+        self._by_source: dict[str, int] = {}
+        self.in_use = 0
+
+    def configure(self, *, per_source: int, total: int, reserve: int) -> None:
+        """A reload: new limits for new connections; slots held are kept."""
+        self.per_source, self.total, self.reserve = per_source, total, reserve
+
+    def take(self, ip: str) -> tuple[str, str | None]:
+        """(source key, None) with a slot taken, or (source key, why refused)."""
+        key = source_key(ip)
+        held = self._by_source.get(key, 0)
+        if held >= self.per_source:
+            return key, PER_SOURCE
+        if self.in_use >= self.total - self.reserve:
+            # Only now ask who it is: a dict lookup, and the trusted networks.
+            if self.in_use >= self.total:
+                return key, TOTAL
+            if not self._familiar(ip):
+                return key, UNFAMILIAR
+        self._by_source[key] = held + 1
+        self.in_use += 1
+        return key, None
+
+    def give_back(self, key: str) -> None:
+        held = self._by_source[key] - 1
+        if held:
+            self._by_source[key] = held
+        else:
+            del self._by_source[key]
+        self.in_use -= 1
+
+    def held(self, key: str) -> int:
+        return self._by_source.get(key, 0)
+
+
+class Refusals:
+    """Refused connections per (source, reason) for the audit log: the first of a
+    source and reason in an interval is reported at once, the rest as one count
+    when the interval ends (`drain`)."""
+
+    def __init__(self) -> None:
+        self._pending: dict[tuple[str, str], int] = {}
+
+    def note(self, key: str, reason: str) -> bool:
+        """Count one refusal; True if it is the first of (key, reason): report it now."""
+        if (key, reason) not in self._pending and len(self._pending) >= REFUSALS_MAX:
+            key = OTHER_SOURCES
+        count = self._pending.get((key, reason))
+        self._pending[(key, reason)] = 0 if count is None else count + 1
+        return count is None
+
+    def drain(self) -> list[tuple[str, str, int]]:
+        """(source, reason, count) of the refusals not reported yet; a new interval."""
+        pending = [(key, reason, n) for (key, reason), n in self._pending.items() if n]
+        self._pending.clear()
+        return pending
 
 
 class AdmissionShed(Exception):
@@ -101,7 +212,7 @@ class Admission:
         clock: Callable[[], float] = time.monotonic,
         on_change: Callable[[bool, int, int], None] | None = None,
     ) -> None:
-        self.limit = AimdLimit(ceiling)
+        self.limit = AimdLimit(ceiling, floor=min(MIN_LIMIT, ceiling))
         self._trusted = trusted
         self._clock = clock
         self._recent: OrderedDict[str, float] = OrderedDict()
@@ -113,8 +224,9 @@ class Admission:
 
     def configure(self, ceiling: int, trusted: Callable[[str], bool]) -> None:
         """A reload: new cap and trusted networks; turns held and waiting are kept."""
+        self.limit.floor = min(MIN_LIMIT, ceiling)
         self.limit.ceiling = max(ceiling, self.limit.floor)
-        self.limit.value = min(self.limit.value, self.limit.ceiling)
+        self.limit.value = max(self.limit.floor, min(self.limit.value, self.limit.ceiling))
         self._trusted = trusted
 
     # -- who is familiar ----------------------------------------------------------

@@ -7,6 +7,10 @@ is being checked costs no memory. Once both sides are authenticated the links
 are joined (`join`): from then on bytes go straight from one transport to the
 other, opaque, with flow control: when one side's write buffer passes the
 high-water mark, reading from the other side pauses until it drains.
+
+Between a STARTTLS command and the switch to TLS the link *discards* what it
+receives (`discard_input` ... `keep_input`), counting the bytes instead of
+buffering them: nothing sent in clear may be read as if it came inside TLS.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ class Link(asyncio.Protocol):
         self.bytes_out = 0
         self.error: BaseException | None = None
         self._buf = bytearray()
+        self._discarding = False
+        self.discarded = 0
         self._eof = False
         self._waiter: asyncio.Future[None] | None = None
         self._closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -50,6 +56,9 @@ class Link(asyncio.Protocol):
         peer = self._peer
         if peer is not None:
             self._relay(peer, data)
+            return
+        if self._discarding:
+            self.discarded += len(data)
             return
         self._buf += data
         if len(self._buf) > self.max_buffer and self.transport is not None:
@@ -121,6 +130,18 @@ class Link(asyncio.Protocol):
             self._reading_paused = False
             self.transport.resume_reading()
         return data
+
+    def discard_input(self) -> None:
+        """Drop what is buffered and every byte received from now on, counting
+        them in `discarded`, until `keep_input()`."""
+        self.discarded += len(self.take_buffer())
+        self._discarding = True
+
+    def keep_input(self) -> int:
+        """Buffer received bytes again; how many were discarded since `discard_input`."""
+        self._discarding = False
+        count, self.discarded = self.discarded, 0
+        return count
 
     def close(self) -> None:
         if self.transport is not None:

@@ -2,14 +2,15 @@
 
 This is the only IMAP code that touches sockets. Per connection:
 
-    accept (count the pre-auth slot of its source) → [implicit TLS handshake]
-    → greeting → loop { PreAuth.next_action(): send / read / STARTTLS handshake /
-    authenticate through the chokepoint } → relay bytes both ways → close
+    accept (take a pre-auth slot of its source, or close at once) → [implicit TLS
+    handshake] → greeting → loop { PreAuth.next_action(): send / read / STARTTLS
+    handshake / authenticate through the chokepoint } → relay bytes both ways → close
 
 All protocol decisions are in `imapguard.imap.preauth` (sans-IO); all login
 decisions are in `imapguard.auth.chokepoint`. Listeners accept plain TCP and
 start TLS themselves, so that a source's pre-auth slots are counted before the
-handshake (a slow handshake holds a slot too) and the handshake has a timeout.
+handshake (a slow handshake holds a slot too; a connection over a limit is closed
+before it costs a handshake, a turn or a task) and the handshake has a timeout.
 
 Signals (installed by `run_gateway`): SIGHUP reloads the configuration and
 certificates for new connections without touching established ones; SIGTERM
@@ -29,7 +30,6 @@ import signal
 import socket
 import ssl
 import time
-from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -58,7 +58,13 @@ from imapguard.config import (
 from imapguard.defense.engine import Defense
 from imapguard.defense.fingerprints import Fingerprinter
 from imapguard.errors import ConfigError
-from imapguard.gateway.admission import Admission, AdmissionShed
+from imapguard.gateway.admission import (
+    PER_SOURCE,
+    Admission,
+    AdmissionShed,
+    PreauthSlots,
+    Refusals,
+)
 from imapguard.gateway.link import Link
 from imapguard.gateway.upstream import ClientAddress, UpstreamSettings
 from imapguard.imap.framing import NeedData
@@ -94,6 +100,8 @@ _BACKLOG = 4096
 _ACCEPT_BATCH = 256
 # How often expired defense counters are purged and the posture re-evaluated.
 _MAINTENANCE_INTERVAL = 60.0
+# Refused connections beyond a source's first are reported as one count this often.
+_REFUSALS_INTERVAL = 10.0
 
 _BYE_UPSTREAM_LOST = b"* BYE [UNAVAILABLE] Connection to the mail server lost.\r\n"
 _BYE_SHUTDOWN = b"* BYE [UNAVAILABLE] Gateway shutting down, reconnect shortly.\r\n"
@@ -269,16 +277,22 @@ class Gateway:
         self._accepting: list[asyncio.Task[None]] = []
         self.bound: list[tuple[ListenConfig, tuple[str, int]]] = []
         self._tg: asyncio.TaskGroup | None = None
-        self._preauth: Counter[str] = Counter()
-        self._preauth_total = 0
         self._conns: set[_Conn] = set()
         self._stopping = asyncio.Event()
         self._all_closed = asyncio.Event()
+        limits = runtime.config.limits
         self.admission = Admission(
-            ceiling=runtime.config.limits.max_preauth_total,
+            ceiling=limits.handshakes,
             trusted=runtime.trusted,
             on_change=self._admission_changed,
         )
+        self.slots = PreauthSlots(
+            per_source=limits.max_preauth_per_source,
+            total=limits.max_preauth_total,
+            reserve=limits.reserve,
+            familiar=self.admission.familiar,
+        )
+        self._refusals = Refusals()
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -288,6 +302,7 @@ class Gateway:
             self._tg = tg
             maintenance = tg.create_task(self._maintain())
             admission = tg.create_task(self.admission.monitor())
+            refusals = tg.create_task(self._report_refusals())
             try:
                 for listener in self.runtime.config.listen:
                     await self._listen(listener)
@@ -297,11 +312,13 @@ class Gateway:
             finally:
                 maintenance.cancel()
                 admission.cancel()
+                refusals.cancel()
                 for task in self._accepting:
                     task.cancel()
                 for sock in self.listeners:
                     sock.close()
                 await self._drain()
+                self._emit_refusals()
             self._tg = None
 
     def stop(self) -> None:
@@ -316,6 +333,16 @@ class Gateway:
                 await self.runtime.authenticator.maintain()
             except Exception:  # a failed round must not end the next ones
                 log.exception("defense maintenance failed")
+
+    async def _report_refusals(self) -> None:
+        while True:
+            await asyncio.sleep(_REFUSALS_INTERVAL)
+            self._emit_refusals()
+
+    def _emit_refusals(self) -> None:
+        for src, reason, count in self._refusals.drain():
+            fields = {"src": src, "reason": reason, "count": count}
+            self.audit.emit(AuditEvent("refused", None, fields))
 
     def _admission_changed(self, saturated: bool, waited: int, shed: int) -> None:
         self.audit.emit(
@@ -333,7 +360,13 @@ class Gateway:
 
     def reload(self, runtime: Runtime) -> None:
         self.runtime = runtime
-        self.admission.configure(runtime.config.limits.max_preauth_total, runtime.trusted)
+        limits = runtime.config.limits
+        self.admission.configure(limits.handshakes, runtime.trusted)
+        self.slots.configure(
+            per_source=limits.max_preauth_per_source,
+            total=limits.max_preauth_total,
+            reserve=limits.reserve,
+        )
         self.audit.emit(AuditEvent("reload", None, {"result": "ok"}))
 
     async def _listen(self, listener: ListenConfig) -> None:
@@ -356,20 +389,20 @@ class Gateway:
         loop = asyncio.get_running_loop()
         while True:
             try:
-                client, _ = await loop.sock_accept(sock)
-                self.spawn(self.handle(client, listener))
+                client, peer = await loop.sock_accept(sock)
+                self._accepted(client, peer, listener)
                 # Drain the kernel's queue while we are here: on a saturated loop one
                 # accept per wake-up lets the queue overflow, and a real user's SYN is
                 # then dropped and retried only after 1 s, 3 s, 7 s.
                 for _ in range(_ACCEPT_BATCH):
                     try:
-                        client, _ = sock.accept()
+                        client, peer = sock.accept()
                     except BlockingIOError:
                         break
                     except ConnectionAbortedError:
                         continue  # the client gave up while queued
                     client.setblocking(False)
-                    self.spawn(self.handle(client, listener))
+                    self._accepted(client, peer, listener)
             except OSError as exc:
                 # EMFILE and friends: back off instead of spinning.
                 log.warning("accept on %s failed: %s", listener.address, exc)
@@ -401,11 +434,36 @@ class Gateway:
             if conn.upstream is not None:
                 conn.upstream.abort()
 
-    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+    def _accepted(self, sock: socket.socket, peer: Any, listener: ListenConfig) -> None:
+        """A new connection: a pre-auth slot of its source, or closed right here,
+        with no TLS, turn, task or session (a one-line BYE in clear on a STARTTLS
+        listener; nothing on an implicit one, where the client expects TLS)."""
+        ip = str(peer[0])
+        key, refused = self.slots.take(ip)
+        if refused is None:
+            if not self.spawn(self.handle(sock, listener, peer, key)):
+                self.slots.give_back(key)
+                sock.close()
+            return
+        if listener.tls == "starttls":
+            with contextlib.suppress(OSError):
+                sock.send(_BYE_TOO_MANY if refused == PER_SOURCE else _BYE_BUSY)
+        sock.close()
+        if self._refusals.note(key, refused):
+            self.audit.emit(
+                AuditEvent(
+                    "refused",
+                    None,
+                    {"src": key, "listener": listener.address, "reason": refused, "count": 1},
+                )
+            )
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> bool:
         if self._tg is None:
             coro.close()
-            return
+            return False
         self._tg.create_task(self._guard(coro))
+        return True
 
     @staticmethod
     async def _guard(coro: Awaitable[None]) -> None:
@@ -417,20 +475,28 @@ class Gateway:
 
     # -- one connection -------------------------------------------------------
 
-    async def handle(self, sock: socket.socket, listener: ListenConfig) -> None:
-        conn = await self._preauth_phase(sock, listener)
+    async def handle(
+        self, sock: socket.socket, listener: ListenConfig, peer: Any, key: str
+    ) -> None:
+        """One accepted connection holding the pre-auth slot of `key`."""
+        try:
+            conn = await self._preauth_phase(sock, listener, peer)
+        finally:
+            self.slots.give_back(key)
         # The pre-auth phase's frame (state machine, framer, TLS setup) is gone
         # now: an idle relayed session keeps only its two links.
         if conn is not None:
             await self._relay_until_closed(conn)
 
-    async def _preauth_phase(self, sock: socket.socket, listener: ListenConfig) -> _Conn | None:
+    async def _preauth_phase(
+        self, sock: socket.socket, listener: ListenConfig, peer: Any
+    ) -> _Conn | None:
         """Accept → TLS → pre-auth dialogue; the connection if it goes on to relay."""
         rt = self.runtime
         limits = rt.config.limits
         loop = asyncio.get_running_loop()
         try:
-            peer, local = sock.getpeername(), sock.getsockname()
+            local = sock.getsockname()
         except OSError:
             sock.close()
             return None
@@ -448,13 +514,6 @@ class Gateway:
                 },
             )
         )
-        over = None
-        if self._preauth[client.ip] >= limits.max_preauth_per_source:
-            over = ("per-source pre-auth limit", _BYE_TOO_MANY)
-        elif self._preauth_total >= limits.max_preauth_total:
-            over = ("total pre-auth limit", _BYE_BUSY)
-        self._preauth[client.ip] += 1
-        self._preauth_total += 1
         conn: _Conn | None = None
         reason = "client closed"
         try:
@@ -495,10 +554,6 @@ class Gateway:
             if implicit and not self._tls_up(conn, transport, "implicit"):
                 reason = "tls handshake failed"
                 return None
-            if over is not None:
-                reason = over[0]
-                link.write(over[1])
-                return None
             machine = PreAuth(
                 PreAuthSettings(
                     tls=implicit,
@@ -520,10 +575,6 @@ class Gateway:
                 while isinstance(action := machine.next_action(), Send):
                     link.write(action.data)
         finally:
-            self._preauth[client.ip] -= 1
-            if not self._preauth[client.ip]:
-                del self._preauth[client.ip]
-            self._preauth_total -= 1
             if conn is not None and conn.phase == "preauth":
                 conn.link.close()
                 self._closed(conn, reason)
@@ -537,22 +588,57 @@ class Gateway:
         """A handshake turn (imapguard.gateway.admission); nothing to wait for without TLS."""
         return self.admission.turn(ip, timeout) if tls else contextlib.nullcontext()
 
-    async def _handshake(self, conn: _Conn, rt: Runtime) -> bool:
-        """STARTTLS: the server side of the handshake on the open connection."""
+    async def _starttls(self, conn: _Conn, machine: PreAuth, ok: bytes, rt: Runtime) -> bool:
+        """STARTTLS: wait for a handshake turn, then write the tagged OK and put
+        TLS on the transport with no await in between.
+
+        The client must wait for the OK before it sends its ClientHello, so every
+        byte that arrives before the OK was injected (CVE-2011-0411 class): the
+        link discards and counts it, whatever the wait, and one
+        `starttls_injection` event reports all of them (also those the framer
+        held after the STARTTLS line). `loop.start_tls` (asyncio and uvloop alike)
+        sets its TLS protocol on the transport before its first await, so no byte
+        read after the OK reaches the link in clear."""
         link = conn.link
-        loop = asyncio.get_running_loop()
-        assert link.transport is not None  # noqa: S101
+        plain = link.transport
+        assert plain is not None  # noqa: S101 - a STARTTLS listener's transport
+        timeout = rt.config.limits.handshake_timeout
+        link.discard_input()
+        reported = False
+
+        def report_discarded() -> None:
+            nonlocal reported
+            if reported:
+                return
+            reported = True
+            machine.discarded_after_starttls += link.keep_input()
+            if machine.discarded_after_starttls:
+                self.audit.emit(
+                    AuditEvent(
+                        "starttls_injection",
+                        conn.session,
+                        {"src": conn.src, "discarded_bytes": machine.discarded_after_starttls},
+                    )
+                )
+
         try:
-            async with self._turn(conn.src, True, rt.config.limits.handshake_timeout):
-                transport = await loop.start_tls(
-                    link.transport,
+            async with self._turn(conn.src, True, timeout):
+                if link.closed or plain.is_closing():
+                    report_discarded()
+                    return self._tls_up(conn, None, "starttls")
+                # No await from here until the TLS protocol is on the transport.
+                report_discarded()
+                link.write(ok)
+                transport = await asyncio.get_running_loop().start_tls(
+                    plain,
                     link,
                     rt.server_ssl,
                     server_side=True,
-                    ssl_handshake_timeout=rt.config.limits.handshake_timeout,
+                    ssl_handshake_timeout=timeout,
                     ssl_shutdown_timeout=_SSL_SHUTDOWN_TIMEOUT,
                 )
         except AdmissionShed:
+            report_discarded()
             self.audit.emit(
                 AuditEvent(
                     "tls_failed",
@@ -560,7 +646,8 @@ class Gateway:
                     {"src": conn.src, "tls_mode": "starttls", "reason": "not admitted"},
                 )
             )
-            link.abort()
+            link.write(_BYE_BUSY)
+            link.close()
             return False
         except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
             self.audit.emit(
@@ -572,6 +659,8 @@ class Gateway:
             )
             link.abort()
             return False
+        finally:
+            report_discarded()  # also when the pre-auth timeout ends the wait
         return self._tls_up(conn, transport, "starttls")
 
     def _tls_up(self, conn: _Conn, transport: asyncio.BaseTransport | None, mode: str) -> bool:
@@ -622,16 +711,7 @@ class Gateway:
             elif isinstance(action, Send):
                 link.write(action.data)
             elif isinstance(action, StartTlsNow):
-                machine.discarded_after_starttls += len(link.take_buffer())
-                if machine.discarded_after_starttls:
-                    self.audit.emit(
-                        AuditEvent(
-                            "starttls_injection",
-                            conn.session,
-                            {"src": conn.src, "discarded_bytes": machine.discarded_after_starttls},
-                        )
-                    )
-                if not await self._handshake(conn, rt):
+                if not await self._starttls(conn, machine, action.response, rt):
                     return "tls handshake failed"
                 machine.tls_established()
             elif isinstance(action, AuthRequest):

@@ -25,7 +25,10 @@ Rules that protect the gateway:
   literal in them is refused instead of invited with `+`.
 * On STARTTLS every byte after the STARTTLS line is dropped, including bytes that
   arrive before the handshake (CVE-2011-0411 class): nothing sent in clear is ever
-  read as a command inside TLS.
+  read as a command inside TLS. The tagged OK travels inside `StartTlsNow`, not as
+  a `Send`, so that the shell writes it only at the moment it switches the
+  transport to TLS, however long it waited before (a client must wait for the OK:
+  whatever arrives before it was injected).
 * There is no PREAUTH greeting, and STARTTLS inside TLS is a tagged BAD.
 * Counts are bounded: commands, bad commands and authentication failures per
   connection; each limit ends the connection with a BYE that says why.
@@ -109,8 +112,12 @@ class Send:
 
 @dataclass(frozen=True)
 class StartTlsNow:
-    """The OK has been sent: start the server-side TLS handshake, then call
-    `tls_established()`."""
+    """Write `response` (the tagged OK) and start the server-side TLS handshake
+    with no await in between, then call `tls_established()`. Bytes received
+    before the TLS layer is in place are never fed back (the shell adds their
+    number to `discarded_after_starttls`)."""
+
+    response: bytes
 
 
 @dataclass(frozen=True)
@@ -370,10 +377,9 @@ class PreAuth:
         if not self.settings.starttls:
             self._bad(tag, "STARTTLS is not offered here.")
             return
-        self._ok(tag, "Begin TLS negotiation now.")
         self.discarded_after_starttls += self.framer.discard_buffered()
         self.phase = Phase.STARTTLS
-        self._out.append(StartTlsNow())
+        self._out.append(StartTlsNow(tag + b" OK Begin TLS negotiation now.\r\n"))
 
     def _sasl_response(self, line: bytes) -> None:
         if self.phase is Phase.SASL_ERROR:
