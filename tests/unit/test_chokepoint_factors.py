@@ -779,3 +779,18 @@ async def test_an_unexpected_error_after_the_password_check_closes_the_upstream_
         await attempt(auth, "alice", PASSWORDS["alice"] + otp.at(env.clock.now))
     assert len(sessions) == 1
     assert _TrackedLink.closed == 1
+
+
+@pytest.mark.asyncio
+async def test_forged_device_is_no_familiar_source_for_the_defense(env: Env) -> None:
+    """The defense's precheck treats a trusted device as one of the account's familiar
+    sources (smart lockout spares them): the network and client ID alone, which an
+    attacker on that network can copy, must not make him one."""
+    auth = _defended(env)
+    otp = env.enroll("alice")
+    typed = PASSWORDS["alice"] + otp.at(env.clock.now)
+    assert (await attempt(auth, "alice", typed, ctx("192.0.2.10"))).outcome is Outcome.OK
+    forged, _, _ = auth._precheck(login("alice", "a-guess"), ctx("192.0.2.66"))
+    assert not forged.trusted_device
+    real, _, _ = auth._precheck(login("alice", typed), ctx("192.0.2.10"))
+    assert real.trusted_device

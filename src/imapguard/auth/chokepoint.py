@@ -410,8 +410,7 @@ class Authenticator:
         trusted, account = False, None
         if user is not None and "password+totp" in self.methods:
             account = _Account(self.reader, self._device_key(user, ctx))
-            device = account.device
-            trusted = device is not None and device.trusted_at(self._wall())
+            trusted = self._looks_like_the_device(account.device, secret, ctx)
         attempt = self.defense.attempt(
             ctx.client.ip,
             user,
@@ -713,6 +712,20 @@ class Authenticator:
             return False
         key = DeviceKey(device.user, device.network, device.client_name, device.client_version)
         return hmac.compare_digest(self._device_secret(key, code), device.secret)
+
+    def _looks_like_the_device(
+        self, device: DeviceRecord | None, secret: Secret | None, ctx: AuthContext
+    ) -> bool:
+        """For the defense's precheck (is this one of the account's familiar
+        sources?): the trusted device itself, by what only it has (its code after
+        the password, or its approved address), not merely its network and client
+        ID, which anyone on that network can copy."""
+        if device is None or not device.trusted_at(self._wall()):
+            return False
+        if device.bound_address is not None:
+            return device.bound_address == ctx.client.ip
+        split = totp.split_password_and_code(secret) if secret else []
+        return bool(split) and self._device_code_matches(device, split[0][1])
 
     def _device_accepts(
         self, device: DeviceRecord | None, reading: _Reading, ctx: AuthContext, now: float
