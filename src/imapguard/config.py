@@ -444,6 +444,7 @@ def validate_config(config: Config, *, check_files: bool = True) -> list[tuple[s
             parent = Path(config.state.url.removeprefix("sqlite://")).parent
             if not parent.is_dir():
                 add(("state.url", f"directory {parent} does not exist"))
+            _check_private_state(problems, config.state.url.removeprefix("sqlite://"))
         if config.tls.client_ca is not None:
             _check_file(problems, "tls.client_ca", config.tls.client_ca)
         if config.oauth is not None and config.oauth.ca_file is not None:
@@ -464,6 +465,31 @@ def validate_config(config: Config, *, check_files: bool = True) -> list[tuple[s
             if not parent.is_dir():
                 add(("audit.path", f"directory {parent} does not exist"))
     return problems
+
+
+def _check_private_state(problems: list[tuple[str, str]], path: str) -> None:
+    """The state database (and its -wal and -shm files, which share its mode) holds
+    account names, addresses, devices and keyed password digests: no one but the
+    gateway's user may read it. `open_store` creates it 0600; one made by an older
+    version, or copied, may be 0644. In a directory that only its owner may enter
+    (as `imapguard demo` makes its own) the files are out of others' reach."""
+    try:
+        if not os.stat(Path(path).parent).st_mode & (stat.S_IXGRP | stat.S_IXOTH):
+            return
+    except OSError:
+        return  # the directory check above reports a missing directory
+    for name in (path, path + "-wal", path + "-shm"):
+        try:
+            mode = os.stat(name).st_mode
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            problems.append(("state.url", f"cannot stat {name}: {exc.strerror}"))
+            continue
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            problems.append(
+                ("state.url", f"{name} is readable or writable by group or others: chmod 600")
+            )
 
 
 def _check_notify(notify: NotifyConfig, add: Callable[[tuple[str, str]], None]) -> None:
