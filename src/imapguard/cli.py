@@ -309,7 +309,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         path = args.config or default_config_path()
         config = load_config(path)
         _, warnings = load_policy(config.policy, config.groups)
-        for warning in warnings:
+        for warning in [*warnings, *_config_warnings(config)]:
             print(f"warning: {_shown(warning)}", file=sys.stderr)
         print(f"{_shown(path)}: configuration is valid")
         return EXIT_OK
@@ -330,6 +330,16 @@ def _dispatch(args: argparse.Namespace) -> int:
     if command == "scan":
         return _scan(args)
     raise _Usage(f"unknown command {command}")  # pragma: no cover - argparse refuses first
+
+
+def _config_warnings(config: Config) -> list[str]:
+    """Valid choices that weaken something, for check-config to point out."""
+    from imapguard.tls import client_crl_problems
+
+    warnings: list[str] = []
+    if config.tls.client_crl is not None and config.tls.client_ca is not None:
+        warnings += client_crl_problems(config.tls.client_crl, config.tls.client_ca)[1]
+    return warnings
 
 
 # -- output -------------------------------------------------------------------

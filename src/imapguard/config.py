@@ -122,6 +122,11 @@ class TlsConfig(_Section):
     # email: the subjectAltName rfc822Name (else the subject emailAddress) is the
     # account; email-local: its part before "@"; cn: the subject commonName.
     client_cert_user: Literal["email", "email-local", "cn"] = "email"
+    # Revoked client certificates: PEM CRLs of the client_ca CAs (one or several
+    # concatenated), read again on SIGHUP. "leaf" checks the client's certificate,
+    # "chain" every CA certificate above it too (each CA then needs a CRL).
+    client_crl: str | None = None
+    client_crl_check: Literal["leaf", "chain"] = "leaf"
 
 
 class UpstreamConfig(_Section):
@@ -399,6 +404,8 @@ def validate_config(config: Config, *, check_files: bool = True) -> list[tuple[s
             oauth_settings(config.oauth)
         except ConfigError as exc:
             problems.extend(exc.problems)
+    if config.tls.client_crl is not None and config.tls.client_ca is None:
+        add(("tls.client_crl", "needs tls.client_ca, the CAs whose certificates it revokes"))
     if "client-cert" in methods:
         if config.tls.client_ca is None:
             add(("tls.client_ca", 'required by auth.methods "client-cert"'))
@@ -447,6 +454,11 @@ def validate_config(config: Config, *, check_files: bool = True) -> list[tuple[s
             _check_private_state(problems, config.state.url.removeprefix("sqlite://"))
         if config.tls.client_ca is not None:
             _check_file(problems, "tls.client_ca", config.tls.client_ca)
+        if config.tls.client_crl is not None and config.tls.client_ca is not None:
+            from imapguard.tls import client_crl_problems
+
+            bad, _ = client_crl_problems(config.tls.client_crl, config.tls.client_ca)
+            problems.extend(("tls.client_crl", message) for message in bad)
         if config.oauth is not None and config.oauth.ca_file is not None:
             _check_file(problems, "oauth.ca_file", config.oauth.ca_file)
         if config.notify is not None:

@@ -345,3 +345,37 @@ def test_events_show_control_characters_as_escapes(
     assert len(out.splitlines()) == 1
     assert "client_id=mutt\\u202e\\u2028fake" in out
     assert f"reason={MARKUP}" in out
+
+
+def test_check_config_on_client_crls(capsys: pytest.CaptureFixture[str], config: Path) -> None:
+    import datetime
+
+    import trustme
+
+    from tests.unit.test_tls import NOW, crl
+
+    ca = trustme.CA()
+    ca_file, crl_file = config.parent / "devices-ca.pem", config.parent / "devices.crl"
+    ca.cert_pem.write_to_path(str(ca_file))
+    text = config.read_text()
+    config.write_text(text.replace("[tls]\n", f'[tls]\nclient_crl = "{crl_file}"\n'))
+    code, _, err = _run(capsys, "check-config", "--config", str(config))
+    assert code == 2
+    assert "config error: tls.client_crl: needs tls.client_ca" in err
+    config.write_text(
+        text.replace("[tls]\n", f'[tls]\nclient_ca = "{ca_file}"\nclient_crl = "{crl_file}"\n')
+    )
+    crl_file.write_bytes(crl(ca) + ca.cert_pem.bytes())
+    code, _, err = _run(capsys, "check-config", "--config", str(config))
+    assert code == 2
+    assert "config error: tls.client_crl: " in err
+    assert "'CERTIFICATE' block" in err
+    day = datetime.timedelta(days=1)
+    crl_file.write_bytes(crl(ca, last=NOW - 2 * day, next_=NOW - day))
+    code, _, err = _run(capsys, "check-config", "--config", str(config))
+    assert code == 0, err
+    assert "warning: tls.client_crl: the CRL of " in err
+    assert "expired at" in err
+    crl_file.write_bytes(crl(ca))
+    code, _, err = _run(capsys, "check-config", "--config", str(config))
+    assert (code, err) == (0, "")
