@@ -339,6 +339,13 @@ def _config_warnings(config: Config) -> list[str]:
     warnings: list[str] = []
     if config.tls.client_crl is not None and config.tls.client_ca is not None:
         warnings += client_crl_problems(config.tls.client_crl, config.tls.client_ca)[1]
+    if config.oauth is not None and config.oauth.trust_unverified_email:
+        warnings.append(
+            "oauth.trust_unverified_email: a token without email_verified logs in as the "
+            "account its email claim names; if users can set their own address at the "
+            'issuer, anyone can log in as anyone ("nOAuth"). Prefer an issuer that sends '
+            "email_verified, or a username_claim that users cannot change themselves"
+        )
     return warnings
 
 

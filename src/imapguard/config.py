@@ -187,6 +187,10 @@ class OAuthConfig(_Section):
     http_timeout: Annotated[float, Field(gt=0, le=60)] = 5.0
     # The scope a client should ask for, told in the RFC 7628 error reply.
     scope: str = "openid email"
+    # With username_claim = "email", a token must say "email_verified": true. This
+    # accepts one without the claim, for an issuer that never sends it: then the
+    # issuer alone must keep users from setting their own address ("nOAuth").
+    trust_unverified_email: Annotated[bool, Field(strict=True)] = False
 
 
 class NotifyConfig(_Section):
@@ -566,6 +570,7 @@ def oauth_settings(oauth: OAuthConfig) -> OAuthSettings:
         min_refresh_interval=oauth.min_refresh_interval,
         http_timeout=oauth.http_timeout,
         ca_file=oauth.ca_file,
+        trust_unverified_email=oauth.trust_unverified_email,
     )
 
 

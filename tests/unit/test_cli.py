@@ -379,3 +379,21 @@ def test_check_config_on_client_crls(capsys: pytest.CaptureFixture[str], config:
     crl_file.write_bytes(crl(ca))
     code, _, err = _run(capsys, "check-config", "--config", str(config))
     assert (code, err) == (0, "")
+
+
+def test_check_config_on_unverified_email(capsys: pytest.CaptureFixture[str], config: Path) -> None:
+    text = config.read_text() + '[oauth]\nissuer = "https://idp.example.org"\naudience = "imap"\n'
+    config.write_text(text)
+    assert _run(capsys, "check-config", "--config", str(config))[:3:2] == (0, "")
+    config.write_text(text + "trust_unverified_email = true\n")
+    code, _, err = _run(capsys, "check-config", "--config", str(config))
+    assert code == 0
+    assert "warning: oauth.trust_unverified_email: " in err
+    assert "nOAuth" in err
+    config.write_text(text + 'trust_unverified_email = "yes"\n')
+    code, _, err = _run(capsys, "check-config", "--config", str(config))
+    assert (code, err.split(":")[:2]) == (2, ["config error", " oauth.trust_unverified_email"])
+    config.write_text(text + 'trust_unverified_email = true\nusername_claim = "sub"\n')
+    code, _, err = _run(capsys, "check-config", "--config", str(config))
+    assert code == 2
+    assert 'oauth.trust_unverified_email: applies only to username_claim = "email"' in err
