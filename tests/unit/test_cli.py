@@ -243,26 +243,29 @@ def _terminal(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def _seed_hostile_store(config: Path) -> str:
     """Markup, an escape sequence and a bidi override in every stored text column
-    that a table shows: account names, labels, client IDs, addresses, reasons,
-    block targets. Returns the account name."""
+    that a table shows: labels, client IDs, addresses, methods, block reasons and
+    targets, and an account name (as an older version may have stored it: the
+    store takes any name). Returns an account the CLI accepts as an argument,
+    whose records carry the hostile text."""
     import time
 
     from imapguard.defense.counters import Block, Target, TargetKind
     from imapguard.state import open_store
     from imapguard.state.sqlite import DeviceKey
 
-    user = MARKUP
+    user = "alice"
     now = time.time()
     store = open_store(f"sqlite:///{config.parent}/state.db")
     record = store.add_app_password(user, STYLED, b"d" * 32, now)
     store.record_app_password_use(record.id, now, "203.0.113.9", f"{MARKUP}\x1b[2J/1")
     store.record_login(user, now, f"[link=https://evil.example]{MARKUP}", "[/]")
+    store.record_login(MARKUP, now, "203.0.113.9", "app-password")
     store.add_pending_device(
         DeviceKey(user, "203.0.113.0/24", f"{MARKUP}\u202e", "[/version]"), now, "203.0.113.9"
     )
     for target in (
-        Target(TargetKind.ACCOUNT_UNFAMILIAR, user),
-        Target(TargetKind.ACCOUNT_SOURCE, f"203.0.113.9|{user}"),
+        Target(TargetKind.ACCOUNT_UNFAMILIAR, MARKUP),
+        Target(TargetKind.ACCOUNT_SOURCE, f"203.0.113.9|{MARKUP}"),
     ):
         store.block_put(Block(target, f"failures {STYLED} {MARKUP}", 1, now, now + 600))
     store.close()
@@ -280,8 +283,8 @@ def test_rich_markup_injection_in_every_table(
     for argv, expected in (
         (("blocks", "list"), [f"account-unfamiliar:{MARKUP}", STYLED]),
         (("user", "list"), [MARKUP, "[link=https://evil.example]", "[/]"]),
-        (("app-password", "list", user), [STYLED, f"{MARKUP}\\x1b[2J/1", f"of {MARKUP}"]),
-        (("device", "list", user), [f"{MARKUP}\\u202e [/version]", f"of {MARKUP}"]),
+        (("app-password", "list", user), [STYLED, f"{MARKUP}\\x1b[2J/1"]),
+        (("device", "list", user), [f"{MARKUP}\\u202e [/version]"]),
     ):
         code, out, err = _run(capsys, *argv, *cfg)
         assert (code, err) == (0, ""), argv
@@ -316,8 +319,9 @@ def test_stored_text_on_a_pipe_and_in_user_show(
     assert "\x1b" not in out
     code, out, _ = _run(capsys, "user", "show", user, *cfg)
     assert code == 0
-    assert f"user:        {MARKUP}" in out
-    assert STYLED in out
+    assert f"from [link=https://evil.example]{MARKUP} ([/])" in out
+    assert f"  {STYLED}  created" in out
+    assert "  a\\x09b\\x0ac  created" in out
     assert "\x1b" not in out
     assert "\u202e" not in out
 
