@@ -4,6 +4,13 @@ Exit codes (SPEC "Commands"): 0 success, 1 the command ran and found a problem,
 2 usage or configuration error, with a message naming the key or argument.
 Records print as tables on a terminal, plain tab-separated lines on a pipe, or
 one JSON document with `--json`.
+
+Account names, labels, client IDs, addresses, reasons and audit fields are
+stored or client-supplied text: they reach the terminal only through `_shown`
+(control, format and bidi characters as escapes, so a name cannot move the
+cursor or reorder a line, and a tab or line feed cannot forge a row) and, in
+tables, as rich `Text` on a console without markup, so `[/x]` is printed
+rather than parsed (a MarkupError there was a crash of `blocks list`).
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import json
 import logging
 import sys
 import time
+import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -263,16 +271,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _dispatch(args)
     except ConfigError as exc:
         for key, message in exc.problems:
-            print(f"config error: {key}: {message}", file=sys.stderr)
+            print(f"config error: {_shown(key)}: {_shown(message)}", file=sys.stderr)
         return EXIT_USAGE
     except _Usage as exc:
-        print(f"imapguard: error: {exc}", file=sys.stderr)
+        print(f"imapguard: error: {_shown(exc)}", file=sys.stderr)
         return EXIT_USAGE
     except StateError as exc:
-        print(f"imapguard: state store: {exc}", file=sys.stderr)
+        print(f"imapguard: state store: {_shown(exc)}", file=sys.stderr)
         return EXIT_PROBLEM
     except ImapguardError as exc:
-        print(f"imapguard: {exc}", file=sys.stderr)
+        print(f"imapguard: {_shown(exc)}", file=sys.stderr)
         return EXIT_PROBLEM
     except KeyboardInterrupt:
         return 130
@@ -301,9 +309,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         path = args.config or default_config_path()
         config = load_config(path)
         _, warnings = load_policy(config.policy, config.groups)
-        for warning in warnings:
-            print(f"warning: {warning}", file=sys.stderr)
-        print(f"{path}: configuration is valid")
+        for warning in [*warnings, *_config_warnings(config)]:
+            print(f"warning: {_shown(warning)}", file=sys.stderr)
+        print(f"{_shown(path)}: configuration is valid")
         return EXIT_OK
     if command == "user":
         return _user(args)
@@ -324,6 +332,23 @@ def _dispatch(args: argparse.Namespace) -> int:
     raise _Usage(f"unknown command {command}")  # pragma: no cover - argparse refuses first
 
 
+def _config_warnings(config: Config) -> list[str]:
+    """Valid choices that weaken something, for check-config to point out."""
+    from imapguard.tls import client_crl_problems
+
+    warnings: list[str] = []
+    if config.tls.client_crl is not None and config.tls.client_ca is not None:
+        warnings += client_crl_problems(config.tls.client_crl, config.tls.client_ca)[1]
+    if config.oauth is not None and config.oauth.trust_unverified_email:
+        warnings.append(
+            "oauth.trust_unverified_email: a token without email_verified logs in as the "
+            "account its email claim names; if users can set their own address at the "
+            'issuer, anyone can log in as anyone ("nOAuth"). Prefer an issuer that sends '
+            "email_verified, or a username_claim that users cannot change themselves"
+        )
+    return warnings
+
+
 # -- output -------------------------------------------------------------------
 
 
@@ -333,21 +358,41 @@ def _when(ts: float | None) -> str:
     return datetime.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
 
 
+def _shown(value: object) -> str:
+    """`value` as text fit for a terminal line or a tab-separated cell: control,
+    format (bidi, zero-width) and line/paragraph separator characters, tabs
+    included, as `\\xNN` / `\\uNNNN` escapes."""
+    out = []
+    for char in str(value):
+        if unicodedata.category(char) not in ("Cc", "Cf", "Zl", "Zp", "Cs"):
+            out.append(char)
+        elif ord(char) < 0x100:
+            out.append(f"\\x{ord(char):02x}")
+        elif ord(char) < 0x10000:
+            out.append(f"\\u{ord(char):04x}")
+        else:
+            out.append(f"\\U{ord(char):08x}")
+    return "".join(out)
+
+
 def _table(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
     if sys.stdout.isatty():
         from rich.console import Console
         from rich.table import Table
+        from rich.text import Text
 
-        table = Table(title=title)
+        # Text cells and a console without markup, emoji codes or highlighting:
+        # what the store holds is shown as it is, never interpreted.
+        table = Table(title=Text(_shown(title)))
         for column in columns:
-            table.add_column(column)
+            table.add_column(Text(column))
         for row in rows:
-            table.add_row(*row)
-        Console().print(table)
+            table.add_row(*(Text(_shown(cell)) for cell in row))
+        Console(markup=False, emoji=False, highlight=False).print(table)
     else:
         print("\t".join(columns))
         for row in rows:
-            print("\t".join(row))
+            print("\t".join(_shown(cell) for cell in row))
 
 
 def _json(document: Any) -> None:
@@ -443,9 +488,9 @@ def _blocks(args: argparse.Namespace) -> int:
     if args.json:
         _json({"target": str(target), "cleared": cleared})
     elif cleared:
-        print(f"cleared {target}")
+        print(f"cleared {_shown(target)}")
     else:
-        print(f"imapguard: no block on {target}", file=sys.stderr)
+        print(f"imapguard: no block on {_shown(target)}", file=sys.stderr)
     return EXIT_OK if cleared else EXIT_PROBLEM
 
 
@@ -459,8 +504,8 @@ def _user(args: argparse.Namespace) -> int:
             _json({"user": name, "lifted": lifted, "totp_lock_cleared": codes})
         else:
             print(
-                f"unlocked {name}: "
-                + (", ".join(lifted) or "no blocks")
+                f"unlocked {_shown(name)}: "
+                + (_shown(", ".join(lifted)) or "no blocks")
                 + ("; one-time codes unlocked" if codes else "")
             )
         return EXIT_OK
@@ -489,7 +534,7 @@ def _user(args: argparse.Namespace) -> int:
     name = _user_name(args.user, config)
     record = store.get_user(name)
     if record is None:
-        print(f"imapguard: no such user: {name}", file=sys.stderr)
+        print(f"imapguard: no such user: {_shown(name)}", file=sys.stderr)
         return EXIT_PROBLEM
     passwords = store.list_app_passwords(name)
     totp_record = store.get_totp(name)
@@ -510,11 +555,12 @@ def _user(args: argparse.Namespace) -> int:
             }
         )
         return EXIT_OK
-    print(f"user:        {record.name}")
+    print(f"user:        {_shown(record.name)}")
     print(f"known since: {_when(record.created_at)}")
     print(
-        f"last login:  {_when(record.last_login_at)} from {record.last_login_address or '-'}"
-        f" ({record.last_login_method or '-'})"
+        f"last login:  {_when(record.last_login_at)}"
+        f" from {_shown(record.last_login_address or '-')}"
+        f" ({_shown(record.last_login_method or '-')})"
     )
     totp_text = "no TOTP"
     if totp_record is not None:
@@ -524,11 +570,14 @@ def _user(args: argparse.Namespace) -> int:
     print(f"factors:     {len(passwords)} app password(s), {totp_text}")
     for p in passwords:
         print(
-            f"  {p.id}  {p.label}  created {_when(p.created_at)}  last used {_when(p.last_used_at)}"
+            f"  {_shown(p.id)}  {_shown(p.label)}  created {_when(p.created_at)}"
+            f"  last used {_when(p.last_used_at)}"
         )
     trusted = sum(d.trusted_at(now) for d in devices)
     pending = sum(d.status == "pending" for d in devices)
-    print(f"devices:     {trusted} trusted, {pending} pending (imapguard device list {name})")
+    print(
+        f"devices:     {trusted} trusted, {pending} pending (imapguard device list {_shown(name)})"
+    )
     return EXIT_OK
 
 
@@ -555,7 +604,7 @@ def _app_password(args: argparse.Namespace) -> int:
         if args.json:
             _json({"id": record.id, "label": record.label, "password": password.reveal().decode()})
         else:
-            print(f"App password {record.id} for {user} ({label}):\n")
+            print(f"App password {_shown(record.id)} for {_shown(user)} ({_shown(label)}):\n")
             print(f"    {password.reveal().decode()}\n")
             print("It is shown this once. Type it into the device's mail account as its password.")
         return EXIT_OK
@@ -584,9 +633,9 @@ def _app_password(args: argparse.Namespace) -> int:
     if args.json:
         _json({"id": args.id, "revoked": revoked})
     elif revoked:
-        print(f"revoked app password {args.id} of {user}")
+        print(f"revoked app password {_shown(args.id)} of {_shown(user)}")
     else:
-        print(f"imapguard: {user} has no app password {args.id}", file=sys.stderr)
+        print(f"imapguard: {_shown(user)} has no app password {_shown(args.id)}", file=sys.stderr)
     return EXIT_OK if revoked else EXIT_PROBLEM
 
 
@@ -603,7 +652,7 @@ def _policy(args: argparse.Namespace) -> int:
         raise _Usage(f"--ip: not an IP address: {args.ip!r}") from None
     gate, warnings = load_policy(config.policy, config.groups)
     for warning in warnings:
-        print(f"warning: {warning}", file=sys.stderr)
+        print(f"warning: {_shown(warning)}", file=sys.stderr)
     request = gate.request(
         user,
         args.ip,
@@ -617,7 +666,7 @@ def _policy(args: argparse.Namespace) -> int:
         _json(explanation.to_dict())
     else:
         for line in explanation.explanation_lines():
-            print(line)
+            print(_shown(line))
     return EXIT_OK
 
 
@@ -642,13 +691,13 @@ def _totp(args: argparse.Namespace) -> int:
         if args.json:
             _json({"user": user, "removed": removed})
         elif removed:
-            print(f"removed the TOTP secret of {user}")
+            print(f"removed the TOTP secret of {_shown(user)}")
         else:
-            print(f"imapguard: {user} has no TOTP secret", file=sys.stderr)
+            print(f"imapguard: {_shown(user)} has no TOTP secret", file=sys.stderr)
         return EXIT_OK if removed else EXIT_PROBLEM
     if store.get_totp(user) is not None and not args.replace:
         print(
-            f"imapguard: {user} already has a TOTP secret; --replace makes a new one "
+            f"imapguard: {_shown(user)} already has a TOTP secret; --replace makes a new one "
             "(the old authenticator entry stops working)",
             file=sys.stderr,
         )
@@ -660,7 +709,7 @@ def _totp(args: argparse.Namespace) -> int:
     if args.json:
         _json({"uri": uri, "secret": secret.reveal().decode()})
         return EXIT_OK
-    print(f"TOTP secret enrolled for {user}. Scan this with an authenticator app:\n")
+    print(f"TOTP secret enrolled for {_shown(user)}. Scan this with an authenticator app:\n")
     print(totp.qr_text(uri))
     print(f"or enter the secret by hand: {secret.reveal().decode()}\n")
     print(f"URI: {uri}\n")
@@ -727,9 +776,9 @@ def _device(args: argparse.Namespace) -> int:
     if args.json:
         _json({"id": args.id, verb: done})
     elif done:
-        print(f"{verb} device {args.id} of {user}")
+        print(f"{verb} device {_shown(args.id)} of {_shown(user)}")
     else:
-        print(f"imapguard: {user} has no device {args.id}", file=sys.stderr)
+        print(f"imapguard: {_shown(user)} has no device {_shown(args.id)}", file=sys.stderr)
     return EXIT_OK if done else EXIT_PROBLEM
 
 
@@ -765,10 +814,10 @@ _EVENT_KEYS = (
 def _format_event(record: dict[str, Any]) -> str:
     ts = record.get("ts")
     when = _when(ts) if isinstance(ts, int | float) else "?"
-    parts = [when, str(record.get("event", "?")).ljust(10), str(record.get("session", "-"))]
+    parts = [when, _shown(record.get("event", "?")).ljust(10), _shown(record.get("session", "-"))]
     for key in _EVENT_KEYS:
         if key in record:
-            parts.append(f"{key}={record[key]}")
+            parts.append(f"{key}={_shown(record[key])}")
     return "  ".join(parts)
 
 
@@ -783,7 +832,7 @@ def _events(args: argparse.Namespace) -> int:
             return EXIT_OK
         records = list(read_events(path))
     except FileNotFoundError:
-        print(f"imapguard: no audit log at {path}", file=sys.stderr)
+        print(f"imapguard: no audit log at {_shown(path)}", file=sys.stderr)
         return EXIT_PROBLEM
     if args.json:
         _json(records)
@@ -840,7 +889,7 @@ def _scan(args: argparse.Namespace) -> int:
     text = render(report, args.fmt, color=not to_file and sys.stdout.isatty())
     if to_file:
         args.output.write_text(text, encoding="utf-8")
-        print(f"imapguard: report written to {args.output}", file=sys.stderr)
+        print(f"imapguard: report written to {_shown(args.output)}", file=sys.stderr)
     else:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
     if fail_on is not None:
@@ -850,11 +899,11 @@ def _scan(args: argparse.Namespace) -> int:
         unproven = [s for s in report.services if s not in below and not s.complete]
         if below:
             names = ", ".join(f"{s.name} {s.grade}" for s in below)
-            print(f"imapguard: below {fail_on}: {names}", file=sys.stderr)
+            print(f"imapguard: below {fail_on}: {_shown(names)}", file=sys.stderr)
         if unproven:
             names = ", ".join(s.name for s in unproven)
             print(
-                f"imapguard: not fully tested, so not shown to meet {fail_on}: {names}",
+                f"imapguard: not fully tested, so not shown to meet {fail_on}: {_shown(names)}",
                 file=sys.stderr,
             )
         if below or unproven:

@@ -124,6 +124,11 @@ class TlsConfig(_Section):
     # email: the subjectAltName rfc822Name (else the subject emailAddress) is the
     # account; email-local: its part before "@"; cn: the subject commonName.
     client_cert_user: Literal["email", "email-local", "cn"] = "email"
+    # Revoked client certificates: PEM CRLs of the client_ca CAs (one or several
+    # concatenated), read again on SIGHUP. "leaf" checks the client's certificate,
+    # "chain" every CA certificate above it too (each CA then needs a CRL).
+    client_crl: str | None = None
+    client_crl_check: Literal["leaf", "chain"] = "leaf"
 
 
 class UpstreamConfig(_Section):
@@ -201,6 +206,10 @@ class OAuthConfig(_Section):
     http_timeout: Annotated[float, Field(gt=0, le=60)] = 5.0
     # The scope a client should ask for, told in the RFC 7628 error reply.
     scope: str = "openid email"
+    # With username_claim = "email", a token must say "email_verified": true. This
+    # accepts one without the claim, for an issuer that never sends it: then the
+    # issuer alone must keep users from setting their own address ("nOAuth").
+    trust_unverified_email: Annotated[bool, Field(strict=True)] = False
 
 
 class NotifyConfig(_Section):
@@ -442,6 +451,8 @@ def validate_config(config: Config, *, check_files: bool = True) -> list[tuple[s
             oauth_settings(config.oauth)
         except ConfigError as exc:
             problems.extend(exc.problems)
+    if config.tls.client_crl is not None and config.tls.client_ca is None:
+        add(("tls.client_crl", "needs tls.client_ca, the CAs whose certificates it revokes"))
     if "client-cert" in methods:
         if config.tls.client_ca is None:
             add(("tls.client_ca", 'required by auth.methods "client-cert"'))
@@ -492,8 +503,14 @@ def validate_config(config: Config, *, check_files: bool = True) -> list[tuple[s
             parent = Path(config.state.url.removeprefix("sqlite://")).parent
             if not parent.is_dir():
                 add(("state.url", f"directory {parent} does not exist"))
+            _check_private_state(problems, config.state.url.removeprefix("sqlite://"))
         if config.tls.client_ca is not None:
             _check_file(problems, "tls.client_ca", config.tls.client_ca)
+        if config.tls.client_crl is not None and config.tls.client_ca is not None:
+            from imapguard.tls import client_crl_problems
+
+            bad, _ = client_crl_problems(config.tls.client_crl, config.tls.client_ca)
+            problems.extend(("tls.client_crl", message) for message in bad)
         if config.oauth is not None and config.oauth.ca_file is not None:
             _check_file(problems, "oauth.ca_file", config.oauth.ca_file)
         if config.notify is not None:
@@ -512,6 +529,31 @@ def validate_config(config: Config, *, check_files: bool = True) -> list[tuple[s
             if not parent.is_dir():
                 add(("audit.path", f"directory {parent} does not exist"))
     return problems
+
+
+def _check_private_state(problems: list[tuple[str, str]], path: str) -> None:
+    """The state database (and its -wal and -shm files, which share its mode) holds
+    account names, addresses, devices and keyed password digests: no one but the
+    gateway's user may read it. `open_store` creates it 0600; one made by an older
+    version, or copied, may be 0644. In a directory that only its owner may enter
+    (as `imapguard demo` makes its own) the files are out of others' reach."""
+    try:
+        if not os.stat(Path(path).parent).st_mode & (stat.S_IXGRP | stat.S_IXOTH):
+            return
+    except OSError:
+        return  # the directory check above reports a missing directory
+    for name in (path, path + "-wal", path + "-shm"):
+        try:
+            mode = os.stat(name).st_mode
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            problems.append(("state.url", f"cannot stat {name}: {exc.strerror}"))
+            continue
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            problems.append(
+                ("state.url", f"{name} is readable or writable by group or others: chmod 600")
+            )
 
 
 def _check_notify(notify: NotifyConfig, add: Callable[[tuple[str, str]], None]) -> None:
@@ -617,6 +659,7 @@ def oauth_settings(oauth: OAuthConfig) -> OAuthSettings:
         min_refresh_interval=oauth.min_refresh_interval,
         http_timeout=oauth.http_timeout,
         ca_file=oauth.ca_file,
+        trust_unverified_email=oauth.trust_unverified_email,
     )
 
 

@@ -6,7 +6,10 @@ must be refused with the uniform failure, and the audit log must say why:
 * a token whose `nbf` lies in the future, `alg=none`, an HS256 token "signed" with
   the provider's RSA public key as the HMAC secret (the classic key confusion), a
   `kid` with path characters — forged here from the real provider's claims and keys;
-* a valid token presented for another user than the SASL authorization identity.
+* a valid token presented for another user than the SASL authorization identity;
+* "nOAuth": a token whose `email` the issuer never verified (`email_verified`
+  false or absent), as an IdP issues it for whatever address a user typed into
+  their own profile.
 
 Source addresses: 127.0.1.150-169.
 """
@@ -20,6 +23,7 @@ import json
 import ssl
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -144,3 +148,29 @@ def test_token_for_another_user_than_the_authorization_identity(
     assert bearer_login(gw_strict, source_address(158), "alice@example.org", token)[0].startswith(
         b"a OK"
     )
+
+
+def test_noauth_token_whose_email_the_issuer_never_verified(
+    gw_strict: GatewayProcess, idp: OidcProvider
+) -> None:
+    for n, verified in ((159, None), (160, False)):
+        token = idp.mint("alice@example.org", amr=MFA, email_verified=verified)
+        claims = jwt.decode(token, options={"verify_signature": False})
+        assert claims.get("email_verified", "absent") == ("absent" if verified is None else False)
+        assert "email not verified" in _refused(gw_strict, n, "alice@example.org", token)
+    # The same user, the issuer vouching for the address: in.
+    token = idp.mint("alice@example.org", amr=MFA, email_verified=True)
+    lines = bearer_login(gw_strict, source_address(161), "alice@example.org", token)
+    assert lines[0].startswith(b"a OK"), lines
+
+
+def test_trust_unverified_email_accepts_no_claim_but_never_false(
+    tmp_path: Path, dovecot: DovecotServer, idp: OidcProvider
+) -> None:
+    """The opt-out for an issuer that never sends email_verified."""
+    with oauth_gateway(tmp_path, dovecot, idp, trust_unverified_email=True) as gw:
+        token = idp.mint("bob@example.org", amr=MFA, email_verified=None)
+        lines = bearer_login(gw, source_address(162), "bob@example.org", token)
+        assert lines[0].startswith(b"a OK"), lines
+        token = idp.mint("bob@example.org", amr=MFA, email_verified=False)
+        assert "email_verified is false" in _refused(gw, 163, "bob@example.org", token)

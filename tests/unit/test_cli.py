@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 import secrets
+import sys
 from pathlib import Path
 
 import pytest
@@ -222,3 +224,180 @@ def test_events(capsys: pytest.CaptureFixture[str], config: Path) -> None:
     assert "result=invalid" in out
     code, out, _ = _run(capsys, "events", "--json", "--config", str(config))
     assert json.loads(out)[0]["session"] == "s1"
+
+
+# -- stored and client-supplied text on a terminal ------------------------------------
+
+MARKUP = "x[/x]"  # rich markup: a closing tag that matches no opening one
+STYLED = "[bold red]spoofed[/bold red]"
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def _terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Standard output (capsys's, once the test runs) looks like a terminal, so
+    records print as rich tables."""
+    monkeypatch.setenv("COLUMNS", "400")
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+
+
+def _seed_hostile_store(config: Path) -> str:
+    """Markup, an escape sequence and a bidi override in every stored text column
+    that a table shows: labels, client IDs, addresses, methods, block reasons and
+    targets, and an account name (as an older version may have stored it: the
+    store takes any name). Returns an account the CLI accepts as an argument,
+    whose records carry the hostile text."""
+    import time
+
+    from imapguard.defense.counters import Block, Target, TargetKind
+    from imapguard.state import open_store
+    from imapguard.state.sqlite import DeviceKey
+
+    user = "alice"
+    now = time.time()
+    store = open_store(f"sqlite:///{config.parent}/state.db")
+    record = store.add_app_password(user, STYLED, b"d" * 32, now)
+    store.record_app_password_use(record.id, now, "203.0.113.9", f"{MARKUP}\x1b[2J/1")
+    store.record_login(user, now, f"[link=https://evil.example]{MARKUP}", "[/]")
+    store.record_login(MARKUP, now, "203.0.113.9", "app-password")
+    store.add_pending_device(
+        DeviceKey(user, "203.0.113.0/24", f"{MARKUP}\u202e", "[/version]"), now, "203.0.113.9"
+    )
+    for target in (
+        Target(TargetKind.ACCOUNT_UNFAMILIAR, MARKUP),
+        Target(TargetKind.ACCOUNT_SOURCE, f"203.0.113.9|{MARKUP}"),
+    ):
+        store.block_put(Block(target, f"failures {STYLED} {MARKUP}", 1, now, now + 600))
+    store.close()
+    return user
+
+
+def test_rich_markup_injection_in_every_table(
+    capsys: pytest.CaptureFixture[str], config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stored text with rich markup is printed as it is, not parsed: `x[/x]` used
+    to crash `blocks list` with a MarkupError, `[bold red]` to style a cell."""
+    cfg = ("--config", str(config))
+    user = _seed_hostile_store(config)
+    _terminal(monkeypatch)
+    for argv, expected in (
+        (("blocks", "list"), [f"account-unfamiliar:{MARKUP}", STYLED]),
+        (("user", "list"), [MARKUP, "[link=https://evil.example]", "[/]"]),
+        (("app-password", "list", user), [STYLED, f"{MARKUP}\\x1b[2J/1"]),
+        (("device", "list", user), [f"{MARKUP}\\u202e [/version]"]),
+    ):
+        code, out, err = _run(capsys, *argv, *cfg)
+        assert (code, err) == (0, ""), argv
+        shown = ANSI.sub("", out)
+        assert "\u2503" in shown or "\u2502" in shown or "\u2501" in shown, argv  # a table
+        for text in expected:
+            assert text in shown, (argv, text, shown)
+        # No byte of the stored escape sequence or bidi override reaches the terminal
+        # (rich's own styles are the only escape sequences).
+        assert "\x1b[2J" not in out
+        assert "\u202e" not in out
+
+
+def test_stored_text_on_a_pipe_and_in_user_show(
+    capsys: pytest.CaptureFixture[str], config: Path
+) -> None:
+    """Tab-separated output: a tab or line feed in a stored value cannot forge a
+    cell or a row; escape sequences are shown as escapes."""
+    cfg = ("--config", str(config))
+    user = _seed_hostile_store(config)
+    from imapguard.state import open_store
+
+    store = open_store(f"sqlite:///{config.parent}/state.db")
+    store.add_app_password(user, "a\tb\nc", b"e" * 32, 0.0)
+    store.close()
+    code, out, _ = _run(capsys, "app-password", "list", user, *cfg)
+    assert code == 0
+    rows = out.splitlines()
+    assert len(rows) == 3  # header and two passwords
+    assert all(len(row.split("\t")) == 6 for row in rows)
+    assert "a\\x09b\\x0ac" in out
+    assert "\x1b" not in out
+    code, out, _ = _run(capsys, "user", "show", user, *cfg)
+    assert code == 0
+    assert f"from [link=https://evil.example]{MARKUP} ([/])" in out
+    assert f"  {STYLED}  created" in out
+    assert "  a\\x09b\\x0ac  created" in out
+    assert "\x1b" not in out
+    assert "\u202e" not in out
+
+
+def test_events_show_control_characters_as_escapes(
+    capsys: pytest.CaptureFixture[str], config: Path
+) -> None:
+    """An audit field cannot clear the screen, reorder the line or start a forged
+    event line of its own."""
+    log = AuditLog(str(config.parent / "audit.jsonl"))
+    log.emit(
+        AuditEvent(
+            "auth",
+            "s1",
+            {
+                "user": "alice",
+                "client_id": "mutt\u202e\u2028fake  auth  result=ok",
+                "reason": MARKUP,
+            },
+        )
+    )
+    log.close()
+    code, out, _ = _run(capsys, "events", "--config", str(config))
+    assert code == 0
+    assert len(out.splitlines()) == 1
+    assert "client_id=mutt\\u202e\\u2028fake" in out
+    assert f"reason={MARKUP}" in out
+
+
+def test_check_config_on_client_crls(capsys: pytest.CaptureFixture[str], config: Path) -> None:
+    import datetime
+
+    import trustme
+
+    from tests.unit.test_tls import NOW, crl
+
+    ca = trustme.CA()
+    ca_file, crl_file = config.parent / "devices-ca.pem", config.parent / "devices.crl"
+    ca.cert_pem.write_to_path(str(ca_file))
+    text = config.read_text()
+    config.write_text(text.replace("[tls]\n", f'[tls]\nclient_crl = "{crl_file}"\n'))
+    code, _, err = _run(capsys, "check-config", "--config", str(config))
+    assert code == 2
+    assert "config error: tls.client_crl: needs tls.client_ca" in err
+    config.write_text(
+        text.replace("[tls]\n", f'[tls]\nclient_ca = "{ca_file}"\nclient_crl = "{crl_file}"\n')
+    )
+    crl_file.write_bytes(crl(ca) + ca.cert_pem.bytes())
+    code, _, err = _run(capsys, "check-config", "--config", str(config))
+    assert code == 2
+    assert "config error: tls.client_crl: " in err
+    assert "'CERTIFICATE' block" in err
+    day = datetime.timedelta(days=1)
+    crl_file.write_bytes(crl(ca, last=NOW - 2 * day, next_=NOW - day))
+    code, _, err = _run(capsys, "check-config", "--config", str(config))
+    assert code == 0, err
+    assert "warning: tls.client_crl: the CRL of " in err
+    assert "expired at" in err
+    crl_file.write_bytes(crl(ca))
+    code, _, err = _run(capsys, "check-config", "--config", str(config))
+    assert (code, err) == (0, "")
+
+
+def test_check_config_on_unverified_email(capsys: pytest.CaptureFixture[str], config: Path) -> None:
+    text = config.read_text() + '[oauth]\nissuer = "https://idp.example.org"\naudience = "imap"\n'
+    config.write_text(text)
+    assert _run(capsys, "check-config", "--config", str(config))[:3:2] == (0, "")
+    config.write_text(text + "trust_unverified_email = true\n")
+    code, _, err = _run(capsys, "check-config", "--config", str(config))
+    assert code == 0
+    assert "warning: oauth.trust_unverified_email: " in err
+    assert "nOAuth" in err
+    config.write_text(text + 'trust_unverified_email = "yes"\n')
+    code, _, err = _run(capsys, "check-config", "--config", str(config))
+    assert (code, err.split(":")[:2]) == (2, ["config error", " oauth.trust_unverified_email"])
+    config.write_text(text + 'trust_unverified_email = true\nusername_claim = "sub"\n')
+    code, _, err = _run(capsys, "check-config", "--config", str(config))
+    assert code == 2
+    assert 'oauth.trust_unverified_email: applies only to username_claim = "email"' in err

@@ -103,6 +103,7 @@ def claims(**overrides: Any) -> dict[str, Any]:
         "jti": "jti-1",
         "client_id": "thunderbird",
         "email": "Alice@Example.org",
+        "email_verified": True,
         "amr": ["pwd", "mfa"],
     }
     base.update(overrides)
@@ -420,6 +421,11 @@ def test_error_challenge_xoauth2_has_gmail_shape() -> None:
         ({"issuer": "https://idp.example.org/?realm=mail"}, "oauth.issuer"),
         ({"audience": ""}, "oauth.audience"),
         ({"username_claim": ""}, "oauth.username_claim"),
+        (
+            {"username_claim": "preferred_username", "trust_unverified_email": True},
+            "oauth.trust_unverified_email",
+        ),
+        ({"trust_unverified_email": "yes"}, "oauth.trust_unverified_email"),
         ({"require_amr": ("",)}, "oauth.require_amr"),
         ({"leeway": -1.0}, "oauth.leeway"),
         ({"jwks_cache_seconds": 0.0}, "oauth.jwks_cache_seconds"),
@@ -436,6 +442,7 @@ def test_settings_refuse(overrides: dict[str, Any], key: str) -> None:
 def test_settings_defaults() -> None:
     s = OAuthSettings(issuer=ISSUER, audience=AUDIENCE)
     assert s.username_claim == "email"
+    assert s.trust_unverified_email is False
     assert not any(a.startswith("HS") or a == "none" for a in s.algorithms)
     assert s.discovery_url == DISCOVERY
 
@@ -675,7 +682,10 @@ async def test_weak_rsa_key_is_refused() -> None:
         ({"email": ["alice@example.org"]}, "claim email is missing or not a string"),
         ({"email": "alice @example.org"}, "not an account name"),
         ({"email": "a" * 256}, "not an account name"),
-        ({"email_verified": False}, "email_verified is false"),
+        ({"email_verified": False}, "email not verified (email_verified is false)"),
+        ({"email_verified": DROP}, "email not verified (no email_verified claim)"),
+        ({"email_verified": "true"}, "email not verified (email_verified is 'true', not true)"),
+        ({"email_verified": 1}, "email not verified (email_verified is 1, not true)"),
         ({"amr": "mfa"}, "amr is not a list of strings"),
         ({"amr": ["pwd", 1]}, "amr is not a list of strings"),
         ({"acr": 2}, "acr is not a string"),
@@ -699,6 +709,27 @@ async def test_token_for_another_user_than_the_authzid() -> None:
 async def test_email_verified_true_is_fine() -> None:
     async with make_verifier(FakeIdP([RSA_A])) as v:
         await v.verify(token(email_verified=True), None)
+
+
+@pytest.mark.asyncio
+async def test_noauth_token_with_an_address_the_issuer_never_verified() -> None:
+    """nOAuth: at an issuer where users edit their own profile address, a token for
+    "Alice@Example.org" proves nothing unless the issuer says it verified it."""
+    async with make_verifier(FakeIdP([RSA_A])) as v:
+        for claim in (False, DROP, None, "yes"):
+            reason = await rejected(v, token(email_verified=claim), "alice@example.org")
+            assert reason.startswith("email not verified"), reason
+
+
+@pytest.mark.asyncio
+async def test_trust_unverified_email_accepts_a_missing_claim_never_false() -> None:
+    async with make_verifier(FakeIdP([RSA_A]), trust_unverified_email=True) as v:
+        assert (await v.verify(token(email_verified=DROP), None)).user == "alice@example.org"
+        assert "email_verified is false" in await rejected(v, token(email_verified=False))
+    # Another username claim: email_verified says nothing about it.
+    async with make_verifier(FakeIdP([RSA_A]), username_claim="preferred_username") as v:
+        tok = token(preferred_username="bob", email_verified=False)
+        assert (await v.verify(tok, None)).user == "bob"
 
 
 @pytest.mark.asyncio

@@ -41,11 +41,15 @@ whose reason names the rule and never contains the token:
 6. Claims, with `leeway` seconds of clock skew and an injectable clock: `iss` is
    the configured issuer; `aud` (string or list) contains the audience; `exp` is
    required and in the future; `nbf` and `iat`, when present, not in the future.
-7. User: the `username_claim` (a string), lower-cased; with the default claim
-   `email`, a token saying `"email_verified": false` is refused (an address the
-   issuer never checked is no identity). When the client gave a SASL
-   authorization identity (OAUTHBEARER `a=`, XOAUTH2 `user=`), it must name the
-   same user, compared case-insensitively.
+7. User: the `username_claim` (a string), lower-cased. With the default claim
+   `email`, the token must also say `"email_verified": true`, or it is refused
+   ("email not verified"): an address the issuer never checked is no identity.
+   Where users may type their own address into their IdP profile (the "nOAuth"
+   flaw: Entra ID tenants, Descope's 2023 write-up), anyone could otherwise log in
+   as anyone. `trust_unverified_email` accepts a token without the claim, for an
+   issuer that never sends it; `false` is refused even then. When the client gave
+   a SASL authorization identity (OAUTHBEARER `a=`, XOAUTH2 `user=`), it must name
+   the same user, compared case-insensitively.
 8. `amr` (RFC 8176) must be a list of strings and `acr` a string, when present.
 
 Second factor (`VerifiedToken.mfa`): true iff the token satisfies the configured
@@ -403,6 +407,8 @@ class OAuthSettings:
     http_timeout: float = 5.0
     ca_file: str | None = None
     algorithms: tuple[str, ...] = DEFAULT_ALGORITHMS
+    # Accept `email` without `email_verified` (see rule 7 of the module docstring).
+    trust_unverified_email: bool = False
 
     def __post_init__(self) -> None:
         problems: list[tuple[str, str]] = []
@@ -419,6 +425,10 @@ class OAuthSettings:
             bad("audience", "must not be empty")
         if not self.username_claim:
             bad("username_claim", "must not be empty")
+        if not isinstance(self.trust_unverified_email, bool):
+            bad("trust_unverified_email", "must be true or false")
+        elif self.trust_unverified_email and self.username_claim != "email":
+            bad("trust_unverified_email", 'applies only to username_claim = "email"')
         for key, values in (("require_amr", self.require_amr), ("require_acr", self.require_acr)):
             if any(not isinstance(v, str) or not v for v in values):
                 bad(key, "must be a list of non-empty strings")
@@ -600,8 +610,8 @@ class TokenVerifier:
         user = _account_name(claimed)
         if user is None:
             raise TokenRejected(f"claim {s.username_claim} is not an account name")
-        if s.username_claim == "email" and claims.get("email_verified") is False:
-            raise TokenRejected("email_verified is false")
+        if s.username_claim == "email":
+            _check_email_verified(claims, trust_missing=s.trust_unverified_email)
         if authzid and authzid.lower() != user:
             raise TokenRejected(
                 f"token is for {user!r}, authorization identity is {_show(authzid)}"
@@ -839,6 +849,20 @@ def _time_claim(claims: dict[str, Any], name: str) -> float | None:
     if not math.isfinite(seconds):
         raise TokenRejected(f"{name} is not a finite number")
     return seconds
+
+
+def _check_email_verified(claims: dict[str, Any], *, trust_missing: bool) -> None:
+    """OpenID Connect Core §5.1: `email_verified` true means the issuer took steps
+    to make sure the address belongs to the user. Only JSON true counts."""
+    if "email_verified" not in claims:
+        if not trust_missing:
+            raise TokenRejected("email not verified (no email_verified claim)")
+        return
+    verified = claims["email_verified"]
+    if verified is False:
+        raise TokenRejected("email not verified (email_verified is false)")
+    if verified is not True:
+        raise TokenRejected(f"email not verified (email_verified is {_show(verified)}, not true)")
 
 
 def _account_name(value: str) -> str | None:

@@ -22,6 +22,7 @@ bucket), blocks and shared values, each row with its expiry. A precheck is one
 
 from __future__ import annotations
 
+import os
 import secrets
 import sqlite3
 import threading
@@ -913,7 +914,25 @@ def _path(url: str) -> str:
 def open_store(url: str) -> SqliteStore:
     path = _path(url)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
+    _create_private(path)
     return SqliteStore(path)
+
+
+def _create_private(path: str) -> None:
+    """Create the database file mode 0600 if it does not exist yet. SQLite would
+    create it 0644 less the umask (SQLITE_DEFAULT_FILE_PERMISSIONS), readable by
+    every local user; its -wal and -shm files take the database file's mode
+    (os_unix.c: `findCreateFileMode`, `unixOpenSharedMemory`), so they are 0600
+    too. An existing file is
+    left as it is: `check-config` reports one that others may read."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
+    try:
+        fd = os.open(path, flags, 0o600)
+    except FileExistsError:
+        return
+    except OSError as exc:
+        raise StateUnavailable("open", f"{path}: {exc.strerror}") from None
+    os.close(fd)
 
 
 def open_reader(url: str) -> SqliteStore:
