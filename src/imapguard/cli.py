@@ -767,7 +767,8 @@ def _device(args: argparse.Namespace) -> int:
         if done and device is not None and not args.json:
             client = f"{device.client_name} {device.client_version}".strip() or "no client ID"
             print(
-                f"device {args.id} of {user}: login from {device.last_address} ({client}),"
+                f"device {_shown(args.id)} of {_shown(user)}: login from"
+                f" {_shown(device.last_address)} ({_shown(client)}),"
                 f" trusted at that address only until {_when(until)}"
             )
     else:
@@ -808,6 +809,8 @@ _EVENT_KEYS = (
     "duration",
     "bytes_in",
     "bytes_out",
+    "count",
+    "discarded_bytes",
 )
 
 

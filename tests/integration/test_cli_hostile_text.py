@@ -6,7 +6,7 @@ listing with a MarkupError; `[bold red]...` restyled it; an escape sequence reac
 the terminal. Here a real client sends the ID through the gateway to a real
 Dovecot, and the CLI runs on a pseudo-terminal as an administrator would run it.
 
-Source addresses: 127.0.1.230-239.
+Source addresses: 127.0.1.245-249.
 """
 
 from __future__ import annotations
@@ -118,7 +118,7 @@ def test_rich_markup_in_the_imap_id_of_an_app_password_login(
     user = f"m{secrets.token_hex(3)}"
     dovecot.add_user(user, f"pw-{secrets.token_urlsafe(9)}")
     password = gw_id.create_app_password(user, "phone")
-    assert _id_then_login(gw_id, 230, user, password).startswith(b"b OK")
+    assert _id_then_login(gw_id, 245, user, password).startswith(b"b OK")
 
     def stored() -> str | None:
         listed = json.loads(gw_id.cli("app-password", "list", user, "--json").stdout)
@@ -143,7 +143,7 @@ def test_rich_markup_in_the_imap_id_of_a_pending_device(
     assert json.loads(gw_id.cli("totp", "enroll", user, "--json").stdout)["secret"]
     # The password without a code from an unknown device: refused, and a pending
     # device named by the client's ID waits for the owner's approval.
-    assert _id_then_login(gw_id, 231, user, password) == b"b " + AUTH_FAILED
+    assert _id_then_login(gw_id, 246, user, password) == b"b " + AUTH_FAILED
 
     def pending() -> list[dict[str, object]]:
         devices = json.loads(gw_id.cli("device", "list", user, "--json").stdout)

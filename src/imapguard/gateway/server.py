@@ -207,6 +207,8 @@ def build_runtime(
             config.tls.private_key,
             config.tls.min_version,
             config.tls.client_ca,
+            client_crl=config.tls.client_crl,
+            client_crl_check=config.tls.client_crl_check,
         ),
         mechanisms=_mechanisms(config.auth.methods),
         trusted=authenticator.defense.in_trusted_network
