@@ -27,7 +27,12 @@ from imapguard.secret import Secret
 
 __all__ = ["AuditEvent", "AuditLog", "RedactingFilter", "clean_text", "follow", "read_events"]
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# C0 and C1 controls, DEL, the bidi and other format characters that reorder or hide
+# text on a terminal (U+061C, U+200B-U+200F, U+202A-U+202E, U+2060-U+206F, U+FEFF),
+# and the line and paragraph separators: a log reader must see what was sent.
+_CONTROL = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff]"
+)
 
 
 def clean_text(text: str, limit: int = 256) -> str:

@@ -108,3 +108,11 @@ def test_follow_yields_new_events_only(tmp_path: Path) -> None:
     thread.join(5)
     log.close()
     assert [r["event"] for r in seen] == ["new1", "new2"]
+
+
+def test_bidi_overrides_and_c1_controls_never_reach_the_log() -> None:
+    """Client text that would reorder or hide what a log reader sees (A8)."""
+    assert clean_text("user\u202eexe.txt") == "user?exe.txt"
+    assert clean_text("a\u0085b\u009b31mc") == "a?b?31mc"
+    assert clean_text("a\u2066b\u200bc\u2028d\ufeff") == "a?b?c?d?"
+    assert clean_text("jörg ünïcode") == "jörg ünïcode"
