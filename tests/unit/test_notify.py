@@ -592,3 +592,21 @@ def test_unreadable_ca_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         Notifier(settings, should_send=MemoryRateLimit(3600))
     assert [k for k, _ in caught.value.problems] == ["notify.webhook_ca_file"]
+
+
+@pytest.mark.asyncio
+async def test_all_notices_together_are_capped_per_hour() -> None:
+    """Many accounts, one notice each: at most `max_per_hour` leave in any hour (A3)."""
+    hook, clock = Hook(), Clock()
+    settings = NotifySettings(webhook_url=HOOK, webhook_secret=SECRET, max_per_hour=3)
+    async with Notifier(
+        settings, should_send=MemoryRateLimit(3600), clock=clock, transport=hook.transport
+    ) as n:
+        results = [await n.notify(notice(user=f"user{i}")) for i in range(5)]
+        assert [r.status for r in results] == [NotifyStatus.SENT] * 3 + [
+            NotifyStatus.RATE_LIMITED
+        ] * 2
+        assert results[-1].detail == "max_per_hour reached"
+        clock.now += 3601
+        assert (await n.notify(notice(user="later"))).status is NotifyStatus.SENT
+    assert len(hook.requests) == 4

@@ -115,3 +115,13 @@ def test_totp_step_is_taken_once_and_failures_lock(tmp_path: Path) -> None:
     assert store.claim_notice("alice", "lockout", 10.0, 3600)
     assert store.claim_notice("alice", "new_device", 3605.0, 3600)
     store.close()
+
+
+def test_notice_rows_are_purged_once_they_limit_nothing(tmp_path: Path) -> None:
+    store = open_store(f"sqlite:///{tmp_path}/state.db")
+    for i in range(100):
+        assert store.claim_notice(f"made-up-{i}", "lockout", 10.0, 3600)
+    assert store.claim_notice("alice", "lockout", 4000.0, 3600)
+    (rows,) = store._db.execute("SELECT COUNT(*) FROM notices").fetchone()
+    assert rows == 1
+    store.close()
