@@ -151,7 +151,8 @@ Things to try:
        curl -u 'alice:{app}' 'imap://localhost:{starttls}/'
      and with --ssl-reqd (STARTTLS) it works:
        curl --ssl-reqd --cacert {cert} -u 'alice:{app}' 'imap://localhost:{starttls}/'
-  4. Log in as bob with his password and a one-time code; his device is then trusted:
+  4. Log in as bob with his password and a one-time code; his device is then trusted
+     for that same string (a mail client sends it again), never for the password alone:
        CODE=$(python3 -c 'import pyotp; print(pyotp.TOTP("{creds["bob-totp-secret"]}").now())')
        curl --cacert {cert} -u "bob:{creds["bob"]}$CODE" 'imaps://localhost:{imaps}/INBOX?ALL'
      (pyotp is in imapguard's environment: use its python, e.g. .venv/bin/python3)
