@@ -1,33 +1,34 @@
 """The one authentication chokepoint: every login path of every listener calls
 `Authenticator.authenticate()`, and nothing else decides who gets in.
 
-Order (fixed, in one place): check the user name → establish what the login
-proves (an app password by its keyed hash; an OAuth token by its signature and
-claims; a client certificate from the TLS layer; the primary password by logging
-in to the upstream as the user, then a one-time code or a trusted device) → is
-that proof in `auth.sufficient`? → open the upstream session (the password login
-itself, or a master login for proofs that carry no password). The result is
-typed: OK, INVALID, MISSING_FACTOR or UNAVAILABLE, with the real reason and the
-factor for the audit log only.
+Order (fixed, in one place): make the account name the upstream's own
+(`names.AccountNames`: realms, the master-user separator and odd characters
+refused) → establish what the login proves (an app password by its keyed hash;
+an OAuth token by its signature and claims; a client certificate from the TLS
+layer; the primary password by logging in to the upstream as the user, then a
+one-time code or a trusted device) → is that proof in `auth.sufficient`? → open
+the upstream session (the password login itself, or a master login for proofs
+that carry no password). The result is typed: OK, INVALID, MISSING_FACTOR or
+UNAVAILABLE, with the real reason and the factor for the audit log only.
 
 The password field of LOGIN / SASL PLAIN may hold the password followed by a
-6-digit code (`totp.split_password_and_code`). Which reading is tried first: a
-code that verifies now → password+code; else, from a known device, the reading
-that worked there last time; else the whole field as a password. A second
-reading is tried only when the first password was wrong, so a user whose
-password ends in digits pays nothing, and a wrong code after a correct password
-is still seen (and counted, per account: `totp_max_failures`). A correct
-password without a sufficient factor is a compromise signal: audited, the owner
-told (`on_notice`), and from an unknown device a pending device is created for
-the owner to approve. On the wire every
+6-digit code (`totp.split_password_and_code`). How it is read is decided locally,
+before the upstream is asked, and the upstream is asked once (`_reading`): a
+code that verifies now, or the code a trusted device proved (kept as a keyed
+digest: the device's secret), makes it password+code; an owner-approved device
+at its exact address, or a client certificate of the account, takes the field
+as the password; an account with a code enrolled reads trailing digits as a
+(wrong) code, so that a wrong code after a correct password is seen and counted
+(`totp_max_failures`). A correct password without a sufficient factor is a
+compromise signal: audited, the owner told (`on_notice`), and from an unknown
+device a pending device is created for the owner to approve. On the wire every
 failure looks the same (`NO [AUTHENTICATIONFAILED] Authentication failed.`) and
-is answered no sooner than a floor plus a random jitter after the command
-arrived, so neither text nor timing tells an unknown user from a wrong password,
-or a correct password (missing factor: the upstream answered OK at once) from a
-wrong one (the upstream answered NO after its own failure delay, 2 s in
-Dovecot). The floor is `failure_delay` or, if higher, the 90th percentile of
-the upstream's recent refusal times (at most `MAX_FAILURE_FLOOR`). A dead state
-store fails closed (UNAVAILABLE).
+is answered no sooner than the upstream would have refused that source's
+password right now, plus a random jitter (`_failure_target`, `penalty.py`), so
+neither text nor timing tells an unknown user from a wrong password, a right
+password without its factor from a wrong one, or a blocked source from a checked
+one, whatever the upstream's per-address penalty. A dead state store fails
+closed (UNAVAILABLE).
 
 State access: point reads go to `reader` on the event loop (WAL: never blocked
 by a writer); writes a decision depends on are awaited on the store's worker
