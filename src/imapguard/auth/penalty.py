@@ -77,6 +77,7 @@ class UpstreamPenalty:
         # ident -> (level, when the upstream last counted a failure)
         self._sources: OrderedDict[str, tuple[int, float]] = OrderedDict()
         self._first_refusals: deque[float] = deque(maxlen=SAMPLES)
+        self._delay: float | None = None  # their median, computed when one is added
         # Has the upstream been seen to apply the penalty? Until then (or after it
         # was seen not to), predictions are the refusal delay alone.
         self.penalizes = False
@@ -84,13 +85,19 @@ class UpstreamPenalty:
     def refusal_delay(self) -> float:
         """What a refusal adds to a success: the median refusal time of addresses
         without a penalty (`default_delay` until one is seen)."""
-        if not self._first_refusals:
-            return self.default_delay
-        return max(self.default_delay, statistics.median(self._first_refusals))
+        if self._delay is None:
+            self._delay = (
+                max(self.default_delay, statistics.median(self._first_refusals))
+                if self._first_refusals
+                else self.default_delay
+            )
+        return self._delay
 
     def level(self, ip: str, at: float | None = None) -> int:
         """The penalty level the upstream applies to a login from `ip` that starts
         at `at` (default: now)."""
+        if not self._sources:
+            return 0
         key = ident(ip)
         state = self._sources.get(key)
         if state is None:
@@ -113,6 +120,7 @@ class UpstreamPenalty:
         before = self.level(ip, now - duration)  # the level applied when it started
         if before == 0:
             self._first_refusals.append(duration)
+            self._delay = None
         else:
             # Did the upstream apply the penalty the model expected? (An upstream
             # without one refuses as fast the tenth time as the first.)
