@@ -679,6 +679,39 @@ async def test_a_credential_never_answered_is_not_tested_and_says_how_to_rerun(
     assert "AUTH-05" not in failed(result)
 
 
+@pytest.mark.parametrize("failures", [1, 2])
+@pytest.mark.asyncio
+async def test_a_temporary_authentication_failure_is_asked_again(
+    tls: ssl.SSLContext, failures: int
+) -> None:
+    """NO [UNAVAILABLE] (RFC 5530: a subsystem is down; Dovecot's "Temporary
+    authentication failure") says nothing about the credential: the probe runs again,
+    and only a failure every time leaves AUTH-05 not tested, with how to rerun."""
+    inner = imap_script(lambda s: "IMAP4rev1 ID AUTH=PLAIN" + ("" if s.tls else " STARTTLS"))
+    seen: list[str] = []
+
+    def respond(s: Session, line: str) -> Reply:
+        if " LOGIN " in f" {line} ":
+            seen.append(line)
+            if len(seen) <= failures:
+                tag = line.split()[0]
+                return Reply(f"{tag} NO [UNAVAILABLE] Temporary authentication failure.\r\n")
+        return inner.respond(s, line)
+
+    async with serving(Script(inner.greeting, respond), tls) as server:
+        _, result, _ = await scan(server)
+    assert len(seen) == min(failures + 1, mail.ATTEMPTS)
+    if failures < mail.ATTEMPTS:
+        assert "AUTH-05" in failed(result)
+        assert untested(result) == set()
+    else:
+        assert untested(result) == {"AUTH-05"}
+        assert by_id(result, "AUTH-05").evidence[0].startswith(
+            "not tested: the server reported a temporary failure: S: s1 NO [UNAVAILABLE]"
+            " Temporary authentication failure. (2 tries, 0 s apart); rerun in a few minutes"
+        )
+
+
 @pytest.mark.asyncio
 async def test_a_step_cut_short_runs_again_from_a_clean_state(tls: ssl.SSLContext) -> None:
     """The main dialog's connection closes after the greeting (a restart, a reset):
