@@ -17,10 +17,17 @@ Theory of operation:
   parsing is `dialogs.py`'s (complete responses only).
 - Reads are bounded: `dialogs` limits every response's size, and a command's
   answer gets one timeout in all, however slowly its responses trickle in.
+- A step cut short for a passing reason (a timeout, a reset, a close before the
+  answer, a temporary authentication failure) runs again from a clean state,
+  `ATTEMPTS` runs in all, `Network.settings.backoff` seconds apart, so one slow moment
+  of the server or of this machine does not change the report. The answer to the
+  dummy credential may take `AUTH_WAIT` seconds: servers delay logins after failed
+  ones from the same address, and the previous scan's probe was one.
 - A check that could not run (timeout, reset, a reply the dialog cannot go on from,
-  throttling) ends as `not_tested` with the reason, never as a pass or a fail. A
-  check that does not apply (no STARTTLS at all, so nothing to inject into) leaves
-  nothing; one that depends on a STARTTLS that is broken (ST-02) is `not_tested`.
+  throttling) ends as `not_tested` with the reason and how to rerun, never as a pass
+  or a fail. A check that does not apply (no STARTTLS at all, so nothing to inject
+  into) leaves nothing; one that depends on a STARTTLS that is broken (ST-02) is
+  `not_tested`.
 - TLS here is only a means to reach the other side: certificate verification is
   off and old protocol versions are allowed, because judging TLS is `tlsaudit`'s
   job and a service that only speaks TLS 1.0 must still get its mail checks.
@@ -383,6 +390,14 @@ class _Unexpected(Exception):
     """A reply the dialog cannot go on from (EHLO refused, no CAPABILITY ...)."""
 
 
+class _Temporary(Exception):
+    """The server said its failure is temporary (IMAP NO [UNAVAILABLE], SMTP 4xx)."""
+
+    def __init__(self, answer: str) -> None:
+        self.answer = answer
+        super().__init__(answer)
+
+
 class _ConnectTimeout(TimeoutError):
     """The TCP connection was not accepted within the timeout (a filtered port)."""
 
@@ -417,6 +432,8 @@ def _reason(exc: BaseException) -> str:
     match exc:
         case Throttled():
             return f"throttled: {exc.reason}"
+        case _Temporary():
+            return f"the server reported a temporary failure: {exc.answer}"
         case _AuthDelayed():
             return f"the server did not answer the dummy credential within {exc.seconds:g} s"
         case _Refused():
@@ -446,10 +463,11 @@ _NETWORK_ERRORS = (
     d.DialogError,
     _Closed,
     _Unexpected,
+    _Temporary,
 )
 #: Failures that may pass: the step is run again (`ATTEMPTS`). A refusal, a reply the
 #: dialog cannot go on from, or a TLS error says the same the next time.
-_PASSING = (TimeoutError, ConnectionError, _Closed)
+_PASSING = (TimeoutError, ConnectionError, _Closed, _Temporary)
 
 
 def _rerun(exc: BaseException) -> str:
@@ -462,6 +480,10 @@ def _rerun(exc: BaseException) -> str:
         )
     if isinstance(exc, TimeoutError):
         return "rerun with a longer --timeout, or when the server is less busy"
+    if isinstance(exc, _Temporary):
+        return (
+            "rerun in a few minutes; the server's log says what failed (often its password backend)"
+        )
     return "rerun when the server is reachable again"
 
 
@@ -1473,6 +1495,9 @@ async def _imap_probe(audit: _Audit) -> None:
         await conn.send(command)
         async with _credential_answer(conn):
             _, tagged = await imap.until_tagged(tag, wait=AUTH_WAIT)
+        if tagged.status == "NO" and tagged.code == "UNAVAILABLE":
+            # RFC 5530: "temporary failure because a subsystem is down"
+            raise _Temporary(_s(tagged))
         verdict = classify_imap_login(tagged, logindisabled=logindisabled)
         audit.judge_probe(verdict, (_c(command), _s(tagged)))
         await imap.bye()
@@ -1762,6 +1787,8 @@ async def _smtp_probe(audit: _Audit) -> None:
                 audit.untested(("AUTH-05",), f"AUTH PLAIN with a response got {evidence[1]}")
                 await smtp.bye()
                 return
+        if 400 <= reply.code < 500:  # RFC 5321 §4.2.1: transient (454: RFC 4954 §6)
+            raise _Temporary(_s(reply))
         audit.judge_probe(classify_smtp_auth(reply), evidence)
         await smtp.bye()
 

@@ -655,3 +655,10 @@ def test_a_fix_shown_once_per_id_and_text_not_per_id() -> None:
     assert 'certificate = "/etc/letsencrypt/live/mail.example.org/fullchain.pem"' in text
     assert "Fix: as for" not in text
     assert "Software:    imapguard (from its greeting)" in text
+
+
+def test_the_json_example_in_the_docs_validates() -> None:
+    text = (ROOT / "docs" / "scan-report.md").read_text(encoding="utf-8")
+    example = json.loads(text.split("```json\n", 1)[1].split("```", 1)[0])
+    jsonschema.Draft202012Validator(_schema()).validate(example)
+    assert example["schema_version"] == SCHEMA_VERSION
