@@ -65,6 +65,10 @@ Things that bite:
   probe fails on purpose, from 127.0.0.1, many times, so the lab disables the penalty
   (the anvil-auth-penalty socket gets mode 0, so the auth process cannot reach it) and
   sets ``auth_failure_delay = 0``; a failed login still takes about 0.5 s.
+  ``LabConfig(auth_penalty=True)`` keeps Dovecot's own (2 s, then 4, 8, 15 s more while
+  failures come less than 15 s apart), for the test that a scan run again soon gives the
+  same report (tests/integration/scanner/test_same_answer_twice.py); give such a server
+  its own instance: the penalty is per client address and 127.0.0.1 is every test's.
 * ``ssl = no`` also drops Dovecot's implicit-TLS listeners silently, so the ``no_starttls``
   and ``open`` profiles have no twins; :class:`LabConfig` refuses ``ssl="no"`` with
   ``twins=True``.
