@@ -17,6 +17,13 @@ indented by two spaces::
     Dovecot 2.4:
       auth_allow_cleartext = no
 
+A label that names software (Dovecot, Postfix, Exim, Cyrus, Exchange, imapguard: the
+values of `model.Software`) is for that software only; a label naming none
+(nftables, Certificate, Check, Any server ...) is for every server. The report shows
+`fix_for(id, software)`: on a service whose software was recognised, only the blocks
+for it and for every server, so imapguard is never told to set a Dovecot setting; on
+one nobody recognised, every block.
+
 Rules for the blocks (tests/unit/scanner/test_catalog.py holds them):
 - a Dovecot setting is given for 2.3 and for 2.4, which renamed many settings
   (``ssl_cert = <file`` became ``ssl_server_cert_file = file``,
@@ -29,6 +36,7 @@ Rules for the blocks (tests/unit/scanner/test_catalog.py holds them):
   substitutes their own;
 - nftables rules assume Debian's default ``table inet filter`` with its
   ``input`` chain (/etc/nftables.conf); they were checked with ``nft -c``;
+- imapguard blocks are imapguard.toml fragments (valid TOML, keys of config.py);
 - cipher strings are Mozilla's "intermediate" TLS 1.2 suites (ECDHE with
   AES-GCM or ChaCha20-Poly1305, which includes the RFC 9051 §11.1 mandatory
   TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256), written the short OpenSSL way.
@@ -40,14 +48,16 @@ import dataclasses
 import re
 from collections.abc import Iterable
 
-from imapguard.scanner.model import Finding, Severity, Status
+from imapguard.scanner.model import Finding, Severity, Software, Status
 
 __all__ = [
     "CATALOG",
     "Check",
+    "block_software",
     "catalog_markdown",
     "finding",
     "fix_blocks",
+    "fix_for",
     "not_tested",
     "standard_links",
 ]
@@ -96,6 +106,15 @@ def fix_blocks(fix: str) -> list[tuple[str, list[str]]]:
     return blocks
 
 
+def block_software(label: str) -> frozenset[Software]:
+    """The software a fix block is for, by the names in its label; empty: any server."""
+    return frozenset(s for s in Software if re.search(rf"\b{re.escape(s.value)}\b", label))
+
+
+def _blocks_text(summary: str, blocks: Iterable[tuple[str, list[str]]]) -> str:
+    return _fix(summary, *((label, *lines) for label, lines in blocks))
+
+
 # -- the shared pieces of the fixes ---------------------------------------------
 
 _LIVE = "/etc/letsencrypt/live/mail.example.org"
@@ -116,6 +135,11 @@ _DOVECOT24_CERT = (
     f"ssl_server_cert_file = {_LIVE}/fullchain.pem",
     f"ssl_server_key_file = {_LIVE}/privkey.pem",
 )
+_IMAPGUARD_CERT = (
+    "[tls]",
+    f'certificate = "{_LIVE}/fullchain.pem"',
+    f'private_key = "{_LIVE}/privkey.pem"',
+)
 _POSTFIX_CERT = (
     f"smtpd_tls_chain_files = {_LIVE}/privkey.pem,",
     f"    {_LIVE}/fullchain.pem",
@@ -123,6 +147,15 @@ _POSTFIX_CERT = (
 _EXIM_CERT = (
     f"tls_certificate = {_LIVE}/fullchain.pem",
     f"tls_privatekey = {_LIVE}/privkey.pem",
+)
+#: imapguard's TLS is fixed (imapguard.tls: TLS 1.2 or 1.3, ECDHE with AES-GCM or
+#: ChaCha20-Poly1305, no compression or renegotiation, server order): anything else on
+#: its port comes from something in front of it.
+_IMAPGUARD_FIXED = (
+    "imapguard",
+    "its TLS is fixed (TLS 1.2 or later, ECDHE with AES-GCM or ChaCha20-Poly1305, no",
+    "compression or renegotiation): a TLS proxy or load balancer in front of it answered;",
+    "pass the TCP connections through to imapguard instead",
 )
 _PROTOCOLS = (
     ("Dovecot 2.3 and 2.4", "ssl_min_protocol = TLSv1.2"),
@@ -133,6 +166,7 @@ _PROTOCOLS = (
     ),
     ("Exim (OpenSSL build)", "openssl_options = +no_sslv2 +no_sslv3 +no_tlsv1 +no_tlsv1_1"),
     ("Exim (GnuTLS build, Debian's exim4)", f"tls_require_ciphers = {_GNUTLS}"),
+    _IMAPGUARD_FIXED,
 )
 _SUITES = (
     ("Dovecot 2.3 and 2.4", f"ssl_cipher_list = {_CIPHERS}"),
@@ -144,9 +178,10 @@ _SUITES = (
     ),
     ("Exim (OpenSSL build)", f"tls_require_ciphers = {_CIPHERS}"),
     ("Exim (GnuTLS build, Debian's exim4)", f"tls_require_ciphers = {_GNUTLS}"),
+    _IMAPGUARD_FIXED,
 )
 _TRUSTED_NOTE = (
-    "Note",
+    "Dovecot 2.3 and 2.4 (a note)",
     "Dovecot treats a client on its own address or in login_trusted_networks as",
     "secure and allows cleartext login for it: test from another host.",
 )
@@ -204,6 +239,7 @@ def _certificate(postfix_label: str) -> tuple[tuple[str, ...], ...]:
         ("Dovecot 2.4", *_DOVECOT24_CERT),
         (postfix_label, *_POSTFIX_CERT),
         ("Exim", *_EXIM_CERT),
+        ("imapguard (imapguard.toml; SIGHUP loads a new certificate)", *_IMAPGUARD_CERT),
     )
 
 
@@ -231,6 +267,12 @@ _CHECKS: tuple[Check, ...] = (
             *_DOVECOT_TLS_REQUIRED,
             ("Exchange (PowerShell)", "Set-ImapSettings -LoginType SecureLogin"),
             _close_dovecot_listener("imap-login", "imap"),
+            (
+                "imapguard (imapguard.toml: only implicit-TLS listeners, none with starttls)",
+                "[[listen]]",
+                'address = "0.0.0.0:993"',
+                'tls = "implicit"',
+            ),
             _nft_lan_only("143"),
             _TRUSTED_NOTE,
         ),
@@ -316,6 +358,12 @@ _CHECKS: tuple[Check, ...] = (
             ),
             ("Exim", "daemon_smtp_ports = 25 : 465 : 587", "tls_on_connect_ports = 465"),
             (
+                "imapguard (imapguard.toml: an implicit-TLS listener next to the STARTTLS one)",
+                "[[listen]]",
+                'address = "0.0.0.0:993"',
+                'tls = "implicit"',
+            ),
+            (
                 "nftables (open the twins)",
                 "nft add rule inet filter input tcp dport { 465, 993, 995 } accept",
             ),
@@ -373,6 +421,10 @@ _CHECKS: tuple[Check, ...] = (
             ("Dovecot 2.4", *_DOVECOT24_CERT, "ssl_min_protocol = TLSv1.2"),
             ("Postfix main.cf (log the handshake error)", *_POSTFIX_CERT, "smtpd_tls_loglevel = 1"),
             ("Exim", *_EXIM_CERT),
+            (
+                "imapguard (imapguard.toml; imapguard check-config names the problem)",
+                *_IMAPGUARD_CERT,
+            ),
             (
                 "Check (use -starttls pop3 or smtp for the other protocols)",
                 "openssl s_client -starttls imap -connect mail.example.org:143"
@@ -524,7 +576,10 @@ _CHECKS: tuple[Check, ...] = (
         _fix(
             "Re-run more slowly, or exempt the scanner's address from connection limits for"
             " the scan (never from authentication rules).",
-            ("imapguard", "imapguard scan --rate 2 --concurrency 2 --timeout 15 mail.example.org"),
+            (
+                "Scan again, slowly",
+                "imapguard scan --rate 2 --concurrency 2 --timeout 15 mail.example.org",
+            ),
             (
                 "Postfix main.cf (192.0.2.10 is the scanner)",
                 "smtpd_client_event_limit_exceptions = $mynetworks, 192.0.2.10",
@@ -534,6 +589,11 @@ _CHECKS: tuple[Check, ...] = (
                 "Dovecot 2.3 and 2.4",
                 "do not add the scanner to login_trusted_networks: Dovecot then allows",
                 "cleartext login for it and the scan no longer sees what outsiders see",
+            ),
+            (
+                "imapguard (imapguard.toml: connections from one address before login)",
+                "[limits]",
+                "max_preauth_per_source = 20",
             ),
         ),
     ),
@@ -742,6 +802,7 @@ _CHECKS: tuple[Check, ...] = (
             ("Postfix main.cf (3.6 and later)", "smtpd_tls_protocols = >=TLSv1.2"),
             ("Exim (OpenSSL build)", "remove +no_tlsv1_2 and +no_tlsv1_3 from openssl_options"),
             ("Exim (GnuTLS build, Debian's exim4)", f"tls_require_ciphers = {_GNUTLS}"),
+            ('imapguard (imapguard.toml; "1.3" turns TLS 1.2 off)', "[tls]", 'min_version = "1.2"'),
         ),
     ),
     Check(
@@ -783,6 +844,11 @@ _CHECKS: tuple[Check, ...] = (
             ),
             ("Postfix main.cf", f"tls_medium_cipherlist = {_CIPHERS}"),
             ("Exim (OpenSSL build)", f"tls_require_ciphers = {_CIPHERS}"),
+            (
+                "imapguard (imapguard.toml; it serves one certificate: make it an RSA one)",
+                "[tls]  # certbot certonly --key-type rsa -d mail.example.org",
+                *_IMAPGUARD_CERT[1:],
+            ),
         ),
     ),
     Check(
@@ -826,6 +892,7 @@ _CHECKS: tuple[Check, ...] = (
                 "Exim (openssl dhparam -out /etc/exim4/dh.pem 3072)",
                 "tls_dhparam = /etc/exim4/dh.pem",
             ),
+            _IMAPGUARD_FIXED,
         ),
     ),
     Check(
@@ -842,6 +909,7 @@ _CHECKS: tuple[Check, ...] = (
                 "tls_ssl_options = NO_COMPRESSION, NO_RENEGOTIATION",
             ),
             ("Exim (OpenSSL build)", "openssl_options = +no_compression +no_renegotiation"),
+            _IMAPGUARD_FIXED,
         ),
     ),
     Check(
@@ -856,6 +924,11 @@ _CHECKS: tuple[Check, ...] = (
             ("Dovecot 2.3 and 2.4", f"ssl_cipher_list = {_CIPHERS}"),
             ("Postfix main.cf", f"tls_medium_cipherlist = {_CIPHERS}"),
             ("Exim (OpenSSL build)", f"tls_require_ciphers = {_CIPHERS}"),
+            (
+                "imapguard (its suites have no RSA key exchange; restart it after the update:",
+                "a running gateway keeps the old library)",
+                "restart imapguard serve",
+            ),
             (
                 "Certificate (after Heartbleed: revoke, then a new key and certificate)",
                 "certbot revoke --cert-name mail.example.org --reason keycompromise"
@@ -872,10 +945,16 @@ _CHECKS: tuple[Check, ...] = (
         _fix(
             "Update the TLS library (fallback SCSV: OpenSSL 1.0.1j, Extended Master Secret:"
             " 1.1.0); with TLS 1.3 on and 1.0/1.1 off the downgrade risk is small.",
+            ("Debian", "apt-get install --only-upgrade openssl libssl3"),
             (
-                "Debian",
-                "apt-get install --only-upgrade openssl libssl3",
+                "Dovecot 2.3 and 2.4 (a running server keeps the old library)",
                 "systemctl restart dovecot",
+            ),
+            ("Postfix (a running server keeps the old library)", "systemctl restart postfix"),
+            ("Exim (a running server keeps the old library)", "systemctl restart exim4"),
+            (
+                "imapguard (a running gateway keeps the old library; SIGHUP is not enough)",
+                "restart imapguard serve",
             ),
         ),
     ),
@@ -922,6 +1001,7 @@ _CHECKS: tuple[Check, ...] = (
                 "Postfix main.cf (3.4 and later, by SNI)",
                 "tls_server_sni_maps = hash:/etc/postfix/sni",
             ),
+            ("imapguard (imapguard.toml; one certificate holds every name)", *_IMAPGUARD_CERT),
         ),
     ),
     Check(
@@ -932,10 +1012,14 @@ _CHECKS: tuple[Check, ...] = (
         _fix(
             "Renew the certificate, automate renewal, and reload the servers after each"
             " renewal (they keep the old certificate in memory until then).",
+            ("Certificate", "systemctl enable --now certbot.timer"),
             (
-                "Certificate",
+                "Dovecot 2.3 and 2.4, Postfix (reload after each renewal)",
                 "certbot renew --deploy-hook 'systemctl reload dovecot postfix'",
-                "systemctl enable --now certbot.timer",
+            ),
+            (
+                "imapguard (SIGHUP loads the renewed [tls] certificate for new connections)",
+                "certbot renew --deploy-hook 'pkill -HUP -f \"imapguard serve\"'",
             ),
             (
                 "Check",
@@ -1033,6 +1117,11 @@ _CHECKS: tuple[Check, ...] = (
                 "Postfix master.cf",
                 "give submission and submissions the same -o smtpd_tls_* overrides (or none)",
             ),
+            (
+                "imapguard",
+                "every listener uses the one [tls] section: a port that differs is served by",
+                "something else (a proxy in front, or another server on the same address)",
+            ),
         ),
     ),
 )
@@ -1105,6 +1194,29 @@ def finding(
         standard=standard or check.standard,
         fix=check.fix,
     )
+
+
+def fix_for(check_id: str, software: Software | None) -> str:
+    """The fix of `check_id` for a service running `software`: its own blocks and
+    those for any server; every block when the software is not known. When the
+    catalog has no block for that software, a last block says so."""
+    fix = CATALOG[check_id].fix
+    if software is None:
+        return fix
+    summary = fix.splitlines()[0]
+    kept = [
+        (label, lines)
+        for label, lines in fix_blocks(fix)
+        if not (products := block_software(label)) or software in products
+    ]
+    if not any(software in block_software(label) for label, _ in kept):
+        kept.append(
+            (
+                f"{software.value} (recognised on this port)",
+                [f"no {software.value} setting is listed for this; the first line says what to do"],
+            )
+        )
+    return _blocks_text(summary, kept)
 
 
 def not_tested(check_id: str, reason: str) -> Finding:

@@ -39,12 +39,9 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
-from imapguard.scanner.model import Finding, Service, Severity, Status, TlsMode
+from imapguard.scanner.model import GRADES, Finding, Protocol, Service, Severity, Status, TlsMode
 
 __all__ = ["GRADES", "RULES", "Rule", "grade", "grade_rank", "grade_table_markdown"]
-
-#: Best first.
-GRADES: tuple[str, ...] = ("A+", "A", "A-", "B", "C", "D", "F")
 
 #: A+ needs a certificate valid for more than this many days (the same 30 days
 #: after which CERT-03 warns).
@@ -216,7 +213,12 @@ def grade(service: Service) -> tuple[str, tuple[str, ...]]:
     worst = max((grade_rank(cap) for cap, _ in claimed.values()), default=0)
     ordered = sorted(claimed.values(), key=lambda item: -grade_rank(item[0]))
     reasons = [f"{reason} caps at {cap}" for cap, reason in ordered]
-    if not service.complete:
+    if service.protocol is Protocol.UNKNOWN:
+        reasons.append(
+            "incomplete: no IMAP, POP3, SMTP or ManageSieve answered here, so no mail"
+            " check ran; the grade covers nothing"
+        )
+    elif not service.complete:
         # Not a cap (a check that did not run is neither a pass nor a fail), but a
         # grade is only as good as what was seen: say so next to it.
         untested = sorted({f.id for f in service.findings if f.status is Status.NOT_TESTED})

@@ -17,10 +17,17 @@ Theory of operation:
   parsing is `dialogs.py`'s (complete responses only).
 - Reads are bounded: `dialogs` limits every response's size, and a command's
   answer gets one timeout in all, however slowly its responses trickle in.
+- A step cut short for a passing reason (a timeout, a reset, a close before the
+  answer, a temporary authentication failure) runs again from a clean state,
+  `ATTEMPTS` runs in all, `Network.settings.backoff` seconds apart, so one slow moment
+  of the server or of this machine does not change the report. The answer to the
+  dummy credential may take `AUTH_WAIT` seconds: servers delay logins after failed
+  ones from the same address, and the previous scan's probe was one.
 - A check that could not run (timeout, reset, a reply the dialog cannot go on from,
-  throttling) ends as `not_tested` with the reason, never as a pass or a fail. A
-  check that does not apply (no STARTTLS at all, so nothing to inject into) leaves
-  nothing; one that depends on a STARTTLS that is broken (ST-02) is `not_tested`.
+  throttling) ends as `not_tested` with the reason and how to rerun, never as a pass
+  or a fail. A check that does not apply (no STARTTLS at all, so nothing to inject
+  into) leaves nothing; one that depends on a STARTTLS that is broken (ST-02) is
+  `not_tested`.
 - TLS here is only a means to reach the other side: certificate verification is
   off and old protocol versions are allowed, because judging TLS is `tlsaudit`'s
   job and a service that only speaks TLS 1.0 must still get its mail checks.
@@ -70,6 +77,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import dataclasses
 import enum
 import ipaddress
@@ -79,15 +87,18 @@ import ssl
 import typing
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from imapguard.scanner import dialogs as d
 from imapguard.scanner.catalog import CATALOG, finding, not_tested
-from imapguard.scanner.model import Finding, Protocol, Severity, Status, TlsMode
+from imapguard.scanner.model import Finding, Identified, Protocol, Severity, Status, TlsMode
 from imapguard.scanner.net import Network, Throttled
+from imapguard.scanner.software import identify
 from imapguard.secret import Secret
 
 __all__ = [
+    "ATTEMPTS",
+    "AUTH_WAIT",
     "GREETING_WAIT",
     "PROBE_USER",
     "QUIET_WAIT",
@@ -120,6 +131,15 @@ QUIET_WAIT = 1.0
 #: Responses read while waiting for the one that answers our command (a server
 #: sending endless untagged data must not keep us reading).
 MAX_RESPONSES = 200
+#: Seconds the answer to the dummy credential (AUTH-05) may take, whatever --timeout
+#: says: servers delay authentication on purpose after failures from an address, and
+#: the probe's own failure is one. Dovecot's is the longest we know: its anvil penalty
+#: reaches AUTH_PENALTY_MAX_SECS = 15 s (src/auth/auth-penalty.h) on top of
+#: auth_failure_delay = 2 s, so a scan run again soon after the last one waits up to 17 s.
+AUTH_WAIT = 20.0
+#: Runs of one step in all when it fails for a passing reason (a timeout, a reset, a
+#: close before the answer); the runs are `Network.settings.backoff` seconds apart.
+ATTEMPTS = 2
 #: The probe's user name: it says what it is in the server's log.
 PROBE_USER = "imapguard-scan-probe"
 #: The RCPT of the open-relay test: under .invalid (RFC 2606), never deliverable.
@@ -166,6 +186,7 @@ class MailResult:
     capabilities_after_tls: tuple[str, ...]
     starttls_works: bool | None  # None: implicit TLS, or not tested
     banner: str
+    software: Identified | None = None  # what answered, when it could be told
 
 
 # -- pure verdicts -----------------------------------------------------------------
@@ -369,6 +390,26 @@ class _Unexpected(Exception):
     """A reply the dialog cannot go on from (EHLO refused, no CAPABILITY ...)."""
 
 
+class _Temporary(Exception):
+    """The server said its failure is temporary (IMAP NO [UNAVAILABLE], SMTP 4xx)."""
+
+    def __init__(self, answer: str) -> None:
+        self.answer = answer
+        super().__init__(answer)
+
+
+class _ConnectTimeout(TimeoutError):
+    """The TCP connection was not accepted within the timeout (a filtered port)."""
+
+
+class _AuthDelayed(TimeoutError):
+    """No answer to the dummy credential within `seconds` (see `AUTH_WAIT`)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        super().__init__(seconds)
+
+
 def _tls_context() -> ssl.SSLContext:
     """TLS to reach the other side, not to judge it: no verification (the TLS audit
     judges the certificate) and every protocol version and suite OpenSSL still has,
@@ -391,6 +432,10 @@ def _reason(exc: BaseException) -> str:
     match exc:
         case Throttled():
             return f"throttled: {exc.reason}"
+        case _Temporary():
+            return f"the server reported a temporary failure: {exc.answer}"
+        case _AuthDelayed():
+            return f"the server did not answer the dummy credential within {exc.seconds:g} s"
         case _Refused():
             return f"server turned the connection away: {exc.reason}"
         case TimeoutError():
@@ -418,7 +463,28 @@ _NETWORK_ERRORS = (
     d.DialogError,
     _Closed,
     _Unexpected,
+    _Temporary,
 )
+#: Failures that may pass: the step is run again (`ATTEMPTS`). A refusal, a reply the
+#: dialog cannot go on from, or a TLS error says the same the next time.
+_PASSING = (TimeoutError, ConnectionError, _Closed, _Temporary)
+
+
+def _rerun(exc: BaseException) -> str:
+    """How to get the check run after `exc` failed it every time."""
+    if isinstance(exc, _AuthDelayed):
+        return (
+            "the server delays logins from this address after failed ones (Dovecot's auth"
+            " penalty reaches 15 s and lasts until 15 s pass without a failure): rerun in a"
+            " minute, or from another address"
+        )
+    if isinstance(exc, TimeoutError):
+        return "rerun with a longer --timeout, or when the server is less busy"
+    if isinstance(exc, _Temporary):
+        return (
+            "rerun in a few minutes; the server's log says what failed (often its password backend)"
+        )
+    return "rerun when the server is reachable again"
 
 
 class _Conn:
@@ -452,12 +518,12 @@ class _Conn:
             parser.feed(data)
         return item
 
-    def deadline(self) -> float:
+    def deadline(self, wait: float | None = None) -> float:
         """The loop time by which a whole answer must be in: an answer made of many
         responses (IMAP's untagged ones, ManageSieve's lines) gets one timeout for
         all of them, so a server dripping them slowly cannot hold the scan for
-        `MAX_RESPONSES` timeouts."""
-        return asyncio.get_running_loop().time() + self.timeout
+        `MAX_RESPONSES` timeouts. `wait`: a longer time for this answer only."""
+        return asyncio.get_running_loop().time() + max(self.timeout, wait or 0.0)
 
     async def receive_by(self, parser: _Source[_T], deadline: float) -> _T:
         """The next complete response, by `deadline` (see `deadline()`)."""
@@ -516,7 +582,10 @@ class _Conn:
 async def _connection(net: Network, address: str, port: int) -> AsyncIterator[_Conn]:
     """A fresh connection inside the address's slot, closed on the way out."""
     async with net.slot(address):
-        reader, writer = await net.connect(address, port)
+        try:
+            reader, writer = await net.connect(address, port)
+        except TimeoutError as exc:
+            raise _ConnectTimeout from exc
         conn = _Conn(reader, writer, net.settings.timeout)
         try:
             yield conn
@@ -575,9 +644,11 @@ class _Imap:
         others, tagged = await self.until_tagged(tag)
         return command, others, tagged
 
-    async def until_tagged(self, tag: str) -> tuple[list[d.ImapResponse], d.ImapResponse]:
+    async def until_tagged(
+        self, tag: str, wait: float | None = None
+    ) -> tuple[list[d.ImapResponse], d.ImapResponse]:
         others: list[d.ImapResponse] = []
-        deadline = self.conn.deadline()
+        deadline = self.conn.deadline(wait)
         for _ in range(MAX_RESPONSES):
             response = await self.conn.receive_by(self.parser, deadline)
             if response.kind is d.ImapKind.TAGGED and response.tag == tag:
@@ -635,16 +706,18 @@ class _Smtp:
             raise _Refused(greeting.shown(), throttling=greeting.code == 421)
         return greeting
 
-    async def reply(self) -> d.SmtpReply:
-        reply = await self.conn.receive(self.parser)
+    async def reply(self, wait: float | None = None) -> d.SmtpReply:
+        """The next reply; `wait`: longer than the timeout for this one."""
+        seconds = None if wait is None else max(self.conn.timeout, wait)
+        reply = await self.conn.receive(self.parser, seconds)
         if reply.code == 421:
             self._on_421(reply.shown())
             raise _Refused(reply.shown())
         return reply
 
-    async def run(self, command: d.Command) -> d.SmtpReply:
+    async def run(self, command: d.Command, wait: float | None = None) -> d.SmtpReply:
         await self.conn.send(command)
-        return await self.reply()
+        return await self.reply(wait)
 
     async def ehlo(self) -> tuple[d.Command, d.SmtpReply, d.EhloInfo]:
         command = d.smtp_command(f"EHLO {self.ehlo_name}")
@@ -721,6 +794,23 @@ _IMPLICIT_CHECKS = {
 }
 
 
+#: The `_Audit` attributes a step changes (restored before a step runs again).
+_STEP_STATE = (
+    "findings",
+    "decided",
+    "banner",
+    "caps_before",
+    "caps_after",
+    "starttls_works",
+    "starttls_state",
+    "anonymous",
+    "ntlm",
+    "logindisabled",
+    "extra_exposure",
+    "imap_id",
+)
+
+
 class _Audit:
     """The findings of one service as they are decided, and the step runner."""
 
@@ -752,6 +842,7 @@ class _Audit:
         self.ntlm: tuple[str, ...] = ()  # where NTLM was advertised: "before", "after"
         self.logindisabled = False
         self.extra_exposure: list[str] = []  # EXP-03's MAIL-before-TLS evidence
+        self.imap_id: dict[str, str | None] | None = None  # the ID fields, for `identify`
 
     # -- decisions -------------------------------------------------------------
 
@@ -795,19 +886,40 @@ class _Audit:
             self.throttled = reason
         self.net.mark_throttled(self.address, reason)
 
+    def _save(self) -> dict[str, Any]:
+        """What a step may change, to undo a run that failed half way."""
+        return {name: copy.copy(getattr(self, name)) for name in _STEP_STATE}
+
+    def _restore(self, saved: dict[str, Any]) -> None:
+        for name, value in saved.items():
+            setattr(self, name, value)
+
     async def attempt(self, body: Callable[[], Awaitable[None]]) -> str | None:
-        """Run one step; the reason it could not finish, or None."""
-        if self.throttled is not None:
-            return f"server throttled the scan ({self.throttled})"
-        try:
-            await body()
-        except (Throttled, _Refused) as exc:
-            if not isinstance(exc, _Refused) or exc.throttling:
-                self.throttle(exc.reason)
-            return _reason(exc)
-        except _NETWORK_ERRORS as exc:
-            return _reason(exc)
-        return None
+        """Run one step; the reason it could not finish, or None. A step that fails
+        for a passing reason runs again from a clean state (`ATTEMPTS` runs in all,
+        `backoff` seconds apart); what the last run decided before it failed stands."""
+        backoff = self.net.settings.backoff
+        for run in range(1, ATTEMPTS + 1):
+            if self.throttled is not None:
+                return f"server throttled the scan ({self.throttled})"
+            saved = self._save()
+            try:
+                await body()
+            except (Throttled, _Refused) as exc:
+                if not isinstance(exc, _Refused) or exc.throttling:
+                    self.throttle(exc.reason)
+                return _reason(exc)
+            except _PASSING as exc:
+                if run == ATTEMPTS:
+                    tries = f"{ATTEMPTS} tries, {backoff:g} s apart" if ATTEMPTS > 1 else "1 try"
+                    return f"{_reason(exc)} ({tries}); {_rerun(exc)}"
+                self._restore(saved)
+                await asyncio.sleep(backoff)
+            except _NETWORK_ERRORS as exc:
+                return _reason(exc)
+            else:
+                return None
+        raise AssertionError("unreachable: the last run returns")
 
     async def run(self, check_ids: Sequence[str], body: Callable[[], Awaitable[None]]) -> bool:
         """Run one step deciding `check_ids`; those it left undecided become not_tested."""
@@ -990,6 +1102,9 @@ class _Audit:
             capabilities_after_tls=self.caps_after,
             starttls_works=self.starttls_works if self.cleartext else None,
             banner=self.banner,
+            software=identify(
+                self.rec.protocol, self.banner, (self.caps_before, self.caps_after), self.imap_id
+            ),
         )
 
 
@@ -1012,7 +1127,24 @@ async def recognise(
     comes, the same connection tries a TLS handshake and reads the greeting inside
     (implicit TLS). A port that sent bytes we do not know gets a TLS try on a fresh
     connection; one that stayed silent and refused TLS gets one more, patient,
-    cleartext try (a slow greeter)."""
+    cleartext try (a slow greeter). A try cut short for a passing reason (a timeout
+    or a reset half way) is made again, as a step of the audit is (`ATTEMPTS`)."""
+    for run in range(1, ATTEMPTS + 1):
+        try:
+            return await _recognise_once(net, address, port, server_name)
+        except _ConnectTimeout:
+            break  # filtered, or no host: the usual case in a network range
+        except _PASSING:
+            if run < ATTEMPTS:
+                await asyncio.sleep(net.settings.backoff)
+        except _NETWORK_ERRORS:
+            break
+    return None
+
+
+async def _recognise_once(
+    net: Network, address: str, port: int, server_name: str | None
+) -> Recognised | None:
     sni = _sni(server_name, address)
     try:
         async with _connection(net, address, port) as conn:
@@ -1034,8 +1166,8 @@ async def recognise(
         return await _slow_greeter(net, address, port)
     except Throttled as exc:
         return Recognised(Protocol.UNKNOWN, TlsMode.CLEARTEXT, "", throttled=exc.reason)
-    except _NETWORK_ERRORS:
-        return None
+    except ConnectionRefusedError:
+        return None  # closed: nothing to try again
 
 
 async def _first_line(conn: _Conn, wait: float) -> tuple[bytes, bytes | None]:
@@ -1150,6 +1282,14 @@ async def audit_mail(
         )
         return audit.result()
     if protocol not in _DIALOGS:
+        if audit.throttled is not None:
+            audit.fail(
+                "ST-11",
+                (
+                    f"throttled: {audit.throttled}",
+                    "not tested: everything (turned away before the server said what it is)",
+                ),
+            )
         return audit.result()
     checks = (_CLEARTEXT_CHECKS if audit.cleartext else _IMPLICIT_CHECKS)[protocol]
     if audit.throttled is None:
@@ -1225,6 +1365,7 @@ async def _imap_id(audit: _Audit, imap: _Imap) -> None:
     except d.MalformedResponse as exc:
         audit.untested(("BAN-02",), f"ID response not understood ({exc})")
         return
+    audit.imap_id = fields
     disclosed = [
         f"{key} {value!r}" for key in ("version", "os-version") if (value := fields.get(key))
     ]
@@ -1352,7 +1493,11 @@ async def _imap_probe(audit: _Audit) -> None:
         tag = imap.tags.next()
         command = d.imap_login(tag, PROBE_USER, Secret(secrets.token_urlsafe(18)))
         await conn.send(command)
-        _, tagged = await imap.until_tagged(tag)
+        async with _credential_answer(conn):
+            _, tagged = await imap.until_tagged(tag, wait=AUTH_WAIT)
+        if tagged.status == "NO" and tagged.code == "UNAVAILABLE":
+            # RFC 5530: "temporary failure because a subsystem is down"
+            raise _Temporary(_s(tagged))
         verdict = classify_imap_login(tagged, logindisabled=logindisabled)
         audit.judge_probe(verdict, (_c(command), _s(tagged)))
         await imap.bye()
@@ -1633,7 +1778,8 @@ async def _smtp_probe(audit: _Audit) -> None:
             evidence, reply = await _smtp_auth_login(smtp, password)
         else:
             command = d.smtp_auth_plain(PROBE_USER, password)
-            reply = await smtp.run(command)
+            async with _credential_answer(conn):
+                reply = await smtp.run(command, wait=AUTH_WAIT)
             evidence = [_c(command), _s(reply)]
             if reply.code == 334:
                 # A challenge although we sent the response: cancel, cannot tell.
@@ -1641,8 +1787,22 @@ async def _smtp_probe(audit: _Audit) -> None:
                 audit.untested(("AUTH-05",), f"AUTH PLAIN with a response got {evidence[1]}")
                 await smtp.bye()
                 return
+        if 400 <= reply.code < 500:  # RFC 5321 §4.2.1: transient (454: RFC 4954 §6)
+            raise _Temporary(_s(reply))
         audit.judge_probe(classify_smtp_auth(reply), evidence)
         await smtp.bye()
+
+
+@contextlib.asynccontextmanager
+async def _credential_answer(conn: _Conn) -> AsyncIterator[None]:
+    """Around the wait for the answer to the dummy credential: a timeout there is
+    `_AuthDelayed` (its reason says how to rerun)."""
+    try:
+        yield
+    except _AuthDelayed:
+        raise
+    except TimeoutError as exc:
+        raise _AuthDelayed(max(conn.timeout, AUTH_WAIT)) from exc
 
 
 async def _smtp_auth_login(smtp: _Smtp, password: Secret) -> tuple[list[str], d.SmtpReply]:
@@ -1657,7 +1817,8 @@ async def _smtp_auth_login(smtp: _Smtp, password: Secret) -> tuple[list[str], d.
     evidence += [_c(user_line), _s(reply)]
     if reply.code != 334:
         return evidence, reply
-    reply = await smtp.run(d.sasl_line(password.reveal(), "*** (base64)"))
+    async with _credential_answer(smtp.conn):
+        reply = await smtp.run(d.sasl_line(password.reveal(), "*** (base64)"), wait=AUTH_WAIT)
     evidence += ["C: *** (base64)", _s(reply)]
     return evidence, reply
 

@@ -10,7 +10,12 @@ Rules kept here so every part of the scanner agrees on them:
 - a finding is a problem (or an info note); a passed check leaves no finding;
 - a check that could not run leaves a ``not_tested`` finding, never a pass or
   a fail, and never lowers or raises the grade;
-- evidence lines are short and quoted as seen on the wire (CRLF stripped).
+- a service is complete only when every check ran: no ``not_tested`` finding, and
+  a protocol the checks know (nothing is checked on an unknown one);
+- evidence lines are short and quoted as seen on the wire (CRLF stripped);
+- the headline of every format is `ScanReport.summary()`, computed from the
+  services: it names every service graded D or F and every one not fully tested,
+  and says "all clear" only when there are none of either.
 """
 
 from __future__ import annotations
@@ -20,19 +25,28 @@ import enum
 from typing import Any
 
 __all__ = [
+    "GRADES",
     "SCHEMA_VERSION",
     "Finding",
+    "Identified",
     "Protocol",
     "ScanReport",
     "Service",
     "Severity",
+    "Software",
     "Status",
+    "Summary",
     "TlsMode",
 ]
 
 #: Version of the JSON report (scanner/report.schema.json, docs/scan-report.md); bumped on any
 #: incompatible change, minor on additions.
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
+
+#: The grade scale, best first (grade.py has the rules).
+GRADES: tuple[str, ...] = ("A+", "A", "A-", "B", "C", "D", "F")
+#: Grades that need someone's attention now.
+_URGENT = ("D", "F")
 
 
 class Severity(enum.StrEnum):
@@ -64,6 +78,30 @@ class Protocol(enum.StrEnum):
 class TlsMode(enum.StrEnum):
     IMPLICIT = "implicit"  # TLS from the first byte (993, 995, 465)
     CLEARTEXT = "cleartext"  # a cleartext greeting; STARTTLS may or may not exist
+
+
+class Software(enum.StrEnum):
+    """Server software that `scanner.software.identify` can tell apart; the catalog's
+    fix texts have settings for most of them (fix block labels name them)."""
+
+    IMAPGUARD = "imapguard"
+    DOVECOT = "Dovecot"
+    CYRUS = "Cyrus"
+    COURIER = "Courier"
+    EXCHANGE = "Exchange"
+    POSTFIX = "Postfix"
+    EXIM = "Exim"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Identified:
+    """The software behind a service and what gave it away (quoted as seen)."""
+
+    software: Software
+    evidence: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"name": self.software.value, "evidence": self.evidence}
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -99,6 +137,7 @@ class Service:
     protocol: Protocol
     tls_mode: TlsMode
     banner: str = ""
+    software: Identified | None = None  # None: nothing said which software this is
     capabilities_before_tls: tuple[str, ...] = ()
     capabilities_after_tls: tuple[str, ...] = ()
     tls_versions: tuple[str, ...] = ()  # accepted, e.g. ("TLSv1.2", "TLSv1.3")
@@ -116,8 +155,10 @@ class Service:
 
     @property
     def complete(self) -> bool:
-        """Every check ran (no not_tested finding)."""
-        return all(f.status is Status.FAIL for f in self.findings)
+        """Every check ran: a known protocol, and no not_tested finding."""
+        return self.protocol is not Protocol.UNKNOWN and all(
+            f.status is Status.FAIL for f in self.findings
+        )
 
     def ids(self) -> set[str]:
         """The IDs of the problems found (not the not_tested ones)."""
@@ -131,6 +172,7 @@ class Service:
             "protocol": self.protocol.value,
             "tls_mode": self.tls_mode.value,
             "banner": self.banner,
+            "software": self.software.to_json() if self.software else None,
             "capabilities_before_tls": list(self.capabilities_before_tls),
             "capabilities_after_tls": list(self.capabilities_after_tls),
             "tls_versions": list(self.tls_versions),
@@ -140,6 +182,61 @@ class Service:
             "complete": self.complete,
             "duration_seconds": round(self.duration, 3),
             "findings": [f.to_json() for f in self.findings],
+        }
+
+
+def _plural(n: int, one: str, many: str | None = None) -> str:
+    return f"{n} {one if n == 1 else (many or one + 's')}"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Summary:
+    """The headline of a report, from its services (so it cannot disagree with them)."""
+
+    services: int
+    closed: int
+    worst: str  # "" when no service has a grade
+    urgent: tuple[str, ...]  # services graded D or F, by name
+    incomplete: tuple[str, ...]  # services not fully tested, by name
+
+    @property
+    def all_clear(self) -> bool:
+        """Services found, none graded D or F, and every check of every one ran."""
+        return self.services > 0 and not self.urgent and not self.incomplete
+
+    def lines(self) -> tuple[str, ...]:
+        """The headline as sentences, the same in every format."""
+        closed = _plural(self.closed, "port")
+        if not self.services:
+            return (f"No mail service answered ({closed} closed).",)
+        out = [
+            f"Worst grade {self.worst or '(none)'} across {_plural(self.services, 'service')}"
+            f" ({closed} closed)."
+        ]
+        if self.urgent:
+            needs = "needs" if len(self.urgent) == 1 else "need"
+            out.append(
+                f"{len(self.urgent)} {needs} urgent attention (grade D or F):"
+                f" {', '.join(self.urgent)}."
+            )
+        if self.incomplete:
+            one = len(self.incomplete) == 1
+            covers = "its grade covers" if one else "their grades cover"
+            out.append(
+                f"{len(self.incomplete)} {'is' if one else 'are'} not fully tested:"
+                f" {', '.join(self.incomplete)}; {covers} only what was tested."
+            )
+        if self.all_clear:
+            out.append("No service is graded D or F, and every check ran.")
+        return tuple(out)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "worst_grade": self.worst,
+            "urgent": list(self.urgent),
+            "incomplete": list(self.incomplete),
+            "all_clear": self.all_clear,
+            "headline": list(self.lines()),
         }
 
 
@@ -153,6 +250,16 @@ class ScanReport:
     options: dict[str, Any] = dataclasses.field(default_factory=dict)
     version: str = ""  # imapguard's version
 
+    def summary(self) -> Summary:
+        graded = [s.grade for s in self.services if s.grade in GRADES]
+        return Summary(
+            services=len(self.services),
+            closed=self.closed,
+            worst=max(graded, key=GRADES.index, default=""),
+            urgent=tuple(s.name for s in self.services if s.grade in _URGENT),
+            incomplete=tuple(s.name for s in self.services if not s.complete),
+        )
+
     def to_json(self) -> dict[str, Any]:
         return {
             "schema_version": SCHEMA_VERSION,
@@ -162,5 +269,6 @@ class ScanReport:
             "targets": list(self.targets),
             "options": self.options,
             "ports_closed": self.closed,
+            "summary": self.summary().to_json(),
             "services": [s.to_json() for s in self.services],
         }

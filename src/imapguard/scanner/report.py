@@ -9,7 +9,11 @@ Rules every format keeps:
 - a service without a grade is graded here (`grade.grade`), so every format
   shows the same grade;
 - findings are listed worst first (severity, then catalog order); not-tested
-  checks are listed apart with their reason and never counted as problems.
+  checks are listed apart with their reason and never counted as problems;
+- the headline is `ScanReport.summary()` in every format (the table's lines under
+  its header, the HTML summary box, JSON's and SARIF's ``summary``): it is computed
+  from the services below it, so it can never call a report "all clear" while a
+  service is graded D or F or was not fully tested.
 
 `json` is exactly `ScanReport.to_json()`, published as report.schema.json
 beside this module (docs/scan-report.md documents it field by field).
@@ -56,8 +60,16 @@ from rich.table import Table
 from rich.text import Text
 
 from imapguard.scanner.catalog import CATALOG, standard_links
-from imapguard.scanner.grade import GRADES, RULES, grade, grade_rank
-from imapguard.scanner.model import Finding, ScanReport, Service, Severity, Status, TlsMode
+from imapguard.scanner.grade import GRADES, RULES, grade
+from imapguard.scanner.model import (
+    Finding,
+    Protocol,
+    ScanReport,
+    Service,
+    Severity,
+    Status,
+    TlsMode,
+)
 
 __all__ = ["FORMATS", "ScanProgress", "progress", "render", "sarif_log"]
 
@@ -157,12 +169,25 @@ def _counts(service: Service) -> Counter[Severity]:
     return Counter(f.severity for f in service.findings if f.status is Status.FAIL)
 
 
-def _worst(services: list[Service]) -> str:
-    return max((s.grade for s in services), key=grade_rank, default="")
-
-
 def _mode(service: Service) -> str:
     return "implicit TLS" if service.tls_mode is TlsMode.IMPLICIT else "cleartext + STARTTLS"
+
+
+_UNKNOWN_PROTOCOL = "no IMAP, POP3, SMTP or ManageSieve answered on this port: no mail check ran"
+
+
+def _untested(service: Service) -> str:
+    """How many checks did not run: "all" where no mail protocol answered."""
+    if service.protocol is Protocol.UNKNOWN:
+        return "all"
+    return str(len(_not_tested(service)))
+
+
+def _software(service: Service) -> str:
+    """ "Dovecot (ID name "Dovecot")": which software, and how the scanner knows."""
+    if service.software is None:
+        return ""
+    return f"{service.software.software.value} (from its {service.software.evidence})"
 
 
 def _not_tested_reason(finding: Finding) -> str:
@@ -273,7 +298,7 @@ def _table(report: ScanReport, *, color: bool, width: int | None) -> str:
         soft_wrap=False,
     )
     _table_header(console, report)
-    fixes_shown: dict[str, str] = {}  # ID -> service whose section printed its fix
+    fixes_shown: dict[tuple[str, str], str] = {}  # (ID, fix) -> service that printed it
     for service in report.services:
         _table_service(console, service, fixes_shown, color=color)
     _table_summary(console, report, color=color)
@@ -306,11 +331,13 @@ def _table_header(console: Console, report: ScanReport) -> None:
     grid.add_row("Targets:", Text(_clean(", ".join(report.targets))))
     grid.add_row("Scanned:", Text(f"{report.started} to {report.finished}"))
     grid.add_row("Found:", Text(f"{len(report.services)} services, {report.closed} ports closed"))
+    for line in report.summary().lines():
+        grid.add_row("Result:", Text(_clean(line)))
     console.print(grid)
 
 
 def _table_service(
-    console: Console, service: Service, fixes_shown: dict[str, str], *, color: bool
+    console: Console, service: Service, fixes_shown: dict[tuple[str, str], str], *, color: bool
 ) -> None:
     console.print()
     heading = Text()
@@ -322,6 +349,8 @@ def _table_service(
     about = _grid(12)
     if service.address and service.address != service.host:
         about.add_row("Address:", Text(service.address))
+    if service.software:
+        about.add_row("Software:", Text(_clean(_software(service))))
     if service.banner:
         about.add_row("Banner:", Text(_clean(service.banner)))
     if service.tls_versions:
@@ -344,10 +373,11 @@ def _table_service(
             body.append(Text(f"Seen: {_clean(finding.evidence[0])}{extra}"))
         if finding.standard and finding.standard != "—":
             body.append(Text(f"Standard: {finding.standard}"))
-        if finding.fix and finding.id in fixes_shown:
-            body.append(Text(f"Fix: as for {fixes_shown[finding.id]} above"))
+        # The same ID may have another fix on another service (another software).
+        if finding.fix and (finding.id, finding.fix) in fixes_shown:
+            body.append(Text(f"Fix: as for {fixes_shown[finding.id, finding.fix]} above"))
         elif finding.fix:
-            fixes_shown[finding.id] = f"{finding.id} on {service.name}"
+            fixes_shown[finding.id, finding.fix] = f"{finding.id} on {service.name}"
             summary, _, rest = _clean(finding.fix, newlines=True).partition("\n")
             body.append(Text(f"Fix: {summary}"))
             if rest:
@@ -361,9 +391,11 @@ def _table_service(
         console.print(Padding(findings, (0, 0, 0, 2)))
 
     skipped = _not_tested(service)
-    if skipped:
+    if skipped or not service.complete:
         console.print(Text("  Not tested:", style="bold"))
         grid = _grid(8)
+        if service.protocol is Protocol.UNKNOWN:
+            grid.add_row("all", Text(_UNKNOWN_PROTOCOL))
         for finding in skipped:
             grid.add_row(finding.id, Text(_clean(_not_tested_reason(finding))))
         console.print(Padding(grid, (0, 0, 0, 4)))
@@ -392,12 +424,14 @@ def _table_summary(console: Console, report: ScanReport, *, color: bool) -> None
             "implicit" if service.tls_mode is TlsMode.IMPLICIT else "STARTTLS",
             _grade_text(service.grade, color=color),
             *(str(counts[severity]) for severity in Severity),
-            str(len(_not_tested(service))),
+            _untested(service),
         )
     console.print(table)
-    worst = _worst(report.services)
-    if worst:
-        console.print(Text("Worst grade: ").append_text(_grade_text(worst, color=color)))
+    summary = report.summary()
+    if summary.worst:
+        console.print(Text("Worst grade: ").append_text(_grade_text(summary.worst, color=color)))
+    for line in summary.lines()[1:]:
+        console.print(Text(_clean(line)))
 
 
 # -- progress ------------------------------------------------------------------------
@@ -582,6 +616,7 @@ def sarif_log(report: ScanReport) -> dict[str, Any]:
                 "properties": {
                     "targets": list(report.targets),
                     "portsClosed": report.closed,
+                    "summary": report.summary().to_json(),
                     "services": [
                         {"name": s.name, "protocol": s.protocol.value, "grade": s.grade}
                         for s in report.services
@@ -689,11 +724,11 @@ def _standard_html(standard: str) -> str:
 def _html(report: ScanReport) -> str:
     services = report.services
     version = _version(report)
-    worst = _worst(services)
+    summary = report.summary()
+    worst = summary.worst
     totals: Counter[Severity] = Counter()
     for service in services:
         totals.update(_counts(service))
-    urgent = [s for s in services if s.grade in ("D", "F")]
     targets = ", ".join(report.targets)
     title = f"imapguard scan report: {targets}" if targets else "imapguard scan report"
 
@@ -722,22 +757,14 @@ def _html(report: ScanReport) -> str:
     out.append('<section class="summary" aria-label="Summary">')
     out.append(f"<div>{_badge(worst, big=True) if worst else ''}</div>")
     out.append("<div>")
+    lines = summary.lines()
     if not services:
-        out.append("<p><strong>No mail service answered.</strong></p>")
+        out.append(f"<p><strong>{_h(lines[0])}</strong></p>")
     else:
-        out.append(
-            f"<p><strong>Worst grade {_h(worst)}</strong> across {len(services)} "
-            f"service{'s' if len(services) != 1 else ''}"
-            f" ({report.closed} port{'s' if report.closed != 1 else ''} closed).</p>"
-        )
-        if urgent:
-            names = ", ".join(_h(s.name) for s in urgent)
-            out.append(
-                f"<p>{len(urgent)} need{'s' if len(urgent) == 1 else ''} urgent attention"
-                f" (grade D or F): {names}.</p>"
-            )
-        else:
-            out.append("<p>No service is graded D or F.</p>")
+        # The first sentence starts "Worst grade X": that part in bold.
+        head, _, rest = lines[0].partition(" across ")
+        out.append(f"<p><strong>{_h(head)}</strong> across {_h(rest)}</p>")
+        out.extend(f'<p class="{_line_class(line)}">{_h(line)}</p>' for line in lines[1:])
         out.append('<div class="counts">')
         for severity in Severity:
             out.append(
@@ -763,7 +790,7 @@ def _html(report: ScanReport) -> str:
                 f"<td>{_h(service.protocol.value.upper())}</td><td>{_h(_mode(service))}</td>"
                 f"<td>{_badge(service.grade)}</td>"
                 + "".join(f'<td class="n">{counts[s]}</td>' for s in Severity)
-                + f'<td class="n">{len(_not_tested(service))}</td></tr>'
+                + f'<td class="n">{_untested(service)}</td></tr>'
             )
         out.append("</tbody></table>")
         out.append("</section>")
@@ -792,6 +819,15 @@ def _html(report: ScanReport) -> str:
     return "\n".join(out)
 
 
+def _line_class(line: str) -> str:
+    """A class per kind of headline sentence (tests and stylesheets find them)."""
+    if "urgent attention" in line:
+        return "urgent"
+    if "not fully tested" in line:
+        return "incomplete"
+    return "all-clear"
+
+
 def _html_service(index: int, service: Service) -> list[str]:
     out = [
         f'<section class="card" id="service-{index}" aria-label="{_h(service.name)}">',
@@ -816,6 +852,8 @@ def _html_service(index: int, service: Service) -> list[str]:
         out.append("</ul>")
 
     details: list[tuple[str, str]] = []
+    if service.software:
+        details.append(("Software", _h(_software(service))))
     if service.banner:
         details.append(("Banner", f"<pre>{_h(service.banner)}</pre>"))
     if service.tls_versions:
@@ -856,9 +894,11 @@ def _html_service(index: int, service: Service) -> list[str]:
         out.append("</article>")
 
     skipped = _not_tested(service)
-    if skipped:
+    if skipped or not service.complete:
         out.append("<h3>Not tested</h3>")
         out.append("<ul>")
+        if service.protocol is Protocol.UNKNOWN:
+            out.append(f"<li>{_h(_UNKNOWN_PROTOCOL)}</li>")
         out.extend(
             f'<li><span class="id">{_h(f.id)}</span> {_h(f.title)}: '
             f"{_h(_not_tested_reason(f))}</li>"

@@ -14,8 +14,9 @@ Rules:
   either: it feeds no check and costs ten connections.
 - A scan command that errored makes every ID it feeds ``not_tested`` (with sslyze's
   reason), never a pass; a problem another command proved is still reported. A server
-  sslyze cannot reach is retried once (a loaded server or machine times out spuriously),
-  then every ID is ``not_tested``.
+  sslyze cannot reach is retried once, and so is each scan command that errored (alone:
+  a loaded server or machine times out or resets spuriously, and two scans of one server
+  must agree); then every ID is ``not_tested``.
 - Bounded: at most `per_host` connections to one address (sslyze's per-server limit, and
   the ports of one address are scanned one after another: sslyze counts per host:port)
   and at most `concurrency` connections overall.
@@ -55,7 +56,7 @@ import re
 import socket
 import traceback
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -1046,7 +1047,9 @@ def _ehlo_name() -> str:
     return fqdn if "." in fqdn and not fqdn.endswith(".") else "imapguard.localdomain"
 
 
-def _request(target: TlsTarget, timeout: float) -> ServerScanRequest:
+def _request(
+    target: TlsTarget, timeout: float, commands: Iterable[ScanCommand] = _COMMANDS
+) -> ServerScanRequest:
     """Raises ValueError (UnicodeError) for a name IDNA cannot encode."""
     name = normalise_dns(target.server_name) if target.server_name else target.address
     starttls = None
@@ -1063,7 +1066,7 @@ def _request(target: TlsTarget, timeout: float) -> ServerScanRequest:
     return ServerScanRequest(
         server_location=ServerNetworkLocation(name, target.port, ip_address=target.address),
         network_configuration=config,
-        scan_commands=set(_COMMANDS),
+        scan_commands=set(commands),
     )
 
 
@@ -1077,12 +1080,20 @@ def _waves(targets: Sequence[TlsTarget]) -> list[list[TlsTarget]]:
 
 
 def _scan(
-    targets: Sequence[TlsTarget], *, timeout: float, concurrency: int, per_host: int
+    targets: Sequence[TlsTarget],
+    *,
+    timeout: float,
+    concurrency: int,
+    per_host: int,
+    commands: Mapping[str, Iterable[ScanCommand]] | None = None,
 ) -> dict[str, ServerScanResult]:
+    """sslyze on every target, wave by wave; `commands`: only these, per target key."""
     per_server = max(1, min(per_host, concurrency))
     results: dict[str, ServerScanResult] = {}
     for wave in _waves(targets):
-        requests = {t.key: _request(t, timeout) for t in wave}
+        requests = {
+            t.key: _request(t, timeout, (commands or {}).get(t.key, _COMMANDS)) for t in wave
+        }
         if not requests:
             continue
         by_uuid = {r.uuid: key for key, r in requests.items()}
@@ -1159,6 +1170,33 @@ def _probe_orders(
     return out
 
 
+def _errored(scan: ServerScanResult) -> set[ScanCommand]:
+    """The scan commands of a completed scan that ended in an error."""
+    attempts = scan.scan_result
+    if scan.scan_status is not ServerScanStatusEnum.COMPLETED or attempts is None:
+        return set()
+    return {
+        command
+        for command in _COMMANDS
+        if getattr(attempts, command.value).status is ScanCommandAttemptStatusEnum.ERROR
+    }
+
+
+def _merge(
+    scan: ServerScanResult, again: ServerScanResult, commands: Iterable[ScanCommand]
+) -> ServerScanResult:
+    """`scan` with the attempts of `commands` that completed in `again`."""
+    if scan.scan_result is None or again.scan_result is None:
+        return scan
+    redone = {
+        command.value: attempt
+        for command in commands
+        if (attempt := getattr(again.scan_result, command.value)).status
+        is ScanCommandAttemptStatusEnum.COMPLETED
+    }
+    return dataclasses.replace(scan, scan_result=dataclasses.replace(scan.scan_result, **redone))
+
+
 def _no_connectivity_reason(scan: ServerScanResult) -> str:
     detail = _exception_line(scan.connectivity_error_trace)
     return f"no TLS connection (tried twice){f': {detail}' if detail else ''}"
@@ -1201,6 +1239,17 @@ def audit_tls(
         pending = [
             t for t in pending if scans[t.key].scan_status is not ServerScanStatusEnum.COMPLETED
         ]
+    errored = {t.key: found for t in scannable if (found := _errored(scans[t.key]))}
+    if errored:
+        again = _scan(
+            [t for t in scannable if t.key in errored],
+            timeout=timeout,
+            concurrency=concurrency,
+            per_host=per_host,
+            commands=errored,
+        )
+        for key, rescan in again.items():
+            scans[key] = _merge(scans[key], rescan, errored[key])
 
     orders = _probe_orders(scans, scannable, concurrency)
     now = dt.datetime.now(dt.UTC)

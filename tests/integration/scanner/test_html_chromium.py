@@ -2,6 +2,9 @@
 playwright (no browser download). It must render with no console error, load
 nothing from the network, show its grades and keep a hostile banner inert.
 
+The headline is read as a reader sees it and checked against the cards below it: it
+never says all clear above a service that was not fully tested (issue 9).
+
 With IMAPGUARD_UPDATE_SCREENSHOTS=1 the full-page screenshot replaces
 docs/images/scan-report.png (the picture docs/scan-report.md shows); otherwise
 it goes to the test's temporary directory.
@@ -10,7 +13,7 @@ it goes to the test's temporary directory.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -19,12 +22,14 @@ from playwright.sync_api import (
     ConsoleMessage,
     Dialog,
     Error,
+    Page,
     Request,
     sync_playwright,
 )
 
+from imapguard.scanner.model import ScanReport
 from imapguard.scanner.report import render
-from tests.unit.scanner.test_report import sample_report
+from tests.unit.scanner.test_report import clean_report, incomplete_report, sample_report
 
 ROOT = Path(__file__).resolve().parents[3]
 CHROMIUM = "/usr/bin/chromium"
@@ -134,3 +139,55 @@ def test_report_prints_on_paper(browser: Browser, tmp_path: Path) -> None:
     pdf = page.pdf(format="A4")
     assert pdf.startswith(b"%PDF")
     context.close()
+
+
+def _open(browser: Browser, tmp_path: Path, html: str) -> Page:
+    page_file = tmp_path / "report.html"
+    page_file.write_text(html, encoding="utf-8")
+    page = browser.new_context(viewport={"width": 1200, "height": 900}).new_page()
+    page.goto(page_file.as_uri(), wait_until="load")
+    return page
+
+
+def _cards_not_fully_tested(page: Page) -> set[str]:
+    """The services whose card shows a "Not tested" heading, as the reader sees it."""
+    cards = page.locator("section.card")
+    names = set()
+    for i in range(cards.count()):
+        card = cards.nth(i)
+        if card.get_by_role("heading", name="Not tested", exact=True).count():
+            names.add(card.locator("h2").inner_text())
+    return names
+
+
+@pytest.mark.parametrize(
+    ("make", "all_clear"),
+    [(incomplete_report, False), (sample_report, False), (clean_report, True)],
+    ids=["incomplete", "urgent", "clean"],
+)
+def test_the_headline_agrees_with_the_cards(
+    browser: Browser, tmp_path: Path, make: Callable[[], ScanReport], all_clear: bool
+) -> None:
+    page = _open(browser, tmp_path, render(make(), "html"))
+    summary = page.locator(".summary")
+    assert summary.is_visible()
+    headline = summary.inner_text()
+    untested = _cards_not_fully_tested(page)
+    assert ("No service is graded D or F" in headline) is all_clear, headline
+    assert bool(untested) is not all_clear
+    if untested:
+        line = summary.locator("p.incomplete")
+        assert line.is_visible()
+        for name in untested:
+            assert name in line.inner_text()
+    urgent = {
+        page.locator("section.card").nth(i).locator("h2").inner_text()
+        for i in range(page.locator("section.card").count())
+        if page.locator("section.card").nth(i).locator("header .grade").inner_text() in ("D", "F")
+    }
+    if urgent:
+        for name in urgent:
+            assert name in summary.locator("p.urgent").inner_text()
+    else:
+        assert summary.locator("p.urgent").count() == 0
+    page.context.close()

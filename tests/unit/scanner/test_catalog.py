@@ -6,11 +6,24 @@ from __future__ import annotations
 
 import re
 import subprocess
+import tomllib
+import typing
+from typing import Any
 
+import pydantic
 import pytest
 
-from imapguard.scanner.catalog import CATALOG, finding, fix_blocks, not_tested, standard_links
-from imapguard.scanner.model import Severity, Status
+from imapguard.config import Config
+from imapguard.scanner.catalog import (
+    CATALOG,
+    block_software,
+    finding,
+    fix_blocks,
+    fix_for,
+    not_tested,
+    standard_links,
+)
+from imapguard.scanner.model import Severity, Software, Status
 
 #: SCANNER-CHECKS.md, the contract: every ID with its default severity.
 CONTRACT = {
@@ -243,3 +256,102 @@ def test_help_uri_is_the_first_standard_link() -> None:
     assert CATALOG["AUTH-01"].help_uri == "https://www.rfc-editor.org/rfc/rfc9051#section-6.2.3"
     assert CATALOG["TLS-05"].help_uri == "https://wiki.mozilla.org/Security/Server_Side_TLS"
     assert CATALOG["ST-11"].help_uri == ""
+
+
+# -- fixes for the software found (catalog.fix_for) -----------------------------------
+
+#: The checks that can be reported on an imapguard gateway, each with imapguard's own
+#: block (its TLS is fixed, so most of these point at something in front of it).
+IMAPGUARD_FIXES = (
+    "EXP-01", "EXP-05", "ST-02", "ST-11",
+    "TLS-01", "TLS-02", "TLS-03", "TLS-04", "TLS-05", "TLS-06", "TLS-08", "TLS-09",
+    "TLS-10", "TLS-11",
+    "CERT-01", "CERT-02", "CERT-03", "CERT-04", "CERT-09",
+)  # fmt: skip
+#: Settings of other software that must never be shown to an imapguard admin.
+FOREIGN_SETTINGS = (
+    "ssl_alt_cert", "ssl_server_alt_cert_file", "ssl_cert", "ssl_min_protocol",
+    "disable_plaintext_auth", "auth_allow_cleartext", "smtpd_", "tls_require_ciphers",
+    "login_trusted_networks", "systemctl reload dovecot",
+)  # fmt: skip
+
+
+def test_imapguard_gets_imapguard_fixes_and_never_another_servers_settings() -> None:
+    # The issue's example: TLS-06 on imapguard named Dovecot's ssl_alt_cert.
+    tls06 = fix_for("TLS-06", Software.IMAPGUARD)
+    assert "ssl_alt_cert" not in tls06
+    assert 'certificate = "/etc/letsencrypt/live/mail.example.org/fullchain.pem"' in tls06
+    assert "--key-type rsa" in tls06
+    for check in CATALOG.values():
+        text = fix_for(check.id, Software.IMAPGUARD)
+        assert text.splitlines()[0] == check.fix.splitlines()[0], check.id
+        for label, _ in fix_blocks(text):
+            assert block_software(label) <= {Software.IMAPGUARD}, (check.id, label)
+        for setting in FOREIGN_SETTINGS:
+            assert setting not in text, (check.id, setting)
+        own = [label for label, _ in fix_blocks(text) if block_software(label)]
+        assert own, check.id  # its own block, or one saying there is none
+        if check.id in IMAPGUARD_FIXES:
+            assert "no imapguard setting is listed" not in text, check.id
+
+
+def test_imapguard_blocks_are_imapguard_toml_with_its_config_keys() -> None:
+    """Every imapguard block is a fragment of imapguard.toml: it parses, and each key
+    is one config.py defines, with a value it accepts."""
+    checked = 0
+    for check in CATALOG.values():
+        for label, lines in fix_blocks(check.fix):
+            if Software.IMAPGUARD not in block_software(label) or not lines[0].startswith("["):
+                continue
+            document = tomllib.loads("\n".join(lines))
+            for section, value in document.items():
+                annotation: Any = Config.model_fields[section].annotation
+                model: type[pydantic.BaseModel] = (
+                    typing.get_args(annotation)[0] if section == "listen" else annotation
+                )
+                for table in value if isinstance(value, list) else [value]:
+                    for key, item in table.items():
+                        assert key in model.model_fields, (check.id, section, key)
+                        info = model.model_fields[key]
+                        kind: Any = info.annotation
+                        if info.metadata:
+                            kind = typing.Annotated[kind, *info.metadata]
+                        pydantic.TypeAdapter(kind).validate_python(item)
+                        checked += 1
+    assert checked >= 15
+
+
+def test_other_software_gets_its_own_and_the_generic_blocks() -> None:
+    dovecot = fix_for("TLS-06", Software.DOVECOT)
+    assert "ssl_alt_cert = </etc/ssl/mail-rsa.pem" in dovecot
+    assert "imapguard" not in dovecot
+    assert "Postfix" not in dovecot
+    postfix = fix_for("EXP-01", Software.POSTFIX)  # nothing for Postfix: generic + a note
+    labels = [label for label, _ in fix_blocks(postfix)]
+    assert labels == [
+        "nftables (keep the port for the LAN only)",
+        "Postfix (recognised on this port)",
+    ]
+    # ST-11's "scan again" block is for any server: it is about the scanner.
+    assert "imapguard scan --rate 2" in fix_for("ST-11", Software.DOVECOT)
+
+
+def test_unknown_software_gets_every_block() -> None:
+    for check in CATALOG.values():
+        assert fix_for(check.id, None) == check.fix
+
+
+@pytest.mark.parametrize(
+    ("label", "software"),
+    [
+        ("Dovecot 2.3 and 2.4, Postfix (reload after each renewal)",
+         {Software.DOVECOT, Software.POSTFIX}),
+        ("imapguard (imapguard.toml)", {Software.IMAPGUARD}),
+        ("Exchange (PowerShell)", {Software.EXCHANGE}),
+        ("Scan again, slowly", set()),
+        ("TLS proxy (stunnel, haproxy) in front", set()),
+        ("nftables (open the twins)", set()),
+    ],
+)  # fmt: skip
+def test_block_software_reads_the_label(label: str, software: set[Software]) -> None:
+    assert block_software(label) == software

@@ -228,6 +228,7 @@ class Reply:
     data: str
     starttls: bool = False
     close: bool = False
+    delay: float = 0.0  # seconds before the reply goes out (a server that makes us wait)
 
 
 @dataclasses.dataclass
@@ -322,6 +323,8 @@ class Scripted:
             del buffer[: end + 1]
             self.received.append(line)
             reply = self.script.respond(session, line)
+            if reply.delay:
+                await asyncio.sleep(reply.delay)
             writer.write(reply.data.encode())
             if reply.close:
                 await writer.drain()
@@ -345,6 +348,7 @@ def tls() -> ssl.SSLContext:
 def short_waits(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(mail, "GREETING_WAIT", 0.3)
     monkeypatch.setattr(mail, "QUIET_WAIT", 0.3)
+    monkeypatch.setattr(mail, "AUTH_WAIT", 0.3)
 
 
 def network(timeout: float = 3.0) -> Network:
@@ -625,6 +629,105 @@ async def test_imap_broken_starttls(tls: ssl.SSLContext) -> None:
         )
 
 
+def _delayed_login(delay: float | None) -> Script:
+    """Dovecot with cleartext login allowed, whose answer to LOGIN takes `delay`
+    seconds (its auth penalty after failed logins), or never comes (None)."""
+    inner = imap_script(lambda s: "IMAP4rev1 ID AUTH=PLAIN" + ("" if s.tls else " STARTTLS"))
+
+    def respond(s: Session, line: str) -> Reply:
+        reply = inner.respond(s, line)
+        if " LOGIN " not in f" {line} ":
+            return reply
+        return Reply("") if delay is None else dataclasses.replace(reply, delay=delay)
+
+    return Script(inner.greeting, respond)
+
+
+@pytest.mark.asyncio
+async def test_an_auth_penalty_longer_than_the_timeout_still_gets_the_probe_its_answer(
+    tls: ssl.SSLContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 9: Dovecot's penalty for the previous scan's probe delayed this scan's
+    answer past --timeout, and AUTH-05 (so the grade) flipped from F to not tested.
+    The answer to the credential gets AUTH_WAIT, whatever the timeout."""
+    monkeypatch.setattr(mail, "AUTH_WAIT", 4.0)
+    async with serving(_delayed_login(1.5), tls) as server:
+        _, result, _ = await scan(server, network(timeout=1.0))
+    assert "AUTH-05" in failed(result)
+    assert "EXP-01" in failed(result)
+    assert by_id(result, "EXP-01").severity is Severity.CRITICAL
+    assert untested(result) == set()
+
+
+@pytest.mark.asyncio
+async def test_a_credential_never_answered_is_not_tested_and_says_how_to_rerun(
+    tls: ssl.SSLContext,
+) -> None:
+    async with serving(_delayed_login(None), tls) as server:
+        _, result, _ = await scan(server, network(timeout=1.0))
+        logins = [line for line in server.received if " LOGIN " in line]
+    assert untested(result) == {"AUTH-05"}
+    # EXP-01 stands on AUTH-01/AUTH-02; only the critical severity needed AUTH-05.
+    assert by_id(result, "EXP-01").severity is Severity.HIGH
+    assert by_id(result, "AUTH-05").evidence == (
+        "not tested: the server did not answer the dummy credential within 1 s (2 tries,"
+        " 0 s apart); the server delays logins from this address after failed ones"
+        " (Dovecot's auth penalty reaches 15 s and lasts until 15 s pass without a"
+        " failure): rerun in a minute, or from another address",
+    )
+    assert len(logins) == mail.ATTEMPTS  # tried again, then gave up
+    assert "AUTH-05" not in failed(result)
+
+
+@pytest.mark.parametrize("failures", [1, 2])
+@pytest.mark.asyncio
+async def test_a_temporary_authentication_failure_is_asked_again(
+    tls: ssl.SSLContext, failures: int
+) -> None:
+    """NO [UNAVAILABLE] (RFC 5530: a subsystem is down; Dovecot's "Temporary
+    authentication failure") says nothing about the credential: the probe runs again,
+    and only a failure every time leaves AUTH-05 not tested, with how to rerun."""
+    inner = imap_script(lambda s: "IMAP4rev1 ID AUTH=PLAIN" + ("" if s.tls else " STARTTLS"))
+    seen: list[str] = []
+
+    def respond(s: Session, line: str) -> Reply:
+        if " LOGIN " in f" {line} ":
+            seen.append(line)
+            if len(seen) <= failures:
+                tag = line.split()[0]
+                return Reply(f"{tag} NO [UNAVAILABLE] Temporary authentication failure.\r\n")
+        return inner.respond(s, line)
+
+    async with serving(Script(inner.greeting, respond), tls) as server:
+        _, result, _ = await scan(server)
+    assert len(seen) == min(failures + 1, mail.ATTEMPTS)
+    if failures < mail.ATTEMPTS:
+        assert "AUTH-05" in failed(result)
+        assert untested(result) == set()
+    else:
+        assert untested(result) == {"AUTH-05"}
+        assert by_id(result, "AUTH-05").evidence[0].startswith(
+            "not tested: the server reported a temporary failure: S: s1 NO [UNAVAILABLE]"
+            " Temporary authentication failure. (2 tries, 0 s apart); rerun in a few minutes"
+        )
+
+
+@pytest.mark.asyncio
+async def test_a_step_cut_short_runs_again_from_a_clean_state(tls: ssl.SSLContext) -> None:
+    """The main dialog's connection closes after the greeting (a restart, a reset):
+    the step runs again and decides everything, once (no doubled evidence)."""
+    greeting = "* OK Server ready.\r\n"
+    script = dataclasses.replace(
+        imap_script(lambda s: "IMAP4rev1 ID AUTH=PLAIN" if s.tls else "IMAP4rev1 STARTTLS"),
+        turn_away=lambda n: greeting if n == 2 else None,  # 1 recognise, 2 the main dialog
+    )
+    async with serving(script, tls) as server:
+        _, result, _ = await scan(server)
+    assert untested(result) == set()
+    assert failed(result) == {"AUTH-01", "AUTH-05", "EXP-01", "ST-10"}
+    assert len(by_id(result, "AUTH-01").evidence) == 3  # C:, S:, why: one run's worth
+
+
 @pytest.mark.asyncio
 async def test_imap_silence_after_greeting_is_not_tested_never_passed(tls: ssl.SSLContext) -> None:
     script = Script(greeting=lambda s: "* OK Server ready.\r\n", respond=lambda s, line: Reply(""))
@@ -669,7 +772,8 @@ async def test_imap_untagged_responses_trickling_in_share_one_timeout(
     assert failed(result) == set()
     for check_id in ("ST-01", "AUTH-01", "AUTH-05"):
         assert by_id(result, check_id).evidence == (
-            "not tested: timed out waiting for the server",
+            "not tested: timed out waiting for the server (2 tries, 0 s apart); rerun with a"
+            " longer --timeout, or when the server is less busy",
         ), check_id
 
 

@@ -7,6 +7,8 @@ screenshot in docs/ shows.
 
 from __future__ import annotations
 
+import dataclasses
+import html as html_module
 import json
 import re
 from html.parser import HTMLParser
@@ -18,14 +20,16 @@ import jsonschema  # type: ignore[import-untyped]  # no stubs; only tests use it
 import pytest
 
 from imapguard.scanner import report as report_module
-from imapguard.scanner.catalog import CATALOG, finding, not_tested
+from imapguard.scanner.catalog import CATALOG, finding, fix_for, not_tested
 from imapguard.scanner.grade import GRADES
 from imapguard.scanner.model import (
     SCHEMA_VERSION,
+    Identified,
     Protocol,
     ScanReport,
     Service,
     Severity,
+    Software,
     Status,
     TlsMode,
 )
@@ -171,6 +175,35 @@ def sample_report() -> ScanReport:
         options={"ports": [143, 993, 110, 995, 587, 465], "rate": 100.0, "timeout": 5.0},
         version="0.1.0",
     )
+
+
+def incomplete_report() -> ScanReport:
+    """Issue 9's report: nothing graded D or F, but one service was not fully tested
+    and another spoke nothing the scanner knows. No headline may call it all clear."""
+    report = sample_report()
+    clean, starttls = report.services[0], report.services[1]
+    throttled = dataclasses.replace(
+        starttls,
+        port=1143,
+        findings=[
+            *starttls.findings,
+            not_tested("TLS-10", "the server refused connections after 20 (throttled)"),
+        ],
+    )
+    unknown = Service(
+        "mail.example.org", "192.0.2.10", 8443, Protocol.UNKNOWN, TlsMode.IMPLICIT, banner=""
+    )
+    return dataclasses.replace(
+        report,
+        targets=("mail.example.org",),
+        services=[clean, starttls, throttled, unknown],
+    )
+
+
+def clean_report() -> ScanReport:
+    """Every service fully tested, none graded D or F: the one all clear."""
+    report = sample_report()
+    return dataclasses.replace(report, targets=("mail.example.org",), services=report.services[:2])
 
 
 def _schema() -> dict[str, Any]:
@@ -435,7 +468,9 @@ def test_table_on_a_pipe_is_plain_text_with_every_section() -> None:
 
 def test_table_lists_findings_worst_first_with_evidence_and_fix() -> None:
     text = render(sample_report(), "table", color=False)
-    section = text[text.index("legacy.example.net:110") : text.index("legacy.example.net:143")]
+    section = text[
+        text.index("legacy.example.net:110  POP3") : text.index("legacy.example.net:143  IMAP")
+    ]
     rows = re.finditer(r"^  (?:CRITICAL|HIGH|MEDIUM|LOW|INFO) +([A-Z]+-\d\d) ", section, re.M)
     order = [m.group(1) for m in rows]
     assert order == ["EXP-02", "AUTH-05", "CERT-03", "AUTH-03", "TLS-02", "EXP-05"]
@@ -504,3 +539,126 @@ def test_progress_enabled_counts_steps() -> None:
         assert task.description == "mail.example.org:143"
         bar.set_total(6)
         assert bar._bar.tasks[0].total == 6
+
+
+# -- the headline agrees with the body, in every format ----------------------------
+
+ALL_CLEAR = "No service is graded D or F"
+REPORTS = {"sample": sample_report, "incomplete": incomplete_report, "clean": clean_report}
+
+
+def _body_truth(fmt: str, text: str) -> tuple[set[str], set[str]]:
+    """(services graded D or F, services not fully tested) as the body of one rendered
+    report shows them, read without the headline's help."""
+    if fmt == "table":
+        urgent, incomplete = set(), set()
+        sections = re.split(r"^(?=\S+:\d+  [A-Z0-9]+, )", text, flags=re.M)[1:]
+        for section in sections:
+            name = section.split()[0]
+            grade = re.search(r" grade (\S+) -", section)
+            assert grade is not None
+            if grade.group(1) in ("D", "F"):
+                urgent.add(name)
+            if "\n  Not tested:" in section:
+                incomplete.add(name)
+        return urgent, incomplete
+    if fmt == "html":
+        cards = re.findall(
+            r'<section class="card"[^>]*aria-label="([^"]+)">(.*?)</section>', text, re.S
+        )
+        urgent = {n for n, body in cards if re.search(r'class="grade big g-[DF]"', body)}
+        incomplete = {n for n, body in cards if "<h3>Not tested</h3>" in body}
+        return urgent, incomplete
+    data = json.loads(text)
+    services = data["services"] if fmt == "json" else data["runs"][0]["properties"]["services"]
+    if fmt == "sarif":
+        notes = data["runs"][0]["invocations"][0]["toolExecutionNotifications"]
+        named = {n["message"]["text"].split(": ", 1)[0] for n in notes}
+        return {s["name"] for s in services if s["grade"] in ("D", "F")}, named
+    names = {f"{s['host']}:{s['port']}": s for s in services}
+    return (
+        {n for n, s in names.items() if s["grade"] in ("D", "F")},
+        {n for n, s in names.items() if not s["complete"]},
+    )
+
+
+def _headline(fmt: str, text: str) -> tuple[str, ...]:
+    if fmt == "table":
+        lines = re.findall(r"^Result:  (.*(?:\n {9}.*)*)", text, re.M)
+        return tuple(" ".join(part.strip() for part in line.split("\n")) for line in lines)
+    if fmt == "html":
+        box = text[text.index('<section class="summary"') :]
+        box = box[: box.index("</section>")]
+        return tuple(
+            html_module.unescape(re.sub(r"<[^>]+>", "", p))
+            for p in re.findall(r"<p[^>]*>(.*?)</p>", box)
+        )
+    data = json.loads(text)
+    summary = data["summary"] if fmt == "json" else data["runs"][0]["properties"]["summary"]
+    return tuple(summary["headline"])
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("which", list(REPORTS))
+def test_the_headline_agrees_with_the_body(fmt: str, which: str) -> None:
+    report = REPORTS[which]()
+    text = render(report, fmt, color=False)
+    urgent, incomplete = _body_truth(fmt, text)
+    headline = _headline(fmt, text)
+    expected = report_module._graded(report).summary()
+    assert headline == expected.lines()
+    assert set(expected.urgent) == urgent
+    if fmt != "sarif":  # SARIF has no place for an unknown protocol's service
+        assert set(expected.incomplete) == incomplete
+    said_all_clear = any(ALL_CLEAR in line for line in headline)
+    assert said_all_clear is (not urgent and not incomplete), headline
+    for name in incomplete:
+        assert any("not fully tested" in line and name in line for line in headline)
+    for name in urgent:
+        assert any("urgent attention" in line and name in line for line in headline)
+
+
+def test_an_incomplete_report_never_says_all_clear_anywhere() -> None:
+    """The issue's report: "No service is graded D or F" above incomplete services."""
+    report = incomplete_report()
+    for fmt in FORMATS:
+        text = render(report, fmt, color=False)
+        assert ALL_CLEAR not in text, fmt
+        assert "are not fully tested: mail.example.org:1143, mail.example.org:8443" in text
+    data = json.loads(render(report, "json"))
+    assert data["summary"]["all_clear"] is False
+    assert data["summary"]["incomplete"] == ["mail.example.org:1143", "mail.example.org:8443"]
+    unknown = data["services"][3]
+    assert unknown["complete"] is False
+    assert unknown["grade_reasons"][-1].startswith("incomplete: no IMAP, POP3, SMTP")
+    clean = json.loads(render(clean_report(), "json"))["summary"]
+    assert clean["all_clear"] is True
+    assert clean["headline"][-1] == "No service is graded D or F, and every check ran."
+
+
+def test_a_fix_shown_once_per_id_and_text_not_per_id() -> None:
+    """The same ID on two services running different software has two fixes: the
+    second is printed, not "as for ... above"."""
+    report = sample_report()
+    dovecot = Identified(Software.DOVECOT, "ID name")
+    imapguard = Identified(Software.IMAPGUARD, "greeting")
+    a = Service("h", "192.0.2.1", 993, Protocol.IMAP, TlsMode.IMPLICIT, software=dovecot)
+    b = Service("h", "192.0.2.1", 994, Protocol.IMAP, TlsMode.IMPLICIT, software=imapguard)
+    a.findings = [
+        dataclasses.replace(finding("TLS-06", ["x"]), fix=fix_for("TLS-06", dovecot.software))
+    ]
+    b.findings = [
+        dataclasses.replace(finding("TLS-06", ["x"]), fix=fix_for("TLS-06", imapguard.software))
+    ]
+    text = render(dataclasses.replace(report, services=[a, b]), "table")
+    assert "ssl_alt_cert" in text
+    assert 'certificate = "/etc/letsencrypt/live/mail.example.org/fullchain.pem"' in text
+    assert "Fix: as for" not in text
+    assert "Software:    imapguard (from its greeting)" in text
+
+
+def test_the_json_example_in_the_docs_validates() -> None:
+    text = (ROOT / "docs" / "scan-report.md").read_text(encoding="utf-8")
+    example = json.loads(text.split("```json\n", 1)[1].split("```", 1)[0])
+    jsonschema.Draft202012Validator(_schema()).validate(example)
+    assert example["schema_version"] == SCHEMA_VERSION

@@ -42,6 +42,7 @@ from sslyze.plugins.openssl_cipher_suites.cipher_suites import CipherSuite
 from sslyze.plugins.openssl_cipher_suites.implementation import CipherSuitesScanResult
 from sslyze.plugins.robot._robot_tester import RobotScanResultEnum
 from sslyze.plugins.robot.implementation import RobotScanResult
+from sslyze.plugins.scan_commands import ScanCommand
 from sslyze.plugins.session_renegotiation_plugin import SessionRenegotiationScanResult
 from sslyze.scanner.models import (
     AllScanCommandsAttempts,
@@ -1076,3 +1077,35 @@ def test_a_name_idna_cannot_encode_is_not_tested() -> None:
     results = audit_tls([bad], ca_file=None, timeout=1, concurrency=1, per_host=1)
     assert {f.status for f in results["k"].findings} == {Status.NOT_TESTED}
     assert "cannot scan" in text(results["k"].findings[0])
+
+
+def test_a_scan_command_that_errored_is_run_again_on_its_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 9: a reset in the middle of one sslyze command (a loaded machine) must not
+    turn TLS-10 into "not tested" on one scan and not on the next: the command runs
+    once more, alone, and its second answer is the one judged."""
+    calls: list[tuple[list[str], Any]] = []
+    leaf = make_leaf(not_before=dt.datetime.now(dt.UTC) - dt.timedelta(days=1))
+
+    def fake_scan(targets: Sequence[TlsTarget], **kwargs: Any) -> dict[str, Any]:
+        calls.append(([t.key for t in targets], kwargs.get("commands")))
+        attempts = scan((leaf,), heartbleed=failed()) if len(calls) == 1 else scan((leaf,))
+        return {t.key: _server_result(t, attempts) for t in targets}
+
+    monkeypatch.setattr(tlsaudit, "_scan", fake_scan)
+    results = audit_tls([TARGET], ca_file=None, timeout=1, concurrency=1, per_host=1)
+    assert calls == [(["k"], None), (["k"], {"k": {ScanCommand.HEARTBLEED}})]
+    assert {f.id for f in results["k"].findings} == {"CERT-01"}  # no TLS-10 not tested
+
+
+def test_a_scan_command_that_errors_twice_is_not_tested(monkeypatch: pytest.MonkeyPatch) -> None:
+    leaf = make_leaf(not_before=dt.datetime.now(dt.UTC) - dt.timedelta(days=1))
+
+    def fake_scan(targets: Sequence[TlsTarget], **kwargs: Any) -> dict[str, Any]:
+        return {t.key: _server_result(t, scan((leaf,), robot=failed())) for t in targets}
+
+    monkeypatch.setattr(tlsaudit, "_scan", fake_scan)
+    results = audit_tls([TARGET], ca_file=None, timeout=1, concurrency=1, per_host=1)
+    untested = {f.id for f in results["k"].findings if f.status is Status.NOT_TESTED}
+    assert untested == {"TLS-10"}
