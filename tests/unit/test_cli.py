@@ -331,19 +331,17 @@ def test_events_show_control_characters_as_escapes(
 ) -> None:
     """An audit field cannot clear the screen, reorder the line or start a forged
     event line of its own."""
-    log = AuditLog(str(config.parent / "audit.jsonl"))
-    log.emit(
-        AuditEvent(
-            "auth",
-            "s1",
-            {
-                "user": "alice",
-                "client_id": "mutt\u202e\u2028fake  auth  result=ok",
-                "reason": MARKUP,
-            },
-        )
-    )
-    log.close()
+    # The gateway's AuditLog already makes such characters "?" (audit.clean_text);
+    # a log written otherwise (by hand, by an older version) is shown escaped.
+    record = {
+        "ts": 1.0,
+        "event": "auth",
+        "session": "s1",
+        "user": "alice",
+        "client_id": "mutt\u202e\u2028fake  auth  result=ok",
+        "reason": MARKUP,
+    }
+    (config.parent / "audit.jsonl").write_text(json.dumps(record, ensure_ascii=False) + "\n")
     code, out, _ = _run(capsys, "events", "--config", str(config))
     assert code == 0
     assert len(out.splitlines()) == 1
