@@ -80,6 +80,7 @@ def fuzz(name: str, args: argparse.Namespace, work_root: Path) -> bool:
         str(corpus),
     ]
     started = time.monotonic()
+    wall_start = time.time() - 1
     with log.open("wb") as out:
         rc = subprocess.call(command, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
     seconds = time.monotonic() - started
@@ -98,7 +99,11 @@ def fuzz(name: str, args: argparse.Namespace, work_root: Path) -> bool:
         for line in _CRASH.findall(text)[-6:]:
             print(f"fuzz: {name}: {line.decode('utf-8', 'replace')}", flush=True)
         for artifact in sorted(artifacts.iterdir()):
-            print(f"fuzz: {name}: input {artifact}", flush=True)
+            if artifact.stat().st_mtime < wall_start:
+                continue  # from an earlier run
+            data = artifact.read_bytes()
+            print(f"fuzz: {name}: input {artifact} ({len(data)} bytes)", flush=True)
+            print(f"fuzz: {name}: {data[:600]!r}{'...' if len(data) > 600 else ''}", flush=True)
         return False
     if args.merge:
         subprocess.check_call(
