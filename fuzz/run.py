@@ -21,7 +21,9 @@ the corpus size.
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib
+import json
 import os
 import re
 import shutil
@@ -35,17 +37,44 @@ FUZZ = Path(__file__).resolve().parent
 ROOT = FUZZ.parent
 SRC = ROOT / "src" / "imapguard"
 
-#: What each target parses: the module whose line coverage is reported.
-MEASURED = {
-    "framer": "imap/framing.py",
-    "commands": "imap/commands.py",
-    "sasl": "imap/preauth.py",
-    "oauth": "auth/oauth.py",
-    "upstream": "gateway/upstream.py",
-    "scanner_imap": "scanner/dialogs.py",
-    "scanner_pop3": "scanner/dialogs.py",
-    "scanner_smtp": "scanner/dialogs.py",
-    "targets": "scanner/targets.py",
+#: What each target parses: the module whose line coverage is reported, and the
+#: parts of it the target is about when the module holds more (None: all of it).
+_LINES = ("_Lines", "ResponseParser", "DialogError", "printable", "_text", "sniff_greeting")
+_NTLM = ("parse_ntlm_challenge", "_ntlm_field", "_ntlm_string", "NtlmChallenge")
+MEASURED: dict[str, tuple[str, tuple[str, ...] | None]] = {
+    "framer": ("imap/framing.py", None),
+    "commands": ("imap/commands.py", None),
+    "sasl": ("imap/preauth.py", None),
+    "oauth": (
+        "auth/oauth.py",
+        (
+            *("BearerCredentials", "parse_oauthbearer", "parse_xoauth2", "_check_size"),
+            *("_kvpairs", "_unescape_saslname", "_check_user", "_bearer_token"),
+        ),
+    ),
+    "upstream": ("gateway/upstream.py", ("_Reader", "_capabilities", "_login")),
+    "scanner_imap": (
+        "scanner/dialogs.py",
+        (
+            *(*_LINES, *_NTLM, "ImapResponse", "parse_imap_capabilities", "_parse_imap_line"),
+            *("_split_code", "ImapParser", "parse_imap_id", "_imap_list", "_imap_nstring"),
+        ),
+    ),
+    "scanner_pop3": (
+        "scanner/dialogs.py",
+        (*_LINES, "Pop3Response", "Pop3Parser", "parse_capa", "sasl_mechanisms"),
+    ),
+    "scanner_smtp": (
+        "scanner/dialogs.py",
+        (
+            *(*_LINES, *_NTLM, "SmtpReply", "SmtpParser", "_smtp_reply", "EhloInfo"),
+            *("parse_ehlo", "sasl_mechanisms"),
+        ),
+    ),
+    "targets": (
+        "scanner/targets.py",
+        ("parse_ports", "_expand_files", "_parse_one", "_number", "_port", "resolve", "_hosts"),
+    ),
 }
 #: libFuzzer's status line: "#1234  DONE   cov: 200 ft: 640 corp: 91/2934b ..."
 _STATUS = re.compile(rb"^#(\d+)\s+\w+\s+cov: (\d+) ft: (\d+) corp: (\d+)/", re.MULTILINE)
@@ -133,31 +162,42 @@ def replay(name: str, files: list[Path]) -> int:
     return failed
 
 
+def _part(path: Path, names: tuple[str, ...], lines: set[int]) -> set[int]:
+    """The lines of `lines` inside the top-level definitions called `names`."""
+    spans = [
+        (node.lineno, node.end_lineno or node.lineno)
+        for node in ast.parse(path.read_text()).body
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
+        and node.name in names
+    ]
+    return {n for n in lines if any(a <= n <= b for a, b in spans)}
+
+
 def coverage(name: str) -> bool:
     """Line coverage of the parsed module over the committed corpus (coverage.py)."""
-    measured = SRC / MEASURED[name]
+    module, names = MEASURED[name]
+    measured = SRC / module
+    corpus = FUZZ / "corpus" / name
     with tempfile.TemporaryDirectory() as tmp:
-        data = Path(tmp) / ".coverage"
+        data, report = Path(tmp) / ".coverage", Path(tmp) / "coverage.json"
         base = [sys.executable, "-m", "coverage"]
         run = [*base, "run", f"--data-file={data}", f"--include={measured}", __file__]
-        rc = subprocess.call(
-            [*run, "--replay", name, str(FUZZ / "corpus" / name)],
+        rc = subprocess.call([*run, "--replay", name, str(corpus)], cwd=ROOT)
+        subprocess.check_call(
+            [*base, "json", "-q", f"--data-file={data}", "-o", str(report)],
             stdout=subprocess.DEVNULL,
             cwd=ROOT,
         )
-        report = subprocess.run(
-            [*base, "report", f"--data-file={data}", "--format=total"],
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-            check=True,
-        )
-    files = len(list((FUZZ / "corpus" / name).iterdir()))
-    print(
-        f"fuzz: {name:13} line coverage of src/imapguard/{MEASURED[name]}:"
-        f" {report.stdout.strip()} % over {files} corpus files",
-        flush=True,
-    )
+        result = json.loads(report.read_text())["files"][str(measured.relative_to(ROOT))]
+    executed, missing = set(result["executed_lines"]), set(result["missing_lines"])
+    total = 100 * len(executed) / (len(executed) + len(missing))
+    text = f"{total:.0f} % of {len(executed) + len(missing)} statements"
+    if names is not None:
+        run_part, miss_part = _part(measured, names, executed), _part(measured, names, missing)
+        share = 100 * len(run_part) / (len(run_part) + len(miss_part))
+        text += f"; its parser part {share:.0f} % of {len(run_part) + len(miss_part)}"
+    files = len(list(corpus.iterdir()))
+    print(f"fuzz: {name:13} src/imapguard/{module}: {text} ({files} inputs)", flush=True)
     return rc == 0
 
 
