@@ -9,8 +9,8 @@ The contract of src/imapguard/scanner/dialogs.py, checked for every input:
 * the responses and the error (class, reason, excerpt) are the same fed whole,
   byte by byte or split anywhere.
 
-Half of the inputs run with the limits scaled down (MAX_LINE 256, MAX_LITERAL 128,
-MAX_RESPONSE_BYTES 1024, MAX_RESPONSE_LINES 16), so that short inputs reach every
+Half of the inputs run with the limits scaled down (MAX_LINE 128, MAX_LITERAL 64,
+MAX_RESPONSE_BYTES 512, MAX_RESPONSE_LINES 16), so that short inputs reach every
 limit; the parsers read them from the module at call time.
 """
 
@@ -28,7 +28,7 @@ REAL = {
     name: getattr(dialogs, name)
     for name in ("MAX_LINE", "MAX_LITERAL", "MAX_RESPONSE_BYTES", "MAX_RESPONSE_LINES")
 }
-SMALL = {"MAX_LINE": 256, "MAX_LITERAL": 128, "MAX_RESPONSE_BYTES": 1024, "MAX_RESPONSE_LINES": 16}
+SMALL = {"MAX_LINE": 128, "MAX_LITERAL": 64, "MAX_RESPONSE_BYTES": 512, "MAX_RESPONSE_LINES": 16}
 
 
 def set_limits(data: bytes) -> None:

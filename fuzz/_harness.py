@@ -7,9 +7,9 @@ limits, which mode) is a function of the stream's CRC-32, so the same input alwa
 runs the same way, and every mutation of the input may pick another variant.
 
 "Same result fed whole or byte by byte": every target feeds the stream whole, then
-split into reads at every byte (streams up to `BYTEWISE_MAX` bytes), at every line
-end and between CR and LF, and at up to 16 points drawn from the CRC; the results
-must be equal.
+split into reads in one other way chosen by the CRC: at every byte (half of the
+streams up to `BYTEWISE_MAX` bytes), at every line end and between CR and LF, or at
+up to 16 points drawn from the CRC; the results must be equal.
 
 `IMAPGUARD_FUZZ_NO_INSTRUMENT=1` imports the modules without atheris's bytecode
 instrumentation, for measuring line coverage with coverage.py (fuzz/run.py --coverage).
@@ -60,16 +60,24 @@ def _cut(data: bytes, points: set[int]) -> list[bytes]:
 
 
 def splittings(data: bytes) -> Iterator[list[bytes]]:
-    """Other ways the same stream may arrive: each a list of reads."""
-    if len(data) <= BYTEWISE_MAX:
+    """Another way the same stream may arrive, as a list of reads: byte by byte
+    (half of the inputs up to BYTEWISE_MAX bytes), at every line end and between
+    CR and LF, or at random points; one of them per execution, chosen by the CRC,
+    which halves the cost of an execution against trying all three."""
+    choice = pick(data, 4, salt=0x5B1)
+    if len(data) <= 1:
+        return
+    if len(data) <= BYTEWISE_MAX and choice < 2:
         yield [data[i : i + 1] for i in range(len(data))]
-    lines = {i + 1 for i, b in enumerate(data) if b == 0x0A}
-    lines |= {i for i in range(1, len(data)) if data[i - 1 : i + 1] == b"\r\n"}
-    if lines:
-        yield _cut(data, lines)
-    if len(data) > 1:
-        r = rng(data, 0x5EED)
-        yield _cut(data, {r.randrange(1, len(data)) for _ in range(r.randrange(1, 17))})
+        return
+    if choice == 2:
+        lines = {i + 1 for i, b in enumerate(data) if b == 0x0A}
+        lines |= {i for i in range(1, len(data)) if data[i - 1 : i + 1] == b"\r\n"}
+        if lines:
+            yield _cut(data, lines)
+            return
+    r = rng(data, 0x5EED)
+    yield _cut(data, {r.randrange(1, len(data)) for _ in range(r.randrange(1, 17))})
 
 
 def main(test_one_input: Callable[[bytes], None]) -> None:

@@ -16,9 +16,9 @@ The link holds the whole input from the start (a split input is handed out read 
 read, the rest counts as arrived): so bytes after the STARTTLS response are always
 an injection, and the leftover is the same for every split. STARTTLS itself cannot
 complete here (no transport): a clean STARTTLS response ends in the "no TLS
-context" refusal. Half of the inputs run with MAX_RESPONSE_LINE at 1 KiB (a real
-Dovecot login line is 400 bytes) and MAX_UNTAGGED_BYTES at 2 KiB, so that short
-inputs reach the limits.
+context" refusal. Half of the inputs run with MAX_RESPONSE_LINE at 256 bytes (a
+real Dovecot login line is 400: those refuse it) and MAX_UNTAGGED_BYTES at 512, so
+that short inputs reach the limits.
 """
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ LOOP = asyncio.new_event_loop()
 
 def test_one_input(data: bytes) -> None:
     variant = _harness.pick(data, 16)
-    small = (1024, 2048)
+    small = (256, 512)
     upstream.MAX_RESPONSE_LINE, upstream.MAX_UNTAGGED_BYTES = small if variant & 8 else REAL_LIMITS
     expected = LOOP.run_until_complete(login(variant, [data]))
     for reads in _harness.splittings(data):
