@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Fuzz target: the pre-auth command grammar (src/imapguard/imap/commands.py).
 
 The input is a client's byte stream; the framer (with production limits) cuts it

@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Fuzz target: the pre-auth framer (src/imapguard/imap/framing.py).
 
 Contract checked on every input (a client's byte stream):

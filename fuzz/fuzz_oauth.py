@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Fuzz target: the OAUTHBEARER and XOAUTH2 payload parsers (parse_oauthbearer,
 parse_xoauth2 in src/imapguard/auth/oauth.py).
 

@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Fuzz target: the SASL payloads as the pre-auth state machine reads them
 (PreAuth in src/imapguard/imap/preauth.py: AUTHENTICATE with an initial response
 or a continuation line, for PLAIN, EXTERNAL, OAUTHBEARER and XOAUTH2).

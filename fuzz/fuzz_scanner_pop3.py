@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Fuzz target: the scanner's POP3 response parser (Pop3Parser in
 src/imapguard/scanner/dialogs.py) and what the checks read from its responses.
 

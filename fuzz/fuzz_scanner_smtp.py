@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Fuzz target: the scanner's SMTP reply parser (SmtpParser in
 src/imapguard/scanner/dialogs.py) and what the checks read from its replies.
 

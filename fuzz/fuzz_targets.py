@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Fuzz target: the scanner's target syntax (parse_ports and resolve in
 src/imapguard/scanner/targets.py).
 

@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Fuzz target: the upstream response parser and the login dialogue that reads it
 (_Reader and _login in src/imapguard/gateway/upstream.py).
 

@@ -140,12 +140,18 @@ def fuzz(name: str, args: argparse.Namespace, work_root: Path) -> bool:
             print(f"fuzz: {name}: {data[:600]!r}{'...' if len(data) > 600 else ''}", flush=True)
         return False
     if args.merge:
-        subprocess.check_call(
-            [sys.executable, str(FUZZ / f"fuzz_{name}.py"), "-merge=1", str(corpus), str(work)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+        # libFuzzer's merge runs argv[0] again: the script itself, by its shebang,
+        # with this interpreter first on PATH.
+        path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+        merged = subprocess.run(
+            [str(FUZZ / f"fuzz_{name}.py"), "-merge=1", str(corpus), str(work)],
+            capture_output=True,
             cwd=ROOT,
+            env={**os.environ, "PATH": path},
+            check=True,
         )
+        added = re.findall(rb"MERGE-OUTER: .*new files.*", merged.stderr)
+        print(f"fuzz: {name}: {added[-1].decode() if added else 'merge said nothing'}")
         print(f"fuzz: {name}: corpus now {len(list(corpus.iterdir()))} files", flush=True)
     return True
 
