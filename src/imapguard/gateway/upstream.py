@@ -26,7 +26,12 @@ from imapguard.secret import Secret
 __all__ = ["ClientAddress", "UpstreamSession", "UpstreamSettings", "open_session"]
 
 # Upstream responses during login are short; a literal there is an ID value.
+# The limit holds for a whole response (its lines and literals), however its
+# bytes arrive.
 MAX_RESPONSE_LINE = 64 * 1024
+# The untagged responses kept while waiting for a tagged one (a CAPABILITY list,
+# an ID): a server that sends them without end must not make us keep them all.
+MAX_UNTAGGED_BYTES = 64 * 1024
 _LITERAL_END = re.compile(rb"\{([0-9]{1,6})\}\r?\n\Z")
 _CAPABILITY_CODE = re.compile(rb"\[CAPABILITY ([^\]]*)\]", re.IGNORECASE)
 
@@ -126,13 +131,16 @@ class _Reader:
         while True:
             nl = self.buf.find(b"\n")
             while nl < 0:
-                if len(self.buf) > MAX_RESPONSE_LINE:
+                if len(out) + len(self.buf) > MAX_RESPONSE_LINE:
                     raise UpstreamUnavailable("upstream", "response line too long")
                 data = await self.link.read()
                 if not data:
                     raise EOFError
                 self.buf += data
                 nl = self.buf.find(b"\n")
+            # Checked on the line as a whole too: one read may bring all of it.
+            if len(out) + nl > MAX_RESPONSE_LINE:
+                raise UpstreamUnavailable("upstream", "response line too long")
             chunk = bytes(self.buf[: nl + 1])
             del self.buf[: nl + 1]
             out += chunk
@@ -142,6 +150,8 @@ class _Reader:
             size = int(literal.group(1))
             if size > MAX_RESPONSE_LINE:
                 raise UpstreamUnavailable("upstream", "response literal too large")
+            if len(out) + size > MAX_RESPONSE_LINE:
+                raise UpstreamUnavailable("upstream", "response too long")
             while len(self.buf) < size:
                 data = await self.link.read()
                 if not data:
@@ -153,10 +163,14 @@ class _Reader:
     async def tagged(self, tag: bytes) -> tuple[bytes, list[bytes]]:
         """Read up to the tagged response; returns it and the untagged ones before."""
         untagged: list[bytes] = []
+        kept = 0
         while True:
             line = await self.line()
             if line.startswith(tag + b" "):
                 return line[len(tag) + 1 :], untagged
+            kept += len(line)
+            if kept > MAX_UNTAGGED_BYTES:
+                raise UpstreamUnavailable("upstream", "too many untagged responses")
             untagged.append(line)
 
     def leftover(self) -> bytes:

@@ -310,8 +310,11 @@ class Framer:
         return extract_tag(first, self.limits.max_tag)
 
     def _start_discard_line(self, kind: FrameErrorKind, raw: bool) -> FrameEvent | None:
-        # A raw line is no command: what looks like a tag in it is not one.
-        self._pending = FrameError(kind, None if raw else self._tag_for(self._buf))
+        # A raw line is no command: what looks like a tag in it is not one. Only
+        # the bytes that made the line too long are looked at, whatever the read
+        # brought after them, so that the tag does not depend on the reads.
+        head = self._buf[: self.limits.max_line + 1]
+        self._pending = FrameError(kind, None if raw else self._tag_for(head))
         self._discard_raw = raw
         self._discard_cut = False
         self._state = _State.DISCARD_LINE

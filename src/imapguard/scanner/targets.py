@@ -11,8 +11,9 @@ Accepted forms (SPEC "Scanner"):
     @targets.txt                one target per line; blank lines and # comments skipped
 
 Ports: `--ports 143,993` replaces the default list, `--ports +25,4190` adds to it,
-ranges are allowed (`--ports 140-150`). The scanner never talks to anything that
-is not in the resulting list.
+ranges are allowed (`--ports 140-150`). Addresses times ports make at most
+MAX_ENDPOINTS endpoints. The scanner never talks to anything that is not in the
+resulting list.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from pathlib import Path
 __all__ = [
     "DEFAULT_PORTS",
     "MAX_ADDRESSES",
+    "MAX_ENDPOINTS",
     "Endpoint",
     "TargetError",
     "parse_ports",
@@ -37,6 +39,9 @@ __all__ = [
 DEFAULT_PORTS: tuple[int, ...] = (143, 993, 110, 995, 587, 465)
 # A /16: beyond this a scan is a mistake (or an IPv6 /64) rather than an audit.
 MAX_ADDRESSES = 65_536
+# A /16 on the default ports. Every endpoint becomes a probe task: all 65,535
+# ports of a /16 would be four billion of them, built before the first probe.
+MAX_ENDPOINTS = MAX_ADDRESSES * len(DEFAULT_PORTS)
 MAX_ADDRESSES_PER_NAME = 16
 
 
@@ -64,26 +69,27 @@ def parse_ports(text: str | None) -> tuple[int, ...]:
     if text is None or not text.strip():
         return DEFAULT_PORTS
     add = text.startswith("+")
-    ports: list[int] = list(DEFAULT_PORTS) if add else []
-    for part in text.lstrip("+").split(","):
+    # A dict keeps the order and answers "already there?" at once: a list made
+    # `--ports 1-65535` take minutes.
+    ports: dict[int, None] = dict.fromkeys(DEFAULT_PORTS) if add else {}
+    for part in text.removeprefix("+").split(","):
         part = part.strip()
         if not part:
             continue
         try:
             if "-" in part:
-                lo, hi = (int(x) for x in part.split("-", 1))
+                lo, hi = (_number(x.strip()) for x in part.split("-", 1))
                 if lo > hi or hi - lo > 65535:
                     raise ValueError
                 chosen = range(lo, hi + 1)
             else:
-                chosen = range(int(part), int(part) + 1)
+                chosen = range(_number(part), _number(part) + 1)
         except ValueError:
             raise TargetError(f"--ports: {part!r} is not a port or a range a-b") from None
         for port in chosen:
             if not 1 <= port <= 65535:
                 raise TargetError(f"--ports: {port} is not a TCP port (1-65535)")
-            if port not in ports:
-                ports.append(port)
+            ports.setdefault(port)
     if not ports:
         raise TargetError("--ports: no port given")
     return tuple(ports)
@@ -98,6 +104,10 @@ def _expand_files(targets: Iterable[str]) -> list[str]:
                 lines = path.read_text(encoding="utf-8").splitlines()
             except OSError as exc:
                 raise TargetError(f"{target}: cannot read the file ({exc.strerror})") from None
+            except UnicodeDecodeError as exc:
+                raise TargetError(
+                    f"{target}: not UTF-8 text (byte {exc.start} of the file)"
+                ) from None
             for line in lines:
                 line = line.split("#", 1)[0].strip()
                 if line:
@@ -141,9 +151,16 @@ def _parse_one(text: str) -> _Spec:
     return _Spec(raw, host, port, None)
 
 
+def _number(text: str) -> int:
+    """ASCII digits only: int() also takes "1_43", "+5", " 5" and other scripts' digits."""
+    if not (text.isascii() and text.isdigit()):
+        raise ValueError(text)
+    return int(text)
+
+
 def _port(raw: str, text: str) -> int:
     try:
-        port = int(text)
+        port = _number(text)
     except ValueError:
         raise TargetError(f"{raw}: {text!r} is not a port") from None
     if not 1 <= port <= 65535:
@@ -199,6 +216,11 @@ async def resolve(targets: Iterable[str], ports: tuple[int, ...]) -> list[Endpoi
                 # A name beats an address: the certificate is checked against it.
                 if key not in endpoints or endpoints[key].host == address:
                     endpoints[key] = Endpoint(address, port, name)
+            if len(endpoints) > MAX_ENDPOINTS:
+                raise TargetError(
+                    f"{spec.text}: more than {MAX_ENDPOINTS} endpoints (addresses × ports) "
+                    "in all; scan fewer addresses or ports"
+                )
     return sorted(
         endpoints.values(),
         key=lambda e: (
