@@ -216,7 +216,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     scan.add_argument("--concurrency", type=_positive_int, default=32, metavar="N")
     scan.add_argument(
-        "--per-host", type=_positive_int, default=4, metavar="N", help="TLS-audit connections at once per address (the mail checks use one)"
+        "--per-host",
+        type=_positive_int,
+        default=4,
+        metavar="N",
+        help="TLS-audit connections at once per address (the mail checks use one)",
     )
     scan.add_argument("--timeout", type=_positive_float, default=5.0, metavar="S")
     scan.add_argument(
