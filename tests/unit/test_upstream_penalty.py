@@ -34,6 +34,19 @@ def test_the_measured_dovecot_sequence() -> None:
     assert model.predicted_refusal(ip) == 2.0
 
 
+def test_a_refusal_sent_early_by_the_upstreams_timer_is_outvoted() -> None:
+    """Measured in CI: the first refusal from an address took 1.5 s (Dovecot flushes
+    refusals on a 500 ms timer), every later one its penalty + 2.0 s. A right password's
+    failure waits its check plus the learned delay: that delay must be the 2 s."""
+    clock = Clock()
+    model = UpstreamPenalty(clock, default_delay=0.05)
+    for measured in (1.52, 6.02, 10.01, 17.03):
+        clock.now += measured
+        model.refused("192.0.2.9", measured)
+    assert abs(model.refusal_delay() - 2.015) < 1e-9  # median of 1.52, 2.02, 2.01, 2.03
+    assert abs(model.predicted_refusal("192.0.2.9") - 17.015) < 1e-9
+
+
 def test_an_upstream_without_a_penalty_is_seen_as_such() -> None:
     clock = Clock()
     model = UpstreamPenalty(clock, default_delay=1.0)

@@ -16,10 +16,12 @@ So this keeps, per address as Dovecot keys it (IPv4, IPv6 /48), the penalty
 level that the gateway's own observations imply, and predicts the refusal time
 of a check made now: what a failure that never reached the upstream (a blocked
 source, a malformed name) must wait. The refusal delay itself is learned from
-refusals of addresses without a penalty. For an upstream without a penalty the
-prediction is simply that delay; for one with another schedule the checked
-failures stay uniform anyway (a right password's failure waits for its own
-check plus the refusal delay), and only unchecked ones follow this model.
+every refusal, less the penalty it carried (Dovecot sends refusals from a 500 ms
+timer, so one alone may come half a second early: the median of many is used).
+For an upstream without a penalty the prediction is simply that delay; for one
+with another schedule the checked failures stay uniform anyway (a right
+password's failure waits for its own check plus the refusal delay), and only
+unchecked ones follow this model.
 """
 
 from __future__ import annotations
@@ -76,19 +78,20 @@ class UpstreamPenalty:
         self.default_delay = default_delay
         # ident -> (level, when the upstream last counted a failure)
         self._sources: OrderedDict[str, tuple[int, float]] = OrderedDict()
-        self._first_refusals: deque[float] = deque(maxlen=SAMPLES)
+        # Refusal delays seen: a refusal's time minus the penalty it carried.
+        self._refusal_samples: deque[float] = deque(maxlen=SAMPLES)
         self._delay: float | None = None  # their median, computed when one is added
         # Has the upstream been seen to apply the penalty? Until then (or after it
         # was seen not to), predictions are the refusal delay alone.
         self.penalizes = False
 
     def refusal_delay(self) -> float:
-        """What a refusal adds to a success: the median refusal time of addresses
-        without a penalty (`default_delay` until one is seen)."""
+        """What a refusal adds to a success: the median of the refusal times seen,
+        each less the penalty it carried (`default_delay` until one is seen)."""
         if self._delay is None:
             self._delay = (
-                max(self.default_delay, statistics.median(self._first_refusals))
-                if self._first_refusals
+                max(self.default_delay, statistics.median(self._refusal_samples))
+                if self._refusal_samples
                 else self.default_delay
             )
         return self._delay
@@ -118,16 +121,23 @@ class UpstreamPenalty:
         """The upstream refused a password from `ip` after `duration` seconds."""
         now = self._clock()
         before = self.level(ip, now - duration)  # the level applied when it started
-        if before == 0:
-            self._first_refusals.append(duration)
-            self._delay = None
-        else:
+        sample: float | None = duration
+        if before > 0:
             # Did the upstream apply the penalty the model expected? (An upstream
             # without one refuses as fast the tenth time as the first.)
             expected = penalty_seconds(before)
             self.penalizes = duration >= expected + self.refusal_delay() / 2
-            if not self.penalizes and duration < expected / 2:
+            if self.penalizes:
+                sample = duration - expected  # the refusal delay after the penalty
+            elif duration < expected / 2:
                 before = -1  # no penalty here: count this as the first failure again
+            else:
+                sample = None  # neither: learn nothing from it
+        if sample is not None:
+            # Dovecot sends refusals from a 500 ms timer: a single one may come half a
+            # second early; the median of many is the delay.
+            self._refusal_samples.append(sample)
+            self._delay = None
         key = ident(ip)
         # The upstream counts the failure before its failure delay.
         self._sources[key] = (min(before + 1, MAX_LEVEL), now - self.refusal_delay())
