@@ -31,24 +31,12 @@ from imapguard.state import open_store
 from tests.dovecot import DovecotServer
 from tests.gateway import GatewayProcess
 from tests.integration.conftest import AUTH_FAILED, RawClient, running_gateway
+from tests.integration.test_failure_timing import DEFENSE
 
 pytestmark = [pytest.mark.dovecot, pytest.mark.timeout(300)]
 
-# The defense itself neither delays nor blocks here; the one block is placed by the test.
-DEFENSE = """
-[defense]
-pair_free = 100000
-pair_block = 100000
-source_free = 100000
-source_failures = 100000
-source_accounts = 100000
-network_failures = 100000
-network_accounts = 100000
-account_attacked = 100000
-account_lockout = 100000
-spray_accounts = 100000
-posture_min_failures = 100000000
-"""
+# The defense itself neither delays nor blocks here (the failure-timing test's
+# thresholds); the one block is placed by the test.
 # Wrong passwords that take Dovecot's penalty to its maximum (refusals of 2, 6, 10, 17 s).
 PROVOKE = 4
 # Dovecot's own refusal times vary by a few milliseconds; 0.5 s is a quarter of the
