@@ -59,9 +59,12 @@ def parse(data: bytes, xoauth2: bool) -> BearerCredentials | None:
         creds = parse_xoauth2(data) if xoauth2 else parse_oauthbearer(data)
     except SaslMalformed as exc:
         assert exc.reason, exc
-        # The reason goes to the audit log: it must not carry the credential.
+        # The reason goes to the audit log: it must not carry the credential. Its
+        # fixed wording names the syntax in backticks (`Bearer <token>`), which a short
+        # fuzzed token such as "earer " may match by chance: that is not a leak.
+        said = re.sub(r"`[^`]*`", "", exc.reason)
         for token in re.findall(rb"[Bb][Ee][Aa][Rr][Ee][Rr] +([^\x01]{6,})", data):
-            assert token.decode("latin-1") not in exc.reason, exc.reason
+            assert token.decode("latin-1") not in said, exc.reason
         return None
     assert len(data) <= MAX_RESPONSE_BYTES
     token = creds.token.reveal()
