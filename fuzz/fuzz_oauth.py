@@ -27,12 +27,12 @@ with _harness.instrumented():
     from imapguard.auth.oauth import (
         MAX_RESPONSE_BYTES,
         MAX_TOKEN_BYTES,
-        MAX_USER_BYTES,
         BearerCredentials,
         SaslMalformed,
         parse_oauthbearer,
         parse_xoauth2,
     )
+    from imapguard.names import MAX_USER_BYTES
 
 _B64TOKEN = re.compile(rb"[A-Za-z0-9\-._~+/]+=*")
 

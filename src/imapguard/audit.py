@@ -24,21 +24,9 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from imapguard.secret import Secret
+from imapguard.text import clean
 
-__all__ = ["AuditEvent", "AuditLog", "RedactingFilter", "clean_text", "follow", "read_events"]
-
-# C0 and C1 controls, DEL, the bidi and other format characters that reorder or hide
-# text on a terminal (U+061C, U+200B-U+200F, U+202A-U+202E, U+2060-U+206F, U+FEFF),
-# and the line and paragraph separators: a log reader must see what was sent.
-_CONTROL = re.compile(
-    "[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff]"
-)
-
-
-def clean_text(text: str, limit: int = 256) -> str:
-    """Printable and bounded: what may go into a log line from a client."""
-    cleaned = _CONTROL.sub("?", text)
-    return cleaned if len(cleaned) <= limit else cleaned[:limit] + "..."
+__all__ = ["AuditEvent", "AuditLog", "RedactingFilter", "follow", "read_events"]
 
 
 @dataclass(frozen=True)
@@ -58,7 +46,7 @@ class AuditEvent:
             record["session"] = self.session
         for key, value in self.fields.items():
             if value is not None:
-                record[key] = clean_text(value) if isinstance(value, str) else value
+                record[key] = clean(value) if isinstance(value, str) else value
         return json.dumps(record, separators=(",", ":"), ensure_ascii=False)
 
 

@@ -8,7 +8,6 @@ at once, so `imapguard check-config` can print the whole list.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import stat
 import tomllib
@@ -18,10 +17,12 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
-from imapguard.auth.names import DEFAULT_MASTER_SEPARATOR, DOVECOT_USERNAME_CHARS, AccountNames
 from imapguard.errors import ConfigError
+from imapguard.names import DEFAULT_MASTER_SEPARATOR, DOVECOT_USERNAME_CHARS, AccountNames
+from imapguard.net import is_loopback
 from imapguard.policy.rules import GroupsConfig, PolicyConfig, policy_problems
 from imapguard.secret import Secret
+from imapguard.vocab import DEFAULT_SUFFICIENT, FACTORS, METHODS
 
 if TYPE_CHECKING:
     from imapguard.auth.oauth import OAuthSettings
@@ -50,30 +51,11 @@ __all__ = [
     "validate_config",
 ]
 
-# Methods of the SPEC; the ones this build can enforce are SUPPORTED_METHODS.
-ALL_METHODS = ("app-password", "password", "password+totp", "oauthbearer", "xoauth2", "client-cert")
-SUPPORTED_METHODS = ALL_METHODS
-
-# What a login can prove, and which proofs are enough by default (SPEC "Factors").
-# "password" alone is single-factor: never a default.
-ALL_FACTORS = (
-    "app-password",
-    "password+totp",
-    "trusted-device",
-    "oauth-mfa",
-    "oauth",
-    "client-cert",
-    "password+client-cert",
-    "password",
-)
-DEFAULT_SUFFICIENT = (
-    "app-password",
-    "password+totp",
-    "trusted-device",
-    "oauth-mfa",
-    "client-cert",
-    "password+client-cert",
-)
+# The methods this build can enforce (all of them today; a method named in the
+# vocabulary but not built yet would be refused here with its own message).
+ALL_METHODS = METHODS
+SUPPORTED_METHODS = METHODS
+ALL_FACTORS = FACTORS
 
 Seconds = Annotated[float, Field(gt=0, le=86400)]
 
@@ -178,7 +160,7 @@ class AuthConfig(_Section):
     # A verified (user, credential, device) is remembered this long (0: never), so
     # that a client opening five connections does not cost five password checks.
     verified_cache_seconds: Annotated[float, Field(ge=0, le=3600)] = 300.0
-    # Account names in the upstream's own form (imapguard.auth.names): "full" is
+    # Account names in the upstream's own form (imapguard.names): "full" is
     # Dovecot's %u (the name as given), "local" its %n (the part before "@").
     username_format: Literal["full", "local"] = "full"
     # A name without "@" gets "@default_realm" (Dovecot's auth_default_realm).
@@ -317,15 +299,6 @@ def parse_address(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def load_config(path: str | os.PathLike[str], *, check_files: bool = True) -> Config:
     """Read, parse and validate; raise ConfigError with every problem found."""
     try:
@@ -413,7 +386,7 @@ def validate_config(config: Config, *, check_files: bool = True) -> list[tuple[s
     except ValueError as exc:
         add(("upstream.address", str(exc)))
         up_host = ""
-    if up.tls == "none" and up_host and not _is_loopback(up_host) and not up.insecure:
+    if up.tls == "none" and up_host and not is_loopback(up_host) and not up.insecure:
         add(
             (
                 "upstream.tls",
@@ -605,7 +578,7 @@ def notify_settings(
 
 
 def account_names(config: Config) -> AccountNames:
-    """The account-name rule of `[auth]` and `[upstream]` (imapguard.auth.names)."""
+    """The account-name rule of `[auth]` and `[upstream]` (imapguard.names)."""
     a = config.auth
     return AccountNames(
         username_format=a.username_format,

@@ -59,7 +59,6 @@ import asyncio
 import enum
 import hashlib
 import hmac
-import ipaddress
 import json
 import logging
 import math
@@ -85,7 +84,9 @@ import httpx
 
 from imapguard import __version__
 from imapguard.errors import ConfigError
+from imapguard.net import is_loopback
 from imapguard.secret import Secret
+from imapguard.text import clean
 
 __all__ = [
     "Channel",
@@ -120,7 +121,6 @@ DEFAULT_CLOSE_GRACE = 3.0
 _MAX_ADDRESS = 254  # RFC 5321 4.5.3.1.3 path limit minus the angle brackets
 _MAX_LOCAL_PART = 64  # RFC 5321 4.5.3.1.1
 _SUBJECT_USER_LIMIT = 64
-_TEXT_LIMIT = 256  # the audit log's bound for client text
 
 ShouldSend = Callable[[str, str, float], Awaitable[bool]]
 """should_send(user, kind, now): True for exactly one caller per account, kind
@@ -131,18 +131,6 @@ account name in lower case (accounts compare case-insensitively), `kind` a
 
 # ---------------------------------------------------------------------------
 # Text hygiene
-
-
-# C0 and C1 controls (CR, LF, TAB, NUL ...), DEL, Unicode line and paragraph
-# separators, and bidi embeddings/overrides/isolates, which can make an account
-# name display as something else in a mail client ("Trojan Source").
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
-
-
-def _clean(text: str, limit: int = _TEXT_LIMIT) -> str:
-    """Printable and bounded: what may leave us from a client."""
-    cleaned = _UNSAFE.sub("?", text)
-    return cleaned if len(cleaned) <= limit else cleaned[:limit] + "..."
 
 
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
@@ -162,15 +150,6 @@ def _is_address(text: str) -> bool:
         and _LOCAL.fullmatch(local) is not None
         and _DOMAIN.fullmatch(domain) is not None
     )
-
-
-def _is_loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def _origin(url: str) -> str:
@@ -233,7 +212,7 @@ class NotifySettings:
             parts = urlsplit(self.webhook_url)
             if parts.scheme not in ("https", "http") or not parts.hostname:
                 add("webhook_url", "must be an https:// URL")
-            elif parts.scheme == "http" and not _is_loopback(parts.hostname):
+            elif parts.scheme == "http" and not is_loopback(parts.hostname):
                 add("webhook_url", "http:// only to a loopback address; use https://")
             elif parts.username is not None or parts.password is not None:
                 add("webhook_url", "no credentials in the URL: use webhook_secret_file")
@@ -246,7 +225,7 @@ class NotifySettings:
             if self.smtp_tls not in _SMTP_DEFAULT_PORT:
                 add("smtp_tls", "must be starttls, implicit or none")
             elif self.smtp_tls == "none":
-                if not _is_loopback(self.smtp_host):
+                if not is_loopback(self.smtp_host):
                     add("smtp_tls", "none only to a loopback relay; use starttls or implicit")
                 if self.smtp_username is not None or self.smtp_password is not None:
                     add("smtp_tls", "credentials are never sent without TLS")
@@ -260,7 +239,7 @@ class NotifySettings:
                 add("admin_addresses", "no recipients: set owner_address or admin_addresses")
             for i, address in enumerate(self.admin_addresses):
                 if not _is_address(address):
-                    add(f"admin_addresses[{i}]", f"not a plain address: {_clean(address, 80)!r}")
+                    add(f"admin_addresses[{i}]", f"not a plain address: {clean(address, 80)!r}")
         if self.owner_address is not None:
             template = self.owner_address
             rest = template.replace("{user}", "")
@@ -334,13 +313,13 @@ class Notice:
         return {
             "version": SCHEMA_VERSION,
             "kind": self.kind.value,
-            "user": _clean(self.user),
-            "src": _clean(self.source),
-            "client_id": None if self.client_id is None else _clean(self.client_id),
-            "device_id": None if self.device_id is None else _clean(self.device_id),
+            "user": clean(self.user),
+            "src": clean(self.source),
+            "client_id": None if self.client_id is None else clean(self.client_id),
+            "device_id": None if self.device_id is None else clean(self.device_id),
             "ts": round(self.time, 6),
             "time": self.utc.strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "summary": _clean(self.summary),
+            "summary": clean(self.summary),
         }
 
     def to_json(self) -> str:
@@ -463,8 +442,8 @@ def _owner_advice(notice: Notice, settings: NotifySettings) -> _Advice:
 
 
 def _admin_advice(notice: Notice) -> _Advice:
-    user = shlex.quote(_clean(notice.user, 128))
-    device = shlex.quote(_clean(notice.device_id, 64)) if notice.device_id else "ID"
+    user = shlex.quote(clean(notice.user, 128))
+    device = shlex.quote(clean(notice.device_id, 64)) if notice.device_id else "ID"
     show = ("The account, its devices and lockouts:", f"imapguard user show {user}")
     match notice.kind:
         case NoticeKind.COMPROMISE_SIGNAL:
@@ -499,20 +478,20 @@ _FOOTER = (
 
 
 def _body(notice: Notice, settings: NotifySettings, *, for_admins: bool) -> str:
-    user = _clean(notice.user, 128)
+    user = clean(notice.user, 128)
     wrap = textwrap.TextWrapper(width=72, break_long_words=False, break_on_hyphens=False)
     bullet = textwrap.TextWrapper(
         width=72, initial_indent="- ", subsequent_indent="  ", break_long_words=False
     )
     facts = [
-        ("What", _clean(notice.summary, 160)),
+        ("What", clean(notice.summary, 160)),
         ("Account", user),
-        ("From", _clean(notice.source, 64)),
+        ("From", clean(notice.source, 64)),
     ]
     if notice.client_id:
-        facts.append(("Client", f'"{_clean(notice.client_id, 128)}" (as it names itself)'))
+        facts.append(("Client", f'"{clean(notice.client_id, 128)}" (as it names itself)'))
     if notice.device_id:
-        facts.append(("Device", _clean(notice.device_id, 64)))
+        facts.append(("Device", clean(notice.device_id, 64)))
     facts.append(("When", notice.utc.strftime("%Y-%m-%d %H:%M:%S UTC")))
     lines = ["Hello," if not for_admins else "Hello administrators,", ""]
     lines += wrap.wrap(_WHAT_HAPPENED[notice.kind].format(user=user))
@@ -544,7 +523,7 @@ def build_messages(notice: Notice, settings: NotifySettings) -> list[Mail]:
         return []
     sender = Address(display_name="imapguard", addr_spec=settings.mail_from)
     domain = settings.mail_from.rpartition("@")[2]
-    user = _clean(notice.user, _SUBJECT_USER_LIMIT)
+    user = clean(notice.user, _SUBJECT_USER_LIMIT)
 
     def message(subject: str, to: tuple[str, ...], for_admins: bool) -> EmailMessage:
         msg = EmailMessage()
@@ -669,9 +648,9 @@ def _describe(exc: BaseException) -> str:
                 if isinstance(exc.smtp_error, bytes)
                 else str(exc.smtp_error)
             )
-            return f"SMTP {exc.smtp_code} {_clean(text, 120)}"
+            return f"SMTP {exc.smtp_code} {clean(text, 120)}"
         case smtplib.SMTPException() | ssl.SSLError() | OSError() | httpx.TransportError():
-            return _clean(f"{type(exc).__name__}: {exc}", 200)
+            return clean(f"{type(exc).__name__}: {exc}", 200)
         case _:
             return type(exc).__name__
 
@@ -803,7 +782,7 @@ class Notifier:
             log.warning(
                 "notifier closed: %s notice for %s dropped",
                 notice.kind.value,
-                _clean(notice.user, 64),
+                clean(notice.user, 64),
             )
             return False
         if len(self._pending) >= self.max_pending:
@@ -830,7 +809,7 @@ class Notifier:
         try:
             return await self.notify(notice)
         except Exception:
-            log.exception("notification for %s failed", _clean(notice.user, 64))
+            log.exception("notification for %s failed", clean(notice.user, 64))
             return None
 
     async def notify(self, notice: Notice) -> NotifyResult:
@@ -844,14 +823,14 @@ class Notifier:
         except Exception as exc:
             detail = f"rate-limit check failed: {_describe(exc)}"
             log.error(
-                "%s notice for %s not sent: %s", notice.kind.value, _clean(notice.user, 64), detail
+                "%s notice for %s not sent: %s", notice.kind.value, clean(notice.user, 64), detail
             )
             return NotifyResult(notice, NotifyStatus.FAILED, (), detail)
         if not allowed:
             log.debug(
                 "%s notice for %s suppressed: already sent within %gs",
                 notice.kind.value,
-                _clean(notice.user, 64),
+                clean(notice.user, 64),
                 self.settings.min_interval,
             )
             return NotifyResult(notice, NotifyStatus.RATE_LIMITED)
@@ -972,7 +951,7 @@ class Notifier:
 
     def _log(self, result: NotifyResult) -> None:
         notice = result.notice
-        user = _clean(notice.user, 64)
+        user = clean(notice.user, 64)
         summary = ", ".join(f"{d.channel.value} {d.detail}" for d in result.deliveries)
         if result.status is NotifyStatus.SENT:
             log.info("%s notice for %s sent: %s", notice.kind.value, user, summary)

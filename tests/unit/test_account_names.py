@@ -1,11 +1,11 @@
-"""The account-name rule (imapguard.auth.names): one account per upstream account,
+"""The account-name rule (imapguard.names): one account per upstream account,
 and nothing the upstream reads specially."""
 
 from __future__ import annotations
 
 import pytest
 
-from imapguard.auth.names import AccountNames, printable
+from imapguard.names import AccountNames, printable
 
 LOCAL = AccountNames(username_format="local")
 LOCAL_ORG = AccountNames(username_format="local", realms=("example.org",))

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from imapguard.audit import AuditEvent, AuditLog, RedactingFilter, clean_text, read_events
+from imapguard.audit import AuditEvent, AuditLog, RedactingFilter, read_events
 from imapguard.secret import Secret
+from imapguard.text import clean as clean_text
 
 
 def test_events_are_json_lines_with_spec_fields(tmp_path: Path) -> None:

@@ -236,7 +236,7 @@ async def test_audit_event_never_holds_the_secret(store: SqliteStore, tmp_path: 
         (b"al\x00ice", None),
         (b'al"ice', None),
         (b"\xff", None),
-        # Dovecot's default auth_username_chars (imapguard.auth.names).
+        # Dovecot's default auth_username_chars (imapguard.names).
         ("jörg".encode(), None),
         (b"alice*imapguard", None),
     ],

@@ -21,7 +21,6 @@ from imapguard.auth.chokepoint import (
     Authenticator,
     FactorSettings,
     Outcome,
-    device_network,
 )
 from imapguard.errors import UpstreamRefused
 from imapguard.gateway.upstream import ClientAddress, UpstreamSession, UpstreamSettings
@@ -416,18 +415,6 @@ async def test_a_factor_left_out_of_sufficient_is_not_enough(env: Env) -> None:
     # trusted-device is not in auth.sufficient: the device's stale string is not enough.
     result = await attempt(auth, "alice", PASSWORDS["alice"] + otp.at(env.clock.now))
     assert (result.outcome, result.factor) == (Outcome.MISSING_FACTOR, "trusted-device")
-
-
-@pytest.mark.parametrize(
-    ("ip", "network"),
-    [
-        ("192.0.2.77", "192.0.2.0/24"),
-        ("2001:db8:1:2:3:4:5:6", "2001:db8:1:2::/64"),
-        ("::ffff:198.51.100.9", "198.51.100.0/24"),
-    ],
-)
-def test_device_network(ip: str, network: str) -> None:
-    assert device_network(ip) == network
 
 
 # -- one timing profile ---------------------------------------------------------------

@@ -331,7 +331,7 @@ def test_events_show_control_characters_as_escapes(
 ) -> None:
     """An audit field cannot clear the screen, reorder the line or start a forged
     event line of its own."""
-    # The gateway's AuditLog already makes such characters "?" (audit.clean_text);
+    # The gateway's AuditLog already makes such characters "?" (text.clean);
     # a log written otherwise (by hand, by an older version) is shown escaped.
     record = {
         "ts": 1.0,

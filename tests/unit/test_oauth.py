@@ -286,6 +286,8 @@ def test_oauthbearer_token_of_exactly_the_limit() -> None:
         (b"n,,\x01auth=Basic eDp5\x01\x01", "Bearer <token>"),
         (b"n,,\x01auth=Bearer\x01\x01", "Bearer <token>"),
         (b"n,,\x01auth=Bearer \x01\x01", "b64token"),
+        # A bidi override would make the authzid display as another account.
+        ("n,a=al\u202eice,\x01auth=Bearer x\x01\x01".encode(), "format character"),
         (b"n,,\x01auth=Bearer ab=cd\x01\x01", "b64token"),
         (b"n,,\x01auth=Bearer a b\x01\x01", "b64token"),
         (b"n,,\x01auth=Bearer " + b"a" * (MAX_TOKEN_BYTES + 1) + b"\x01\x01", "longer than"),

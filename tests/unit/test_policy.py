@@ -41,6 +41,7 @@ from imapguard.policy import (
     strength,
 )
 from imapguard.policy.rules import COUNTRY_CODES, METHOD_FACTORS
+from imapguard.vocab import DEFAULT_SUFFICIENT
 
 ALLOW, DENY, REQUIRE = DecisionKind.ALLOW, DecisionKind.DENY, DecisionKind.REQUIRE_FACTOR
 INTERNAL = "10.0.0.1:993"
@@ -1014,7 +1015,7 @@ def test_strength_table() -> None:
     assert strength(None) == 0
     assert strength("sms") == 0
     # Every factor that is sufficient by default is stronger than a password.
-    assert min(strength(f) for f in config_module.DEFAULT_SUFFICIENT) >= 2
+    assert min(strength(f) for f in DEFAULT_SUFFICIENT) >= 2
     assert list(FACTORS) == sorted(FACTORS, key=strength)
 
 

@@ -45,7 +45,6 @@ import enum
 import functools
 import hashlib
 import hmac
-import ipaddress
 import logging
 import random
 import time
@@ -57,9 +56,7 @@ from typing import Any, TypeVar
 
 from imapguard.audit import AuditEvent, AuditLog
 from imapguard.auth import app_passwords, oauth, totp
-from imapguard.auth.names import AccountNames
 from imapguard.auth.penalty import UpstreamPenalty
-from imapguard.config import DEFAULT_SUFFICIENT
 from imapguard.defense.counters import TargetKind
 from imapguard.defense.engine import Action, Attempt, Defense, FailureKind, Verdict
 from imapguard.defense.events import BlockPlaced, DefenseEvent
@@ -72,11 +69,14 @@ from imapguard.gateway.upstream import (
 )
 from imapguard.imap.preauth import Credentials
 from imapguard.keys import DEVICE_SECRET, VERIFIED_CACHE, derive_key
+from imapguard.names import AccountNames
+from imapguard.net import network
 from imapguard.policy.engine import DecisionKind
 from imapguard.policy.gate import PolicyGate
 from imapguard.secret import Secret
 from imapguard.state.sqlite import DeviceKey, DeviceRecord, SqliteStore, TotpRecord
 from imapguard.state.writebehind import WriteBehind
+from imapguard.vocab import DEFAULT_SUFFICIENT
 
 __all__ = [
     "AuthContext",
@@ -85,7 +85,6 @@ __all__ = [
     "FactorSettings",
     "Outcome",
     "canonical_user",
-    "device_network",
 ]
 
 log = logging.getLogger("imapguard.auth")
@@ -152,7 +151,7 @@ class FactorSettings:
     verified_cache_entries: int = 10_000
     # A pending device its owner approved: trusted this long, at its exact address.
     approved_device_trust: float = 7 * 86400.0
-    # The account-name rule (imapguard.auth.names).
+    # The account-name rule (imapguard.names).
     names: AccountNames = field(default_factory=AccountNames)
 
 
@@ -162,22 +161,12 @@ NoticeHook = Callable[[str, str, AuthContext, str | None], None]
 
 
 def canonical_user(raw: bytes) -> str | None:
-    """The account `raw` names under the default rule (imapguard.auth.names);
+    """The account `raw` names under the default rule (imapguard.names);
     the chokepoint itself applies the configured one."""
     return _DEFAULT_NAMES.canonical(raw)
 
 
 _DEFAULT_NAMES = AccountNames()
-
-
-def device_network(ip: str) -> str:
-    """The network a device is bound to: the client's /24 (IPv4) or /64 (IPv6),
-    so a phone that moves within its home or office network stays one device."""
-    address = ipaddress.ip_address(ip)
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    prefix = 24 if address.version == 4 else 64
-    return str(ipaddress.ip_network(f"{address}/{prefix}", strict=False))
 
 
 class _Account:
@@ -640,7 +629,7 @@ class Authenticator:
     # -- password + a second factor -------------------------------------------
 
     def _device_key(self, user: str, ctx: AuthContext) -> DeviceKey:
-        return DeviceKey(user, device_network(ctx.client.ip), ctx.id_name, ctx.id_version)
+        return DeviceKey(user, network(ctx.client.ip), ctx.id_name, ctx.id_version)
 
     def _reading(
         self, secret: Secret, account: _Account, ctx: AuthContext, now: float
@@ -666,8 +655,8 @@ class Authenticator:
             return whole, None
         password, code = split[0]
         record = account.totp
-        locked = record is not None and record.locked_until is not None and (
-            record.locked_until > now
+        locked = (
+            record is not None and record.locked_until is not None and (record.locked_until > now)
         )
         secret_key = None
         if record is not None and self._totp_key is not None:

@@ -75,6 +75,7 @@ import math
 import re
 import ssl
 import time
+import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeAlias
@@ -89,7 +90,9 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
 from imapguard.errors import ConfigError, ImapguardError
+from imapguard.names import MAX_USER_BYTES, well_formed
 from imapguard.secret import Secret
+from imapguard.text import UNSAFE
 
 __all__ = [
     "CLIENT_ERROR_ACK",
@@ -126,8 +129,6 @@ MAX_TOKEN_BYTES = 16 * 1024
 #: The whole SASL response: the token, a GS2 header with an authorization
 #: identity (at most 255 bytes, tripled by escaping) and host/port pairs.
 MAX_RESPONSE_BYTES = MAX_TOKEN_BYTES + 2048
-#: RFC 5321's limit on a mailbox name (local@domain), as for every account name.
-MAX_USER_BYTES = 255
 #: A discovery document or JWKS larger than this is no honest one (real ones are
 #: a few KiB); the cap bounds what a hostile or broken issuer makes us buffer.
 MAX_DOCUMENT_BYTES = 512 * 1024
@@ -336,8 +337,10 @@ def _check_user(raw: bytes, what: str) -> bytes:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise SaslMalformed(f"{what} is not UTF-8") from None
-    if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in text):
-        raise SaslMalformed(f"{what} has a control character")
+    unsafe = UNSAFE.search(text)
+    if unsafe:
+        kind = "control" if unicodedata.category(unsafe.group()) == "Cc" else "format"
+        raise SaslMalformed(f"{what} has a {kind} character")
     return raw
 
 
@@ -866,15 +869,8 @@ def _check_email_verified(claims: dict[str, Any], *, trust_missing: bool) -> Non
 
 
 def _account_name(value: str) -> str | None:
-    """Lower case; printable, encodable (JSON can carry lone surrogates) and at most
-    `MAX_USER_BYTES` in UTF-8, as every account name."""
-    try:
-        encoded = value.encode("utf-8")
-    except UnicodeEncodeError:
-        return None
-    if len(encoded) > MAX_USER_BYTES or any(ord(c) < 0x21 or 0x7F <= ord(c) < 0xA0 for c in value):
-        return None
-    return value.lower()
+    """Lower case, if it is a well-formed account name (imapguard.names)."""
+    return value.lower() if well_formed(value) else None
 
 
 def _optional_str(value: object) -> str | None:

@@ -26,10 +26,11 @@ unchecked ones follow this model.
 
 from __future__ import annotations
 
-import ipaddress
 import statistics
 from collections import OrderedDict, deque
 from collections.abc import Callable
+
+from imapguard.net import masked
 
 __all__ = ["UpstreamPenalty", "penalty_seconds"]
 
@@ -61,15 +62,7 @@ def _decayed(level: int, last: float, now: float) -> int:
 
 def ident(ip: str) -> str:
     """The address as the upstream's penalty keys it."""
-    try:
-        address = ipaddress.ip_address(ip)
-    except ValueError:
-        return ip
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
-        return str(ipaddress.ip_network(f"{address}/{IPV6_PREFIX}", strict=False))
-    return str(address)
+    return masked(ip, 32, IPV6_PREFIX)
 
 
 class UpstreamPenalty:

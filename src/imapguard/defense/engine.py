@@ -87,6 +87,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from imapguard import net
 from imapguard.defense.counters import Block, CounterStore, Target, TargetKind
 from imapguard.defense.events import BlockPlaced, DefenseEvent, PostureChanged, SprayDetected
 from imapguard.defense.fingerprints import Fingerprinter
@@ -221,17 +222,10 @@ class _Source:
 def _source(ip: str) -> _Source:
     """An address parsed once: its canonical text, its /24 or /64 (masked as an
     integer: building an ip_network costs more than the whole precheck)."""
-    try:
-        address: Address = ipaddress.ip_address(ip)
-    except ValueError:
+    address = net.parse(ip)
+    if address is None:
         return _Source(ip, ip, None)  # a test's or a Unix socket's label: its own network
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    if isinstance(address, ipaddress.IPv4Address):
-        network = f"{ipaddress.IPv4Address(int(address) & 0xFFFFFF00)}/24"
-    else:
-        network = f"{ipaddress.IPv6Address(int(address) >> 64 << 64)}/64"
-    return _Source(str(address), network, address)
+    return _Source(str(address), net.network(ip), address)
 
 
 def normalize_ip(ip: str) -> str:

@@ -47,10 +47,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable
+
+from imapguard.net import masked
 
 __all__ = [
     "DECREASE",
@@ -94,15 +95,7 @@ UNFAMILIAR = "pre-auth limit for unfamiliar sources"
 
 def source_key(ip: str) -> str:
     """What a per-source limit counts: the IPv4 address, or the IPv6 /64."""
-    if ":" not in ip:
-        return ip
-    try:
-        address = ipaddress.IPv6Address(ip)
-    except ValueError:
-        return ip  # not an address (a test's label): its own source
-    if address.ipv4_mapped is not None:
-        return str(address.ipv4_mapped)
-    return f"{ipaddress.IPv6Address(int(address) >> 64 << 64)}/64"
+    return masked(ip, 32, 64)
 
 
 class PreauthSlots:

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, overload
 
+from imapguard.net import Address, parse
 from imapguard.policy.rules import (
     FACTORS,
     IMPLICIT_DENY,
@@ -59,14 +60,6 @@ __all__ = [
 ]
 
 
-def _normalize(
-    address: ipaddress.IPv4Address | ipaddress.IPv6Address,
-) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address
-
-
 @dataclass(frozen=True, kw_only=True, slots=True)
 class PolicyRequest:
     """What the policy decides on. `ip` must be an IP address (ValueError
@@ -82,17 +75,14 @@ class PolicyRequest:
     factor: str | None = None
     listener: str | None = None
     # Derived from `ip` (IPv4-mapped → IPv4), for the network conditions.
-    address: ipaddress.IPv4Address | ipaddress.IPv6Address = field(
-        init=False, repr=False, compare=False
-    )
+    address: Address = field(init=False, repr=False, compare=False)
     ip_int: int = field(init=False, repr=False, compare=False)
     ip_version: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        try:
-            address = _normalize(ipaddress.ip_address(self.ip))
-        except ValueError:
-            raise ValueError(f"not an IP address: {self.ip!r}") from None
+        address = parse(self.ip)
+        if address is None:
+            raise ValueError(f"not an IP address: {self.ip!r}")
         country = self.country.upper() if self.country else None
         if country == UNKNOWN_COUNTRY.upper():
             country = None

@@ -31,7 +31,6 @@ Exceptions: `CountryDatabaseError(ImapguardError)` with `.path` and `.detail`.
 from __future__ import annotations
 
 import datetime
-import ipaddress
 import os
 from types import TracebackType
 from typing import Protocol
@@ -40,6 +39,7 @@ import maxminddb
 from maxminddb.types import Record
 
 from imapguard.errors import ImapguardError
+from imapguard.net import parse
 
 __all__ = [
     "CountryDatabase",
@@ -124,13 +124,8 @@ class CountryDatabase:
             raise CountryDatabaseError(name, f"unusable metadata: {exc}") from None
 
     def country(self, ip: str) -> str | None:
-        try:
-            address = ipaddress.ip_address(ip)
-        except ValueError:
-            return None
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
-        if not address.is_global:
+        address = parse(ip)
+        if address is None or not address.is_global:
             return None
         try:
             record = self._reader.get(address)

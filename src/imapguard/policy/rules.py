@@ -35,7 +35,6 @@ import ipaddress
 import re
 from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
-from types import MappingProxyType
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -51,6 +50,14 @@ from pydantic import (
 )
 
 from imapguard.errors import ConfigError
+from imapguard.vocab import (
+    FACTOR_STRENGTH,
+    FACTORS,
+    MAX_STRENGTH,
+    METHOD_FACTORS,
+    METHODS,
+    strength,
+)
 
 __all__ = [
     "COUNTRY_CODES",
@@ -71,57 +78,6 @@ __all__ = [
     "policy_warnings",
     "strength",
 ]
-
-# The names of config.ALL_METHODS / ALL_FACTORS (kept here so that config.py can
-# import this module; a test pins them equal).
-METHODS = ("app-password", "password", "password+totp", "oauthbearer", "xoauth2", "client-cert")
-
-# How hard a factor is for an attacker of an IMAP door to get, weakest first.
-#
-# 1  one secret an attacker can guess, spray, phish or reuse from another breach:
-#    "password"; "oauth", a token whose claims show no MFA, is a password sign-in
-#    at the IdP.
-# 2  "trusted-device": the primary password from a device that proved a code
-#    within auth.device_trust_days. The binding (client /24 or /64, IMAP ID) is
-#    not a secret: anyone on that network with that client name shares it.
-# 3  what MFA buys, one way or another: "password+totp" (two factors, but the
-#    code is phishable in real time); "oauth-mfa" (the IdP asserts MFA);
-#    "app-password" (>= 128 random bits, so no guessing, spraying or reuse;
-#    per device and revocable; minted only behind MFA in the portal or by an
-#    admin; never typed into a web page — a single bearer secret, so not 4);
-#    "client-cert" (a possession factor bound to the TLS handshake: it cannot
-#    be phished or replayed, but it is one factor).
-# 4  two independent factors, one of them phishing-resistant:
-#    "password+client-cert".
-# 0 is "nothing proven yet" (an unknown name counts as nothing).
-FACTOR_STRENGTH: Mapping[str, int] = MappingProxyType(
-    {
-        "password": 1,
-        "oauth": 1,
-        "trusted-device": 2,
-        "app-password": 3,
-        "password+totp": 3,
-        "oauth-mfa": 3,
-        "client-cert": 3,
-        "password+client-cert": 4,
-    }
-)
-FACTORS = tuple(FACTOR_STRENGTH)
-MAX_STRENGTH = max(FACTOR_STRENGTH.values())
-
-# What a login by each method can end up proving (for `policy explain` without a
-# factor). The chokepoint reports password logins as method "password" whatever
-# the code or device: restrict second factors with `factors`, not `methods`.
-METHOD_FACTORS: Mapping[str, tuple[str, ...]] = MappingProxyType(
-    {
-        "app-password": ("app-password",),
-        "password": ("password", "trusted-device", "password+totp", "password+client-cert"),
-        "password+totp": ("trusted-device", "password+totp"),
-        "oauthbearer": ("oauth", "oauth-mfa"),
-        "xoauth2": ("oauth", "oauth-mfa"),
-        "client-cert": ("client-cert",),
-    }
-)
 
 # Decision.rule when no configured rule decided.
 IMPLICIT_DENY = "implicit deny"
@@ -151,13 +107,6 @@ _COUNTRY_HINTS = {"UK": "the United Kingdom is GB"}
 MAX_ALERT = 200
 _V4_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
 _GROUP_NAME = re.compile(r"[a-z0-9][a-z0-9_.+@-]{0,63}")
-
-
-def strength(factor: str | None) -> int:
-    """The strength of a proven factor (0: none proven, or a name we do not know)."""
-    if factor is None:
-        return 0
-    return FACTOR_STRENGTH.get(factor, 0)
 
 
 # -- value checks (each raises ValueError; pydantic adds the key path) ---------

@@ -31,7 +31,14 @@ from __future__ import annotations
 import unicodedata
 from dataclasses import dataclass
 
-__all__ = ["DOVECOT_USERNAME_CHARS", "MAX_USER_BYTES", "AccountNames", "printable"]
+__all__ = [
+    "DEFAULT_MASTER_SEPARATOR",
+    "DOVECOT_USERNAME_CHARS",
+    "MAX_USER_BYTES",
+    "AccountNames",
+    "printable",
+    "well_formed",
+]
 
 # RFC 5321's limit on a mailbox (local@domain); longer names are no account.
 MAX_USER_BYTES = 255
@@ -47,6 +54,18 @@ def printable(text: str) -> bool:
     return all(
         c.isprintable() and not c.isspace() and unicodedata.category(c) != "Cf" for c in text
     )
+
+
+def well_formed(text: str) -> bool:
+    """What every account name is before any configured rule: 1 to
+    `MAX_USER_BYTES` bytes of UTF-8 (no lone surrogate, which JSON can carry),
+    printable, no `"` or `\\`."""
+    if not text or not printable(text) or '"' in text or "\\" in text:
+        return False
+    try:
+        return len(text.encode("utf-8")) <= MAX_USER_BYTES
+    except UnicodeEncodeError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -72,17 +91,11 @@ class AccountNames:
         return self.canonical_text(text)
 
     def canonical_text(self, text: str) -> str | None:
-        if not text or len(text.encode("utf-8", "surrogatepass")) > MAX_USER_BYTES:
-            return None
-        if not printable(text) or '"' in text or "\\" in text:
+        if not well_formed(text):
             return None
         if self.master_separator and self.master_separator in text:
             return None
         if self.username_chars and any(c not in self.username_chars for c in text):
-            return None
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:  # a lone surrogate (JSON can carry one)
             return None
         name = text.lower()
         local, at, domain = name.partition("@")
