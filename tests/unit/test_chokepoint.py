@@ -17,17 +17,15 @@ import pytest
 from imapguard.audit import AuditLog
 from imapguard.auth import app_passwords
 from imapguard.auth.chokepoint import AuthContext, Authenticator, Outcome, canonical_user
+from imapguard.auth.model import ClientAddress
 from imapguard.errors import UpstreamRefused, UpstreamUnavailable
-from imapguard.gateway.upstream import ClientAddress, UpstreamSession, UpstreamSettings
+from imapguard.gateway.upstream import UpstreamSession
 from imapguard.imap.preauth import Credentials
 from imapguard.secret import Secret
 from imapguard.state.sqlite import SqliteStore, open_store
 
 KEY = b"k" * 32
 CTX = AuthContext(ClientAddress("192.0.2.9", 40000, "127.0.0.1", 993, "s1"), "Mail/1", "l")
-SETTINGS = UpstreamSettings(
-    "127.0.0.1", 143, "none", None, "localhost", "imapguard", Secret("m"), "id", 1.0, 1.0
-)
 
 
 class Upstream:
@@ -37,14 +35,24 @@ class Upstream:
         self.calls: list[tuple[str, bytes | None]] = []
         self.fail: Exception | None = None
 
-    async def __call__(
-        self, settings: UpstreamSettings, user: str, password: Secret | None, client: ClientAddress
+    logs_in_for_users = True  # a master user is configured
+
+    async def login(
+        self, user: str, password: Secret | None, client: ClientAddress
     ) -> UpstreamSession:
         self.calls.append((user, None if password is None else password.reveal()))
         if self.fail is not None:
             raise self.fail
-        link: Any = None
+        link: Any = _Link()
         return UpstreamSession(link=link, capabilities=["IMAP4rev1"], leftover=b"")
+
+
+class _Link:
+    def write(self, data: bytes) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 class Clock:
@@ -83,7 +91,7 @@ def _close_resources() -> Iterator[None]:
 
 def _auth(
     store: SqliteStore, tmp_path: Path, methods: tuple[str, ...] = ("app-password",)
-) -> tuple[Authenticator, Upstream, Clock]:
+) -> tuple[Authenticator[UpstreamSession], Upstream, Clock]:
     upstream, clock = Upstream(), Clock()
     executor = ThreadPoolExecutor(1)
     audit = AuditLog(str(tmp_path / "audit.jsonl"))
@@ -93,14 +101,13 @@ def _auth(
         store=store,
         store_executor=executor,
         app_password_key=KEY,
-        upstream=SETTINGS,
+        upstream=upstream,
         audit=audit,
         failure_delay=1.0,
         failure_jitter=0.5,
         clock=clock,
         sleep=clock.sleep,
         rng=random.Random(7),
-        connect=upstream,
     )
     return auth, upstream, clock
 

@@ -22,8 +22,9 @@ from imapguard.auth.chokepoint import (
     FactorSettings,
     Outcome,
 )
+from imapguard.auth.model import ClientAddress
 from imapguard.errors import UpstreamRefused
-from imapguard.gateway.upstream import ClientAddress, UpstreamSession, UpstreamSettings
+from imapguard.gateway.upstream import UpstreamSession
 from imapguard.imap.preauth import Credentials
 from imapguard.secret import Secret
 from imapguard.state.sqlite import SqliteStore, open_store
@@ -31,9 +32,6 @@ from imapguard.state.sqlite import SqliteStore, open_store
 KEY = b"k" * 32
 SEAL = b"s" * 32
 PASSWORDS = {"alice": "correct-horse", "bob": "bobs-password-123456"}
-SETTINGS = UpstreamSettings(
-    "127.0.0.1", 143, "none", None, "localhost", "imapguard", Secret("m"), "id", 1.0, 1.0
-)
 
 
 class Upstream:
@@ -42,8 +40,10 @@ class Upstream:
     def __init__(self) -> None:
         self.calls: list[tuple[str, str | None]] = []
 
-    async def __call__(
-        self, settings: UpstreamSettings, user: str, password: Secret | None, client: ClientAddress
+    logs_in_for_users = True  # a master user is configured
+
+    async def login(
+        self, user: str, password: Secret | None, client: ClientAddress
     ) -> UpstreamSession:
         given = None if password is None else password.reveal().decode()
         self.calls.append((user, given))
@@ -103,13 +103,15 @@ class Env:
         self.executor = executor
         self.audit = audit
 
-    def auth(self, methods: tuple[str, ...] = ("password+totp",), **factors: Any) -> Authenticator:
+    def auth(
+        self, methods: tuple[str, ...] = ("password+totp",), **factors: Any
+    ) -> Authenticator[UpstreamSession]:
         return Authenticator(
             methods=methods,
             store=self.store,
             store_executor=self.executor,
             app_password_key=KEY,
-            upstream=SETTINGS,
+            upstream=self.upstream,
             audit=self.audit,
             failure_delay=0.0,
             failure_jitter=0.0,
@@ -117,7 +119,6 @@ class Env:
             wall_clock=self.clock,
             sleep=self.clock.sleep,
             rng=random.Random(1),
-            connect=self.upstream,
             factors=FactorSettings(**{"verified_cache_seconds": 0, **factors}),
             totp_key=SEAL,
             on_notice=lambda kind, user, ctx, device: self.notices.append((kind, user, device)),
@@ -145,7 +146,9 @@ def login(user: str, secret: str, mechanism: str = "LOGIN") -> Credentials:
     return Credentials(mechanism, user.encode(), Secret(secret))
 
 
-async def attempt(auth: Authenticator, user: str, secret: str, c: AuthContext | None = None) -> Any:
+async def attempt(
+    auth: Authenticator[UpstreamSession], user: str, secret: str, c: AuthContext | None = None
+) -> Any:
     return await auth.authenticate(login(user, secret), c or ctx(), "s")
 
 
@@ -428,11 +431,13 @@ class SlowRefusals(Upstream):
         self.clock = clock
         self.delay = delay
 
-    async def __call__(
-        self, settings: UpstreamSettings, user: str, password: Secret | None, client: ClientAddress
+    logs_in_for_users = True  # a master user is configured
+
+    async def login(
+        self, user: str, password: Secret | None, client: ClientAddress
     ) -> UpstreamSession:
         try:
-            return await super().__call__(settings, user, password, client)
+            return await super().login(user, password, client)
         except UpstreamRefused:
             self.clock.now += self.delay
             raise
@@ -462,7 +467,7 @@ async def test_every_failure_takes_as_long_as_a_refused_password(env: Env) -> No
 # -- the defense inside the chokepoint ------------------------------------------------
 
 
-def _defended(env: Env, **settings: Any) -> Authenticator:
+def _defended(env: Env, **settings: Any) -> Authenticator[UpstreamSession]:
     from imapguard.defense import Defense, DefenseSettings, Fingerprinter
 
     auth = env.auth(methods=("app-password", "password+totp"))
@@ -546,12 +551,14 @@ class Penalized(Upstream):
         n = self.failures.get(ip, 0)
         return 0.0 if n == 0 else min(15.0, 2.0 * 2**n)
 
-    async def __call__(
-        self, settings: UpstreamSettings, user: str, password: Secret | None, client: ClientAddress
+    logs_in_for_users = True  # a master user is configured
+
+    async def login(
+        self, user: str, password: Secret | None, client: ClientAddress
     ) -> UpstreamSession:
         self.clock.now += self.penalty(client.ip)
         try:
-            session = await super().__call__(settings, user, password, client)
+            session = await super().login(user, password, client)
         except UpstreamRefused:
             self.clock.now += 2.0
             self.failures[client.ip] = self.failures.get(client.ip, 0) + 1
@@ -748,14 +755,15 @@ async def test_an_unexpected_error_after_the_password_check_closes_the_upstream_
     otp = env.enroll("alice")
     sessions: list[UpstreamSession] = []
 
-    async def connect(
-        settings: UpstreamSettings, user: str, password: Secret | None, client: ClientAddress
-    ) -> UpstreamSession:
-        link: Any = _TrackedLink()
-        sessions.append(UpstreamSession(link=link, capabilities=[], leftover=b""))
-        return sessions[-1]
+    class Tracked(Upstream):
+        async def login(
+            self, user: str, password: Secret | None, client: ClientAddress
+        ) -> UpstreamSession:
+            link: Any = _TrackedLink()
+            sessions.append(UpstreamSession(link=link, capabilities=[], leftover=b""))
+            return sessions[-1]
 
-    auth._connect = connect
+    auth.upstream = Tracked()
 
     def broken(*args: Any) -> bool:
         raise RuntimeError("a bug in the store")

@@ -11,24 +11,18 @@ the upstream session (the password login itself, or a master login for proofs
 that carry no password). The result is typed: OK, INVALID, MISSING_FACTOR or
 UNAVAILABLE, with the real reason and the factor for the audit log only.
 
-The password field of LOGIN / SASL PLAIN may hold the password followed by a
-6-digit code (`totp.split_password_and_code`). How it is read is decided locally,
-before the upstream is asked, and the upstream is asked once (`_reading`): a
-code that verifies now, or the code a trusted device proved (kept as a keyed
-digest: the device's secret), makes it password+code; an owner-approved device
-at its exact address, or a client certificate of the account, takes the field
-as the password; an account with a code enrolled reads trailing digits as a
-(wrong) code, so that a wrong code after a correct password is seen and counted
-(`totp_max_failures`). A correct password without a sufficient factor is a
-compromise signal: audited, the owner told (`on_notice`), and from an unknown
-device a pending device is created for the owner to approve. On the wire every
-failure looks the same (`NO [AUTHENTICATIONFAILED] Authentication failed.`) and
-is answered no sooner than the upstream would have refused that source's
-password right now, plus a random jitter (`_failure_target`, `penalty.py`), so
-neither text nor timing tells an unknown user from a wrong password, a right
-password without its factor from a wrong one, or a blocked source from a checked
-one, whatever the upstream's per-address penalty. A dead state store fails
-closed (UNAVAILABLE).
+How the password field is read and when a device is trusted is in
+`devices.py`; which factor a login proved and whether it suffices, in `proof.py`;
+when a failure is answered, in `timing.py`. A correct password without a
+sufficient factor is a compromise signal: audited, the owner told (`on_notice`),
+and from an unknown device a pending device is created for the owner to approve.
+On the wire every failure looks the same (`NO [AUTHENTICATIONFAILED]
+Authentication failed.`) and takes as long as the upstream's refusal would. A
+dead state store fails closed (UNAVAILABLE).
+
+The service knows no socket and no protocol (`model.py`): the front end hands
+in the client's credentials and an `Upstream` to log in to; the gateway's is the
+IMAP server behind it.
 
 State access: point reads go to `reader` on the event loop (WAL: never blocked
 by a writer); writes a decision depends on are awaited on the store's worker
@@ -39,44 +33,43 @@ on `bookkeeping` and written in batches.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import dataclasses
-import enum
-import functools
 import hashlib
 import hmac
 import logging
 import random
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from imapguard.audit import AuditEvent, AuditLog
-from imapguard.auth import app_passwords, oauth, totp
-from imapguard.auth.penalty import UpstreamPenalty
+from imapguard.auth import app_passwords, oauth, proof
+from imapguard.auth.devices import AccountView, Devices, Reading, device_key
+from imapguard.auth.model import (
+    AuthContext,
+    AuthResult,
+    FactorSettings,
+    LoginRequest,
+    NoticeHook,
+    Outcome,
+    S,
+    Upstream,
+)
+from imapguard.auth.timing import AttemptClock, FailureTiming, password_ok
 from imapguard.defense.counters import TargetKind
 from imapguard.defense.engine import Action, Attempt, Defense, FailureKind, Verdict
 from imapguard.defense.events import BlockPlaced, DefenseEvent
 from imapguard.errors import StateUnavailable, UpstreamRefused, UpstreamUnavailable
-from imapguard.gateway.upstream import (
-    ClientAddress,
-    UpstreamSession,
-    UpstreamSettings,
-    open_session,
-)
-from imapguard.imap.preauth import Credentials
-from imapguard.keys import DEVICE_SECRET, VERIFIED_CACHE, derive_key
+from imapguard.keys import VERIFIED_CACHE, derive_key
 from imapguard.names import AccountNames
-from imapguard.net import network
 from imapguard.policy.engine import DecisionKind
 from imapguard.policy.gate import PolicyGate
 from imapguard.secret import Secret
-from imapguard.state.sqlite import DeviceKey, DeviceRecord, SqliteStore, TotpRecord
+from imapguard.state.sqlite import DeviceRecord, SqliteStore
 from imapguard.state.writebehind import WriteBehind
-from imapguard.vocab import DEFAULT_SUFFICIENT
+from imapguard.vocab import Factor
 
 __all__ = [
     "AuthContext",
@@ -90,75 +83,6 @@ __all__ = [
 log = logging.getLogger("imapguard.auth")
 T = TypeVar("T")
 
-# The adaptive failure floor never exceeds this: clients give up near 30 s, and an
-# upstream that hangs must not make every failure hang with it. (Per source, the
-# upstream's own penalty is followed further: see `Authenticator._failure_target`.)
-MAX_FAILURE_FLOOR = 10.0
-# Upstream refusal times kept for the floor's percentile.
-REFUSAL_SAMPLES = 256
-
-
-class Outcome(enum.Enum):
-    OK = "ok"
-    INVALID = "invalid"
-    MISSING_FACTOR = "missing_factor"
-    DENIED = "denied"  # authenticated, but the policy says no
-    UNAVAILABLE = "unavailable"
-
-
-@dataclass(frozen=True)
-class AuthContext:
-    client: ClientAddress
-    client_id: str | None
-    listener: str
-    # IMAP ID name and version ("" when the client sent none): part of a device.
-    id_name: str = ""
-    id_version: str = ""
-    # The account a verified client certificate maps to, if one was presented.
-    cert_user: str | None = None
-
-
-@dataclass(frozen=True)
-class AuthResult:
-    outcome: Outcome
-    user: str | None
-    method: str | None
-    reason: str
-    session: UpstreamSession | None = None
-    # What the login proved ("app-password", "password+totp", "trusted-device", ...).
-    factor: str | None = None
-    device: str | None = None
-    # A failed OAUTHBEARER/XOAUTH2 exchange: the RFC 7628 error JSON for the client.
-    challenge: bytes | None = None
-    # The policy rule that decided, and the [ALERT] text of a deny (shown only to
-    # a client whose credentials were right).
-    rule: str | None = None
-    alert: str | None = None
-    # Refused by the defense before any credential was looked at.
-    blocked: bool = False
-
-
-@dataclass(frozen=True)
-class FactorSettings:
-    """[auth] settings the factor decisions need (see config.AuthConfig)."""
-
-    sufficient: tuple[str, ...] = DEFAULT_SUFFICIENT
-    device_trust: float = 30 * 86400.0
-    totp_max_failures: int = 5
-    totp_lockout: float = 900.0
-    new_device_approval: bool = True
-    verified_cache_seconds: float = 300.0
-    verified_cache_entries: int = 10_000
-    # A pending device its owner approved: trusted this long, at its exact address.
-    approved_device_trust: float = 7 * 86400.0
-    # The account-name rule (imapguard.names).
-    names: AccountNames = field(default_factory=AccountNames)
-
-
-# Called (synchronously; it must not block) when the owner should be told:
-# kind is "compromise_signal" or "new_device".
-NoticeHook = Callable[[str, str, AuthContext, str | None], None]
-
 
 def canonical_user(raw: bytes) -> str | None:
     """The account `raw` names under the default rule (imapguard.names);
@@ -169,60 +93,9 @@ def canonical_user(raw: bytes) -> str | None:
 _DEFAULT_NAMES = AccountNames()
 
 
-class _Account:
-    """One login's view of the account's factor records: each is read at most
-    once per attempt (the defense's precheck and the factor checks share it)."""
+class Authenticator(Generic[S]):
+    """The ordered orchestration of one login; `S` is the front end's session."""
 
-    def __init__(self, reader: SqliteStore, key: DeviceKey) -> None:
-        self.key = key
-        self._reader = reader
-
-    @functools.cached_property
-    def device(self) -> DeviceRecord | None:
-        return self._reader.find_device(self.key)
-
-    @functools.cached_property
-    def totp(self) -> TotpRecord | None:
-        return self._reader.get_totp(self.key.user)
-
-    def enrolled(self) -> bool:
-        """Has the account any second factor (so a bare password is suspicious)?"""
-        user = self.key.user
-        return (
-            self.totp is not None
-            or bool(self._reader.list_app_passwords(user))
-            or any(d.status == "trusted" for d in self._reader.list_devices(user))
-        )
-
-
-@dataclass(frozen=True)
-class _Reading:
-    """How the password field is read: the password, and the code if any."""
-
-    password: Secret
-    code: str | None
-    step: int | None = None  # the code verified for this time step
-    # The code is the one this trusted device proved (its digest matched).
-    device_code: bool = False
-
-
-@dataclass
-class _Timing:
-    """One attempt's clock, for its failure's timing (see `_failure_target`)."""
-
-    started: float
-    # The upstream's refusal time for this source when the attempt began.
-    refusal: float = 0.0
-    # When an upstream check said the password was right (or the verified cache did).
-    password_ok_at: float | None = None
-
-
-_ATTEMPT: contextvars.ContextVar[_Timing | None] = contextvars.ContextVar(
-    "imapguard_attempt", default=None
-)
-
-
-class Authenticator:
     def __init__(
         self,
         *,
@@ -230,7 +103,7 @@ class Authenticator:
         store: SqliteStore,
         store_executor: Executor,
         app_password_key: bytes,
-        upstream: UpstreamSettings,
+        upstream: Upstream[S],
         audit: AuditLog,
         failure_delay: float,
         failure_jitter: float,
@@ -238,7 +111,6 @@ class Authenticator:
         wall_clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
         rng: random.Random | None = None,
-        connect: Callable[..., Awaitable[UpstreamSession]] = open_session,
         reader: SqliteStore | None = None,
         bookkeeping: WriteBehind | None = None,
         factors: FactorSettings | None = None,
@@ -257,46 +129,43 @@ class Authenticator:
         self.factors = factors or FactorSettings()
         self._executor = store_executor
         self._key = app_password_key
-        self._totp_key = totp_key
         self._audit = audit
-        self._delay = failure_delay
-        self._jitter = failure_jitter
-        self._refusals: deque[float] = deque(maxlen=REFUSAL_SAMPLES)
-        # The upstream's per-address refusal time (imapguard.auth.penalty).
-        self.penalty = UpstreamPenalty(clock, failure_delay)
+        self.timing = FailureTiming(
+            clock,
+            sleep,
+            rng or random.SystemRandom(),
+            delay=failure_delay,
+            jitter=failure_jitter,
+        )
+        self.penalty = self.timing.penalty
         self._clock = clock
         self._wall = wall_clock
-        self._sleep = sleep
-        self._rng = rng or random.SystemRandom()
-        self._connect = connect
         self._on_notice = on_notice
         self._tokens = token_verifier
         self._oauth_scope = oauth_scope
         self.policy = policy or PolicyGate()
         self.defense = defense
         self.names = self.factors.names
+        self.devices = Devices(app_password_key, totp_key)
         # keyed hash of (user, method, device, password) -> expiry (monotonic)
         self._verified: OrderedDict[bytes, float] = OrderedDict()
         self._cache_key = derive_key(Secret(app_password_key), VERIFIED_CACHE)
-        self._device_secret_key = derive_key(Secret(app_password_key), DEVICE_SECRET)
+        self._sleep = sleep
 
     async def authenticate(
-        self, credentials: Credentials, ctx: AuthContext, session: str
-    ) -> AuthResult:
-        started = self._clock()
-        timing = _Timing(started, self.penalty.predicted_refusal(ctx.client.ip))
-        token = _ATTEMPT.set(timing)
-        try:
-            return await self._authenticate(credentials, ctx, session, timing)
-        finally:
-            _ATTEMPT.reset(token)
+        self, credentials: LoginRequest, ctx: AuthContext, session: str
+    ) -> AuthResult[S]:
+        """Who is this, what did they prove, may they in: the one entry point."""
+        with self.timing.attempt(ctx.client.ip) as attempt_clock:
+            return await self._authenticate(credentials, ctx, session, attempt_clock)
 
     async def _authenticate(
-        self, credentials: Credentials, ctx: AuthContext, session: str, timing: _Timing
-    ) -> AuthResult:
+        self, credentials: LoginRequest, ctx: AuthContext, session: str, clock: AttemptClock
+    ) -> AuthResult[S]:
         attempt: Attempt | None = None
         verdict: Verdict | None = None
-        account: _Account | None = None
+        account: AccountView | None = None
+        result: AuthResult[S]
         try:
             if self.defense is not None:
                 attempt, verdict, account = self._precheck(credentials, ctx)
@@ -353,44 +222,25 @@ class Authenticator:
             )
         )
         if result.outcome is not Outcome.OK:
-            # One timing profile for every failure (SPEC "Failures are uniform").
-            target = self._failure_target(timing)
-            target += self._rng.uniform(0, self._jitter)
-            remaining = target - (self._clock() - timing.started)
-            if remaining > 0:
-                await self._sleep(remaining)
+            # One timing profile for every failure (imapguard.auth.timing).
+            await self.timing.wait_out(clock)
         return result
 
-    def _failure_target(self, timing: _Timing) -> float:
-        """How long after the command this failure is answered (before jitter).
-
-        Whatever failed, the answer must take as long as a refusal by the upstream
-        would take for this source now. The upstream's refusal time grows with its
-        per-address penalty (Dovecot: up to 15 s, past the floor's cap), and a right
-        password is answered after the penalty alone. So the target is the highest
-        of: the floor (recent refusal times from anywhere, capped); the refusal
-        time predicted for this source when the attempt began (imapguard.auth.penalty:
-        what a failure that never reached the upstream, a block or a malformed name,
-        must wait); and,
-        when the upstream said the password was right but the login fails anyway (no
-        factor, a policy), the time that took plus what a refusal adds. At any
-        penalty a right and a wrong password then end alike."""
-        target = max(self.failure_floor(), timing.refusal)
-        if timing.password_ok_at is not None:
-            ok_after = timing.password_ok_at - timing.started
-            target = max(target, ok_after + self.penalty.refusal_delay())
-        return target
+    def failure_floor(self) -> float:
+        """How long every failure takes at least (before jitter)."""
+        return self.timing.floor()
 
     # -- defense: how often have you failed? ------------------------------------
 
     def _precheck(
-        self, credentials: Credentials, ctx: AuthContext
-    ) -> tuple[Attempt, Verdict, _Account | None]:
+        self, credentials: LoginRequest, ctx: AuthContext
+    ) -> tuple[Attempt, Verdict, AccountView | None]:
         """Reads only (on the event loop): blocks, delays, the posture; and the
         account view the factor checks go on with."""
         assert self.defense is not None  # noqa: S101 - checked by the caller
         mechanism = credentials.mechanism
         bearer = mechanism in ("OAUTHBEARER", "XOAUTH2")
+        secret: Secret | None
         if mechanism == "EXTERNAL":
             user, secret = self._cert_user(ctx), None
         elif bearer:
@@ -399,8 +249,8 @@ class Authenticator:
             user, secret = self.names.canonical(credentials.username), credentials.secret
         trusted, account = False, None
         if user is not None and "password+totp" in self.methods:
-            account = _Account(self.reader, self._device_key(user, ctx))
-            trusted = self._looks_like_the_device(account.device, secret, ctx)
+            account = AccountView(self.reader, device_key(user, ctx))
+            trusted = self.devices.looks_like(account.device, secret, ctx, self._wall())
         attempt = self.defense.attempt(
             ctx.client.ip,
             user,
@@ -416,7 +266,7 @@ class Authenticator:
         self,
         attempt: Attempt,
         verdict: Verdict,
-        result: AuthResult,
+        result: AuthResult[S],
         ctx: AuthContext,
         session: str,
     ) -> None:
@@ -478,31 +328,7 @@ class Authenticator:
         events = await self._store(self.defense.maintain)
         self._defense_events(events, session, None, notify=False)
 
-    def failure_floor(self) -> float:
-        """How long every failure takes at least (before jitter)."""
-        if not self._refusals:
-            return self._delay
-        ordered = sorted(self._refusals)
-        # Few samples (just started): the slowest one, not a percentile of them.
-        index = len(ordered) - 1 if len(ordered) < 32 else int(len(ordered) * 0.9)
-        return max(self._delay, min(ordered[index], MAX_FAILURE_FLOOR))
-
-    async def _password_login(
-        self, user: str, password: Secret, ctx: AuthContext
-    ) -> UpstreamSession:
-        """Log in upstream with the user's password; a refusal's duration feeds
-        the failure floor."""
-        started = self._clock()
-        try:
-            session = await self._connect(self.upstream, user, password, ctx.client)
-        except UpstreamRefused:
-            duration = self._clock() - started
-            self._refusals.append(duration)
-            self.penalty.refused(ctx.client.ip, duration)
-            raise
-        _password_ok(self._clock())
-        self.penalty.succeeded(ctx.client.ip)
-        return session
+    # -- what the login proves ---------------------------------------------------
 
     def _cert_user(self, ctx: AuthContext) -> str | None:
         """The account the verified client certificate names, under the rule."""
@@ -513,16 +339,16 @@ class Authenticator:
 
     async def _decide(
         self,
-        credentials: Credentials,
+        credentials: LoginRequest,
         ctx: AuthContext,
         fresh_factor: bool = False,
-        account: _Account | None = None,
-    ) -> AuthResult:
+        account: AccountView | None = None,
+    ) -> AuthResult[S]:
         mechanism = credentials.mechanism
         if mechanism in ("OAUTHBEARER", "XOAUTH2"):
             result = await self._bearer(mechanism, credentials.secret, ctx)
             if result.outcome in (Outcome.INVALID, Outcome.MISSING_FACTOR):
-                result = _with_challenge(result, self._challenge(mechanism))
+                result = dataclasses.replace(result, challenge=self._challenge(mechanism))
             return result
         if mechanism == "EXTERNAL":
             return await self._external(credentials, ctx)
@@ -540,7 +366,7 @@ class Authenticator:
                 digest = app_passwords.digest(self._key, user, normalized)
                 record = self.reader.find_app_password(user, digest)
                 if record is not None:
-                    result = await self._grant(user, None, "app-password", "app-password", ctx)
+                    result = await self._grant(user, None, "app-password", Factor.APP_PASSWORD, ctx)
                     if result.outcome is Outcome.OK:
                         self.bookkeeping.submit(
                             self.store.record_app_password_use,
@@ -552,12 +378,12 @@ class Authenticator:
                     return result
 
         if "password+totp" in self.methods or "client-cert" in self.methods:
-            key = self._device_key(user, ctx)
+            key = device_key(user, ctx)
             if account is None or account.key != key:
-                account = _Account(self.reader, key)
+                account = AccountView(self.reader, key)
             return await self._password_and_factor(account, credentials.secret, ctx, fresh_factor)
         if "password" in self.methods:
-            return await self._grant(user, credentials.secret, "password", "password", ctx)
+            return await self._grant(user, credentials.secret, "password", Factor.PASSWORD, ctx)
         return AuthResult(Outcome.INVALID, user, "app-password", "not a valid app password")
 
     # -- OAuth 2.0 bearer tokens and client certificates -----------------------
@@ -570,7 +396,7 @@ class Authenticator:
             oauth.discovery_url(self._tokens.settings.issuer), self._oauth_scope, kind
         )
 
-    async def _bearer(self, mechanism: str, payload: Secret, ctx: AuthContext) -> AuthResult:
+    async def _bearer(self, mechanism: str, payload: Secret, ctx: AuthContext) -> AuthResult[S]:
         method = mechanism.lower()
         if self._tokens is None or method not in self.methods:
             return AuthResult(Outcome.INVALID, None, method, f"{mechanism} is not enabled")
@@ -595,18 +421,9 @@ class Authenticator:
         user = self.names.canonical_text(token.user)
         if user is None:
             return AuthResult(Outcome.INVALID, None, method, "token names no valid account")
-        factor = "oauth-mfa" if token.mfa else "oauth"
-        if factor not in self.factors.sufficient:
-            return AuthResult(
-                Outcome.MISSING_FACTOR,
-                user,
-                method,
-                "token without the required MFA claims (amr/acr)",
-                factor=factor,
-            )
-        return await self._grant(user, None, method, factor, ctx)
+        return await self._grant(user, None, method, proof.bearer_factor(token.mfa), ctx)
 
-    async def _external(self, credentials: Credentials, ctx: AuthContext) -> AuthResult:
+    async def _external(self, credentials: LoginRequest, ctx: AuthContext) -> AuthResult[S]:
         if "client-cert" not in self.methods:
             return AuthResult(Outcome.INVALID, None, "client-cert", "EXTERNAL is not enabled")
         user = self._cert_user(ctx)
@@ -624,120 +441,19 @@ class Authenticator:
                 "client-cert",
                 "authorization identity differs from the certificate",
             )
-        return await self._grant(user, None, "client-cert", "client-cert", ctx)
+        return await self._grant(user, None, "client-cert", Factor.CLIENT_CERT, ctx)
 
     # -- password + a second factor -------------------------------------------
 
-    def _device_key(self, user: str, ctx: AuthContext) -> DeviceKey:
-        return DeviceKey(user, network(ctx.client.ip), ctx.id_name, ctx.id_version)
-
-    def _reading(
-        self, secret: Secret, account: _Account, ctx: AuthContext, now: float
-    ) -> tuple[_Reading, str | None]:
-        """How to read the password field (one reading: the upstream is asked once
-        per login), and why a code in it was not usable (for the audit log).
-
-        Decided locally, from what the field and the account's records say, before
-        the upstream is asked: a code that verifies now, or the code this trusted
-        device proved, makes it password+code; a device its owner approved, or a
-        client certificate of this account, takes the field as the password; an
-        account with a one-time code enrolled reads trailing digits as a (wrong or
-        used) code, so that a right password with a wrong code is seen and counted;
-        anything else is the password as typed. Every branch costs exactly one
-        upstream check, so which one was taken does not show in the timing, and a
-        correct password with a correct code is never also sent whole (a failed
-        upstream login, and the upstream's per-address penalty for the user)."""
-        whole = _Reading(secret, None)
-        split = totp.split_password_and_code(secret)
-        device = account.device
-        trusted = device is not None and device.trusted_at(now)
-        if not split:
-            return whole, None
-        password, code = split[0]
-        record = account.totp
-        locked = (
-            record is not None and record.locked_until is not None and (record.locked_until > now)
-        )
-        secret_key = None
-        if record is not None and self._totp_key is not None:
-            secret_key = totp.unseal(self._totp_key, account.key.user, record.sealed)
-            if not locked:
-                step = totp.verify(secret_key, code, now, last_step=record.last_step)
-                if step is not None:
-                    return _Reading(password, code, step), None
-        # While codes are locked, the stale code only from the device's own last
-        # address: the lock must stop a guesser of the stale code too.
-        if (
-            trusted
-            and device is not None
-            and self._device_code_matches(device, code)
-            and (not locked or ctx.client.ip == device.last_address)
-        ):
-            return _Reading(password, code, device_code=True), None
-        if trusted and device is not None and device.bound_address == ctx.client.ip:
-            return whole, None
-        if self._cert_user(ctx) == account.key.user:
-            return whole, None
-        if secret_key is None or record is None:
-            return whole, None
-        if locked:
-            problem = "one-time codes locked (too many wrong)"
-        elif totp.verify(secret_key, code, now, last_step=None) is not None:
-            # A current code already spent: a mail client resending what was typed
-            # on another device, or a replay.
-            problem = "one-time code already used"
-        else:
-            problem = "wrong or used one-time code"
-        return _Reading(password, code), problem
-
-    def _device_secret(self, key: DeviceKey, code: str) -> bytes:
-        """The keyed digest of the code a device proved: its secret from then on."""
-        material = "\0".join(
-            (key.user, key.network, key.client_name, key.client_version, code)
-        ).encode()
-        return hmac.new(self._device_secret_key, material, hashlib.sha256).digest()
-
-    def _device_code_matches(self, device: DeviceRecord, code: str) -> bool:
-        if device.secret is None:
-            return False
-        key = DeviceKey(device.user, device.network, device.client_name, device.client_version)
-        return hmac.compare_digest(self._device_secret(key, code), device.secret)
-
-    def _looks_like_the_device(
-        self, device: DeviceRecord | None, secret: Secret | None, ctx: AuthContext
-    ) -> bool:
-        """For the defense's precheck (is this one of the account's familiar
-        sources?): the trusted device itself, by what only it has (its code after
-        the password, or its approved address), not merely its network and client
-        ID, which anyone on that network can copy."""
-        if device is None or not device.trusted_at(self._wall()):
-            return False
-        if device.bound_address is not None:
-            return device.bound_address == ctx.client.ip
-        split = totp.split_password_and_code(secret) if secret else []
-        return bool(split) and self._device_code_matches(device, split[0][1])
-
-    def _device_accepts(
-        self, device: DeviceRecord | None, reading: _Reading, ctx: AuthContext, now: float
-    ) -> bool:
-        """Is this login the trusted device itself? A device that proved a code is
-        trusted for its password followed by that code (what its mail client stores
-        and sends again), never for the password alone; a device its owner approved
-        is trusted at the exact address it was approved for."""
-        if device is None or not device.trusted_at(now):
-            return False
-        if reading.device_code:
-            return True
-        return reading.code is None and device.bound_address == ctx.client.ip
-
     async def _password_and_factor(
-        self, account: _Account, secret: Secret, ctx: AuthContext, fresh_factor: bool = False
-    ) -> AuthResult:
+        self, account: AccountView, secret: Secret, ctx: AuthContext, fresh_factor: bool = False
+    ) -> AuthResult[S]:
         """`fresh_factor`: the account is under attack while the gateway is (the
         defense's posture): a trusted device's password alone is not enough."""
         now = self._wall()
         user = account.key.user
-        reading, code_problem = self._reading(secret, account, ctx, now)
+        own_cert = self._cert_user(ctx) == user
+        reading, code_problem = self.devices.read(secret, account, ctx, own_cert, now)
         try:
             session = await self._check_password(user, reading.password, ctx)
         except UpstreamRefused as exc:
@@ -750,45 +466,42 @@ class Authenticator:
                 account, reading, session, ctx, now, fresh_factor, code_problem
             )
         except BaseException:
-            await _close_session(session)  # whatever went wrong, no session is left open
+            await _discard(session)  # whatever went wrong, no session is left open
             raise
 
     async def _after_password(
         self,
-        account: _Account,
-        reading: _Reading,
-        session: UpstreamSession | None,
+        account: AccountView,
+        reading: Reading,
+        session: S | None,
         ctx: AuthContext,
         now: float,
         fresh_factor: bool,
         code_problem: str | None,
-    ) -> AuthResult:
+    ) -> AuthResult[S]:
         """The password is right. Which second factor comes with it?"""
         user, key, device = account.key.user, account.key, account.device
-        factor: str | None = None
+        code_accepted = False
         reason = ""
         if reading.step is not None and reading.code is not None:
             if await self._store(self.store.use_totp_step, user, reading.step):
-                factor = "password+totp"
+                code_accepted = True
                 device = await self._store(
                     self.store.trust_device,
                     key,
                     now,
                     now + self.factors.device_trust,
                     ctx.client.ip,
-                    self._device_secret(key, reading.code),
+                    self.devices.secret(key, reading.code),
                 )
             else:
                 reason = "one-time code already used"
-        if factor is None and self._cert_user(ctx) == user:
-            factor = "password+client-cert"
-        if (
-            factor is None
-            and device is not None
-            and not fresh_factor
-            and self._device_accepts(device, reading, ctx, now)
-        ):
-            factor = "trusted-device"
+        factor = proof.password_factor(
+            code_accepted=code_accepted,
+            own_certificate=self._cert_user(ctx) == user,
+            trusted_device=not fresh_factor and self.devices.accepts(device, reading, ctx, now),
+        )
+        if factor is Factor.TRUSTED_DEVICE and device is not None:
             self.bookkeeping.submit(
                 self.store.record_device_use,
                 device.id,
@@ -796,32 +509,27 @@ class Authenticator:
                 ctx.client.ip,
                 reading.code is not None,
             )
-        if factor is not None and factor in self.factors.sufficient:
-            return await self._open_after_password(
-                user, reading, session, factor, ctx, device.id if device else None
+        if factor is None:
+            await _discard(session)
+            return await self._compromise_signal(
+                account, reading, device, ctx, now, reason or code_problem
             )
-        await _close_session(session)
-        if factor is not None:
-            return AuthResult(
-                Outcome.MISSING_FACTOR,
-                user,
-                "password",
-                f"{factor} is not sufficient (auth.sufficient)",
-                factor=factor,
-            )
-        return await self._compromise_signal(
-            account, reading, device, ctx, now, reason or code_problem
-        )
+        shortfall = proof.shortfall(factor, self.factors.sufficient)
+        if shortfall is not None:
+            await _discard(session)
+            return AuthResult(Outcome.MISSING_FACTOR, user, "password", shortfall, factor=factor)
+        result = await self._open_after_password(user, session, factor, ctx)
+        return dataclasses.replace(result, factor=factor, device=device.id if device else None)
 
     async def _compromise_signal(
         self,
-        account: _Account,
-        reading: _Reading,
+        account: AccountView,
+        reading: Reading,
         device: DeviceRecord | None,
         ctx: AuthContext,
         now: float,
         code_problem: str | None,
-    ) -> AuthResult:
+    ) -> AuthResult[S]:
         """A correct password and no sufficient factor: refuse, record, tell the owner.
         `device` is the account's device as it is now (trusted just now, or not)."""
         user, key = account.key.user, account.key
@@ -885,7 +593,7 @@ class Authenticator:
     # -- the password check and the upstream session ---------------------------
 
     def _cache_id(self, user: str, password: Secret, ctx: AuthContext) -> bytes:
-        device = self._device_key(user, ctx)
+        device = device_key(user, ctx)
         material = "\0".join(
             ("password", user, device.network, device.client_name, device.client_version)
         ).encode()
@@ -893,18 +601,29 @@ class Authenticator:
             self._cache_key, material + b"\0" + password.reveal(), hashlib.sha256
         ).digest()
 
-    async def _check_password(
-        self, user: str, password: Secret, ctx: AuthContext
-    ) -> UpstreamSession | None:
+    async def _password_login(self, user: str, password: Secret, ctx: AuthContext) -> S:
+        """Log in upstream with the user's password; a refusal's duration feeds
+        the failure timing."""
+        started = self._clock()
+        try:
+            session = await self.upstream.login(user, password, ctx.client)
+        except UpstreamRefused:
+            self.timing.refused(ctx.client.ip, self._clock() - started)
+            raise
+        password_ok(self._clock())
+        self.timing.accepted(ctx.client.ip)
+        return session
+
+    async def _check_password(self, user: str, password: Secret, ctx: AuthContext) -> S | None:
         """Raise UpstreamRefused if the password is wrong. Returns the upstream
         session the check opened, or None when a recent check of the same
         (user, device, password) is remembered and a master login can follow."""
         cache_id: bytes | None = None
-        if self.factors.verified_cache_seconds > 0 and self.upstream.master_user is not None:
+        if self.factors.verified_cache_seconds > 0 and self.upstream.logs_in_for_users:
             cache_id = self._cache_id(user, password, ctx)
             expiry = self._verified.get(cache_id)
             if expiry is not None and expiry > self._clock():
-                _password_ok(self._clock())
+                password_ok(self._clock())
                 return None
         session = await self._password_login(user, password, ctx)
         if cache_id is not None:
@@ -915,55 +634,33 @@ class Authenticator:
         return session
 
     async def _open_after_password(
-        self,
-        user: str,
-        reading: _Reading,
-        session: UpstreamSession | None,
-        factor: str,
-        ctx: AuthContext,
-        device: str | None,
-    ) -> AuthResult:
+        self, user: str, session: S | None, factor: str, ctx: AuthContext
+    ) -> AuthResult[S]:
+        """A right password with a sufficient factor: the session its check opened
+        (or, when the check was remembered, a master login), if the policy agrees."""
         if session is None:
-            result = await self._grant(user, None, "password", factor, ctx)
-        elif (refusal := self._may(user, "password", factor, ctx)) is not None:
-            await _close_session(session)
-            result = refusal
-        else:
-            self.bookkeeping.submit(
-                self.store.record_login, user, self._wall(), ctx.client.ip, factor
-            )
-            result = AuthResult(Outcome.OK, user, "password", "ok", session, factor)
-        return AuthResult(
-            result.outcome,
-            result.user,
-            result.method,
-            result.reason,
-            result.session,
-            factor,
-            device,
-            rule=result.rule,
-            alert=result.alert,
-        )
+            return await self._grant(user, None, "password", factor, ctx)
+        refusal = self._may(user, "password", factor, ctx)
+        if refusal is not None:
+            await session.discard()
+            return refusal
+        self.bookkeeping.submit(self.store.record_login, user, self._wall(), ctx.client.ip, factor)
+        return AuthResult(Outcome.OK, user, "password", "ok", session, factor)
 
     async def _grant(
         self, user: str, password: Secret | None, method: str, factor: str, ctx: AuthContext
-    ) -> AuthResult:
+    ) -> AuthResult[S]:
         """The factor is proven: open the upstream session (password=None: master)."""
-        if factor not in self.factors.sufficient and factor != "password":
-            return AuthResult(
-                Outcome.MISSING_FACTOR,
-                user,
-                method,
-                f"{factor} is not sufficient (auth.sufficient)",
-                factor=factor,
-            )
+        shortfall = proof.shortfall(factor, self.factors.sufficient)
+        if shortfall is not None:
+            return AuthResult(Outcome.MISSING_FACTOR, user, method, shortfall, factor=factor)
         refusal = self._may(user, method, factor, ctx)
         if refusal is not None:
             return refusal
         try:
             if password is None:
-                session = await self._connect(self.upstream, user, None, ctx.client)
-                self.penalty.succeeded(ctx.client.ip)
+                session = await self.upstream.login(user, None, ctx.client)
+                self.timing.accepted(ctx.client.ip)
             else:
                 session = await self._password_login(user, password, ctx)
         except UpstreamRefused as exc:
@@ -974,15 +671,14 @@ class Authenticator:
         self.bookkeeping.submit(self.store.record_login, user, self._wall(), ctx.client.ip, factor)
         return AuthResult(Outcome.OK, user, method, "ok", session, factor)
 
-    def _may(self, user: str, method: str, factor: str, ctx: AuthContext) -> AuthResult | None:
+    def _may(self, user: str, method: str, factor: str, ctx: AuthContext) -> AuthResult[S] | None:
         """The policy's word on an authenticated login: None to go on, else the
         refusal (DENIED, or MISSING_FACTOR when a stronger factor is required)."""
-        policy_method = _POLICY_METHOD.get(factor, method)
         decision = self.policy.decide(
             self.policy.request(
                 user,
                 ctx.client.ip,
-                method=policy_method,
+                method=proof.policy_method(factor, method),
                 factor=factor,
                 listener=ctx.listener,
                 # Only a certificate of this very account (another account's is no
@@ -1012,27 +708,7 @@ class Authenticator:
         await self.bookkeeping.flush()
 
 
-def _with_challenge(result: AuthResult, challenge: bytes | None) -> AuthResult:
-    return dataclasses.replace(result, challenge=challenge)
-
-
-# The auth.methods name a login's factor came through, for policy `methods` rules.
-_POLICY_METHOD = {
-    "password+totp": "password+totp",
-    "trusted-device": "password+totp",
-    "password+client-cert": "client-cert",
-}
-
-
-def _password_ok(at: float) -> None:
-    """Note on the running attempt that the upstream accepted the password."""
-    timing = _ATTEMPT.get()
-    if timing is not None and timing.password_ok_at is None:
-        timing.password_ok_at = at
-
-
-async def _close_session(session: UpstreamSession | None) -> None:
+async def _discard(session: Any) -> None:
     """Log out of an upstream session that will not be relayed."""
     if session is not None:
-        session.link.write(b"z LOGOUT\r\n")
-        session.link.close()
+        await session.discard()

@@ -36,14 +36,8 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from imapguard.audit import AuditEvent, AuditLog
-from imapguard.auth.chokepoint import (
-    AuthContext,
-    Authenticator,
-    FactorSettings,
-    NoticeHook,
-    Outcome,
-    canonical_user,
-)
+from imapguard.auth.chokepoint import Authenticator, canonical_user
+from imapguard.auth.model import AuthContext, FactorSettings, NoticeHook, Outcome
 from imapguard.auth.oauth import TokenVerifier
 from imapguard.config import (
     Config,
@@ -66,7 +60,12 @@ from imapguard.gateway.admission import (
     Refusals,
 )
 from imapguard.gateway.link import Link
-from imapguard.gateway.upstream import ClientAddress, UpstreamSettings
+from imapguard.gateway.upstream import (
+    ClientAddress,
+    UpstreamLogin,
+    UpstreamSession,
+    UpstreamSettings,
+)
 from imapguard.imap.framing import NeedData
 from imapguard.imap.preauth import (
     AuthOutcome,
@@ -115,7 +114,7 @@ class Runtime:
 
     config: Config
     server_ssl: ssl.SSLContext
-    authenticator: Authenticator
+    authenticator: Authenticator[UpstreamSession]
     frame_limits: Any
     mechanisms: tuple[str, ...] = ("PLAIN",)
     # Addresses that never wait for a handshake turn (defense.trusted_networks).
@@ -174,7 +173,7 @@ def build_runtime(
         approved_device_trust=a.approved_device_days * 86400.0,
         names=account_names(config),
     )
-    authenticator = Authenticator(
+    authenticator: Authenticator[UpstreamSession] = Authenticator(
         methods=tuple(config.auth.methods),
         store=store,
         store_executor=store_executor,
@@ -193,7 +192,7 @@ def build_runtime(
             reader=reader,
         ),
         app_password_key=key,
-        upstream=upstream,
+        upstream=UpstreamLogin(upstream),
         audit=audit,
         failure_delay=config.auth.failure_delay,
         failure_jitter=config.auth.failure_jitter,

@@ -19,11 +19,18 @@ import re
 import ssl
 from dataclasses import dataclass
 
+from imapguard.auth.model import ClientAddress
 from imapguard.errors import UpstreamRefused, UpstreamUnavailable
 from imapguard.gateway.link import Link
 from imapguard.secret import Secret
 
-__all__ = ["ClientAddress", "UpstreamSession", "UpstreamSettings", "open_session"]
+__all__ = [
+    "ClientAddress",
+    "UpstreamLogin",
+    "UpstreamSession",
+    "UpstreamSettings",
+    "open_session",
+]
 
 # Upstream responses during login are short; a literal there is an ID value.
 # The limit holds for a whole response (its lines and literals), however its
@@ -54,21 +61,35 @@ class UpstreamSettings:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
-@dataclass(frozen=True)
-class ClientAddress:
-    ip: str
-    port: int
-    local_ip: str
-    local_port: int
-    session: str
-
-
 @dataclass
 class UpstreamSession:
+    """A logged-in upstream connection, ready to relay (auth.model.Session)."""
+
     link: Link
     capabilities: list[str]
     # Bytes the upstream sent after its tagged OK: the client gets them first.
     leftover: bytes
+
+    async def discard(self) -> None:
+        """Log out: the login failed after the password check, or the policy said no."""
+        self.link.write(b"z LOGOUT\r\n")
+        self.link.close()
+
+
+class UpstreamLogin:
+    """The IMAP server behind the gateway, as the auth service's `Upstream`."""
+
+    def __init__(self, settings: UpstreamSettings) -> None:
+        self.settings = settings
+
+    @property
+    def logs_in_for_users(self) -> bool:
+        return self.settings.master_user is not None
+
+    async def login(
+        self, user: str, password: Secret | None, client: ClientAddress
+    ) -> UpstreamSession:
+        return await open_session(self.settings, user, password, client)
 
 
 async def open_session(
