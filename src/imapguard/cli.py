@@ -302,7 +302,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         setup_logging()
         return run_demo(args.state, args.port_base)
     if command == "serve":
-        from imapguard.gateway.server import run_gateway
+        from imapguard.compose import run_gateway
 
         setup_logging()
         run_gateway(args.config or default_config_path())

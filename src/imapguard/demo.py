@@ -22,9 +22,10 @@ import time
 from pathlib import Path
 
 from imapguard.auth import app_passwords, totp
+from imapguard.compose import run_loop, serve
 from imapguard.config import load_config
 from imapguard.demo_backend import DemoAccount, demo_backend
-from imapguard.gateway.server import Gateway, run_loop, serve_forever
+from imapguard.gateway.server import Gateway
 from imapguard.keys import APP_PASSWORD, TOTP_SEAL, derive_key, load_server_key
 from imapguard.secret import Secret
 from imapguard.state import open_store
@@ -180,7 +181,7 @@ def run_demo(state_dir: str, port_base: int) -> int:
         async with demo_backend(
             port=port_base + 144, users=users, master=DemoAccount(MASTER_USER, master)
         ):
-            await serve_forever(config, str(config_file), ready)
+            await serve(config, str(config_file), ready)
         print("imapguard demo stopped.", flush=True)
 
     try:

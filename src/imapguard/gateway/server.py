@@ -12,7 +12,7 @@ start TLS themselves, so that a source's pre-auth slots are counted before the
 handshake (a slow handshake holds a slot too; a connection over a limit is closed
 before it costs a handshake, a turn or a task) and the handshake has a timeout.
 
-Signals (installed by `run_gateway`): SIGHUP reloads the configuration and
+Signals (installed by `imapguard.compose.serve`): SIGHUP reloads the configuration and
 certificates for new connections without touching established ones; SIGTERM
 and SIGINT stop accepting, end pre-auth connections with a BYE and give relayed
 sessions `limits.drain_timeout` seconds before closing them.
@@ -24,34 +24,22 @@ import asyncio
 import base64
 import contextlib
 import logging
-import os
 import secrets
-import signal
 import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, cast
 
 from imapguard.audit import AuditEvent, AuditLog
 from imapguard.auth.chokepoint import Authenticator, canonical_user
-from imapguard.auth.model import AuthContext, FactorSettings, NoticeHook, Outcome
-from imapguard.auth.oauth import TokenVerifier
+from imapguard.auth.model import AuthContext, Outcome
 from imapguard.config import (
     Config,
     ListenConfig,
-    account_names,
-    defense_settings,
-    load_config,
-    notify_settings,
-    oauth_settings,
     parse_address,
 )
-from imapguard.defense.engine import Defense
-from imapguard.defense.fingerprints import Fingerprinter
-from imapguard.errors import ConfigError
 from imapguard.gateway.admission import (
     PER_SOURCE,
     Admission,
@@ -62,11 +50,9 @@ from imapguard.gateway.admission import (
 from imapguard.gateway.link import Link
 from imapguard.gateway.upstream import (
     ClientAddress,
-    UpstreamLogin,
     UpstreamSession,
-    UpstreamSettings,
 )
-from imapguard.imap.framing import NeedData
+from imapguard.imap.framing import FrameLimits, NeedData
 from imapguard.imap.preauth import (
     AuthOutcome,
     AuthRequest,
@@ -77,15 +63,9 @@ from imapguard.imap.preauth import (
     Send,
     StartTlsNow,
 )
-from imapguard.keys import APP_PASSWORD, TOTP_SEAL, derive_key, load_server_key
-from imapguard.notify import Notice, NoticeKind, Notifier
-from imapguard.policy.gate import load_policy
-from imapguard.secret import Secret
-from imapguard.state.sqlite import SqliteStore, open_reader, open_store
-from imapguard.state.writebehind import WriteBehind
-from imapguard.tls import certificate_account, client_context, server_context
+from imapguard.tls import certificate_account
 
-__all__ = ["Gateway", "Runtime", "build_runtime", "run_gateway", "run_loop", "serve_forever"]
+__all__ = ["Gateway", "Runtime"]
 
 log = logging.getLogger("imapguard.gateway")
 
@@ -115,143 +95,10 @@ class Runtime:
     config: Config
     server_ssl: ssl.SSLContext
     authenticator: Authenticator[UpstreamSession]
-    frame_limits: Any
+    frame_limits: FrameLimits
     mechanisms: tuple[str, ...] = ("PLAIN",)
     # Addresses that never wait for a handshake turn (defense.trusted_networks).
     trusted: Callable[[str], bool] = lambda ip: False
-
-
-def build_runtime(
-    config: Config,
-    store: SqliteStore,
-    store_executor: ThreadPoolExecutor,
-    audit: AuditLog,
-    *,
-    reader: SqliteStore | None = None,
-    bookkeeping: WriteBehind | None = None,
-    notifier: Notifier | None = None,
-    token_verifier: TokenVerifier | None = None,
-    **authenticator_overrides: Any,
-) -> Runtime:
-    from imapguard.imap.framing import FrameLimits
-
-    up = config.upstream
-    host, port = parse_address(up.address)
-    master_password = (
-        Secret.from_file(up.master_password_file)
-        if up.login == "master" and up.master_password_file
-        else None
-    )
-    upstream = UpstreamSettings(
-        host=host,
-        port=port,
-        tls=up.tls,
-        ssl_context=client_context(up.ca) if up.tls != "none" else None,
-        server_name=up.server_name or host,
-        master_user=up.master_user if up.login == "master" else None,
-        master_password=master_password,
-        forward_client_ip=up.forward_client_ip,
-        connect_timeout=up.connect_timeout,
-        login_timeout=up.login_timeout,
-    )
-    defense = defense_settings(config.defense)
-    if not defense.enforce:
-        log.warning("defense.enforce = false: blocks and delays are recorded, not enforced")
-    policy, warnings = load_policy(config.policy, config.groups)
-    for warning in warnings:
-        log.warning("%s", warning)
-    server_key = load_server_key(config.state.key_file)
-    key = derive_key(server_key, APP_PASSWORD)
-    a = config.auth
-    factors = FactorSettings(
-        sufficient=tuple(a.sufficient),
-        device_trust=a.device_trust_days * 86400.0,
-        totp_max_failures=a.totp_max_failures,
-        totp_lockout=a.totp_lockout,
-        new_device_approval=a.new_device_approval,
-        verified_cache_seconds=a.verified_cache_seconds,
-        approved_device_trust=a.approved_device_days * 86400.0,
-        names=account_names(config),
-    )
-    authenticator: Authenticator[UpstreamSession] = Authenticator(
-        methods=tuple(config.auth.methods),
-        store=store,
-        store_executor=store_executor,
-        reader=reader,
-        bookkeeping=bookkeeping,
-        factors=factors,
-        totp_key=derive_key(server_key, TOTP_SEAL),
-        on_notice=_notice_hook(notifier) if notifier is not None else None,
-        token_verifier=token_verifier,
-        oauth_scope=config.oauth.scope if config.oauth is not None else "openid email",
-        policy=policy,
-        defense=Defense(
-            defense,
-            store,
-            fingerprints=Fingerprinter(server_key, epoch_seconds=defense.fingerprint_epoch),
-            reader=reader,
-        ),
-        app_password_key=key,
-        upstream=UpstreamLogin(upstream),
-        audit=audit,
-        failure_delay=config.auth.failure_delay,
-        failure_jitter=config.auth.failure_jitter,
-        **authenticator_overrides,
-    )
-    limits = config.limits
-    return Runtime(
-        config=config,
-        server_ssl=server_context(
-            config.tls.certificate,
-            config.tls.private_key,
-            config.tls.min_version,
-            config.tls.client_ca,
-            client_crl=config.tls.client_crl,
-            client_crl_check=config.tls.client_crl_check,
-        ),
-        mechanisms=_mechanisms(config.auth.methods),
-        trusted=authenticator.defense.in_trusted_network
-        if authenticator.defense is not None
-        else lambda ip: False,
-        authenticator=authenticator,
-        frame_limits=FrameLimits(
-            max_line=limits.max_line,
-            max_literal=limits.max_literal,
-            max_command=max(2 * limits.max_line, limits.max_line + limits.max_literal),
-        ),
-    )
-
-
-def _mechanisms(methods: list[str]) -> tuple[str, ...]:
-    """The SASL mechanisms to offer after TLS, from auth.methods."""
-    offered = ["PLAIN"] if {"app-password", "password", "password+totp"} & set(methods) else []
-    offered += [m.upper() for m in ("oauthbearer", "xoauth2") if m in methods]
-    if "client-cert" in methods:
-        offered.append("EXTERNAL")
-        if "PLAIN" not in offered:
-            offered.insert(0, "PLAIN")  # password + certificate
-    return tuple(offered)
-
-
-def _notice_hook(notifier: Notifier) -> NoticeHook:
-    def hook(kind: str, user: str, ctx: AuthContext, device: str | None) -> None:
-        notice = Notice(NoticeKind(kind), user, ctx.client.ip, time.time(), ctx.client_id, device)
-        if not notifier.submit(notice):
-            log.warning("notification dropped (queue full): %s for %s", kind, user)
-
-    return hook
-
-
-def _notice_limit(
-    store: SqliteStore, executor: ThreadPoolExecutor, interval: float
-) -> Callable[[str, str, float], Awaitable[bool]]:
-    """At most one notice per account and kind per interval, in the shared store."""
-
-    async def should_send(user: str, kind: str, now: float) -> bool:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(executor, store.claim_notice, user, kind, now, interval)
-
-    return should_send
 
 
 def _session_id() -> str:
@@ -801,86 +648,3 @@ def _client_identity(
     name, version = fields.get("name"), fields.get("version")
     label = f"{name}/{version}" if name and version else name
     return label, (name or "")[:64], (version or "")[:64]
-
-
-def run_gateway(config_path: str, *, ready: Callable[[Gateway], None] | None = None) -> None:
-    """`imapguard serve`: run until SIGTERM/SIGINT, reloading on SIGHUP."""
-    config = load_config(config_path)
-    run_loop(serve_forever(config, config_path, ready))
-
-
-def run_loop(main: Coroutine[Any, Any, None]) -> None:
-    """Run `main` on uvloop: about 24 KiB per idle TLS connection instead of the
-    default loop's 278 KiB, and 1.6 times the handshakes per core
-    (research/performance.md §1.2, §2)."""
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - non-Linux
-        runner = asyncio.Runner()
-    else:
-        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
-    with runner:
-        runner.run(main)
-
-
-async def serve_forever(
-    config: Config, config_path: str | None, ready: Callable[[Gateway], None] | None
-) -> None:
-    store = open_store(config.state.url)
-    reader = open_reader(config.state.url)
-    audit = AuditLog(config.audit.path)
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="imapguard-state")
-    bookkeeping = WriteBehind(store, executor)
-    notifier: Notifier | None = None
-    if config.notify is not None:
-        # [notify] is read at start; changing it needs a restart.
-        notifier = Notifier(
-            notify_settings(config.notify),
-            should_send=_notice_limit(store, executor, config.notify.min_interval),
-        )
-        await notifier.__aenter__()
-    tokens: TokenVerifier | None = None
-    if config.oauth is not None:
-        # [oauth] is read at start; changing it needs a restart.
-        tokens = TokenVerifier(oauth_settings(config.oauth))
-    shared: dict[str, Any] = {
-        "reader": reader,
-        "bookkeeping": bookkeeping,
-        "notifier": notifier,
-        "token_verifier": tokens,
-    }
-    try:
-        gateway = Gateway(build_runtime(config, store, executor, audit, **shared), audit)
-        loop = asyncio.get_running_loop()
-
-        def reload() -> None:
-            if config_path is None:
-                return
-            try:
-                new = load_config(config_path)
-                gateway.reload(build_runtime(new, store, executor, audit, **shared))
-                log.info("configuration reloaded")
-            except (ConfigError, OSError, ssl.SSLError, ValueError) as exc:
-                log.error("reload failed, keeping the running configuration: %s", exc)
-                audit.emit(AuditEvent("reload", None, {"result": "failed", "reason": str(exc)}))
-
-        loop.add_signal_handler(signal.SIGHUP, reload)
-        loop.add_signal_handler(signal.SIGTERM, gateway.stop)
-        loop.add_signal_handler(signal.SIGINT, gateway.stop)
-        audit.emit(AuditEvent("start", None, {"pid": os.getpid()}))
-        await gateway.serve(ready)
-        audit.emit(AuditEvent("stop", None, {"pid": os.getpid()}))
-    finally:
-        if tokens is not None:
-            with contextlib.suppress(Exception):
-                await tokens.aclose()
-        if notifier is not None:
-            with contextlib.suppress(Exception):
-                await notifier.aclose()
-        with contextlib.suppress(Exception):
-            await bookkeeping.aclose()
-        with contextlib.suppress(Exception):
-            executor.shutdown(wait=True)
-        reader.close()
-        store.close()
-        audit.close()

@@ -1,0 +1,317 @@
+"""The composition root: the one place that turns a configuration into running
+services, for `serve`, `demo`, the CLI and (later) the portal.
+
+Every layer takes what it needs as arguments; only this module knows which
+implementation goes where: the SQLite store behind the account and counter
+store interfaces, the audit log, the defense, the policy, the auth service, the
+notifier and the token verifier. `open_services` opens what outlives a
+configuration reload (stores, audit, notifier, token verifier: [state],
+[audit], [notify] and [oauth] are read at start) and closes it in reverse order;
+`gateway_runtime` builds what a reload replaces (the upstream, TLS, the auth
+service with its defense and policy, the limits); `serve` runs the gateway with
+its signals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import ssl
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from imapguard.audit import AuditEvent, AuditLog
+from imapguard.auth.chokepoint import Authenticator
+from imapguard.auth.model import AuthContext, FactorSettings, NoticeHook, S, Upstream
+from imapguard.auth.oauth import TokenVerifier
+from imapguard.config import (
+    Config,
+    account_names,
+    defense_settings,
+    load_config,
+    notify_settings,
+    oauth_settings,
+    parse_address,
+)
+from imapguard.defense.engine import Defense
+from imapguard.defense.fingerprints import Fingerprinter
+from imapguard.errors import ConfigError
+from imapguard.gateway.server import Gateway, Runtime
+from imapguard.gateway.upstream import UpstreamLogin, UpstreamSession, UpstreamSettings
+from imapguard.imap.framing import FrameLimits
+from imapguard.keys import APP_PASSWORD, TOTP_SEAL, derive_key, load_server_key
+from imapguard.notify import Notice, NoticeKind, Notifier
+from imapguard.policy.gate import load_policy
+from imapguard.secret import Secret
+from imapguard.state.sqlite import SqliteStore, open_reader, open_store
+from imapguard.state.writebehind import WriteBehind
+from imapguard.tls import client_context, server_context
+
+__all__ = [
+    "Keys",
+    "Services",
+    "authenticator",
+    "gateway_runtime",
+    "keys",
+    "open_services",
+    "run_gateway",
+    "run_loop",
+    "serve",
+]
+
+log = logging.getLogger("imapguard")
+
+
+@dataclass(frozen=True)
+class Keys:
+    """The purpose keys derived from the server key (imapguard.keys)."""
+
+    server: Secret
+    app_password: bytes
+    totp_seal: bytes
+
+
+def keys(config: Config) -> Keys:
+    """Read `state.key_file` and derive the purpose keys."""
+    server = load_server_key(config.state.key_file)
+    return Keys(server, derive_key(server, APP_PASSWORD), derive_key(server, TOTP_SEAL))
+
+
+@dataclass
+class Services:
+    """What outlives a configuration reload."""
+
+    store: SqliteStore
+    reader: SqliteStore
+    executor: ThreadPoolExecutor
+    bookkeeping: WriteBehind
+    audit: AuditLog
+    notifier: Notifier | None
+    tokens: TokenVerifier | None
+
+
+@contextlib.asynccontextmanager
+async def open_services(config: Config) -> AsyncIterator[Services]:
+    """Open the stores, the audit log, the notifier and the token verifier;
+    close them in reverse order, whatever happens."""
+    async with contextlib.AsyncExitStack() as stack:
+        store = open_store(config.state.url)
+        stack.callback(store.close)
+        reader = open_reader(config.state.url)
+        stack.callback(reader.close)
+        audit = AuditLog(config.audit.path)
+        stack.callback(audit.close)
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="imapguard-state")
+        stack.callback(_quietly, lambda: executor.shutdown(wait=True))
+        bookkeeping = WriteBehind(store, executor)
+        stack.push_async_callback(_quietly_async, bookkeeping.aclose)
+        notifier: Notifier | None = None
+        if config.notify is not None:
+            notifier = Notifier(
+                notify_settings(config.notify),
+                should_send=_notice_limit(store, executor, config.notify.min_interval),
+            )
+            await notifier.__aenter__()
+            stack.push_async_callback(_quietly_async, notifier.aclose)
+        tokens: TokenVerifier | None = None
+        if config.oauth is not None:
+            tokens = TokenVerifier(oauth_settings(config.oauth))
+            stack.push_async_callback(_quietly_async, tokens.aclose)
+        yield Services(store, reader, executor, bookkeeping, audit, notifier, tokens)
+
+
+def _quietly(close: Callable[[], object]) -> None:
+    with contextlib.suppress(Exception):
+        close()
+
+
+async def _quietly_async(close: Callable[[], Awaitable[object]]) -> None:
+    with contextlib.suppress(Exception):
+        await close()
+
+
+def _notice_limit(
+    store: SqliteStore, executor: ThreadPoolExecutor, interval: float
+) -> Callable[[str, str, float], Awaitable[bool]]:
+    """At most one notice per account and kind per interval, in the shared store."""
+
+    async def should_send(user: str, kind: str, now: float) -> bool:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(executor, store.claim_notice, user, kind, now, interval)
+
+    return should_send
+
+
+def _notice_hook(notifier: Notifier) -> NoticeHook:
+    def hook(kind: str, user: str, ctx: AuthContext, device: str | None) -> None:
+        notice = Notice(NoticeKind(kind), user, ctx.client.ip, time.time(), ctx.client_id, device)
+        if not notifier.submit(notice):
+            log.warning("notification dropped (queue full): %s for %s", kind, user)
+
+    return hook
+
+
+def authenticator(config: Config, services: Services, upstream: Upstream[S]) -> Authenticator[S]:
+    """The auth service as [auth], [defense], [policy] and [groups] say, logging
+    in to `upstream`: the same for every front end."""
+    settings = defense_settings(config.defense)
+    if not settings.enforce:
+        log.warning("defense.enforce = false: blocks and delays are recorded, not enforced")
+    policy, warnings = load_policy(config.policy, config.groups)
+    for warning in warnings:
+        log.warning("%s", warning)
+    k = keys(config)
+    a = config.auth
+    return Authenticator(
+        methods=tuple(a.methods),
+        store=services.store,
+        store_executor=services.executor,
+        reader=services.reader,
+        bookkeeping=services.bookkeeping,
+        factors=FactorSettings(
+            sufficient=tuple(a.sufficient),
+            device_trust=a.device_trust_days * 86400.0,
+            totp_max_failures=a.totp_max_failures,
+            totp_lockout=a.totp_lockout,
+            new_device_approval=a.new_device_approval,
+            verified_cache_seconds=a.verified_cache_seconds,
+            approved_device_trust=a.approved_device_days * 86400.0,
+            names=account_names(config),
+        ),
+        totp_key=k.totp_seal,
+        on_notice=_notice_hook(services.notifier) if services.notifier is not None else None,
+        token_verifier=services.tokens,
+        oauth_scope=config.oauth.scope if config.oauth is not None else "openid email",
+        policy=policy,
+        defense=Defense(
+            settings,
+            services.store,
+            fingerprints=Fingerprinter(k.server, epoch_seconds=settings.fingerprint_epoch),
+            reader=services.reader,
+        ),
+        app_password_key=k.app_password,
+        upstream=upstream,
+        audit=services.audit,
+        failure_delay=a.failure_delay,
+        failure_jitter=a.failure_jitter,
+    )
+
+
+def upstream_settings(config: Config) -> UpstreamSettings:
+    """[upstream]: where the IMAP server is and how to log in to it."""
+    up = config.upstream
+    host, port = parse_address(up.address)
+    master = up.login == "master"
+    return UpstreamSettings(
+        host=host,
+        port=port,
+        tls=up.tls,
+        ssl_context=client_context(up.ca) if up.tls != "none" else None,
+        server_name=up.server_name or host,
+        master_user=up.master_user if master else None,
+        master_password=(
+            Secret.from_file(up.master_password_file)
+            if master and up.master_password_file
+            else None
+        ),
+        forward_client_ip=up.forward_client_ip,
+        connect_timeout=up.connect_timeout,
+        login_timeout=up.login_timeout,
+    )
+
+
+def gateway_runtime(config: Config, services: Services) -> Runtime:
+    """What the gateway's new connections use; a reload builds a new one."""
+    auth: Authenticator[UpstreamSession] = authenticator(
+        config, services, UpstreamLogin(upstream_settings(config))
+    )
+    limits = config.limits
+    tls = config.tls
+    return Runtime(
+        config=config,
+        server_ssl=server_context(
+            tls.certificate,
+            tls.private_key,
+            tls.min_version,
+            tls.client_ca,
+            client_crl=tls.client_crl,
+            client_crl_check=tls.client_crl_check,
+        ),
+        mechanisms=_mechanisms(config.auth.methods),
+        trusted=auth.defense.in_trusted_network if auth.defense is not None else _nobody,
+        authenticator=auth,
+        frame_limits=FrameLimits(
+            max_line=limits.max_line,
+            max_literal=limits.max_literal,
+            max_command=max(2 * limits.max_line, limits.max_line + limits.max_literal),
+        ),
+    )
+
+
+def _nobody(ip: str) -> bool:
+    return False
+
+
+def _mechanisms(methods: list[str]) -> tuple[str, ...]:
+    """The SASL mechanisms to offer after TLS, from auth.methods."""
+    offered = ["PLAIN"] if {"app-password", "password", "password+totp"} & set(methods) else []
+    offered += [m.upper() for m in ("oauthbearer", "xoauth2") if m in methods]
+    if "client-cert" in methods:
+        offered.append("EXTERNAL")
+        if "PLAIN" not in offered:
+            offered.insert(0, "PLAIN")  # password + certificate
+    return tuple(offered)
+
+
+async def serve(
+    config: Config, config_path: str | None, ready: Callable[[Gateway], None] | None
+) -> None:
+    """Run the gateway until SIGTERM/SIGINT; SIGHUP reloads `config_path` for new
+    connections (established ones keep what they started with)."""
+    async with open_services(config) as services:
+        audit = services.audit
+        gateway = Gateway(gateway_runtime(config, services), audit)
+        loop = asyncio.get_running_loop()
+
+        def reload() -> None:
+            if config_path is None:
+                return
+            try:
+                gateway.reload(gateway_runtime(load_config(config_path), services))
+                log.info("configuration reloaded")
+            except (ConfigError, OSError, ssl.SSLError, ValueError) as exc:
+                log.error("reload failed, keeping the running configuration: %s", exc)
+                audit.emit(AuditEvent("reload", None, {"result": "failed", "reason": str(exc)}))
+
+        loop.add_signal_handler(signal.SIGHUP, reload)
+        loop.add_signal_handler(signal.SIGTERM, gateway.stop)
+        loop.add_signal_handler(signal.SIGINT, gateway.stop)
+        audit.emit(AuditEvent("start", None, {"pid": os.getpid()}))
+        await gateway.serve(ready)
+        audit.emit(AuditEvent("stop", None, {"pid": os.getpid()}))
+
+
+def run_gateway(config_path: str, *, ready: Callable[[Gateway], None] | None = None) -> None:
+    """`imapguard serve`: run until SIGTERM/SIGINT, reloading on SIGHUP."""
+    config = load_config(config_path)
+    run_loop(serve(config, config_path, ready))
+
+
+def run_loop(main: Coroutine[Any, Any, None]) -> None:
+    """Run `main` on uvloop: measured with Python 3.11, about 24 KiB per idle TLS
+    connection instead of the default loop's 278 KiB, and 1.6 times the TLS
+    handshakes per core."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - non-Linux
+        runner = asyncio.Runner()
+    else:
+        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    with runner:
+        runner.run(main)
