@@ -74,7 +74,7 @@ from imapguard.net import network
 from imapguard.policy.engine import DecisionKind
 from imapguard.policy.gate import PolicyGate
 from imapguard.secret import Secret
-from imapguard.state.sqlite import DeviceKey, DeviceRecord, SqliteStore, TotpRecord
+from imapguard.state.accounts import AccountStore, DeviceKey, DeviceRecord, TotpRecord
 from imapguard.state.writebehind import WriteBehind
 from imapguard.vocab import DEFAULT_SUFFICIENT
 
@@ -173,7 +173,7 @@ class _Account:
     """One login's view of the account's factor records: each is read at most
     once per attempt (the defense's precheck and the factor checks share it)."""
 
-    def __init__(self, reader: SqliteStore, key: DeviceKey) -> None:
+    def __init__(self, reader: AccountStore, key: DeviceKey) -> None:
         self.key = key
         self._reader = reader
 
@@ -227,7 +227,7 @@ class Authenticator:
         self,
         *,
         methods: tuple[str, ...],
-        store: SqliteStore,
+        store: AccountStore,
         store_executor: Executor,
         app_password_key: bytes,
         upstream: UpstreamSettings,
@@ -239,7 +239,7 @@ class Authenticator:
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
         rng: random.Random | None = None,
         connect: Callable[..., Awaitable[UpstreamSession]] = open_session,
-        reader: SqliteStore | None = None,
+        reader: AccountStore | None = None,
         bookkeeping: WriteBehind | None = None,
         factors: FactorSettings | None = None,
         totp_key: bytes | None = None,
