@@ -51,6 +51,7 @@ def race_threads(
 
 def race_processes(backend: Backend[Any], operation: racers.Operation) -> list[list[Any]]:
     """Each process's results, round by round; each process opens its own handle."""
+    backend.open()  # the store exists (a new SQLite file: created) before the race
     context = multiprocessing.get_context("spawn")
     barrier = context.Barrier(PROCESSES)
     results: Any = context.Queue()

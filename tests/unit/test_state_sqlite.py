@@ -10,6 +10,7 @@ import pytest
 
 from imapguard.errors import StateUnavailable
 from imapguard.state.sqlite import MIGRATIONS, SqliteStore, open_store
+from imapguard.state.sqlite.schema import check_version, migrate
 
 
 def test_schema_is_migrated_and_survives_reopen(tmp_path: Path) -> None:
@@ -41,4 +42,29 @@ def test_notice_rows_are_purged_once_they_limit_nothing(tmp_path: Path) -> None:
     assert store.claim_notice("alice", "lockout", 4000.0, 3600)
     (rows,) = store._db.execute("SELECT COUNT(*) FROM notices").fetchone()
     assert rows == 1
+    store.close()
+
+
+def test_two_first_opens_at_once_migrate_the_file_once(tmp_path: Path) -> None:
+    """Two processes opening a new state file at once (the gateway and the CLI)
+    both read schema version 0; the second to take the write lock finds the
+    schema migrated and must not create the tables again."""
+    url = f"sqlite:///{tmp_path}/state.db"
+    db = sqlite3.connect(tmp_path / "state.db", isolation_level=None)
+    opened: list[int] = []
+
+    def other_process_first(statement: str) -> None:
+        if statement == "BEGIN IMMEDIATE" and not opened:
+            other = open_store(url)  # migrates the whole schema meanwhile
+            opened.append(len(other.list_users()))
+            other.close()
+
+    db.set_trace_callback(other_process_first)
+    migrate(db)
+    db.set_trace_callback(None)
+    assert opened == [0]
+    assert check_version(db) == len(MIGRATIONS)
+    db.close()
+    store = open_store(url)
+    assert store.list_users() == []
     store.close()

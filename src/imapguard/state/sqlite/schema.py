@@ -129,14 +129,16 @@ def check_version(db: sqlite3.Connection) -> int:
 def migrate(db: sqlite3.Connection) -> None:
     """Apply the migrations the database lacks, each in its own transaction
     (`db` is in autocommit mode: isolation_level=None)."""
-    version = check_version(db)
-    for number in range(version, len(MIGRATIONS)):
+    for number in range(check_version(db), len(MIGRATIONS)):
         db.execute("BEGIN IMMEDIATE")
         try:
-            for statement in MIGRATIONS[number].split(";"):
-                if statement.strip():
-                    db.execute(statement)
-            db.execute(f"PRAGMA user_version = {number + 1}")
+            # Read again under the write lock: another process opening the same
+            # new file may have applied this migration since the first read.
+            if check_version(db) <= number:
+                for statement in MIGRATIONS[number].split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute(f"PRAGMA user_version = {number + 1}")
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
