@@ -74,7 +74,7 @@ def race_processes(backend: Backend[Any], operation: racers.Operation) -> list[l
     for process in processes:
         process.start()
     try:
-        received = dict(results.get(timeout=120) for _ in processes)
+        received = dict(results.get(timeout=90) for _ in processes)
     finally:
         for process in processes:
             process.join(timeout=30)
