@@ -1,122 +1,18 @@
-"""Counter store semantics (SQLite, and the in-memory twin the engine tests
-also use): bucket windows, distinct counts, expiry and purge, blocks, values;
-and the SQLite specifics: migration 2 -> 3 of an existing database, the
-read-only reader, indexed point reads."""
+"""The SQLite counter store's own rules: migration 2 -> 3 of an existing
+database, the read-only reader, indexed point reads, errors as
+StateUnavailable, purging a large backlog. What every counter store does is
+tests/conformance/."""
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from imapguard.defense import Block, CounterStore, MemoryCounterStore, Target, TargetKind
+from imapguard.defense import Block, CounterStore, Target, TargetKind
 from imapguard.errors import StateUnavailable
 from imapguard.state.sqlite import MIGRATIONS, SqliteStore, open_reader, open_store
-
-
-@pytest.fixture(params=["memory", "sqlite"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[CounterStore]:
-    if request.param == "memory":
-        yield MemoryCounterStore()
-        return
-    sqlite_store = open_store(f"sqlite:///{tmp_path}/state.db")
-    yield sqlite_store
-    sqlite_store.close()
-
-
-def test_bucket_counters_sum_over_a_window(store: CounterStore) -> None:
-    assert store.bucket_incr("k", 10, 1, 100.0, 0.0) == 1
-    assert store.bucket_incr("k", 10, 2, 100.0, 0.0) == 3
-    store.bucket_incr("k", 12, 5, 100.0, 0.0)
-    store.bucket_incr("other", 11, 7, 100.0, 0.0)
-    assert store.bucket_counts("k", range(9, 13), 0.0) == [0, 3, 0, 5]
-    assert store.bucket_counts("k", range(11, 13), 0.0) == [0, 5]  # bucket 10 slid out
-
-
-def test_an_expired_counter_is_unseen_and_restarts(store: CounterStore) -> None:
-    store.bucket_incr("o", 0, 4, 50.0, 0.0)
-    assert store.bucket_counts("o", range(0, 1), 49.0) == [4]
-    assert store.bucket_counts("o", range(0, 1), 50.0) == [0]  # not purged, not seen
-    assert store.bucket_incr("o", 0, 1, 200.0, 60.0) == 1
-
-
-def test_distinct_members_over_buckets_and_keys(store: CounterStore) -> None:
-    for bucket, member in ((1, "a"), (1, "b"), (2, "a"), (3, "c")):
-        store.member_add("s", bucket, member, 100.0)
-    store.member_add("t", 2, "d", 100.0)
-    assert store.distinct_count(["s"], range(1, 4), 0.0) == 3  # "a" twice is one
-    assert store.distinct_count(["s"], range(2, 4), 0.0) == 2
-    assert store.distinct_count(["s", "t"], range(1, 4), 0.0) == 4
-    assert store.distinct_count(["s", "t"], range(1, 4), 0.0, limit=2) == 2
-    assert store.distinct_members(["s", "t"], range(1, 4), 0.0, 10) == ["a", "b", "c", "d"]
-    assert store.distinct_members(["s"], range(1, 4), 0.0, 2) == ["a", "b"]
-    assert store.member_seen("s", range(2, 4), "a", 0.0)
-    assert not store.member_seen("s", range(2, 4), "b", 0.0)
-    assert store.distinct_count(["s"], range(1, 4), 100.0) == 0  # expired
-    store.buckets_forget(["s"], range(1, 3))
-    assert store.distinct_members(["s", "t"], range(1, 4), 0.0, 10) == ["c", "d"]
-
-
-def test_blocks_put_get_list_delete(store: CounterStore) -> None:
-    source = Block(Target(TargetKind.SOURCE, "192.0.2.1"), "spray", 1, 0.0, 600.0)
-    account = Block(Target(TargetKind.ACCOUNT_UNFAMILIAR, "alice"), "lockout", 2, 0.0, 300.0)
-    store.block_put(source)
-    store.block_put(account)
-    assert store.blocks_list(0.0) == [account, source]  # soonest expiry first
-    wanted = [source.target, Target(TargetKind.SOURCE, "192.0.2.2")]
-    assert store.blocks_get(wanted, 0.0) == [source]
-    assert store.blocks_list(300.0) == [source]  # expired ones are gone from view
-    longer = Block(source.target, "again", 2, 10.0, 1200.0)
-    store.block_put(longer)
-    assert store.blocks_get([source.target], 0.0) == [longer]
-    assert store.block_delete(source.target)
-    assert not store.block_delete(source.target)
-
-
-def test_values_and_compare_and_set(store: CounterStore) -> None:
-    store.value_put("a", "1", 100.0)
-    store.value_put("forever", "x", None)
-    assert store.values_get(["a", "forever", "missing"], 0.0) == {"a": "1", "forever": "x"}
-    assert store.values_get(["a"], 100.0) == {}
-    assert store.value_swap("new", None, "v1", None, 0.0)
-    assert not store.value_swap("new", None, "v2", None, 0.0)
-    assert not store.value_swap("new", "stale", "v2", None, 0.0)
-    assert store.value_swap("new", "v1", "v2", None, 0.0)
-    assert store.value_swap("a", None, "again", None, 100.0)  # expired counts as absent
-    store.values_delete(["new", "forever"])
-    blocks, values = store.defense_lookup(
-        [Target(TargetKind.SOURCE, "192.0.2.1")], ["a", "new"], 0.0
-    )
-    assert (blocks, values) == ([], {"a": "again"})
-
-
-def test_purge_removes_what_expired_in_bounded_runs(store: CounterStore) -> None:
-    for i in range(5):
-        store.member_add("s", i, "m", 10.0)
-        store.bucket_incr("c", i, 1, 10.0, 0.0)
-    store.block_put(Block(Target(TargetKind.SOURCE, "x"), "r", 1, 0.0, 10.0))
-    store.value_put("v", "1", 10.0)
-    store.value_put("keep", "1", None)
-    store.member_add("s", 9, "live", 20.0)
-    assert store.defense_purge(9.0, 100) == 0
-    assert store.defense_purge(10.0, 2) == 2 + 2 + 1 + 1  # at most 2 rows per kind
-    assert store.defense_purge(10.0, 100) == 6
-    assert store.defense_purge(10.0, 100) == 0
-    assert store.distinct_members(["s"], range(0, 10), 10.0, 10) == ["live"]
-    assert store.values_get(["keep"], 10.0) == {"keep": "1"}
-
-
-def test_batch_reads_its_own_writes(store: CounterStore) -> None:
-    with store.batch():
-        store.member_add("s", 1, "a", 100.0)
-        assert store.distinct_count(["s"], range(1, 2), 0.0) == 1
-        assert store.value_swap("v", None, "1", None, 0.0)
-        assert store.values_get(["v"], 0.0) == {"v": "1"}
-
-
-# -- SQLite specifics --------------------------------------------------------------
 
 
 def test_migration_from_version_2_keeps_the_data(tmp_path: Path) -> None:

@@ -67,7 +67,7 @@ from imapguard.names import AccountNames
 from imapguard.policy.engine import DecisionKind
 from imapguard.policy.gate import PolicyGate
 from imapguard.secret import Secret
-from imapguard.state.sqlite import DeviceRecord, SqliteStore
+from imapguard.state.accounts import AccountStore, DeviceRecord
 from imapguard.state.writebehind import WriteBehind
 from imapguard.vocab import Factor
 
@@ -100,7 +100,7 @@ class Authenticator(Generic[S]):
         self,
         *,
         methods: tuple[str, ...],
-        store: SqliteStore,
+        store: AccountStore,
         store_executor: Executor,
         app_password_key: bytes,
         upstream: Upstream[S],
@@ -111,7 +111,7 @@ class Authenticator(Generic[S]):
         wall_clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
         rng: random.Random | None = None,
-        reader: SqliteStore | None = None,
+        reader: AccountStore | None = None,
         bookkeeping: WriteBehind | None = None,
         factors: FactorSettings | None = None,
         totp_key: bytes | None = None,

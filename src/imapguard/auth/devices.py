@@ -29,7 +29,7 @@ from imapguard.auth.model import AuthContext
 from imapguard.keys import DEVICE_SECRET, derive_key
 from imapguard.net import network
 from imapguard.secret import Secret
-from imapguard.state.sqlite import DeviceKey, DeviceRecord, SqliteStore, TotpRecord
+from imapguard.state.accounts import AccountStore, DeviceKey, DeviceRecord, TotpRecord
 
 __all__ = ["AccountView", "Devices", "Reading", "device_key"]
 
@@ -43,7 +43,7 @@ class AccountView:
     """One login's view of the account's factor records: each is read at most
     once per attempt (the defense's precheck and the factor checks share it)."""
 
-    def __init__(self, reader: SqliteStore, key: DeviceKey) -> None:
+    def __init__(self, reader: AccountStore, key: DeviceKey) -> None:
         self.key = key
         self._reader = reader
 

@@ -1,7 +1,8 @@
 """What the defense remembers: bucketed counters, distinct sets, blocks, values.
 
-One interface, `CounterStore`, with two implementations here and in
-`imapguard.state.sqlite` (`SqliteStore`), and a Redis one later. Every
+One interface, `CounterStore`, with two implementations: `MemoryCounterStore`
+here and `SqliteStore` (`imapguard.state.sqlite.counters`); a Redis one will
+follow, and tests/conformance/ holds them all to the same behaviour. Every
 operation was chosen so that it is one or two Redis commands:
 
     bucket_incr(key, b, n, exp, now)   INCRBY key:b n; EXPIREAT key:b exp
@@ -33,6 +34,10 @@ Rules every implementation keeps:
   one transaction; Redis: commands are sent at once, not queued in MULTI).
 * Names (keys, members) are text chosen by the engine; members hold user names
   and keyed, truncated fingerprints, never a password.
+* A write is atomic on its own (`bucket_incr`, `value_swap`: of concurrent
+  callers on every process sharing the store, none is lost and exactly one swap
+  wins); absence is not an error (0, False, empty); a failure of a shared store
+  is raised as `imapguard.errors.StateUnavailable`.
 """
 
 from __future__ import annotations
@@ -109,24 +114,34 @@ class CounterStore(Protocol):
     precheck calls `defense_lookup` (and nothing else) on the event loop."""
 
     def batch(self) -> AbstractContextManager[None]:
-        """Several calls as one unit of work (one transaction in SQLite)."""
+        """Several calls as one unit of work (one transaction in SQLite); a read
+        inside sees the writes made before it. Batches may nest."""
         ...
 
     def bucket_incr(self, key: str, bucket: int, amount: int, expires: float, now: float) -> int:
-        """Add to a counter bucket (restarting it if it expired); the new value."""
+        """Atomically add `amount` to a counter bucket and return its new value
+        (the check-and-increment: concurrent callers each see a distinct value,
+        none is lost). An expired bucket restarts from `amount`. The bucket's
+        expiry becomes `expires`."""
         ...
 
     def bucket_counts(self, key: str, buckets: range, now: float) -> list[int]:
-        """Each bucket's value in order (0 where none)."""
+        """Each bucket's value in order (0 where none or expired)."""
         ...
 
-    def member_add(self, key: str, bucket: int, member: str, expires: float) -> None: ...
+    def member_add(self, key: str, bucket: int, member: str, expires: float) -> None:
+        """Add a member to the set of (key, bucket). It is seen until at least
+        `expires` (the latest given, if added again; an implementation may keep a
+        whole bucket until its latest expiry)."""
+        ...
 
     def members_add(self, entries: Sequence[tuple[str, str]], bucket: int, expires: float) -> None:
         """`member_add` of each (key, member), all in one bucket."""
         ...
 
-    def member_seen(self, key: str, buckets: range, member: str, now: float) -> bool: ...
+    def member_seen(self, key: str, buckets: range, member: str, now: float) -> bool:
+        """Is `member` in the key's set in any of the buckets (and not expired)?"""
+        ...
 
     def distinct_count(
         self, keys: Sequence[str], buckets: range, now: float, limit: int | None = None
@@ -140,38 +155,51 @@ class CounterStore(Protocol):
 
     def distinct_members(
         self, keys: Sequence[str], buckets: range, now: float, limit: int
-    ) -> list[str]: ...
+    ) -> list[str]:
+        """The distinct members over the keys and buckets, sorted, the first `limit`."""
+        ...
 
     def buckets_forget(self, keys: Sequence[str], buckets: range) -> None:
-        """Drop counters and sets of these keys in these buckets."""
+        """Drop counters and sets of these keys in these buckets (at once, not at
+        their expiry)."""
         ...
 
     def block_put(self, block: Block) -> None:
-        """Place (or replace) the block on its target."""
+        """Place the block on its target, replacing any block there (the new one's
+        expiry counts, even if earlier)."""
         ...
 
     def blocks_get(self, targets: Sequence[Target], now: float) -> list[Block]:
-        """The active blocks among these targets."""
+        """The active (unexpired) blocks among these targets."""
         ...
 
-    def block_delete(self, target: Target) -> bool: ...
+    def block_delete(self, target: Target) -> bool:
+        """Lift the block on this target; True if there was one (expired or not)."""
+        ...
 
     def blocks_list(self, now: float) -> list[Block]:
         """Every active block, the soonest to expire first."""
         ...
 
-    def values_get(self, names: Sequence[str], now: float) -> dict[str, str]: ...
+    def values_get(self, names: Sequence[str], now: float) -> dict[str, str]:
+        """The values of these names that exist and have not expired."""
+        ...
 
-    def value_put(self, name: str, value: str, expires: float | None) -> None: ...
+    def value_put(self, name: str, value: str, expires: float | None) -> None:
+        """Set a value (replacing any); it expires at `expires`, or never if None."""
+        ...
 
     def value_swap(
         self, name: str, expected: str | None, value: str, expires: float | None, now: float
     ) -> bool:
-        """Set `name` to `value` only if it holds `expected` (None: absent or
-        expired): the compare-and-set that lets several nodes agree."""
+        """Atomically set `name` to `value` only if it holds `expected` (None:
+        absent or expired): the compare-and-set that lets several nodes agree.
+        True if it was set."""
         ...
 
-    def values_delete(self, names: Sequence[str]) -> None: ...
+    def values_delete(self, names: Sequence[str]) -> None:
+        """Delete these values (absent ones are ignored)."""
+        ...
 
     def defense_lookup(
         self, targets: Sequence[Target], names: Sequence[str], now: float
@@ -180,7 +208,9 @@ class CounterStore(Protocol):
         ...
 
     def defense_purge(self, now: float, limit: int) -> int:
-        """Remove expired entries (at most `limit` per kind of entry); how many."""
+        """Remove entries expired at `now` (at most `limit` of each kind: counter
+        buckets, set entries, blocks, values); how many were removed. Reads never
+        depend on it: it only bounds the store's size."""
         ...
 
 

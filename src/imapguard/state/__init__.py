@@ -1,11 +1,27 @@
-"""Where imapguard keeps what must outlive a connection: users, factors, last use."""
+"""Where imapguard keeps what must outlive a connection: users, factors, last use.
 
-from imapguard.state.sqlite import (
+`accounts` defines the account store's protocols and records; `sqlite` implements
+them, and the defense's `CounterStore`, on one file; `writebehind` batches the
+bookkeeping writes of a login."""
+
+from imapguard.state.accounts import (
+    AccountStore,
     AppPasswordRecord,
-    SqliteStore,
+    DeviceKey,
+    DeviceRecord,
+    TotpRecord,
     UserRecord,
-    open_reader,
-    open_store,
 )
+from imapguard.state.sqlite import SqliteStore, open_reader, open_store
 
-__all__ = ["AppPasswordRecord", "SqliteStore", "UserRecord", "open_reader", "open_store"]
+__all__ = [
+    "AccountStore",
+    "AppPasswordRecord",
+    "DeviceKey",
+    "DeviceRecord",
+    "SqliteStore",
+    "TotpRecord",
+    "UserRecord",
+    "open_reader",
+    "open_store",
+]

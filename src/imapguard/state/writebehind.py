@@ -26,7 +26,7 @@ from concurrent.futures import Executor
 from typing import Any
 
 from imapguard.errors import StateUnavailable
-from imapguard.state.sqlite import SqliteStore
+from imapguard.state.accounts import AccountStore
 
 __all__ = ["WriteBehind"]
 
@@ -38,7 +38,7 @@ Call = tuple[Callable[..., None], tuple[Any, ...]]
 class WriteBehind:
     def __init__(
         self,
-        store: SqliteStore,
+        store: AccountStore,
         executor: Executor,
         *,
         delay: float = 0.25,

@@ -1,0 +1,145 @@
+"""The on-disk schema of the SQLite store and how a database reaches it.
+
+The version is `PRAGMA user_version`. Each entry of MIGRATIONS moves the schema
+one version up, inside one transaction (all of it or none); entries are only
+ever appended, never edited, so every database written by an earlier imapguard
+opens. A database written by a newer imapguard (a version past the last entry)
+is refused rather than misread.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+__all__ = ["MIGRATIONS", "check_version", "migrate"]
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: users and app passwords
+    """
+    CREATE TABLE users (
+        name TEXT PRIMARY KEY,
+        created_at REAL NOT NULL,
+        last_login_at REAL,
+        last_login_address TEXT,
+        last_login_method TEXT
+    );
+    CREATE TABLE app_passwords (
+        id TEXT PRIMARY KEY,
+        user TEXT NOT NULL REFERENCES users(name),
+        label TEXT NOT NULL,
+        digest BLOB NOT NULL UNIQUE,
+        created_at REAL NOT NULL,
+        last_used_at REAL,
+        last_used_address TEXT,
+        last_used_client TEXT
+    );
+    CREATE INDEX app_passwords_user ON app_passwords(user);
+    """,
+    # 2: one-time codes, devices, notification rate limits
+    """
+    CREATE TABLE totp (
+        user TEXT PRIMARY KEY REFERENCES users(name),
+        sealed BLOB NOT NULL,
+        created_at REAL NOT NULL,
+        last_step INTEGER,
+        failures INTEGER NOT NULL DEFAULT 0,
+        first_failure_at REAL,
+        locked_until REAL
+    );
+    CREATE TABLE devices (
+        id TEXT PRIMARY KEY,
+        user TEXT NOT NULL REFERENCES users(name),
+        network TEXT NOT NULL,
+        client_name TEXT NOT NULL,
+        client_version TEXT NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('trusted', 'pending')),
+        created_at REAL NOT NULL,
+        trusted_until REAL,
+        last_seen_at REAL,
+        last_address TEXT,
+        split_code INTEGER NOT NULL DEFAULT 0,
+        UNIQUE (user, network, client_name, client_version)
+    );
+    CREATE INDEX devices_user ON devices(user);
+    CREATE TABLE notices (
+        user TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        sent_at REAL NOT NULL,
+        PRIMARY KEY (user, kind)
+    );
+    """,
+    # 3: defense counters, distinct sets, blocks and shared values (imapguard.defense).
+    # Every row carries its absolute expiry; `defense_purge` deletes by the index.
+    """
+    CREATE TABLE defense_counters (
+        key TEXT NOT NULL,
+        bucket INTEGER NOT NULL,
+        count INTEGER NOT NULL,
+        expires REAL NOT NULL,
+        PRIMARY KEY (key, bucket)
+    ) WITHOUT ROWID;
+    CREATE INDEX defense_counters_expires ON defense_counters(expires);
+    CREATE TABLE defense_members (
+        key TEXT NOT NULL,
+        bucket INTEGER NOT NULL,
+        member TEXT NOT NULL,
+        expires REAL NOT NULL,
+        PRIMARY KEY (key, bucket, member)
+    ) WITHOUT ROWID;
+    CREATE INDEX defense_members_expires ON defense_members(expires);
+    CREATE TABLE defense_blocks (
+        key TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        target TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        level INTEGER NOT NULL,
+        created REAL NOT NULL,
+        expires REAL NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX defense_blocks_expires ON defense_blocks(expires);
+    CREATE TABLE defense_values (
+        name TEXT PRIMARY KEY,
+        value TEXT NOT NULL,
+        expires REAL
+    ) WITHOUT ROWID;
+    CREATE INDEX defense_values_expires ON defense_values(expires);
+    """,
+    # 4: a trusted device is bound to what only it has: the keyed digest of the code
+    # it proved (sent again with its password), or, approved by its owner without a
+    # code, its exact address. Devices trusted before this version had neither and
+    # prove a code once more. Notices get an index for their purge.
+    """
+    ALTER TABLE devices ADD COLUMN secret BLOB;
+    ALTER TABLE devices ADD COLUMN bound_address TEXT;
+    CREATE INDEX notices_sent_at ON notices(sent_at);
+    """,
+)
+
+
+def check_version(db: sqlite3.Connection) -> int:
+    """The database's schema version; refused if newer than this imapguard's."""
+    (version,) = db.execute("PRAGMA user_version").fetchone()
+    if version > len(MIGRATIONS):
+        raise sqlite3.DatabaseError(
+            f"schema version {version} is newer than this imapguard ({len(MIGRATIONS)})"
+        )
+    return int(version)
+
+
+def migrate(db: sqlite3.Connection) -> None:
+    """Apply the migrations the database lacks, each in its own transaction
+    (`db` is in autocommit mode: isolation_level=None)."""
+    for number in range(check_version(db), len(MIGRATIONS)):
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            # Read again under the write lock: another process opening the same
+            # new file may have applied this migration since the first read.
+            if check_version(db) <= number:
+                for statement in MIGRATIONS[number].split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute(f"PRAGMA user_version = {number + 1}")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise

@@ -1,0 +1,141 @@
+"""The store implementations the conformance suite runs against.
+
+Each test takes a store (or a `Backend`, to open several handles on one shared
+state, the way several gateway nodes share it) from the fixtures below; the
+fixtures are parametrised over the registries. To run the suite against a new
+implementation (the cluster's PostgreSQL account store, its Redis counter
+store), add an entry to the registries: a function that sets up an empty store
+under test and returns its `Backend`. No test changes.
+
+    COUNTER_STORES  imapguard.defense.counters.CounterStore implementations
+    ACCOUNT_STORES  imapguard.state.accounts.AccountStore implementations
+
+An implementation whose state other processes can reach (a file, a server) says
+so (`processes=True`); the multi-process tests run over those only. The
+in-memory counter store lives in one process, so it is not among them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+import pytest
+
+from imapguard.defense.counters import CounterStore, MemoryCounterStore
+from imapguard.state import open_store
+from imapguard.state.accounts import AccountStore
+
+S = TypeVar("S")
+
+
+@dataclass
+class Backend(Generic[S]):
+    """One store under test: `open()` gives a new handle (a connection, for a
+    networked store or a file) on the same shared state. `opener(address)` does
+    the same in another process (both are picklable for an implementation that
+    other processes can reach)."""
+
+    name: str
+    opener: Callable[[str], S]
+    address: str
+    close: Callable[[S], None] = lambda handle: None
+    _handles: list[S] = field(default_factory=list)
+
+    def open(self) -> S:
+        handle = self.opener(self.address)
+        self._handles.append(handle)
+        return handle
+
+    def close_all(self) -> None:
+        for handle in self._handles:
+            self.close(handle)
+        self._handles.clear()
+
+
+@dataclass(frozen=True)
+class Implementation(Generic[S]):
+    make: Callable[[Path], Backend[S]]
+    processes: bool  # other processes can reach its state
+
+
+def _close(store: Any) -> None:
+    store.close()
+
+
+def _sqlite_url(tmp_path: Path) -> str:
+    """One SQLite file; each handle its own read-write connection (`open_store`)."""
+    return f"sqlite:///{tmp_path}/state.db"
+
+
+def _sqlite_accounts(tmp_path: Path) -> Backend[AccountStore]:
+    return Backend("sqlite", open_store, _sqlite_url(tmp_path), close=_close)
+
+
+def _sqlite_counters(tmp_path: Path) -> Backend[CounterStore]:
+    return Backend("sqlite", open_store, _sqlite_url(tmp_path), close=_close)
+
+
+def _memory_counters(tmp_path: Path) -> Backend[CounterStore]:
+    """One MemoryCounterStore in this process: every handle is the same object."""
+    store = MemoryCounterStore()
+    return Backend("memory", lambda _: store, "")
+
+
+COUNTER_STORES: dict[str, Implementation[CounterStore]] = {
+    "memory": Implementation(_memory_counters, processes=False),
+    "sqlite": Implementation(_sqlite_counters, processes=True),
+}
+ACCOUNT_STORES: dict[str, Implementation[AccountStore]] = {
+    "sqlite": Implementation(_sqlite_accounts, processes=True),
+}
+
+
+def _backend(
+    registry: dict[str, Implementation[S]], request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[Backend[S]]:
+    backend = registry[request.param].make(tmp_path)
+    try:
+        yield backend
+    finally:
+        backend.close_all()
+
+
+@pytest.fixture(params=sorted(COUNTER_STORES))
+def counter_backend(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[Backend[CounterStore]]:
+    yield from _backend(COUNTER_STORES, request, tmp_path)
+
+
+@pytest.fixture(params=sorted(n for n, i in COUNTER_STORES.items() if i.processes))
+def shared_counter_backend(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[Backend[CounterStore]]:
+    yield from _backend(COUNTER_STORES, request, tmp_path)
+
+
+@pytest.fixture
+def counters(counter_backend: Backend[CounterStore]) -> CounterStore:
+    return counter_backend.open()
+
+
+@pytest.fixture(params=sorted(ACCOUNT_STORES))
+def account_backend(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[Backend[AccountStore]]:
+    yield from _backend(ACCOUNT_STORES, request, tmp_path)
+
+
+@pytest.fixture(params=sorted(n for n, i in ACCOUNT_STORES.items() if i.processes))
+def shared_account_backend(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[Backend[AccountStore]]:
+    yield from _backend(ACCOUNT_STORES, request, tmp_path)
+
+
+@pytest.fixture
+def accounts(account_backend: Backend[AccountStore]) -> AccountStore:
+    return account_backend.open()

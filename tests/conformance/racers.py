@@ -1,0 +1,80 @@
+"""Concurrent writers for test_concurrent_writers.py: the operations they race
+with, and the loop that runs one racer in a thread or in a process of its own
+(top-level functions, so that a spawned process can unpickle them)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from multiprocessing.queues import Queue
+from typing import Any, Protocol
+
+from imapguard.defense.counters import CounterStore
+from imapguard.state.accounts import AccountStore
+
+# How long a racer waits for the others at a round's start before the test fails.
+BARRIER_TIMEOUT = 60.0
+
+
+class Barrier(Protocol):
+    def wait(self, timeout: float | None = None) -> int: ...
+
+
+Operation = Callable[[Any, int], Any]
+
+
+def increment(store: CounterStore, round_: int) -> int:
+    """Everybody adds 1 to one counter bucket: the check-and-increment."""
+    return store.bucket_incr("race", 7, 1, 1e12, 0.0)
+
+
+def swap(store: CounterStore, round_: int) -> bool:
+    """Everybody moves the value from the last round's to this round's."""
+    expected = None if round_ == 0 else str(round_ - 1)
+    return store.value_swap("race", expected, str(round_), None, 0.0)
+
+
+def use_step(store: AccountStore, round_: int) -> bool:
+    """Everybody presents the same code (this round's time step)."""
+    return store.use_totp_step("alice", round_ + 1)
+
+
+def fail(store: AccountStore, round_: int, *, racers: int) -> bool:
+    """Everybody types a wrong code; every `racers` failures lock codes once."""
+    return store.record_totp_failure("alice", 10.0 + round_, 60.0, racers, 900.0)
+
+
+def claim(store: AccountStore, round_: int) -> bool:
+    """Everybody wants to tell alice of a lockout, one interval after the last round."""
+    return store.claim_notice("alice", "lockout", 100.0 * round_, 60.0)
+
+
+def race(store: Any, operation: Operation, rounds: int, barrier: Barrier) -> list[Any]:
+    """Each round: wait until every racer is at the line, then run the operation once."""
+    results = []
+    for round_ in range(rounds):
+        barrier.wait(BARRIER_TIMEOUT)
+        results.append(operation(store, round_))
+    return results
+
+
+def race_in_process(
+    opener: Callable[[str], Any],
+    address: str,
+    close: Callable[[Any], None],
+    operation: Operation,
+    rounds: int,
+    barrier: Barrier,
+    results: Queue[tuple[int, list[Any] | str]],
+    index: int,
+) -> None:
+    """A racer in a process of its own, with its own handle on the store. Sends
+    (index, results), or (index, the error) if it failed."""
+    try:
+        store = opener(address)
+        try:
+            results.put((index, race(store, operation, rounds, barrier)))
+        finally:
+            close(store)
+    except BaseException as exc:
+        results.put((index, f"{type(exc).__name__}: {exc}"))
+        raise

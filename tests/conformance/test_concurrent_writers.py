@@ -1,0 +1,164 @@
+"""Concurrent writers on one store: no lost update, no double acceptance.
+
+Several racers run the same write at the same moment, round after round (a
+barrier lines them up before each round): threads sharing one handle (the
+gateway's store worker threads), threads with a handle each (several nodes),
+and processes with a handle each, on every implementation that other processes
+can reach. The store's own atomicity is the only thing keeping them apart."""
+
+from __future__ import annotations
+
+import functools
+import multiprocessing
+import threading
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Literal
+
+import pytest
+
+from imapguard.defense.counters import CounterStore
+from imapguard.state.accounts import AccountStore
+from tests.conformance import racers
+from tests.conformance.conftest import Backend
+
+THREADS = 4
+PROCESSES = 3
+ROUNDS = 30
+
+Sharing = Literal["one handle", "a handle each"]
+
+
+@pytest.fixture(params=["one handle", "a handle each"])
+def sharing(request: pytest.FixtureRequest) -> Sharing:
+    sharing: Sharing = request.param
+    return sharing
+
+
+def race_threads(
+    backend: Backend[Any], sharing: Sharing, operation: racers.Operation
+) -> list[list[Any]]:
+    """Each thread's results, round by round."""
+    shared = backend.open()
+    handles = [shared if sharing == "one handle" else backend.open() for _ in range(THREADS)]
+    barrier = threading.Barrier(THREADS)
+    with ThreadPoolExecutor(THREADS) as pool:
+        futures = [
+            pool.submit(racers.race, handle, operation, ROUNDS, barrier) for handle in handles
+        ]
+        return [future.result() for future in futures]
+
+
+def race_processes(backend: Backend[Any], operation: racers.Operation) -> list[list[Any]]:
+    """Each process's results, round by round; each process opens its own handle."""
+    backend.open()  # the store exists (a new SQLite file: created) before the race
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(PROCESSES)
+    results: Any = context.Queue()
+    processes = [
+        context.Process(
+            target=racers.race_in_process,
+            args=(
+                backend.opener,
+                backend.address,
+                backend.close,
+                operation,
+                ROUNDS,
+                barrier,
+                results,
+                index,
+            ),
+        )
+        for index in range(PROCESSES)
+    ]
+    for process in processes:
+        process.start()
+    try:
+        received = dict(results.get(timeout=90) for _ in processes)
+    finally:
+        for process in processes:
+            process.join(timeout=30)
+    failed = {i: r for i, r in received.items() if isinstance(r, str)}
+    assert not failed, failed
+    assert [p.exitcode for p in processes] == [0] * PROCESSES
+    return [received[i] for i in range(PROCESSES)]
+
+
+def one_winner_per_round(results: list[list[bool]]) -> list[int]:
+    """How many racers won each round."""
+    return [sum(round_) for round_ in zip(*results, strict=True)]
+
+
+# -- threads ---------------------------------------------------------------------------
+
+
+def test_threads_increment_without_losing_a_count(
+    counter_backend: Backend[CounterStore], sharing: Sharing
+) -> None:
+    results = race_threads(counter_backend, sharing, racers.increment)
+    values = sorted(v for thread in results for v in thread)
+    assert values == list(range(1, THREADS * ROUNDS + 1))  # each new value seen once
+    assert counter_backend.open().bucket_counts("race", range(7, 8), 0.0) == [THREADS * ROUNDS]
+
+
+def test_threads_swap_a_value_once_per_round(
+    counter_backend: Backend[CounterStore], sharing: Sharing
+) -> None:
+    results = race_threads(counter_backend, sharing, racers.swap)
+    assert one_winner_per_round(results) == [1] * ROUNDS
+    assert counter_backend.open().values_get(["race"], 0.0) == {"race": str(ROUNDS - 1)}
+
+
+def test_threads_accept_each_code_once(
+    account_backend: Backend[AccountStore], sharing: Sharing
+) -> None:
+    account_backend.open().set_totp("alice", b"sealed", 1.0)
+    results = race_threads(account_backend, sharing, racers.use_step)
+    assert one_winner_per_round(results) == [1] * ROUNDS
+    record = account_backend.open().get_totp("alice")
+    assert record is not None
+    assert record.last_step == ROUNDS
+
+
+def test_threads_lock_codes_once_per_series_of_failures(
+    account_backend: Backend[AccountStore], sharing: Sharing
+) -> None:
+    account_backend.open().set_totp("alice", b"sealed", 1.0)
+    operation = functools.partial(racers.fail, racers=THREADS)
+    results = race_threads(account_backend, sharing, operation)
+    # THREADS failures a round, a lock every THREADS failures: one lock a round.
+    assert one_winner_per_round(results) == [1] * ROUNDS
+
+
+def test_threads_claim_a_notice_once_per_interval(
+    account_backend: Backend[AccountStore], sharing: Sharing
+) -> None:
+    results = race_threads(account_backend, sharing, racers.claim)
+    assert one_winner_per_round(results) == [1] * ROUNDS
+
+
+# -- processes -------------------------------------------------------------------------
+
+
+def test_processes_increment_without_losing_a_count(
+    shared_counter_backend: Backend[CounterStore],
+) -> None:
+    results = race_processes(shared_counter_backend, racers.increment)
+    values = Counter(v for process in results for v in process)
+    assert sorted(values) == list(range(1, PROCESSES * ROUNDS + 1))
+    assert set(values.values()) == {1}
+    store = shared_counter_backend.open()
+    assert store.bucket_counts("race", range(7, 8), 0.0) == [PROCESSES * ROUNDS]
+
+
+def test_processes_accept_each_code_once(shared_account_backend: Backend[AccountStore]) -> None:
+    shared_account_backend.open().set_totp("alice", b"sealed", 1.0)
+    results = race_processes(shared_account_backend, racers.use_step)
+    assert one_winner_per_round(results) == [1] * ROUNDS
+
+
+def test_processes_claim_a_notice_once_per_interval(
+    shared_account_backend: Backend[AccountStore],
+) -> None:
+    results = race_processes(shared_account_backend, racers.claim)
+    assert one_winner_per_round(results) == [1] * ROUNDS
