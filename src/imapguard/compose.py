@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from imapguard.audit import AuditEvent, AuditLog
+from imapguard.audit import AuditLog, events
 from imapguard.auth.chokepoint import Authenticator
 from imapguard.auth.model import AuthContext, FactorSettings, NoticeHook, S, Upstream
 from imapguard.auth.oauth import TokenVerifier
@@ -287,14 +287,14 @@ async def serve(
                 log.info("configuration reloaded")
             except (ConfigError, OSError, ssl.SSLError, ValueError) as exc:
                 log.error("reload failed, keeping the running configuration: %s", exc)
-                audit.emit(AuditEvent("reload", None, {"result": "failed", "reason": str(exc)}))
+                audit.emit(events.Reload(result="failed", reason=str(exc)))
 
         loop.add_signal_handler(signal.SIGHUP, reload)
         loop.add_signal_handler(signal.SIGTERM, gateway.stop)
         loop.add_signal_handler(signal.SIGINT, gateway.stop)
-        audit.emit(AuditEvent("start", None, {"pid": os.getpid()}))
+        audit.emit(events.Start(pid=os.getpid()))
         await gateway.serve(ready)
-        audit.emit(AuditEvent("stop", None, {"pid": os.getpid()}))
+        audit.emit(events.Stop(pid=os.getpid()))
 
 
 def run_gateway(config_path: str, *, ready: Callable[[Gateway], None] | None = None) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from imapguard.audit import AuditEvent, AuditLog
+from imapguard.audit import AuditLog, events
 from imapguard.cli import main
 
 
@@ -215,7 +215,17 @@ def test_user_list_and_show(capsys: pytest.CaptureFixture[str], config: Path) ->
 
 def test_events(capsys: pytest.CaptureFixture[str], config: Path) -> None:
     log = AuditLog(str(config.parent / "audit.jsonl"))
-    log.emit(AuditEvent("auth", "s1", {"user": "alice", "result": "invalid", "reason": "x"}))
+    log.emit(
+        events.Auth(
+            session="s1",
+            src="192.0.2.1",
+            listener="l",
+            mechanism="LOGIN",
+            user="alice",
+            result="invalid",
+            reason="x",
+        )
+    )
     log.close()
     code, out, _ = _run(capsys, "events", "--config", str(config))
     assert code == 0

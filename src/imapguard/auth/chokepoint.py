@@ -44,7 +44,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from typing import Any, Generic, TypeVar
 
-from imapguard.audit import AuditEvent, AuditLog
+from imapguard.audit import AuditLog, events
 from imapguard.auth import app_passwords, oauth, proof
 from imapguard.auth.devices import AccountView, Devices, Reading, device_key
 from imapguard.auth.model import (
@@ -60,7 +60,7 @@ from imapguard.auth.model import (
 from imapguard.auth.timing import AttemptClock, FailureTiming, password_ok
 from imapguard.defense.counters import TargetKind
 from imapguard.defense.engine import Action, Attempt, Defense, FailureKind, Verdict
-from imapguard.defense.events import BlockPlaced, DefenseEvent
+from imapguard.defense.events import BlockPlaced, DefenseEvent, PostureChanged
 from imapguard.errors import StateUnavailable, UpstreamRefused, UpstreamUnavailable
 from imapguard.keys import VERIFIED_CACHE, derive_key
 from imapguard.names import AccountNames
@@ -171,16 +171,13 @@ class Authenticator(Generic[S]):
                 attempt, verdict, account = self._precheck(credentials, ctx)
                 if verdict.would_block or verdict.would_delay != verdict.delay:
                     self._audit.emit(
-                        AuditEvent(
-                            "defense_log_only",
-                            session,
-                            {
-                                "src": ctx.client.ip,
-                                "user": attempt.user,
-                                "would": verdict.would.value,
-                                "would_delay": round(verdict.would_delay, 2),
-                                "reason": verdict.reason,
-                            },
+                        events.DefenseLogOnly(
+                            session=session,
+                            src=ctx.client.ip,
+                            user=attempt.user,
+                            would=verdict.would.value,
+                            would_delay=round(verdict.would_delay, 2),
+                            reason=verdict.reason,
                         )
                     )
             if verdict is not None and verdict.action is Action.BLOCKED:
@@ -202,23 +199,20 @@ class Authenticator(Generic[S]):
         except StateUnavailable as exc:
             result = AuthResult(Outcome.UNAVAILABLE, None, None, f"state store: {exc.detail}")
         self._audit.emit(
-            AuditEvent(
-                "auth",
-                session,
-                {
-                    "src": ctx.client.ip,
-                    "listener": ctx.listener,
-                    "client_id": ctx.client_id,
-                    "mechanism": credentials.mechanism,
-                    "user": result.user or credentials.username.decode("utf-8", "replace")[:64],
-                    "method": result.method,
-                    "factor": result.factor,
-                    "device": result.device,
-                    "rule": result.rule,
-                    "delay": round(verdict.delay, 2) if verdict and verdict.delay else None,
-                    "result": result.outcome.value,
-                    "reason": result.reason,
-                },
+            events.Auth(
+                session=session,
+                src=ctx.client.ip,
+                listener=ctx.listener,
+                client_id=ctx.client_id,
+                mechanism=credentials.mechanism,
+                user=result.user or credentials.username.decode("utf-8", "replace")[:64],
+                method=result.method,
+                factor=result.factor,
+                device=result.device,
+                rule=result.rule,
+                delay=round(verdict.delay, 2) if verdict and verdict.delay else None,
+                result=result.outcome.value,
+                reason=result.reason,
             )
         )
         if result.outcome is not Outcome.OK:
@@ -302,7 +296,7 @@ class Authenticator(Generic[S]):
         notify: bool = True,
     ) -> None:
         for event in events:
-            self._audit.emit(AuditEvent(event.event, session, event.fields()))
+            self._audit.emit(_audit_record(event, session))
             if (
                 notify
                 and ctx is not None
@@ -566,16 +560,13 @@ class Authenticator(Generic[S]):
                 reason += f"; device {device.id} trust expired"
         if enrolled:
             self._audit.emit(
-                AuditEvent(
-                    "compromise_signal",
-                    ctx.client.session,
-                    {
-                        "src": ctx.client.ip,
-                        "user": user,
-                        "client_id": ctx.client_id,
-                        "device": device_id,
-                        "reason": reason,
-                    },
+                events.CompromiseSignal(
+                    session=ctx.client.session,
+                    src=ctx.client.ip,
+                    user=user,
+                    client_id=ctx.client_id,
+                    device=device_id,
+                    reason=reason,
                 )
             )
             self._notice("compromise_signal", user, ctx, device_id)
@@ -712,3 +703,39 @@ async def _discard(session: Any) -> None:
     """Log out of an upstream session that will not be relayed."""
     if session is not None:
         await session.discard()
+
+
+def _audit_record(event: DefenseEvent, session: str | None) -> events.Event:
+    """The audit record of what the defense reported."""
+    if isinstance(event, BlockPlaced):
+        block = event.block
+        return events.DefenseBlock(
+            session=session,
+            target=str(block.target),
+            target_kind=block.target.kind.value,
+            reason=block.reason,
+            level=block.level,
+            expires=block.expires,
+            duration=round(block.expires - block.created, 3),
+            enforced=event.enforced,
+        )
+    if isinstance(event, PostureChanged):
+        return events.Posture(
+            session=session,
+            before=event.before.value,
+            after=event.after.value,
+            ratio=round(event.ratio, 4),
+            baseline=round(event.baseline, 4),
+            trigger=round(event.trigger, 4),
+            failures=event.failures,
+            attempts=event.attempts,
+            sprays=event.sprays,
+        )
+    return events.SprayAlert(
+        session=session,
+        by=event.by.value,
+        key=event.key,
+        accounts=event.accounts,
+        sources=list(event.sources),
+        enforced=event.enforced,
+    )

@@ -21,57 +21,22 @@ sessions `limits.drain_timeout` seconds before closing them.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
-import secrets
 import socket
-import ssl
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
-from imapguard.audit import AuditEvent, AuditLog
-from imapguard.auth.chokepoint import Authenticator, canonical_user
-from imapguard.auth.model import AuthContext, Outcome
-from imapguard.config import (
-    Config,
-    ListenConfig,
-    parse_address,
-)
-from imapguard.gateway.admission import (
-    PER_SOURCE,
-    Admission,
-    AdmissionShed,
-    PreauthSlots,
-    Refusals,
-)
-from imapguard.gateway.link import Link
-from imapguard.gateway.upstream import (
-    ClientAddress,
-    UpstreamSession,
-)
-from imapguard.imap.framing import FrameLimits, NeedData
-from imapguard.imap.preauth import (
-    AuthOutcome,
-    AuthRequest,
-    Close,
-    PreAuth,
-    PreAuthSettings,
-    Relay,
-    Send,
-    StartTlsNow,
-)
-from imapguard.tls import certificate_account
+from imapguard.audit import AuditLog, events
+from imapguard.config import ListenConfig, parse_address
+from imapguard.gateway.admission import PER_SOURCE, Admission, PreauthSlots, Refusals
+from imapguard.gateway.connection import BYE_BUSY, BYE_SHUTDOWN, Connection, Dialogue
+from imapguard.gateway.runtime import Runtime
 
 __all__ = ["Gateway", "Runtime"]
 
 log = logging.getLogger("imapguard.gateway")
-
-# How long a closing TLS connection waits for the peer's close_notify (asyncio's
-# default is 30 s, during which a silent client keeps its buffers).
-_SSL_SHUTDOWN_TIMEOUT = 5.0
 
 # Linux caps the listen queue at net.core.somaxconn (4096 on current kernels).
 _BACKLOG = 4096
@@ -82,39 +47,7 @@ _MAINTENANCE_INTERVAL = 60.0
 # Refused connections beyond a source's first are reported as one count this often.
 _REFUSALS_INTERVAL = 10.0
 
-_BYE_UPSTREAM_LOST = b"* BYE [UNAVAILABLE] Connection to the mail server lost.\r\n"
-_BYE_SHUTDOWN = b"* BYE [UNAVAILABLE] Gateway shutting down, reconnect shortly.\r\n"
 _BYE_TOO_MANY = b"* BYE [UNAVAILABLE] Too many connections from your address.\r\n"
-_BYE_BUSY = b"* BYE [UNAVAILABLE] Server busy, try later.\r\n"
-
-
-@dataclass
-class Runtime:
-    """Everything a new connection needs; replaced as a whole on SIGHUP."""
-
-    config: Config
-    server_ssl: ssl.SSLContext
-    authenticator: Authenticator[UpstreamSession]
-    frame_limits: FrameLimits
-    mechanisms: tuple[str, ...] = ("PLAIN",)
-    # Addresses that never wait for a handshake turn (defense.trusted_networks).
-    trusted: Callable[[str], bool] = lambda ip: False
-
-
-def _session_id() -> str:
-    return base64.b32encode(secrets.token_bytes(10)).decode().lower()
-
-
-@dataclass(eq=False)
-class _Conn:
-    link: Link
-    session: str
-    src: str
-    started: float
-    phase: str = "preauth"
-    user: str | None = None
-    upstream: Link | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Gateway:
@@ -125,7 +58,7 @@ class Gateway:
         self._accepting: list[asyncio.Task[None]] = []
         self.bound: list[tuple[ListenConfig, tuple[str, int]]] = []
         self._tg: asyncio.TaskGroup | None = None
-        self._conns: set[_Conn] = set()
+        self._conns: set[Connection] = set()
         self._stopping = asyncio.Event()
         self._all_closed = asyncio.Event()
         limits = runtime.config.limits
@@ -141,6 +74,7 @@ class Gateway:
             familiar=self.admission.familiar,
         )
         self._refusals = Refusals()
+        self._dialogue = Dialogue(self)
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -189,20 +123,15 @@ class Gateway:
 
     def _emit_refusals(self) -> None:
         for src, reason, count in self._refusals.drain():
-            fields = {"src": src, "reason": reason, "count": count}
-            self.audit.emit(AuditEvent("refused", None, fields))
+            self.audit.emit(events.Refused(src=src, reason=reason, count=count))
 
     def _admission_changed(self, saturated: bool, waited: int, shed: int) -> None:
         self.audit.emit(
-            AuditEvent(
-                "admission",
-                None,
-                {
-                    "state": "saturated" if saturated else "normal",
-                    "limit": self.admission.limit.value,
-                    "waited": waited,
-                    "shed": shed,
-                },
+            events.Admission(
+                state="saturated" if saturated else "normal",
+                limit=self.admission.limit.value,
+                waited=waited,
+                shed=shed,
             )
         )
 
@@ -215,7 +144,7 @@ class Gateway:
             total=limits.max_preauth_total,
             reserve=limits.reserve,
         )
-        self.audit.emit(AuditEvent("reload", None, {"result": "ok"}))
+        self.audit.emit(events.Reload(result="ok"))
 
     async def _listen(self, listener: ListenConfig) -> None:
         host, port = parse_address(listener.address)
@@ -261,14 +190,14 @@ class Gateway:
         timeout = self.runtime.config.limits.drain_timeout
         for conn in list(self._conns):
             if conn.phase == "preauth":
-                conn.link.write(_BYE_SHUTDOWN)
+                conn.link.write(BYE_SHUTDOWN)
                 conn.link.close()
         if self._conns:
             self._all_closed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._all_closed.wait(), timeout)
         for conn in list(self._conns):
-            conn.link.write(_BYE_SHUTDOWN)
+            conn.link.write(BYE_SHUTDOWN)
             conn.link.close()
             if conn.upstream is not None:
                 conn.upstream.close()
@@ -295,15 +224,11 @@ class Gateway:
             return
         if listener.tls == "starttls":
             with contextlib.suppress(OSError):
-                sock.send(_BYE_TOO_MANY if refused == PER_SOURCE else _BYE_BUSY)
+                sock.send(_BYE_TOO_MANY if refused == PER_SOURCE else BYE_BUSY)
         sock.close()
         if self._refusals.note(key, refused):
             self.audit.emit(
-                AuditEvent(
-                    "refused",
-                    None,
-                    {"src": key, "listener": listener.address, "reason": refused, "count": 1},
-                )
+                events.Refused(src=key, listener=listener.address, reason=refused, count=1)
             )
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> bool:
@@ -328,294 +253,18 @@ class Gateway:
     ) -> None:
         """One accepted connection holding the pre-auth slot of `key`."""
         try:
-            conn = await self._preauth_phase(sock, listener, peer)
+            conn = await self._dialogue.preauth_phase(sock, listener, peer)
         finally:
             self.slots.give_back(key)
         # The pre-auth phase's frame (state machine, framer, TLS setup) is gone
         # now: an idle relayed session keeps only its two links.
         if conn is not None:
-            await self._relay_until_closed(conn)
+            await self._dialogue.relay_until_closed(conn)
 
-    async def _preauth_phase(
-        self, sock: socket.socket, listener: ListenConfig, peer: Any
-    ) -> _Conn | None:
-        """Accept → TLS → pre-auth dialogue; the connection if it goes on to relay."""
-        rt = self.runtime
-        limits = rt.config.limits
-        loop = asyncio.get_running_loop()
-        try:
-            local = sock.getsockname()
-        except OSError:
-            sock.close()
-            return None
-        session = _session_id()
-        client = ClientAddress(str(peer[0]), int(peer[1]), str(local[0]), int(local[1]), session)
-        self.audit.emit(
-            AuditEvent(
-                "connect",
-                session,
-                {
-                    "src": client.ip,
-                    "src_port": client.port,
-                    "listener": listener.address,
-                    "tls_mode": listener.tls,
-                },
-            )
-        )
-        conn: _Conn | None = None
-        reason = "client closed"
-        try:
-            implicit = listener.tls == "implicit"
-            link = Link()
-            try:
-                async with self._turn(client.ip, implicit, limits.handshake_timeout):
-                    # uvloop returns its own SSL protocol here, not ours: keep `link`.
-                    transport, _ = await loop.connect_accepted_socket(
-                        lambda: link,
-                        sock,
-                        ssl=rt.server_ssl if implicit else None,
-                        ssl_handshake_timeout=limits.handshake_timeout if implicit else None,
-                        ssl_shutdown_timeout=_SSL_SHUTDOWN_TIMEOUT if implicit else None,
-                    )
-            except AdmissionShed:
-                reason = "handshake not admitted: gateway saturated"
-                self.audit.emit(AuditEvent("close", session, {"src": client.ip, "reason": reason}))
-                sock.close()
-                return None
-            except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
-                self.audit.emit(
-                    AuditEvent(
-                        "tls_failed",
-                        session,
-                        {"src": client.ip, "tls_mode": "implicit", "reason": type(exc).__name__},
-                    )
-                )
-                self.audit.emit(
-                    AuditEvent(
-                        "close", session, {"src": client.ip, "reason": "tls handshake failed"}
-                    )
-                )
-                sock.close()
-                return None
-            conn = _Conn(link, session, client.ip, time.monotonic())
-            self._conns.add(conn)
-            if implicit and not self._tls_up(conn, transport, "implicit"):
-                reason = "tls handshake failed"
-                return None
-            machine = PreAuth(
-                PreAuthSettings(
-                    tls=implicit,
-                    starttls=listener.tls == "starttls",
-                    mechanisms=rt.mechanisms,
-                    frame_limits=rt.frame_limits,
-                    max_commands=limits.max_preauth_commands,
-                    max_bad_commands=limits.max_bad_commands,
-                    max_auth_failures=limits.max_auth_failures,
-                )
-            )
-            link.write(machine.greeting())
-            try:
-                async with asyncio.timeout(limits.preauth_timeout):
-                    reason = await self._preauth_loop(conn, machine, client, listener, rt)
-            except TimeoutError:
-                machine.timed_out()
-                reason = "pre-auth timeout"
-                while isinstance(action := machine.next_action(), Send):
-                    link.write(action.data)
-        finally:
-            if conn is not None and conn.phase == "preauth":
-                conn.link.close()
-                self._closed(conn, reason)
-        if conn is not None and conn.phase == "relay":
-            return conn
-        return None
+    def opened(self, conn: Connection) -> None:
+        self._conns.add(conn)
 
-    def _turn(
-        self, ip: str, tls: bool, timeout: float
-    ) -> contextlib.AbstractAsyncContextManager[None]:
-        """A handshake turn (imapguard.gateway.admission); nothing to wait for without TLS."""
-        return self.admission.turn(ip, timeout) if tls else contextlib.nullcontext()
-
-    async def _starttls(self, conn: _Conn, machine: PreAuth, ok: bytes, rt: Runtime) -> bool:
-        """STARTTLS: wait for a handshake turn, then write the tagged OK and put
-        TLS on the transport with no await in between.
-
-        The client must wait for the OK before it sends its ClientHello, so every
-        byte that arrives before the OK was injected (CVE-2011-0411 class): the
-        link discards and counts it, whatever the wait, and one
-        `starttls_injection` event reports all of them (also those the framer
-        held after the STARTTLS line). `loop.start_tls` (asyncio and uvloop alike)
-        sets its TLS protocol on the transport before its first await, so no byte
-        read after the OK reaches the link in clear."""
-        link = conn.link
-        plain = link.transport
-        assert plain is not None  # noqa: S101 - a STARTTLS listener's transport
-        timeout = rt.config.limits.handshake_timeout
-        link.discard_input()
-        reported = False
-
-        def report_discarded() -> None:
-            nonlocal reported
-            if reported:
-                return
-            reported = True
-            machine.discarded_after_starttls += link.keep_input()
-            if machine.discarded_after_starttls:
-                self.audit.emit(
-                    AuditEvent(
-                        "starttls_injection",
-                        conn.session,
-                        {"src": conn.src, "discarded_bytes": machine.discarded_after_starttls},
-                    )
-                )
-
-        try:
-            async with self._turn(conn.src, True, timeout):
-                if link.closed or plain.is_closing():
-                    report_discarded()
-                    return self._tls_up(conn, None, "starttls")
-                # No await from here until the TLS protocol is on the transport.
-                report_discarded()
-                link.write(ok)
-                transport = await asyncio.get_running_loop().start_tls(
-                    plain,
-                    link,
-                    rt.server_ssl,
-                    server_side=True,
-                    ssl_handshake_timeout=timeout,
-                    ssl_shutdown_timeout=_SSL_SHUTDOWN_TIMEOUT,
-                )
-        except AdmissionShed:
-            report_discarded()
-            self.audit.emit(
-                AuditEvent(
-                    "tls_failed",
-                    conn.session,
-                    {"src": conn.src, "tls_mode": "starttls", "reason": "not admitted"},
-                )
-            )
-            link.write(_BYE_BUSY)
-            link.close()
-            return False
-        except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
-            self.audit.emit(
-                AuditEvent(
-                    "tls_failed",
-                    conn.session,
-                    {"src": conn.src, "tls_mode": "starttls", "reason": type(exc).__name__},
-                )
-            )
-            link.abort()
-            return False
-        finally:
-            report_discarded()  # also when the pre-auth timeout ends the wait
-        return self._tls_up(conn, transport, "starttls")
-
-    def _tls_up(self, conn: _Conn, transport: asyncio.BaseTransport | None, mode: str) -> bool:
-        sslobj = transport.get_extra_info("ssl_object") if transport is not None else None
-        if transport is None or sslobj is None or transport.is_closing():
-            self.audit.emit(
-                AuditEvent(
-                    "tls_failed",
-                    conn.session,
-                    {"src": conn.src, "tls_mode": mode, "reason": "closed during handshake"},
-                )
-            )
-            conn.link.abort()
-            return False
-        conn.link.transport = cast(asyncio.Transport, transport)
-        cipher = sslobj.cipher()
-        conn.extra["tls"] = {"version": sslobj.version(), "cipher": cipher[0] if cipher else None}
-        peercert = sslobj.getpeercert()
-        if peercert:
-            # Only a certificate that verified against tls.client_ca gets here.
-            account = certificate_account(peercert, self.runtime.config.tls.client_cert_user)
-            user = canonical_user(account.encode()) if account is not None else None
-            conn.extra["cert_user"] = user
-            conn.extra["tls"]["client_cert"] = user or "(names no account)"
-        self.audit.emit(
-            AuditEvent(
-                "tls", conn.session, {"src": conn.src, "tls_mode": mode, **conn.extra["tls"]}
-            )
-        )
-        return True
-
-    async def _preauth_loop(
-        self,
-        conn: _Conn,
-        machine: PreAuth,
-        client: ClientAddress,
-        listener: ListenConfig,
-        rt: Runtime,
-    ) -> str:
-        link = conn.link
-        while True:
-            action = machine.next_action()
-            if isinstance(action, NeedData):
-                data = await link.read()
-                if not data:
-                    return "client closed"
-                machine.receive_data(data)
-            elif isinstance(action, Send):
-                link.write(action.data)
-            elif isinstance(action, StartTlsNow):
-                if not await self._starttls(conn, machine, action.response, rt):
-                    return "tls handshake failed"
-                machine.tls_established()
-            elif isinstance(action, AuthRequest):
-                label, name, version = _client_identity(machine.client_id)
-                ctx = AuthContext(
-                    client,
-                    label,
-                    listener.address,
-                    name,
-                    version,
-                    conn.extra.get("cert_user"),
-                )
-                result = await rt.authenticator.authenticate(action.credentials, ctx, conn.session)
-                if result.outcome is Outcome.OK and result.session is not None:
-                    self.admission.note_success(client.ip)
-                    conn.user = result.user
-                    conn.upstream = result.session.link
-                    conn.extra["leftover"] = result.session.leftover
-                    machine.auth_finished(AuthOutcome.OK, result.session.capabilities)
-                elif result.outcome is Outcome.UNAVAILABLE:
-                    machine.auth_finished(AuthOutcome.UNAVAILABLE)
-                else:
-                    machine.auth_finished(
-                        AuthOutcome.FAILED, challenge=result.challenge, alert=result.alert
-                    )
-            elif isinstance(action, Relay):
-                upstream = conn.upstream
-                assert upstream is not None  # noqa: S101 - set with AuthOutcome.OK
-                trailing = action.trailing + link.take_buffer()
-                if trailing:
-                    upstream.write(trailing)
-                leftover = conn.extra.pop("leftover", b"")
-                if leftover:
-                    link.write(leftover)
-                upstream.bye_on_loss = _BYE_UPSTREAM_LOST
-                link.join(upstream)
-                upstream.join(link)
-                conn.phase = "relay"
-                self.audit.emit(
-                    AuditEvent("relay", conn.session, {"src": conn.src, "user": conn.user})
-                )
-                return "relay"
-            elif isinstance(action, Close):
-                return action.reason
-
-    async def _relay_until_closed(self, conn: _Conn) -> None:
-        upstream = conn.upstream
-        assert upstream is not None  # noqa: S101
-        try:
-            await conn.link.wait_closed()
-            upstream.close()
-            await upstream.wait_closed()
-        finally:
-            self._closed(conn, "relay ended")
-
-    def _closed(self, conn: _Conn, reason: str) -> None:
+    def closed(self, conn: Connection, reason: str) -> None:
         if conn.phase == "closed":
             return
         conn.phase = "closed"
@@ -623,28 +272,13 @@ class Gateway:
         if not self._conns:
             self._all_closed.set()
         self.audit.emit(
-            AuditEvent(
-                "close",
-                conn.session,
-                {
-                    "src": conn.src,
-                    "user": conn.user,
-                    "reason": reason,
-                    "duration": round(time.monotonic() - conn.started, 3),
-                    "bytes_in": conn.link.bytes_in,
-                    "bytes_out": conn.link.bytes_out,
-                },
+            events.Close(
+                session=conn.session,
+                src=conn.src,
+                user=conn.user,
+                reason=reason,
+                duration=round(time.monotonic() - conn.started, 3),
+                bytes_in=conn.link.bytes_in,
+                bytes_out=conn.link.bytes_out,
             )
         )
-
-
-def _client_identity(
-    params: tuple[tuple[str, str | None], ...] | None,
-) -> tuple[str | None, str, str]:
-    """From the client's IMAP ID: its label for the audit log ("name/version"),
-    and its name and version bounded to 64 characters (they identify a device,
-    and they are the client's text)."""
-    fields = {k.lower(): v for k, v in params or () if v}
-    name, version = fields.get("name"), fields.get("version")
-    label = f"{name}/{version}" if name and version else name
-    return label, (name or "")[:64], (version or "")[:64]

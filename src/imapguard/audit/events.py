@@ -1,0 +1,296 @@
+"""Every audit event: one record type per kind, and the one place that turns a
+record into its JSON line.
+
+SIEM users parse these lines, so the schema is stable: `docs/audit-events.md`
+lists every kind and field (a test keeps it true). A line is one JSON object:
+`ts` (Unix time, microseconds), `event` (the kind), `session` (the connection's
+id, when the event belongs to one), then the record's fields in the order
+declared here; a field that is None is left out. Text a client chose (a user
+name, a client ID, a reason quoting the upstream) is cleaned of control and
+bidi characters (`imapguard.text`); a secret or raw bytes cannot be a field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+from typing import Any, ClassVar
+
+from imapguard.secret import Secret
+from imapguard.text import clean
+
+__all__ = [
+    "Admission",
+    "Auth",
+    "Close",
+    "CompromiseSignal",
+    "Connect",
+    "DefenseBlock",
+    "DefenseLogOnly",
+    "Event",
+    "Posture",
+    "Refused",
+    "Relay",
+    "Reload",
+    "SprayAlert",
+    "Start",
+    "StartTlsInjection",
+    "Stop",
+    "Tls",
+    "TlsFailed",
+    "all_kinds",
+    "to_json",
+]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class Event:
+    """A record of the audit log; `kind` is its `event` value."""
+
+    kind: ClassVar[str] = ""
+    session: str | None = None
+
+
+# -- connections ---------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class Connect(Event):
+    """A client connected (its pre-auth slot was granted)."""
+
+    kind: ClassVar[str] = "connect"
+    src: str
+    src_port: int
+    listener: str
+    tls_mode: str  # implicit | starttls
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class Tls(Event):
+    """TLS is up on a connection."""
+
+    kind: ClassVar[str] = "tls"
+    src: str
+    tls_mode: str
+    version: str | None = None
+    cipher: str | None = None
+    # The account a verified client certificate names, or "(names no account)".
+    client_cert: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class TlsFailed(Event):
+    """A TLS handshake failed or was not admitted."""
+
+    kind: ClassVar[str] = "tls_failed"
+    src: str
+    tls_mode: str
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class StartTlsInjection(Event):
+    """Bytes arrived after STARTTLS and before the handshake: discarded."""
+
+    kind: ClassVar[str] = "starttls_injection"
+    src: str
+    discarded_bytes: int
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class Relay(Event):
+    """A logged-in connection now relays to the upstream."""
+
+    kind: ClassVar[str] = "relay"
+    src: str
+    user: str | None
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class Close(Event):
+    """A connection ended."""
+
+    kind: ClassVar[str] = "close"
+    src: str
+    user: str | None = None
+    reason: str
+    duration: float | None = None  # seconds
+    bytes_in: int | None = None
+    bytes_out: int | None = None
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class Refused(Event):
+    """Connections refused at accept (pre-auth slot limits); `count` of them
+    since the last such event for this source and reason."""
+
+    kind: ClassVar[str] = "refused"
+    src: str  # an IPv4 address or an IPv6 /64
+    listener: str | None = None
+    reason: str
+    count: int
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class Admission(Event):
+    """The TLS handshake admission changed state."""
+
+    kind: ClassVar[str] = "admission"
+    state: str  # saturated | normal
+    limit: int
+    waited: int
+    shed: int
+
+
+# -- logins --------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class Auth(Event):
+    """The decision on one login attempt."""
+
+    kind: ClassVar[str] = "auth"
+    src: str
+    listener: str
+    client_id: str | None = None
+    mechanism: str
+    user: str | None = None
+    method: str | None = None
+    factor: str | None = None
+    device: str | None = None
+    rule: str | None = None
+    delay: float | None = None  # seconds the defense made it wait
+    result: str  # ok | invalid | missing_factor | denied | unavailable
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class CompromiseSignal(Event):
+    """A correct password came without a sufficient second factor."""
+
+    kind: ClassVar[str] = "compromise_signal"
+    src: str
+    user: str
+    client_id: str | None = None
+    device: str | None = None
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class DefenseLogOnly(Event):
+    """`defense.enforce = false`: what the defense would have done."""
+
+    kind: ClassVar[str] = "defense_log_only"
+    src: str
+    user: str | None = None
+    would: str
+    would_delay: float
+    reason: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class DefenseBlock(Event):
+    """The defense placed a block."""
+
+    kind: ClassVar[str] = "defense_block"
+    target: str
+    target_kind: str
+    reason: str
+    level: int
+    expires: float
+    duration: float
+    enforced: bool
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class SprayAlert(Event):
+    """One password on many accounts, or one source failing on many accounts."""
+
+    kind: ClassVar[str] = "spray_alert"
+    by: str
+    key: str
+    accounts: int
+    sources: list[str]
+    enforced: bool
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class Posture(Event):
+    """The gateway's defense posture changed."""
+
+    kind: ClassVar[str] = "posture"
+    before: str
+    after: str
+    ratio: float
+    baseline: float
+    trigger: float
+    failures: int
+    attempts: int
+    sprays: int
+
+
+# -- the process -----------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class Start(Event):
+    kind: ClassVar[str] = "start"
+    pid: int
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class Stop(Event):
+    kind: ClassVar[str] = "stop"
+    pid: int
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class Reload(Event):
+    """A SIGHUP reload of the configuration."""
+
+    kind: ClassVar[str] = "reload"
+    result: str  # ok | failed
+    reason: str | None = None
+
+
+def all_kinds() -> dict[str, type[Event]]:
+    """Every event kind and its record type."""
+    kinds: dict[str, type[Event]] = {}
+    pending = list(Event.__subclasses__())
+    while pending:
+        cls = pending.pop()
+        pending.extend(cls.__subclasses__())
+        if cls.kind:
+            kinds[cls.kind] = cls
+    return kinds
+
+
+_FIELDS: dict[type[Event], tuple[str, ...]] = {}
+
+
+def _field_names(cls: type[Event]) -> tuple[str, ...]:
+    names = _FIELDS.get(cls)
+    if names is None:
+        names = tuple(f.name for f in dataclasses.fields(cls) if f.name != "session")
+        _FIELDS[cls] = names
+    return names
+
+
+def to_json(event: Event, ts: float) -> str:
+    """The event's audit line (without the newline)."""
+    record: dict[str, Any] = {"ts": round(ts, 6), "event": event.kind}
+    if event.session is not None:
+        record["session"] = event.session
+    for name in _field_names(type(event)):
+        value = getattr(event, name)
+        if value is None:
+            continue
+        if isinstance(value, str):
+            value = clean(value)
+        elif isinstance(value, enum.Enum):
+            value = value.value
+        elif isinstance(value, Secret | bytes | bytearray):
+            raise TypeError(f"audit field {name!r} must not hold a secret or raw bytes")
+        record[name] = value
+    return json.dumps(record, separators=(",", ":"), ensure_ascii=False)
