@@ -20,8 +20,9 @@ from typing import cast
 
 __all__ = ["RELAY_BUFFER", "Link"]
 
-# 256 KiB write buffers raised relay throughput 60-150 % over 64 KiB here
-# (research/performance.md §2).
+# 256 KiB reads and write high-water marks: a Python TLS relay measured on
+# loopback (512 MiB transfers) moved 60 % more downloaded and 150 % more
+# uploaded bytes per second than with 64 KiB; event loop and API mattered less.
 RELAY_BUFFER = 256 * 1024
 
 
@@ -41,7 +42,8 @@ class Link(asyncio.Protocol):
         self._peer: Link | None = None
         self._reading_paused = False
         # Upstream side: when the server goes away without a BYE of its own,
-        # the client is told so with this line (SPEC "Upstream down").
+        # the client is told so with this line (an untagged BYE [UNAVAILABLE]),
+        # not left waiting on a silent connection.
         self.bye_on_loss: bytes | None = None
         self._tail = b""
 
