@@ -164,7 +164,10 @@ class Link(asyncio.Protocol):
             pending = bytes(self._buf)
             self._buf.clear()
             self._relay(peer, pending)
-        if self.transport is not None:
+        # A transport that is already closed has nothing left to tune (uvloop
+        # raises RuntimeError on it: a server that hung up right after its
+        # login OK would otherwise crash the join instead of ending the client).
+        if self.transport is not None and not self.transport.is_closing():
             self.transport.set_write_buffer_limits(high=RELAY_BUFFER)
             if self._reading_paused and not self._eof:
                 self._reading_paused = False
