@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 from imapguard.cli.common import (
     EXIT_OK,
@@ -18,6 +18,9 @@ from imapguard.cli.common import (
     open_defense,
 )
 from imapguard.cli.output import print_json, shown, table, when
+
+if TYPE_CHECKING:
+    from imapguard.defense.counters import Target
 
 __all__ = ["COMMANDS", "add_parsers"]
 
@@ -36,7 +39,7 @@ def add_parsers(sub: Subparsers) -> None:
     json_opt(p)
 
 
-def _target(text: str) -> Any:
+def _target(text: str) -> Target:
     """An address, a network, or KIND:VALUE (as `blocks list` prints it)."""
     import ipaddress
 

@@ -5,10 +5,14 @@ and opening the configuration, the state store, the server key and the defense.
 from __future__ import annotations
 
 import argparse
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from imapguard.config import Config, default_config_path, load_config
 from imapguard.errors import ConfigError
+
+if TYPE_CHECKING:
+    from imapguard.defense.engine import Defense
+    from imapguard.secret import Secret
 
 __all__ = [
     "EXIT_OK",
@@ -93,7 +97,7 @@ def user_name(raw: str, config: Config) -> str:
     return user
 
 
-def server_key(config: Config) -> Any:
+def server_key(config: Config) -> Secret:
     """The root key (`state.key_file`); a problem with it names that key."""
     from imapguard.keys import load_server_key
 
@@ -103,7 +107,7 @@ def server_key(config: Config) -> Any:
         raise ConfigError([("state.key_file", str(exc))]) from None
 
 
-def open_defense(config: Config) -> Any:
+def open_defense(config: Config) -> Defense:
     """The defense engine on the configured store, as the gateway builds it."""
     from imapguard.config import defense_settings
     from imapguard.defense.engine import Defense
