@@ -24,7 +24,7 @@ LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
 }
 BYE = b"* BYE [UNAVAILABLE] Connection to the mail server lost.\r\n"
 # The most one read from the socket adds past the limit before reading pauses
-# (asyncio reads 256 KiB at a time, uvloop 64 KiB).
+# (asyncio's and uvloop's stream transports read at most 256 KiB at a time).
 READ_CHUNK = 256 * 1024
 
 
