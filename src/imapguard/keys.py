@@ -37,6 +37,7 @@ MIN_KEY_BYTES = 32
 
 
 def load_server_key(path: str) -> Secret:
+    """The root key from `state.key_file`; ValueError if it is too short."""
     with open(path, "rb") as f:
         data = f.read()
     if len(data) < MIN_KEY_BYTES:
@@ -45,4 +46,8 @@ def load_server_key(path: str) -> Secret:
 
 
 def derive_key(root: Secret, purpose: str) -> bytes:
+    """The 32-byte key of `purpose`. A root shorter than MIN_KEY_BYTES is refused:
+    every derived key would be as weak as it."""
+    if len(root) < MIN_KEY_BYTES:
+        raise ValueError(f"a root key has at least {MIN_KEY_BYTES} bytes")
     return hmac.new(root.reveal(), b"imapguard/" + purpose.encode(), hashlib.sha256).digest()

@@ -60,7 +60,7 @@ from imapguard.auth.model import (
 from imapguard.auth.timing import AttemptClock, FailureTiming, password_ok
 from imapguard.defense.counters import TargetKind
 from imapguard.defense.engine import Action, Attempt, Defense, FailureKind, Verdict
-from imapguard.defense.events import BlockPlaced, DefenseEvent, PostureChanged
+from imapguard.defense.events import BlockPlaced, DefenseEvent
 from imapguard.errors import StateUnavailable, UpstreamRefused, UpstreamUnavailable
 from imapguard.keys import VERIFIED_CACHE, derive_key
 from imapguard.names import AccountNames
@@ -296,7 +296,7 @@ class Authenticator(Generic[S]):
         notify: bool = True,
     ) -> None:
         for event in events:
-            self._audit.emit(_audit_record(event, session))
+            self._audit.emit(event.record(session))
             if (
                 notify
                 and ctx is not None
@@ -703,39 +703,3 @@ async def _discard(session: Any) -> None:
     """Log out of an upstream session that will not be relayed."""
     if session is not None:
         await session.discard()
-
-
-def _audit_record(event: DefenseEvent, session: str | None) -> events.Event:
-    """The audit record of what the defense reported."""
-    if isinstance(event, BlockPlaced):
-        block = event.block
-        return events.DefenseBlock(
-            session=session,
-            target=str(block.target),
-            target_kind=block.target.kind.value,
-            reason=block.reason,
-            level=block.level,
-            expires=block.expires,
-            duration=round(block.expires - block.created, 3),
-            enforced=event.enforced,
-        )
-    if isinstance(event, PostureChanged):
-        return events.Posture(
-            session=session,
-            before=event.before.value,
-            after=event.after.value,
-            ratio=round(event.ratio, 4),
-            baseline=round(event.baseline, 4),
-            trigger=round(event.trigger, 4),
-            failures=event.failures,
-            attempts=event.attempts,
-            sprays=event.sprays,
-        )
-    return events.SprayAlert(
-        session=session,
-        by=event.by.value,
-        key=event.key,
-        accounts=event.accounts,
-        sources=list(event.sources),
-        enforced=event.enforced,
-    )

@@ -8,8 +8,15 @@ order (see `engine`). The modules:
     fingerprints  keyed, truncated password fingerprints (per account, login-free)
     settings      DefenseSettings: every threshold, with where its number comes from
     posture       the under-attack posture (pure)
-    events        BlockPlaced, SprayDetected, PostureChanged
-    engine        Attempt, Verdict, Defense
+    events        BlockPlaced, SprayDetected, PostureChanged (and their audit records)
+    model         Attempt, Verdict, Action, FailureKind
+    sources       a source parsed once; allowlist and trusted networks
+    limits        thresholds under a posture, windows, delays, block durations
+    posture_store the shared posture: global counts, evaluation
+    blocks        placing and lifting blocks
+    recording     the write path: failures and successes
+    spray         the one-password-many-accounts rule
+    engine        Defense: the facade and the precheck
 """
 
 from imapguard.defense.counters import (
@@ -25,8 +32,6 @@ from imapguard.defense.engine import (
     Defense,
     FailureKind,
     Verdict,
-    normalize_ip,
-    source_network,
 )
 from imapguard.defense.events import BlockPlaced, DefenseEvent, PostureChanged, SprayDetected
 from imapguard.defense.fingerprints import Fingerprinter
@@ -53,6 +58,4 @@ __all__ = [
     "Target",
     "TargetKind",
     "Verdict",
-    "normalize_ip",
-    "source_network",
 ]

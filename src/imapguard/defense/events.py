@@ -1,8 +1,8 @@
 """What the defense reports: typed records, not log lines.
 
 `record_failure`, `record_success` and `maintain` return them; the caller
-writes each to the audit log (`event` is the audit event name, `fields()` its
-JSON-ready fields), counts it in metrics, and notifies (an ACCOUNT_UNFAMILIAR
+writes each to the audit log (`record()` is its audit record, `event` the
+kind's name), counts it in metrics, and notifies (an ACCOUNT_UNFAMILIAR
 block is the owner's "lockout" notice). Nothing here holds a password: a
 fingerprint is keyed and truncated (see `fingerprints`).
 """
@@ -10,8 +10,9 @@ fingerprint is keyed and truncated (see `fingerprints`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
+from imapguard.audit import events as audit
 from imapguard.defense.counters import Block, TargetKind
 from imapguard.defense.posture import Posture
 
@@ -24,16 +25,18 @@ class BlockPlaced:
     block: Block
     enforced: bool  # False in log-only mode: recorded, not applied
 
-    def fields(self) -> dict[str, Any]:
-        return {
-            "target": str(self.block.target),
-            "target_kind": self.block.target.kind.value,
-            "reason": self.block.reason,
-            "level": self.block.level,
-            "expires": self.block.expires,
-            "duration": round(self.block.expires - self.block.created, 3),
-            "enforced": self.enforced,
-        }
+    def record(self, session: str | None = None) -> audit.DefenseBlock:
+        block = self.block
+        return audit.DefenseBlock(
+            session=session,
+            target=str(block.target),
+            target_kind=block.target.kind.value,
+            reason=block.reason,
+            level=block.level,
+            expires=block.expires,
+            duration=round(block.expires - block.created, 3),
+            enforced=self.enforced,
+        )
 
 
 @dataclass(frozen=True)
@@ -48,14 +51,15 @@ class SprayDetected:
     sources: tuple[str, ...]  # the sources blocked for it
     enforced: bool
 
-    def fields(self) -> dict[str, Any]:
-        return {
-            "by": self.by.value,
-            "key": self.key,
-            "accounts": self.accounts,
-            "sources": list(self.sources),
-            "enforced": self.enforced,
-        }
+    def record(self, session: str | None = None) -> audit.SprayAlert:
+        return audit.SprayAlert(
+            session=session,
+            by=self.by.value,
+            key=self.key,
+            accounts=self.accounts,
+            sources=list(self.sources),
+            enforced=self.enforced,
+        )
 
 
 @dataclass(frozen=True)
@@ -70,17 +74,18 @@ class PostureChanged:
     attempts: int
     sprays: int
 
-    def fields(self) -> dict[str, Any]:
-        return {
-            "before": self.before.value,
-            "after": self.after.value,
-            "ratio": round(self.ratio, 4),
-            "baseline": round(self.baseline, 4),
-            "trigger": round(self.trigger, 4),
-            "failures": self.failures,
-            "attempts": self.attempts,
-            "sprays": self.sprays,
-        }
+    def record(self, session: str | None = None) -> audit.Posture:
+        return audit.Posture(
+            session=session,
+            before=self.before.value,
+            after=self.after.value,
+            ratio=round(self.ratio, 4),
+            baseline=round(self.baseline, 4),
+            trigger=round(self.trigger, 4),
+            failures=self.failures,
+            attempts=self.attempts,
+            sprays=self.sprays,
+        )
 
 
 DefenseEvent = BlockPlaced | SprayDetected | PostureChanged

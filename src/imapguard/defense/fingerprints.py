@@ -1,10 +1,10 @@
 """Keyed, truncated fingerprints of presented passwords: never the password.
 
-Failures are counted as *distinct wrong passwords* (SPEC "Defense"): a phone
-retrying an old password a hundred times is one failure, a guesser's every new
-guess counts. weakforced, Dovecot's auth policy and Entra all do this
-(research/gateway.md §1.1, §1.5: wforce HyperLogLog of a 12-bit hash, Dovecot
-the last 10 CRC32s, Entra the last 3 bad-password hashes). Two fingerprints:
+Failures are counted as *distinct wrong passwords*: a phone retrying an old
+password a hundred times is one failure, a guesser's every new guess counts.
+weakforced, Dovecot's auth policy and Entra smart lockout all do this (wforce a
+HyperLogLog of a 12-bit hash, Dovecot the last 10 CRC32s, Entra the last 3
+bad-password hashes). Two fingerprints:
 
 * **account**: HMAC(k_account, user ‖ 0x00 ‖ password) truncated to 16 bits.
   Hashing the login in (as wforce does) means it links nothing across accounts;
@@ -13,7 +13,7 @@ the last 10 CRC32s, Entra the last 3 bad-password hashes). Two fingerprints:
   password, so a near-miss typo stored in a counter is not a leak.
 * **spray** (login-free): HMAC(k_epoch, password) truncated to 24 bits, to see
   one password tried against many accounts, which a per-account fingerprint
-  cannot show (research §1.1 "Consequence for imapguard"). 24 bits: 5 accounts
+  cannot show. 24 bits: 5 accounts
   of a window colliding by chance among 10^5 distinct wrong passwords an hour is
   about 10^-6. k_epoch = HMAC(derive_key(root, SPRAY_FINGERPRINT), epoch) with
   `epoch = floor(now / epoch_seconds)` (a day by default): an attempt carries the

@@ -1,11 +1,11 @@
 """The under-attack posture: a global failure ratio against its own baseline.
 
-Theory (research §2.2 "Spraying (cross-account) detection"): a spray or a
-credential-stuffing run below every per-address limit still moves one number,
-the share of logins that fail. Every node counts, in shared one-minute buckets,
-*attempts* (successes plus new distinct failures: a phone repeating its old
-password adds nothing) and *failures*. The short window is the last
-`posture_buckets` buckets, the current one included.
+Why a ratio: a spray or a credential-stuffing run below every per-address
+limit still moves one number, the share of logins that fail. Every node
+counts, in shared one-minute buckets, *attempts* (successes plus new distinct
+failures: a phone repeating its old password adds nothing) and *failures*.
+The short window is the last `posture_buckets` buckets, the current one
+included.
 
 * Baseline: an exponentially weighted mean of failures and of attempts per
   completed bucket, time constant `posture_baseline` (7 days), ratio of the two

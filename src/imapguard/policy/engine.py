@@ -36,15 +36,13 @@ from typing import Any, overload
 
 from imapguard.net import Address, parse
 from imapguard.policy.rules import (
-    FACTORS,
     IMPLICIT_DENY,
-    METHOD_FACTORS,
     NO_POLICY,
     UNKNOWN_COUNTRY,
     PolicyConfig,
     Rule,
-    strength,
 )
+from imapguard.vocab import FACTORS, METHOD_FACTORS, strength
 
 __all__ = [
     "CompiledPolicy",

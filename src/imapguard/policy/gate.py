@@ -4,7 +4,8 @@ configuration, and one `request()` that turns a login into a `PolicyRequest`.
 
 Loading never fails on the country database: if it is missing or unreadable,
 country conditions never match and the reason comes back as a warning, which
-`serve` logs and `check-config` prints (SPEC: degrade clearly).
+`serve` logs and `check-config` prints: a missing database degrades one kind
+of condition, visibly, instead of stopping the gateway.
 """
 
 from __future__ import annotations

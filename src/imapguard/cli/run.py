@@ -1,0 +1,100 @@
+"""Running the product: `demo`, `serve` and `check-config`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+
+from imapguard.audit import RedactingFilter
+from imapguard.cli.common import EXIT_OK, Subparsers, config_opt
+from imapguard.cli.output import shown
+from imapguard.config import Config, default_config_path, load_config
+
+__all__ = ["COMMANDS", "add_parsers", "setup_logging"]
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(RedactingFilter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # pymap logs whole protocol lines, credentials included, at DEBUG.
+    logging.getLogger("pymap").setLevel(logging.WARNING)
+
+
+def add_parsers(sub: Subparsers) -> None:
+    demo = sub.add_parser("demo", help="run an all-in-one local demo (no root, no packages)")
+    demo.add_argument(
+        "--state",
+        default="./imapguard-demo",
+        metavar="DIR",
+        help="where the demo keeps its state (default: ./imapguard-demo)",
+    )
+    demo.add_argument(
+        "--port-base",
+        type=int,
+        default=10000,
+        metavar="N",
+        help="ports N+143 (STARTTLS), N+993 (TLS), N+144 (backend); default 10000",
+    )
+
+    serve = sub.add_parser("serve", help="run the gateway")
+    config_opt(serve)
+
+    check = sub.add_parser("check-config", help="validate the configuration")
+    config_opt(check)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from imapguard.demo import run_demo
+
+    setup_logging()
+    return run_demo(args.state, args.port_base)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from imapguard.compose import run_gateway
+
+    setup_logging()
+    run_gateway(args.config or default_config_path())
+    return EXIT_OK
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    from imapguard.policy.gate import load_policy
+
+    path = args.config or default_config_path()
+    config = load_config(path)
+    _, warnings = load_policy(config.policy, config.groups)
+    for warning in [*warnings, *_config_warnings(config)]:
+        print(f"warning: {shown(warning)}", file=sys.stderr)
+    print(f"{shown(path)}: configuration is valid")
+    return EXIT_OK
+
+
+def _config_warnings(config: Config) -> list[str]:
+    """Valid choices that weaken something, for check-config to point out."""
+    from imapguard.tls import client_crl_problems
+
+    warnings: list[str] = []
+    if config.tls.client_crl is not None and config.tls.client_ca is not None:
+        warnings += client_crl_problems(config.tls.client_crl, config.tls.client_ca)[1]
+    if config.oauth is not None and config.oauth.trust_unverified_email:
+        warnings.append(
+            "oauth.trust_unverified_email: a token without email_verified logs in as the "
+            "account its email claim names; if users can set their own address at the "
+            'issuer, anyone can log in as anyone ("nOAuth"). Prefer an issuer that sends '
+            "email_verified, or a username_claim that users cannot change themselves"
+        )
+    return warnings
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "demo": _demo,
+    "serve": _serve,
+    "check-config": _check_config,
+}
