@@ -50,7 +50,7 @@ __all__ = [
     "wait_for",
 ]
 
-#: The one answer to every authentication failure (SPEC "Failures are uniform").
+#: The one answer to every authentication failure, whatever failed.
 AUTH_FAILED = b"NO [AUTHENTICATIONFAILED] Authentication failed."
 
 #: Added to every gateway the integration tests start: a stopped gateway must not

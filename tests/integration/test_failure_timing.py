@@ -1,6 +1,6 @@
 """Attack-named: there is no timing oracle. A guesser who times the answer to
-LOGIN must not learn which of the six failures it got (SPEC "Failures are
-uniform"): unknown user, wrong password, correct password without the required
+LOGIN must not learn which of the six failures it got (every failure is
+uniform, in text and in time): unknown user, wrong password, correct password without the required
 second factor, blocked source, locked account, policy deny.
 
 Through a real `imapguard serve` in front of the real Dovecot fixture, with the

@@ -32,7 +32,8 @@ from tests.integration.conftest import (
 
 pytestmark = pytest.mark.dovecot
 
-# What a gateway must not pass on to its client at login (SPEC "After authentication").
+# Capabilities that mean nothing once logged in (a client would try STARTTLS or a
+# login again): the gateway must not pass them on to its client at login.
 _NEVER_AFTER_LOGIN = ("STARTTLS", "LOGINDISABLED", "SASL-IR")
 # Dovecot's post-login capabilities that the gateway's own pre-auth list never has.
 _FROM_DOVECOT = {"IDLE", "ENABLE", "MOVE", "UIDPLUS", "NAMESPACE"}

@@ -1,4 +1,4 @@
-"""The listeners' TLS policy (SPEC "TLS"): TLS 1.2 minimum, and with 1.2 only
+"""The listeners' TLS policy: TLS 1.2 minimum, and with 1.2 only
 forward-secret AEAD suites; TLS 1.2 ECDHE-GCM / ChaCha20 and TLS 1.3 work.
 
 The gateway gets an RSA certificate here, so that the refused suites (RSA key

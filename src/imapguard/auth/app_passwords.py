@@ -5,7 +5,7 @@ An app password is 28 characters from a 32-symbol alphabet with no look-alikes
 It is stored only as HMAC-SHA-256 under a key derived from the server key, with
 the user name in the message, so a digest is useless without the key and cannot
 be replayed for another account. Its entropy makes a slow hash pointless and
-keeps the check at about 2 µs (SPEC "Factors").
+keeps the check at about 2 µs: nothing a flood of logins can exhaust.
 """
 
 from __future__ import annotations

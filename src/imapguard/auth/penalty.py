@@ -1,7 +1,7 @@
 """How long the upstream would take to refuse a password from a given source now.
 
-Every failure must be answered after the same time, whatever failed (SPEC
-"Failures are uniform"). A wrong password takes as long as the upstream takes
+Every failure must be answered after the same time, whatever failed, or the
+timing tells an attacker what the uniform failure text hides. A wrong password takes as long as the upstream takes
 to refuse it, and Dovecot's refusal time depends on the client address it sees
 (the gateway forwards it): its authentication penalty (src/auth/auth-penalty.c,
 anvil) delays every login from an address by 2·2^n seconds after n recent

@@ -2,7 +2,7 @@
 
 Codes are HMAC-SHA-1, 6 digits, 30 s steps: the defaults of the otpauth URI
 format, so every authenticator app agrees without being told. A code is accepted
-for its own step and one step either side (SPEC "Factors": ±1 step, which covers
+for its own step and one step either side (±1 step, which covers
 a phone clock up to 30 s off plus the time it takes to type), and only for a step
 *later* than the last one accepted for the account: each code works once, and an
 older code never works after a newer one did. `verify` is pure and returns the
@@ -51,9 +51,9 @@ __all__ = [
     "verify",
 ]
 
-DIGITS = 6  # SPEC "Factors"; also the otpauth default, so the URI need not say it
+DIGITS = 6  # the otpauth default, so the URI need not say it
 PERIOD = 30  # seconds per step: RFC 6238 §5.2's recommendation and the otpauth default
-WINDOW = 1  # steps accepted either side of the current one (SPEC: ±1 step)
+WINDOW = 1  # steps accepted either side of the current one
 SECRET_BYTES = 20  # 160 bits: RFC 4226 §4 recommends it; 32 base32 characters, no padding
 
 SEAL_VERSION = 1
