@@ -423,11 +423,10 @@ def _user_name(raw: str, config: Config) -> str:
 
 
 def _defense(config: Config) -> Any:
-    from imapguard.config import defense_settings
     from imapguard.defense.engine import Defense
     from imapguard.defense.fingerprints import Fingerprinter
 
-    settings = defense_settings(config.defense)
+    settings = config.defense
     root = _server_key(config)
     return Defense(
         settings,

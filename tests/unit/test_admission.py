@@ -10,10 +10,10 @@ from collections.abc import Callable
 import pytest
 
 from imapguard.config import Config, validate_config
+from imapguard.defense import DefenseSettings
 from imapguard.defense.counters import MemoryCounterStore
 from imapguard.defense.engine import Defense
 from imapguard.defense.fingerprints import Fingerprinter
-from imapguard.defense.settings import DefenseSettings
 from imapguard.gateway.admission import (
     DECREASE,
     FAMILIAR_TTL,

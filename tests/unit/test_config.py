@@ -232,7 +232,7 @@ def test_defense_keys_are_checked(tmp_path: Path) -> None:
         "defense.pair_free": "must be a whole number",
     }
     ok = _write(tmp_path, '[defense]\nenforce = false\ntrusted_networks = ["10.0.0.0/8"]\n')
-    assert load_config(ok).defense["enforce"] is False
+    assert load_config(ok).defense.enforce is False
 
 
 def test_defense_values_are_validated(tmp_path: Path) -> None:

@@ -88,6 +88,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from imapguard import net
+from imapguard.config.defense import MAX_DELAY, DefenseConfig
 from imapguard.defense.counters import Block, CounterStore, Target, TargetKind
 from imapguard.defense.events import BlockPlaced, DefenseEvent, PostureChanged, SprayDetected
 from imapguard.defense.fingerprints import Fingerprinter
@@ -99,7 +100,6 @@ from imapguard.defense.posture import (
     fold,
     trigger_ratio,
 )
-from imapguard.defense.settings import MAX_DELAY, DefenseSettings
 from imapguard.secret import Secret
 
 __all__ = [
@@ -257,7 +257,7 @@ def _level(text: str | None) -> int:
 class Defense:
     def __init__(
         self,
-        settings: DefenseSettings,
+        settings: DefenseConfig,
         store: CounterStore,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,

@@ -49,10 +49,7 @@ from imapguard.config import (
     Config,
     ListenConfig,
     account_names,
-    defense_settings,
     load_config,
-    notify_settings,
-    oauth_settings,
     parse_address,
 )
 from imapguard.defense.engine import Defense
@@ -155,7 +152,7 @@ def build_runtime(
         connect_timeout=up.connect_timeout,
         login_timeout=up.login_timeout,
     )
-    defense = defense_settings(config.defense)
+    defense = config.defense
     if not defense.enforce:
         log.warning("defense.enforce = false: blocks and delays are recorded, not enforced")
     policy, warnings = load_policy(config.policy, config.groups)
@@ -836,14 +833,14 @@ async def serve_forever(
     if config.notify is not None:
         # [notify] is read at start; changing it needs a restart.
         notifier = Notifier(
-            notify_settings(config.notify),
+            config.notify,
             should_send=_notice_limit(store, executor, config.notify.min_interval),
         )
         await notifier.__aenter__()
     tokens: TokenVerifier | None = None
     if config.oauth is not None:
         # [oauth] is read at start; changing it needs a restart.
-        tokens = TokenVerifier(oauth_settings(config.oauth))
+        tokens = TokenVerifier(config.oauth)
     shared: dict[str, Any] = {
         "reader": reader,
         "bookkeeping": bookkeeping,
