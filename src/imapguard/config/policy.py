@@ -48,6 +48,7 @@ from pydantic import (
     model_validator,
 )
 
+from imapguard import net
 from imapguard.config.auth import check_factor, check_method
 from imapguard.config.base import Section
 from imapguard.names import MAX_USER_BYTES, well_formed
@@ -95,7 +96,6 @@ _COUNTRY_HINTS = {"UK": "the United Kingdom is GB"}
 # RFC 3501 resp-text is 7-bit TEXT-CHAR; "]" would end a response code early in
 # naive clients. 200 characters fit one line of every client's alert dialog.
 MAX_ALERT = 200
-_V4_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
 _GROUP_NAME = re.compile(r"[a-z0-9][a-z0-9_.+@-]{0,63}")
 
 
@@ -132,10 +132,10 @@ def _check_network(value: str) -> str:
     except ValueError:
         # 10.0.0.1/8 is more often a typo than a wish for 10.0.0.0/8.
         raise ValueError(f"{value!r} has host bits set: did you mean {network}?") from None
-    if isinstance(network, ipaddress.IPv6Network) and network.subnet_of(_V4_MAPPED):
-        # ::ffff:a.b.c.d/N is the IPv4 network a.b.c.d/(N-96), as clients are.
-        mapped = int(network.network_address) & 0xFFFFFFFF
-        return str(ipaddress.IPv4Network((mapped, network.prefixlen - 96)))
+    # ::ffff:a.b.c.d/N is the IPv4 network a.b.c.d/(N-96), as clients are (imapguard.net).
+    base = net.parse(str(network.network_address))
+    if network.version == 6 and network.prefixlen >= 96 and base is not None and base.version == 4:
+        return str(ipaddress.IPv4Network((base, network.prefixlen - 96)))
     return str(network)
 
 
