@@ -57,7 +57,7 @@ Factor = Annotated[str, AfterValidator(check_factor)]
 
 
 class AuthConfig(Section):
-    key = "auth"
+    section_key = "auth"
 
     methods: list[Method] = Field(default_factory=lambda: ["app-password"])
     # Every failure is answered no sooner than this after the command arrived,
@@ -131,15 +131,8 @@ class AuthConfig(Section):
         return self
 
 
-def master_separator_problem(separator: str, username_chars: str) -> tuple[str, str] | None:
-    """Why `upstream.master_separator` cannot work (with `auth.username_chars`), if it cannot."""
-    if not separator or any(c.isspace() or not c.isprintable() for c in separator):
-        return ("upstream.master_separator", "must be printable characters without spaces")
-    if separator.isalnum() or separator in ".-_@":
-        return (
-            "upstream.master_separator",
-            f"{separator!r} is part of ordinary account names; use Dovecot's usual '*'",
-        )
+def separator_problem(separator: str, username_chars: str) -> tuple[str, str] | None:
+    """Why `auth.username_chars` cannot work with `upstream.master_separator`, if it cannot."""
     if username_chars and all(c in username_chars for c in separator):
         return ("auth.username_chars", f"must not allow the master separator {separator!r}")
     return None

@@ -43,7 +43,7 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     #: The section's key in the file, for key paths when it is checked on its own.
-    key: ClassVar[str] = ""
+    section_key: ClassVar[str] = ""
 
     @classmethod
     def checked(cls, values: Mapping[str, Any] | None = None, /, **more: Any) -> Self:
@@ -52,7 +52,7 @@ class Section(BaseModel):
         try:
             return cls.model_validate({**(values or {}), **more})
         except ValidationError as exc:
-            raise ConfigError(problems_of(exc, cls.key)) from None
+            raise ConfigError(problems_of(exc, cls.section_key)) from None
 
 
 def key_path(loc: Sequence[int | str], prefix: str = "") -> str:

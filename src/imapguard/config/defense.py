@@ -82,7 +82,7 @@ Networks = Annotated[tuple[str, ...], BeforeValidator(_network_list), AfterValid
 class DefenseConfig(Section):
     """The defense engine's settings, as `[defense]` in the file sets them."""
 
-    key = "defense"
+    section_key = "defense"
 
     # False: log-only (Dovecot auth_policy_log_only, AD FS ESL audit mode): counters,
     # blocks and events are recorded, verdicts say what would happen, nothing is enforced.

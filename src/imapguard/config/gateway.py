@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import AfterValidator, Field, model_validator
 
-from imapguard.config.base import Seconds, Section
+from imapguard.config.base import Seconds, Section, raise_problems
 from imapguard.names import DEFAULT_MASTER_SEPARATOR
+from imapguard.net import is_loopback
 
 __all__ = [
     "LimitsConfig",
@@ -35,13 +36,38 @@ def parse_address(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def _check_address(text: str) -> str:
+    parse_address(text)
+    return text
+
+
+def _check_separator(separator: str) -> str:
+    if not separator or any(c.isspace() or not c.isprintable() for c in separator):
+        raise ValueError("must be printable characters without spaces")
+    if separator.isalnum() or separator in ".-_@":
+        raise ValueError(
+            f"{separator!r} is part of ordinary account names; use Dovecot's usual '*'"
+        )
+    return separator
+
+
+def _not_yet(value: str) -> str:
+    if value == "proxy-v2":
+        raise ValueError("'proxy-v2' is not supported by this build yet")
+    return value
+
+
+#: `host:port` or `[v6]:port`.
+Address = Annotated[str, AfterValidator(_check_address)]
+
+
 class ListenConfig(Section):
-    address: str
+    address: Address
     tls: Literal["implicit", "starttls"]
 
 
 class TlsConfig(Section):
-    key = "tls"
+    section_key = "tls"
 
     certificate: str
     private_key: str
@@ -58,11 +84,19 @@ class TlsConfig(Section):
     client_crl: str | None = None
     client_crl_check: Literal["leaf", "chain"] = "leaf"
 
+    @model_validator(mode="after")
+    def _crl_needs_ca(self) -> TlsConfig:
+        if self.client_crl is not None and self.client_ca is None:
+            raise_problems(
+                [("client_crl", "needs tls.client_ca, the CAs whose certificates it revokes")]
+            )
+        return self
+
 
 class UpstreamConfig(Section):
-    key = "upstream"
+    section_key = "upstream"
 
-    address: str
+    address: Address
     tls: Literal["implicit", "starttls", "none"] = "starttls"
     ca: str | None = None
     # The name the upstream certificate must carry; defaults to the host of `address`.
@@ -72,17 +106,37 @@ class UpstreamConfig(Section):
     login: Literal["master", "passthrough"] = "master"
     master_user: str | None = None
     master_password_file: str | None = None
-    forward_client_ip: Literal["id", "proxy-v2", "none"] = "id"
+    forward_client_ip: Annotated[Literal["id", "proxy-v2", "none"], AfterValidator(_not_yet)] = "id"
     # The upstream's master-user separator (Dovecot's auth_master_user_separator):
     # an account name containing it is refused, whatever `login` is, so that
     # `alice*imapguard` plus a master password never reaches the upstream.
-    master_separator: str = DEFAULT_MASTER_SEPARATOR
+    master_separator: Annotated[str, AfterValidator(_check_separator)] = DEFAULT_MASTER_SEPARATOR
     connect_timeout: Seconds = 10.0
     login_timeout: Seconds = 30.0
 
+    @model_validator(mode="after")
+    def _consistent(self) -> UpstreamConfig:
+        problems: list[tuple[str, str]] = []
+        host, _ = parse_address(self.address)
+        if self.tls == "none" and not is_loopback(host) and not self.insecure:
+            problems.append(
+                (
+                    "tls",
+                    "'none' sends passwords in clear to a non-loopback address; "
+                    "use starttls/implicit or set upstream.insecure = true",
+                )
+            )
+        if self.login == "master":
+            if not self.master_user:
+                problems.append(("master_user", 'required when upstream.login = "master"'))
+            if not self.master_password_file:
+                problems.append(("master_password_file", 'required when upstream.login = "master"'))
+        raise_problems(problems)
+        return self
+
 
 class LimitsConfig(Section):
-    key = "limits"
+    section_key = "limits"
 
     max_line: Annotated[int, Field(ge=1024, le=65536)] = 8192
     max_literal: Annotated[int, Field(ge=256, le=65536)] = 8192
@@ -104,6 +158,12 @@ class LimitsConfig(Section):
     max_handshakes: Annotated[int, Field(ge=1)] | None = None
     # SIGTERM: how long established sessions may go on before they are closed.
     drain_timeout: Annotated[float, Field(ge=0, le=3600)] = 30.0
+
+    @model_validator(mode="after")
+    def _reserve_below_total(self) -> LimitsConfig:
+        if self.familiar_reserve is not None and self.familiar_reserve >= self.max_preauth_total:
+            raise_problems([("familiar_reserve", "must be below limits.max_preauth_total")])
+        return self
 
     @property
     def reserve(self) -> int:

@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import Field, ValidationError
 
-from imapguard.config.auth import AuthConfig, master_separator_problem
+from imapguard.config.auth import AuthConfig, separator_problem
 from imapguard.config.base import Section, problems_of
 from imapguard.config.defense import DefenseConfig
 from imapguard.config.files import file_problems
@@ -32,7 +32,6 @@ from imapguard.config.oauth import OAuthConfig
 from imapguard.config.policy import GroupsConfig, PolicyConfig, policy_problems
 from imapguard.config.state import AuditConfig, StateConfig
 from imapguard.errors import ConfigError
-from imapguard.net import is_loopback
 
 __all__ = ["Config", "default_config_path", "load_config", "validate_config"]
 
@@ -87,38 +86,13 @@ def validate_config(config: Config, *, check_files: bool = True) -> list[tuple[s
 
     seen: set[tuple[str, int]] = set()
     for i, listener in enumerate(config.listen):
-        try:
-            host, port = parse_address(listener.address)
-            if (host, port) in seen:
-                add((f"listen[{i}].address", "the same address is listed twice"))
-            seen.add((host, port))
-        except ValueError as exc:
-            add((f"listen[{i}].address", str(exc)))
-
-    if not config.state.url.startswith("sqlite:///"):
-        scheme = config.state.url.partition(":")[0]
-        add(
-            (
-                "state.url",
-                f"state store {scheme!r} is not supported by this build (use sqlite:///PATH)",
-            )
-        )
+        address = parse_address(listener.address)
+        if address in seen:
+            add((f"listen[{i}].address", "the same address is listed twice"))
+        seen.add(address)
 
     methods = config.auth.methods
     up = config.upstream
-    try:
-        up_host, _ = parse_address(up.address)
-    except ValueError as exc:
-        add(("upstream.address", str(exc)))
-        up_host = ""
-    if up.tls == "none" and up_host and not is_loopback(up_host) and not up.insecure:
-        add(
-            (
-                "upstream.tls",
-                "'none' sends passwords in clear to a non-loopback address; "
-                "use starttls/implicit or set upstream.insecure = true",
-            )
-        )
     if up.login == "passthrough" and "app-password" in methods:
         add(
             (
@@ -127,14 +101,7 @@ def validate_config(config: Config, *, check_files: bool = True) -> list[tuple[s
                 'has with app passwords: use login = "master"',
             )
         )
-    if up.login == "master":
-        if not up.master_user:
-            add(("upstream.master_user", 'required when upstream.login = "master"'))
-        if not up.master_password_file:
-            add(("upstream.master_password_file", 'required when upstream.login = "master"'))
-    if up.forward_client_ip == "proxy-v2":
-        add(("upstream.forward_client_ip", "'proxy-v2' is not supported by this build yet"))
-    separator = master_separator_problem(up.master_separator, config.auth.username_chars)
+    separator = separator_problem(up.master_separator, config.auth.username_chars)
     if separator is not None:
         add(separator)
     oauth_methods = [m for m in methods if m in ("oauthbearer", "xoauth2")]
@@ -147,8 +114,6 @@ def validate_config(config: Config, *, check_files: bool = True) -> list[tuple[s
                 'OAuth tokens carry no password to log in upstream with: use login = "master"',
             )
         )
-    if config.tls.client_crl is not None and config.tls.client_ca is None:
-        add(("tls.client_crl", "needs tls.client_ca, the CAs whose certificates it revokes"))
     if "client-cert" in methods:
         if config.tls.client_ca is None:
             add(("tls.client_ca", 'required by auth.methods "client-cert"'))
@@ -164,9 +129,6 @@ def validate_config(config: Config, *, check_files: bool = True) -> list[tuple[s
         problems.extend(
             policy_problems(config.policy, listen_addresses=[li.address for li in config.listen])
         )
-    limits = config.limits
-    if limits.familiar_reserve is not None and limits.familiar_reserve >= limits.max_preauth_total:
-        add(("limits.familiar_reserve", "must be below limits.max_preauth_total"))
 
     if check_files:
         problems.extend(file_problems(config))

@@ -45,7 +45,7 @@ def is_plain_address(text: str) -> bool:
 
 
 class NotifyConfig(Section):
-    key = "notify"
+    section_key = "notify"
 
     webhook_url: str | None = None
     webhook_secret_file: str | None = None

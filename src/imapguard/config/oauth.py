@@ -54,7 +54,7 @@ class OAuthConfig(Section):
     """Durations are seconds. `ca_file` replaces the system trust store for the
     issuer's HTTPS (a private CA); without it the usual public CAs are trusted."""
 
-    key = "oauth"
+    section_key = "oauth"
 
     issuer: str
     audience: str

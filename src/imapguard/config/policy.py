@@ -287,7 +287,7 @@ CONDITION_KEYS = (
 class PolicyConfig(Section):
     """The `[policy]` section."""
 
-    key = "policy"
+    section_key = "policy"
 
     # A MaxMind-format (.mmdb) country database; see imapguard.policy.geoip.
     geoip_database: str | None = None
@@ -314,7 +314,7 @@ class GroupsConfig(BaseModel):
     reserved key `groups_file`."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
-    key: ClassVar[str] = "groups"
+    section_key: ClassVar[str] = "groups"
 
     groups_file: str | None = None
     __pydantic_extra__: dict[str, list[UserPattern]] = Field(init=False)
