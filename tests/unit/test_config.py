@@ -311,3 +311,36 @@ def test_defense_cross_field_rules_name_their_key(tmp_path: Path) -> None:
         "must be positive"
         in _problems(_write(tmp_path, "[defense]\nwindow = 0\n"))["defense.window"]
     )
+
+
+def test_key_paths_are_written_as_in_the_file() -> None:
+    from imapguard.config.base import key_path
+
+    assert key_path(("listen", 1, "tls")) == "listen[1].tls"
+    assert key_path(("admin_addresses", 0), "notify") == "notify.admin_addresses[0]"
+    assert key_path((), "defense") == "defense"
+
+
+def test_a_section_checked_alone_names_its_keys_in_full() -> None:
+    from imapguard.config import NotifyConfig, UpstreamConfig
+
+    with pytest.raises(ConfigError) as caught:
+        NotifyConfig.checked(
+            smtp_host="mail.example.org",
+            mail_from="imapguard@example.org",
+            admin_addresses=["root@example.org", "x\r\nBcc: y@z"],
+            bogus=1,
+        )
+    assert [key for key, _ in caught.value.problems] == ["notify.bogus"]
+    with pytest.raises(ConfigError) as caught:
+        NotifyConfig.checked(
+            smtp_host="mail.example.org",
+            mail_from="imapguard@example.org",
+            admin_addresses=["root@example.org", "x\r\nBcc: y@z"],
+        )
+    assert [key for key, _ in caught.value.problems] == ["notify.admin_addresses[1]"]
+    with pytest.raises(ConfigError) as caught:
+        UpstreamConfig.checked(address="mail:143", master_user="m")
+    assert caught.value.problems == [
+        ("upstream.master_password_file", 'required when upstream.login = "master"')
+    ]
