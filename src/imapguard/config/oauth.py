@@ -89,8 +89,7 @@ class OAuthConfig(Section):
         if url.scheme != "https" or not url.hostname:
             bad("issuer", "must be an https:// URL")
         elif url.query or url.fragment:
-            # OpenID Connect Discovery 1.0 §2: the issuer is a URL without them.
-            bad("issuer", "must have no query or fragment")
+            bad("issuer", "must have no query or fragment (OpenID Connect Discovery §2)")
         if not self.audience:
             bad("audience", "must not be empty")
         if not self.username_claim:
