@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Fuzz target: the OAUTHBEARER and XOAUTH2 payload parsers (parse_oauthbearer,
-parse_xoauth2 in src/imapguard/auth/oauth.py).
+parse_xoauth2 in src/imapguard/auth/oauth/sasl.py).
 
 The input is a decoded SASL payload, given to both parsers. Contract checked:
 * each returns `BearerCredentials` or raises `SaslMalformed` (with a reason that

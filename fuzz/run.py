@@ -46,7 +46,7 @@ MEASURED: dict[str, tuple[str, tuple[str, ...] | None]] = {
     "commands": ("imap/commands.py", None),
     "sasl": ("imap/preauth.py", None),
     "oauth": (
-        "auth/oauth.py",
+        "auth/oauth/sasl.py",
         (
             *("BearerCredentials", "parse_oauthbearer", "parse_xoauth2", "_check_size"),
             *("_kvpairs", "_unescape_saslname", "_check_user", "_bearer_token"),

@@ -4,8 +4,8 @@ HTTPS with a trustme certificate, on 127.0.0.1 (``tests/oidc/server.mjs``).
 Usage::
 
     with OidcProvider(tmp_path) as idp:
-        verifier = TokenVerifier(OAuthSettings(issuer=idp.issuer, audience="imap",
-                                               ca_file=idp.ca_file))
+        verifier = TokenVerifier(OAuthConfig(issuer=idp.issuer, audience="imap",
+                                             ca_file=idp.ca_file))
         token = idp.mint("alice@example.org", amr=["pwd", "mfa"], acr="urn:mfa")
         new_kid = idp.rotate()          # a new current signing key; the old one stays
         idp.remove_kid(old_kid)         # ... until removed from the JWKS

@@ -33,10 +33,7 @@ from imapguard.auth.oauth import TokenVerifier
 from imapguard.config import (
     Config,
     account_names,
-    defense_settings,
     load_config,
-    notify_settings,
-    oauth_settings,
     parse_address,
 )
 from imapguard.defense.engine import Defense
@@ -114,14 +111,14 @@ async def open_services(config: Config) -> AsyncIterator[Services]:
         notifier: Notifier | None = None
         if config.notify is not None:
             notifier = Notifier(
-                notify_settings(config.notify),
+                config.notify,
                 should_send=_notice_limit(store, executor, config.notify.min_interval),
             )
             await notifier.__aenter__()
             stack.push_async_callback(_quietly_async, notifier.aclose)
         tokens: TokenVerifier | None = None
         if config.oauth is not None:
-            tokens = TokenVerifier(oauth_settings(config.oauth))
+            tokens = TokenVerifier(config.oauth)
             stack.push_async_callback(_quietly_async, tokens.aclose)
         yield Services(store, reader, executor, bookkeeping, audit, notifier, tokens)
 
@@ -160,7 +157,7 @@ def _notice_hook(notifier: Notifier) -> NoticeHook:
 def authenticator(config: Config, services: Services, upstream: Upstream[S]) -> Authenticator[S]:
     """The auth service as [auth], [defense], [policy] and [groups] say, logging
     in to `upstream`: the same for every front end."""
-    settings = defense_settings(config.defense)
+    settings = config.defense
     if not settings.enforce:
         log.warning("defense.enforce = false: blocks and delays are recorded, not enforced")
     policy, warnings = load_policy(config.policy, config.groups)

@@ -1,14 +1,41 @@
-"""The exception tree of imapguard.
+"""The exception tree of imapguard: every exception class defined under
+src/imapguard, where it lives, and what it means (tests/unit/test_errors.py keeps
+this drawing complete).
 
-    ImapguardError                      base of everything raised on purpose
-    ├── ConfigError                     the configuration cannot be used
-    │                                   (.problems: list of (key path, message))
-    ├── StateError                      the state store failed (.operation)
-    │   └── StateUnavailable            ... and is unreachable or locked
-    ├── UpstreamError                   talking to the backend IMAP server failed (.address)
-    │   ├── UpstreamUnavailable         cannot connect, TLS failed, timed out, bad greeting
-    │   └── UpstreamRefused             the backend answered NO/BAD to the login
-    └── NotFound                        a user, app password or record does not exist (.what)
+    Exception
+    ├── ImapguardError                  base of everything raised on purpose
+    │   ├── ConfigError                 the configuration cannot be used
+    │   │                               (.problems: list of (key path, message))
+    │   ├── StateError                  the state store failed (.operation)
+    │   │   └── StateUnavailable        ... and is unreachable or locked
+    │   ├── UpstreamError               talking to the backend IMAP server failed (.address)
+    │   │   ├── UpstreamUnavailable     cannot connect, TLS failed, timed out, bad greeting
+    │   │   └── UpstreamRefused         the backend answered NO/BAD to the login
+    │   ├── SealError                   auth.totp: a sealed TOTP secret does not open (.reason)
+    │   ├── OAuthError                  auth.oauth.errors: .reason for the audit log,
+    │   │   │                           never the token
+    │   │   ├── SaslMalformed           the SASL response breaks RFC 7628 / XOAUTH2 (BAD)
+    │   │   ├── TokenRejected           the token does not prove who the user is (NO)
+    │   │   └── IssuerUnavailable       the issuer's keys cannot be had now (NO [UNAVAILABLE])
+    │   ├── CountryDatabaseError        policy.geoip: the country database cannot be used
+    │   ├── UsageError                  cli.common: a command line that cannot be run (exit 2)
+    │   └── AdmissionShed               gateway.admission: an unfamiliar connection waited
+    │                                   for its handshake turn longer than allowed
+    ├── ValueError
+    │   ├── Problems                    config.base: a section's cross-field validator
+    │   │                               names its keys (pydantic turns it into ConfigError)
+    │   └── TargetError                 scanner.targets: a target or port list that cannot be used
+    ├── DialogError                     scanner.dialogs: a server's bytes are no response
+    │   │                               the scanner can accept
+    │   ├── ResponseTooLong             ... a line, literal or response went past its limit
+    │   └── MalformedResponse           ... bytes that are not a response of the protocol
+    └── Throttled                       scanner.net: the server refused or deferred us (421)
+
+Private to their module (control flow that never leaves it):
+
+    _Fail (imap.commands)   a command that does not parse (returned as a ParseError)
+    _Closed, _Refused, _Unexpected, _Temporary, and the TimeoutErrors
+    _ConnectTimeout, _AuthDelayed (scanner.mail)   how one probe of a scan ended
 
 The IMAP pre-auth protocol does not raise: it answers BAD/NO on the wire (see
 `imapguard.imap.preauth`). Exceptions carry their context as fields, so callers
@@ -20,7 +47,6 @@ from __future__ import annotations
 __all__ = [
     "ConfigError",
     "ImapguardError",
-    "NotFound",
     "StateError",
     "StateUnavailable",
     "UpstreamError",
@@ -63,9 +89,3 @@ class UpstreamUnavailable(UpstreamError):
 
 class UpstreamRefused(UpstreamError):
     pass
-
-
-class NotFound(ImapguardError):
-    def __init__(self, what: str) -> None:
-        self.what = what
-        super().__init__(f"not found: {what}")

@@ -15,18 +15,19 @@ import ssl
 import time
 from collections.abc import Iterator
 from email.message import EmailMessage
+from pathlib import Path
 
 import httpx
 import pytest
 import trustme
 
+from imapguard.config.notify import NotifyConfig
 from imapguard.notify import (
     Channel,
     MemoryRateLimit,
     Notice,
     NoticeKind,
     Notifier,
-    NotifySettings,
     NotifyStatus,
 )
 from imapguard.secret import Secret
@@ -34,13 +35,27 @@ from tests.sinks import SmtpSink, WebhookReceiver
 
 SECRET = Secret("webhook-secret-0123456789")
 SMTP_USER, SMTP_PASSWORD = "imapguard-notify", "correct horse battery staple"
+SECRETS: list[Path] = []  # the directory secret_file() writes to (set per module)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _secrets_dir(tmp_path_factory: pytest.TempPathFactory) -> None:
+    SECRETS[:] = [tmp_path_factory.mktemp("secrets")]
+
+
+def secret_file(secret: Secret) -> str:
+    """A private file holding `secret`, as `*_file` keys name them."""
+    path = SECRETS[0] / f"secret-{len(list(SECRETS[0].iterdir()))}"
+    path.write_bytes(secret.reveal())
+    path.chmod(0o600)
+    return str(path)
 
 
 def notice(kind: NoticeKind = NoticeKind.COMPROMISE_SIGNAL, user: str = "alice") -> Notice:
     return Notice(kind, user, source="203.0.113.9", time=time.time(), client_id="Thunderbird 115")
 
 
-def mail_settings(sink: SmtpSink, **kw: object) -> NotifySettings:
+def mail_settings(sink: SmtpSink, **kw: object) -> NotifyConfig:
     fields: dict[str, object] = {
         "smtp_host": sink.host,
         "smtp_port": sink.port,
@@ -52,9 +67,11 @@ def mail_settings(sink: SmtpSink, **kw: object) -> NotifySettings:
         "timeout": 10.0,
     }
     if sink.auth is not None:
-        fields.update(smtp_username=sink.auth[0], smtp_password=Secret(sink.auth[1]))
+        fields.update(
+            smtp_username=sink.auth[0], smtp_password_file=secret_file(Secret(sink.auth[1]))
+        )
     fields.update(kw)
-    return NotifySettings(**fields)  # type: ignore[arg-type]
+    return NotifyConfig.checked(fields)
 
 
 @pytest.fixture
@@ -79,7 +96,9 @@ def body_text(message: EmailMessage) -> str:
 async def test_webhook_and_starttls_mail_with_auth_arrive(
     hook: WebhookReceiver, starttls_sink: SmtpSink
 ) -> None:
-    settings = mail_settings(starttls_sink, webhook_url=hook.url, webhook_secret=SECRET)
+    settings = mail_settings(
+        starttls_sink, webhook_url=hook.url, webhook_secret_file=secret_file(SECRET)
+    )
     async with Notifier(settings, should_send=MemoryRateLimit(3600)) as notifier:
         result = await notifier.notify(notice(NoticeKind.NEW_DEVICE))
     assert result.status is NotifyStatus.SENT, result
@@ -191,7 +210,9 @@ async def test_no_downgrade_when_starttls_is_not_offered() -> None:
 @pytest.mark.asyncio
 async def test_wrong_smtp_password_is_reported(starttls_sink: SmtpSink) -> None:
     settings = mail_settings(
-        starttls_sink, smtp_password=Secret("wrong password"), owner_address=None
+        starttls_sink,
+        smtp_password_file=secret_file(Secret("wrong password")),
+        owner_address=None,
     )
     async with Notifier(settings, should_send=MemoryRateLimit(3600)) as notifier:
         result = await notifier.notify(notice())
@@ -224,7 +245,7 @@ async def test_slow_and_failing_webhooks_are_reported() -> None:
         WebhookReceiver(status=503) as failing,
     ):
         for receiver, expected in ((slow, "timed out"), (failing, "HTTP 503")):
-            settings = NotifySettings(webhook_url=receiver.url, timeout=0.5)
+            settings = NotifyConfig(webhook_url=receiver.url, timeout=0.5)
             started = time.monotonic()
             async with Notifier(settings, should_send=MemoryRateLimit(3600)) as notifier:
                 result = await notifier.notify(notice())

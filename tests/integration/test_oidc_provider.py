@@ -14,7 +14,7 @@ import pytest_asyncio
 
 from imapguard.auth.oauth import (
     IssuerUnavailable,
-    OAuthSettings,
+    OAuthConfig,
     TokenRejected,
     TokenVerifier,
     parse_oauthbearer,
@@ -26,7 +26,7 @@ from tests.oidc_provider import OidcProvider, oidc_provider
 __all__ = ["oidc_provider"]
 
 
-def settings_for(idp: OidcProvider, **overrides: Any) -> OAuthSettings:
+def settings_for(idp: OidcProvider, **overrides: Any) -> OAuthConfig:
     options: dict[str, Any] = {
         "issuer": idp.issuer,
         "audience": "imap",
@@ -34,7 +34,7 @@ def settings_for(idp: OidcProvider, **overrides: Any) -> OAuthSettings:
         "require_amr": ("mfa",),
         **overrides,
     }
-    return OAuthSettings(**options)
+    return OAuthConfig(**options)
 
 
 class ShiftedClock:

@@ -10,10 +10,11 @@ from collections.abc import Callable
 import pytest
 
 from imapguard.config import Config, validate_config
+from imapguard.defense import DefenseSettings
 from imapguard.defense.counters import MemoryCounterStore
 from imapguard.defense.engine import Defense
 from imapguard.defense.fingerprints import Fingerprinter
-from imapguard.defense.settings import DefenseSettings
+from imapguard.errors import ConfigError
 from imapguard.gateway.admission import (
     DECREASE,
     FAMILIAR_TTL,
@@ -184,7 +185,11 @@ def _limits(**limits: int) -> Config:
         {
             "listen": [{"address": "127.0.0.1:993", "tls": "implicit"}],
             "tls": {"certificate": "c", "private_key": "k"},
-            "upstream": {"address": "127.0.0.1:143", "master_user": "m"},
+            "upstream": {
+                "address": "127.0.0.1:143",
+                "master_user": "m",
+                "master_password_file": "p",
+            },
             "limits": limits,
         }
     )
@@ -196,9 +201,12 @@ def test_limit_defaults_and_the_reserve_below_the_total() -> None:
     config = _limits(max_preauth_total=50, familiar_reserve=5, max_handshakes=4)
     assert (config.limits.reserve, config.limits.handshakes) == (5, 4)
     assert not [p for p in validate_config(config, check_files=False) if "limits" in p[0]]
-    config = _limits(max_preauth_total=50, familiar_reserve=50)
+    with pytest.raises(ConfigError) as caught:
+        Config.checked(
+            _limits().model_dump(), limits={"max_preauth_total": 50, "familiar_reserve": 50}
+        )
     assert ("limits.familiar_reserve", "must be below limits.max_preauth_total") in (
-        validate_config(config, check_files=False)
+        caught.value.problems
     )
 
 

@@ -324,7 +324,7 @@ async def test_verified_cache_is_never_shared_between_users(env: Env) -> None:
 class Tokens:
     """A stand-in TokenVerifier: the token text is 'user.mfa', 'user.nomfa' or 'user.bad'."""
 
-    settings = oauth.OAuthSettings(issuer="https://idp.example.org", audience="imap")
+    settings = oauth.OAuthConfig(issuer="https://idp.example.org", audience="imap")
 
     async def verify(self, token: Secret, authzid: str | None) -> oauth.VerifiedToken:
         user, _, kind = token.reveal().decode().partition(".")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import secrets
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -232,7 +234,7 @@ def test_defense_keys_are_checked(tmp_path: Path) -> None:
         "defense.pair_free": "must be a whole number",
     }
     ok = _write(tmp_path, '[defense]\nenforce = false\ntrusted_networks = ["10.0.0.0/8"]\n')
-    assert load_config(ok).defense["enforce"] is False
+    assert load_config(ok).defense.enforce is False
 
 
 def test_defense_values_are_validated(tmp_path: Path) -> None:
@@ -240,3 +242,105 @@ def test_defense_values_are_validated(tmp_path: Path) -> None:
     assert list(problems) == ["defense.delay_max"]
     problems = _problems(_write(tmp_path, '[defense]\nallowlist = ["not-a-network"]\n'))
     assert list(problems) == ["defense.allowlist"]
+
+
+def test_config_is_a_leaf_that_imports_no_layer() -> None:
+    """Each layer takes its typed section; the configuration knows none of them."""
+    code = (
+        "import sys, imapguard.config\n"
+        "print(' '.join(sorted(m for m in sys.modules if m.startswith('imapguard'))))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
+    primitives = {"errors", "names", "net", "secret", "text", "tls", "vocab"}
+    layers = [
+        m
+        for m in out
+        if m != "imapguard"
+        and not m.startswith("imapguard.config")
+        and m.removeprefix("imapguard.") not in primitives
+    ]
+    assert "imapguard.config.defense" in out
+    assert layers == []
+
+
+def test_a_short_webhook_secret_is_refused_at_check_config(tmp_path: Path) -> None:
+    secret = tmp_path / "webhook.secret"
+    secret.write_bytes(b"too-short\n")
+    secret.chmod(0o600)
+    body = f'[notify]\nwebhook_url = "https://h.example.org/"\nwebhook_secret_file = "{secret}"\n'
+    problems = _problems(_write(tmp_path, body))
+    assert list(problems) == ["notify.webhook_secret_file"]
+    assert "at least 16 bytes" in problems["notify.webhook_secret_file"]
+    secret.write_bytes(b"0123456789abcdef\n")
+    assert load_config(_write(tmp_path, body)).notify is not None
+
+
+@pytest.mark.parametrize(
+    ("oauth", "key", "message"),
+    [
+        ('algorithms = ["RS256", "HS256"]', "oauth.algorithms", "only asymmetric signatures"),
+        ("jwks_cache_seconds = 5", "oauth.jwks_cache_seconds", "greater than or equal to 10"),
+        ("min_refresh_interval = 0", "oauth.min_refresh_interval", "greater than or equal to 1"),
+        ("http_timeout = 120", "oauth.http_timeout", "less than or equal to 60"),
+        (
+            'username_claim = "sub"\ntrust_unverified_email = true',
+            "oauth.trust_unverified_email",
+            "applies only to",
+        ),
+    ],
+)
+def test_oauth_keys_have_one_set_of_bounds(
+    tmp_path: Path, oauth: str, key: str, message: str
+) -> None:
+    body = f'[oauth]\nissuer = "https://idp.example.org"\naudience = "imap"\n{oauth}\n'
+    problems = _problems(_write(tmp_path, body))
+    assert list(problems) == [key]
+    assert message in problems[key]
+
+
+def test_defense_cross_field_rules_name_their_key(tmp_path: Path) -> None:
+    body = "[defense]\nblock_base = 7200\nblock_max = 3600\nposture_min_ratio = 0.95\n"
+    problems = _problems(_write(tmp_path, body))
+    assert problems == {
+        "defense.block_max": "must be at least block_base",
+        "defense.posture_min_ratio": "need 0 < min_ratio <= max_ratio <= 1",
+    }
+    assert (
+        "must be positive"
+        in _problems(_write(tmp_path, "[defense]\nwindow = 0\n"))["defense.window"]
+    )
+
+
+def test_key_paths_are_written_as_in_the_file() -> None:
+    from imapguard.config.base import key_path
+
+    assert key_path(("listen", 1, "tls")) == "listen[1].tls"
+    assert key_path(("admin_addresses", 0), "notify") == "notify.admin_addresses[0]"
+    assert key_path((), "defense") == "defense"
+
+
+def test_a_section_checked_alone_names_its_keys_in_full() -> None:
+    from imapguard.config import NotifyConfig, UpstreamConfig
+
+    with pytest.raises(ConfigError) as caught:
+        NotifyConfig.checked(
+            smtp_host="mail.example.org",
+            mail_from="imapguard@example.org",
+            admin_addresses=["root@example.org", "x\r\nBcc: y@z"],
+            bogus=1,
+        )
+    assert [key for key, _ in caught.value.problems] == ["notify.bogus"]
+    with pytest.raises(ConfigError) as caught:
+        NotifyConfig.checked(
+            smtp_host="mail.example.org",
+            mail_from="imapguard@example.org",
+            admin_addresses=["root@example.org", "x\r\nBcc: y@z"],
+        )
+    assert [key for key, _ in caught.value.problems] == ["notify.admin_addresses[1]"]
+    with pytest.raises(ConfigError) as caught:
+        UpstreamConfig.checked(address="mail:143", master_user="m")
+    assert caught.value.problems == [
+        ("upstream.master_password_file", 'required when upstream.login = "master"')
+    ]

@@ -22,6 +22,7 @@ from imapguard.defense import (
     TargetKind,
 )
 from imapguard.defense.engine import POSTURE
+from imapguard.errors import ConfigError
 from imapguard.secret import Secret
 from tests.unit.test_defense_support import STORES, Factory, Harness, harnesses
 
@@ -101,14 +102,14 @@ def test_delays_stay_under_25_seconds_and_are_jittered(make: Factory) -> None:
 
 
 def test_settings_refuse_a_delay_that_could_reach_25_seconds() -> None:
-    with pytest.raises(ValueError, match=r"defense\.delay_max"):
-        DefenseSettings(delay_max=22.0)
-    with pytest.raises(ValueError, match=r"defense\.allowlist: 'nonsense'"):
-        DefenseSettings(allowlist=("nonsense",))
-    with pytest.raises(ValueError, match=r"defense\.block_max: must not exceed"):
-        DefenseSettings(block_max=2 * 86400.0)
-    with pytest.raises(ValueError, match=r"defense\.window: must be positive"):
-        DefenseSettings(window=0)
+    with pytest.raises(ConfigError, match=r"defense\.delay_max"):
+        DefenseSettings.checked(delay_max=22.0)
+    with pytest.raises(ConfigError, match=r"defense\.allowlist: 'nonsense'"):
+        DefenseSettings.checked(allowlist=("nonsense",))
+    with pytest.raises(ConfigError, match=r"defense\.block_max: must not exceed"):
+        DefenseSettings.checked(block_max=2 * 86400.0)
+    with pytest.raises(ConfigError, match=r"defense\.window: must be positive"):
+        DefenseSettings.checked(window=0)
 
 
 def test_log_only_mode_records_what_would_happen_and_enforces_nothing(make: Factory) -> None:

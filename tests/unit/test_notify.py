@@ -21,6 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from imapguard.config.notify import NotifyConfig
 from imapguard.errors import ConfigError
 from imapguard.notify import (
     Channel,
@@ -28,7 +29,6 @@ from imapguard.notify import (
     Notice,
     NoticeKind,
     Notifier,
-    NotifySettings,
     NotifyStatus,
     build_messages,
     owner_address,
@@ -40,6 +40,20 @@ from imapguard.secret import Secret
 HOOK = "https://hooks.example.org/services/T0KEN-in-the-path"
 SECRET = Secret("webhook-secret-0123456789")
 T0 = 1_714_564_800.0  # 2024-05-01 12:00:00 UTC
+SECRETS: list[Path] = []  # the directory secret_file() writes to (set per module)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _secrets_dir(tmp_path_factory: pytest.TempPathFactory) -> None:
+    SECRETS[:] = [tmp_path_factory.mktemp("secrets")]
+
+
+def secret_file(secret: Secret) -> str:
+    """A private file holding `secret`, as `*_file` keys name them."""
+    path = SECRETS[0] / f"secret-{len(list(SECRETS[0].iterdir()))}"
+    path.write_bytes(secret.reveal())
+    path.chmod(0o600)
+    return str(path)
 
 
 def notice(
@@ -50,7 +64,7 @@ def notice(
     return Notice(kind, user, **fields)  # type: ignore[arg-type]
 
 
-def mail_settings(**kw: object) -> NotifySettings:
+def mail_settings(**kw: object) -> NotifyConfig:
     fields: dict[str, object] = {
         "smtp_host": "mail.example.org",
         "mail_from": "imapguard@example.org",
@@ -59,7 +73,7 @@ def mail_settings(**kw: object) -> NotifySettings:
         "portal_url": "https://mail.example.org/portal",
     }
     fields.update(kw)
-    return NotifySettings(**fields)  # type: ignore[arg-type]
+    return NotifyConfig.checked(fields)
 
 
 class Clock:
@@ -96,7 +110,7 @@ def webhook_notifier(
     should_send: Callable[[str, str, float], Awaitable[bool]] | None = None,
     **kw: object,
 ) -> Notifier:
-    settings = NotifySettings(webhook_url=HOOK, webhook_secret=SECRET, timeout=2.0)
+    settings = NotifyConfig(webhook_url=HOOK, webhook_secret_file=secret_file(SECRET), timeout=2.0)
     return Notifier(
         settings,
         should_send=should_send or MemoryRateLimit(settings.min_interval),
@@ -129,13 +143,10 @@ def smtp(**kw: object) -> dict[str, object]:
         ({"webhook_url": "http://hooks.example.org/x"}, "notify.webhook_url"),
         ({"webhook_url": "ftp://hooks.example.org/x"}, "notify.webhook_url"),
         ({"webhook_url": "https://user:pw@hooks.example.org/x"}, "notify.webhook_url"),
-        ({"webhook_url": HOOK, "webhook_secret": Secret("short")}, "notify.webhook_secret"),
         ({"webhook_url": HOOK, "timeout": 0}, "notify.timeout"),
         (smtp(smtp_tls="none"), "notify.smtp_tls"),
         (
-            smtp(
-                smtp_host="127.0.0.1", smtp_tls="none", smtp_username="u", smtp_password=Secret("p")
-            ),
+            smtp(smtp_host="127.0.0.1", smtp_tls="none", smtp_username="u", smtp_password_file="p"),
             "notify.smtp_tls",
         ),
         (smtp(smtp_tls="ssl"), "notify.smtp_tls"),
@@ -152,19 +163,29 @@ def test_insecure_or_broken_settings_are_refused_with_their_key(
     kw: dict[str, object], key: str
 ) -> None:
     with pytest.raises(ConfigError) as caught:
-        NotifySettings(**kw)  # type: ignore[arg-type]
+        NotifyConfig.checked(kw)
     assert key in [k for k, _ in caught.value.problems]
 
 
 def test_good_settings_and_defaults() -> None:
-    NotifySettings(webhook_url="http://127.0.0.1:8080/hook")  # loopback may be http
-    NotifySettings(webhook_url="http://[::1]:8080/hook")
-    NotifySettings(smtp_host="127.0.0.1", smtp_tls="none", mail_from="a@example.org")
-    s = mail_settings(owner_address="{user}", smtp_password=Secret("pw"), smtp_username="u")
+    NotifyConfig.checked(webhook_url="http://127.0.0.1:8080/hook")  # loopback may be http
+    NotifyConfig.checked(webhook_url="http://[::1]:8080/hook")
+    NotifyConfig.checked(smtp_host="127.0.0.1", smtp_tls="none", mail_from="a@example.org")
+    password = secret_file(Secret("hunter2-pw"))
+    s = mail_settings(owner_address="{user}", smtp_password_file=password, smtp_username="u")
     assert s.min_interval == 3600
     assert s.effective_smtp_port == 587
     assert mail_settings(smtp_tls="implicit").effective_smtp_port == 465
-    assert "pw" not in repr(s)
+    notifier = Notifier(s, should_send=MemoryRateLimit(3600))
+    assert "hunter2" not in repr(vars(notifier))
+
+
+def test_a_short_webhook_secret_is_refused_with_its_key() -> None:
+    settings = NotifyConfig(webhook_url=HOOK, webhook_secret_file=secret_file(Secret("short")))
+    with pytest.raises(ConfigError) as caught:
+        Notifier(settings, should_send=MemoryRateLimit(3600))
+    assert [k for k, _ in caught.value.problems] == ["notify.webhook_secret_file"]
+    assert "at least 16 bytes" in str(caught.value)
 
 
 # ---------------------------------------------------------------------------
@@ -198,8 +219,7 @@ def test_notice_refuses_secrets() -> None:
 
 
 def test_webhook_signature_verifies_over_the_exact_body() -> None:
-    settings = NotifySettings(webhook_url=HOOK, webhook_secret=SECRET)
-    body, headers = webhook_request(notice(), settings)
+    body, headers = webhook_request(notice(), SECRET)
     assert headers["Content-Type"] == "application/json"
     assert headers["X-Imapguard-Event"] == "compromise_signal"
     # What a receiver does: recompute over the raw body, compare in constant time.
@@ -207,7 +227,7 @@ def test_webhook_signature_verifies_over_the_exact_body() -> None:
     assert hmac.compare_digest(headers["X-Imapguard-Signature"], expected)
     forged = body.replace(b"203.0.113.9", b"198.51.100.1")
     assert not hmac.compare_digest(headers["X-Imapguard-Signature"], sign(SECRET, forged))
-    unsigned = webhook_request(notice(), NotifySettings(webhook_url=HOOK))[1]
+    unsigned = webhook_request(notice(), None)[1]
     assert "X-Imapguard-Signature" not in unsigned
 
 
@@ -413,7 +433,7 @@ async def test_slow_webhook_times_out() -> None:
         await asyncio.sleep(30)
         return httpx.Response(204)
 
-    settings = NotifySettings(webhook_url=HOOK, timeout=0.2)
+    settings = NotifyConfig(webhook_url=HOOK, timeout=0.2)
     async with Notifier(
         settings, should_send=MemoryRateLimit(3600), transport=httpx.MockTransport(hang)
     ) as notifier:
@@ -427,13 +447,13 @@ async def test_slow_webhook_times_out() -> None:
 async def test_dead_smtp_and_dead_webhook_are_reported_not_raised(
     dead_port: int, caplog: pytest.LogCaptureFixture
 ) -> None:
-    settings = NotifySettings(
+    settings = NotifyConfig(
         webhook_url=HOOK,
         smtp_host="127.0.0.1",
         smtp_port=dead_port,
         smtp_tls="implicit",
         smtp_username="notify",
-        smtp_password=Secret("hunter2-smtp"),
+        smtp_password_file=secret_file(Secret("hunter2-smtp")),
         mail_from="imapguard@example.org",
         owner_address="{user}@example.org",
         admin_addresses=("root@example.org",),
@@ -459,7 +479,7 @@ async def test_dead_smtp_and_dead_webhook_are_reported_not_raised(
 @pytest.mark.asyncio
 async def test_owner_unmailable_but_admins_told_is_partial(dead_port: int) -> None:
     hook = Hook()
-    settings = NotifySettings(
+    settings = NotifyConfig(
         webhook_url=HOOK,
         smtp_host="127.0.0.1",
         smtp_port=dead_port,
@@ -588,7 +608,7 @@ async def test_cancelling_the_owner_still_ends_pending_notices() -> None:
 
 
 def test_unreadable_ca_file_is_a_config_error(tmp_path: Path) -> None:
-    settings = NotifySettings(webhook_url=HOOK, webhook_ca_file=str(tmp_path / "missing.pem"))
+    settings = NotifyConfig(webhook_url=HOOK, webhook_ca_file=str(tmp_path / "missing.pem"))
     with pytest.raises(ConfigError) as caught:
         Notifier(settings, should_send=MemoryRateLimit(3600))
     assert [k for k, _ in caught.value.problems] == ["notify.webhook_ca_file"]
@@ -598,7 +618,9 @@ def test_unreadable_ca_file_is_a_config_error(tmp_path: Path) -> None:
 async def test_all_notices_together_are_capped_per_hour() -> None:
     """Many accounts, one notice each: at most `max_per_hour` leave in any hour (A3)."""
     hook, clock = Hook(), Clock()
-    settings = NotifySettings(webhook_url=HOOK, webhook_secret=SECRET, max_per_hour=3)
+    settings = NotifyConfig(
+        webhook_url=HOOK, webhook_secret_file=secret_file(SECRET), max_per_hour=3
+    )
     async with Notifier(
         settings, should_send=MemoryRateLimit(3600), clock=clock, transport=hook.transport
     ) as n:

@@ -31,7 +31,7 @@ from imapguard.auth.oauth import (
     MAX_TOKEN_BYTES,
     BearerCredentials,
     IssuerUnavailable,
-    OAuthSettings,
+    OAuthConfig,
     SaslMalformed,
     TokenRejected,
     TokenVerifier,
@@ -181,7 +181,7 @@ async def make_verifier(
 ) -> AsyncIterator[TokenVerifier]:
     options: dict[str, Any] = {"issuer": ISSUER, "audience": AUDIENCE, **overrides}
     async with TokenVerifier(
-        OAuthSettings(**options),
+        OAuthConfig(**options),
         clock=clock or Clock(),
         transport=httpx.MockTransport(idp.handle),
     ) as verifier:
@@ -433,16 +433,21 @@ def test_error_challenge_xoauth2_has_gmail_shape() -> None:
         ({"jwks_cache_seconds": 0.0}, "oauth.jwks_cache_seconds"),
         ({"min_refresh_interval": -1.0}, "oauth.min_refresh_interval"),
         ({"http_timeout": 0.0}, "oauth.http_timeout"),
+        # One set of bounds for the file and the verifier: the stricter one.
+        ({"jwks_cache_seconds": 5.0}, "oauth.jwks_cache_seconds"),
+        ({"min_refresh_interval": 0.0}, "oauth.min_refresh_interval"),
+        ({"http_timeout": 61.0}, "oauth.http_timeout"),
+        ({"leeway": 301.0}, "oauth.leeway"),
     ],
 )
 def test_settings_refuse(overrides: dict[str, Any], key: str) -> None:
     with pytest.raises(ConfigError) as info:
-        OAuthSettings(**{"issuer": ISSUER, "audience": AUDIENCE, **overrides})
+        OAuthConfig.checked({"issuer": ISSUER, "audience": AUDIENCE, **overrides})
     assert key in [k for k, _ in info.value.problems]
 
 
 def test_settings_defaults() -> None:
-    s = OAuthSettings(issuer=ISSUER, audience=AUDIENCE)
+    s = OAuthConfig(issuer=ISSUER, audience=AUDIENCE)
     assert s.username_claim == "email"
     assert s.trust_unverified_email is False
     assert not any(a.startswith("HS") or a == "none" for a in s.algorithms)
@@ -452,7 +457,7 @@ def test_settings_defaults() -> None:
 def test_missing_ca_file_is_a_config_error(tmp_path: Any) -> None:
     with pytest.raises(ConfigError) as info:
         TokenVerifier(
-            OAuthSettings(issuer=ISSUER, audience=AUDIENCE, ca_file=str(tmp_path / "none.pem"))
+            OAuthConfig(issuer=ISSUER, audience=AUDIENCE, ca_file=str(tmp_path / "none.pem"))
         )
     assert info.value.problems[0][0] == "oauth.ca_file"
 
@@ -1039,7 +1044,7 @@ def test_any_token_is_verified_or_rejected() -> None:
     """Random tokens raise TokenRejected and nothing else (one loop, one verifier)."""
     with asyncio.Runner() as runner:
         verifier = TokenVerifier(
-            OAuthSettings(issuer=ISSUER, audience=AUDIENCE),
+            OAuthConfig(issuer=ISSUER, audience=AUDIENCE),
             clock=Clock(),
             transport=httpx.MockTransport(FakeIdP([RSA_A]).handle),
         )

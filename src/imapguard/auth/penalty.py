@@ -1,16 +1,17 @@
 """How long the upstream would take to refuse a password from a given source now.
 
 Every failure must be answered after the same time, whatever failed, or the
-timing tells an attacker what the uniform failure text hides. A wrong password takes as long as the upstream takes
-to refuse it, and Dovecot's refusal time depends on the client address it sees
-(the gateway forwards it): its authentication penalty (src/auth/auth-penalty.c,
-anvil) delays every login from an address by 2·2^n seconds after n recent
-failures, at most 15 s, then a refusal adds `auth_failure_delay` (2 s); a
-success clears the penalty, and it fades when the address is quiet (the
-penalty level drops while the time since its last failure exceeds the delay of
-that level: about 15 s of quiet clears it). Measured on Debian's Dovecot 2.3
-behind the gateway: refusals of 2, 6, 10, 17, 17 s for one address, a right
-password after 15 s, 2 s again after 16 s of quiet.
+timing tells an attacker what the uniform failure text hides. A wrong password
+takes as long as the upstream takes to refuse it, and Dovecot's refusal time
+depends on the client address it sees (the gateway forwards it): its
+authentication penalty (src/auth/auth-penalty.c, anvil) delays every login from
+an address by 2·2^n seconds after n recent failures, at most 15 s, then a
+refusal adds `auth_failure_delay` (2 s); a success clears the penalty, and it
+fades when the address is quiet (the penalty level drops while the time since
+its last failure exceeds the delay of that level: about 15 s of quiet clears
+it). Measured on Debian's Dovecot 2.3 behind the gateway: refusals of 2, 6, 10,
+17, 17 s for one address, a right password after 15 s, 2 s again after 16 s of
+quiet.
 
 So this keeps, per address as Dovecot keys it (IPv4, IPv6 /48), the penalty
 level that the gateway's own observations imply, and predicts the refusal time

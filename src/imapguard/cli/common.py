@@ -8,7 +8,7 @@ import argparse
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from imapguard.config import Config, default_config_path, load_config
-from imapguard.errors import ConfigError
+from imapguard.errors import ConfigError, ImapguardError
 
 if TYPE_CHECKING:
     from imapguard.defense.engine import Defense
@@ -39,7 +39,7 @@ EXIT_PROBLEM = 1
 EXIT_USAGE = 2
 
 
-class UsageError(Exception):
+class UsageError(ImapguardError):
     """A usage error found after argument parsing (exit 2)."""
 
 
@@ -109,11 +109,10 @@ def server_key(config: Config) -> Secret:
 
 def open_defense(config: Config) -> Defense:
     """The defense engine on the configured store, as the gateway builds it."""
-    from imapguard.config import defense_settings
     from imapguard.defense.engine import Defense
     from imapguard.defense.fingerprints import Fingerprinter
 
-    settings = defense_settings(config.defense)
+    settings = config.defense
     root = server_key(config)
     return Defense(
         settings,

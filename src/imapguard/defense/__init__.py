@@ -6,7 +6,6 @@ order (see `engine`). The modules:
 
     counters      the store interface, Target/Block, an in-memory store
     fingerprints  keyed, truncated password fingerprints (per account, login-free)
-    settings      DefenseSettings: every threshold, with where its number comes from
     posture       the under-attack posture (pure)
     events        BlockPlaced, SprayDetected, PostureChanged (and their audit records)
     model         Attempt, Verdict, Action, FailureKind
@@ -17,8 +16,13 @@ order (see `engine`). The modules:
     recording     the write path: failures and successes
     spray         the one-password-many-accounts rule
     engine        Defense: the facade and the precheck
+
+Its settings are the `[defense]` section, imapguard.config.DefenseConfig (every
+threshold, with where its number comes from); `DefenseSettings` is that class
+under the name this package has always exported.
 """
 
+from imapguard.config.defense import MAX_DELAY, DefenseConfig
 from imapguard.defense.counters import (
     Block,
     CounterStore,
@@ -36,7 +40,8 @@ from imapguard.defense.engine import (
 from imapguard.defense.events import BlockPlaced, DefenseEvent, PostureChanged, SprayDetected
 from imapguard.defense.fingerprints import Fingerprinter
 from imapguard.defense.posture import Posture, PostureState
-from imapguard.defense.settings import MAX_DELAY, DefenseSettings
+
+DefenseSettings = DefenseConfig
 
 __all__ = [
     "MAX_DELAY",

@@ -9,10 +9,10 @@ target.
 
 from __future__ import annotations
 
+from imapguard.config.defense import DefenseConfig
 from imapguard.defense.counters import Block, CounterStore, Target, TargetKind
 from imapguard.defense.events import BlockPlaced, DefenseEvent
 from imapguard.defense.limits import Limits, Windows
-from imapguard.defense.settings import DefenseSettings
 
 __all__ = ["Blocks"]
 
@@ -42,7 +42,7 @@ def _values(target: Target) -> list[str]:
 
 
 class Blocks:
-    def __init__(self, settings: DefenseSettings, store: CounterStore, windows: Windows) -> None:
+    def __init__(self, settings: DefenseConfig, store: CounterStore, windows: Windows) -> None:
         self._settings = settings
         self._store = store
         self._windows = windows

@@ -88,6 +88,7 @@ import random
 import time
 from collections.abc import Callable
 
+from imapguard.config.defense import DefenseConfig
 from imapguard.defense.blocks import Blocks
 from imapguard.defense.counters import Block, CounterStore, Target, TargetKind
 from imapguard.defense.events import DefenseEvent, SprayDetected
@@ -97,7 +98,6 @@ from imapguard.defense.model import Action, Attempt, FailureKind, Verdict
 from imapguard.defense.posture import Posture, PostureState
 from imapguard.defense.posture_store import POSTURE, UNDER_ATTACK, PostureStore, read_posture
 from imapguard.defense.recording import Recorder
-from imapguard.defense.settings import DefenseSettings
 from imapguard.defense.sources import SourceClasses, source
 from imapguard.secret import Secret
 
@@ -128,7 +128,7 @@ def _level(text: str | None) -> int:
 class Defense:
     def __init__(
         self,
-        settings: DefenseSettings,
+        settings: DefenseConfig,
         store: CounterStore,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,

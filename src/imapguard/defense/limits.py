@@ -1,6 +1,6 @@
 """The numbers in force: thresholds under a posture, windows, delays, block durations.
 
-Pure arithmetic over `DefenseSettings`; the engine and its rules ask here
+Pure arithmetic over `DefenseConfig`; the engine and its rules ask here
 instead of each doing its own sums, so one rule of escalation holds everywhere.
 """
 
@@ -10,8 +10,8 @@ import math
 import random
 from dataclasses import dataclass
 
+from imapguard.config.defense import MAX_DELAY, DefenseConfig
 from imapguard.defense.posture import Posture
-from imapguard.defense.settings import MAX_DELAY, DefenseSettings
 
 __all__ = ["POSTURE_SPARE_BUCKETS", "Limits", "Windows", "delay", "span"]
 
@@ -36,7 +36,7 @@ class Limits:
     duration_factor: float
 
     @classmethod
-    def under(cls, settings: DefenseSettings, posture: Posture) -> Limits:
+    def under(cls, settings: DefenseConfig, posture: Posture) -> Limits:
         """UNDER_ATTACK scales every limit by `attack_threshold_factor` (never below
         what keeps the rule meaningful) and blocks by `attack_duration_factor`."""
         s = settings
@@ -62,7 +62,7 @@ class Limits:
             duration_factor=duration,
         )
 
-    def block_duration(self, settings: DefenseSettings, level: int) -> float:
+    def block_duration(self, settings: DefenseConfig, level: int) -> float:
         """The n-th offence of a target: block_base x block_factor^(n-1), longer
         under attack, at most block_max."""
         duration = settings.block_base * settings.block_factor ** min(level - 1, 64)
@@ -72,7 +72,7 @@ class Limits:
 class Windows:
     """Which buckets a moment falls in: the counting window and the posture's."""
 
-    def __init__(self, settings: DefenseSettings) -> None:
+    def __init__(self, settings: DefenseConfig) -> None:
         self._settings = settings
 
     def window(self, now: float) -> range:
@@ -95,7 +95,7 @@ class Windows:
         return (bucket + kept) * self._settings.posture_bucket
 
 
-def delay(settings: DefenseSettings, rng: random.Random, level: int) -> float:
+def delay(settings: DefenseConfig, rng: random.Random, level: int) -> float:
     """The wait at delay level n: delay_base x 2^(n-1) up to delay_max, x (1 +-
     jitter), always under MAX_DELAY (mail clients give up near 30 s)."""
     s = settings

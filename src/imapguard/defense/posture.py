@@ -32,7 +32,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
-from imapguard.defense.settings import DefenseSettings
+from imapguard.config.defense import DefenseConfig
 
 __all__ = ["Posture", "PostureState", "ShortWindow", "decide", "fold", "trigger_ratio"]
 
@@ -69,7 +69,7 @@ class PostureState:
         return min(1.0, self.base_failures / self.base_attempts)
 
     @classmethod
-    def start(cls, settings: DefenseSettings, now: float, bucket: int) -> PostureState:
+    def start(cls, settings: DefenseConfig, now: float, bucket: int) -> PostureState:
         return cls(
             Posture.NORMAL,
             now,
@@ -112,7 +112,7 @@ class PostureState:
 
 def fold(
     state: PostureState,
-    settings: DefenseSettings,
+    settings: DefenseConfig,
     current: int,
     counts: Mapping[int, tuple[int, int]],
 ) -> PostureState:
@@ -140,7 +140,7 @@ def fold(
     return replace(state, folded=last, base_failures=failures, base_attempts=attempts)
 
 
-def trigger_ratio(settings: DefenseSettings, baseline: float) -> float:
+def trigger_ratio(settings: DefenseConfig, baseline: float) -> float:
     return min(
         settings.posture_max_ratio,
         max(settings.posture_min_ratio, settings.posture_factor * baseline),
@@ -148,7 +148,7 @@ def trigger_ratio(settings: DefenseSettings, baseline: float) -> float:
 
 
 def decide(
-    state: PostureState, window: ShortWindow, settings: DefenseSettings, now: float
+    state: PostureState, window: ShortWindow, settings: DefenseConfig, now: float
 ) -> Posture:
     trigger = trigger_ratio(settings, state.baseline)
     spraying = settings.posture_spray_alerts > 0 and window.sprays >= settings.posture_spray_alerts

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
+from imapguard.config.defense import DefenseConfig
 from imapguard.defense.counters import CounterStore, TargetKind
 from imapguard.defense.events import DefenseEvent, PostureChanged, SprayDetected
 from imapguard.defense.limits import POSTURE_SPARE_BUCKETS, Windows
@@ -23,7 +24,6 @@ from imapguard.defense.posture import (
     fold,
     trigger_ratio,
 )
-from imapguard.defense.settings import DefenseSettings
 
 __all__ = ["G_ATTEMPTS", "G_FAILURES", "G_SPRAYS", "POSTURE", "POSTURE_STATE", "PostureStore"]
 
@@ -45,7 +45,7 @@ class PostureStore:
 
     def __init__(
         self,
-        settings: DefenseSettings,
+        settings: DefenseConfig,
         store: CounterStore,
         windows: Windows,
     ) -> None:

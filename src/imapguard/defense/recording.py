@@ -17,13 +17,13 @@ from __future__ import annotations
 import math
 import random
 
+from imapguard.config.defense import DefenseConfig
 from imapguard.defense.blocks import Blocks
 from imapguard.defense.counters import CounterStore, Target, TargetKind
 from imapguard.defense.events import DefenseEvent
 from imapguard.defense.limits import Limits, Windows, span
 from imapguard.defense.model import Attempt, FailureKind
 from imapguard.defense.posture_store import PostureStore
-from imapguard.defense.settings import DefenseSettings
 from imapguard.defense.sources import SourceClasses
 from imapguard.defense.spray import SprayRule
 
@@ -39,7 +39,7 @@ class Recorder:
 
     def __init__(
         self,
-        settings: DefenseSettings,
+        settings: DefenseConfig,
         store: CounterStore,
         rng: random.Random,
         windows: Windows,

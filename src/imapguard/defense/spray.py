@@ -11,13 +11,13 @@ still adds up.
 
 from __future__ import annotations
 
+from imapguard.config.defense import DefenseConfig
 from imapguard.defense.blocks import Blocks
 from imapguard.defense.counters import CounterStore, Target, TargetKind
 from imapguard.defense.events import DefenseEvent
 from imapguard.defense.limits import Limits, Windows, span
 from imapguard.defense.model import Attempt
 from imapguard.defense.posture_store import PostureStore
-from imapguard.defense.settings import DefenseSettings
 from imapguard.defense.sources import SourceClasses
 
 __all__ = ["SprayRule"]
@@ -26,7 +26,7 @@ __all__ = ["SprayRule"]
 class SprayRule:
     def __init__(
         self,
-        settings: DefenseSettings,
+        settings: DefenseConfig,
         store: CounterStore,
         windows: Windows,
         sources: SourceClasses,

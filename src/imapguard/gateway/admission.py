@@ -51,6 +51,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable
 
+from imapguard.errors import ImapguardError
 from imapguard.net import masked
 
 __all__ = [
@@ -166,7 +167,7 @@ class Refusals:
         return pending
 
 
-class AdmissionShed(Exception):
+class AdmissionShed(ImapguardError):
     """An unfamiliar connection waited for its turn longer than allowed."""
 
 

@@ -1,8 +1,8 @@
 """The zero-trust access policy ("may you?"): ordered rules, first match wins,
 an implicit deny after the last one.
 
-- `rules`: the vocabulary (factors, their strength, methods), the `[policy]` and
-  `[groups]` configuration and its validation.
+- `rules`: group membership, and the vocabulary the engine uses; the `[policy]`
+  and `[groups]` schema and its validation are imapguard.config.policy.
 - `engine`: `compile_policy` once per load, then the pure `evaluate` and
   `explain` per request.
 - `geoip`: the offline country database the caller consults before building a

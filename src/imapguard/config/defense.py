@@ -1,196 +1,221 @@
-"""Defense thresholds, windows and escalation, with where each number comes from.
+"""`[defense]`: thresholds, windows and escalation, with where each number comes from.
 
-"research" is ../shared/research/gateway.md (§ numbers are its sections);
-"inference" marks a number no anchor ships, with the reasoning beside it.
-Counts are *distinct* (wrong passwords, accounts) within `window` unless said.
-`[defense]` in the configuration maps onto these fields one to one.
+"inference" marks a number no anchor ships, with the reasoning beside it. Counts
+are *distinct* (wrong passwords, accounts) within `window` unless said. The
+section's keys are the fields below, one to one; absent keys keep their default.
+Values are typed as TOML writes them: a count is a whole number, a duration or
+factor any number, a switch true or false.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, fields
+from typing import Annotated
 
-__all__ = ["MAX_DELAY", "DefenseSettings", "SettingsError"]
+from pydantic import AfterValidator, BeforeValidator, model_validator
+
+from imapguard.config.base import Section, raise_problems
+
+__all__ = ["MAX_DELAY", "DefenseConfig"]
 
 # No single delay may reach this: mail clients give up near 30 s (Nextcloud cut
-# its 30 s cap to 25 s for that reason, nextcloud/server #9864; research §1.7).
+# its 30 s cap to 25 s for that reason, nextcloud/server #9864).
 MAX_DELAY = 25.0
 
 
-class SettingsError(ValueError):
-    """Invalid settings; `.problems` is [(key, message)] for `check-config`."""
-
-    def __init__(self, problems: list[tuple[str, str]]) -> None:
-        self.problems = problems
-        super().__init__("; ".join(f"defense.{key}: {msg}" for key, msg in problems))
+def _flag(value: object) -> object:
+    if not isinstance(value, bool):
+        raise ValueError("must be true or false")
+    return value
 
 
-@dataclass(frozen=True)
-class DefenseSettings:
+def _number(value: object) -> object:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("must be a number")
+    return value
+
+
+def _whole(value: object) -> object:
+    if not isinstance(_number(value), int):
+        raise ValueError("must be a whole number")
+    return value
+
+
+def _not_negative(value: float) -> float:
+    if value < 0:
+        raise ValueError("must not be negative")
+    return value
+
+
+def _positive(value: float) -> float:
+    if value <= 0:
+        raise ValueError("must be positive")
+    return value
+
+
+def _network_list(value: object) -> object:
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise ValueError("must be a list of networks")
+    return tuple(value)
+
+
+def _networks(value: tuple[str, ...]) -> tuple[str, ...]:
+    bad = []
+    for text in value:
+        try:
+            ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            bad.append(f"{text!r} is not an address or network")
+    if bad:
+        raise ValueError("; ".join(bad))
+    return value
+
+
+Flag = Annotated[bool, BeforeValidator(_flag)]
+Number = Annotated[float, BeforeValidator(_number), AfterValidator(_not_negative)]
+Count = Annotated[int, BeforeValidator(_whole), AfterValidator(_not_negative)]
+PositiveNumber = Annotated[Number, AfterValidator(_positive)]
+PositiveCount = Annotated[Count, AfterValidator(_positive)]
+Networks = Annotated[tuple[str, ...], BeforeValidator(_network_list), AfterValidator(_networks)]
+
+
+class DefenseConfig(Section):
+    """The defense engine's settings, as `[defense]` in the file sets them."""
+
+    section_key = "defense"
+
     # False: log-only (Dovecot auth_policy_log_only, AD FS ESL audit mode): counters,
     # blocks and events are recorded, verdicts say what would happen, nothing is enforced.
-    enforce: bool = True
+    enforce: Flag = True
 
     # -- windows ---------------------------------------------------------------
     # One hour in six 10-minute buckets: wforce's "OneHourDB" (6 windows x 600 s).
-    window: float = 3600.0
-    window_buckets: int = 6
+    window: PositiveNumber = 3600.0
+    window_buckets: PositiveCount = 6
 
     # -- progressive delays (before the credential check) ----------------------
     # Free distinct failures per (account, source): wforce default policy tarpits
     # IP+login above 3.
-    pair_free: int = 3
+    pair_free: Count = 3
     # Free distinct failures per source address (across accounts) [inference: a
     # household or small office mistyping stays under it; credits below raise it].
-    source_free: int = 10
+    source_free: Count = 10
     # First delay, doubling per further failure: Dovecot AUTH_PENALTY_INIT_SECS = 2
     # (2 -> 4 -> 8 -> 15 s there).
-    delay_base: float = 2.0
+    delay_base: PositiveNumber = 2.0
     # Cap before jitter; with jitter the delay stays below MAX_DELAY (25 s).
-    delay_max: float = 20.0
+    delay_max: Number = 20.0
     # +-20 % so timing tells nothing and parallel guesses do not line up
     # [inference; Stalwart sleeps a random 50-500 ms on every failure].
-    delay_jitter: float = 0.2
+    delay_jitter: Number = 0.2
     # How long a delay level is remembered: Dovecot PENALTY_DEFAULT_EXPIRE_SECS = 3600.
-    delay_memory: float = 3600.0
+    delay_memory: Number = 3600.0
 
     # -- blocks ------------------------------------------------------------------
     # Smart lockout: distinct failures from unfamiliar sources that lock the account
     # for unfamiliar sources: Entra smart lockout's default threshold of 10.
-    account_lockout: int = 10
+    account_lockout: PositiveCount = 10
     # Distinct unfamiliar failures that mark an account "under attack" (what the
     # UNDER_ATTACK posture tightens) [inference: half the lockout].
-    account_attacked: int = 5
+    account_attacked: Count = 5
     # Distinct failures of one address on one account that block that pair (the one
     # block a familiar source can get): Entra's 10, applied per address.
-    pair_block: int = 10
+    pair_block: PositiveCount = 10
     # Distinct wrong passwords from one address: wforce default policy rejects above
     # 50 per IP per hour.
-    source_failures: int = 50
+    source_failures: PositiveCount = 50
     # Distinct accounts failing from one address (spraying from one place)
-    # [inference: wforce's per-IP twin for logins, research §2.2; 20 is more
-    # accounts than a family or small office mistypes in an hour].
-    source_accounts: int = 20
-    # The same for a /24 or /64: research §2.2 "as for IP, higher limit"
+    # [inference: wforce's per-IP limit applied to accounts; 20 is more accounts
+    # than a family or small office mistypes in an hour].
+    source_accounts: PositiveCount = 20
+    # The same for a /24 or /64: as for one address, with a higher limit
     # [inference: three times the address limits].
-    network_failures: int = 150
-    network_accounts: int = 60
+    network_failures: PositiveCount = 150
+    network_accounts: PositiveCount = 60
     # NAT tolerance: each distinct account that logged in successfully from the
     # address (or network) within the window raises its limits by this much
     # [inference; fail2ban #4199 asks for it, and counting distinct *accounts*
     # answers the maintainer's objection: one valid account buys one credit, not a
     # reset]. 3,000 students behind one address: 2,000 successes -> limits far away.
-    credit_failures: float = 2.0
-    credit_accounts: float = 1.0
+    credit_failures: Number = 2.0
+    credit_accounts: Number = 1.0
     # An address with this many successful accounts in the window is shared (NAT):
     # taking part in a password spray blocks the fingerprint, not the address
     # [inference].
-    shared_source_accounts: int = 3
-    # Accounts one login-free fingerprint may fail on before it is a spray: research
-    # §3 "spray fingerprint: 5 accounts per hour".
-    spray_accounts: int = 5
+    shared_source_accounts: Count = 3
+    # Accounts one login-free fingerprint may fail on in the window before it is
+    # a spray [inference: five accounts an hour is no one's typing mistake].
+    spray_accounts: PositiveCount = 5
     # At most this many sources blocked for one spray (bounded write) [inference].
-    spray_block_sources: int = 256
+    spray_block_sources: Count = 256
 
     # -- escalation ----------------------------------------------------------------
     # First block 10 min, doubling per repeat offence: fail2ban bantime = 10m and
     # bantime.increment (ban.Time * 2^n).
-    block_base: float = 600.0
-    block_factor: float = 2.0
-    # Cap: 24 h (research §3 allows a week; a fingerprint block must not outlive the
-    # next fingerprint epoch, so it is at most `fingerprint_epoch`).
-    block_max: float = 86400.0
+    block_base: PositiveNumber = 600.0
+    block_factor: Number = 2.0
+    # Cap: 24 h (a week would also be defensible, but a fingerprint block must not
+    # outlive the next fingerprint epoch, so it is at most `fingerprint_epoch`).
+    block_max: Number = 86400.0
     # How long an offence counts for escalation after the longest block could
     # end: fail2ban dbpurgeage default 1 day.
-    offence_memory: float = 86400.0
+    offence_memory: Number = 86400.0
 
     # -- familiar sources ----------------------------------------------------------
     # A successful login with a factor makes its /24 or /64 familiar to the account
-    # for this long: the trusted-device period (auth.device_trust, 30 days).
-    familiar_ttl: float = 30 * 86400.0
+    # for this long: the trusted-device period (auth.device_trust_days, 30 days).
+    familiar_ttl: Number = 30 * 86400.0
     # Networks familiar to every account (e.g. the office LAN). Still counted per
     # address, so a compromised office machine is still limited.
-    trusted_networks: tuple[str, ...] = ()
+    trusted_networks: Networks = ()
     # Sources never counted, delayed or blocked (monitoring, a webmail that
     # forwards no client address): Dovecot login_trusted_networks, Stalwart allow-list.
-    allowlist: tuple[str, ...] = ()
+    allowlist: Networks = ()
 
     # -- under-attack posture ------------------------------------------------------
-    # Failure ratio over 5 one-minute buckets against a long baseline: research §2.2
-    # "over 5 min against a 7-day baseline".
-    posture_bucket: float = 60.0
-    posture_buckets: int = 5
-    # EWMA time constant of the baseline (research: 7 days); frozen under attack.
-    posture_baseline: float = 7 * 86400.0
+    # The failure ratio over 5 one-minute buckets, against a baseline of about a
+    # week [inference: long enough that a weekly rhythm is normal].
+    posture_bucket: PositiveNumber = 60.0
+    posture_buckets: PositiveCount = 5
+    # EWMA time constant of the baseline (7 days); frozen under attack.
+    posture_baseline: PositiveNumber = 7 * 86400.0
     # Baseline before any traffic was seen [inference: stale passwords on phones
     # make a few failures in a hundred normal].
-    posture_initial_baseline: float = 0.1
+    posture_initial_baseline: Number = 0.1
     # UNDER_ATTACK when the ratio reaches factor x baseline, clamped to
     # [min_ratio, max_ratio], with at least `posture_min_failures` new distinct
     # failures in the short window (a quiet night with 3 failures of 4 attempts
     # is not an attack) [inference].
-    posture_factor: float = 3.0
-    posture_min_ratio: float = 0.3
-    posture_max_ratio: float = 0.9
-    posture_min_failures: int = 50
+    posture_factor: Number = 3.0
+    posture_min_ratio: Number = 0.3
+    posture_max_ratio: Number = 0.9
+    posture_min_failures: Count = 50
     # Spray detections in the short window that raise the posture by themselves:
-    # research §3 "deny that fingerprint and raise the posture".
-    posture_spray_alerts: int = 1
+    # a spray denies its fingerprint and raises the posture.
+    posture_spray_alerts: Count = 1
     # Hysteresis: back to NORMAL only after `posture_min_duration` and once the
     # ratio is below exit_fraction x the trigger, or the failures below
     # exit_fraction x min_failures, with no spray in the short window [inference].
-    posture_exit_fraction: float = 0.5
-    posture_min_duration: float = 900.0
+    posture_exit_fraction: Number = 0.5
+    posture_min_duration: Number = 900.0
     # A node re-evaluates the shared posture at most this often (on writes).
-    posture_interval: float = 5.0
-    # Under attack: limits x 0.5 and blocks x 2 ("lower the per-IP limits,
-    # lengthen ban escalation", research §2.2) [inference for the factors].
-    attack_threshold_factor: float = 0.5
-    attack_duration_factor: float = 2.0
+    posture_interval: Number = 5.0
+    # Under attack: lower the per-address limits (x 0.5) and lengthen the blocks
+    # (x 2) [inference for the factors].
+    attack_threshold_factor: Number = 0.5
+    attack_duration_factor: Number = 2.0
 
     # -- fingerprints and housekeeping ---------------------------------------------
-    # Login-free fingerprint key rotation: daily (research §2.2).
-    fingerprint_epoch: float = 86400.0
+    # Login-free fingerprint key rotation: daily.
+    fingerprint_epoch: PositiveNumber = 86400.0
     # Expired counters, blocks and values are purged this often, at most
     # `purge_limit` rows of each kind per run (short write transactions).
-    purge_interval: float = 60.0
-    purge_limit: int = 5000
+    purge_interval: Number = 60.0
+    purge_limit: PositiveCount = 5000
 
-    def __post_init__(self) -> None:
-        problems = self.problems()
-        if problems:
-            raise SettingsError(problems)
-
-    def problems(self) -> list[tuple[str, str]]:
-        """(field, message) for every invalid setting."""
+    @model_validator(mode="after")
+    def _consistent(self) -> DefenseConfig:
         out: list[tuple[str, str]] = []
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, bool) or f.name in ("trusted_networks", "allowlist"):
-                continue
-            if isinstance(value, int | float) and value < 0:
-                out.append((f.name, "must not be negative"))
-        for name in (
-            "window",
-            "window_buckets",
-            "delay_base",
-            "posture_bucket",
-            "posture_buckets",
-            "posture_baseline",
-            "fingerprint_epoch",
-            "block_base",
-            "account_lockout",
-            "pair_block",
-            "source_failures",
-            "source_accounts",
-            "network_failures",
-            "network_accounts",
-            "spray_accounts",
-            "purge_limit",
-        ):
-            if getattr(self, name) <= 0:
-                out.append((name, "must be positive"))
         if self.delay_max * (1 + self.delay_jitter) >= MAX_DELAY:
             out.append(("delay_max", f"with delay_jitter, a delay must stay below {MAX_DELAY:g} s"))
         if self.delay_jitter >= 1:
@@ -211,13 +236,8 @@ class DefenseSettings:
             out.append(("attack_duration_factor", "must be at least 1"))
         if not 0 <= self.posture_initial_baseline <= 1:
             out.append(("posture_initial_baseline", "must be a ratio (0 to 1)"))
-        for name in ("trusted_networks", "allowlist"):
-            for text in getattr(self, name):
-                try:
-                    ipaddress.ip_network(text, strict=False)
-                except ValueError:
-                    out.append((name, f"{text!r} is not an address or network"))
-        return out
+        raise_problems(out)
+        return self
 
     @property
     def bucket_seconds(self) -> float:

@@ -1,0 +1,178 @@
+"""The gateway's own sections: `[[listen]]`, `[tls]`, `[upstream]` and `[limits]`."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, Field, model_validator
+
+from imapguard.config.base import Seconds, Section, raise_problems
+from imapguard.names import DEFAULT_MASTER_SEPARATOR
+from imapguard.net import is_loopback
+
+__all__ = [
+    "LimitsConfig",
+    "ListenConfig",
+    "TlsConfig",
+    "UpstreamConfig",
+    "parse_address",
+]
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """`host:port`, `[v6]:port` → (host, port). Raises ValueError with the reason."""
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]:")
+        if not sep:
+            raise ValueError("expected [ipv6]:port")
+    else:
+        host, sep, port = text.rpartition(":")
+        if not sep or not host:
+            raise ValueError("expected host:port")
+        if ":" in host:
+            raise ValueError("write an IPv6 address as [addr]:port")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"invalid port {port!r}")
+    return host, int(port)
+
+
+def _check_address(text: str) -> str:
+    parse_address(text)
+    return text
+
+
+def _check_separator(separator: str) -> str:
+    if not separator or any(c.isspace() or not c.isprintable() for c in separator):
+        raise ValueError("must be printable characters without spaces")
+    if separator.isalnum() or separator in ".-_@":
+        raise ValueError(
+            f"{separator!r} is part of ordinary account names; use Dovecot's usual '*'"
+        )
+    return separator
+
+
+def _not_yet(value: str) -> str:
+    if value == "proxy-v2":
+        raise ValueError("'proxy-v2' is not supported by this build yet")
+    return value
+
+
+#: `host:port` or `[v6]:port`.
+Address = Annotated[str, AfterValidator(_check_address)]
+
+
+class ListenConfig(Section):
+    address: Address
+    tls: Literal["implicit", "starttls"]
+
+
+class TlsConfig(Section):
+    section_key = "tls"
+
+    certificate: str
+    private_key: str
+    min_version: Literal["1.2", "1.3"] = "1.2"
+    # Client certificates (requested, not required, so other clients still connect):
+    # a certificate that chains to this CA maps to an account by `client_cert_user`.
+    client_ca: str | None = None
+    # email: the subjectAltName rfc822Name (else the subject emailAddress) is the
+    # account; email-local: its part before "@"; cn: the subject commonName.
+    client_cert_user: Literal["email", "email-local", "cn"] = "email"
+    # Revoked client certificates: PEM CRLs of the client_ca CAs (one or several
+    # concatenated), read again on SIGHUP. "leaf" checks the client's certificate,
+    # "chain" every CA certificate above it too (each CA then needs a CRL).
+    client_crl: str | None = None
+    client_crl_check: Literal["leaf", "chain"] = "leaf"
+
+    @model_validator(mode="after")
+    def _crl_needs_ca(self) -> TlsConfig:
+        if self.client_crl is not None and self.client_ca is None:
+            raise_problems(
+                [("client_crl", "needs tls.client_ca, the CAs whose certificates it revokes")]
+            )
+        return self
+
+
+class UpstreamConfig(Section):
+    section_key = "upstream"
+
+    address: Address
+    tls: Literal["implicit", "starttls", "none"] = "starttls"
+    ca: str | None = None
+    # The name the upstream certificate must carry; defaults to the host of `address`.
+    server_name: str | None = None
+    # Plaintext to a non-loopback upstream needs this spelled out.
+    insecure: bool = False
+    login: Literal["master", "passthrough"] = "master"
+    master_user: str | None = None
+    master_password_file: str | None = None
+    forward_client_ip: Annotated[Literal["id", "proxy-v2", "none"], AfterValidator(_not_yet)] = "id"
+    # The upstream's master-user separator (Dovecot's auth_master_user_separator):
+    # an account name containing it is refused, whatever `login` is, so that
+    # `alice*imapguard` plus a master password never reaches the upstream.
+    master_separator: Annotated[str, AfterValidator(_check_separator)] = DEFAULT_MASTER_SEPARATOR
+    connect_timeout: Seconds = 10.0
+    login_timeout: Seconds = 30.0
+
+    @model_validator(mode="after")
+    def _consistent(self) -> UpstreamConfig:
+        problems: list[tuple[str, str]] = []
+        host, _ = parse_address(self.address)
+        if self.tls == "none" and not is_loopback(host) and not self.insecure:
+            problems.append(
+                (
+                    "tls",
+                    "'none' sends passwords in clear to a non-loopback address; "
+                    "use starttls/implicit or set upstream.insecure = true",
+                )
+            )
+        if self.login == "master":
+            if not self.master_user:
+                problems.append(("master_user", 'required when upstream.login = "master"'))
+            if not self.master_password_file:
+                problems.append(("master_password_file", 'required when upstream.login = "master"'))
+        raise_problems(problems)
+        return self
+
+
+class LimitsConfig(Section):
+    section_key = "limits"
+
+    max_line: Annotated[int, Field(ge=1024, le=65536)] = 8192
+    max_literal: Annotated[int, Field(ge=256, le=65536)] = 8192
+    max_preauth_commands: Annotated[int, Field(ge=3, le=1000)] = 30
+    max_bad_commands: Annotated[int, Field(ge=1, le=100)] = 3
+    max_auth_failures: Annotated[int, Field(ge=1, le=100)] = 3
+    preauth_timeout: Seconds = 60.0
+    handshake_timeout: Seconds = 10.0
+    # Connections not logged in yet, per source (an IPv4 address or an IPv6 /64)
+    # and in total; one over a limit is closed at accept, before TLS.
+    max_preauth_per_source: Annotated[int, Field(ge=1)] = 20
+    max_preauth_total: Annotated[int, Field(ge=1)] = 2000
+    # Of max_preauth_total, slots only familiar sources (defense.trusted_networks,
+    # a successful login in the last 24 h) may take. Default: a tenth of it.
+    familiar_reserve: Annotated[int, Field(ge=0)] | None = None
+    # Concurrent TLS handshakes of unfamiliar sources at most (HAProxy's
+    # maxsslconn); under load the limit follows the event loop's lag below it.
+    # Default: max_preauth_total.
+    max_handshakes: Annotated[int, Field(ge=1)] | None = None
+    # SIGTERM: how long established sessions may go on before they are closed.
+    drain_timeout: Annotated[float, Field(ge=0, le=3600)] = 30.0
+
+    @model_validator(mode="after")
+    def _reserve_below_total(self) -> LimitsConfig:
+        if self.familiar_reserve is not None and self.familiar_reserve >= self.max_preauth_total:
+            raise_problems([("familiar_reserve", "must be below limits.max_preauth_total")])
+        return self
+
+    @property
+    def reserve(self) -> int:
+        """familiar_reserve with its default filled in."""
+        if self.familiar_reserve is None:
+            return self.max_preauth_total // 10
+        return self.familiar_reserve
+
+    @property
+    def handshakes(self) -> int:
+        """max_handshakes with its default filled in."""
+        return self.max_preauth_total if self.max_handshakes is None else self.max_handshakes
