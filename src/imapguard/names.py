@@ -33,9 +33,11 @@ from dataclasses import dataclass
 
 __all__ = [
     "DEFAULT_MASTER_SEPARATOR",
+    "DEFAULT_NAMES",
     "DOVECOT_USERNAME_CHARS",
     "MAX_USER_BYTES",
     "AccountNames",
+    "canonical_user",
     "printable",
     "well_formed",
 ]
@@ -108,3 +110,14 @@ class AccountNames:
         if self.username_format == "local":
             return local
         return f"{local}@{domain}" if domain else local
+
+
+#: The rule with every setting at its default (Dovecot's own defaults): for names
+#: read where no configuration applies, such as a client certificate's account
+#: before the auth service applies the configured rule.
+DEFAULT_NAMES = AccountNames()
+
+
+def canonical_user(raw: bytes) -> str | None:
+    """The account `raw` names under the default rule."""
+    return DEFAULT_NAMES.canonical(raw)

@@ -16,11 +16,12 @@ import pytest
 
 from imapguard.audit import AuditLog
 from imapguard.auth import app_passwords
-from imapguard.auth.chokepoint import AuthContext, Authenticator, Outcome, canonical_user
+from imapguard.auth.chokepoint import AuthContext, Authenticator, Outcome
 from imapguard.auth.model import ClientAddress
 from imapguard.errors import UpstreamRefused, UpstreamUnavailable
 from imapguard.gateway.upstream import UpstreamSession
 from imapguard.imap.preauth import Credentials
+from imapguard.names import canonical_user
 from imapguard.secret import Secret
 from imapguard.state.sqlite import SqliteStore, open_store
 

@@ -34,18 +34,16 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hashlib
-import hmac
 import logging
 import random
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from typing import Any, Generic, TypeVar
 
 from imapguard.audit import AuditLog, events
-from imapguard.auth import app_passwords, oauth, proof
+from imapguard.auth import app_passwords, oauth, passwordless, proof
+from imapguard.auth.counting import Counting
 from imapguard.auth.devices import AccountView, Devices, Reading, device_key
 from imapguard.auth.model import (
     AuthContext,
@@ -58,12 +56,10 @@ from imapguard.auth.model import (
     Upstream,
 )
 from imapguard.auth.timing import AttemptClock, FailureTiming, password_ok
-from imapguard.defense.counters import TargetKind
-from imapguard.defense.engine import Action, Attempt, Defense, FailureKind, Verdict
-from imapguard.defense.events import BlockPlaced, DefenseEvent
+from imapguard.auth.verified import VerifiedPasswords
+from imapguard.defense.engine import Action, Attempt, Defense, Verdict
 from imapguard.errors import StateUnavailable, UpstreamRefused, UpstreamUnavailable
 from imapguard.keys import VERIFIED_CACHE, derive_key
-from imapguard.names import AccountNames
 from imapguard.policy.engine import DecisionKind
 from imapguard.policy.gate import PolicyGate
 from imapguard.secret import Secret
@@ -77,20 +73,10 @@ __all__ = [
     "Authenticator",
     "FactorSettings",
     "Outcome",
-    "canonical_user",
 ]
 
 log = logging.getLogger("imapguard.auth")
 T = TypeVar("T")
-
-
-def canonical_user(raw: bytes) -> str | None:
-    """The account `raw` names under the default rule (imapguard.names);
-    the chokepoint itself applies the configured one."""
-    return _DEFAULT_NAMES.canonical(raw)
-
-
-_DEFAULT_NAMES = AccountNames()
 
 
 class Authenticator(Generic[S]):
@@ -147,10 +133,30 @@ class Authenticator(Generic[S]):
         self.defense = defense
         self.names = self.factors.names
         self.devices = Devices(app_password_key, totp_key)
-        # keyed hash of (user, method, device, password) -> expiry (monotonic)
-        self._verified: OrderedDict[bytes, float] = OrderedDict()
-        self._cache_key = derive_key(Secret(app_password_key), VERIFIED_CACHE)
+        self._verified = VerifiedPasswords(
+            derive_key(Secret(app_password_key), VERIFIED_CACHE),
+            clock,
+            seconds=self.factors.verified_cache_seconds,
+            entries=self.factors.verified_cache_entries,
+        )
         self._sleep = sleep
+        self._counting: Counting | None = None
+
+    @property
+    def counting(self) -> Counting | None:
+        """What the defense learns from each login (None without a defense)."""
+        if self.defense is None:
+            return None
+        if self._counting is None or self._counting.defense is not self.defense:
+            self._counting = Counting(
+                self.defense,
+                audit=self._audit,
+                reader=self.reader,
+                bookkeeping=self.bookkeeping,
+                on_store=self._store,
+                notice=self._notice,
+            )
+        return self._counting
 
     async def authenticate(
         self, credentials: LoginRequest, ctx: AuthContext, session: str
@@ -194,8 +200,9 @@ class Authenticator(Generic[S]):
                     await self._sleep(verdict.delay)
                 fresh = verdict is not None and verdict.require_factor
                 result = await self._decide(credentials, ctx, fresh, account)
-            if attempt is not None and verdict is not None:
-                await self._record(attempt, verdict, result, ctx, session)
+            counting = self.counting
+            if attempt is not None and verdict is not None and counting is not None:
+                await counting.record(attempt, verdict, result, ctx, session)
         except StateUnavailable as exc:
             result = AuthResult(Outcome.UNAVAILABLE, None, None, f"state store: {exc.detail}")
         self._audit.emit(
@@ -256,71 +263,11 @@ class Authenticator(Generic[S]):
         )
         return attempt, self.defense.precheck(attempt), account
 
-    async def _record(
-        self,
-        attempt: Attempt,
-        verdict: Verdict,
-        result: AuthResult[S],
-        ctx: AuthContext,
-        session: str,
-    ) -> None:
-        """Count the outcome (writes, on the store thread). Blocked attempts,
-        policy decisions and an unavailable upstream count for nothing."""
-        assert self.defense is not None  # noqa: S101 - checked by the caller
-        defense = self.defense
-        if result.outcome is Outcome.OK:
-            # Off the login path, batched; its events still reach the audit log.
-            def succeeded() -> None:  # on the store thread: audit only, no notices
-                events = defense.record_success(attempt)
-                self._defense_events(events, session, ctx, notify=False)
-
-            self.bookkeeping.submit(succeeded)
-            return
-        if result.blocked or result.rule is not None or result.outcome is Outcome.UNAVAILABLE:
-            return  # (a DENIED result always names its rule)
-        if result.outcome is Outcome.MISSING_FACTOR:
-            kind = FailureKind.FACTOR
-        elif result.user is None and attempt.user is None and result.method is None:
-            kind = FailureKind.MALFORMED
-        else:
-            kind = FailureKind.CREDENTIAL
-        events = await self._store(defense.record_failure, attempt, kind, verdict.familiar)
-        self._defense_events(events, session, ctx)
-
-    def _defense_events(
-        self,
-        events: list[DefenseEvent],
-        session: str | None,
-        ctx: AuthContext | None,
-        *,
-        notify: bool = True,
-    ) -> None:
-        for event in events:
-            self._audit.emit(event.record(session))
-            if (
-                notify
-                and ctx is not None
-                and isinstance(event, BlockPlaced)
-                and event.block.target.kind is TargetKind.ACCOUNT_UNFAMILIAR
-                and self._known(event.block.target.value)
-            ):
-                self._notice("lockout", event.block.target.value, ctx, None)
-
-    def _known(self, user: str) -> bool:
-        """An account the gateway knows (it logged in, or has a factor or device):
-        only those are told of a lockout. Anyone can fail ten logins under any
-        name; the organisation's relay must not mail whatever name they chose."""
-        try:
-            return self.reader.get_user(user) is not None
-        except StateUnavailable:
-            return False
-
     async def maintain(self, session: str | None = None) -> None:
         """Purge expired counters and let the posture relax (about once a minute)."""
-        if self.defense is None:
-            return
-        events = await self._store(self.defense.maintain)
-        self._defense_events(events, session, None, notify=False)
+        counting = self.counting
+        if counting is not None:
+            await counting.maintain(session)
 
     # -- what the login proves ---------------------------------------------------
 
@@ -340,12 +287,19 @@ class Authenticator(Generic[S]):
     ) -> AuthResult[S]:
         mechanism = credentials.mechanism
         if mechanism in ("OAUTHBEARER", "XOAUTH2"):
-            result = await self._bearer(mechanism, credentials.secret, ctx)
+            token = await passwordless.bearer(
+                mechanism, credentials.secret, self._tokens, self.methods, self.names
+            )
+            result = await self._without_password(token, ctx)
             if result.outcome in (Outcome.INVALID, Outcome.MISSING_FACTOR):
-                result = dataclasses.replace(result, challenge=self._challenge(mechanism))
+                challenge = passwordless.challenge(mechanism, self._tokens, self._oauth_scope)
+                result = dataclasses.replace(result, challenge=challenge)
             return result
         if mechanism == "EXTERNAL":
-            return await self._external(credentials, ctx)
+            cert = passwordless.certificate(
+                self._cert_user(ctx), credentials.authzid, self.methods, self.names
+            )
+            return await self._without_password(cert, ctx)
         user = self.names.canonical(credentials.username)
         if user is None:
             return AuthResult(Outcome.INVALID, None, None, "malformed user name")
@@ -382,60 +336,12 @@ class Authenticator(Generic[S]):
 
     # -- OAuth 2.0 bearer tokens and client certificates -----------------------
 
-    def _challenge(self, mechanism: str) -> bytes | None:
-        if self._tokens is None:
-            return None
-        kind: Any = mechanism
-        return oauth.error_challenge(
-            oauth.discovery_url(self._tokens.settings.issuer), self._oauth_scope, kind
-        )
-
-    async def _bearer(self, mechanism: str, payload: Secret, ctx: AuthContext) -> AuthResult[S]:
-        method = mechanism.lower()
-        if self._tokens is None or method not in self.methods:
-            return AuthResult(Outcome.INVALID, None, method, f"{mechanism} is not enabled")
-        try:
-            parse = oauth.parse_oauthbearer if mechanism == "OAUTHBEARER" else oauth.parse_xoauth2
-            bearer = parse(payload.reveal())
-        except oauth.SaslMalformed as exc:
-            return AuthResult(Outcome.INVALID, None, method, f"malformed {mechanism}: {exc.reason}")
-        authzid = None
-        if bearer.authzid:
-            authzid = self.names.canonical(bearer.authzid)
-            if authzid is None:
-                return AuthResult(Outcome.INVALID, None, method, "malformed authorization identity")
-        if bearer.discovery:
-            return AuthResult(Outcome.INVALID, authzid, method, "discovery request (no token)")
-        try:
-            token = await self._tokens.verify(bearer.token, authzid)
-        except oauth.TokenRejected as exc:
-            return AuthResult(Outcome.INVALID, authzid, method, f"token rejected: {exc.reason}")
-        except oauth.IssuerUnavailable as exc:
-            return AuthResult(Outcome.UNAVAILABLE, authzid, method, f"issuer: {exc.reason}")
-        user = self.names.canonical_text(token.user)
-        if user is None:
-            return AuthResult(Outcome.INVALID, None, method, "token names no valid account")
-        return await self._grant(user, None, method, proof.bearer_factor(token.mfa), ctx)
-
-    async def _external(self, credentials: LoginRequest, ctx: AuthContext) -> AuthResult[S]:
-        if "client-cert" not in self.methods:
-            return AuthResult(Outcome.INVALID, None, "client-cert", "EXTERNAL is not enabled")
-        user = self._cert_user(ctx)
-        if user is None:
-            return AuthResult(
-                Outcome.INVALID,
-                None,
-                "client-cert",
-                "no verified client certificate naming an account",
-            )
-        if credentials.authzid and self.names.canonical(credentials.authzid) != user:
-            return AuthResult(
-                Outcome.INVALID,
-                user,
-                "client-cert",
-                "authorization identity differs from the certificate",
-            )
-        return await self._grant(user, None, "client-cert", Factor.CLIENT_CERT, ctx)
+    async def _without_password(
+        self, proven: passwordless.Proven | passwordless.Refused, ctx: AuthContext
+    ) -> AuthResult[S]:
+        if isinstance(proven, passwordless.Refused):
+            return AuthResult(proven.outcome, proven.user, proven.method, proven.reason)
+        return await self._grant(proven.user, None, proven.method, proven.factor, ctx)
 
     # -- password + a second factor -------------------------------------------
 
@@ -583,15 +489,6 @@ class Authenticator(Generic[S]):
 
     # -- the password check and the upstream session ---------------------------
 
-    def _cache_id(self, user: str, password: Secret, ctx: AuthContext) -> bytes:
-        device = device_key(user, ctx)
-        material = "\0".join(
-            ("password", user, device.network, device.client_name, device.client_version)
-        ).encode()
-        return hmac.new(
-            self._cache_key, material + b"\0" + password.reveal(), hashlib.sha256
-        ).digest()
-
     async def _password_login(self, user: str, password: Secret, ctx: AuthContext) -> S:
         """Log in upstream with the user's password; a refusal's duration feeds
         the failure timing."""
@@ -609,19 +506,14 @@ class Authenticator(Generic[S]):
         """Raise UpstreamRefused if the password is wrong. Returns the upstream
         session the check opened, or None when a recent check of the same
         (user, device, password) is remembered and a master login can follow."""
-        cache_id: bytes | None = None
-        if self.factors.verified_cache_seconds > 0 and self.upstream.logs_in_for_users:
-            cache_id = self._cache_id(user, password, ctx)
-            expiry = self._verified.get(cache_id)
-            if expiry is not None and expiry > self._clock():
-                password_ok(self._clock())
-                return None
+        device = device_key(user, ctx)
+        remembering = self._verified.enabled and self.upstream.logs_in_for_users
+        if remembering and self._verified.remembered(device, password):
+            password_ok(self._clock())
+            return None
         session = await self._password_login(user, password, ctx)
-        if cache_id is not None:
-            self._verified[cache_id] = self._clock() + self.factors.verified_cache_seconds
-            self._verified.move_to_end(cache_id)
-            while len(self._verified) > self.factors.verified_cache_entries:
-                self._verified.popitem(last=False)
+        if remembering:
+            self._verified.remember(device, password)
         return session
 
     async def _open_after_password(

@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
 from imapguard.audit import AuditLog, events
-from imapguard.auth.chokepoint import canonical_user
 from imapguard.auth.model import AuthContext, ClientAddress, Outcome
 from imapguard.config import ListenConfig
 from imapguard.gateway.admission import Admission, AdmissionShed
@@ -40,6 +39,7 @@ from imapguard.imap.preauth import (
     Send,
     StartTlsNow,
 )
+from imapguard.names import canonical_user
 from imapguard.tls import certificate_account
 
 __all__ = ["BYE_BUSY", "BYE_SHUTDOWN", "Connection", "Dialogue", "Host"]

@@ -1,0 +1,109 @@
+"""What the defense learns from each login: the outcome counted after the
+decision, the defense's own events written to the audit log, and the owner of a
+locked account told.
+
+Blocked attempts, policy decisions and an unavailable upstream count for
+nothing (they say nothing about the password). A success is counted off the
+login path, batched on the store thread; a failure is counted before it is
+answered, so the next attempt already sees it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from imapguard.audit import AuditLog
+from imapguard.auth.model import AuthContext, AuthResult, Outcome
+from imapguard.defense.counters import TargetKind
+from imapguard.defense.engine import Attempt, Defense, FailureKind, Verdict
+from imapguard.defense.events import BlockPlaced, DefenseEvent
+from imapguard.errors import StateUnavailable
+from imapguard.state.accounts import AccountStore
+from imapguard.state.writebehind import WriteBehind
+
+__all__ = ["Counting"]
+
+T = TypeVar("T")
+StoreCall = Callable[..., Awaitable[Any]]
+Notice = Callable[[str, str, AuthContext, str | None], None]
+
+
+class Counting:
+    def __init__(
+        self,
+        defense: Defense,
+        *,
+        audit: AuditLog,
+        reader: AccountStore,
+        bookkeeping: WriteBehind,
+        on_store: StoreCall,
+        notice: Notice,
+    ) -> None:
+        self.defense = defense
+        self._audit = audit
+        self._reader = reader
+        self._bookkeeping = bookkeeping
+        self._on_store = on_store
+        self._notice = notice
+
+    async def record(
+        self,
+        attempt: Attempt,
+        verdict: Verdict,
+        result: AuthResult[Any],
+        ctx: AuthContext,
+        session: str,
+    ) -> None:
+        """Count the outcome (writes, on the store thread)."""
+        defense = self.defense
+        if result.outcome is Outcome.OK:
+            # Off the login path, batched; its events still reach the audit log.
+            def succeeded() -> None:  # on the store thread: audit only, no notices
+                self.report(defense.record_success(attempt), session, ctx, notify=False)
+
+            self._bookkeeping.submit(succeeded)
+            return
+        if result.blocked or result.rule is not None or result.outcome is Outcome.UNAVAILABLE:
+            return  # (a DENIED result always names its rule)
+        if result.outcome is Outcome.MISSING_FACTOR:
+            kind = FailureKind.FACTOR
+        elif result.user is None and attempt.user is None and result.method is None:
+            kind = FailureKind.MALFORMED
+        else:
+            kind = FailureKind.CREDENTIAL
+        events = await self._on_store(defense.record_failure, attempt, kind, verdict.familiar)
+        self.report(events, session, ctx)
+
+    def report(
+        self,
+        events: list[DefenseEvent],
+        session: str | None,
+        ctx: AuthContext | None,
+        *,
+        notify: bool = True,
+    ) -> None:
+        """Audit the defense's events; a lockout of a known account is told to its owner."""
+        for event in events:
+            self._audit.emit(event.record(session))
+            if (
+                notify
+                and ctx is not None
+                and isinstance(event, BlockPlaced)
+                and event.block.target.kind is TargetKind.ACCOUNT_UNFAMILIAR
+                and self._known(event.block.target.value)
+            ):
+                self._notice("lockout", event.block.target.value, ctx, None)
+
+    def _known(self, user: str) -> bool:
+        """An account the gateway knows (it logged in, or has a factor or device):
+        only those are told of a lockout. Anyone can fail ten logins under any
+        name; the organisation's relay must not mail whatever name they chose."""
+        try:
+            return self._reader.get_user(user) is not None
+        except StateUnavailable:
+            return False
+
+    async def maintain(self, session: str | None = None) -> None:
+        """Purge expired counters and let the posture relax (about once a minute)."""
+        self.report(await self._on_store(self.defense.maintain), session, None, notify=False)
