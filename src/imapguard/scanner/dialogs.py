@@ -34,6 +34,16 @@ import struct
 from collections.abc import Iterable
 from typing import Generic, TypeVar
 
+from imapguard.imap.responses import MalformedResponse as ImapMalformed
+from imapguard.imap.responses import (
+    Response,
+    ResponseKind,
+    ResponseLimits,
+    ResponseReader,
+    canonical_capabilities,
+    is_tag,
+)
+from imapguard.imap.responses import ResponseTooLong as ImapTooLong
 from imapguard.scanner.model import Protocol
 from imapguard.secret import Secret
 
@@ -269,138 +279,48 @@ def parse_sieve_line(line: bytes) -> tuple[str, str] | None:
 # -- IMAP --------------------------------------------------------------------------
 
 
-class ImapKind(enum.StrEnum):
-    UNTAGGED = "untagged"  # "* ..."
-    TAGGED = "tagged"  # "<tag> OK|NO|BAD ..."
-    CONTINUATION = "continuation"  # "+ ..."
+#: IMAP responses are read by `imapguard.imap.responses`, the parser the gateway's
+#: upstream login shares; the scanner adds its limits, its errors and `shown()`.
+ImapKind = ResponseKind
+parse_imap_capabilities = canonical_capabilities
 
 
-_IMAP_STATUS = frozenset({"OK", "NO", "BAD", "PREAUTH", "BYE"})
-_IMAP_TAGGED_STATUS = frozenset({"OK", "NO", "BAD"})
-_LITERAL_END = re.compile(rb"\{([0-9]{1,10})\}\Z")
-#: tag = 1*<any ASTRING-CHAR except "+"> (RFC 9051 §9): printable ASCII without
-#: atom-specials ( ) { SP % * " \ and without "+".
-_TAG = re.compile(r'[^\x00-\x20\x7f-\U0010ffff(){%*"\\+]+')
+class ImapResponse(Response):
+    """One IMAP response (see `imapguard.imap.responses.Response`), as evidence shows it."""
 
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class ImapResponse:
-    """One IMAP response (RFC 9051 §7): literals included, CRLF stripped."""
-
-    kind: ImapKind
-    tag: str  # "*", "+" or the command's tag
-    status: str  # OK / NO / BAD / PREAUTH / BYE, or "" for data and continuations
-    name: str  # untagged data name (CAPABILITY, ID, EXISTS ...), else ""
-    code: str  # response code atom, upper case (PRIVACYREQUIRED ...), else ""
-    code_text: str  # what follows the code atom inside the brackets
-    text: str  # the human text, or the data of an untagged data response
-    line: bytes  # the whole response as received
-
-    def capabilities(self) -> tuple[str, ...] | None:
-        """The capabilities this response lists (`* CAPABILITY ...` or a
-        `[CAPABILITY ...]` response code), upper case; None if it lists none."""
-        if self.kind is ImapKind.UNTAGGED and self.name == "CAPABILITY":
-            return parse_imap_capabilities(self.text)
-        if self.code == "CAPABILITY":
-            return parse_imap_capabilities(self.code_text)
-        return None
+    __slots__ = ()
 
     def shown(self) -> str:
         return printable(self.line)
 
 
-def parse_imap_capabilities(text: str) -> tuple[str, ...]:
-    """Capability atoms, upper case (capability names are case-insensitive,
-    RFC 9051 §7.2.2), in the order sent, without repeats."""
-    seen: dict[str, None] = {}
-    for atom in text.split():
-        seen.setdefault(atom.upper(), None)
-    return tuple(seen)
-
-
-def _parse_imap_line(line: bytes) -> ImapResponse:
-    head, _, rest = line.partition(b" ")
-    if head == b"+":  # "+ text" or a bare "+"
-        return ImapResponse(ImapKind.CONTINUATION, "+", "", "", "", "", _text(rest), line)
-    tag = _text(head)
-    word, _, after = rest.partition(b" ")
-    upper = _text(word).upper()
-    if head == b"*":
-        if upper in _IMAP_STATUS:
-            code, code_text, text = _split_code(after)
-            return ImapResponse(ImapKind.UNTAGGED, "*", upper, "", code, code_text, text, line)
-        if upper.isdigit():  # "* 3 EXISTS": the number is data, the name follows
-            name = after.partition(b" ")[0]
-            return ImapResponse(
-                ImapKind.UNTAGGED, "*", "", _text(name).upper(), "", "", upper, line
-            )
-        if not upper:
-            raise MalformedResponse("imap", "untagged response without content", line)
-        return ImapResponse(ImapKind.UNTAGGED, "*", "", upper, "", "", _text(after), line)
-    if not _TAG.fullmatch(tag) or upper not in _IMAP_TAGGED_STATUS:
-        raise MalformedResponse("imap", "not an IMAP response", line)
-    code, code_text, text = _split_code(after)
-    return ImapResponse(ImapKind.TAGGED, tag, upper, "", code, code_text, text, line)
-
-
-def _split_code(rest: bytes) -> tuple[str, str, str]:
-    """(code atom, code text, human text) of `[CODE text] human text`."""
-    if not rest.startswith(b"["):
-        return "", "", _text(rest)
-    end = rest.find(b"]")
-    if end < 0:  # an unterminated code: keep it all as text rather than guess
-        return "", "", _text(rest)
-    atom, _, code_text = rest[1:end].partition(b" ")
-    return _text(atom).upper(), _text(code_text), _text(rest[end + 1 :].lstrip(b" "))
-
-
 class ImapParser(ResponseParser[ImapResponse]):
-    """IMAP server responses. A line ending in a literal marker `{n}` is followed
-    by n bytes of literal data and then the rest of the response (RFC 9051 §4.3);
-    literal bytes are never searched for line ends."""
+    """IMAP server responses (RFC 9051 §7, literals included), read by
+    `imapguard.imap.responses.ResponseReader` under this module's limits; its
+    errors become this module's `ResponseTooLong` and `MalformedResponse`."""
 
     protocol = "imap"
 
     def __init__(self) -> None:
         super().__init__()
-        self._partial = bytearray()
-        self._literal: int | None = None
+        limits = ResponseLimits(
+            max_line=MAX_LINE, max_literal=MAX_LITERAL, max_response=MAX_RESPONSE_BYTES
+        )
+        self._reader = ResponseReader(ImapResponse, limits)
 
     def _partial_size(self) -> int:
-        return len(self._partial)
+        return self._reader.buffered
 
     def _parse(self) -> None:
-        while True:
-            if self._literal is not None:
-                data = self._lines.take_bytes(self._literal)
-                if data is None:
-                    return
-                self._partial += data
-                self._literal = None
-                continue
-            line = self._lines.take_line()
-            if line is None:
-                return
-            self._partial += line
-            if len(self._partial) > MAX_RESPONSE_BYTES:
-                raise ResponseTooLong(
-                    "imap", f"response longer than {MAX_RESPONSE_BYTES} bytes", line
-                )
-            marker = _LITERAL_END.search(line)
-            if marker is not None and not line.startswith(b"+"):
-                size = int(marker.group(1))
-                if size > MAX_LITERAL:
-                    raise ResponseTooLong("imap", f"literal of {size} bytes", line)
-                if len(self._partial) + size > MAX_RESPONSE_BYTES:
-                    raise ResponseTooLong(
-                        "imap", f"response longer than {MAX_RESPONSE_BYTES} bytes", line
-                    )
-                self._partial += b"\r\n"
-                self._literal = size
-                continue
-            whole = bytes(self._partial)
-            self._partial.clear()
-            self._out.append(_parse_imap_line(whole))
+        try:
+            self._reader.feed(self._lines.take_bytes(len(self._lines)) or b"")
+        except ImapTooLong as exc:
+            raise ResponseTooLong(self.protocol, exc.reason, exc.excerpt) from None
+        except ImapMalformed as exc:
+            raise MalformedResponse(self.protocol, exc.reason, exc.excerpt) from None
+        finally:
+            while (response := self._reader.next()) is not None:
+                self._out.append(response)
 
 
 def parse_imap_id(data: str | bytes) -> dict[str, str | None] | None:
@@ -747,7 +667,7 @@ class TagSequence:
     out the dialog)."""
 
     def __init__(self, prefix: str = "s") -> None:
-        if not _TAG.fullmatch(prefix):
+        if not is_tag(prefix):
             raise ValueError(f"bad tag prefix {prefix!r}")
         self._prefix = prefix
         self._count = 0
