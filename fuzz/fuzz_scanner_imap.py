@@ -7,8 +7,8 @@ The input is what an IMAP server sends. Besides the shared contract of the
 response parsers (fuzz/_dialogs.py), every response's capability list, its
 evidence line, the ID data (`parse_imap_id`: a dict, None or `MalformedResponse`)
 and a continuation's NTLM challenge (`parse_ntlm_challenge`: a challenge or
-`MalformedResponse`) are read as the mail checks (scanner/mail/) read them. An input that is itself an
-NTLM message goes to `parse_ntlm_challenge` as binary.
+`MalformedResponse`) are read as the mail checks (scanner/mail/) read them. An
+input that is itself an NTLM message goes to `parse_ntlm_challenge` as binary.
 """
 
 from __future__ import annotations
