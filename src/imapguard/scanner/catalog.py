@@ -208,13 +208,13 @@ def _protocols(entry: Mapping[str, Any], key: str, where: str) -> frozenset[Prot
 
 
 def _check(entry: Mapping[str, Any], where: str) -> Check:
-    unknown = sorted(set(entry) - _FIELDS)
-    if unknown:
-        raise CatalogError(f"{where}: unknown keys {', '.join(unknown)}")
     check_id = _text(entry, "id", where)
     if not _ID.fullmatch(check_id):
         raise CatalogError(f"{where}.id: {check_id!r} is not an ID like EXP-01")
     where = f"check {check_id}"
+    unknown = sorted(set(entry) - _FIELDS)
+    if unknown:
+        raise CatalogError(f"{where}: unknown keys {', '.join(unknown)}")
     severity = _text(entry, "severity", where)
     if severity not in Severity.__members__.values():
         raise CatalogError(f"{where}.severity: {severity!r} is not a severity")
