@@ -50,10 +50,8 @@ __all__ = [
 #: CERT-03 warns this many days before expiry (testssl's DAYS2WARN2).
 _EXPIRY_WARN_DAYS = 30
 
-
 #: CERT-07: CA/B Forum Baseline Requirements §6.3.2 maximum (since 2020-09-01).
 _MAX_LIFETIME_DAYS = 398
-
 
 _MIN_RSA_BITS = 2048
 

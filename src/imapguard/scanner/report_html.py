@@ -95,7 +95,6 @@ footer { color: var(--muted); font-size: 13px; margin: 32px 0; }
 }
 """
 
-
 _CSP = (
     "default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none';"
     " form-action 'none'"

@@ -39,7 +39,6 @@ SARIF_SCHEMA = (
     "https://docs.oasis-open.org/sarif/sarif/v2.1.0/errata01/os/schemas/sarif-schema-2.1.0.json"
 )
 
-
 #: GitHub code scanning reads `security-severity` (CVSS-like, as a string) and
 #: maps 9.0+ to critical, 7.0-8.9 high, 4.0-6.9 medium, 0.1-3.9 low, 0.0 none.
 SECURITY_SEVERITY: dict[Severity, str] = {
@@ -50,7 +49,6 @@ SECURITY_SEVERITY: dict[Severity, str] = {
     Severity.INFO: "0.0",
 }
 
-
 _LEVEL: dict[Severity, str] = {
     Severity.CRITICAL: "error",
     Severity.HIGH: "error",
@@ -58,7 +56,6 @@ _LEVEL: dict[Severity, str] = {
     Severity.LOW: "note",
     Severity.INFO: "note",
 }
-
 
 _FAMILY_TAG = {
     "EXP": "exposure",

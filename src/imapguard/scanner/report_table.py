@@ -57,7 +57,6 @@ _SEVERITY_STYLE = {
     Severity.INFO: "dim",
 }
 
-
 _GRADE_STYLE = {
     "A+": "bold green",
     "A": "bold green",

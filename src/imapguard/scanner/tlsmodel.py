@@ -72,9 +72,7 @@ class OrderProbe:
 #: Evidence lists stop after this many items ("+N more").
 LIST_LIMIT = 10
 
-
 MIN_EC_BITS = 256
-
 
 COMMANDS: tuple[ScanCommand, ...] = (
     ScanCommand.CERTIFICATE_INFO,
@@ -94,7 +92,6 @@ COMMANDS: tuple[ScanCommand, ...] = (
     ScanCommand.ELLIPTIC_CURVES,
 )
 
-
 #: (scan command, version label) for each protocol version, oldest first.
 VERSIONS: tuple[tuple[ScanCommand, str], ...] = (
     (ScanCommand.SSL_2_0_CIPHER_SUITES, "SSLv2"),
@@ -105,12 +102,9 @@ VERSIONS: tuple[tuple[ScanCommand, str], ...] = (
     (ScanCommand.TLS_1_3_CIPHER_SUITES, "TLSv1.3"),
 )
 
-
 CERT_IDS = tuple(f"CERT-0{i}" for i in range(1, 9))
 
-
 TLS_IDS = tuple(f"TLS-{i:02d}" for i in range(1, 12))
-
 
 #: Which IDs each scan command feeds: an error there makes them not_tested.
 FEEDS: dict[ScanCommand, tuple[str, ...]] = {

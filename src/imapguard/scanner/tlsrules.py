@@ -72,7 +72,6 @@ __all__ = [
 #: TLS-08 / CERT-06 minimums (Mozilla Server Side TLS, Logjam).
 _MIN_DH_BITS = 2048
 
-
 #: RFC 9051 §11.1: "IMAP ... MUST implement" this suite when using TLS 1.2.
 _IMAP_MANDATORY_SUITE = "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"
 

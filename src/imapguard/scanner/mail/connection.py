@@ -27,7 +27,6 @@ from imapguard.scanner.net import Network, Throttled
 
 _READ_SIZE = 65536
 
-
 _T = TypeVar("_T")
 
 
@@ -137,7 +136,6 @@ NETWORK_ERRORS = (
     Unexpected,
     Temporary,
 )
-
 
 #: Failures that may pass: the step is run again (`limits.ATTEMPTS`). A refusal, a reply the
 #: dialog cannot go on from, or a TLS error says the same the next time.

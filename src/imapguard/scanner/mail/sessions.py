@@ -26,7 +26,6 @@ from imapguard.scanner.mail.connection import (
 #: The probe's user name: it says what it is in the server's log.
 PROBE_USER = "imapguard-scan-probe"
 
-
 #: The RCPT of the open-relay test: under .invalid (RFC 2606), never deliverable.
 RELAY_PROBE_RCPT = "imapguard-relay-probe@example.invalid"
 

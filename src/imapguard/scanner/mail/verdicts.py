@@ -30,7 +30,6 @@ _IMAP_EVALUATED_CODES = frozenset(
     {"AUTHENTICATIONFAILED", "AUTHORIZATIONFAILED", "EXPIRED", "CONTACTADMIN"}
 )
 
-
 #: Response codes that say nothing about the credential.
 _IMAP_UNCLEAR_CODES = frozenset({"UNAVAILABLE", "SERVERBUG", "LIMIT", "INUSE"})
 
@@ -128,14 +127,11 @@ def _ids(text: str) -> tuple[str, ...]:
 
 _VERSION = re.compile(r"v?[0-9]+(?:\.[0-9]+)+(?:[-+~_][0-9A-Za-z.+~_-]*)?", re.IGNORECASE)
 
-
 _JOINED_VERSION = re.compile(
     r"([A-Za-z][A-Za-z]+)[-_](v?[0-9]+(?:\.[0-9]+)+(?:[-+~_][0-9A-Za-z.+~_-]*)?)", re.IGNORECASE
 )
 
-
 _IPV4_SHAPE = re.compile(r"[0-9]{1,3}(?:\.[0-9]{1,3}){3}")
-
 
 #: Words before a dotted quad that make it an address, not a version.
 _NOT_PRODUCTS = frozenset(_ids("at by for from host ip on to via esmtp smtp lmtp imap pop3 ready"))
