@@ -35,9 +35,7 @@ from sslyze.plugins.certificate_info.trust_stores.trust_store_repository import 
     TrustStoresRepository,
 )
 from sslyze.plugins.openssl_cipher_suites._test_cipher_suite import CipherSuiteAcceptedByServer
-from sslyze.plugins.openssl_cipher_suites._tls12_workaround import (
-    WorkaroundForTls12ForCipherSuites,
-)
+from sslyze.plugins.openssl_cipher_suites._tls12_workaround import WorkaroundForTls12ForCipherSuites
 from sslyze.plugins.robot._robot_tester import RobotScanResultEnum
 from sslyze.scanner.models import ServerScanResult
 from sslyze.server_connectivity import ServerConnectivityInfo, TlsVersionEnum

@@ -13,9 +13,7 @@ import secrets
 from collections.abc import Sequence
 
 from imapguard.scanner import dialogs as d
-from imapguard.scanner.catalog import (
-    checks_for,
-)
+from imapguard.scanner.catalog import checks_for
 from imapguard.scanner.mail import limits
 from imapguard.scanner.mail.audit import Audit
 from imapguard.scanner.mail.connection import (

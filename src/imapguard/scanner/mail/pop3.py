@@ -11,9 +11,7 @@ from collections.abc import Sequence
 
 from imapguard.scanner import dialogs as d
 from imapguard.scanner.mail.audit import Audit
-from imapguard.scanner.mail.connection import (
-    Conn,
-)
+from imapguard.scanner.mail.connection import Conn
 from imapguard.scanner.mail.sessions import (
     PROBE_USER,
     Pop3Session,

@@ -10,9 +10,7 @@ service gets is the catalog's (`checks_for`).
 from __future__ import annotations
 
 from imapguard.scanner import dialogs as d
-from imapguard.scanner.catalog import (
-    checks_for,
-)
+from imapguard.scanner.catalog import checks_for
 from imapguard.scanner.mail import imap, pop3, smtp
 from imapguard.scanner.mail.audit import Audit, MailResult, catalog_order
 from imapguard.scanner.mail.recognise import Recognised
@@ -29,7 +27,7 @@ async def audit_mail(
     server_name: str | None,
     ehlo_name: str = "imapguard.scan.invalid",
 ) -> MailResult:
-    """Run the mail checks of one recognised service (see the module docstring)."""
+    """Run the mail checks of one recognised service (see the package docstring)."""
     audit = Audit(net, address, port, rec, server_name, ehlo_name)
     protocol = rec.protocol
     if protocol is Protocol.SIEVE:
