@@ -146,7 +146,7 @@ def _scan(
 
 
 def _probe_order(scan: ServerScanResult) -> OrderProbe | str | None:
-    """TLS-07's two handshakes (see the module docstring), or why they failed."""
+    """TLS-07's two handshakes (see the tlsrules docstring), or why they failed."""
     attempts = scan.scan_result
     if attempts is None or scan.connectivity_result is None:
         return None
