@@ -185,6 +185,18 @@ def test_response_limit_over_many_literals() -> None:
         read(b"* ID" + chunk * 3, SMALL)
 
 
+def test_a_reader_that_refused_bytes_stays_broken() -> None:
+    """After a malformed response nothing more is parsed, even valid bytes: the
+    stream is out of step and whatever follows cannot be trusted."""
+    reader = ResponseReader(Response)
+    with pytest.raises(MalformedResponse) as first:
+        reader.feed(b"junk\r\n")
+    with pytest.raises(MalformedResponse) as again:
+        reader.feed(b"* OK fine\r\n")
+    assert again.value is first.value
+    assert reader.next() is None
+
+
 def test_responses_before_an_error_are_kept() -> None:
     out, error = read_split([b"* OK hi\r\nbroken line\r\n"])
     assert [r.status for r in out] == ["OK"]
