@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
-"""Fuzz target: the scanner's IMAP response parser (ImapParser in
-src/imapguard/scanner/dialogs.py) and what the checks read from its responses.
+"""Fuzz target: the IMAP response reader (src/imapguard/imap/responses.py, which the
+gateway's upstream login shares) as the scanner uses it (ImapParser in
+src/imapguard/scanner/dialogs.py), and what the checks read from its responses.
 
 The input is what an IMAP server sends. Besides the shared contract of the
 response parsers (fuzz/_dialogs.py), every response's capability list, its
 evidence line, the ID data (`parse_imap_id`: a dict, None or `MalformedResponse`)
 and a continuation's NTLM challenge (`parse_ntlm_challenge`: a challenge or
-`MalformedResponse`) are read as mail.py reads them. An input that is itself an
-NTLM message goes to `parse_ntlm_challenge` as binary.
+`MalformedResponse`) are read as the mail checks (scanner/mail/) read them. An
+input that is itself an NTLM message goes to `parse_ntlm_challenge` as binary.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""Sans-IO mail dialogs for the scanner: the server's responses parsed, the client's
-commands built, for IMAP, POP3, SMTP and the ManageSieve greeting.
+"""Sans-IO mail dialogs for the scanner: the server's responses parsed for IMAP,
+POP3, SMTP and the ManageSieve greeting.
 
 Rules:
 - Bytes in, complete responses out. `feed()` takes whatever one read returned and
@@ -14,28 +14,52 @@ Rules:
   responses completed before the error can still be taken with `next()`.
 - A line ends with LF; a CR before it is dropped (servers send CRLF; a bare LF is
   tolerated, as the servers themselves tolerate it from clients).
-- Client commands are `Command`s: the bytes for the wire and the line to show in
-  evidence, built together so that a secret is masked where it is put on the wire.
-  An argument containing CR, LF or NUL is refused (`ValueError`): the scanner must
-  never be the one injecting commands. Tags come from a `TagSequence`, so the bytes
-  of every dialog are deterministic and tests can spell them out.
-- No sockets, no asyncio, no clock: `mail.py` does the reading, writing and waiting.
+- IMAP responses are read by `imapguard.imap.responses`, which the gateway shares.
+- No sockets, no asyncio, no clock: `scanner/mail/` does the reading, writing and
+  waiting. The client's commands are built in `commands.py`, NTLM in `ntlm.py`;
+  this module re-exports them, so a dialog needs only `dialogs`.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import collections
 import dataclasses
 import enum
 import re
-import struct
-from collections.abc import Iterable
 from typing import Generic, TypeVar
 
+from imapguard.imap.responses import MalformedResponse as ImapMalformed
+from imapguard.imap.responses import (
+    Response,
+    ResponseKind,
+    ResponseLimits,
+    ResponseReader,
+    canonical_capabilities,
+)
+from imapguard.imap.responses import ResponseTooLong as ImapTooLong
+from imapguard.scanner.commands import (
+    Command,
+    TagSequence,
+    imap_authenticate,
+    imap_command,
+    imap_login,
+    imap_quote,
+    pop3_command,
+    pop3_user,
+    sasl_line,
+    sasl_plain_command,
+    smtp_auth_plain,
+    smtp_command,
+)
+from imapguard.scanner.dialog_errors import (
+    DialogError,
+    MalformedResponse,
+    ResponseTooLong,
+    printable,
+)
 from imapguard.scanner.model import Protocol
-from imapguard.secret import Secret
+from imapguard.scanner.ntlm import NtlmChallenge, ntlm_negotiate, parse_ntlm_challenge
+from imapguard.scanner.sasl import LEGACY_SASL, PLAINTEXT_SASL, sasl_mechanisms
 
 __all__ = [
     "LEGACY_SASL",
@@ -97,44 +121,6 @@ MAX_RESPONSE_BYTES = 256 * 1024
 #: Most lines in one multi-line POP3 or SMTP response (a CAPA or EHLO list has a
 #: few dozen; a server that never ends its list must not keep us reading).
 MAX_RESPONSE_LINES = 1000
-#: Longest excerpt of a line kept in errors and evidence.
-_EXCERPT = 200
-
-#: SASL mechanisms that carry the password in clear (RFC 9051 §6.2.2 "plaintext
-#: password mechanisms"; LOGIN is the draft-murchison-sasl-login mechanism).
-PLAINTEXT_SASL = frozenset({"PLAIN", "LOGIN"})
-#: SASL mechanisms that are only legacy challenge-response (RFC 6331 moved
-#: DIGEST-MD5 to Historic; CRAM-MD5 is on the same path, draft-ietf-sasl-crammd5-to-historic).
-LEGACY_SASL = frozenset({"CRAM-MD5", "DIGEST-MD5"})
-
-
-# -- errors ------------------------------------------------------------------------
-
-
-class DialogError(Exception):
-    """The server's bytes are not a response we can accept."""
-
-    def __init__(self, protocol: str, reason: str, excerpt: bytes = b"") -> None:
-        self.protocol = protocol
-        self.reason = reason
-        self.excerpt = bytes(excerpt[:_EXCERPT])
-        detail = f": {printable(self.excerpt)}" if self.excerpt else ""
-        super().__init__(f"{protocol}: {reason}{detail}")
-
-
-class ResponseTooLong(DialogError):
-    """A line, literal or multi-line response went past its limit."""
-
-
-class MalformedResponse(DialogError):
-    """Bytes that are not a response of the protocol."""
-
-
-def printable(data: bytes | str, limit: int = _EXCERPT) -> str:
-    """`data` as one short, printable line for evidence (control bytes escaped)."""
-    text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
-    out = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
-    return out if len(out) <= limit else out[: limit - 3] + "..."
 
 
 def _text(data: bytes) -> str:
@@ -269,138 +255,48 @@ def parse_sieve_line(line: bytes) -> tuple[str, str] | None:
 # -- IMAP --------------------------------------------------------------------------
 
 
-class ImapKind(enum.StrEnum):
-    UNTAGGED = "untagged"  # "* ..."
-    TAGGED = "tagged"  # "<tag> OK|NO|BAD ..."
-    CONTINUATION = "continuation"  # "+ ..."
+#: IMAP responses are read by `imapguard.imap.responses`, the parser the gateway's
+#: upstream login shares; the scanner adds its limits, its errors and `shown()`.
+ImapKind = ResponseKind
+parse_imap_capabilities = canonical_capabilities
 
 
-_IMAP_STATUS = frozenset({"OK", "NO", "BAD", "PREAUTH", "BYE"})
-_IMAP_TAGGED_STATUS = frozenset({"OK", "NO", "BAD"})
-_LITERAL_END = re.compile(rb"\{([0-9]{1,10})\}\Z")
-#: tag = 1*<any ASTRING-CHAR except "+"> (RFC 9051 §9): printable ASCII without
-#: atom-specials ( ) { SP % * " \ and without "+".
-_TAG = re.compile(r'[^\x00-\x20\x7f-\U0010ffff(){%*"\\+]+')
+class ImapResponse(Response):
+    """One IMAP response (see `imapguard.imap.responses.Response`), as evidence shows it."""
 
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class ImapResponse:
-    """One IMAP response (RFC 9051 §7): literals included, CRLF stripped."""
-
-    kind: ImapKind
-    tag: str  # "*", "+" or the command's tag
-    status: str  # OK / NO / BAD / PREAUTH / BYE, or "" for data and continuations
-    name: str  # untagged data name (CAPABILITY, ID, EXISTS ...), else ""
-    code: str  # response code atom, upper case (PRIVACYREQUIRED ...), else ""
-    code_text: str  # what follows the code atom inside the brackets
-    text: str  # the human text, or the data of an untagged data response
-    line: bytes  # the whole response as received
-
-    def capabilities(self) -> tuple[str, ...] | None:
-        """The capabilities this response lists (`* CAPABILITY ...` or a
-        `[CAPABILITY ...]` response code), upper case; None if it lists none."""
-        if self.kind is ImapKind.UNTAGGED and self.name == "CAPABILITY":
-            return parse_imap_capabilities(self.text)
-        if self.code == "CAPABILITY":
-            return parse_imap_capabilities(self.code_text)
-        return None
+    __slots__ = ()
 
     def shown(self) -> str:
         return printable(self.line)
 
 
-def parse_imap_capabilities(text: str) -> tuple[str, ...]:
-    """Capability atoms, upper case (capability names are case-insensitive,
-    RFC 9051 §7.2.2), in the order sent, without repeats."""
-    seen: dict[str, None] = {}
-    for atom in text.split():
-        seen.setdefault(atom.upper(), None)
-    return tuple(seen)
-
-
-def _parse_imap_line(line: bytes) -> ImapResponse:
-    head, _, rest = line.partition(b" ")
-    if head == b"+":  # "+ text" or a bare "+"
-        return ImapResponse(ImapKind.CONTINUATION, "+", "", "", "", "", _text(rest), line)
-    tag = _text(head)
-    word, _, after = rest.partition(b" ")
-    upper = _text(word).upper()
-    if head == b"*":
-        if upper in _IMAP_STATUS:
-            code, code_text, text = _split_code(after)
-            return ImapResponse(ImapKind.UNTAGGED, "*", upper, "", code, code_text, text, line)
-        if upper.isdigit():  # "* 3 EXISTS": the number is data, the name follows
-            name = after.partition(b" ")[0]
-            return ImapResponse(
-                ImapKind.UNTAGGED, "*", "", _text(name).upper(), "", "", upper, line
-            )
-        if not upper:
-            raise MalformedResponse("imap", "untagged response without content", line)
-        return ImapResponse(ImapKind.UNTAGGED, "*", "", upper, "", "", _text(after), line)
-    if not _TAG.fullmatch(tag) or upper not in _IMAP_TAGGED_STATUS:
-        raise MalformedResponse("imap", "not an IMAP response", line)
-    code, code_text, text = _split_code(after)
-    return ImapResponse(ImapKind.TAGGED, tag, upper, "", code, code_text, text, line)
-
-
-def _split_code(rest: bytes) -> tuple[str, str, str]:
-    """(code atom, code text, human text) of `[CODE text] human text`."""
-    if not rest.startswith(b"["):
-        return "", "", _text(rest)
-    end = rest.find(b"]")
-    if end < 0:  # an unterminated code: keep it all as text rather than guess
-        return "", "", _text(rest)
-    atom, _, code_text = rest[1:end].partition(b" ")
-    return _text(atom).upper(), _text(code_text), _text(rest[end + 1 :].lstrip(b" "))
-
-
 class ImapParser(ResponseParser[ImapResponse]):
-    """IMAP server responses. A line ending in a literal marker `{n}` is followed
-    by n bytes of literal data and then the rest of the response (RFC 9051 §4.3);
-    literal bytes are never searched for line ends."""
+    """IMAP server responses (RFC 9051 §7, literals included), read by
+    `imapguard.imap.responses.ResponseReader` under this module's limits; its
+    errors become this module's `ResponseTooLong` and `MalformedResponse`."""
 
     protocol = "imap"
 
     def __init__(self) -> None:
         super().__init__()
-        self._partial = bytearray()
-        self._literal: int | None = None
+        limits = ResponseLimits(
+            max_line=MAX_LINE, max_literal=MAX_LITERAL, max_response=MAX_RESPONSE_BYTES
+        )
+        self._reader = ResponseReader(ImapResponse, limits)
 
     def _partial_size(self) -> int:
-        return len(self._partial)
+        return self._reader.buffered
 
     def _parse(self) -> None:
-        while True:
-            if self._literal is not None:
-                data = self._lines.take_bytes(self._literal)
-                if data is None:
-                    return
-                self._partial += data
-                self._literal = None
-                continue
-            line = self._lines.take_line()
-            if line is None:
-                return
-            self._partial += line
-            if len(self._partial) > MAX_RESPONSE_BYTES:
-                raise ResponseTooLong(
-                    "imap", f"response longer than {MAX_RESPONSE_BYTES} bytes", line
-                )
-            marker = _LITERAL_END.search(line)
-            if marker is not None and not line.startswith(b"+"):
-                size = int(marker.group(1))
-                if size > MAX_LITERAL:
-                    raise ResponseTooLong("imap", f"literal of {size} bytes", line)
-                if len(self._partial) + size > MAX_RESPONSE_BYTES:
-                    raise ResponseTooLong(
-                        "imap", f"response longer than {MAX_RESPONSE_BYTES} bytes", line
-                    )
-                self._partial += b"\r\n"
-                self._literal = size
-                continue
-            whole = bytes(self._partial)
-            self._partial.clear()
-            self._out.append(_parse_imap_line(whole))
+        try:
+            self._reader.feed(self._lines.take_bytes(len(self._lines)) or b"")
+        except ImapTooLong as exc:
+            raise ResponseTooLong(self.protocol, exc.reason, exc.excerpt) from None
+        except ImapMalformed as exc:
+            raise MalformedResponse(self.protocol, exc.reason, exc.excerpt) from None
+        finally:
+            while (response := self._reader.next()) is not None:
+                self._out.append(response)
 
 
 def parse_imap_id(data: str | bytes) -> dict[str, str | None] | None:
@@ -694,227 +590,3 @@ def parse_ehlo(reply: SmtpReply) -> EhloInfo:
         keywords[keyword] = params
         shown.append(" ".join((words[0].upper(), *words[1:])))
     return EhloInfo(domain, greet, keywords, tuple(shown))
-
-
-# -- SASL mechanisms across protocols ------------------------------------------------
-
-
-def sasl_mechanisms(protocol: Protocol, capabilities: Iterable[str]) -> tuple[str, ...]:
-    """The SASL mechanisms a capability list (as `mail.py` records it) offers:
-    IMAP `AUTH=X` atoms, a POP3 `SASL X Y` line, an SMTP `AUTH X Y` line."""
-    mechanisms: list[str] = []
-    for entry in capabilities:
-        words = entry.upper().split()
-        if not words:
-            continue
-        if protocol is Protocol.IMAP and words[0].startswith("AUTH="):
-            mechanisms.append(words[0][5:])
-        elif (protocol is Protocol.POP3 and words[0] == "SASL") or (
-            protocol is Protocol.SMTP and words[0] == "AUTH"
-        ):
-            mechanisms.extend(words[1:])
-    return tuple(dict.fromkeys(mechanisms))
-
-
-# -- client commands ---------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Command:
-    """Bytes for the wire and the line shown in evidence (secrets masked)."""
-
-    wire: bytes
-    shown: str
-
-    def __add__(self, other: Command) -> Command:
-        """Two commands in one write (the STARTTLS injection tests)."""
-        return Command(self.wire + other.wire, f"{self.shown} + {other.shown}")
-
-
-def _clean(value: str) -> str:
-    if any(c in value for c in "\r\n\0"):
-        raise ValueError(f"command argument with CR, LF or NUL: {value!r}")
-    return value
-
-
-def _plain(line: str) -> Command:
-    line = _clean(line)
-    return Command(line.encode("utf-8") + b"\r\n", line)
-
-
-class TagSequence:
-    """IMAP tags `<prefix>1`, `<prefix>2`, ... (deterministic, so tests can spell
-    out the dialog)."""
-
-    def __init__(self, prefix: str = "s") -> None:
-        if not _TAG.fullmatch(prefix):
-            raise ValueError(f"bad tag prefix {prefix!r}")
-        self._prefix = prefix
-        self._count = 0
-
-    def next(self) -> str:
-        self._count += 1
-        return f"{self._prefix}{self._count}"
-
-
-def imap_quote(value: str) -> str:
-    """An IMAP quoted string (RFC 9051 §4.3)."""
-    escaped = _clean(value).replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{escaped}"'
-
-
-def imap_command(tag: str, command: str) -> Command:
-    """`<tag> <command>` (CAPABILITY, STARTTLS, NOOP, LOGOUT, `ID NIL` ...)."""
-    return _plain(f"{tag} {command}")
-
-
-def _secret_text(password: Secret) -> str:
-    """The secret for the wire; refused (without echoing it) if it could break a line."""
-    value = password.reveal().decode("utf-8")
-    if any(c in value for c in "\r\n\0"):
-        raise ValueError("a password with CR, LF or NUL cannot be sent")
-    return value
-
-
-def imap_login(tag: str, user: str, password: Secret) -> Command:
-    """LOGIN with quoted strings; the password is masked in `shown`."""
-    quoted = _secret_text(password).replace("\\", "\\\\").replace('"', '\\"')
-    wire = f'{_clean(tag)} LOGIN {imap_quote(user)} "{quoted}"\r\n'.encode()
-    return Command(wire, f"{tag} LOGIN {user} ***")
-
-
-def imap_authenticate(tag: str, mechanism: str) -> Command:
-    return _plain(f"{tag} AUTHENTICATE {mechanism}")
-
-
-def pop3_command(command: str) -> Command:
-    """A POP3 command line (CAPA, STLS, NOOP, QUIT, `AUTH NTLM` ...)."""
-    return _plain(command)
-
-
-def pop3_user(user: str) -> Command:
-    return _plain(f"USER {user}")
-
-
-def smtp_command(command: str) -> Command:
-    """An SMTP command line (`EHLO name`, STARTTLS, `MAIL FROM:<>`, RSET, QUIT ...)."""
-    return _plain(command)
-
-
-def _plain_response(user: str, password: Secret) -> str:
-    secret = _secret_text(password).encode("utf-8")
-    token = b"\0" + _clean(user).encode("utf-8") + b"\0" + secret
-    return base64.b64encode(token).decode("ascii")
-
-
-def smtp_auth_plain(user: str, password: Secret) -> Command:
-    """`AUTH PLAIN <initial response>` (RFC 4954 §4); the response is masked."""
-    wire = f"AUTH PLAIN {_plain_response(user, password)}\r\n".encode("ascii")
-    return Command(wire, f"AUTH PLAIN *** (user {user})")
-
-
-def sasl_plain_command(user: str, password: Secret) -> Command:
-    """A bare SASL PLAIN response line (after a `+`/`334` continuation), masked."""
-    wire = f"{_plain_response(user, password)}\r\n".encode("ascii")
-    return Command(wire, f"*** (PLAIN response for {user})")
-
-
-def sasl_line(data: bytes, shown: str) -> Command:
-    """A base64 SASL response line."""
-    return Command(base64.b64encode(data) + b"\r\n", shown)
-
-
-# -- NTLM (MS-NLMP) ------------------------------------------------------------------
-
-#: Negotiate flags asked for (MS-NLMP §2.2.2.5): UNICODE, OEM, REQUEST_TARGET, NTLM,
-#: ALWAYS_SIGN, EXTENDED_SESSIONSECURITY, TARGET_INFO, VERSION, 128, 56.
-_NTLM_FLAGS = 0x00000001 | 0x00000002 | 0x00000004 | 0x00000200
-_NTLM_FLAGS |= 0x00008000 | 0x00080000 | 0x00800000 | 0x02000000 | 0x20000000 | 0x80000000
-_NTLM_SIGNATURE = b"NTLMSSP\0"
-_NTLM_VERSION_FLAG = 0x02000000
-#: AV_PAIR ids (MS-NLMP §2.2.2.1) whose values are names.
-_AV_NAMES = {
-    1: "NetBIOS computer",
-    2: "NetBIOS domain",
-    3: "DNS computer",
-    4: "DNS domain",
-    5: "DNS forest",
-}
-
-
-def ntlm_negotiate() -> bytes:
-    """An NTLM NEGOTIATE_MESSAGE with no domain or workstation (MS-NLMP §2.2.1.1):
-    it names nothing about us and asks the server for its target information."""
-    empty = struct.pack("<HHI", 0, 0, 40)
-    version = bytes(8)  # our version is nobody's business
-    return _NTLM_SIGNATURE + struct.pack("<II", 1, _NTLM_FLAGS) + empty + empty + version
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class NtlmChallenge:
-    """What an NTLM CHALLENGE_MESSAGE (MS-NLMP §2.2.1.2) tells about the server."""
-
-    target: str  # TargetName
-    names: tuple[tuple[str, str], ...]  # (label, value) from TargetInfo
-    os_version: str  # "10.0 build 17763", or ""
-
-    def disclosed(self) -> tuple[str, ...]:
-        out = [f"target {self.target}"] if self.target else []
-        out += [f"{label} {value}" for label, value in self.names]
-        if self.os_version:
-            out.append(f"OS version {self.os_version}")
-        return tuple(out)
-
-
-def parse_ntlm_challenge(data: str | bytes) -> NtlmChallenge:
-    """Decode a base64 (str) or binary CHALLENGE_MESSAGE; `MalformedResponse` if
-    it is not one."""
-    if isinstance(data, str):
-        try:
-            blob = base64.b64decode(data.strip(), validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise MalformedResponse("ntlm", "challenge is not base64", data.encode()) from exc
-    else:
-        blob = data
-    if len(blob) < 48 or not blob.startswith(_NTLM_SIGNATURE):
-        raise MalformedResponse("ntlm", "not an NTLM message", blob)
-    (kind,) = struct.unpack_from("<I", blob, 8)
-    if kind != 2:
-        raise MalformedResponse("ntlm", f"NTLM message type {kind}, not a challenge", blob)
-    (flags,) = struct.unpack_from("<I", blob, 20)
-    unicode = bool(flags & 1)
-    target = _ntlm_string(_ntlm_field(blob, 12), unicode)
-    names: list[tuple[str, str]] = []
-    info = _ntlm_field(blob, 40)
-    pos = 0
-    while pos + 4 <= len(info):
-        av_id, av_len = struct.unpack_from("<HH", info, pos)
-        pos += 4
-        if av_id == 0:
-            break
-        if pos + av_len > len(info):
-            raise MalformedResponse("ntlm", "truncated target information", blob)
-        if av_id in _AV_NAMES:
-            value = info[pos : pos + av_len].decode("utf-16-le", "replace")
-            if value:
-                names.append((_AV_NAMES[av_id], printable(value)))
-        pos += av_len
-    os_version = ""
-    if flags & _NTLM_VERSION_FLAG and len(blob) >= 56:
-        major, minor, build = struct.unpack_from("<BBH", blob, 48)
-        if major or minor or build:
-            os_version = f"{major}.{minor} build {build}"
-    return NtlmChallenge(printable(target), tuple(names), os_version)
-
-
-def _ntlm_field(blob: bytes, offset: int) -> bytes:
-    length, _, start = struct.unpack_from("<HHI", blob, offset)
-    if length == 0:
-        return b""
-    if start + length > len(blob):
-        raise MalformedResponse("ntlm", "field points past the message", blob)
-    return blob[start : start + length]
-
-
-def _ntlm_string(data: bytes, unicode: bool) -> str:
-    return data.decode("utf-16-le" if unicode else "latin-1", "replace")

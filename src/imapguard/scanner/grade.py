@@ -7,7 +7,8 @@ it, and the grade is the lowest cap. The reasons name each finding (or
 condition) and its cap, worst first, e.g. "TLS-02: TLS 1.0 or 1.1 accepted caps
 at C".
 
-The floor comes from SCANNER-CHECKS.md "Grades" (a contract); the rest is ours:
+Which findings cap at a given grade whatever their severity is the catalog's
+(`grade_cap` in catalog.toml); the rules below say why:
 - any critical finding caps at F; so does EXP-07 (no TLS at all) whatever
   severity a check gave it;
 - ST-09 (PREAUTH on cleartext) and AUTH-06 (anonymous access, open relay) cap
@@ -39,6 +40,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
+from imapguard.scanner.catalog import graded_at
 from imapguard.scanner.model import GRADES, Finding, Protocol, Service, Severity, Status, TlsMode
 
 __all__ = ["GRADES", "RULES", "Rule", "grade", "grade_rank", "grade_table_markdown"]
@@ -73,8 +75,9 @@ def _failed(service: Service) -> list[Finding]:
 _Match = Callable[[Service], list[tuple[str, str]]]
 
 
-def _ids(*ids: str) -> _Match:
-    wanted = frozenset(ids)
+def _capped(cap: str) -> _Match:
+    """The failed findings the catalog caps at `cap` (its `grade_cap`)."""
+    wanted = graded_at(cap)
 
     def match(service: Service) -> list[tuple[str, str]]:
         return [(f.id, f"{f.id}: {f.title}") for f in _failed(service) if f.id in wanted]
@@ -145,7 +148,7 @@ RULES: tuple[Rule, ...] = (
         "F",
         "EXP-07 (no STARTTLS at all), whatever its severity",
         "passwords and mail cross the network in cleartext",
-        _ids("EXP-07"),
+        _capped("F"),
     ),
     Rule(
         "F",
@@ -157,7 +160,7 @@ RULES: tuple[Rule, ...] = (
         "D",
         "ST-09 (PREAUTH on cleartext), AUTH-06 (anonymous access or open relay)",
         "the mailbox or the relay is open to anyone, no password needed",
-        _ids("ST-09", "AUTH-06"),
+        _capped("D"),
     ),
     Rule(
         "C",
@@ -165,7 +168,7 @@ RULES: tuple[Rule, ...] = (
         " AUTH-02/AUTH-03/AUTH-04 (plaintext login offered before TLS),"
         " EXP-01/EXP-02 (IMAP/POP3 with opportunistic STARTTLS)",
         "a password can be read or intercepted by someone on the path",
-        _ids("TLS-02", "CERT-01", "CERT-02", "AUTH-02", "AUTH-03", "AUTH-04", "EXP-01", "EXP-02"),
+        _capped("C"),
     ),
     Rule("C", "any other high finding", "a serious weakness", _severity(Severity.HIGH)),
     Rule(
@@ -173,7 +176,7 @@ RULES: tuple[Rule, ...] = (
         "TLS-05 (no forward secrecy or no AEAD), EXP-05 (no implicit-TLS twin),"
         " EXP-03 (submission with opportunistic STARTTLS)",
         "traffic is protected, but less than it should be",
-        _ids("TLS-05", "EXP-05", "EXP-03"),
+        _capped("B"),
     ),
     Rule(
         "B", "any other medium finding", "a weakness worth fixing soon", _severity(Severity.MEDIUM)

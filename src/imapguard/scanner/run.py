@@ -1,7 +1,7 @@
 """The scan, start to finish: the only place the scanner's parts meet.
 
     resolve targets → recognise what answers on each endpoint (greeting or TLS)
-    → the mail checks per service (mail.py, over net.Network)
+    → the mail checks per service (scanner/mail/, over net.Network)
     → the TLS and certificate audit of every TLS endpoint (sslyze, in a thread)
     → the checks across services of one address (implicit-TLS twin missing,
       different certificate or TLS policy on the twins)

@@ -18,7 +18,7 @@ guess):
   Dovecot's ``IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE IDLE LITERAL+`` and its POP3
   ``CAPA TOP UIDL RESP-CODES PIPELINING AUTH-RESP-CODE``.
 
-Pure functions only: mail.py collects what the server said, this module names it.
+Pure functions only: scanner/mail/ collects what the server said, this module names it.
 """
 
 from __future__ import annotations

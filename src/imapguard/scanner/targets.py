@@ -1,6 +1,6 @@
 """What to scan: targets as the user writes them, turned into (name, address, port).
 
-Accepted forms (SPEC "Scanner"):
+Accepted forms:
     mail.example.org            a name: every address it resolves to (at most
                                 MAX_ADDRESSES_PER_NAME), each on every port
     mail.example.org:993        one port only ([2001:db8::1]:993 for IPv6)

@@ -1,4 +1,5 @@
-"""The check catalog: the IDs and severities of SCANNER-CHECKS.md, and fixes an
+"""The check catalog: the IDs and default severities (a contract: reports and SARIF
+consumers key on them), and fixes an
 administrator can paste (Dovecot 2.3 and 2.4 names right, cipher strings that
 mean what they say, nftables rules on the exposure findings)."""
 
@@ -25,7 +26,7 @@ from imapguard.scanner.catalog import (
 )
 from imapguard.scanner.model import Severity, Software, Status
 
-#: SCANNER-CHECKS.md, the contract: every ID with its default severity.
+#: The contract: every ID with its default severity (an ID never changes meaning).
 CONTRACT = {
     "EXP-01": "high", "EXP-02": "high", "EXP-03": "medium", "EXP-04": "medium",
     "EXP-05": "medium", "EXP-06": "info", "EXP-07": "critical",

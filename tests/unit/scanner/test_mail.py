@@ -21,6 +21,8 @@ import trustme
 
 from imapguard.scanner import dialogs as d
 from imapguard.scanner import mail
+from imapguard.scanner.catalog import checks_for
+from imapguard.scanner.mail import limits
 from imapguard.scanner.model import Protocol, Severity, Status, TlsMode
 from imapguard.scanner.net import Network, NetworkSettings
 from tests.unit.scanner.test_dialogs import ntlm_challenge
@@ -346,9 +348,9 @@ def tls() -> ssl.SSLContext:
 
 @pytest.fixture(autouse=True)
 def short_waits(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(mail, "GREETING_WAIT", 0.3)
-    monkeypatch.setattr(mail, "QUIET_WAIT", 0.3)
-    monkeypatch.setattr(mail, "AUTH_WAIT", 0.3)
+    monkeypatch.setattr(limits, "GREETING_WAIT", 0.3)
+    monkeypatch.setattr(limits, "QUIET_WAIT", 0.3)
+    monkeypatch.setattr(limits, "AUTH_WAIT", 0.3)
 
 
 def network(timeout: float = 3.0) -> Network:
@@ -650,7 +652,7 @@ async def test_an_auth_penalty_longer_than_the_timeout_still_gets_the_probe_its_
     """Issue 9: Dovecot's penalty for the previous scan's probe delayed this scan's
     answer past --timeout, and AUTH-05 (so the grade) flipped from F to not tested.
     The answer to the credential gets AUTH_WAIT, whatever the timeout."""
-    monkeypatch.setattr(mail, "AUTH_WAIT", 4.0)
+    monkeypatch.setattr(limits, "AUTH_WAIT", 4.0)
     async with serving(_delayed_login(1.5), tls) as server:
         _, result, _ = await scan(server, network(timeout=1.0))
     assert "AUTH-05" in failed(result)
@@ -675,7 +677,7 @@ async def test_a_credential_never_answered_is_not_tested_and_says_how_to_rerun(
         " (Dovecot's auth penalty reaches 15 s and lasts until 15 s pass without a"
         " failure): rerun in a minute, or from another address",
     )
-    assert len(logins) == mail.ATTEMPTS  # tried again, then gave up
+    assert len(logins) == limits.ATTEMPTS  # tried again, then gave up
     assert "AUTH-05" not in failed(result)
 
 
@@ -700,8 +702,8 @@ async def test_a_temporary_authentication_failure_is_asked_again(
 
     async with serving(Script(inner.greeting, respond), tls) as server:
         _, result, _ = await scan(server)
-    assert len(seen) == min(failures + 1, mail.ATTEMPTS)
-    if failures < mail.ATTEMPTS:
+    assert len(seen) == min(failures + 1, limits.ATTEMPTS)
+    if failures < limits.ATTEMPTS:
         assert "AUTH-05" in failed(result)
         assert untested(result) == set()
     else:
@@ -749,7 +751,7 @@ async def test_imap_untagged_responses_trickling_in_share_one_timeout(
     responses, each well within the timeout: the command still gets one timeout in
     all, so the checks end as not tested for a timeout (not after MAX_RESPONSES
     timeouts, nor for too many responses)."""
-    monkeypatch.setattr(mail, "MAX_RESPONSES", 20)
+    monkeypatch.setattr(limits, "MAX_RESPONSES", 20)
 
     class Trickle(Scripted):
         async def _converse(
@@ -868,7 +870,7 @@ async def test_smtp_421_greeting(tls: ssl.SSLContext) -> None:
     assert net.throttled("127.0.0.1") is not None
     assert failed(result) == {"ST-11"}
     assert by_id(result, "ST-11").severity is Severity.INFO
-    assert untested(result) == set(mail._CLEARTEXT_CHECKS[Protocol.SMTP])
+    assert untested(result) == set(checks_for(Protocol.SMTP, TlsMode.CLEARTEXT))
     assert server.connections == 1  # no check was attempted
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from imapguard.scanner import mail
+from imapguard.scanner.mail import limits
 from imapguard.scanner.model import Identified, Protocol, Service, Software, Status, TlsMode
 from imapguard.scanner.run import ScanOptions, _twins, other_server, scan
 from imapguard.scanner.targets import Endpoint
@@ -234,8 +234,8 @@ def _options(*ports: int, concurrency: int = 32) -> ScanOptions:
 
 @pytest.fixture(autouse=True)
 def _short_waits(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(mail, "GREETING_WAIT", 0.3)
-    monkeypatch.setattr(mail, "QUIET_WAIT", 0.3)
+    monkeypatch.setattr(limits, "GREETING_WAIT", 0.3)
+    monkeypatch.setattr(limits, "QUIET_WAIT", 0.3)
 
 
 @pytest.mark.parametrize("implicit_first", [False, True], ids=["clear-lower", "implicit-lower"])
