@@ -24,18 +24,28 @@ this drawing complete).
     ├── ValueError
     │   ├── Problems                    config.base: a section's cross-field validator
     │   │                               names its keys (pydantic turns it into ConfigError)
-    │   └── TargetError                 scanner.targets: a target or port list that cannot be used
+    │   ├── TargetError                 scanner.targets: a target or port list that cannot be used
+    │   └── CatalogError                scanner.catalog: catalog.toml is broken (names the check)
+    ├── ResponseError                   imap.responses: an IMAP server's bytes are no response
+    │   │                               we accept (.reason, .excerpt)
+    │   ├── ResponseLimitExceeded       ... a line, literal or response went past its limit
+    │   └── ResponseSyntaxError         ... bytes that are not an IMAP response
     ├── DialogError                     scanner.dialogs: a server's bytes are no response
-    │   │                               the scanner can accept
+    │   │                               the scanner can accept (any protocol; .protocol)
     │   ├── ResponseTooLong             ... a line, literal or response went past its limit
     │   └── MalformedResponse           ... bytes that are not a response of the protocol
-    └── Throttled                       scanner.net: the server refused or deferred us (421)
+    ├── Throttled                       scanner.net: the server refused or deferred us (421)
+    ├── Closed                          scanner.mail.connection: how one probe of a scan
+    ├── Refused                         ended (caught by the step runner, never leaving
+    ├── Unexpected                      the scanner): closed before answering, turned away,
+    ├── Temporary                       a reply the dialog cannot go on from, a temporary
+    └── TimeoutError                    failure; a port that accepts no connection
+        ├── ConnectTimeout              (ConnectTimeout) or no answer to the dummy
+        └── AuthDelayed                 credential in time (AuthDelayed)
 
 Private to their module (control flow that never leaves it):
 
     _Fail (imap.commands)   a command that does not parse (returned as a ParseError)
-    _Closed, _Refused, _Unexpected, _Temporary, and the TimeoutErrors
-    _ConnectTimeout, _AuthDelayed (scanner.mail)   how one probe of a scan ended
 
 The IMAP pre-auth protocol does not raise: it answers BAD/NO on the wire (see
 `imapguard.imap.preauth`). Exceptions carry their context as fields, so callers

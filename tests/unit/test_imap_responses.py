@@ -8,13 +8,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from imapguard.imap.responses import (
-    MalformedResponse,
     Response,
     ResponseError,
     ResponseKind,
+    ResponseLimitExceeded,
     ResponseLimits,
     ResponseReader,
-    ResponseTooLong,
+    ResponseSyntaxError,
     canonical_capabilities,
     is_tag,
 )
@@ -158,7 +158,7 @@ def test_a_response_under_way_is_part_of_the_unparsed_bytes() -> None:
     "line", [b"s1 MAYBE done", b"s1", b"s(1 OK fine", b"* ", b"+foo OK bar", b"g1 PREAUTH x"]
 )
 def test_malformed_responses(line: bytes) -> None:
-    with pytest.raises(MalformedResponse) as caught:
+    with pytest.raises(ResponseSyntaxError) as caught:
         read(line + b"\r\n")
     assert caught.value.excerpt == line
 
@@ -167,21 +167,21 @@ def test_line_limit_counts_the_cr_and_is_sticky() -> None:
     at_limit = b"* OK " + b"x" * (SMALL.max_line - 6)  # with its CR: exactly max_line
     assert read(at_limit + b"\r\n", SMALL)[0].status == "OK"
     reader = ResponseReader(Response, SMALL)
-    with pytest.raises(ResponseTooLong, match="line longer than 32 bytes"):
+    with pytest.raises(ResponseLimitExceeded, match="line longer than 32 bytes"):
         reader.feed(at_limit + b"xx")  # no line end yet, and already too long
-    with pytest.raises(ResponseTooLong):
+    with pytest.raises(ResponseLimitExceeded):
         reader.feed(b"\r\n")  # a broken reader stays broken
 
 
 def test_literal_limit() -> None:
-    with pytest.raises(ResponseTooLong, match="literal of 17 bytes"):
+    with pytest.raises(ResponseLimitExceeded, match="literal of 17 bytes"):
         read(b'* ID ("a" {17}\r\n', SMALL)
     assert read(b'* ID ("a" {16}\r\n' + b"y" * 16 + b")\r\n", SMALL)[0].name == "ID"
 
 
 def test_response_limit_over_many_literals() -> None:
     chunk = b" {16}\r\n" + b"z" * 16
-    with pytest.raises(ResponseTooLong, match="response longer than 64 bytes"):
+    with pytest.raises(ResponseLimitExceeded, match="response longer than 64 bytes"):
         read(b"* ID" + chunk * 3, SMALL)
 
 
@@ -189,9 +189,9 @@ def test_a_reader_that_refused_bytes_stays_broken() -> None:
     """After a malformed response nothing more is parsed, even valid bytes: the
     stream is out of step and whatever follows cannot be trusted."""
     reader = ResponseReader(Response)
-    with pytest.raises(MalformedResponse) as first:
+    with pytest.raises(ResponseSyntaxError) as first:
         reader.feed(b"junk\r\n")
-    with pytest.raises(MalformedResponse) as again:
+    with pytest.raises(ResponseSyntaxError) as again:
         reader.feed(b"* OK fine\r\n")
     assert again.value is first.value
     assert reader.next() is None
@@ -201,7 +201,7 @@ def test_responses_before_an_error_are_kept() -> None:
     out, error = read_split([b"* OK hi\r\nbroken line\r\n"])
     assert [r.status for r in out] == ["OK"]
     assert error is not None
-    assert error[0] is MalformedResponse
+    assert error[0] is ResponseSyntaxError
 
 
 def test_tags() -> None:

@@ -14,9 +14,9 @@ Theory of operation:
 * The grammar of RFC 9051 §7, as far as a client acts on it: a continuation
   `+ text`; a status response `* OK|NO|BAD|PREAUTH|BYE [CODE args] text`; untagged
   data `* NAME data` or `* n NAME`; a tagged status `tag OK|NO|BAD [CODE args]
-  text`. Anything else is a `MalformedResponse`.
+  text`. Anything else is a `ResponseSyntaxError`.
 * Every limit is named in `ResponseLimits` and enforced while the bytes arrive:
-  an over-long line, literal or response raises `ResponseTooLong` before more of
+  an over-long line, literal or response raises `ResponseLimitExceeded` before more of
   it is kept. Both errors are a `ResponseError` with the reason and an excerpt.
 * A reader that has raised stays broken: every later `feed()` raises the same
   error, while the responses completed before it can still be taken with `next()`.
@@ -37,13 +37,13 @@ import re
 from typing import Generic, TypeVar
 
 __all__ = [
-    "MalformedResponse",
     "Response",
     "ResponseError",
     "ResponseKind",
+    "ResponseLimitExceeded",
     "ResponseLimits",
     "ResponseReader",
-    "ResponseTooLong",
+    "ResponseSyntaxError",
     "canonical_capabilities",
     "is_tag",
 ]
@@ -79,11 +79,11 @@ class ResponseError(Exception):
         super().__init__(reason)
 
 
-class ResponseTooLong(ResponseError):
+class ResponseLimitExceeded(ResponseError):
     """A line, a literal or a whole response went past its limit."""
 
 
-class MalformedResponse(ResponseError):
+class ResponseSyntaxError(ResponseError):
     """Bytes that are not an IMAP response."""
 
 
@@ -173,10 +173,10 @@ def _parse(line: bytes, make: type[_R]) -> _R:
             name = after.partition(b" ")[0]
             return make(ResponseKind.UNTAGGED, "*", "", _text(name).upper(), "", "", upper, line)
         if not upper:
-            raise MalformedResponse("untagged response without content", line)
+            raise ResponseSyntaxError("untagged response without content", line)
         return make(ResponseKind.UNTAGGED, "*", "", upper, "", "", _text(after), line)
     if not _TAG.fullmatch(tag) or upper not in _TAGGED_STATUS:
-        raise MalformedResponse("not an IMAP response", line)
+        raise ResponseSyntaxError("not an IMAP response", line)
     code, code_text, text = _split_code(after)
     return make(ResponseKind.TAGGED, tag, upper, "", code, code_text, text, line)
 
@@ -229,10 +229,10 @@ class ResponseReader(Generic[_R]):
         end = self._buf.find(b"\n")
         if end < 0:
             if len(self._buf) > max_line:
-                raise ResponseTooLong(f"line longer than {max_line} bytes", bytes(self._buf))
+                raise ResponseLimitExceeded(f"line longer than {max_line} bytes", bytes(self._buf))
             return None
         if end > max_line:
-            raise ResponseTooLong(f"line longer than {max_line} bytes", bytes(self._buf[:end]))
+            raise ResponseLimitExceeded(f"line longer than {max_line} bytes", bytes(self._buf[:end]))
         line = bytes(self._buf[:end])
         del self._buf[: end + 1]
         return line[:-1] if line.endswith(b"\r") else line
@@ -252,14 +252,14 @@ class ResponseReader(Generic[_R]):
                 return
             self._partial += line
             if len(self._partial) > max_response:
-                raise ResponseTooLong(f"response longer than {max_response} bytes", line)
+                raise ResponseLimitExceeded(f"response longer than {max_response} bytes", line)
             marker = _LITERAL_END.search(line)
             if marker is not None and not line.startswith(b"+"):
                 size = int(marker.group(1))
                 if size > self._limits.max_literal:
-                    raise ResponseTooLong(f"literal of {size} bytes", line)
+                    raise ResponseLimitExceeded(f"literal of {size} bytes", line)
                 if len(self._partial) + size > max_response:
-                    raise ResponseTooLong(f"response longer than {max_response} bytes", line)
+                    raise ResponseLimitExceeded(f"response longer than {max_response} bytes", line)
                 self._partial += b"\r\n"
                 self._literal = size
                 continue

@@ -28,7 +28,6 @@ import enum
 import re
 from typing import Generic, TypeVar
 
-from imapguard.imap.responses import MalformedResponse as ImapMalformed
 from imapguard.imap.responses import (
     Response,
     ResponseKind,
@@ -36,7 +35,8 @@ from imapguard.imap.responses import (
     ResponseReader,
     canonical_capabilities,
 )
-from imapguard.imap.responses import ResponseTooLong as ImapTooLong
+from imapguard.imap.responses import ResponseLimitExceeded as ImapTooLong
+from imapguard.imap.responses import ResponseSyntaxError as ImapMalformed
 from imapguard.scanner.commands import (
     Command,
     TagSequence,
