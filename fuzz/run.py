@@ -51,7 +51,7 @@ MEASURED: dict[str, tuple[str, tuple[str, ...] | None]] = {
             *("_kvpairs", "_unescape_saslname", "_check_user", "_bearer_token"),
         ),
     ),
-    "upstream": ("gateway/upstream.py", ("_Reader", "_capabilities", "_login")),
+    "upstream": ("imap/login.py", None),
     # The IMAP response reader the scanner shares with the gateway's upstream login.
     "scanner_imap": ("imap/responses.py", None),
     "scanner_pop3": (

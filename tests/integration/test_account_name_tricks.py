@@ -57,7 +57,10 @@ def test_master_user_separator_in_the_name_never_reaches_dovecot(
         src = "127.0.201.1" if username_chars == "default" else "127.0.201.2"
         before = len(dovecot.log_text())
         lines = _login(
-            gw.implicit_port, src, "alice*" + dovecot.master_user, dovecot.master_password,
+            gw.implicit_port,
+            src,
+            "alice*" + dovecot.master_user,
+            dovecot.master_password,
             gw.client_ssl(),
         )
         assert lines[-1] == b"a " + AUTH_FAILED, lines
@@ -103,7 +106,10 @@ def test_domain_aliases_are_one_account_and_get_it_locked(
         assert any(b["value"] == "aliased" and "account" in b["kind"] for b in blocks), blocks
         # The real password from another unfamiliar address is now refused too...
         late = _login(
-            gw.implicit_port, "127.0.203.200", "aliased@h99.example", "the-real-password",
+            gw.implicit_port,
+            "127.0.203.200",
+            "aliased@h99.example",
+            "the-real-password",
             gw.client_ssl(),
         )
         assert late[-1] == b"a " + AUTH_FAILED

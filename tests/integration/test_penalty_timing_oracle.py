@@ -68,10 +68,12 @@ def test_timing_oracle_when_the_upstream_penalty_passes_the_floor_cap(
         dovecot,
         login="master",
         methods=("password+totp",),
-        edit=lambda text: text.replace(
-            "failure_jitter = 0.01", "failure_jitter = 0.01\nverified_cache_seconds = 0"
-        )
-        + DEFENSE,
+        edit=lambda text: (
+            text.replace(
+                "failure_jitter = 0.01", "failure_jitter = 0.01\nverified_cache_seconds = 0"
+            )
+            + DEFENSE
+        ),
     ) as gw:
         tls = gw.client_ssl()
         gw.cli("totp", "enroll", user, "--json")

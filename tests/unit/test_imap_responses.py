@@ -234,3 +234,17 @@ def test_splitting_the_reads_changes_nothing(pieces: list[bytes], cuts: list[int
     chunks = [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
     assert read_split(chunks, SMALL) == whole
     assert read_split([data[i : i + 1] for i in range(len(data))], SMALL) == whole
+
+
+def test_take_rest_hands_over_every_byte_not_taken_as_received() -> None:
+    """After a login, what the server sent past its last answer belongs to the
+    client, complete responses included, byte for byte (a bare LF stays one)."""
+    reader: ResponseReader[Response] = ResponseReader(Response)
+    reader.feed(b"a OK done\r\n* 3 EXISTS\n* 1 RECENT\r\n* pa")
+    first = reader.next()
+    assert first is not None
+    assert first.tag == "a"
+    assert reader.completed == 3
+    assert reader.take_rest() == b"* 3 EXISTS\n* 1 RECENT\r\n* pa"
+    assert reader.next() is None
+    assert reader.take_rest() == b""

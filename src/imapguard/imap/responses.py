@@ -192,6 +192,10 @@ class ResponseReader(Generic[_R]):
         self._partial = bytearray()  # the lines and literals of the response under way
         self._literal: int | None = None  # bytes of literal still to come
         self._out: collections.deque[_R] = collections.deque()
+        # The bytes as received: of each response in `_out`, and of the one under way.
+        self._out_raw: collections.deque[bytes] = collections.deque()
+        self._raw = bytearray()
+        self.completed = 0  # responses read whole so far (taken or not)
         self._error: ResponseError | None = None
 
     def feed(self, data: bytes) -> None:
@@ -207,7 +211,10 @@ class ResponseReader(Generic[_R]):
 
     def next(self) -> _R | None:
         """The next complete response, or None until more bytes arrive."""
-        return self._out.popleft() if self._out else None
+        if not self._out:
+            return None
+        self._out_raw.popleft()
+        return self._out.popleft()
 
     @property
     def buffered(self) -> int:
@@ -219,6 +226,21 @@ class ResponseReader(Generic[_R]):
         included), which the reader forgets."""
         data = bytes(self._partial) + bytes(self._buf)
         self._partial.clear()
+        self._raw.clear()
+        self._buf.clear()
+        self._literal = None
+        return data
+
+    def take_rest(self) -> bytes:
+        """Every byte received that `next()` has not handed out, as received (the
+        complete responses not yet taken included), which the reader forgets:
+        after a login they belong to whoever relays the session, and after a
+        STARTTLS answer any of them is an injection."""
+        data = b"".join(self._out_raw) + bytes(self._raw) + bytes(self._buf)
+        self._out.clear()
+        self._out_raw.clear()
+        self._partial.clear()
+        self._raw.clear()
         self._buf.clear()
         self._literal = None
         return data
@@ -232,8 +254,11 @@ class ResponseReader(Generic[_R]):
                 raise ResponseLimitExceeded(f"line longer than {max_line} bytes", bytes(self._buf))
             return None
         if end > max_line:
-            raise ResponseLimitExceeded(f"line longer than {max_line} bytes", bytes(self._buf[:end]))
+            raise ResponseLimitExceeded(
+                f"line longer than {max_line} bytes", bytes(self._buf[:end])
+            )
         line = bytes(self._buf[:end])
+        self._raw += self._buf[: end + 1]
         del self._buf[: end + 1]
         return line[:-1] if line.endswith(b"\r") else line
 
@@ -244,6 +269,7 @@ class ResponseReader(Generic[_R]):
                 if len(self._buf) < self._literal:
                     return
                 self._partial += self._buf[: self._literal]
+                self._raw += self._buf[: self._literal]
                 del self._buf[: self._literal]
                 self._literal = None
                 continue
@@ -266,3 +292,6 @@ class ResponseReader(Generic[_R]):
             whole = bytes(self._partial)
             self._partial.clear()
             self._out.append(_parse(whole, self._make))
+            self._out_raw.append(bytes(self._raw))
+            self._raw.clear()
+            self.completed += 1

@@ -708,9 +708,13 @@ async def test_a_temporary_authentication_failure_is_asked_again(
         assert untested(result) == set()
     else:
         assert untested(result) == {"AUTH-05"}
-        assert by_id(result, "AUTH-05").evidence[0].startswith(
-            "not tested: the server reported a temporary failure: S: s1 NO [UNAVAILABLE]"
-            " Temporary authentication failure. (2 tries, 0 s apart); rerun in a few minutes"
+        assert (
+            by_id(result, "AUTH-05")
+            .evidence[0]
+            .startswith(
+                "not tested: the server reported a temporary failure: S: s1 NO [UNAVAILABLE]"
+                " Temporary authentication failure. (2 tries, 0 s apart); rerun in a few minutes"
+            )
         )
 
 

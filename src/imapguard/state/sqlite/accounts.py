@@ -201,9 +201,7 @@ class SqliteAccounts(Connection):
     def _device_row(row: tuple[Any, ...] | None) -> DeviceRecord | None:
         if row is None:
             return None
-        (id_, user, network, name, version, status, created, until, seen, address, split) = row[
-            :11
-        ]
+        (id_, user, network, name, version, status, created, until, seen, address, split) = row[:11]
         secret, bound = row[11:]
         return DeviceRecord(
             id_,
@@ -354,4 +352,3 @@ class SqliteAccounts(Connection):
                 (user, kind, now, now - interval),
             )
             return cursor.rowcount > 0
-
