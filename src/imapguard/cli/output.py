@@ -15,9 +15,10 @@ from __future__ import annotations
 import datetime
 import json
 import sys
-import unicodedata
 from collections.abc import Sequence
 from typing import Any
+
+from imapguard.text import escape
 
 __all__ = ["print_json", "shown", "table", "when"]
 
@@ -30,20 +31,10 @@ def when(ts: float | None) -> str:
 
 
 def shown(value: object) -> str:
-    """`value` as text fit for a terminal line or a tab-separated cell: control,
-    format (bidi, zero-width) and line/paragraph separator characters, tabs
-    included, as `\\xNN` / `\\uNNNN` escapes."""
-    out = []
-    for char in str(value):
-        if unicodedata.category(char) not in ("Cc", "Cf", "Zl", "Zp", "Cs"):
-            out.append(char)
-        elif ord(char) < 0x100:
-            out.append(f"\\x{ord(char):02x}")
-        elif ord(char) < 0x10000:
-            out.append(f"\\u{ord(char):04x}")
-        else:
-            out.append(f"\\U{ord(char):08x}")
-    return "".join(out)
+    """`value` as text fit for a terminal line or a tab-separated cell: each
+    character that is not `imapguard.text.safe` (tabs and line feeds included) as
+    a `\\xNN` / `\\uNNNN` escape."""
+    return escape(str(value))
 
 
 def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]]) -> None:

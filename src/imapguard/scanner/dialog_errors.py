@@ -1,8 +1,11 @@
 """The errors of the scanner's dialogs (a server's bytes we cannot accept), and
 `printable`, how evidence and errors show bytes a server chose: one short line,
-control characters escaped as `\\xNN` so the reader sees exactly what was sent."""
+characters that are not safe to show escaped (`imapguard.text.escape`) so the
+reader sees exactly what was sent."""
 
 from __future__ import annotations
+
+from imapguard.text import escape
 
 __all__ = ["DialogError", "MalformedResponse", "ResponseTooLong", "printable"]
 
@@ -32,5 +35,4 @@ class MalformedResponse(DialogError):
 def printable(data: bytes | str, limit: int = _EXCERPT) -> str:
     """`data` as one short, printable line for evidence (control bytes escaped)."""
     text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
-    out = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
-    return out if len(out) <= limit else out[: limit - 3] + "..."
+    return escape(text, limit=limit)

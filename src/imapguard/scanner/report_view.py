@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.metadata
-import unicodedata
 from collections import Counter
 from collections.abc import Iterable
 from typing import Any
@@ -25,6 +24,7 @@ from imapguard.scanner.model import (
     Status,
     TlsMode,
 )
+from imapguard.text import escape
 
 __all__ = [
     "UNKNOWN_PROTOCOL",
@@ -56,21 +56,9 @@ def with_grades(report: ScanReport) -> ScanReport:
 
 
 def escape_text(text: str, *, newlines: bool = False) -> str:
-    """`text` with control, format (bidi) and separator characters escaped;
-    line feeds kept only with `newlines` (our own multi-line texts)."""
-    out = []
-    for char in text:
-        if (
-            char == "\t"
-            or (newlines and char == "\n")
-            or unicodedata.category(char) not in ("Cc", "Cf", "Zl", "Zp")
-        ):
-            out.append(char)
-        elif ord(char) < 0x100:
-            out.append(f"\\x{ord(char):02x}")
-        else:
-            out.append(f"\\u{ord(char):04x}")
-    return "".join(out)
+    """`text` as `imapguard.text.escape` shows it, tabs kept, line feeds kept only
+    with `newlines` (our own multi-line texts)."""
+    return escape(text, keep="\t\n" if newlines else "\t")
 
 
 def worst_first(findings: Iterable[Finding]) -> list[Finding]:

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import json
 import re
-import unicodedata
 from dataclasses import dataclass
 from typing import Literal
 
 from imapguard.auth.oauth.errors import SaslMalformed
 from imapguard.names import MAX_USER_BYTES
 from imapguard.secret import Secret
-from imapguard.text import UNSAFE
+from imapguard.text import first_unsafe, unsafe_kind
 
 __all__ = [
     "CLIENT_ERROR_ACK",
@@ -179,10 +178,9 @@ def _check_user(raw: bytes, what: str) -> bytes:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise SaslMalformed(f"{what} is not UTF-8") from None
-    unsafe = UNSAFE.search(text)
-    if unsafe:
-        kind = "control" if unicodedata.category(unsafe.group()) == "Cc" else "format"
-        raise SaslMalformed(f"{what} has a {kind} character")
+    unsafe = first_unsafe(text)
+    if unsafe is not None:
+        raise SaslMalformed(f"{what} has a {unsafe_kind(unsafe)} character")
     return raw
 
 
