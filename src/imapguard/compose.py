@@ -53,7 +53,9 @@ from imapguard.tls import client_context, server_context
 __all__ = [
     "Keys",
     "Services",
+    "account_store",
     "authenticator",
+    "defense",
     "gateway_runtime",
     "keys",
     "open_services",
@@ -75,9 +77,32 @@ class Keys:
 
 
 def keys(config: Config) -> Keys:
-    """Read `state.key_file` and derive the purpose keys."""
-    server = load_server_key(config.state.key_file)
+    """Read `state.key_file` and derive the purpose keys; a problem with the file
+    is a ConfigError naming that key."""
+    try:
+        server = load_server_key(config.state.key_file)
+    except (OSError, ValueError) as exc:
+        raise ConfigError([("state.key_file", str(exc))]) from None
     return Keys(server, derive_key(server, APP_PASSWORD), derive_key(server, TOTP_SEAL))
+
+
+def account_store(config: Config) -> SqliteStore:
+    """The account and counter store `state.url` names (SQLite; the cluster's
+    PostgreSQL and Redis stores will be chosen here)."""
+    return open_store(config.state.url)
+
+
+def defense(
+    config: Config, store: SqliteStore, k: Keys, *, reader: SqliteStore | None = None
+) -> Defense:
+    """The defense engine as [defense] says, on `store` (reads from `reader`)."""
+    settings = config.defense
+    return Defense(
+        settings,
+        store,
+        fingerprints=Fingerprinter(k.server, epoch_seconds=settings.fingerprint_epoch),
+        reader=reader,
+    )
 
 
 @dataclass
@@ -98,7 +123,7 @@ async def open_services(config: Config) -> AsyncIterator[Services]:
     """Open the stores, the audit log, the notifier and the token verifier;
     close them in reverse order, whatever happens."""
     async with contextlib.AsyncExitStack() as stack:
-        store = open_store(config.state.url)
+        store = account_store(config)
         stack.callback(store.close)
         reader = open_reader(config.state.url)
         stack.callback(reader.close)
@@ -157,8 +182,7 @@ def _notice_hook(notifier: Notifier) -> NoticeHook:
 def authenticator(config: Config, services: Services, upstream: Upstream[S]) -> Authenticator[S]:
     """The auth service as [auth], [defense], [policy] and [groups] say, logging
     in to `upstream`: the same for every front end."""
-    settings = config.defense
-    if not settings.enforce:
+    if not config.defense.enforce:
         log.warning("defense.enforce = false: blocks and delays are recorded, not enforced")
     policy, warnings = load_policy(config.policy, config.groups)
     for warning in warnings:
@@ -186,12 +210,7 @@ def authenticator(config: Config, services: Services, upstream: Upstream[S]) -> 
         token_verifier=services.tokens,
         oauth_scope=config.oauth.scope if config.oauth is not None else "openid email",
         policy=policy,
-        defense=Defense(
-            settings,
-            services.store,
-            fingerprints=Fingerprinter(k.server, epoch_seconds=settings.fingerprint_epoch),
-            reader=services.reader,
-        ),
+        defense=defense(config, services.store, k, reader=services.reader),
         app_password_key=k.app_password,
         upstream=upstream,
         audit=services.audit,

@@ -22,13 +22,11 @@ import time
 from pathlib import Path
 
 from imapguard.auth import app_passwords, totp
-from imapguard.compose import run_loop, serve
+from imapguard.compose import account_store, keys, run_loop, serve
 from imapguard.config import load_config
 from imapguard.demo_backend import DemoAccount, demo_backend
 from imapguard.gateway.server import Gateway
-from imapguard.keys import APP_PASSWORD, TOTP_SEAL, derive_key, load_server_key
 from imapguard.secret import Secret
-from imapguard.state import open_store
 from imapguard.tls import generate_self_signed
 
 __all__ = ["run_demo"]
@@ -101,19 +99,19 @@ path = "{state.resolve()}/audit.jsonl"
 """
     )
     config = load_config(config_file)
-    root = load_server_key(config.state.key_file)
-    store = open_store(config.state.url)
+    k = keys(config)
+    store = account_store(config)
     try:
         if "alice-app-password" not in creds:
             password = app_passwords.generate()
             normalized = app_passwords.normalize(password)
             assert normalized is not None  # noqa: S101 - generate() makes valid ones
-            digest = app_passwords.digest(derive_key(root, APP_PASSWORD), "alice", normalized)
+            digest = app_passwords.digest(k.app_password, "alice", normalized)
             store.add_app_password("alice", "demo laptop", digest, time.time())
             creds["alice-app-password"] = password.reveal().decode()
         if "bob-totp-secret" not in creds:
             secret = totp.new_secret()
-            sealed = totp.seal(derive_key(root, TOTP_SEAL), "bob", secret)
+            sealed = totp.seal(k.totp_seal, "bob", secret)
             store.set_totp("bob", sealed, time.time())
             creds["bob-totp-secret"] = secret.reveal().decode()
     finally:

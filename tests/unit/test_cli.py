@@ -12,6 +12,7 @@ import pytest
 
 from imapguard.audit import AuditLog, events
 from imapguard.cli import main
+from imapguard.secret import Secret
 
 
 @pytest.fixture
@@ -130,6 +131,53 @@ def test_app_password_create_list_revoke(capsys: pytest.CaptureFixture[str], con
     code, _, err = _run(capsys, "app-password", "revoke", "alice", created["id"], *cfg)
     assert code == 1
     assert "no app password" in err
+
+
+def test_app_password_from_the_cli_is_the_one_the_gateway_checks(
+    capsys: pytest.CaptureFixture[str], config: Path
+) -> None:
+    """The CLI derives its keys through the composition root, as the gateway does:
+    a password it prints is found by the digest the auth service computes."""
+    from imapguard import compose
+    from imapguard.auth import app_passwords
+    from imapguard.config import load_config
+
+    cfg = ("--config", str(config))
+    code, out, _ = _run(capsys, "app-password", "create", "alice", "--label", "x", "--json", *cfg)
+    assert code == 0
+    password = json.loads(out)["password"].encode()
+    loaded = load_config(config, check_files=False)
+    normalized = app_passwords.normalize(Secret(password))
+    assert normalized is not None
+    digest = app_passwords.digest(compose.keys(loaded).app_password, "alice", normalized)
+    store = compose.account_store(loaded)
+    try:
+        assert store.find_app_password("alice", digest) is not None
+        wrong = app_passwords.digest(compose.keys(loaded).totp_seal, "alice", normalized)
+        assert store.find_app_password("alice", wrong) is None
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("problem", ["missing", "short"])
+def test_a_bad_server_key_is_one_line_naming_state_key_file(
+    capsys: pytest.CaptureFixture[str], config: Path, problem: str
+) -> None:
+    key = config.parent / "server.key"
+    if problem == "missing":
+        key.unlink()
+    else:
+        key.write_bytes(b"short")
+    for argv in (
+        ("app-password", "create", "alice", "--label", "x"),
+        ("totp", "enroll", "alice"),
+        ("blocks", "list"),
+    ):
+        code, _, err = _run(capsys, *argv, "--config", str(config))
+        assert code != 0, argv
+        assert "state.key_file" in err, argv
+        assert "Traceback" not in err
+        assert len(err.strip().splitlines()) == 1, err
 
 
 def test_totp_enroll_remove(capsys: pytest.CaptureFixture[str], config: Path) -> None:

@@ -15,10 +15,10 @@ from imapguard.cli.common import (
     UsageError,
     config_opt,
     json_opt,
+    keys,
     load,
     open_defense,
     open_store,
-    server_key,
     user_name,
 )
 from imapguard.cli.output import print_json, shown, table, when
@@ -196,7 +196,6 @@ def _unlock(args: argparse.Namespace) -> int:
 
 def _app_password(args: argparse.Namespace) -> int:
     from imapguard.auth import app_passwords
-    from imapguard.keys import APP_PASSWORD, derive_key
 
     config = load(args, check_files=False)
     user = user_name(args.user, config)
@@ -205,11 +204,11 @@ def _app_password(args: argparse.Namespace) -> int:
         label = args.label.strip()
         if not label or len(label) > 64 or not label.isprintable():
             raise UsageError("--label must be 1 to 64 printable characters")
-        root = server_key(config)
+        key = keys(config).app_password
         password = app_passwords.generate()
         normalized = app_passwords.normalize(password)
         assert normalized is not None  # noqa: S101 - generate() makes valid ones
-        digest = app_passwords.digest(derive_key(root, APP_PASSWORD), user, normalized)
+        digest = app_passwords.digest(key, user, normalized)
         record = store.add_app_password(user, label, digest, time.time())
         if args.json:
             print_json(
@@ -256,7 +255,6 @@ def _app_password(args: argparse.Namespace) -> int:
 
 def _totp(args: argparse.Namespace) -> int:
     from imapguard.auth import totp
-    from imapguard.keys import TOTP_SEAL, derive_key
 
     config = load(args, check_files=False)
     user = user_name(args.user, config)
@@ -277,7 +275,7 @@ def _totp(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_PROBLEM
-    key = derive_key(server_key(config), TOTP_SEAL)
+    key = keys(config).totp_seal
     secret = totp.new_secret()
     uri = totp.provisioning_uri(secret, user, config.auth.totp_issuer)
     store.set_totp(user, totp.seal(key, user, secret), time.time())

@@ -1,18 +1,20 @@
 """What every command shares: exit codes, the usage error, the common options,
-and opening the configuration, the state store, the server key and the defense.
+and opening the configuration, the state store, the keys and the defense (as
+the composition root builds them for the gateway).
 """
 
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, TypeAlias
 
 from imapguard.config import Config, default_config_path, load_config
-from imapguard.errors import ConfigError, ImapguardError
+from imapguard.errors import ImapguardError
 
 if TYPE_CHECKING:
+    from imapguard.compose import Keys
     from imapguard.defense.engine import Defense
-    from imapguard.secret import Secret
+    from imapguard.state.sqlite import SqliteStore
 
 __all__ = [
     "EXIT_OK",
@@ -22,12 +24,12 @@ __all__ = [
     "UsageError",
     "config_opt",
     "json_opt",
+    "keys",
     "load",
     "open_defense",
     "open_store",
     "positive_float",
     "positive_int",
-    "server_key",
     "user_name",
 ]
 
@@ -81,10 +83,11 @@ def load(args: argparse.Namespace, *, check_files: bool = True) -> Config:
     return load_config(args.config or default_config_path(), check_files=check_files)
 
 
-def open_store(config: Config) -> Any:
-    from imapguard.state import open_store as open_state
+def open_store(config: Config) -> SqliteStore:
+    """The account and counter store, as the gateway opens it."""
+    from imapguard.compose import account_store
 
-    return open_state(config.state.url)
+    return account_store(config)
 
 
 def user_name(raw: str, config: Config) -> str:
@@ -97,25 +100,15 @@ def user_name(raw: str, config: Config) -> str:
     return user
 
 
-def server_key(config: Config) -> Secret:
-    """The root key (`state.key_file`); a problem with it names that key."""
-    from imapguard.keys import load_server_key
+def keys(config: Config) -> Keys:
+    """The server key and its purpose keys; a problem names `state.key_file`."""
+    from imapguard.compose import keys as read_keys
 
-    try:
-        return load_server_key(config.state.key_file)
-    except (OSError, ValueError) as exc:
-        raise ConfigError([("state.key_file", str(exc))]) from None
+    return read_keys(config)
 
 
 def open_defense(config: Config) -> Defense:
     """The defense engine on the configured store, as the gateway builds it."""
-    from imapguard.defense.engine import Defense
-    from imapguard.defense.fingerprints import Fingerprinter
+    from imapguard.compose import defense
 
-    settings = config.defense
-    root = server_key(config)
-    return Defense(
-        settings,
-        open_store(config),
-        fingerprints=Fingerprinter(root, epoch_seconds=settings.fingerprint_epoch),
-    )
+    return defense(config, open_store(config), keys(config))
