@@ -27,9 +27,9 @@ machine has 2 cores and is shared).
 
 Rules of the comparison:
 
-* Each tool's output items are mapped onto the catalog IDs of
-  ../shared/SCANNER-CHECKS.md, with three levels: ``found`` (the tool names it as a
-  problem: imapguard's ``fail`` findings except the ST-10 observation; testssl items of
+* Each tool's output items are mapped onto the catalog IDs of imapguard's scanner
+  (src/imapguard/scanner/catalog.toml), with three levels: ``found`` (the tool names it
+  as a problem: imapguard's ``fail`` findings except the ST-10 observation; testssl items of
   severity LOW..CRITICAL; an nmap ssl-enum-ciphers warning -- a grade below A is listed
   apart, it names no check), ``shown`` (printed
   without a verdict: an nmap capability list without LOGINDISABLED, nmap's certificate

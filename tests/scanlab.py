@@ -1035,11 +1035,11 @@ ShowsOn = Literal["cleartext", "implicit", "both"]
 class ToyFlaw:
     """What one flaw of :class:`ToyServer` is built to show a scanner.
 
-    ``checks``: the catalog IDs (SCANNER-CHECKS.md) it is built to fail; ``summary`` names
-    any that necessarily fail with them. ``shows_on``: the toy's endpoint(s) where it is
-    visible: ``"cleartext"`` (the STARTTLS port, for flaws of the upgrade itself),
-    ``"implicit"`` (the implicit-TLS twin) or ``"both"`` (what every session, or every TLS
-    session, offers -- as a real misconfiguration would).
+    ``checks``: the catalog IDs (``src/imapguard/scanner/catalog.toml``) it is built to
+    fail; ``summary`` names any that necessarily fail with them. ``shows_on``: the toy's
+    endpoint(s) where it is visible: ``"cleartext"`` (the STARTTLS port, for flaws of the
+    upgrade itself), ``"implicit"`` (the implicit-TLS twin) or ``"both"`` (what every
+    session, or every TLS session, offers -- as a real misconfiguration would).
     """
 
     checks: tuple[str, ...]
