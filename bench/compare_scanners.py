@@ -40,7 +40,7 @@ Rules of the comparison:
   (tests/scanlab.py), not from any scanner's output; a tool is scored on the ports it
   scanned. What a tool reports outside :data:`TRUTH` is listed separately, as are
   testssl items that have no catalog ID and testssl checks that failed ("WARN").
-* The verdict the issue asks for -- does imapguard find every problem the other tools
+* The verdict -- does imapguard find every problem the other tools
   find? -- is computed per port: every ID testssl or nmap found or showed on a port must
   be among imapguard's findings on that port; the misses are printed.
 
@@ -88,7 +88,7 @@ LAB_PORTS = (110, 143, 465, 587, 993, 995)
 #: --openssl-timeout) must not stall the run.
 RUN_TIMEOUT = 900.0
 
-#: The lab targets of issue 5, in order; one loopback address each.
+#: The lab targets (tests/scanlab.py), in order; one loopback address each.
 KINDS = (
     "dovecot:good",
     "dovecot:plaintext",

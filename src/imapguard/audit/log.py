@@ -1,6 +1,6 @@
 """The audit log file: one JSON line per event (`imapguard.audit.events`),
 appended and flushed a line at a time; and reading it back (`read_events`,
-`follow` for `imapguard audit tail`)."""
+`follow` for `imapguard events --follow`)."""
 
 from __future__ import annotations
 

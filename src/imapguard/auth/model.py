@@ -3,10 +3,11 @@ what they present (`LoginRequest`), what they get (`AuthResult`), and the ports
 a front end plugs in (`Upstream`, `Session`, `NoticeHook`).
 
 The service knows no socket and no protocol. The gateway presents the IMAP
-client's credentials and implements `Upstream` with a real IMAP login; the CLI
-and, later, the portal present theirs the same way, so every front end gets the
-same password check, the same factors, the same defense counting and the same
-audit events.
+client's credentials and implements `Upstream` with a real IMAP login; the web
+portal (to come) will present its users' the same way, so every front end that
+signs someone in gets the same password check, the same factors, the same
+defense counting and the same audit events. (The CLI signs nobody in: it
+enrols factors and lifts blocks with the same pieces, built by `compose`.)
 """
 
 from __future__ import annotations

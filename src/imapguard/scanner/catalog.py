@@ -40,7 +40,7 @@ Rules for the blocks (tests/unit/scanner/test_catalog.py holds them):
   substitutes their own;
 - nftables rules assume Debian's default ``table inet filter`` with its
   ``input`` chain (/etc/nftables.conf); they were checked with ``nft -c``;
-- imapguard blocks are imapguard.toml fragments (valid TOML, keys of config.py);
+- imapguard blocks are imapguard.toml fragments (valid TOML, keys of imapguard.config);
 - cipher strings are Mozilla's "intermediate" TLS 1.2 suites (ECDHE with
   AES-GCM or ChaCha20-Poly1305, which includes the RFC 9051 §11.1 mandatory
   TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256), written the short OpenSSL way.

@@ -16,8 +16,8 @@ order, then the mail checks service by service, cleartext ports first (they deci
 most of the grade), then implicit TLS, each by port; then the TLS audit, port by port
 (tlsaudit's waves). A throttling server therefore cuts the scan at the same step
 every time, whatever the port numbers or the machine's load. Steps that fail for a
-passing reason are run again (mail.ATTEMPTS), and the answer to the dummy credential
-may take mail.AUTH_WAIT seconds.
+passing reason are run again (mail.limits.ATTEMPTS), and the answer to the dummy
+credential may take mail.limits.AUTH_WAIT seconds.
 
 Twins (RFC 8314 §3): IMAP 143 ↔ 993, POP3 110 ↔ 995, submission 587 ↔ 465; on other
 ports any implicit-TLS service of the same protocol on the same address. Only ports

@@ -298,7 +298,7 @@ def test_imapguard_gets_imapguard_fixes_and_never_another_servers_settings() -> 
 
 def test_imapguard_blocks_are_imapguard_toml_with_its_config_keys() -> None:
     """Every imapguard block is a fragment of imapguard.toml: it parses, and each key
-    is one config.py defines, with a value it accepts."""
+    is one imapguard.config defines, with a value it accepts."""
     checked = 0
     for check in CATALOG.values():
         for label, lines in fix_blocks(check.fix):

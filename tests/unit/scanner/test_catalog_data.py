@@ -91,7 +91,7 @@ def test_the_shipped_catalog_has_every_family_in_order() -> None:
 
 
 # What the mail checks give each kind of service (the not-tested list when a
-# server throttles the scan): the table mail.py held before the catalog did.
+# server throttles the scan): written out here so that a change to catalog.toml shows.
 _EXPECTED = {
     (_IMAP, _C): "EXP-01 EXP-07 ST-01 ST-02 ST-03 ST-04 ST-07 ST-09 ST-10 "
     "AUTH-01 AUTH-02 AUTH-05 AUTH-06 AUTH-09 BAN-01 BAN-02",
