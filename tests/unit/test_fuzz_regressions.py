@@ -77,7 +77,18 @@ def test_upstream_response_of_chained_literals_is_cut_off_at_the_limit() -> None
 async def hostile_upstream(
     answer: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
 ) -> AsyncIterator[upstream.UpstreamSettings]:
-    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    # Every connection's handler is awaited and its socket closed before the test
+    # ends: one left to the loop's shutdown is a ResourceWarning in a later test.
+    handlers: set[asyncio.Task[object] | None] = set()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        handlers.add(asyncio.current_task())
+        try:
+            await answer(reader, writer)
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     try:
         yield upstream.UpstreamSettings(
@@ -94,6 +105,9 @@ async def hostile_upstream(
         )
     finally:
         server.close()
+        running = {task for task in handlers if task is not None}
+        if running:
+            await asyncio.wait(running, timeout=5)
         await server.wait_closed()
 
 

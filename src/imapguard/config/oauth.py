@@ -30,18 +30,9 @@ SUPPORTED_ALGORITHMS = (
     "ES512",
     "EdDSA",
 )
-#: Accepted unless `algorithms` says otherwise.
-DEFAULT_ALGORITHMS = (
-    "RS256",
-    "RS384",
-    "RS512",
-    "PS256",
-    "PS384",
-    "PS512",
-    "ES256",
-    "ES384",
-    "EdDSA",
-)
+#: Accepted unless `algorithms` says otherwise: all of them but ES512 (P-521, which
+#: issuers rarely use), the list accepted before `algorithms` could be set.
+DEFAULT_ALGORITHMS = tuple(alg for alg in SUPPORTED_ALGORITHMS if alg != "ES512")
 
 
 def discovery_url(issuer: str) -> str:
