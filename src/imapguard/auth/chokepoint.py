@@ -489,7 +489,7 @@ class Authenticator(Generic[S]):
 
     # -- the password check and the upstream session ---------------------------
 
-    async def _password_login(self, user: str, password: Secret, ctx: AuthContext) -> S:
+    async def password_login(self, user: str, password: Secret, ctx: AuthContext) -> S:
         """Log in upstream with the user's password; a refusal's duration feeds
         the failure timing."""
         started = self._clock()
@@ -511,7 +511,7 @@ class Authenticator(Generic[S]):
         if remembering and self._verified.remembered(device, password):
             password_ok(self._clock())
             return None
-        session = await self._password_login(user, password, ctx)
+        session = await self.password_login(user, password, ctx)
         if remembering:
             self._verified.remember(device, password)
         return session
@@ -545,7 +545,7 @@ class Authenticator(Generic[S]):
                 session = await self.upstream.login(user, None, ctx.client)
                 self.timing.accepted(ctx.client.ip)
             else:
-                session = await self._password_login(user, password, ctx)
+                session = await self.password_login(user, password, ctx)
         except UpstreamRefused as exc:
             reason = "wrong password" if password is not None else "upstream refused master login"
             return AuthResult(Outcome.INVALID, user, method, f"{reason} ({exc.detail})")

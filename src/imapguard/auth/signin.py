@@ -1,0 +1,274 @@
+"""Sign-in in two steps, for a front end that can ask for the second factor on
+a page of its own (the portal): the password, then a one-time code.
+
+Both steps go through the gateway's auth service, so a password tried at the
+portal is checked, counted and logged exactly as one tried over IMAP:
+
+* the same account-name rule (`names.AccountNames`);
+* the same defense: one attempt per step, against the same counters (source,
+  network, account, the login-free spray fingerprint of the password), so a
+  password sprayed at the portal and at IMAP is one spray, and a block placed
+  by either refuses both;
+* the password checked the only way imapguard checks one: by logging in to the
+  mail server as the user (`Authenticator.password_login`, which also teaches
+  the failure timing the upstream's refusal time), then logging out;
+* the same failure timing: every failure of either step is answered no sooner
+  than the upstream would have refused this source, whatever failed;
+* the same audit event (`auth`, listener "portal") and the same compromise
+  signal when a right password comes with a wrong code (the owner is told).
+
+A right password alone proves one factor: it is counted as neither a success
+nor a failure (a success would make the source familiar to the account, which
+only a second factor may do) and it opens nothing upstream. A wrong code after
+it counts as a factor failure, locks codes after `auth.totp_max_failures` like
+IMAP does, and spends no step; a right code spends its step (no replay, also
+not over IMAP) and is the success the defense records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from imapguard.audit import AuditLog, events
+from imapguard.auth import totp
+from imapguard.auth.chokepoint import Authenticator
+from imapguard.auth.model import AuthContext, AuthResult, NoticeHook, Outcome, S
+from imapguard.defense.engine import Action, Attempt, Verdict
+from imapguard.errors import StateUnavailable, UpstreamRefused, UpstreamUnavailable
+from imapguard.secret import Secret
+from imapguard.vocab import Factor
+
+__all__ = ["PasswordCheck", "TwoStepSignIn"]
+
+T = TypeVar("T")
+
+MECHANISM_PASSWORD = "PORTAL-PASSWORD"  # noqa: S105 - a mechanism name
+MECHANISM_CODE = "PORTAL-TOTP"
+
+
+@dataclass(frozen=True)
+class PasswordCheck:
+    """The first step's answer. `user` and `has_totp` only when `ok`."""
+
+    ok: bool
+    user: str | None = None
+    has_totp: bool = False
+
+
+class TwoStepSignIn(Generic[S]):
+    """The portal's sign-in through the auth service (module docstring)."""
+
+    def __init__(
+        self,
+        auth: Authenticator[S],
+        *,
+        audit: AuditLog,
+        executor: Executor,
+        totp_key: bytes | None,
+        on_notice: NoticeHook | None = None,
+        wall_clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+    ) -> None:
+        self._auth = auth
+        self._audit = audit
+        self._executor = executor
+        self._totp_key = totp_key
+        self._on_notice = on_notice
+        self._wall = wall_clock
+        self._sleep = sleep
+
+    async def check_password(
+        self, username: str, password: Secret, ctx: AuthContext
+    ) -> PasswordCheck:
+        """Step one: is this the account's password?"""
+        auth = self._auth
+        with auth.timing.attempt(ctx.client.ip) as clock:
+            user = _account(auth, username)
+            attempt: Attempt | None = None
+            verdict: Verdict | None = None
+            has_totp = False
+            try:
+                attempt, verdict = self._precheck(ctx, user, password or None)
+                result = await self._password(user, password, ctx, verdict)
+                if result.outcome is Outcome.OK and user is not None:
+                    has_totp = auth.reader.get_totp(user) is not None
+                else:
+                    await self._count(attempt, verdict, result, ctx)
+            except StateUnavailable as exc:
+                result = AuthResult(
+                    Outcome.UNAVAILABLE, user, "portal", f"state store: {exc.detail}"
+                )
+            self._audit_auth(MECHANISM_PASSWORD, username, result, verdict, ctx)
+            if result.outcome is not Outcome.OK:
+                await auth.timing.wait_out(clock)
+                return PasswordCheck(ok=False)
+            return PasswordCheck(ok=True, user=user, has_totp=has_totp)
+
+    async def check_totp(self, user: str, code: Secret, ctx: AuthContext) -> bool:
+        """Step two, for the `user` step one named: the account's current code."""
+        auth = self._auth
+        with auth.timing.attempt(ctx.client.ip) as clock:
+            verdict: Verdict | None = None
+            try:
+                attempt, verdict = self._precheck(ctx, user, None)
+                result = await self._code(user, code, ctx, verdict)
+                await self._count(attempt, verdict, result, ctx)
+            except StateUnavailable as exc:
+                result = AuthResult(
+                    Outcome.UNAVAILABLE, user, "portal", f"state store: {exc.detail}"
+                )
+            self._audit_auth(MECHANISM_CODE, user, result, verdict, ctx)
+            if result.outcome is not Outcome.OK:
+                await auth.timing.wait_out(clock)
+                return False
+            return True
+
+    # -- the steps -----------------------------------------------------------------
+
+    def _precheck(
+        self, ctx: AuthContext, user: str | None, secret: Secret | None
+    ) -> tuple[Attempt | None, Verdict | None]:
+        defense = self._auth.defense
+        if defense is None:
+            return None, None
+        attempt = defense.attempt(
+            ctx.client.ip,
+            user,
+            secret,
+            method="portal",
+            listener=ctx.listener,
+            trusted_device=False,
+            spray=secret is not None,
+        )
+        return attempt, defense.precheck(attempt)
+
+    async def _password(
+        self, user: str | None, password: Secret, ctx: AuthContext, verdict: Verdict | None
+    ) -> AuthResult[Any]:
+        blocked = self._blocked(user, verdict)
+        if blocked is not None:
+            return blocked
+        if verdict is not None and verdict.action is Action.DELAY:
+            await self._sleep(verdict.delay)
+        if user is None:
+            return AuthResult(Outcome.INVALID, None, None, "malformed user name")
+        if not password:
+            return AuthResult(Outcome.INVALID, user, "portal", "empty password")
+        try:
+            session = await self._auth.password_login(user, password, ctx)
+        except UpstreamRefused as exc:
+            reason = f"wrong password ({exc.detail})".replace(" ()", "")
+            return AuthResult(Outcome.INVALID, user, "portal", reason)
+        except UpstreamUnavailable as exc:
+            return AuthResult(Outcome.UNAVAILABLE, user, "portal", f"upstream: {exc.detail}")
+        await session.discard()
+        return AuthResult(
+            Outcome.OK, user, "portal", "password right, second factor next", factor=Factor.PASSWORD
+        )
+
+    async def _code(
+        self, user: str, code: Secret, ctx: AuthContext, verdict: Verdict | None
+    ) -> AuthResult[Any]:
+        blocked = self._blocked(user, verdict)
+        if blocked is not None:
+            return blocked
+        if verdict is not None and verdict.action is Action.DELAY:
+            await self._sleep(verdict.delay)
+        auth, now = self._auth, self._wall()
+        record = auth.reader.get_totp(user)
+        if record is None or self._totp_key is None:
+            return AuthResult(Outcome.MISSING_FACTOR, user, "portal", "no TOTP enrolled")
+        if record.locked_until is not None and record.locked_until > now:
+            return self._signal(user, ctx, "wrong one-time code (codes locked for the account)")
+        secret = totp.unseal(self._totp_key, user, record.sealed)
+        text = code.reveal().decode("ascii", "replace").strip()
+        step = totp.verify(secret, text, now, last_step=record.last_step)
+        if step is not None and await self._store(auth.store.use_totp_step, user, step):
+            return AuthResult(Outcome.OK, user, "portal", "ok", factor=Factor.PASSWORD_TOTP)
+        reason = "one-time code already used" if step is not None else "wrong one-time code"
+        factors = auth.factors
+        locked = await self._store(
+            auth.store.record_totp_failure,
+            user,
+            now,
+            factors.totp_lockout,
+            factors.totp_max_failures,
+            factors.totp_lockout,
+        )
+        if locked:
+            reason += "; one-time codes now locked for the account"
+        return self._signal(user, ctx, reason)
+
+    def _signal(self, user: str, ctx: AuthContext, reason: str) -> AuthResult[Any]:
+        """A right password with a wrong code: a compromise signal, as over IMAP."""
+        reason = f"correct password, {reason}"
+        self._audit.emit(
+            events.CompromiseSignal(
+                session=ctx.client.session, src=ctx.client.ip, user=user, reason=reason
+            )
+        )
+        if self._on_notice is not None:
+            self._on_notice("compromise_signal", user, ctx, None)
+        return AuthResult(Outcome.MISSING_FACTOR, user, "portal", reason, factor=Factor.PASSWORD)
+
+    @staticmethod
+    def _blocked(user: str | None, verdict: Verdict | None) -> AuthResult[Any] | None:
+        if verdict is None or verdict.action is not Action.BLOCKED:
+            return None
+        reason = f"blocked: {verdict.reason} (until {verdict.expires:.0f})"
+        return AuthResult(Outcome.INVALID, user, None, reason, blocked=True)
+
+    # -- what the defense and the audit log learn ------------------------------------
+
+    async def _count(
+        self,
+        attempt: Attempt | None,
+        verdict: Verdict | None,
+        result: AuthResult[Any],
+        ctx: AuthContext,
+    ) -> None:
+        counting = self._auth.counting
+        if attempt is not None and verdict is not None and counting is not None:
+            await counting.record(attempt, verdict, result, ctx, ctx.client.session)
+
+    def _audit_auth(
+        self,
+        mechanism: str,
+        username: str,
+        result: AuthResult[Any],
+        verdict: Verdict | None,
+        ctx: AuthContext,
+    ) -> None:
+        self._audit.emit(
+            events.Auth(
+                session=ctx.client.session,
+                src=ctx.client.ip,
+                listener=ctx.listener,
+                client_id=ctx.client_id,
+                mechanism=mechanism,
+                user=result.user or username[:64],
+                method=result.method,
+                factor=result.factor,
+                delay=round(verdict.delay, 2) if verdict and verdict.delay else None,
+                result=result.outcome.value,
+                reason=result.reason,
+            )
+        )
+
+    async def _store(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+
+def _account(auth: Authenticator[Any], username: str) -> str | None:
+    """The account under the gateway's name rule; None for a name that is not
+    even UTF-8 (a lone surrogate from a form)."""
+    try:
+        raw = username.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    return auth.names.canonical(raw)
