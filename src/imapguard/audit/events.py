@@ -121,6 +121,16 @@ class Close(Event):
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class Revoked(Event):
+    """A live session ended because what it logged in with was revoked."""
+
+    kind: ClassVar[str] = "revoked"
+    src: str
+    user: str
+    credential: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
 class Refused(Event):
     """Connections refused at accept (pre-auth slot limits); `count` of them
     since the last such event for this source and reason."""

@@ -323,7 +323,7 @@ class Authenticator(Generic[S]):
                             ctx.client.ip,
                             ctx.client_id,
                         )
-                    return result
+                    return dataclasses.replace(result, app_password=record.id)
 
         if "password+totp" in self.methods or "client-cert" in self.methods:
             key = device_key(user, ctx)

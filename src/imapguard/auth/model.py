@@ -125,6 +125,8 @@ class AuthResult(Generic[S]):
     alert: str | None = None
     # Refused by the defense before any credential was looked at.
     blocked: bool = False
+    # The id of the app password that logged in (revoking it ends the session).
+    app_password: str | None = None
 
 
 @dataclass(frozen=True)

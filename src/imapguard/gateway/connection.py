@@ -27,6 +27,7 @@ from imapguard.auth.model import AuthContext, ClientAddress, Outcome
 from imapguard.config import ListenConfig
 from imapguard.gateway.admission import Admission, AdmissionShed
 from imapguard.gateway.link import Link
+from imapguard.gateway.revocation import credential_of
 from imapguard.gateway.runtime import Runtime
 from imapguard.imap.framing import NeedData
 from imapguard.imap.preauth import (
@@ -68,7 +69,17 @@ class Connection:
     phase: str = "preauth"
     user: str | None = None
     upstream: Link | None = None
+    # What it logged in with, as a revocation names it (gateway.revocation).
+    credential: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def end(self, bye: bytes) -> None:
+        """Tell the client `bye` and close both sides (a revocation)."""
+        self.link.write(bye)
+        self.link.close()
+        if self.upstream is not None:
+            self.upstream.bye_on_loss = None  # the client has its BYE already
+            self.upstream.close()
 
 
 class Host(Protocol):
@@ -305,6 +316,9 @@ class Dialogue:
                 if result.outcome is Outcome.OK and result.session is not None:
                     self.host.admission.note_success(client.ip)
                     conn.user = result.user
+                    conn.credential = credential_of(
+                        result.factor, result.device, result.app_password
+                    )
                     conn.upstream = result.session.link
                     conn.extra["leftover"] = result.session.leftover
                     machine.auth_finished(AuthOutcome.OK, result.session.capabilities)

@@ -32,6 +32,7 @@ from imapguard.audit import AuditLog, events
 from imapguard.config import ListenConfig, parse_address
 from imapguard.gateway.admission import PER_SOURCE, Admission, PreauthSlots, Refusals
 from imapguard.gateway.connection import BYE_BUSY, BYE_SHUTDOWN, Connection, Dialogue
+from imapguard.gateway.revocation import RevocationReader, RevocationWatch
 from imapguard.gateway.runtime import Runtime
 
 __all__ = ["Gateway", "Runtime"]
@@ -51,9 +52,14 @@ _BYE_TOO_MANY = b"* BYE [UNAVAILABLE] Too many connections from your address.\r\
 
 
 class Gateway:
-    def __init__(self, runtime: Runtime, audit: AuditLog) -> None:
+    def __init__(
+        self, runtime: Runtime, audit: AuditLog, revocations: RevocationReader | None = None
+    ) -> None:
         self.runtime = runtime
         self.audit = audit
+        self.revocations = (
+            RevocationWatch(revocations, self._logged_in, audit) if revocations else None
+        )
         self.listeners: list[socket.socket] = []
         self._accepting: list[asyncio.Task[None]] = []
         self.bound: list[tuple[ListenConfig, tuple[str, int]]] = []
@@ -85,6 +91,9 @@ class Gateway:
             maintenance = tg.create_task(self._maintain())
             admission = tg.create_task(self.admission.monitor())
             refusals = tg.create_task(self._report_refusals())
+            if self.revocations is not None:
+                self.revocations.start_position()
+                revocations = tg.create_task(self.revocations.run())
             try:
                 for listener in self.runtime.config.listen:
                     await self._listen(listener)
@@ -95,6 +104,8 @@ class Gateway:
                 maintenance.cancel()
                 admission.cancel()
                 refusals.cancel()
+                if self.revocations is not None:
+                    revocations.cancel()
                 for task in self._accepting:
                     task.cancel()
                 for sock in self.listeners:
@@ -105,6 +116,9 @@ class Gateway:
 
     def stop(self) -> None:
         self._stopping.set()
+
+    def _logged_in(self) -> list[Connection]:
+        return [conn for conn in self._conns if conn.user is not None]
 
     async def _maintain(self) -> None:
         """Once a minute: purge expired defense counters and let the posture

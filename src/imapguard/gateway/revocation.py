@@ -1,0 +1,142 @@
+"""Revocation reaches live sessions: when an app password, a device or a whole
+account's access is revoked (by the portal, the CLI or another node: whichever
+process does it writes the store's revocation feed), every session logged in
+with it ends within seconds, IDLE included.
+
+`RevocationWatch` follows the feed (`state.portal.RevocationFeed`) from where it
+stood at start, one indexed read a second on the reader connection, and ends each
+matching connection: `* BYE [ALERT] ...` to the client (a client shows an ALERT
+to its user, who then knows why the password stopped working), then both sides
+closed. A revocation names an account and optionally one credential
+(`KIND:ID`, as `credential_of` forms them at login); none means every session of
+the account.
+
+A feed that cannot be read (the store is down) is retried on the next tick and
+logged once per outage: relaying sessions go on, and revocations written
+meanwhile are applied when the store is back (the feed is read from the last seq
+seen, not from the clock).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable
+from typing import Protocol
+
+from imapguard.audit import AuditLog, events
+from imapguard.errors import StateUnavailable
+from imapguard.state.portal import Revocation
+
+__all__ = ["BYE_REVOKED", "Revocable", "RevocationReader", "RevocationWatch", "credential_of"]
+
+log = logging.getLogger("imapguard.gateway")
+
+BYE_REVOKED = b"* BYE [ALERT] Access with this password was revoked.\r\n"
+# How often the feed is read: a revocation ends its sessions within this plus a
+# round trip (the portal promises 5 seconds).
+INTERVAL = 1.0
+# Revocations applied per read (a burst is worked off over a few ticks).
+BATCH = 500
+
+
+class RevocationReader(Protocol):
+    def revocations_after(self, seq: int, limit: int) -> list[Revocation]: ...
+    def last_revocation(self) -> int: ...
+
+
+class Revocable(Protocol):
+    """A live connection as the watch sees it."""
+
+    @property
+    def user(self) -> str | None: ...
+    @property
+    def credential(self) -> str | None: ...
+    @property
+    def session(self) -> str: ...
+    @property
+    def src(self) -> str: ...
+
+    def end(self, bye: bytes) -> None:
+        """Tell the client `bye` and close both sides."""
+
+
+def credential_of(factor: str | None, device: str | None, app_password: str | None) -> str | None:
+    """What a login used, as a revocation names it: the app password, else the
+    device that was trusted, else the factor's kind (oauth, client-cert, ...)."""
+    if app_password is not None:
+        return f"app-password:{app_password}"
+    if device is not None:
+        return f"device:{device}"
+    return factor
+
+
+def matches(revocation: Revocation, conn: Revocable) -> bool:
+    if conn.user is None or conn.user != revocation.user:
+        return False
+    return revocation.credential is None or revocation.credential == conn.credential
+
+
+class RevocationWatch:
+    def __init__(
+        self,
+        feed: RevocationReader,
+        live: Callable[[], Iterable[Revocable]],
+        audit: AuditLog,
+        *,
+        interval: float = INTERVAL,
+    ) -> None:
+        self._feed = feed
+        self._live = live
+        self._audit = audit
+        self._interval = interval
+        self._seq: int | None = None
+        self._down = False
+
+    def start_position(self) -> None:
+        """Revocations from before the start concern no session of this process."""
+        if self._seq is None:
+            try:
+                self._seq = self._feed.last_revocation()
+            except StateUnavailable as exc:
+                self._outage(exc)
+
+    def tick(self) -> int:
+        """Read the feed once and end what it names; how many sessions ended."""
+        self.start_position()
+        if self._seq is None:
+            return 0
+        try:
+            batch = self._feed.revocations_after(self._seq, BATCH)
+        except StateUnavailable as exc:
+            self._outage(exc)
+            return 0
+        if self._down:
+            self._down = False
+            log.info("revocation feed readable again")
+        ended = 0
+        for revocation in batch:
+            self._seq = max(self._seq, revocation.seq)
+            for conn in list(self._live()):
+                if matches(revocation, conn):
+                    conn.end(BYE_REVOKED)
+                    ended += 1
+                    self._audit.emit(
+                        events.Revoked(
+                            session=conn.session,
+                            src=conn.src,
+                            user=revocation.user,
+                            credential=conn.credential,
+                        )
+                    )
+        return ended
+
+    async def run(self) -> None:
+        while True:
+            self.tick()
+            await asyncio.sleep(self._interval)
+
+    def _outage(self, exc: StateUnavailable) -> None:
+        if not self._down:
+            self._down = True
+            log.warning("revocation feed unreadable, retrying: %s", exc.detail)
