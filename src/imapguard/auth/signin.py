@@ -38,9 +38,11 @@ from imapguard.audit import AuditLog, events
 from imapguard.auth import totp
 from imapguard.auth.chokepoint import Authenticator
 from imapguard.auth.model import AuthContext, AuthResult, NoticeHook, Outcome, S
+from imapguard.auth.passkeys import PasskeyRefused, Passkeys
 from imapguard.defense.engine import Action, Attempt, Verdict
 from imapguard.errors import StateUnavailable, UpstreamRefused, UpstreamUnavailable
 from imapguard.secret import Secret
+from imapguard.state.portal import PasskeyStore
 from imapguard.vocab import Factor
 
 __all__ = ["PasswordCheck", "TwoStepSignIn"]
@@ -49,6 +51,7 @@ T = TypeVar("T")
 
 MECHANISM_PASSWORD = "PORTAL-PASSWORD"  # noqa: S105 - a mechanism name
 MECHANISM_CODE = "PORTAL-TOTP"
+MECHANISM_PASSKEY = "PORTAL-PASSKEY"
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,8 @@ class TwoStepSignIn(Generic[S]):
         audit: AuditLog,
         executor: Executor,
         totp_key: bytes | None,
+        passkeys: Passkeys | None = None,
+        passkey_store: PasskeyStore | None = None,
         on_notice: NoticeHook | None = None,
         wall_clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
@@ -78,6 +83,8 @@ class TwoStepSignIn(Generic[S]):
         self._audit = audit
         self._executor = executor
         self._totp_key = totp_key
+        self.passkeys = passkeys
+        self._passkey_store = passkey_store
         self._on_notice = on_notice
         self._wall = wall_clock
         self._sleep = sleep
@@ -123,6 +130,29 @@ class TwoStepSignIn(Generic[S]):
                     Outcome.UNAVAILABLE, user, "portal", f"state store: {exc.detail}"
                 )
             self._audit_auth(MECHANISM_CODE, user, result, verdict, ctx)
+            if result.outcome is not Outcome.OK:
+                await auth.timing.wait_out(clock)
+                return False
+            return True
+
+    async def check_passkey(
+        self, user: str, response: bytes, challenge: bytes, ctx: AuthContext
+    ) -> bool:
+        """Step two with a passkey: `response` (the browser's JSON) signs
+        `challenge` (the one this session was given, used once) with a passkey
+        of `user`, and its counter grew."""
+        auth = self._auth
+        with auth.timing.attempt(ctx.client.ip) as clock:
+            verdict: Verdict | None = None
+            try:
+                attempt, verdict = self._precheck(ctx, user, None)
+                result = await self._passkey(user, response, challenge, ctx, verdict)
+                await self._count(attempt, verdict, result, ctx)
+            except StateUnavailable as exc:
+                result = AuthResult(
+                    Outcome.UNAVAILABLE, user, "portal", f"state store: {exc.detail}"
+                )
+            self._audit_auth(MECHANISM_PASSKEY, user, result, verdict, ctx)
             if result.outcome is not Outcome.OK:
                 await auth.timing.wait_out(clock)
                 return False
@@ -203,6 +233,38 @@ class TwoStepSignIn(Generic[S]):
         if locked:
             reason += "; one-time codes now locked for the account"
         return self._signal(user, ctx, reason)
+
+    async def _passkey(
+        self,
+        user: str,
+        response: bytes,
+        challenge: bytes,
+        ctx: AuthContext,
+        verdict: Verdict | None,
+    ) -> AuthResult[Any]:
+        blocked = self._blocked(user, verdict)
+        if blocked is not None:
+            return blocked
+        if verdict is not None and verdict.action is Action.DELAY:
+            await self._sleep(verdict.delay)
+        store = self._passkey_store
+        if self.passkeys is None or store is None:
+            return AuthResult(Outcome.MISSING_FACTOR, user, "portal", "passkeys not configured")
+        records = await self._store(store.list_passkeys, user)
+        if not records:
+            return AuthResult(Outcome.MISSING_FACTOR, user, "portal", "no passkey registered")
+        try:
+            proven = self.passkeys.verify_authentication(response, challenge, records)
+        except PasskeyRefused as exc:
+            return self._signal(user, ctx, f"passkey {exc.reason}")
+        credential = proven.passkey.credential_id
+        if not await self._store(store.use_passkey, credential, proven.sign_count, self._wall()):
+            return self._signal(
+                user,
+                ctx,
+                f"passkey {proven.passkey.id}: counter did not grow (a cloned authenticator?)",
+            )
+        return AuthResult(Outcome.OK, user, "portal", "ok", factor="password+passkey")
 
     def _signal(self, user: str, ctx: AuthContext, reason: str) -> AuthResult[Any]:
         """A right password with a wrong code: a compromise signal, as over IMAP."""
