@@ -35,14 +35,14 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from imapguard.audit import AuditLog, events
-from imapguard.auth import totp
+from imapguard.auth import recovery, totp
 from imapguard.auth.chokepoint import Authenticator
 from imapguard.auth.model import AuthContext, AuthResult, NoticeHook, Outcome, S
 from imapguard.auth.passkeys import PasskeyRefused, Passkeys
 from imapguard.defense.engine import Action, Attempt, Verdict
 from imapguard.errors import StateUnavailable, UpstreamRefused, UpstreamUnavailable
 from imapguard.secret import Secret
-from imapguard.state.portal import PasskeyStore
+from imapguard.state.portal import PortalStore
 from imapguard.vocab import Factor
 
 __all__ = ["PasswordCheck", "TwoStepSignIn"]
@@ -52,6 +52,7 @@ T = TypeVar("T")
 MECHANISM_PASSWORD = "PORTAL-PASSWORD"  # noqa: S105 - a mechanism name
 MECHANISM_CODE = "PORTAL-TOTP"
 MECHANISM_PASSKEY = "PORTAL-PASSKEY"
+MECHANISM_RECOVERY = "PORTAL-RECOVERY-CODE"
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,8 @@ class TwoStepSignIn(Generic[S]):
         executor: Executor,
         totp_key: bytes | None,
         passkeys: Passkeys | None = None,
-        passkey_store: PasskeyStore | None = None,
+        portal_store: PortalStore | None = None,
+        recovery_key: bytes | None = None,
         on_notice: NoticeHook | None = None,
         wall_clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
@@ -84,7 +86,8 @@ class TwoStepSignIn(Generic[S]):
         self._executor = executor
         self._totp_key = totp_key
         self.passkeys = passkeys
-        self._passkey_store = passkey_store
+        self._portal_store = portal_store
+        self._recovery_key = recovery_key
         self._on_notice = on_notice
         self._wall = wall_clock
         self._sleep = sleep
@@ -118,22 +121,9 @@ class TwoStepSignIn(Generic[S]):
 
     async def check_totp(self, user: str, code: Secret, ctx: AuthContext) -> bool:
         """Step two, for the `user` step one named: the account's current code."""
-        auth = self._auth
-        with auth.timing.attempt(ctx.client.ip) as clock:
-            verdict: Verdict | None = None
-            try:
-                attempt, verdict = self._precheck(ctx, user, None)
-                result = await self._code(user, code, ctx, verdict)
-                await self._count(attempt, verdict, result, ctx)
-            except StateUnavailable as exc:
-                result = AuthResult(
-                    Outcome.UNAVAILABLE, user, "portal", f"state store: {exc.detail}"
-                )
-            self._audit_auth(MECHANISM_CODE, user, result, verdict, ctx)
-            if result.outcome is not Outcome.OK:
-                await auth.timing.wait_out(clock)
-                return False
-            return True
+        return await self._second_step(
+            MECHANISM_CODE, user, ctx, lambda: self._code(user, code, ctx)
+        )
 
     async def check_passkey(
         self, user: str, response: bytes, challenge: bytes, ctx: AuthContext
@@ -141,18 +131,39 @@ class TwoStepSignIn(Generic[S]):
         """Step two with a passkey: `response` (the browser's JSON) signs
         `challenge` (the one this session was given, used once) with a passkey
         of `user`, and its counter grew."""
+        return await self._second_step(
+            MECHANISM_PASSKEY,
+            user,
+            ctx,
+            lambda: self._passkey(user, response, challenge, ctx),
+        )
+
+    async def check_recovery_code(self, user: str, code: Secret, ctx: AuthContext) -> bool:
+        """Step two with a recovery code of `user` (each works once)."""
+        return await self._second_step(
+            MECHANISM_RECOVERY, user, ctx, lambda: self._recovery(user, code, ctx)
+        )
+
+    async def _second_step(
+        self,
+        mechanism: str,
+        user: str,
+        ctx: AuthContext,
+        step: Callable[[], Awaitable[AuthResult[Any]]],
+    ) -> bool:
+        """One second-factor attempt: precheck, `step`, count, audit, timing."""
         auth = self._auth
         with auth.timing.attempt(ctx.client.ip) as clock:
             verdict: Verdict | None = None
             try:
                 attempt, verdict = self._precheck(ctx, user, None)
-                result = await self._passkey(user, response, challenge, ctx, verdict)
+                result = await self._gate(user, verdict) or await step()
                 await self._count(attempt, verdict, result, ctx)
             except StateUnavailable as exc:
                 result = AuthResult(
                     Outcome.UNAVAILABLE, user, "portal", f"state store: {exc.detail}"
                 )
-            self._audit_auth(MECHANISM_PASSKEY, user, result, verdict, ctx)
+            self._audit_auth(mechanism, user, result, verdict, ctx)
             if result.outcome is not Outcome.OK:
                 await auth.timing.wait_out(clock)
                 return False
@@ -180,11 +191,9 @@ class TwoStepSignIn(Generic[S]):
     async def _password(
         self, user: str | None, password: Secret, ctx: AuthContext, verdict: Verdict | None
     ) -> AuthResult[Any]:
-        blocked = self._blocked(user, verdict)
-        if blocked is not None:
-            return blocked
-        if verdict is not None and verdict.action is Action.DELAY:
-            await self._sleep(verdict.delay)
+        stop = await self._gate(user, verdict)
+        if stop is not None:
+            return stop
         if user is None:
             return AuthResult(Outcome.INVALID, None, None, "malformed user name")
         if not password:
@@ -201,14 +210,7 @@ class TwoStepSignIn(Generic[S]):
             Outcome.OK, user, "portal", "password right, second factor next", factor=Factor.PASSWORD
         )
 
-    async def _code(
-        self, user: str, code: Secret, ctx: AuthContext, verdict: Verdict | None
-    ) -> AuthResult[Any]:
-        blocked = self._blocked(user, verdict)
-        if blocked is not None:
-            return blocked
-        if verdict is not None and verdict.action is Action.DELAY:
-            await self._sleep(verdict.delay)
+    async def _code(self, user: str, code: Secret, ctx: AuthContext) -> AuthResult[Any]:
         auth, now = self._auth, self._wall()
         record = auth.reader.get_totp(user)
         if record is None or self._totp_key is None:
@@ -240,14 +242,8 @@ class TwoStepSignIn(Generic[S]):
         response: bytes,
         challenge: bytes,
         ctx: AuthContext,
-        verdict: Verdict | None,
     ) -> AuthResult[Any]:
-        blocked = self._blocked(user, verdict)
-        if blocked is not None:
-            return blocked
-        if verdict is not None and verdict.action is Action.DELAY:
-            await self._sleep(verdict.delay)
-        store = self._passkey_store
+        store = self._portal_store
         if self.passkeys is None or store is None:
             return AuthResult(Outcome.MISSING_FACTOR, user, "portal", "passkeys not configured")
         records = await self._store(store.list_passkeys, user)
@@ -266,6 +262,19 @@ class TwoStepSignIn(Generic[S]):
             )
         return AuthResult(Outcome.OK, user, "portal", "ok", factor="password+passkey")
 
+    async def _recovery(self, user: str, code: Secret, ctx: AuthContext) -> AuthResult[Any]:
+        store, key = self._portal_store, self._recovery_key
+        if store is None or key is None:
+            return AuthResult(
+                Outcome.MISSING_FACTOR, user, "portal", "recovery codes not configured"
+            )
+        normalized = recovery.normalize(code)
+        if normalized is not None:
+            digest = recovery.digest(key, user, normalized)
+            if await self._store(store.use_recovery_code, user, digest, self._wall()):
+                return AuthResult(Outcome.OK, user, "portal", "ok", factor="password+recovery-code")
+        return self._signal(user, ctx, "wrong or used recovery code")
+
     def _signal(self, user: str, ctx: AuthContext, reason: str) -> AuthResult[Any]:
         """A right password with a wrong code: a compromise signal, as over IMAP."""
         reason = f"correct password, {reason}"
@@ -278,12 +287,17 @@ class TwoStepSignIn(Generic[S]):
             self._on_notice("compromise_signal", user, ctx, None)
         return AuthResult(Outcome.MISSING_FACTOR, user, "portal", reason, factor=Factor.PASSWORD)
 
-    @staticmethod
-    def _blocked(user: str | None, verdict: Verdict | None) -> AuthResult[Any] | None:
-        if verdict is None or verdict.action is not Action.BLOCKED:
+    async def _gate(self, user: str | None, verdict: Verdict | None) -> AuthResult[Any] | None:
+        """The defense's word before any credential is looked at: a block is the
+        answer; a delay is waited out (a coroutine waits, no thread does)."""
+        if verdict is None:
             return None
-        reason = f"blocked: {verdict.reason} (until {verdict.expires:.0f})"
-        return AuthResult(Outcome.INVALID, user, None, reason, blocked=True)
+        if verdict.action is Action.BLOCKED:
+            reason = f"blocked: {verdict.reason} (until {verdict.expires:.0f})"
+            return AuthResult(Outcome.INVALID, user, None, reason, blocked=True)
+        if verdict.action is Action.DELAY:
+            await self._sleep(verdict.delay)
+        return None
 
     # -- what the defense and the audit log learn ------------------------------------
 
