@@ -12,6 +12,8 @@ this drawing complete).
     │   │   ├── UpstreamUnavailable     cannot connect, TLS failed, timed out, bad greeting
     │   │   └── UpstreamRefused         the backend answered NO/BAD to the login
     │   ├── SealError                   auth.totp: a sealed TOTP secret does not open (.reason)
+    │   ├── PasskeyRefused              auth.passkeys: a WebAuthn registration or assertion
+    │   │                               that does not prove what it claims (.reason)
     │   ├── OAuthError                  auth.oauth.errors: .reason for the audit log,
     │   │   │                           never the token
     │   │   ├── SaslMalformed           the SASL response breaks RFC 7628 / XOAUTH2 (BAD)

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from imapguard.audit import AuditLog
+from imapguard.auth.model import AuthResult, Outcome
 from imapguard.errors import StateUnavailable
-from imapguard.gateway.revocation import BYE_REVOKED, RevocationWatch, credential_of
+from imapguard.gateway.revocation import BYE_REVOKED, RevocationWatch
 from imapguard.state.portal import Revocation
 
 
@@ -125,7 +126,13 @@ def test_a_store_down_at_start_still_follows_from_where_it_comes_back(audit: Aud
 
 
 def test_credential_names() -> None:
-    assert credential_of("app-password", None, "abc") == "app-password:abc"
-    assert credential_of("password+totp", "d1", None) == "device:d1"
-    assert credential_of("trusted-device", "d1", None) == "device:d1"
-    assert credential_of("oauth-mfa", None, None) == "oauth-mfa"
+    def named(factor: str, device: str | None, app_password: str | None) -> str | None:
+        ok: AuthResult[object] = AuthResult(  # type: ignore[type-var]
+            Outcome.OK, "u", "m", "ok", factor=factor, device=device, app_password=app_password
+        )
+        return ok.credential
+
+    assert named("app-password", None, "abc") == "app-password:abc"
+    assert named("password+totp", "d1", None) == "device:d1"
+    assert named("trusted-device", "d1", None) == "device:d1"
+    assert named("oauth-mfa", None, None) == "oauth-mfa"

@@ -169,6 +169,7 @@ class Auth(Event):
     method: str | None = None
     factor: str | None = None
     device: str | None = None
+    credential: str | None = None
     rule: str | None = None
     delay: float | None = None  # seconds the defense made it wait
     result: str  # ok | invalid | missing_factor | denied | unavailable

@@ -1,6 +1,11 @@
 """The audit log file: one JSON line per event (`imapguard.audit.events`),
 appended and flushed a line at a time; and reading it back (`read_events`,
-`follow` for `imapguard events --follow`)."""
+`follow` for `imapguard events --follow`).
+
+In-process subscribers (`subscribe`) see every event as it is written: the
+account owners' sign-in history and the portal's live view are fed this way.
+A subscriber must be quick and must not raise (one that does is logged, and
+the others and the file go on)."""
 
 from __future__ import annotations
 
@@ -10,12 +15,15 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import IO, Any
 
 from imapguard.audit.events import Event, to_json
 
-__all__ = ["AuditLog", "follow", "read_events"]
+__all__ = ["AuditLog", "Subscriber", "follow", "read_events"]
+
+# Called with each event and its timestamp (seconds since the epoch).
+Subscriber = Callable[[Event, float], None]
 
 
 class AuditLog:
@@ -25,6 +33,7 @@ class AuditLog:
         self.path = path
         self._clock = clock
         self._lock = threading.Lock()
+        self._subscribers: list[Subscriber] = []
         self._stream: IO[str]
         if path == "-":
             self._stream = sys.stdout
@@ -32,8 +41,12 @@ class AuditLog:
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
             self._stream = os.fdopen(fd, "a", encoding="utf-8")
 
+    def subscribe(self, subscriber: Subscriber) -> None:
+        self._subscribers.append(subscriber)
+
     def emit(self, event: Event) -> None:
-        line = to_json(event, self._clock()) + "\n"
+        ts = self._clock()
+        line = to_json(event, ts) + "\n"
         with self._lock:
             try:
                 self._stream.write(line)
@@ -41,6 +54,11 @@ class AuditLog:
             except (OSError, ValueError) as exc:
                 # The audit log must not take the gateway down with it.
                 logging.getLogger("imapguard.audit").error("cannot write audit log: %s", exc)
+        for subscriber in self._subscribers:
+            try:
+                subscriber(event, ts)
+            except Exception:
+                logging.getLogger("imapguard.audit").exception("audit subscriber failed")
 
     def close(self) -> None:
         if self._stream is not sys.stdout:

@@ -216,6 +216,7 @@ class Authenticator(Generic[S]):
                 method=result.method,
                 factor=result.factor,
                 device=result.device,
+                credential=result.credential,
                 rule=result.rule,
                 delay=round(verdict.delay, 2) if verdict and verdict.delay else None,
                 result=result.outcome.value,

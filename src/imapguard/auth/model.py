@@ -128,6 +128,17 @@ class AuthResult(Generic[S]):
     # The id of the app password that logged in (revoking it ends the session).
     app_password: str | None = None
 
+    @property
+    def credential(self) -> str | None:
+        """What the login used, as the sign-in history and a revocation name it:
+        the app password, else the device that was trusted, else the factor's
+        kind (oauth-mfa, client-cert, ...)."""
+        if self.app_password is not None:
+            return f"app-password:{self.app_password}"
+        if self.device is not None:
+            return f"device:{self.device}"
+        return self.factor
+
 
 @dataclass(frozen=True)
 class FactorSettings:

@@ -27,7 +27,6 @@ from imapguard.auth.model import AuthContext, ClientAddress, Outcome
 from imapguard.config import ListenConfig
 from imapguard.gateway.admission import Admission, AdmissionShed
 from imapguard.gateway.link import Link
-from imapguard.gateway.revocation import credential_of
 from imapguard.gateway.runtime import Runtime
 from imapguard.imap.framing import NeedData
 from imapguard.imap.preauth import (
@@ -316,9 +315,7 @@ class Dialogue:
                 if result.outcome is Outcome.OK and result.session is not None:
                     self.host.admission.note_success(client.ip)
                     conn.user = result.user
-                    conn.credential = credential_of(
-                        result.factor, result.device, result.app_password
-                    )
+                    conn.credential = result.credential
                     conn.upstream = result.session.link
                     conn.extra["leftover"] = result.session.leftover
                     machine.auth_finished(AuthOutcome.OK, result.session.capabilities)

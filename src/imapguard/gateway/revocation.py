@@ -8,7 +8,7 @@ stood at start, one indexed read a second on the reader connection, and ends eac
 matching connection: `* BYE [ALERT] ...` to the client (a client shows an ALERT
 to its user, who then knows why the password stopped working), then both sides
 closed. A revocation names an account and optionally one credential
-(`KIND:ID`, as `credential_of` forms them at login); none means every session of
+(`KIND:ID`, as `AuthResult.credential` names it at login); none means every session of
 the account.
 
 A feed that cannot be read (the store is down) is retried on the next tick and
@@ -28,7 +28,7 @@ from imapguard.audit import AuditLog, events
 from imapguard.errors import StateUnavailable
 from imapguard.state.portal import Revocation
 
-__all__ = ["BYE_REVOKED", "Revocable", "RevocationReader", "RevocationWatch", "credential_of"]
+__all__ = ["BYE_REVOKED", "Revocable", "RevocationReader", "RevocationWatch"]
 
 log = logging.getLogger("imapguard.gateway")
 
@@ -59,16 +59,6 @@ class Revocable(Protocol):
 
     def end(self, bye: bytes) -> None:
         """Tell the client `bye` and close both sides."""
-
-
-def credential_of(factor: str | None, device: str | None, app_password: str | None) -> str | None:
-    """What a login used, as a revocation names it: the app password, else the
-    device that was trusted, else the factor's kind (oauth, client-cert, ...)."""
-    if app_password is not None:
-        return f"app-password:{app_password}"
-    if device is not None:
-        return f"device:{device}"
-    return factor
 
 
 def matches(revocation: Revocation, conn: Revocable) -> bool:
