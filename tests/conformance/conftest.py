@@ -9,6 +9,7 @@ under test and returns its `Backend`. No test changes.
 
     COUNTER_STORES  imapguard.defense.counters.CounterStore implementations
     ACCOUNT_STORES  imapguard.state.accounts.AccountStore implementations
+    PORTAL_STORES   imapguard.state.portal.PortalStore implementations
 
 An implementation whose state other processes can reach (a file, a server) says
 so (`processes=True`); the multi-process tests run over those only. The
@@ -25,8 +26,9 @@ from typing import Any, Generic, TypeVar
 import pytest
 
 from imapguard.defense.counters import CounterStore, MemoryCounterStore
-from imapguard.state import open_store
+from imapguard.state import SqliteStore, open_store
 from imapguard.state.accounts import AccountStore
+from imapguard.state.portal import PortalStore
 
 S = TypeVar("S")
 
@@ -78,6 +80,16 @@ def _sqlite_counters(tmp_path: Path) -> Backend[CounterStore]:
     return Backend("sqlite", open_store, _sqlite_url(tmp_path), close=_close)
 
 
+def _sqlite_portal(tmp_path: Path) -> Backend[PortalStore]:
+    return Backend("sqlite", open_store, _sqlite_url(tmp_path), close=_close)
+
+
+def _sqlite_is_a_portal_store(store: SqliteStore) -> PortalStore:
+    """Never called: mypy proves here that SqliteStore has every method of
+    PortalStore (AccountStore and the portal's protocols) with their types."""
+    return store
+
+
 def _memory_counters(tmp_path: Path) -> Backend[CounterStore]:
     """One MemoryCounterStore in this process: every handle is the same object."""
     store = MemoryCounterStore()
@@ -90,6 +102,9 @@ COUNTER_STORES: dict[str, Implementation[CounterStore]] = {
 }
 ACCOUNT_STORES: dict[str, Implementation[AccountStore]] = {
     "sqlite": Implementation(_sqlite_accounts, processes=True),
+}
+PORTAL_STORES: dict[str, Implementation[PortalStore]] = {
+    "sqlite": Implementation(_sqlite_portal, processes=True),
 }
 
 
@@ -139,3 +154,22 @@ def shared_account_backend(
 @pytest.fixture
 def accounts(account_backend: Backend[AccountStore]) -> AccountStore:
     return account_backend.open()
+
+
+@pytest.fixture(params=sorted(PORTAL_STORES))
+def portal_backend(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[Backend[PortalStore]]:
+    yield from _backend(PORTAL_STORES, request, tmp_path)
+
+
+@pytest.fixture(params=sorted(n for n, i in PORTAL_STORES.items() if i.processes))
+def shared_portal_backend(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[Backend[PortalStore]]:
+    yield from _backend(PORTAL_STORES, request, tmp_path)
+
+
+@pytest.fixture
+def portal(portal_backend: Backend[PortalStore]) -> PortalStore:
+    return portal_backend.open()

@@ -4,12 +4,14 @@ with, and the loop that runs one racer in a thread or in a process of its own
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
 from multiprocessing.queues import Queue
 from typing import Any, Protocol
 
 from imapguard.defense.counters import CounterStore
 from imapguard.state.accounts import AccountStore
+from imapguard.state.portal import PortalStore
 
 # How long a racer waits for the others at a round's start before the test fails.
 BARRIER_TIMEOUT = 60.0
@@ -46,6 +48,44 @@ def fail(store: AccountStore, round_: int, *, racers: int) -> bool:
 def claim(store: AccountStore, round_: int) -> bool:
     """Everybody wants to tell alice of a lockout, one interval after the last round."""
     return store.claim_notice("alice", "lockout", 100.0 * round_, 60.0)
+
+
+def digest(round_: int) -> bytes:
+    """This round's invitation, recovery code or credential."""
+    return round_.to_bytes(32, "big")
+
+
+def use_invite(store: PortalStore, round_: int) -> bool:
+    """Everybody follows this round's invitation link (each of another account)."""
+    return store.use_invite(digest(round_), 2.0) is not None
+
+
+def use_recovery_code(store: PortalStore, round_: int) -> bool:
+    """Everybody types this round's account's recovery code."""
+    return store.use_recovery_code(f"user{round_}", digest(round_), 2.0)
+
+
+def use_passkey(store: PortalStore, round_: int) -> bool:
+    """Everybody presents one passkey's signature with this round's counter."""
+    return store.use_passkey(b"credential", round_ + 1, 2.0)
+
+
+def user_handle(store: PortalStore, round_: int) -> bytes:
+    """Everybody asks for this round's account's user handle, offering its own."""
+    return store.user_handle(f"user{round_}", secrets.token_bytes(32), 1.0)
+
+
+def add_passkey(store: PortalStore, round_: int) -> bool:
+    """Everybody registers this round's credential to an account of its own."""
+    return (
+        store.add_passkey(f"user{secrets.token_hex(8)}", digest(round_), b"cose", 0, "key", "", 1.0)
+        is not None
+    )
+
+
+def add_passkeys(store: PortalStore, round_: int) -> bool:
+    """Everybody registers a credential of its own to bob, past his limit."""
+    return store.add_passkey("bob", secrets.token_bytes(16), b"cose", 0, "key", "", 1.0) is not None
 
 
 def race(store: Any, operation: Operation, rounds: int, barrier: Barrier) -> list[Any]:

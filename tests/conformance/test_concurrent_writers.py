@@ -4,7 +4,9 @@ Several racers run the same write at the same moment, round after round (a
 barrier lines them up before each round): threads sharing one handle (the
 gateway's store worker threads), threads with a handle each (several nodes),
 and processes with a handle each, on every implementation that other processes
-can reach. The store's own atomicity is the only thing keeping them apart."""
+can reach. The store's own atomicity is the only thing keeping them apart: one
+use of a one-time code, an invitation or a passkey counter, one user handle, one
+holder of a credential, no account past its passkey limit."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import pytest
 
 from imapguard.defense.counters import CounterStore
 from imapguard.state.accounts import AccountStore
+from imapguard.state.portal import MAX_PASSKEYS, PortalStore
 from tests.conformance import racers
 from tests.conformance.conftest import Backend
 
@@ -162,3 +165,58 @@ def test_processes_claim_a_notice_once_per_interval(
 ) -> None:
     results = race_processes(shared_account_backend, racers.claim)
     assert one_winner_per_round(results) == [1] * ROUNDS
+
+
+# -- the portal's check-and-sets -------------------------------------------------------
+
+
+def prepare(store: PortalStore) -> None:
+    """An invitation and a recovery code for a new account each round (using one
+    invitation voids its account's others), and one passkey counting from 0."""
+    for round_ in range(ROUNDS):
+        store.add_invite(f"user{round_}", racers.digest(round_), 1.0, 100.0)
+        store.set_recovery_codes(f"user{round_}", [racers.digest(round_)], 1.0)
+    assert store.add_passkey("alice", b"credential", b"cose", 0, "key", "", 1.0) is not None
+
+
+ONE_WINNER = [racers.use_invite, racers.use_recovery_code, racers.use_passkey, racers.add_passkey]
+
+
+@pytest.mark.parametrize("operation", ONE_WINNER, ids=lambda op: op.__name__)
+def test_threads_use_each_once(
+    portal_backend: Backend[PortalStore], sharing: Sharing, operation: racers.Operation
+) -> None:
+    prepare(portal_backend.open())
+    results = race_threads(portal_backend, sharing, operation)
+    assert one_winner_per_round(results) == [1] * ROUNDS
+
+
+@pytest.mark.parametrize("operation", ONE_WINNER, ids=lambda op: op.__name__)
+def test_processes_use_each_once(
+    shared_portal_backend: Backend[PortalStore], operation: racers.Operation
+) -> None:
+    prepare(shared_portal_backend.open())
+    results = race_processes(shared_portal_backend, operation)
+    assert one_winner_per_round(results) == [1] * ROUNDS
+    store = shared_portal_backend.open()
+    passkey = store.find_passkey(b"credential")
+    assert passkey is not None
+    assert passkey.sign_count == (ROUNDS if operation is racers.use_passkey else 0)
+
+
+def test_processes_agree_on_one_user_handle(
+    shared_portal_backend: Backend[PortalStore],
+) -> None:
+    results = race_processes(shared_portal_backend, racers.user_handle)
+    store = shared_portal_backend.open()
+    for round_, handles in enumerate(zip(*results, strict=True)):
+        assert len(set(handles)) == 1  # the first caller's, for every caller
+        assert store.user_for_handle(handles[0]) == f"user{round_}"
+
+
+def test_processes_keep_an_account_within_its_passkey_limit(
+    shared_portal_backend: Backend[PortalStore],
+) -> None:
+    results = race_processes(shared_portal_backend, racers.add_passkeys)
+    assert sum(added for process in results for added in process) == MAX_PASSKEYS
+    assert len(shared_portal_backend.open().list_passkeys("bob")) == MAX_PASSKEYS

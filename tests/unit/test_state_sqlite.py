@@ -68,3 +68,22 @@ def test_two_first_opens_at_once_migrate_the_file_once(tmp_path: Path) -> None:
     store = open_store(url)
     assert store.list_users() == []
     store.close()
+
+
+def test_a_version_4_database_gains_the_portal_tables(tmp_path: Path) -> None:
+    """A file written before the portal (schema 4) opens with its records kept
+    and the portal's tables (schema 5) added."""
+    path = tmp_path / "state.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    for number, migration in enumerate(MIGRATIONS[:4]):
+        db.executescript(migration)
+        db.execute(f"PRAGMA user_version = {number + 1}")
+    db.execute("INSERT INTO users(name, created_at) VALUES ('alice', 1.0)")
+    db.close()
+    store = open_store(f"sqlite:///{path}")
+    assert [u.name for u in store.list_users()] == ["alice"]
+    assert check_version(store._db) == len(MIGRATIONS)
+    store.add_invite("alice", b"i" * 32, 2.0, 100.0)
+    assert store.use_invite(b"i" * 32, 3.0) == "alice"
+    assert store.publish_revocation("alice", None, 4.0) == 1
+    store.close()

@@ -1,8 +1,8 @@
 """Where imapguard keeps what must outlive a connection: users, factors, last use.
 
-`accounts` defines the account store's protocols and records; `sqlite` implements
-them, and the defense's `CounterStore`, on one file; `writebehind` batches the
-bookkeeping writes of a login."""
+`accounts` defines the account store's protocols and records, `portal` those of
+the portal's records; `sqlite` implements them, and the defense's `CounterStore`,
+on one file; `writebehind` batches the bookkeeping writes of a login."""
 
 from imapguard.state.accounts import (
     AccountStore,

@@ -10,8 +10,8 @@ the same protocols, and tests/conformance/ holds both to the same behaviour.
 The interface is split by concern (`UserStore`, `AppPasswordStore`, `TotpStore`,
 `DeviceStore`, `NoticeStore`); `AccountStore` is all of them plus `batch` and
 `close`. A caller that needs one concern names that protocol; the portal's
-sessions, passkeys and sign-in history will be further protocols, joined to
-`AccountStore` the same way, so no existing method changes for them.
+sessions, passkeys and sign-in history are further protocols (`state.portal`),
+joined to `AccountStore` the same way, so no existing method changes for them.
 
 Rules every implementation keeps:
 

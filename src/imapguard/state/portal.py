@@ -11,7 +11,14 @@ failure `StateUnavailable`, time passed in, atomic check-and-sets, absence is no
 an error, a write creates the user it names). In particular no secret is stored
 in the clear: a session is found by the digest of its cookie token, an invitation
 and a recovery code by the digest of theirs (the portal computes the digests
-with a purpose key; the store compares bytes).
+with a purpose key; the store compares bytes). Two writes do not create the user
+they name, on purpose: a sign-in (one of a name the store does not know is not
+recorded, so a login's `record_login` comes first) and a revocation
+(`SignInStore`, `RevocationFeed`).
+
+An expiry is inclusive here: a session is live at its `expires_at` and `idle`
+seconds after its last activity, and an invitation can be used at its
+`expires_at`; one moment later they are not.
 
 Credentials named in the sign-in history and the revocation feed are strings of
 the form `KIND:ID` (`app-password:3f9c...`, `device:a1b2...`, `passkey:...`) or a
@@ -27,6 +34,7 @@ from imapguard.state.accounts import AccountStore
 
 __all__ = [
     "MAX_PASSKEYS",
+    "MAX_PASSWORD_SESSIONS",
     "MAX_RECOVERY_CODES",
     "MAX_SIGN_INS",
     "InviteStore",
@@ -43,6 +51,10 @@ __all__ = [
     "SignInStore",
 ]
 
+# Sessions at level "password" kept per account (the most recently seen):
+# whoever has the password must not grow the store. Full sessions are never
+# dropped to make room.
+MAX_PASSWORD_SESSIONS = 20
 # Passkeys per account: a person has a few devices; an attacker with a session
 # must not grow the store.
 MAX_PASSKEYS = 20
@@ -80,7 +92,12 @@ class PortalSessionStore(Protocol):
         address: str,
         user_agent: str,
     ) -> PortalSession:
-        """A new session found by `token_digest` (unique in the store)."""
+        """A new session found by `token_digest`, with a fresh random id, last seen
+        now; `second_factor_at` is `now` for level "full" (both factors proved at
+        once), else None. A digest is unique in the store: one already stored
+        raises `StateUnavailable` and stores nothing. Of the account's "password"
+        sessions only the MAX_PASSWORD_SESSIONS most recently seen are kept (the
+        others are deleted)."""
         ...
 
     def find_portal_session(
@@ -92,16 +109,24 @@ class PortalSessionStore(Protocol):
         ...
 
     def touch_portal_session(self, session_id: str, now: float) -> None:
-        """Record activity (bookkeeping: may be batched)."""
+        """Record activity (bookkeeping: may be batched). `last_seen_at` never moves
+        back (a late batched write of an earlier time is ignored); an unknown id
+        (revoked since) is ignored."""
         ...
 
-    def raise_portal_session(self, session_id: str, now: float) -> bool:
-        """A second factor was just proved: level "full", `second_factor_at` = now.
-        False if the session is gone."""
+    def raise_portal_session(self, session_id: str, token_digest: bytes, now: float) -> bool:
+        """A second factor was just proved: level "full", `second_factor_at` = now
+        (and seen now), and the session is found by `token_digest` (a new cookie
+        token) from now on: the old token, which existed before the second factor
+        and may have been seen or planted by someone else, no longer finds it
+        (session fixation). False, and nothing changed, if the session is gone or
+        `now` is past its `expires_at`. A digest already stored raises
+        `StateUnavailable`."""
         ...
 
     def list_portal_sessions(self, user: str, now: float) -> list[PortalSession]:
-        """The account's live sessions (not expired by `expires_at`), newest first."""
+        """The account's live sessions (not expired by `expires_at`), newest
+        (`created_at`) first."""
         ...
 
     def revoke_portal_session(self, user: str, session_id: str) -> bool:
@@ -133,7 +158,11 @@ class PasskeyRecord:
 class PasskeyStore(Protocol):
     def user_handle(self, user: str, new_handle: bytes, now: float) -> bytes:
         """The account's WebAuthn user handle: the stored one, or `new_handle`
-        (random, 32 bytes, from the caller) stored now if it has none."""
+        (random, 32 bytes, from the caller) stored now if it has none. Atomic: of
+        concurrent callers the first one's handle is stored and every caller gets
+        it. A handle is unique in the store: `new_handle` stored for another
+        account raises `StateUnavailable` (and stores nothing) when it would be
+        stored."""
         ...
 
     def user_for_handle(self, handle: bytes) -> str | None: ...
@@ -148,11 +177,15 @@ class PasskeyStore(Protocol):
         aaguid: str,
         now: float,
     ) -> PasskeyRecord | None:
-        """Store a new passkey; None if `credential_id` is already stored (for any
-        account) or the account has MAX_PASSKEYS."""
+        """Store a new passkey under a fresh random id; None, and nothing stored, if
+        `credential_id` is already stored (for any account: no account may take
+        over another's authenticator) or the account has MAX_PASSKEYS. Atomic:
+        concurrent callers never exceed the limit nor store one credential twice."""
         ...
 
-    def list_passkeys(self, user: str) -> list[PasskeyRecord]: ...
+    def list_passkeys(self, user: str) -> list[PasskeyRecord]:
+        """The account's passkeys, oldest first."""
+        ...
 
     def find_passkey(self, credential_id: bytes) -> PasskeyRecord | None: ...
 
@@ -162,14 +195,20 @@ class PasskeyStore(Protocol):
         0 (authenticators that keep no counter): a cloned authenticator."""
         ...
 
-    def rename_passkey(self, user: str, passkey_id: str, name: str) -> bool: ...
+    def rename_passkey(self, user: str, passkey_id: str, name: str) -> bool:
+        """True if the account has this passkey; another account's id changes nothing."""
+        ...
 
-    def remove_passkey(self, user: str, passkey_id: str) -> bool: ...
+    def remove_passkey(self, user: str, passkey_id: str) -> bool:
+        """Delete it (it no longer signs in); True if the account had it."""
+        ...
 
 
 class RecoveryCodeStore(Protocol):
     def set_recovery_codes(self, user: str, digests: list[bytes], now: float) -> None:
-        """Replace the account's codes (at most MAX_RECOVERY_CODES)."""
+        """Replace the account's codes, used or not, by these (an empty list removes
+        them). More than MAX_RECOVERY_CODES, or the same digest twice, raises
+        ValueError and changes nothing."""
         ...
 
     def use_recovery_code(self, user: str, digest: bytes, now: float) -> bool:
@@ -183,12 +222,16 @@ class RecoveryCodeStore(Protocol):
 
 class InviteStore(Protocol):
     def add_invite(self, user: str, digest: bytes, now: float, expires_at: float) -> None:
-        """An invitation for `user`; an earlier unused one of the account stays valid."""
+        """An invitation for `user`, usable until `expires_at`; an earlier unused one
+        of the account stays valid until one of them is used. A digest is unique in
+        the store: one already stored raises `StateUnavailable`."""
         ...
 
     def use_invite(self, digest: bytes, now: float) -> str | None:
         """Atomic: the account of an unused, unexpired invitation with this digest,
-        for exactly one caller; None otherwise."""
+        for exactly one caller; None otherwise. Using one voids every other
+        invitation of the account: an older one, perhaps read by someone else on
+        its way, must not set the account up a second time."""
         ...
 
 
@@ -218,16 +261,25 @@ class SignInStore(Protocol):
         credential: str,
         client: str,
     ) -> None:
-        """Bookkeeping (may be batched); keeps the newest MAX_SIGN_INS per account."""
+        """Bookkeeping (may be batched), under a fresh random id; keeps the newest
+        (`at`) MAX_SIGN_INS per account. Unlike other writes it does not create the
+        user: a sign-in of an account the store does not know is not recorded, so
+        failed logins with made-up names cannot grow the store."""
         ...
 
     def list_sign_ins(self, user: str, since: float, limit: int) -> list[SignInRecord]:
-        """The account's sign-ins at or after `since`, newest first."""
+        """The account's sign-ins at or after `since`, newest first, at most
+        `limit` of them (none for a limit below 1)."""
         ...
 
-    def get_sign_in(self, user: str, sign_in_id: str) -> SignInRecord | None: ...
+    def get_sign_in(self, user: str, sign_in_id: str) -> SignInRecord | None:
+        """The account's sign-in with this id; None if none (or another account's)."""
+        ...
 
-    def disown_sign_in(self, user: str, sign_in_id: str) -> bool: ...
+    def disown_sign_in(self, user: str, sign_in_id: str) -> bool:
+        """The owner says "this wasn't me"; True if the account has this sign-in
+        (another account's id changes nothing)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -239,19 +291,28 @@ class Revocation:
 
 
 class RevocationFeed(Protocol):
+    """Followers poll `revocations_after(the last seq they saw)`, so a seq must
+    become visible in order: once a reader sees seq N, no smaller seq appears
+    later (a follower past it would never end those sessions). A seq is never
+    reused, not even after `forget_revocations`. The feed names accounts but does
+    not create them: it records events, not an account's records."""
+
     def publish_revocation(self, user: str, credential: str | None, now: float) -> int:
         """Record that live sessions of `user` using `credential` must end; its seq."""
         ...
 
     def revocations_after(self, seq: int, limit: int) -> list[Revocation]:
-        """Revocations with a larger seq, oldest first."""
+        """Revocations with a larger seq, oldest first, at most `limit` (none for
+        a limit below 1)."""
         ...
 
     def last_revocation(self) -> int:
         """The largest seq (0 when there is none): where a new follower starts."""
         ...
 
-    def forget_revocations(self, before: float) -> int: ...
+    def forget_revocations(self, before: float) -> int:
+        """Delete revocations published before `before`; how many."""
+        ...
 
 
 class PortalStore(

@@ -1,6 +1,7 @@
 """The SQLite state store, split by job: `connection` (the file, its mode,
-transactions), `schema` (tables and migrations), `accounts` and `counters` (the
-two store protocols) and `store` (the class that joins them, and how to open it)."""
+transactions), `schema` (tables and migrations), `accounts`, `portal`,
+`portal_records` and `counters` (the store protocols) and `store` (the class that
+joins them, and how to open it)."""
 
 from imapguard.state.accounts import (
     MAX_PENDING_DEVICES,

@@ -113,6 +113,80 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE devices ADD COLUMN bound_address TEXT;
     CREATE INDEX notices_sent_at ON notices(sent_at);
     """,
+    # 5: the portal (imapguard.state.portal): its sign-in sessions (found by the
+    # digest of their cookie token), WebAuthn user handles and passkeys, recovery
+    # codes, invitations, the sign-in history and the revocation feed. Secrets are
+    # digests. Revocations name no user row: the feed records events, and its seq
+    # (AUTOINCREMENT) is never reused, even once the rows are forgotten.
+    """
+    CREATE TABLE portal_sessions (
+        id TEXT PRIMARY KEY,
+        user TEXT NOT NULL REFERENCES users(name),
+        token_digest BLOB NOT NULL UNIQUE,
+        level TEXT NOT NULL CHECK (level IN ('password', 'full')),
+        created_at REAL NOT NULL,
+        last_seen_at REAL NOT NULL,
+        expires_at REAL NOT NULL,
+        second_factor_at REAL,
+        address TEXT NOT NULL,
+        user_agent TEXT NOT NULL
+    );
+    CREATE INDEX portal_sessions_user ON portal_sessions(user, created_at);
+    CREATE INDEX portal_sessions_expires ON portal_sessions(expires_at);
+    CREATE TABLE user_handles (
+        user TEXT PRIMARY KEY REFERENCES users(name),
+        handle BLOB NOT NULL UNIQUE,
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE passkeys (
+        id TEXT PRIMARY KEY,
+        user TEXT NOT NULL REFERENCES users(name),
+        credential_id BLOB NOT NULL UNIQUE,
+        public_key BLOB NOT NULL,
+        sign_count INTEGER NOT NULL,
+        name TEXT NOT NULL,
+        aaguid TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        last_used_at REAL
+    );
+    CREATE INDEX passkeys_user ON passkeys(user, created_at);
+    CREATE TABLE recovery_codes (
+        user TEXT NOT NULL REFERENCES users(name),
+        digest BLOB NOT NULL,
+        created_at REAL NOT NULL,
+        used_at REAL,
+        PRIMARY KEY (user, digest)
+    );
+    CREATE TABLE invites (
+        digest BLOB PRIMARY KEY,
+        user TEXT NOT NULL REFERENCES users(name),
+        created_at REAL NOT NULL,
+        expires_at REAL NOT NULL,
+        used_at REAL
+    );
+    CREATE INDEX invites_user ON invites(user);
+    CREATE TABLE sign_ins (
+        seq INTEGER PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
+        user TEXT NOT NULL REFERENCES users(name),
+        at REAL NOT NULL,
+        address TEXT NOT NULL,
+        method TEXT NOT NULL,
+        ok INTEGER NOT NULL,
+        reason TEXT NOT NULL,
+        credential TEXT NOT NULL,
+        client TEXT NOT NULL,
+        disowned INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX sign_ins_user ON sign_ins(user, at);
+    CREATE TABLE revocations (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        user TEXT NOT NULL,
+        credential TEXT,
+        at REAL NOT NULL
+    );
+    CREATE INDEX revocations_at ON revocations(at);
+    """,
 )
 
 

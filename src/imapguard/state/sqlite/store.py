@@ -1,7 +1,9 @@
-"""The embedded state store (`sqlite:///PATH`): accounts and defense counters in one file.
+"""The embedded state store (`sqlite:///PATH`): accounts, the portal's records and
+defense counters in one file.
 
-`SqliteStore` is both the account store (`imapguard.state.accounts.AccountStore`,
-in `accounts.py`) and the defense's counter store
+`SqliteStore` is the account store (`imapguard.state.accounts.AccountStore`, in
+`accounts.py`), the portal's stores (`imapguard.state.portal.PortalStore` with
+the former, in `portal.py` and `portal_records.py`) and the defense's counter store
 (`imapguard.defense.counters.CounterStore`, in `counters.py`), on one connection
 (`connection.py`) to one file in WAL mode, its schema versioned by `schema.py`.
 
@@ -23,11 +25,13 @@ from pathlib import Path
 from imapguard.state.sqlite.accounts import SqliteAccounts
 from imapguard.state.sqlite.connection import create_private, url_path
 from imapguard.state.sqlite.counters import SqliteCounters
+from imapguard.state.sqlite.portal import SqlitePortal
+from imapguard.state.sqlite.portal_records import SqlitePortalRecords
 
 __all__ = ["SqliteStore", "open_reader", "open_store"]
 
 
-class SqliteStore(SqliteAccounts, SqliteCounters):
+class SqliteStore(SqliteAccounts, SqlitePortal, SqlitePortalRecords, SqliteCounters):
     """One connection to the state file (read-write, or read-only for the reader)."""
 
 

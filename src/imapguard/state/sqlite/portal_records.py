@@ -1,0 +1,184 @@
+"""The portal's one-time codes and feeds on SQLite (`imapguard.state.portal`:
+`RecoveryCodeStore`, `InviteStore`, `SignInStore`, `RevocationFeed`).
+
+Tables `recovery_codes`, `invites`, `sign_ins` and `revocations` (`schema.py`,
+version 5). A code or an invitation is used by one conditional `UPDATE ... WHERE
+used_at IS NULL` inside one `BEGIN IMMEDIATE` transaction, so of concurrent
+callers in any process exactly one wins. The history is trimmed on insert; the
+feed's seq is an AUTOINCREMENT key, assigned under the file's write lock, so seqs
+become visible in order and are never reused. The contracts are the protocols'
+docstrings; comments here say how SQL keeps them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from imapguard.state.portal import MAX_RECOVERY_CODES, MAX_SIGN_INS, Revocation, SignInRecord
+from imapguard.state.sqlite.accounts import _ensure_user
+from imapguard.state.sqlite.connection import Connection
+from imapguard.state.sqlite.portal import new_id
+
+__all__ = ["SqlitePortalRecords"]
+
+
+class SqlitePortalRecords(Connection):
+    # -- recovery codes -------------------------------------------------------
+
+    def set_recovery_codes(self, user: str, digests: list[bytes], now: float) -> None:
+        if len(digests) > MAX_RECOVERY_CODES:
+            raise ValueError(f"at most {MAX_RECOVERY_CODES} recovery codes")
+        if len(set(digests)) != len(digests):
+            raise ValueError("a recovery code given twice")
+        with self._tx("set recovery codes") as db:
+            _ensure_user(db, user, now)
+            db.execute("DELETE FROM recovery_codes WHERE user = ?", (user,))
+            db.executemany(
+                "INSERT INTO recovery_codes(user, digest, created_at) VALUES (?, ?, ?)",
+                [(user, digest, now) for digest in digests],
+            )
+
+    def use_recovery_code(self, user: str, digest: bytes, now: float) -> bool:
+        with self._tx("use recovery code") as db:
+            # One conditional UPDATE: of concurrent callers only one marks it used.
+            cursor = db.execute(
+                "UPDATE recovery_codes SET used_at = ?"
+                " WHERE user = ? AND digest = ? AND used_at IS NULL",
+                (now, user, digest),
+            )
+            return cursor.rowcount > 0
+
+    def count_recovery_codes(self, user: str) -> int:
+        (count,) = self._read(
+            "count recovery codes",
+            lambda db: db.execute(
+                "SELECT COUNT(*) FROM recovery_codes WHERE user = ? AND used_at IS NULL", (user,)
+            ).fetchone(),
+        )
+        return int(count)
+
+    # -- invitations ----------------------------------------------------------
+
+    def add_invite(self, user: str, digest: bytes, now: float, expires_at: float) -> None:
+        with self._tx("add invite") as db:
+            _ensure_user(db, user, now)
+            db.execute(
+                "INSERT INTO invites(digest, user, created_at, expires_at) VALUES (?, ?, ?, ?)",
+                (digest, user, now, expires_at),
+            )
+
+    def use_invite(self, digest: bytes, now: float) -> str | None:
+        with self._tx("use invite") as db:
+            # One conditional UPDATE: of concurrent callers only one marks it used.
+            rows = db.execute(
+                "UPDATE invites SET used_at = ?"
+                " WHERE digest = ? AND used_at IS NULL AND expires_at >= ? RETURNING user",
+                (now, digest, now),
+            ).fetchall()
+            if not rows:
+                return None
+            user = str(rows[0][0])
+            # The account's other invitations are void from now on.
+            db.execute(
+                "UPDATE invites SET used_at = ? WHERE user = ? AND used_at IS NULL", (now, user)
+            )
+            return user
+
+    # -- sign-in history ------------------------------------------------------
+
+    _SIGN_IN_COLUMNS = "id, user, at, address, method, ok, reason, credential, client, disowned"
+
+    @staticmethod
+    def _sign_in_row(row: tuple[Any, ...]) -> SignInRecord:
+        id_, user, at, address, method, ok, reason, credential, client, disowned = row
+        return SignInRecord(
+            id_, user, at, address, method, bool(ok), reason, credential, client, bool(disowned)
+        )
+
+    def record_sign_in(
+        self,
+        user: str,
+        at: float,
+        address: str,
+        method: str,
+        ok: bool,
+        reason: str,
+        credential: str,
+        client: str,
+    ) -> None:
+        with self._tx("record sign-in") as db:
+            # Only for a user the store knows: made-up names must not grow it.
+            cursor = db.execute(
+                "INSERT INTO sign_ins(id, user, at, address, method, ok, reason, credential,"
+                " client) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?"
+                " WHERE EXISTS (SELECT 1 FROM users WHERE name = ?)",
+                (new_id(), user, at, address, method, int(ok), reason, credential, client, user),
+            )
+            if cursor.rowcount > 0:
+                db.execute(
+                    "DELETE FROM sign_ins WHERE seq IN (SELECT seq FROM sign_ins"
+                    " WHERE user = ? ORDER BY at DESC, seq DESC LIMIT -1 OFFSET ?)",
+                    (user, MAX_SIGN_INS),
+                )
+
+    def list_sign_ins(self, user: str, since: float, limit: int) -> list[SignInRecord]:
+        rows = self._read(
+            "list sign-ins",
+            lambda db: db.execute(
+                f"SELECT {self._SIGN_IN_COLUMNS} FROM sign_ins"  # noqa: S608
+                " WHERE user = ? AND at >= ? ORDER BY at DESC, seq DESC LIMIT ?",
+                (user, since, max(limit, 0)),
+            ).fetchall(),
+        )
+        return [self._sign_in_row(row) for row in rows]
+
+    def get_sign_in(self, user: str, sign_in_id: str) -> SignInRecord | None:
+        row = self._read(
+            "get sign-in",
+            lambda db: db.execute(
+                f"SELECT {self._SIGN_IN_COLUMNS} FROM sign_ins"  # noqa: S608
+                " WHERE user = ? AND id = ?",
+                (user, sign_in_id),
+            ).fetchone(),
+        )
+        return self._sign_in_row(row) if row else None
+
+    def disown_sign_in(self, user: str, sign_in_id: str) -> bool:
+        with self._tx("disown sign-in") as db:
+            cursor = db.execute(
+                "UPDATE sign_ins SET disowned = 1 WHERE user = ? AND id = ?", (user, sign_in_id)
+            )
+            return cursor.rowcount > 0
+
+    # -- revocation feed ------------------------------------------------------
+
+    def publish_revocation(self, user: str, credential: str | None, now: float) -> int:
+        # Writers take the file's write lock in turn, so seqs commit in order.
+        with self._tx("publish revocation") as db:
+            (seq,) = db.execute(
+                "INSERT INTO revocations(user, credential, at) VALUES (?, ?, ?) RETURNING seq",
+                (user, credential, now),
+            ).fetchone()
+            return int(seq)
+
+    def revocations_after(self, seq: int, limit: int) -> list[Revocation]:
+        rows = self._read(
+            "list revocations",
+            lambda db: db.execute(
+                "SELECT seq, user, credential, at FROM revocations WHERE seq > ?"
+                " ORDER BY seq LIMIT ?",
+                (seq, max(limit, 0)),
+            ).fetchall(),
+        )
+        return [Revocation(*row) for row in rows]
+
+    def last_revocation(self) -> int:
+        (seq,) = self._read(
+            "last revocation",
+            lambda db: db.execute("SELECT COALESCE(MAX(seq), 0) FROM revocations").fetchone(),
+        )
+        return int(seq)
+
+    def forget_revocations(self, before: float) -> int:
+        with self._tx("forget revocations") as db:
+            return db.execute("DELETE FROM revocations WHERE at < ?", (before,)).rowcount
