@@ -292,7 +292,7 @@ async def serve(
     connections (established ones keep what they started with)."""
     async with open_services(config) as services:
         audit = services.audit
-        gateway = Gateway(gateway_runtime(config, services), audit)
+        gateway = Gateway(gateway_runtime(config, services), audit, services.reader)
         loop = asyncio.get_running_loop()
 
         def reload() -> None:

@@ -12,6 +12,7 @@ import dataclasses
 import pytest
 
 from imapguard.errors import StateUnavailable
+from imapguard.state.accounts import DeviceKey
 from imapguard.state.portal import MAX_RECOVERY_CODES, MAX_SIGN_INS, PortalStore
 
 # -- recovery codes --------------------------------------------------------------------
@@ -209,3 +210,53 @@ def test_old_revocations_are_forgotten_and_seqs_never_reused(portal: PortalStore
     later = portal.publish_revocation("alice", None, 40.0)
     assert later > seqs[-1]
     assert portal.last_revocation() == later
+
+
+def test_revoking_a_credential_removes_it_and_publishes_together(portal: PortalStore) -> None:
+    """One transaction: a process that sees the credential gone sees the
+    revocation too (the gateway ends the sessions that used it)."""
+    kept = portal.add_app_password("alice", "laptop", b"d" * 32, 1.0)
+    gone = portal.add_app_password("alice", "phone", b"e" * 32, 1.0)
+    start = portal.last_revocation()
+    assert portal.revoke("alice", f"app-password:{gone.id}", 5.0)
+    assert [r.id for r in portal.list_app_passwords("alice")] == [kept.id]
+    (published,) = portal.revocations_after(start, 10)
+    assert (published.user, published.credential, published.at) == (
+        "alice",
+        f"app-password:{gone.id}",
+        5.0,
+    )
+    # Again, or another account's id: nothing removed, nothing published.
+    assert not portal.revoke("alice", f"app-password:{gone.id}", 6.0)
+    assert not portal.revoke("bob", f"app-password:{kept.id}", 6.0)
+    assert portal.list_app_passwords("alice") != []
+    assert portal.revocations_after(published.seq, 10) == []
+
+
+def test_revoking_a_device(portal: PortalStore) -> None:
+    key = DeviceKey("alice", "192.0.2.0/24", "Thunderbird", "115")
+    device = portal.trust_device(key, 1.0, 100.0, "192.0.2.7", b"s" * 32)
+    assert not portal.revoke("bob", f"device:{device.id}", 2.0)
+    assert portal.revoke("alice", f"device:{device.id}", 2.0)
+    assert portal.list_devices("alice") == []
+    assert portal.revocations_after(0, 10)[-1].credential == f"device:{device.id}"
+
+
+def test_revoking_an_account_ends_all_it_can_log_in_with(portal: PortalStore) -> None:
+    portal.add_app_password("alice", "laptop", b"d" * 32, 1.0)
+    portal.trust_device(DeviceKey("alice", "n", "c", "v"), 1.0, 100.0, "a", b"s" * 32)
+    portal.create_portal_session("alice", b"t" * 32, "full", 1.0, 100.0, "a", "ua")
+    portal.add_app_password("bob", "laptop", b"f" * 32, 1.0)
+    assert portal.revoke("alice", None, 2.0)
+    assert portal.list_app_passwords("alice") == []
+    assert portal.list_devices("alice") == []
+    assert portal.find_portal_session(b"t" * 32, 2.0, 1000.0) is None
+    assert len(portal.list_app_passwords("bob")) == 1
+    assert portal.revocations_after(0, 10)[-1].credential is None
+    assert not portal.revoke("carol", None, 3.0)  # nothing to remove, nothing published
+
+
+@pytest.mark.parametrize("credential", ["password", "app-password:", "totp:x", ""])
+def test_what_cannot_be_revoked_is_refused(portal: PortalStore, credential: str) -> None:
+    with pytest.raises(ValueError, match="not a revocable credential"):
+        portal.revoke("alice", credential, 1.0)

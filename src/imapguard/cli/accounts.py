@@ -240,7 +240,9 @@ def _app_password(args: argparse.Namespace) -> int:
                 ],
             )
         return EXIT_OK
-    revoked = store.revoke_app_password(user, args.id)
+    # Removed and published in one step: a gateway running in another process
+    # ends the sessions that logged in with it within seconds.
+    revoked = store.revoke(user, f"app-password:{args.id}", time.time())
     if args.json:
         print_json({"id": args.id, "revoked": revoked})
     elif revoked:
@@ -348,7 +350,7 @@ def _device(args: argparse.Namespace) -> int:
                 f" trusted at that address only until {when(until)}"
             )
     else:
-        done = store.revoke_device(user, args.id)
+        done = store.revoke(user, f"device:{args.id}", time.time())
         verb = "revoked"
     if args.json:
         print_json({"id": args.id, verb: done})

@@ -301,6 +301,14 @@ class RevocationFeed(Protocol):
         """Record that live sessions of `user` using `credential` must end; its seq."""
         ...
 
+    def revoke(self, user: str, credential: str | None, now: float) -> bool:
+        """Atomic: remove what `credential` names (`app-password:ID`: that app
+        password; `device:ID`: that device; None: every app password, device and
+        portal session of the account) and publish the revocation, in one
+        transaction, so that no process sees one without the other. False, and
+        nothing published, when there was nothing of the account to remove."""
+        ...
+
     def revocations_after(self, seq: int, limit: int) -> list[Revocation]:
         """Revocations with a larger seq, oldest first, at most `limit` (none for
         a limit below 1)."""

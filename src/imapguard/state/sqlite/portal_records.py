@@ -161,6 +161,30 @@ class SqlitePortalRecords(Connection):
             ).fetchone()
             return int(seq)
 
+    def revoke(self, user: str, credential: str | None, now: float) -> bool:
+        kind, _, ident = (credential or "").partition(":")
+        with self._tx("revoke") as db:
+            if credential is None:
+                removed = sum(
+                    db.execute(f"DELETE FROM {table} WHERE user = ?", (user,)).rowcount  # noqa: S608
+                    for table in ("app_passwords", "devices", "portal_sessions")
+                )
+            elif kind in ("app-password", "device") and ident:
+                table = "app_passwords" if kind == "app-password" else "devices"
+                removed = db.execute(
+                    f"DELETE FROM {table} WHERE user = ? AND id = ?",  # noqa: S608
+                    (user, ident),
+                ).rowcount
+            else:
+                raise ValueError(f"not a revocable credential: {credential!r}")
+            if removed <= 0:
+                return False
+            db.execute(
+                "INSERT INTO revocations(user, credential, at) VALUES (?, ?, ?)",
+                (user, credential, now),
+            )
+            return True
+
     def revocations_after(self, seq: int, limit: int) -> list[Revocation]:
         rows = self._read(
             "list revocations",
