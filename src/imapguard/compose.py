@@ -28,6 +28,7 @@ from typing import Any
 
 from imapguard.audit import AuditLog, events
 from imapguard.auth.chokepoint import Authenticator
+from imapguard.auth.history import SignInHistory
 from imapguard.auth.model import AuthContext, FactorSettings, NoticeHook, S, Upstream
 from imapguard.auth.oauth import TokenVerifier
 from imapguard.config import (
@@ -133,6 +134,7 @@ async def open_services(config: Config) -> AsyncIterator[Services]:
         stack.callback(_quietly, lambda: executor.shutdown(wait=True))
         bookkeeping = WriteBehind(store, executor)
         stack.push_async_callback(_quietly_async, bookkeeping.aclose)
+        audit.subscribe(SignInHistory(store, bookkeeping))
         notifier: Notifier | None = None
         if config.notify is not None:
             notifier = Notifier(
