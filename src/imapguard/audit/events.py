@@ -189,6 +189,19 @@ class CompromiseSignal(Event):
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class Disowned(Event):
+    """The owner said a sign-in of the account "wasn't me" (portal)."""
+
+    kind: ClassVar[str] = "disowned"
+    src: str
+    user: str
+    sign_in: str
+    sign_in_src: str
+    revoked: str | None = None
+    blocked: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
 class DefenseLogOnly(Event):
     """`defense.enforce = false`: what the defense would have done."""
 

@@ -277,6 +277,17 @@ class Defense:
     def blocks(self) -> list[Block]:
         return self._store.blocks_list(self._clock())
 
+    def block(self, target: Target, reason: str) -> list[DefenseEvent]:
+        """Place a block by hand (the owner's "this wasn't me", an admin): an
+        offence of `target` like any other, so it escalates and expires the same
+        way and `clear` lifts it. Nothing if one is in force already."""
+        now = self._clock()
+        events: list[DefenseEvent] = []
+        limits = Limits.under(self.settings, read_posture(self._store, now))
+        with self._store.batch():
+            self._blocks.place(target, reason, now, limits, events)
+        return events
+
     def clear(self, target: Target) -> bool:
         """Lift a block and forget what led to it (its counters and offence
         level), so the next failure does not place it again at once."""

@@ -60,6 +60,7 @@ _OWNER_SUBJECT: dict[NoticeKind, str] = {
     NoticeKind.COMPROMISE_SIGNAL: "Sign-in without second factor to {user}",
     NoticeKind.NEW_DEVICE: "New device for {user} awaits your approval",
     NoticeKind.LOCKOUT: "Sign-ins to {user} locked after failed attempts",
+    NoticeKind.DISOWNED: "A sign-in to {user} was reported as not the owner's",
 }
 
 _WHAT_HAPPENED: dict[NoticeKind, str] = {
@@ -74,6 +75,10 @@ _WHAT_HAPPENED: dict[NoticeKind, str] = {
     NoticeKind.LOCKOUT: (
         'After repeated failed sign-ins, the mail account "{user}" is locked for a while '
         "for sign-ins from unfamiliar places. Devices that signed in before keep working."
+    ),
+    NoticeKind.DISOWNED: (
+        'The owner of the mail account "{user}" reported one of its sign-ins as not theirs '
+        "in the portal."
     ),
 }
 
@@ -131,6 +136,19 @@ def _owner_advice(notice: Notice, settings: NotifyConfig) -> _Advice:
                     None,
                 ),
             ]
+        case NoticeKind.DISOWNED:
+            return [
+                (
+                    "You reported a sign-in as not yours. The password or device it used "
+                    "no longer works, its sessions were ended and its address is blocked.",
+                    None,
+                ),
+                (
+                    "Change your password now if that sign-in used it, and check the other "
+                    f"devices and app passwords in {portal}.",
+                    None,
+                ),
+            ]
 
 
 def _admin_advice(notice: Notice) -> _Advice:
@@ -160,6 +178,16 @@ def _admin_advice(notice: Notice) -> _Advice:
                 ("To clear the lock once the cause is known:", f"imapguard user unlock {user}"),
                 ("Current blocks:", "imapguard blocks list"),
                 show,
+            ]
+        case NoticeKind.DISOWNED:
+            return [
+                (
+                    "The owner reported a sign-in as not theirs: its credential was revoked, "
+                    "its sessions ended and its source blocked. Check the account:",
+                    None,
+                ),
+                show,
+                ("Current blocks:", "imapguard blocks list"),
             ]
 
 

@@ -30,12 +30,14 @@ class NoticeKind(enum.Enum):
     COMPROMISE_SIGNAL = "compromise_signal"  # correct password, missing factor
     NEW_DEVICE = "new_device"  # a device awaits the owner's approval
     LOCKOUT = "lockout"  # unfamiliar sources are locked out of the account
+    DISOWNED = "disowned"  # the owner said a sign-in "wasn't me" (portal)
 
 
 _DEFAULT_SUMMARY: dict[NoticeKind, str] = {
     NoticeKind.COMPROMISE_SIGNAL: "Correct password, second factor missing",
     NoticeKind.NEW_DEVICE: "New device awaits approval",
     NoticeKind.LOCKOUT: "Locked out after repeated failed sign-ins",
+    NoticeKind.DISOWNED: "A sign-in was reported as not the owner's",
 }
 
 
