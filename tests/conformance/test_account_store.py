@@ -17,6 +17,17 @@ from tests.conformance.conftest import Backend
 KEY = DeviceKey("alice", "192.0.2.0/24", "Thunderbird", "115")
 
 
+def test_app_password_scope_is_kept(accounts: AccountStore) -> None:
+    scoped = accounts.add_app_password(
+        "alice", "office", b"s" * 32, 1.0, network="192.0.2.0/24", expires_at=100.0
+    )
+    assert (scoped.network, scoped.expires_at) == ("192.0.2.0/24", 100.0)
+    assert accounts.find_app_password("alice", b"s" * 32) == scoped
+    assert accounts.list_app_passwords("alice") == [scoped]
+    plain = accounts.add_app_password("alice", "phone", b"p" * 32, 2.0)
+    assert (plain.network, plain.expires_at) == (None, None)
+
+
 def test_app_password_lifecycle(accounts: AccountStore) -> None:
     a = accounts.add_app_password("alice", "phone", b"a" * 32, 1.0)
     b = accounts.add_app_password("alice", "laptop", b"b" * 32, 2.0)

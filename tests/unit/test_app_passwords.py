@@ -7,6 +7,7 @@ import re
 
 from imapguard.auth import app_passwords
 from imapguard.secret import Secret
+from imapguard.state.accounts import AppPasswordRecord
 
 
 def test_generated_passwords_are_grouped_and_strong() -> None:
@@ -39,3 +40,23 @@ def test_digest_is_keyed_and_bound_to_the_user() -> None:
     assert d1 != app_passwords.digest(b"k" * 32, "bob", normalized)
     assert normalized not in d1
     assert len(d1) == 32
+
+
+def _scoped(network: str | None, expires_at: float | None) -> AppPasswordRecord:
+    return AppPasswordRecord("ab12", "alice", "x", 0.0, None, None, None, network, expires_at)
+
+
+def test_an_app_password_outside_its_network_or_time_is_no_password() -> None:
+    office = _scoped("192.0.2.0/24", None)
+    assert app_passwords.out_of_scope(office, "192.0.2.77", 10.0) is None
+    assert app_passwords.out_of_scope(office, "::ffff:192.0.2.77", 10.0) is None
+    assert "not for this network" in str(app_passwords.out_of_scope(office, "198.51.100.1", 10.0))
+    assert "not for this network" in str(app_passwords.out_of_scope(office, "2001:db8::1", 10.0))
+    v6 = _scoped("2001:db8::/48", None)
+    assert app_passwords.out_of_scope(v6, "2001:db8:0:1::5", 10.0) is None
+    assert app_passwords.out_of_scope(v6, "192.0.2.1", 10.0) is not None
+    temporary = _scoped(None, 100.0)
+    assert app_passwords.out_of_scope(temporary, "203.0.113.9", 99.9) is None
+    assert "expired" in str(app_passwords.out_of_scope(temporary, "203.0.113.9", 100.0))
+    broken = _scoped("not a network", None)
+    assert "unreadable" in str(app_passwords.out_of_scope(broken, "192.0.2.1", 1.0))

@@ -153,6 +153,38 @@ async def test_primary_password_alone_is_refused_without_asking_upstream(
 
 
 @pytest.mark.asyncio
+async def test_scoped_app_password_from_elsewhere_or_too_late_is_refused(
+    store: SqliteStore, tmp_path: Path
+) -> None:
+    """A stolen office-only app password used from the attacker's network, or a
+    temporary one after its expiry: the uniform failure, nothing asked upstream."""
+    auth, upstream, _ = _auth(store, tmp_path, ("app-password", "password"))
+    password = app_passwords.generate()
+    normalized = app_passwords.normalize(password)
+    assert normalized is not None
+    digest = app_passwords.digest(KEY, "alice", normalized)
+    record = store.add_app_password(
+        "alice", "office", digest, 1.0, network="198.51.100.0/24", expires_at=4e9
+    )
+    result = await auth.authenticate(_creds(b"alice", password), CTX, "s1")  # from 192.0.2.9
+    assert (result.outcome, result.reason) == (
+        Outcome.INVALID,
+        f"app password {record.id} is not for this network",
+    )
+    assert upstream.calls == []  # not tried as her password either
+    office = AuthContext(
+        ClientAddress("198.51.100.20", 40000, "127.0.0.1", 993, "s"), "Mail/1", "l", "Mail", "1"
+    )
+    ok = await auth.authenticate(_creds(b"alice", password), office, "s2")
+    assert (ok.outcome, ok.credential) == (Outcome.OK, f"app-password:{record.id}")
+    store.revoke_app_password("alice", record.id)
+    store.add_app_password("alice", "temp", digest, 1.0, expires_at=10.0)
+    late = await auth.authenticate(_creds(b"alice", password), office, "s3")
+    assert late.outcome is Outcome.INVALID
+    assert late.reason.endswith("expired")
+
+
+@pytest.mark.asyncio
 async def test_app_password_of_another_user_is_refused(store: SqliteStore, tmp_path: Path) -> None:
     auth, upstream, _ = _auth(store, tmp_path)
     bobs = _issue(store, "bob")

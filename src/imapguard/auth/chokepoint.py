@@ -67,13 +67,7 @@ from imapguard.state.accounts import AccountStore, DeviceRecord
 from imapguard.state.writebehind import WriteBehind
 from imapguard.vocab import Factor
 
-__all__ = [
-    "AuthContext",
-    "AuthResult",
-    "Authenticator",
-    "FactorSettings",
-    "Outcome",
-]
+__all__ = ["AuthContext", "AuthResult", "Authenticator", "FactorSettings", "Outcome"]
 
 log = logging.getLogger("imapguard.auth")
 T = TypeVar("T")
@@ -315,6 +309,9 @@ class Authenticator(Generic[S]):
                 digest = app_passwords.digest(self._key, user, normalized)
                 record = self.reader.find_app_password(user, digest)
                 if record is not None:
+                    scope = app_passwords.out_of_scope(record, ctx.client.ip, self._wall())
+                    if scope is not None:
+                        return AuthResult(Outcome.INVALID, user, "app-password", scope)
                     result = await self._grant(user, None, "app-password", Factor.APP_PASSWORD, ctx)
                     if result.outcome is Outcome.OK:
                         self.bookkeeping.submit(

@@ -132,6 +132,10 @@ class AppPasswordRecord:
     last_used_at: float | None
     last_used_address: str | None
     last_used_client: str | None
+    # Its scope (None: any): the client network it works from (an IPv4 or IPv6
+    # network in CIDR form), and when it stops working.
+    network: str | None = None
+    expires_at: float | None = None
 
 
 class UserStore(Protocol):
@@ -155,7 +159,14 @@ class UserStore(Protocol):
 
 class AppPasswordStore(Protocol):
     def add_app_password(
-        self, user: str, label: str, digest: bytes, now: float
+        self,
+        user: str,
+        label: str,
+        digest: bytes,
+        now: float,
+        *,
+        network: str | None = None,
+        expires_at: float | None = None,
     ) -> AppPasswordRecord:
         """Store a new app password by its keyed digest under a fresh random id
         (short text). A digest is unique in the whole store: adding one that is

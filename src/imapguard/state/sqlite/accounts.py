@@ -68,20 +68,30 @@ class SqliteAccounts(Connection):
 
     # -- app passwords --------------------------------------------------------
 
-    _AP_COLUMNS = "id, user, label, created_at, last_used_at, last_used_address, last_used_client"
+    _AP_COLUMNS = (
+        "id, user, label, created_at, last_used_at, last_used_address, last_used_client,"
+        " network, expires_at"
+    )
 
     def add_app_password(
-        self, user: str, label: str, digest: bytes, now: float
+        self,
+        user: str,
+        label: str,
+        digest: bytes,
+        now: float,
+        *,
+        network: str | None = None,
+        expires_at: float | None = None,
     ) -> AppPasswordRecord:
         record_id = secrets.token_hex(4)
         with self._tx("add app password") as db:
             _ensure_user(db, user, now)
             db.execute(
-                "INSERT INTO app_passwords(id, user, label, digest, created_at)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (record_id, user, label, digest, now),
+                "INSERT INTO app_passwords(id, user, label, digest, created_at, network,"
+                " expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (record_id, user, label, digest, now, network, expires_at),
             )
-        return AppPasswordRecord(record_id, user, label, now, None, None, None)
+        return AppPasswordRecord(record_id, user, label, now, None, None, None, network, expires_at)
 
     def list_app_passwords(self, user: str) -> list[AppPasswordRecord]:
         rows = self._read(

@@ -187,6 +187,11 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX revocations_at ON revocations(at);
     """,
+    # 6: an app password's scope: the client network it works from, its expiry
+    """
+    ALTER TABLE app_passwords ADD COLUMN network TEXT;
+    ALTER TABLE app_passwords ADD COLUMN expires_at REAL;
+    """,
 )
 
 
