@@ -1,5 +1,5 @@
 """The composition root: the one place that turns a configuration into running
-services, for `serve`, `demo`, the CLI and (later) the portal.
+services, for `serve`, `demo`, the CLI and the portal.
 
 Every layer takes what it needs as arguments; only this module knows which
 implementation goes where: the SQLite store behind the account and counter
@@ -9,7 +9,8 @@ configuration reload (stores, audit, notifier, token verifier: [state],
 [audit], [notify] and [oauth] are read at start) and closes it in reverse order;
 `gateway_runtime` builds what a reload replaces (the upstream, TLS, the auth
 service with its defense and policy, the limits); `serve` runs the gateway with
-its signals.
+its signals, and the portal beside it on the same event loop when `[portal]` is
+set; `serve_portal` runs the portal alone (`imapguard portal`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from imapguard.auth.chokepoint import Authenticator
 from imapguard.auth.history import SignInHistory
 from imapguard.auth.model import AuthContext, FactorSettings, NoticeHook, S, Upstream
 from imapguard.auth.oauth import TokenVerifier
+from imapguard.auth.passkeys import Passkeys
+from imapguard.auth.signin import TwoStepSignIn
 from imapguard.config import (
     Config,
     account_names,
@@ -43,9 +46,21 @@ from imapguard.errors import ConfigError
 from imapguard.gateway.server import Gateway, Runtime
 from imapguard.gateway.upstream import UpstreamLogin, UpstreamSession, UpstreamSettings
 from imapguard.imap.framing import FrameLimits
-from imapguard.keys import APP_PASSWORD, TOTP_SEAL, derive_key, load_server_key
+from imapguard.keys import (
+    APP_PASSWORD,
+    PORTAL_CSRF,
+    PORTAL_INVITE,
+    PORTAL_SESSION,
+    RECOVERY_CODE,
+    TOTP_SEAL,
+    derive_key,
+    load_server_key,
+)
 from imapguard.notify import Notice, NoticeKind, Notifier
 from imapguard.policy.gate import load_policy
+from imapguard.portal.app import PortalDeps, PortalKeys, create_app
+from imapguard.portal.ports import SignInService
+from imapguard.portal.serve import PortalServer, portal_context
 from imapguard.secret import Secret
 from imapguard.state.sqlite import SqliteStore, open_reader, open_store
 from imapguard.state.writebehind import WriteBehind
@@ -60,9 +75,14 @@ __all__ = [
     "gateway_runtime",
     "keys",
     "open_services",
+    "portal_deps",
+    "portal_server",
     "run_gateway",
     "run_loop",
+    "run_portal",
     "serve",
+    "serve_portal",
+    "sign_in_service",
 ]
 
 log = logging.getLogger("imapguard")
@@ -75,6 +95,10 @@ class Keys:
     server: Secret
     app_password: bytes
     totp_seal: bytes
+    portal_session: bytes
+    portal_csrf: bytes
+    portal_invite: bytes
+    recovery_code: bytes
 
 
 def keys(config: Config) -> Keys:
@@ -84,7 +108,15 @@ def keys(config: Config) -> Keys:
         server = load_server_key(config.state.key_file)
     except (OSError, ValueError) as exc:
         raise ConfigError([("state.key_file", str(exc))]) from None
-    return Keys(server, derive_key(server, APP_PASSWORD), derive_key(server, TOTP_SEAL))
+    return Keys(
+        server,
+        app_password=derive_key(server, APP_PASSWORD),
+        totp_seal=derive_key(server, TOTP_SEAL),
+        portal_session=derive_key(server, PORTAL_SESSION),
+        portal_csrf=derive_key(server, PORTAL_CSRF),
+        portal_invite=derive_key(server, PORTAL_INVITE),
+        recovery_code=derive_key(server, RECOVERY_CODE),
+    )
 
 
 def account_store(config: Config) -> SqliteStore:
@@ -291,10 +323,24 @@ async def serve(
     config: Config, config_path: str | None, ready: Callable[[Gateway], None] | None
 ) -> None:
     """Run the gateway until SIGTERM/SIGINT; SIGHUP reloads `config_path` for new
-    connections (established ones keep what they started with)."""
+    connections (established ones keep what they started with). With `[portal]`
+    the portal runs beside it on this event loop (bound before the gateway
+    listens: a port in use is a ConfigError) and stops with it; SIGHUP reloads
+    its certificate too."""
     async with open_services(config) as services:
         audit = services.audit
         gateway = Gateway(gateway_runtime(config, services), audit, services.reader)
+        portal = None
+        if config.portal is not None:
+            portal = portal_server(
+                config,
+                portal_deps(
+                    config,
+                    services,
+                    sign_in_service(config, services, gateway.runtime.authenticator),
+                ),
+            )
+            portal.bind()
         loop = asyncio.get_running_loop()
 
         def reload() -> None:
@@ -306,13 +352,141 @@ async def serve(
             except (ConfigError, OSError, ssl.SSLError, ValueError) as exc:
                 log.error("reload failed, keeping the running configuration: %s", exc)
                 audit.emit(events.Reload(result="failed", reason=str(exc)))
+            if portal is not None:
+                _reload_portal(portal, audit)
+
+        def stop() -> None:
+            gateway.stop()
+            if portal is not None:
+                portal.stop()
 
         loop.add_signal_handler(signal.SIGHUP, reload)
-        loop.add_signal_handler(signal.SIGTERM, gateway.stop)
-        loop.add_signal_handler(signal.SIGINT, gateway.stop)
+        loop.add_signal_handler(signal.SIGTERM, stop)
+        loop.add_signal_handler(signal.SIGINT, stop)
         audit.emit(events.Start(pid=os.getpid()))
-        await gateway.serve(ready)
+        if portal is None:
+            await gateway.serve(ready)
+        else:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(_run_portal(portal))
+                try:
+                    await gateway.serve(ready)
+                finally:
+                    portal.stop()
         audit.emit(events.Stop(pid=os.getpid()))
+
+
+# -- the portal ------------------------------------------------------------------------
+
+
+def sign_in_service(
+    config: Config,
+    services: Services,
+    auth: Authenticator[UpstreamSession] | None = None,
+) -> TwoStepSignIn[UpstreamSession]:
+    """How the portal checks a password and a second factor: through the auth
+    service (`auth`, the gateway's own when both run in one process, so they share
+    the failure timing too), against the same upstream, defense and audit log."""
+    if auth is None:
+        auth = authenticator(config, services, UpstreamLogin(upstream_settings(config)))
+    k = keys(config)
+    portal = config.portal
+    passkeys = (
+        Passkeys(rp_id=portal.relying_party, rp_name="imapguard", origin=portal.origin)
+        if portal is not None
+        else None
+    )
+    return TwoStepSignIn(
+        auth,
+        audit=services.audit,
+        executor=services.executor,
+        totp_key=k.totp_seal,
+        passkeys=passkeys,
+        portal_store=services.store,
+        recovery_key=k.recovery_code,
+        on_notice=_notice_hook(services.notifier) if services.notifier is not None else None,
+    )
+
+
+def portal_deps(config: Config, services: Services, sign_in: SignInService) -> PortalDeps:
+    """What the portal's app is built from; `[portal]` must be set."""
+    if config.portal is None:
+        raise ConfigError([("portal", "the portal is not configured ([portal] listen and url)")])
+    k = keys(config)
+    return PortalDeps(
+        settings=config.portal,
+        store=services.store,
+        keys=PortalKeys(
+            session=k.portal_session,
+            csrf=k.portal_csrf,
+            invite=k.portal_invite,
+            recovery=k.recovery_code,
+        ),
+        sign_in=sign_in,
+        audit=services.audit,
+        clock=time.time,
+        executor=services.executor,
+    )
+
+
+def portal_server(config: Config, deps: PortalDeps) -> PortalServer:
+    """The portal's HTTPS server over its app: [portal] certificate and key, or
+    [tls]'s, at tls.min_version."""
+    settings = deps.settings
+    certificate = settings.certificate or config.tls.certificate
+    private_key = settings.private_key or config.tls.private_key
+    return PortalServer(
+        create_app(deps),
+        listen=settings.listen,
+        ssl_context=portal_context(certificate, private_key, config.tls.min_version),
+        certificate=certificate,
+        private_key=private_key,
+    )
+
+
+def _reload_portal(portal: PortalServer, audit: AuditLog) -> None:
+    try:
+        portal.reload_certificate()
+        log.info("portal certificate reloaded")
+    except (OSError, ssl.SSLError) as exc:
+        log.error("portal certificate reload failed, keeping the running one: %s", exc)
+        audit.emit(events.Reload(result="failed", reason=f"portal certificate: {exc}"))
+
+
+async def _run_portal(portal: PortalServer) -> None:
+    """The portal beside the gateway: its failure is logged, never the gateway's end."""
+    try:
+        await portal.serve()
+    except Exception:
+        log.exception("the portal stopped; the gateway goes on")
+
+
+async def serve_portal(config: Config, ready: Callable[[PortalServer], None] | None = None) -> None:
+    """`imapguard portal`: the portal alone until SIGTERM/SIGINT; SIGHUP reloads
+    its certificate."""
+    async with open_services(config) as services:
+        audit = services.audit
+        portal = portal_server(
+            config, portal_deps(config, services, sign_in_service(config, services))
+        )
+        portal.bind()
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, _reload_portal, portal, audit)
+        loop.add_signal_handler(signal.SIGTERM, portal.stop)
+        loop.add_signal_handler(signal.SIGINT, portal.stop)
+        audit.emit(events.Start(pid=os.getpid()))
+        if ready is not None:
+            ready(portal)
+        await portal.serve()
+        audit.emit(events.Stop(pid=os.getpid()))
+
+
+def run_portal(config_path: str) -> None:
+    """`imapguard portal`: the portal of `config_path` alone (for a separate host)."""
+    config = load_config(config_path)
+    if config.portal is None:
+        raise ConfigError([("portal", "`imapguard portal` needs a [portal] section (listen, url)")])
+    run_loop(serve_portal(config))
 
 
 def run_gateway(config_path: str, *, ready: Callable[[Gateway], None] | None = None) -> None:

@@ -16,6 +16,10 @@ __all__ = [
     "APP_PASSWORD",
     "DEVICE_SECRET",
     "PASSWORD_FINGERPRINT",
+    "PORTAL_CSRF",
+    "PORTAL_INVITE",
+    "PORTAL_SESSION",
+    "RECOVERY_CODE",
     "SPRAY_FINGERPRINT",
     "TOTP_SEAL",
     "VERIFIED_CACHE",
@@ -33,6 +37,13 @@ DEVICE_SECRET = "device-secret/v1"  # noqa: S105 - a key purpose label
 # account, and login-free with a key per epoch derived from this one.
 PASSWORD_FINGERPRINT = "password-fingerprint/v1"  # noqa: S105 - a key purpose label
 SPRAY_FINGERPRINT = "spray-fingerprint/v1"
+# The portal: digests of session cookie tokens (the store keeps only these), its
+# CSRF tokens (bound to a cookie token), digests of invitation links and of
+# recovery codes.
+PORTAL_SESSION = "portal-session/v1"
+PORTAL_CSRF = "portal-csrf/v1"
+PORTAL_INVITE = "portal-invite/v1"
+RECOVERY_CODE = "recovery-code/v1"
 MIN_KEY_BYTES = 32
 
 

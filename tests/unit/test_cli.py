@@ -60,6 +60,7 @@ def test_help_on_every_command(capsys: pytest.CaptureFixture[str]) -> None:
     commands = [
         ["demo"],
         ["serve"],
+        ["portal"],
         ["check-config"],
         ["user", "list"],
         ["user", "show"],
@@ -457,3 +458,25 @@ def test_check_config_on_unverified_email(capsys: pytest.CaptureFixture[str], co
     code, _, err = _run(capsys, "check-config", "--config", str(config))
     assert code == 2
     assert 'oauth.trust_unverified_email: applies only to username_claim = "email"' in err
+
+
+def test_portal_without_a_portal_section_names_it(
+    capsys: pytest.CaptureFixture[str], config: Path
+) -> None:
+    code, _, err = _run(capsys, "portal", "--config", str(config))
+    assert code == 2
+    assert err.startswith("config error: portal: ")
+    assert "Traceback" not in err
+
+
+def test_check_config_warns_when_no_admin_can_reach_the_admin_pages(
+    capsys: pytest.CaptureFixture[str], config: Path
+) -> None:
+    portal = '\n[portal]\nlisten = "127.0.0.1:8443"\nurl = "https://portal.test"\n'
+    config.write_text(config.read_text() + portal)
+    code, _, err = _run(capsys, "check-config", "--config", str(config))
+    assert code == 0
+    assert "warning: portal.admin_group: there is no [groups] section" in err
+    config.write_text(config.read_text() + '[groups]\nadmins = ["root"]\n')
+    code, _, err = _run(capsys, "check-config", "--config", str(config))
+    assert (code, err) == (0, "")

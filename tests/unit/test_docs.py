@@ -23,6 +23,8 @@ def test_example_config_has_no_cross_field_problems() -> None:
     assert validate_config(config, check_files=False) == []
     assert config.oauth is not None
     assert config.notify is not None
+    assert config.portal is not None
+    assert config.portal.origin == "https://mail-security.example.org"
 
 
 def test_readme_prints_the_grade_table_and_the_catalog() -> None:

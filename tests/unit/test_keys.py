@@ -24,6 +24,10 @@ PURPOSES = (
     keys.DEVICE_SECRET,
     keys.PASSWORD_FINGERPRINT,
     keys.SPRAY_FINGERPRINT,
+    keys.PORTAL_SESSION,
+    keys.PORTAL_CSRF,
+    keys.PORTAL_INVITE,
+    keys.RECOVERY_CODE,
 )
 
 

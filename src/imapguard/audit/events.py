@@ -29,6 +29,7 @@ __all__ = [
     "DefenseBlock",
     "DefenseLogOnly",
     "Event",
+    "Portal",
     "Posture",
     "Refused",
     "Relay",
@@ -252,6 +253,22 @@ class Posture(Event):
     failures: int
     attempts: int
     sprays: int
+
+
+# -- the portal ------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class Portal(Event):
+    """A step of the web portal: a sign-in step, a sign-out, or a request it
+    refused (the password and code checks themselves are `auth` events)."""
+
+    kind: ClassVar[str] = "portal"
+    src: str
+    user: str | None = None
+    action: str  # sign_in | second_factor | sign_out | request
+    result: str  # ok | failed | no_second_factor | csrf | rate_limited
+    reason: str | None = None
 
 
 # -- the process -----------------------------------------------------------------

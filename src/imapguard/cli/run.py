@@ -1,4 +1,4 @@
-"""Running the product: `demo`, `serve` and `check-config`."""
+"""Running the product: `demo`, `serve`, `portal` and `check-config`."""
 
 from __future__ import annotations
 
@@ -42,8 +42,11 @@ def add_parsers(sub: Subparsers) -> None:
         help="ports N+143 (STARTTLS), N+993 (TLS), N+144 (backend); default 10000",
     )
 
-    serve = sub.add_parser("serve", help="run the gateway")
+    serve = sub.add_parser("serve", help="run the gateway (and the portal, with [portal])")
     config_opt(serve)
+
+    portal = sub.add_parser("portal", help="run the web portal alone (for a separate host)")
+    config_opt(portal)
 
     check = sub.add_parser("check-config", help="validate the configuration")
     config_opt(check)
@@ -61,6 +64,14 @@ def _serve(args: argparse.Namespace) -> int:
 
     setup_logging()
     run_gateway(args.config or default_config_path())
+    return EXIT_OK
+
+
+def _portal(args: argparse.Namespace) -> int:
+    from imapguard.compose import run_portal
+
+    setup_logging()
+    run_portal(args.config or default_config_path())
     return EXIT_OK
 
 
@@ -90,11 +101,29 @@ def _config_warnings(config: Config) -> list[str]:
             'issuer, anyone can log in as anyone ("nOAuth"). Prefer an issuer that sends '
             "email_verified, or a username_claim that users cannot change themselves"
         )
+    portal = config.portal
+    if portal is not None and "admin_group" not in portal.model_fields_set:
+        groups = config.groups
+        if (
+            groups is not None
+            and groups.groups_file is None
+            and (portal.admin_group not in groups.members())
+        ):
+            warnings.append(
+                f"portal.admin_group: no group {portal.admin_group!r} in [groups], "
+                "so nobody can open the portal's admin pages"
+            )
+        elif groups is None:
+            warnings.append(
+                f"portal.admin_group: there is no [groups] section with {portal.admin_group!r}, "
+                "so nobody can open the portal's admin pages"
+            )
     return warnings
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "demo": _demo,
     "serve": _serve,
+    "portal": _portal,
     "check-config": _check_config,
 }

@@ -11,6 +11,7 @@ token verifier an `OAuthConfig`, the notifier a `NotifyConfig`, ...).
     notify    [notify]: webhook and mail notices
     defense   [defense]: thresholds, windows, delays and blocks
     policy    [policy], [[policy.rules]], [groups] and the groups-file format
+    portal    [portal]: the web portal's listener, origin and sessions
     state     [state] and [audit]
     files     the files a configuration names
     load      the whole file: Config, load_config, the rules between sections
@@ -35,6 +36,7 @@ from imapguard.config.load import Config, default_config_path, load_config, vali
 from imapguard.config.notify import NotifyConfig
 from imapguard.config.oauth import OAuthConfig
 from imapguard.config.policy import GroupsConfig, PolicyConfig, Rule
+from imapguard.config.portal import PortalConfig
 from imapguard.config.state import AuditConfig, StateConfig
 
 __all__ = [
@@ -52,6 +54,7 @@ __all__ = [
     "NotifyConfig",
     "OAuthConfig",
     "PolicyConfig",
+    "PortalConfig",
     "Rule",
     "StateConfig",
     "TlsConfig",

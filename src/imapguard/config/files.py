@@ -63,6 +63,11 @@ def file_problems(config: Config) -> list[tuple[str, str]]:
                 check_file(problems, f"notify.{key}", value)
     if config.groups is not None and config.groups.groups_file is not None:
         check_file(problems, "groups.groups_file", config.groups.groups_file)
+    portal = config.portal
+    if portal is not None and portal.certificate is not None:
+        check_file(problems, "portal.certificate", portal.certificate)
+    if portal is not None and portal.private_key is not None:
+        check_file(problems, "portal.private_key", portal.private_key, secret=True)
     if config.audit.path != "-":
         parent = Path(config.audit.path).parent
         if not parent.is_dir():

@@ -30,6 +30,7 @@ from imapguard.config.gateway import (
 from imapguard.config.notify import NotifyConfig
 from imapguard.config.oauth import OAuthConfig
 from imapguard.config.policy import GroupsConfig, PolicyConfig, policy_problems
+from imapguard.config.portal import PortalConfig
 from imapguard.config.state import AuditConfig, StateConfig
 from imapguard.errors import ConfigError
 
@@ -52,6 +53,8 @@ class Config(Section):
     # Ordered zero-trust rules; absent: every authenticated login is allowed.
     policy: PolicyConfig | None = None
     groups: GroupsConfig | None = None
+    # The web portal (HTTPS); absent: `serve` runs the gateway only.
+    portal: PortalConfig | None = None
 
 
 def default_config_path() -> str:
@@ -130,6 +133,28 @@ def validate_config(config: Config, *, check_files: bool = True) -> list[tuple[s
             policy_problems(config.policy, listen_addresses=[li.address for li in config.listen])
         )
 
+    if config.portal is not None:
+        problems.extend(_portal_problems(config, config.portal))
+
     if check_files:
         problems.extend(file_problems(config))
+    return problems
+
+
+def _portal_problems(config: Config, portal: PortalConfig) -> list[tuple[str, str]]:
+    """[portal] beside the listeners and [groups]."""
+    problems: list[tuple[str, str]] = []
+    address = parse_address(portal.listen)
+    for i, listener in enumerate(config.listen):
+        if parse_address(listener.address) == address:
+            problems.append(("portal.listen", f"the same address as listen[{i}]"))
+    # A group named on purpose must exist; the default "admins" may be absent
+    # (check-config warns: nobody reaches the admin pages then). A groups file is
+    # read at start, so its groups cannot be checked here.
+    groups = config.groups
+    named = "admin_group" in portal.model_fields_set
+    if named and (
+        groups is None or (not groups.groups_file and portal.admin_group not in groups.members())
+    ):
+        problems.append(("portal.admin_group", f"no group {portal.admin_group!r} in [groups]"))
     return problems

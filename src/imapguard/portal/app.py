@@ -1,0 +1,125 @@
+"""The portal's ASGI application: routes, middleware, templates, static files.
+
+`create_app(PortalDeps)` builds it from what `compose` hands over; nothing here
+opens a file, a socket or a store of its own. The middleware, outermost first:
+
+    SecurityHeaders      every response, Starlette's own 500 included
+    ServerErrorMiddleware  (Starlette) a bug answers 500, no traceback to the browser
+    body limit           (Starlette `max_body_size`) 413 past MAX_BODY
+    TrustedHost          only the host of `portal.url` (no DNS rebinding)
+    SessionLoader        the cookie's session, before anything uses it
+    CsrfGuard            Origin and token on every unsafe method
+    routes               signin.py; /static/ from portal/static/
+
+Rules: every asset is served by the portal itself (no CDN); no debug pages;
+no route that changes state answers a GET.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.requests import HTTPConnection
+from starlette.routing import Mount
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp
+
+from imapguard.audit import AuditLog, events
+from imapguard.config.portal import PortalConfig
+from imapguard.net import normalize
+from imapguard.portal.csrf import CsrfGuard
+from imapguard.portal.headers import SecurityHeaders
+from imapguard.portal.pages import Pages
+from imapguard.portal.ports import SignInService
+from imapguard.portal.ratelimit import SlidingWindow
+from imapguard.portal.sessions import SessionLoader, Sessions
+from imapguard.portal.signin import SignIn, request_id
+from imapguard.state.portal import PortalStore
+
+__all__ = ["MAX_BODY", "PortalApp", "PortalDeps", "PortalKeys", "create_app"]
+
+# The largest request body: the portal's forms are a few hundred bytes.
+MAX_BODY = 64 * 1024
+
+
+@dataclass(frozen=True)
+class PortalKeys:
+    """The purpose keys the portal uses (imapguard.keys), each 32 bytes."""
+
+    session: bytes  # PORTAL_SESSION: digests of session cookie tokens
+    csrf: bytes  # PORTAL_CSRF: CSRF tokens
+    invite: bytes  # PORTAL_INVITE: digests of invitation links
+    recovery: bytes  # RECOVERY_CODE: digests of recovery codes
+
+
+@dataclass(frozen=True)
+class PortalDeps:
+    settings: PortalConfig
+    store: PortalStore
+    keys: PortalKeys
+    sign_in: SignInService
+    audit: AuditLog
+    clock: Callable[[], float] = field(default=time.time)
+    # The store's one thread: every store call runs there, never on the event
+    # loop the gateway shares. None: called inline (tests with an in-memory store).
+    executor: Executor | None = None
+
+
+class PortalApp(Starlette):
+    """Starlette, with the security headers outside its error middleware too."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return SecurityHeaders(super().build_middleware_stack())
+
+
+def create_app(deps: PortalDeps) -> Starlette:
+    settings = deps.settings
+    sessions = Sessions(
+        deps.store,
+        deps.keys.session,
+        idle=settings.session_idle,
+        lifetime=settings.session_lifetime,
+        clock=deps.clock,
+        executor=deps.executor,
+    )
+    signin = SignIn(
+        service=deps.sign_in,
+        sessions=sessions,
+        pages=Pages(deps.keys.csrf),
+        limiter=SlidingWindow(settings.max_sign_ins_per_minute),
+        audit=deps.audit,
+        clock=deps.clock,
+    )
+    static = StaticFiles(packages=[("imapguard.portal", "static")])
+    return PortalApp(
+        routes=[*signin.routes(), Mount("/static", static, name="static")],
+        middleware=[
+            Middleware(TrustedHostMiddleware, allowed_hosts=[settings.host], www_redirect=False),
+            Middleware(SessionLoader, sessions=sessions),
+            Middleware(
+                CsrfGuard,
+                key=deps.keys.csrf,
+                origin=settings.origin,
+                on_refused=_csrf_audit(deps.audit),
+            ),
+        ],
+        max_body_size=MAX_BODY,
+    )
+
+
+def _csrf_audit(audit: AuditLog) -> Callable[[HTTPConnection, str], None]:
+    def refused(conn: HTTPConnection, reason: str) -> None:
+        src = normalize(conn.client.host) if conn.client is not None else ""
+        audit.emit(
+            events.Portal(
+                session=request_id(), src=src, action="request", result="csrf", reason=reason
+            )
+        )
+
+    return refused

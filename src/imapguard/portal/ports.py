@@ -1,0 +1,28 @@
+"""What the portal needs from the auth service to sign someone in: one port.
+
+The portal never checks a password or a code itself. `SignInService` is
+implemented in `imapguard.auth` (the same password check, factors, defense
+counting and audit events as an IMAP login) and plugged in by `compose`; the
+portal only sees whether a step succeeded. Rules for an implementation: a
+failure says nothing about which part failed (unknown user, wrong password,
+blocked source are all `ok=False`); `user` is the canonical account name the
+session will carry; `has_totp` is only meaningful when `ok`.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from imapguard.auth.model import AuthContext
+from imapguard.auth.signin import PasswordCheck
+from imapguard.secret import Secret
+
+__all__ = ["PasswordCheck", "SignInService"]
+
+
+class SignInService(Protocol):
+    async def check_password(
+        self, username: str, password: Secret, ctx: AuthContext
+    ) -> PasswordCheck: ...
+
+    async def check_totp(self, user: str, code: Secret, ctx: AuthContext) -> bool: ...

@@ -1,0 +1,287 @@
+"""Signing in and out: the password step, the code step, sign-out, and the
+first page behind them.
+
+Routes: `GET/POST /signin` (user name and password), `GET/POST /signin/code`
+(the 6-digit TOTP code), `POST /signout`, `GET /` ("Your account").
+
+Rules:
+
+* The password and the code are checked only through `SignInService` (the
+  auth service: the gateway's own password check, factors, defense counting
+  and `auth` audit events); the portal never compares a credential itself.
+* A wrong password and a wrong code (and a malformed or too long one) get the
+  same page: status 200, the form again, and the one message `FAILED`, never
+  which part failed. A right password of an account that has no second factor
+  gets that same page too (the audit line says `no_second_factor`): a distinct
+  answer would confirm the password to whoever typed it, and it may open other
+  doors (SMTP, webmail). The sign-in page always says where an account without
+  a factor starts: its invitation link.
+* Every POST to `/signin` or `/signin/code` first passes the per-source rate
+  limit (429 with `Retry-After`).
+* A right password starts a new "password" session (a new cookie; whatever
+  session the browser had is ended), which reaches only the code step and
+  sign-out, for `PENDING_LIFETIME` and at most `MAX_CODE_FAILURES` wrong codes
+  (then it ends: the next try starts with the password, which the defense
+  counts); a right code replaces it with a new "full" session and a new cookie.
+* A page that needs a full session answers 303 to `/signin` otherwise.
+* Every step is one `portal` audit line, with the request id that the auth
+  service's own `auth` line carries as its session.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import secrets
+from collections import OrderedDict
+from collections.abc import Callable
+
+from starlette.datastructures import FormData
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, RedirectResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from imapguard.audit import AuditLog, events
+from imapguard.auth.model import AuthContext, ClientAddress
+from imapguard.net import normalize
+from imapguard.portal.pages import Pages
+from imapguard.portal.ports import SignInService
+from imapguard.portal.ratelimit import SlidingWindow
+from imapguard.portal.sessions import COOKIE, Current, Sessions, clear_cookie, current, loaded
+from imapguard.secret import Secret
+
+__all__ = ["FAILED", "LISTENER", "SignIn", "request_id"]
+
+FAILED = "The user name, password or code is not right."
+LISTENER = "portal"
+# Longer input is refused before the auth service sees it (the same FAILED).
+MAX_USERNAME = 256
+MAX_PASSWORD = 1024
+_CODE = re.compile(r"[0-9]{6}")
+# Wrong codes a "password" session may send before it is ended.
+MAX_CODE_FAILURES = 5
+# Sessions whose wrong codes are counted (oldest forgotten first): memory bound.
+_MAX_COUNTED = 10_000
+
+
+def request_id() -> str:
+    """An id for one request, in the form of the gateway's connection ids."""
+    return base64.b32encode(secrets.token_bytes(10)).decode().lower()
+
+
+def _text(form: FormData, name: str) -> str:
+    value = form.get(name)
+    return value if isinstance(value, str) else ""
+
+
+def _client(request: Request, session: str) -> ClientAddress:
+    client, server = request.scope.get("client"), request.scope.get("server")
+    ip, port = (normalize(str(client[0])), int(client[1])) if client else ("", 0)
+    local_ip, local_port = (str(server[0]), int(server[1] or 0)) if server else ("", 0)
+    return ClientAddress(ip, port, local_ip, local_port, session)
+
+
+def _see_other(path: str, *cookies: str) -> Response:
+    response = RedirectResponse(path, status_code=303)
+    for cookie in cookies:
+        response.headers.append("set-cookie", cookie)
+    return response
+
+
+class SignIn:
+    def __init__(
+        self,
+        *,
+        service: SignInService,
+        sessions: Sessions,
+        pages: Pages,
+        limiter: SlidingWindow,
+        audit: AuditLog,
+        clock: Callable[[], float],
+    ) -> None:
+        self.service = service
+        self.sessions = sessions
+        self.pages = pages
+        self.limiter = limiter
+        self.audit = audit
+        self.clock = clock
+        self._code_failures: OrderedDict[str, int] = OrderedDict()
+
+    def routes(self) -> list[BaseRoute]:
+        return [
+            Route("/", self.account, methods=["GET"]),
+            Route("/signin", self.password_form, methods=["GET"]),
+            Route("/signin", self.password, methods=["POST"]),
+            Route("/signin/code", self.code_form, methods=["GET"]),
+            Route("/signin/code", self.code, methods=["POST"]),
+            Route("/signout", self.sign_out, methods=["POST"]),
+        ]
+
+    # -- pages ------------------------------------------------------------------
+
+    async def account(self, request: Request) -> Response:
+        full = self._full(request)
+        if full is None:
+            return self._to_signin(request)
+        return self.pages.render(request, "account.html", {"user": full.session.user})
+
+    async def password_form(self, request: Request) -> Response:
+        elsewhere = self._elsewhere(request)
+        if elsewhere is not None:
+            return elsewhere
+        return self.pages.render(request, "signin.html", {"error": None, "username": ""})
+
+    async def code_form(self, request: Request) -> Response:
+        pending = self._pending(request)
+        if pending is None:
+            return self._elsewhere(request) or self._to_signin(request)
+        return self.pages.render(request, "code.html", {"error": None})
+
+    # -- steps ------------------------------------------------------------------
+
+    async def password(self, request: Request) -> Response:
+        rid = request_id()
+        limited = self._limited(request, rid, "sign_in")
+        if limited is not None:
+            return limited
+        elsewhere = self._elsewhere(request)
+        if elsewhere is not None:
+            return elsewhere
+        form = await request.form()
+        username, password = _text(form, "username"), _text(form, "password")
+        ctx = AuthContext(client=_client(request, rid), client_id=None, listener=LISTENER)
+        if not username or len(username) > MAX_USERNAME or len(password) > MAX_PASSWORD:
+            ok, user, has_totp = False, None, False
+        else:
+            check = await self.service.check_password(username, Secret(password), ctx)
+            ok, user, has_totp = check.ok and check.user is not None, check.user, check.has_totp
+        if not ok or user is None:
+            self._emit(rid, ctx, None, "sign_in", "failed")
+            context = {"error": FAILED, "username": username[:MAX_USERNAME]}
+            return self.pages.render(request, "signin.html", context)
+        if not has_totp:
+            # The same page as a wrong password (module docstring).
+            self._emit(rid, ctx, user, "sign_in", "no_second_factor")
+            context = {"error": FAILED, "username": username}
+            return self.pages.render(request, "signin.html", context)
+        pending = await self.sessions.start(request, user, ending=current(request))
+        self._emit(rid, ctx, user, "sign_in", "ok")
+        return _see_other("/signin/code", self.sessions.cookie(pending))
+
+    async def code(self, request: Request) -> Response:
+        rid = request_id()
+        limited = self._limited(request, rid, "second_factor")
+        if limited is not None:
+            return limited
+        pending = self._pending(request)
+        if pending is None:
+            return self._elsewhere(request) or self._to_signin(request)
+        user = pending.session.user
+        form = await request.form()
+        code = "".join(_text(form, "code").split())
+        ctx = AuthContext(client=_client(request, rid), client_id=None, listener=LISTENER)
+        ok = _CODE.fullmatch(code) is not None and await self.service.check_totp(
+            user, Secret(code), ctx
+        )
+        if not ok:
+            if self._code_failed(pending.session.id) < MAX_CODE_FAILURES:
+                self._emit(rid, ctx, user, "second_factor", "failed")
+                return self.pages.render(request, "code.html", {"error": FAILED})
+            await self.sessions.end(pending)
+            self._emit(rid, ctx, user, "second_factor", "failed", "too many wrong codes")
+            context = {"error": FAILED, "username": ""}
+            return self.pages.render(request, "signin.html", context, signed_out=True)
+        self._code_failures.pop(pending.session.id, None)
+        full = await self.sessions.raise_to_full(request, pending)
+        if full is None:
+            self._emit(rid, ctx, user, "second_factor", "failed", "the session ended meanwhile")
+            return _see_other("/signin", clear_cookie(COOKIE))
+        self._emit(rid, ctx, user, "second_factor", "ok")
+        return _see_other("/", self.sessions.cookie(full))
+
+    async def sign_out(self, request: Request) -> Response:
+        signed_in = current(request)
+        if signed_in is not None:
+            await self.sessions.end(signed_in)
+            ctx = AuthContext(
+                client=_client(request, request_id()), client_id=None, listener=LISTENER
+            )
+            self._emit(ctx.client.session, ctx, signed_in.session.user, "sign_out", "ok")
+        return _see_other("/signin", clear_cookie(COOKIE))
+
+    # -- helpers ------------------------------------------------------------------
+
+    @staticmethod
+    def _full(request: Request) -> Current | None:
+        signed_in = current(request)
+        return signed_in if signed_in is not None and signed_in.session.level == "full" else None
+
+    @staticmethod
+    def _pending(request: Request) -> Current | None:
+        signed_in = current(request)
+        return (
+            signed_in if signed_in is not None and signed_in.session.level == "password" else None
+        )
+
+    @staticmethod
+    def _elsewhere(request: Request) -> Response | None:
+        """Where a browser that already has a session belongs (None: nowhere else)."""
+        signed_in = current(request)
+        if signed_in is None:
+            return None
+        return _see_other("/" if signed_in.session.level == "full" else "/signin/code")
+
+    @staticmethod
+    def _to_signin(request: Request) -> Response:
+        stale = loaded(request).stale
+        return _see_other("/signin", *([clear_cookie(COOKIE)] if stale else []))
+
+    def _code_failed(self, session_id: str) -> int:
+        """Count a wrong code of a "password" session; how many it has sent."""
+        failures = self._code_failures.pop(session_id, 0) + 1
+        self._code_failures[session_id] = failures
+        while len(self._code_failures) > _MAX_COUNTED:
+            self._code_failures.popitem(last=False)
+        return failures
+
+    def _limited(self, request: Request, rid: str, action: str) -> Response | None:
+        ip = _client(request, rid).ip
+        refusal = self.limiter.hit(ip, self.clock())
+        if refusal is None:
+            return None
+        if refusal.first:
+            self.audit.emit(
+                events.Portal(
+                    session=rid,
+                    src=ip,
+                    action=action,
+                    result="rate_limited",
+                    reason=f"more than {self.limiter.limit} attempts a minute",
+                )
+            )
+        return PlainTextResponse(
+            "Too many sign-in attempts from your address. "
+            f"Try again in {refusal.retry_after} seconds.",
+            status_code=429,
+            headers={"Retry-After": str(refusal.retry_after)},
+        )
+
+    def _emit(
+        self,
+        rid: str,
+        ctx: AuthContext,
+        user: str | None,
+        action: str,
+        result: str,
+        reason: str | None = None,
+    ) -> None:
+        self.audit.emit(
+            events.Portal(
+                session=rid,
+                src=ctx.client.ip,
+                user=user,
+                action=action,
+                result=result,
+                reason=reason,
+            )
+        )
