@@ -30,7 +30,7 @@ import secrets
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Final, TypeVar
+from typing import Final, ParamSpec, TypeVar
 
 from starlette.requests import HTTPConnection, cookie_parser
 from starlette.responses import PlainTextResponse
@@ -56,6 +56,7 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 COOKIE: Final = "__Host-imapguard"
 # Before sign-in: the random value the sign-in form's CSRF token is bound to.
@@ -150,11 +151,11 @@ class Sessions:
         self._clock = clock
         self._executor = executor
 
-    async def _call(self, fn: Callable[..., T], *args: object) -> T:
+    async def _call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         if self._executor is None:
-            return fn(*args)
+            return fn(*args, **kwargs)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
+        return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
 
     async def find(self, token: str) -> PortalSession | None:
         now = self._clock()
@@ -178,12 +179,16 @@ class Sessions:
         replaces `pending`. None if `pending` is gone."""
         now = self._clock()
         new = await self._create(conn, pending.session.user, "password", now, now + self.lifetime)
-        if not await self._call(self._store.raise_portal_session, new.session.id, now):
+        # Raising rotates the token once more: the store finds the session by the
+        # new digest only (what was issued before the second factor opens nothing).
+        token = new_token()
+        digest = token_digest(self._key, token)
+        if not await self._call(self._store.raise_portal_session, new.session.id, digest, now):
             await self.end(new)
             return None
         await self.end(pending)
-        session = await self.find(new.token)
-        return None if session is None else Current(session, new.token)
+        session = await self.find(token)
+        return None if session is None else Current(session, token)
 
     async def end(self, ending: Current) -> None:
         await self._call(self._store.revoke_portal_session, ending.session.user, ending.session.id)

@@ -95,11 +95,16 @@ class MemorySessions:
         self.touches += 1
         row.session = dataclasses.replace(row.session, last_seen_at=now)
 
-    def raise_portal_session(self, session_id: str, now: float) -> bool:
+    def raise_portal_session(self, session_id: str, token_digest: bytes, now: float) -> bool:
+        # As tests/conformance states it: found by the new digest only from now on.
         row = self.rows.get(session_id)
-        if row is None or row.revoked:
+        if row is None or row.revoked or now > row.session.expires_at:
             return False
-        row.session = dataclasses.replace(row.session, level="full", second_factor_at=now)
+        assert all(r.digest != token_digest for r in self.rows.values())
+        row.digest = token_digest
+        row.session = dataclasses.replace(
+            row.session, level="full", second_factor_at=now, last_seen_at=now
+        )
         return True
 
     def list_portal_sessions(self, user: str, now: float) -> list[PortalSession]:
