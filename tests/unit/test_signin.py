@@ -174,3 +174,32 @@ async def test_a_dead_store_fails_closed(env: Env) -> None:
     check = await signin.check_password("alice", Secret(PASSWORDS["alice"]), portal_ctx())
     assert not check.ok
     assert not await signin.check_totp("alice", Secret("123456"), portal_ctx())
+
+
+@pytest.mark.asyncio
+async def test_right_password_without_a_second_factor_answers_like_a_wrong_one(
+    env: Env, tmp_path: Path
+) -> None:
+    """Timing oracle: an account with no factor cannot finish signing in, so its
+    right password must not be answered sooner than a wrong one (which waits out
+    the upstream's refusal time), or the quick answer confirms the password."""
+    auth = defended(env)
+    signin = two_step(env, auth)
+    waited: list[str] = []
+    original = auth.timing.wait_out
+
+    async def recording_wait_out(clock: Any) -> None:
+        waited.append("waited")
+        await original(clock)
+
+    auth.timing.wait_out = recording_wait_out  # type: ignore[method-assign, assignment]
+    check = await signin.check_password("bob", Secret(PASSWORDS["bob"]), portal_ctx())
+    assert check == await signin.check_password("bob", Secret("wrong"), portal_ctx())
+    assert not check.ok
+    assert waited == ["waited", "waited"]
+    results = [
+        (e["result"], e["reason"])
+        for e in audit_lines(tmp_path / "audit.jsonl")
+        if e["event"] == "auth"
+    ]
+    assert results[0] == ("missing_factor", "correct password, no second factor enrolled")

@@ -107,7 +107,18 @@ class TwoStepSignIn(Generic[S]):
                 result = await self._password(user, password, ctx, verdict)
                 if result.outcome is Outcome.OK and user is not None:
                     has_totp = auth.reader.get_totp(user) is not None
-                else:
+                    if not has_totp and not await self._has_passkey(user):
+                        # A right password that cannot go on is a failure in every
+                        # way a client can see, timing included: else the quick
+                        # answer would confirm the password to whoever typed it.
+                        result = AuthResult(
+                            Outcome.MISSING_FACTOR,
+                            user,
+                            "portal",
+                            "correct password, no second factor enrolled",
+                            factor=Factor.PASSWORD,
+                        )
+                if result.outcome is not Outcome.OK:
                     await self._count(attempt, verdict, result, ctx)
             except StateUnavailable as exc:
                 result = AuthResult(
@@ -168,6 +179,12 @@ class TwoStepSignIn(Generic[S]):
                 await auth.timing.wait_out(clock)
                 return False
             return True
+
+    async def _has_passkey(self, user: str) -> bool:
+        store = self._portal_store
+        if store is None or self.passkeys is None:
+            return False
+        return bool(await self._store(store.list_passkeys, user))
 
     # -- the steps -----------------------------------------------------------------
 
