@@ -467,7 +467,9 @@ async def test_every_failure_takes_as_long_as_a_refused_password(env: Env) -> No
 # -- the defense inside the chokepoint ------------------------------------------------
 
 
-def _defended(env: Env, **settings: Any) -> Authenticator[UpstreamSession]:
+def defended(env: Env, **settings: Any) -> Authenticator[UpstreamSession]:
+    """The chokepoint with a real defense on the same store (also used by
+    tests/unit/test_signin.py: the portal's sign-in shares it)."""
     from imapguard.defense import Defense, DefenseSettings, Fingerprinter
 
     auth = env.auth(methods=("app-password", "password+totp"))
@@ -490,7 +492,7 @@ def _block(env: Env, ip: str) -> None:
 
 @pytest.mark.asyncio
 async def test_blocked_source_is_refused_before_any_credential_check(env: Env) -> None:
-    auth = _defended(env)
+    auth = defended(env)
     _block(env, "203.0.113.66")
     result = await attempt(auth, "alice", PASSWORDS["alice"], ctx("203.0.113.66"))
     assert (result.outcome, result.blocked) == (Outcome.INVALID, True)
@@ -505,7 +507,7 @@ async def test_blocked_source_is_refused_before_any_credential_check(env: Env) -
 @pytest.mark.asyncio
 async def test_repeated_guesses_are_delayed_then_blocked(env: Env) -> None:
     slept: list[float] = []
-    auth = _defended(env, pair_free=1, pair_block=3, delay_base=2.0, delay_jitter=0.0)
+    auth = defended(env, pair_free=1, pair_block=3, delay_base=2.0, delay_jitter=0.0)
 
     async def sleep(seconds: float) -> None:
         slept.append(seconds)
@@ -526,7 +528,7 @@ async def test_repeated_guesses_are_delayed_then_blocked(env: Env) -> None:
 async def test_log_only_mode_records_but_never_blocks(env: Env, tmp_path: Path) -> None:
     import json
 
-    auth = _defended(env, enforce=False)
+    auth = defended(env, enforce=False)
     _block(env, "203.0.113.67")
     result = await attempt(auth, "alice", PASSWORDS["alice"], ctx("203.0.113.67"))
     assert not result.blocked
@@ -577,7 +579,7 @@ async def test_timing_oracle_at_every_upstream_penalty_level(env: Env, failures:
     env.upstream = upstream
     # The defense neither delays nor blocks here (its own delays are decided before
     # any check, alike for every kind); the one block is placed by the test.
-    auth = _defended(env, pair_free=1000, source_free=1000, **_NO_BLOCKS)
+    auth = defended(env, pair_free=1000, source_free=1000, **_NO_BLOCKS)
     # Another address teaches the gateway the upstream's plain refusal time.
     await attempt(auth, "alice", "warm-up", ctx("198.51.100.200"))
     ip = "203.0.113.9"
@@ -781,7 +783,7 @@ async def test_forged_device_is_no_familiar_source_for_the_defense(env: Env) -> 
     """The defense's precheck treats a trusted device as one of the account's familiar
     sources (smart lockout spares them): the network and client ID alone, which an
     attacker on that network can copy, must not make him one."""
-    auth = _defended(env)
+    auth = defended(env)
     otp = env.enroll("alice")
     typed = PASSWORDS["alice"] + otp.at(env.clock.now)
     assert (await attempt(auth, "alice", typed, ctx("192.0.2.10"))).outcome is Outcome.OK

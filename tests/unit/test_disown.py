@@ -6,11 +6,8 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from imapguard.audit import AuditLog
 from imapguard.auth.disown import disown
@@ -18,24 +15,16 @@ from imapguard.auth.model import AuthContext, ClientAddress
 from imapguard.defense import Defense, DefenseSettings, Fingerprinter
 from imapguard.defense.engine import Action
 from imapguard.secret import Secret
-from imapguard.state.sqlite import SqliteStore, open_store
+from imapguard.state.sqlite import SqliteStore
+from tests.unit import test_chokepoint_factors as base
 
 NOW = 1_800_000_000.0
 ATTACKER = "198.51.100.7"
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqliteStore]:
-    s = open_store(f"sqlite:///{tmp_path}/state.db")
-    yield s
-    s.close()
-
-
-@pytest.fixture
-def audit(tmp_path: Path) -> Iterator[AuditLog]:
-    log = AuditLog(str(tmp_path / "audit.jsonl"))
-    yield log
-    log.close()
+# The chokepoint tests' fixtures: a real SQLite store and an audit log.
+store = base.store
+audit = base.audit
 
 
 def defense(store: SqliteStore) -> Defense:

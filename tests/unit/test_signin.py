@@ -6,7 +6,6 @@ audit events as an IMAP login; a stub upstream that knows each user's password
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ from imapguard.auth.signin import TwoStepSignIn
 from imapguard.gateway.upstream import UpstreamSession
 from imapguard.secret import Secret
 from tests.unit import test_chokepoint_factors as base
-from tests.unit.test_chokepoint_factors import KEY, PASSWORDS, SEAL, Env, attempt, ctx
+from tests.unit.test_chokepoint_factors import PASSWORDS, SEAL, Env, attempt, ctx, defended
 
 # The chokepoint tests' fixtures: a real SQLite store, its executor, an audit log.
 store = base.store
@@ -41,20 +40,6 @@ def two_step(env: Env, auth: Authenticator[UpstreamSession]) -> TwoStepSignIn[An
         wall_clock=env.clock,
         sleep=env.clock.sleep,
     )
-
-
-def defended(env: Env, **settings: Any) -> Authenticator[UpstreamSession]:
-    from imapguard.defense import Defense, DefenseSettings, Fingerprinter
-
-    auth = env.auth(methods=("app-password", "password+totp"))
-    auth.defense = Defense(
-        DefenseSettings(**settings),
-        env.store,
-        env.clock,
-        random.Random(3),
-        fingerprints=Fingerprinter(Secret(KEY)),
-    )
-    return auth
 
 
 def audit_lines(path: Path) -> list[dict[str, Any]]:
