@@ -10,6 +10,7 @@ from __future__ import annotations
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -214,9 +215,16 @@ def test_starttls_not_admitted_in_time_is_told_busy(gw_one_turn: GatewayProcess)
     (never the OK), and what was injected meanwhile is still reported. The one
     turn is held by an idle connection, and the next by a second one queued
     ahead of the STARTTLS: it is granted only when the first times out, and holds
-    the turn longer than the STARTTLS may wait."""
+    the turn longer than the STARTTLS may wait.
+
+    The second holder queues a second after the first: its own wait must outlast
+    the first's handshake timeout, even when a loaded machine fires that timeout
+    late (queued at once, it could give up first and hand the turn to the
+    STARTTLS)."""
     gw, src = gw_one_turn, source_address(234)
-    holders = _hold_turns(gw, source_address(233), count=2)
+    holders = _hold_turns(gw, source_address(233), count=1)
+    time.sleep(1.0)
+    holders += _hold_turns(gw, source_address(233), count=1)
     try:
         with RawClient(gw.starttls_port, src) as c:
             assert c.line().startswith(b"* OK ")
