@@ -96,39 +96,35 @@ class TwoStepSignIn(Generic[S]):
         self, username: str, password: Secret, ctx: AuthContext
     ) -> PasswordCheck:
         """Step one: is this the account's password?"""
-        auth = self._auth
-        with auth.timing.attempt(ctx.client.ip) as clock:
-            user = _account(auth, username)
-            attempt: Attempt | None = None
-            verdict: Verdict | None = None
-            has_totp = False
-            try:
-                attempt, verdict = self._precheck(ctx, user, password or None)
-                result = await self._password(user, password, ctx, verdict)
-                if result.outcome is Outcome.OK and user is not None:
-                    has_totp = auth.reader.get_totp(user) is not None
-                    if not has_totp and not await self._has_passkey(user):
-                        # A right password that cannot go on is a failure in every
-                        # way a client can see, timing included: else the quick
-                        # answer would confirm the password to whoever typed it.
-                        result = AuthResult(
-                            Outcome.MISSING_FACTOR,
-                            user,
-                            "portal",
-                            "correct password, no second factor enrolled",
-                            factor=Factor.PASSWORD,
-                        )
-                if result.outcome is not Outcome.OK:
-                    await self._count(attempt, verdict, result, ctx)
-            except StateUnavailable as exc:
-                result = AuthResult(
-                    Outcome.UNAVAILABLE, user, "portal", f"state store: {exc.detail}"
-                )
-            self._audit_auth(MECHANISM_PASSWORD, username, result, verdict, ctx)
-            if result.outcome is not Outcome.OK:
-                await auth.timing.wait_out(clock)
-                return PasswordCheck(ok=False)
-            return PasswordCheck(ok=True, user=user, has_totp=has_totp)
+        user = _account(self._auth, username)
+        has_totp = False
+
+        async def step() -> AuthResult[Any]:
+            nonlocal has_totp
+            result = await self._password(user, password, ctx)
+            if result.outcome is not Outcome.OK or user is None:
+                return result
+            has_totp = self._auth.reader.get_totp(user) is not None
+            if has_totp or await self._has_passkey(user):
+                return result
+            # A right password that cannot go on is a failure in every way a
+            # client can see, timing included: else the quick answer would
+            # confirm the password to whoever typed it.
+            return AuthResult(
+                Outcome.MISSING_FACTOR,
+                user,
+                "portal",
+                "correct password, no second factor enrolled",
+                factor=Factor.PASSWORD,
+            )
+
+        # A right password alone is no success for the defense (module docstring).
+        ok = await self._attempt(
+            MECHANISM_PASSWORD, username, user, ctx, step, secret=password or None, success=False
+        )
+        return (
+            PasswordCheck(ok=True, user=user, has_totp=has_totp) if ok else PasswordCheck(ok=False)
+        )
 
     async def check_totp(self, user: str, code: Secret, ctx: AuthContext) -> bool:
         """Step two, for the `user` step one named: the account's current code."""
@@ -162,19 +158,35 @@ class TwoStepSignIn(Generic[S]):
         ctx: AuthContext,
         step: Callable[[], Awaitable[AuthResult[Any]]],
     ) -> bool:
-        """One second-factor attempt: precheck, `step`, count, audit, timing."""
+        return await self._attempt(mechanism, user, user, ctx, step, secret=None, success=True)
+
+    async def _attempt(
+        self,
+        mechanism: str,
+        shown: str,
+        user: str | None,
+        ctx: AuthContext,
+        step: Callable[[], Awaitable[AuthResult[Any]]],
+        *,
+        secret: Secret | None,
+        success: bool,
+    ) -> bool:
+        """One sign-in step as the defense and the audit log see it: precheck,
+        the defense's block or delay, `step`, count (a success only if `success`),
+        audit, and the failure timing."""
         auth = self._auth
         with auth.timing.attempt(ctx.client.ip) as clock:
             verdict: Verdict | None = None
             try:
-                attempt, verdict = self._precheck(ctx, user, None)
+                attempt, verdict = self._precheck(ctx, user, secret)
                 result = await self._gate(user, verdict) or await step()
-                await self._count(attempt, verdict, result, ctx)
+                if success or result.outcome is not Outcome.OK:
+                    await self._count(attempt, verdict, result, ctx)
             except StateUnavailable as exc:
                 result = AuthResult(
                     Outcome.UNAVAILABLE, user, "portal", f"state store: {exc.detail}"
                 )
-            self._audit_auth(mechanism, user, result, verdict, ctx)
+            self._audit_auth(mechanism, shown, result, verdict, ctx)
             if result.outcome is not Outcome.OK:
                 await auth.timing.wait_out(clock)
                 return False
@@ -206,11 +218,8 @@ class TwoStepSignIn(Generic[S]):
         return attempt, defense.precheck(attempt)
 
     async def _password(
-        self, user: str | None, password: Secret, ctx: AuthContext, verdict: Verdict | None
+        self, user: str | None, password: Secret, ctx: AuthContext
     ) -> AuthResult[Any]:
-        stop = await self._gate(user, verdict)
-        if stop is not None:
-            return stop
         if user is None:
             return AuthResult(Outcome.INVALID, None, None, "malformed user name")
         if not password:
