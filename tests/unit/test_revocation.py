@@ -136,3 +136,24 @@ def test_credential_names() -> None:
     assert named("password+totp", "d1", None) == "device:d1"
     assert named("trusted-device", "d1", None) == "device:d1"
     assert named("oauth-mfa", None, None) == "oauth-mfa"
+
+
+def test_a_burst_of_revocations_costs_one_pass_over_the_live_sessions(audit: AuditLog) -> None:
+    """A user revoking app passwords in a loop must not make each tick walk every
+    live connection once per revocation (the event loop is the gateway's)."""
+    feed = Feed()
+    conns = [Conn(f"u{n}", f"app-password:{n}") for n in range(1000)]
+    walks: list[int] = []
+
+    def live() -> list[Conn]:
+        walks.append(1)
+        return conns
+
+    watch = RevocationWatch(feed, live, audit)
+    watch.start_position()
+    for n in range(400):
+        feed.add("mallory", f"app-password:{n}")
+    feed.add("u7", "app-password:7")
+    assert watch.tick() == 1
+    assert len(walks) == 1
+    assert conns[7].ended == [BYE_REVOKED]

@@ -61,12 +61,6 @@ class Revocable(Protocol):
         """Tell the client `bye` and close both sides."""
 
 
-def matches(revocation: Revocation, conn: Revocable) -> bool:
-    if conn.user is None or conn.user != revocation.user:
-        return False
-    return revocation.credential is None or revocation.credential == conn.credential
-
-
 class RevocationWatch:
     def __init__(
         self,
@@ -104,21 +98,29 @@ class RevocationWatch:
         if self._down:
             self._down = False
             log.info("revocation feed readable again")
-        ended = 0
+        if not batch:
+            return 0
+        self._seq = max(self._seq, batch[-1].seq)
+        # One pass over the live connections per read, whatever the batch size:
+        # account -> the credentials revoked (None: all of them).
+        revoked: dict[str, set[str | None]] = {}
         for revocation in batch:
-            self._seq = max(self._seq, revocation.seq)
-            for conn in list(self._live()):
-                if matches(revocation, conn):
-                    conn.end(BYE_REVOKED)
-                    ended += 1
-                    self._audit.emit(
-                        events.Revoked(
-                            session=conn.session,
-                            src=conn.src,
-                            user=revocation.user,
-                            credential=conn.credential,
-                        )
-                    )
+            revoked.setdefault(revocation.user, set()).add(revocation.credential)
+        ended = 0
+        for conn in list(self._live()):
+            user = conn.user
+            names = revoked.get(user) if user is not None else None
+            if user is None or names is None:
+                continue
+            if None not in names and conn.credential not in names:
+                continue
+            conn.end(BYE_REVOKED)
+            ended += 1
+            self._audit.emit(
+                events.Revoked(
+                    session=conn.session, src=conn.src, user=user, credential=conn.credential
+                )
+            )
         return ended
 
     async def run(self) -> None:
