@@ -36,6 +36,7 @@ from imapguard.auth.passkeys import Passkeys
 from imapguard.auth.signin import TwoStepSignIn
 from imapguard.config import (
     Config,
+    PortalConfig,
     account_names,
     load_config,
     parse_address,
@@ -58,8 +59,7 @@ from imapguard.keys import (
 )
 from imapguard.notify import Notice, NoticeKind, Notifier
 from imapguard.policy.gate import load_policy
-from imapguard.portal.app import PortalDeps, PortalKeys, create_app
-from imapguard.portal.ports import SignInService
+from imapguard.portal.app import PortalDeps, PortalKeys, PortalServices, create_app
 from imapguard.portal.serve import PortalServer, portal_context
 from imapguard.secret import Secret
 from imapguard.state.sqlite import SqliteStore, open_reader, open_store
@@ -391,11 +391,7 @@ def sign_in_service(
         auth = authenticator(config, services, UpstreamLogin(upstream_settings(config)))
     k = keys(config)
     portal = config.portal
-    passkeys = (
-        Passkeys(rp_id=portal.relying_party, rp_name="imapguard", origin=portal.origin)
-        if portal is not None
-        else None
-    )
+    passkeys = _passkeys(portal) if portal is not None else None
     return TwoStepSignIn(
         auth,
         audit=services.audit,
@@ -408,11 +404,22 @@ def sign_in_service(
     )
 
 
-def portal_deps(config: Config, services: Services, sign_in: SignInService) -> PortalDeps:
-    """What the portal's app is built from; `[portal]` must be set."""
+def portal_deps(
+    config: Config, services: Services, sign_in: TwoStepSignIn[UpstreamSession]
+) -> PortalDeps:
+    """What the portal's app is built from; `[portal]` must be set. The pages use
+    the auth service `sign_in` runs on (its defense and policy: the gateway's own
+    when both run in one process)."""
     if config.portal is None:
         raise ConfigError([("portal", "the portal is not configured ([portal] listen and url)")])
     k = keys(config)
+    auth = sign_in.auth
+    admin_group = config.portal.admin_group.lower()
+    policy = auth.policy
+
+    def is_admin(user: str) -> bool:
+        return admin_group in policy.groups.groups_of(user)
+
     return PortalDeps(
         settings=config.portal,
         store=services.store,
@@ -426,7 +433,21 @@ def portal_deps(config: Config, services: Services, sign_in: SignInService) -> P
         audit=services.audit,
         clock=time.time,
         executor=services.executor,
+        is_admin=is_admin,
+        services=PortalServices(
+            totp_key=k.totp_seal,
+            app_password_key=k.app_password,
+            passkeys=_passkeys(config.portal),
+            defense=auth.defense,
+            policy=policy,
+            notice=_notice_hook(services.notifier) if services.notifier is not None else None,
+            audit_path=config.audit.path,
+        ),
     )
+
+
+def _passkeys(portal: PortalConfig) -> Passkeys:
+    return Passkeys(rp_id=portal.relying_party, rp_name=portal.organisation, origin=portal.origin)
 
 
 def portal_server(config: Config, deps: PortalDeps) -> PortalServer:

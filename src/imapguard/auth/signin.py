@@ -81,7 +81,7 @@ class TwoStepSignIn(Generic[S]):
         wall_clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
     ) -> None:
-        self._auth = auth
+        self.auth = auth
         self._audit = audit
         self._executor = executor
         self._totp_key = totp_key
@@ -96,7 +96,7 @@ class TwoStepSignIn(Generic[S]):
         self, username: str, password: Secret, ctx: AuthContext
     ) -> PasswordCheck:
         """Step one: is this the account's password?"""
-        user = _account(self._auth, username)
+        user = _account(self.auth, username)
         has_totp = False
 
         async def step() -> AuthResult[Any]:
@@ -104,7 +104,7 @@ class TwoStepSignIn(Generic[S]):
             result = await self._password(user, password, ctx)
             if result.outcome is not Outcome.OK or user is None:
                 return result
-            has_totp = self._auth.reader.get_totp(user) is not None
+            has_totp = self.auth.reader.get_totp(user) is not None
             if has_totp or await self._has_passkey(user):
                 return result
             # A right password that cannot go on is a failure in every way a
@@ -174,7 +174,7 @@ class TwoStepSignIn(Generic[S]):
         """One sign-in step as the defense and the audit log see it: precheck,
         the defense's block or delay, `step`, count (a success only if `success`),
         audit, and the failure timing."""
-        auth = self._auth
+        auth = self.auth
         with auth.timing.attempt(ctx.client.ip) as clock:
             verdict: Verdict | None = None
             try:
@@ -203,7 +203,7 @@ class TwoStepSignIn(Generic[S]):
     def _precheck(
         self, ctx: AuthContext, user: str | None, secret: Secret | None
     ) -> tuple[Attempt | None, Verdict | None]:
-        defense = self._auth.defense
+        defense = self.auth.defense
         if defense is None:
             return None, None
         attempt = defense.attempt(
@@ -225,7 +225,7 @@ class TwoStepSignIn(Generic[S]):
         if not password:
             return AuthResult(Outcome.INVALID, user, "portal", "empty password")
         try:
-            session = await self._auth.password_login(user, password, ctx)
+            session = await self.auth.password_login(user, password, ctx)
         except UpstreamRefused as exc:
             reason = f"wrong password ({exc.detail})".replace(" ()", "")
             return AuthResult(Outcome.INVALID, user, "portal", reason)
@@ -237,7 +237,7 @@ class TwoStepSignIn(Generic[S]):
         )
 
     async def _code(self, user: str, code: Secret, ctx: AuthContext) -> AuthResult[Any]:
-        auth, now = self._auth, self._wall()
+        auth, now = self.auth, self._wall()
         record = auth.reader.get_totp(user)
         if record is None or self._totp_key is None:
             return AuthResult(Outcome.MISSING_FACTOR, user, "portal", "no TOTP enrolled")
@@ -334,7 +334,7 @@ class TwoStepSignIn(Generic[S]):
         result: AuthResult[Any],
         ctx: AuthContext,
     ) -> None:
-        counting = self._auth.counting
+        counting = self.auth.counting
         if attempt is not None and verdict is not None and counting is not None:
             await counting.record(attempt, verdict, result, ctx, ctx.client.session)
 

@@ -102,6 +102,16 @@ class PortalConfig(Section):
     fresh_factor: Annotated[float, Field(ge=60, le=600)] = 600.0
     # Sign-in attempts (password or code) per source address and minute.
     max_sign_ins_per_minute: Annotated[int, Field(ge=1, le=100)] = 10
+    # What the device setup pages (.mobileconfig, Thunderbird autoconfig, the
+    # instructions) tell mail clients: the gateway's public host name (default:
+    # the host of `url`), its IMAP port with implicit TLS, and the submission
+    # server (host default: mail_host) on its implicit-TLS port.
+    mail_host: str | None = None
+    imap_port: Annotated[int, Field(ge=1, le=65535)] = 993
+    submission_host: str | None = None
+    submission_port: Annotated[int, Field(ge=1, le=65535)] = 465
+    # The name the pages and the configuration profiles show.
+    organisation: Annotated[str, Field(min_length=1, max_length=80)] = "Mail security"
 
     @property
     def host(self) -> str:
@@ -112,6 +122,16 @@ class PortalConfig(Section):
     def origin(self) -> str:
         """What a browser sends as `Origin` from the portal's own pages."""
         return origin_of(self.url)
+
+    @property
+    def imap_host(self) -> str:
+        """`mail_host` with its default filled in."""
+        return self.mail_host.lower() if self.mail_host is not None else self.host
+
+    @property
+    def smtp_host(self) -> str:
+        """`submission_host` with its default filled in."""
+        return self.submission_host.lower() if self.submission_host is not None else self.imap_host
 
     @property
     def relying_party(self) -> str:
@@ -128,6 +148,18 @@ class PortalConfig(Section):
             problems.append(
                 (missing, "set certificate and private_key both, or neither (then [tls]'s)")
             )
+        for key in ("mail_host", "submission_host"):
+            name = getattr(self, key)
+            if name is not None and (problem := _host_name_problem(name.lower())) is not None:
+                problems.append(
+                    (
+                        key,
+                        problem.replace(
+                            "browsers refuse WebAuthn on IP addresses",
+                            "the TLS certificate names a host",
+                        ),
+                    )
+                )
         if self.rp_id is not None:
             rp_id = self.rp_id.lower()
             problem = _host_name_problem(rp_id)

@@ -26,23 +26,28 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import HTTPConnection
-from starlette.routing import Mount
+from starlette.routing import BaseRoute, Mount
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp
 
 from imapguard.audit import AuditLog, events
+from imapguard.auth.model import NoticeHook
+from imapguard.auth.passkeys import Passkeys
 from imapguard.config.portal import PortalConfig
+from imapguard.defense.engine import Defense
 from imapguard.net import normalize
+from imapguard.policy.gate import PolicyGate
 from imapguard.portal.csrf import CsrfGuard
 from imapguard.portal.headers import SecurityHeaders
+from imapguard.portal.kit import Kit, request_id
 from imapguard.portal.pages import Pages
 from imapguard.portal.ports import SignInService
 from imapguard.portal.ratelimit import SlidingWindow
 from imapguard.portal.sessions import SessionLoader, Sessions
-from imapguard.portal.signin import SignIn, request_id
+from imapguard.portal.signin import SignIn
 from imapguard.state.portal import PortalStore
 
-__all__ = ["MAX_BODY", "PortalApp", "PortalDeps", "PortalKeys", "create_app"]
+__all__ = ["MAX_BODY", "PortalApp", "PortalDeps", "PortalKeys", "PortalServices", "create_app"]
 
 # The largest request body: the portal's forms are a few hundred bytes.
 MAX_BODY = 64 * 1024
@@ -67,8 +72,32 @@ class PortalDeps:
     audit: AuditLog
     clock: Callable[[], float] = field(default=time.time)
     # The store's one thread: every store call runs there, never on the event
-    # loop the gateway shares. None: called inline (tests with an in-memory store).
+    # loop the gateway shares. None: called inline (tests).
     executor: Executor | None = None
+    # Is this account a member of `portal.admin_group`? (Default: nobody is.)
+    is_admin: Callable[[str], bool] = field(default=lambda user: False)
+    # What the factor, app password and admin pages use beyond sign-in; None
+    # where a test builds only the sign-in part.
+    services: PortalServices | None = None
+
+
+@dataclass(frozen=True)
+class PortalServices:
+    """The auth and defense pieces the pages beyond sign-in use (compose fills them)."""
+
+    # TOTP secrets are sealed with this key (TOTP_SEAL), app passwords keyed with this.
+    totp_key: bytes
+    app_password_key: bytes
+    # WebAuthn ceremonies for `portal.url` (`auth.passkeys`).
+    passkeys: Passkeys
+    # The defense engine (blocks, unblock, lockouts, posture) and the policy
+    # (the explainer), the gateway's own when both run in one process.
+    defense: Defense | None
+    policy: PolicyGate
+    # Tells the owner and the admins (a disowned sign-in); None without [notify].
+    notice: NoticeHook | None
+    # The audit log's file, which the admin pages follow (every process writes it).
+    audit_path: str
 
 
 class PortalApp(Starlette):
@@ -88,17 +117,29 @@ def create_app(deps: PortalDeps) -> Starlette:
         clock=deps.clock,
         executor=deps.executor,
     )
+    pages = Pages(deps.keys.csrf)
+    kit = Kit(
+        settings=settings,
+        store=deps.store,
+        sessions=sessions,
+        pages=pages,
+        audit=deps.audit,
+        clock=deps.clock,
+        executor=deps.executor,
+        is_admin=deps.is_admin,
+    )
     signin = SignIn(
         service=deps.sign_in,
         sessions=sessions,
-        pages=Pages(deps.keys.csrf),
+        pages=pages,
         limiter=SlidingWindow(settings.max_sign_ins_per_minute),
         audit=deps.audit,
         clock=deps.clock,
+        kit=kit,
     )
     static = StaticFiles(packages=[("imapguard.portal", "static")])
     return PortalApp(
-        routes=[*signin.routes(), Mount("/static", static, name="static")],
+        routes=[*signin.routes(), *_pages(kit, deps), Mount("/static", static, name="static")],
         middleware=[
             Middleware(TrustedHostMiddleware, allowed_hosts=[settings.host], www_redirect=False),
             Middleware(SessionLoader, sessions=sessions),
@@ -111,6 +152,14 @@ def create_app(deps: PortalDeps) -> Starlette:
         ],
         max_body_size=MAX_BODY,
     )
+
+
+def _pages(kit: Kit, deps: PortalDeps) -> list[BaseRoute]:
+    """The routes of the pages beyond sign-in (they need `deps.services`)."""
+    del kit
+    if deps.services is None:
+        return []
+    return []
 
 
 def _csrf_audit(audit: AuditLog) -> Callable[[HTTPConnection, str], None]:

@@ -30,20 +30,17 @@ Rules:
 
 from __future__ import annotations
 
-import base64
 import re
-import secrets
 from collections import OrderedDict
 from collections.abc import Callable
 
-from starlette.datastructures import FormData
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, RedirectResponse, Response
+from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from imapguard.audit import AuditLog, events
-from imapguard.auth.model import AuthContext, ClientAddress
-from imapguard.net import normalize
+from imapguard.auth.model import AuthContext
+from imapguard.portal.kit import LISTENER, Kit, field, request_id, see_other
 from imapguard.portal.pages import Pages
 from imapguard.portal.ports import SignInService
 from imapguard.portal.ratelimit import SlidingWindow
@@ -53,7 +50,6 @@ from imapguard.secret import Secret
 __all__ = ["FAILED", "LISTENER", "SignIn", "request_id"]
 
 FAILED = "The user name, password or code is not right."
-LISTENER = "portal"
 # Longer input is refused before the auth service sees it (the same FAILED).
 MAX_USERNAME = 256
 MAX_PASSWORD = 1024
@@ -62,30 +58,6 @@ _CODE = re.compile(r"[0-9]{6}")
 MAX_CODE_FAILURES = 5
 # Sessions whose wrong codes are counted (oldest forgotten first): memory bound.
 _MAX_COUNTED = 10_000
-
-
-def request_id() -> str:
-    """An id for one request, in the form of the gateway's connection ids."""
-    return base64.b32encode(secrets.token_bytes(10)).decode().lower()
-
-
-def _text(form: FormData, name: str) -> str:
-    value = form.get(name)
-    return value if isinstance(value, str) else ""
-
-
-def _client(request: Request, session: str) -> ClientAddress:
-    client, server = request.scope.get("client"), request.scope.get("server")
-    ip, port = (normalize(str(client[0])), int(client[1])) if client else ("", 0)
-    local_ip, local_port = (str(server[0]), int(server[1] or 0)) if server else ("", 0)
-    return ClientAddress(ip, port, local_ip, local_port, session)
-
-
-def _see_other(path: str, *cookies: str) -> Response:
-    response = RedirectResponse(path, status_code=303)
-    for cookie in cookies:
-        response.headers.append("set-cookie", cookie)
-    return response
 
 
 class SignIn:
@@ -98,7 +70,9 @@ class SignIn:
         limiter: SlidingWindow,
         audit: AuditLog,
         clock: Callable[[], float],
+        kit: Kit,
     ) -> None:
+        self.kit = kit
         self.service = service
         self.sessions = sessions
         self.pages = pages
@@ -123,7 +97,7 @@ class SignIn:
         full = self._full(request)
         if full is None:
             return self._to_signin(request)
-        return self.pages.render(request, "account.html", {"user": full.session.user})
+        return self.kit.render(request, full, "account.html", {"user": full.session.user})
 
     async def password_form(self, request: Request) -> Response:
         elsewhere = self._elsewhere(request)
@@ -148,8 +122,8 @@ class SignIn:
         if elsewhere is not None:
             return elsewhere
         form = await request.form()
-        username, password = _text(form, "username"), _text(form, "password")
-        ctx = AuthContext(client=_client(request, rid), client_id=None, listener=LISTENER)
+        username, password = field(form, "username"), field(form, "password")
+        ctx = AuthContext(client=Kit.client(request, rid), client_id=None, listener=LISTENER)
         if not username or len(username) > MAX_USERNAME or len(password) > MAX_PASSWORD:
             ok, user, has_totp = False, None, False
         else:
@@ -166,7 +140,7 @@ class SignIn:
             return self.pages.render(request, "signin.html", context)
         pending = await self.sessions.start(request, user, ending=current(request))
         self._emit(rid, ctx, user, "sign_in", "ok")
-        return _see_other("/signin/code", self.sessions.cookie(pending))
+        return see_other("/signin/code", self.sessions.cookie(pending))
 
     async def code(self, request: Request) -> Response:
         rid = request_id()
@@ -178,8 +152,8 @@ class SignIn:
             return self._elsewhere(request) or self._to_signin(request)
         user = pending.session.user
         form = await request.form()
-        code = "".join(_text(form, "code").split())
-        ctx = AuthContext(client=_client(request, rid), client_id=None, listener=LISTENER)
+        code = "".join(field(form, "code").split())
+        ctx = AuthContext(client=Kit.client(request, rid), client_id=None, listener=LISTENER)
         ok = _CODE.fullmatch(code) is not None and await self.service.check_totp(
             user, Secret(code), ctx
         )
@@ -195,19 +169,19 @@ class SignIn:
         full = await self.sessions.raise_to_full(request, pending)
         if full is None:
             self._emit(rid, ctx, user, "second_factor", "failed", "the session ended meanwhile")
-            return _see_other("/signin", clear_cookie(COOKIE))
+            return see_other("/signin", clear_cookie(COOKIE))
         self._emit(rid, ctx, user, "second_factor", "ok")
-        return _see_other("/", self.sessions.cookie(full))
+        return see_other("/", self.sessions.cookie(full))
 
     async def sign_out(self, request: Request) -> Response:
         signed_in = current(request)
         if signed_in is not None:
             await self.sessions.end(signed_in)
             ctx = AuthContext(
-                client=_client(request, request_id()), client_id=None, listener=LISTENER
+                client=Kit.client(request, request_id()), client_id=None, listener=LISTENER
             )
             self._emit(ctx.client.session, ctx, signed_in.session.user, "sign_out", "ok")
-        return _see_other("/signin", clear_cookie(COOKIE))
+        return see_other("/signin", clear_cookie(COOKIE))
 
     # -- helpers ------------------------------------------------------------------
 
@@ -229,12 +203,12 @@ class SignIn:
         signed_in = current(request)
         if signed_in is None:
             return None
-        return _see_other("/" if signed_in.session.level == "full" else "/signin/code")
+        return see_other("/" if signed_in.session.level == "full" else "/signin/code")
 
     @staticmethod
     def _to_signin(request: Request) -> Response:
         stale = loaded(request).stale
-        return _see_other("/signin", *([clear_cookie(COOKIE)] if stale else []))
+        return see_other("/signin", *([clear_cookie(COOKIE)] if stale else []))
 
     def _code_failed(self, session_id: str) -> int:
         """Count a wrong code of a "password" session; how many it has sent."""
@@ -245,7 +219,7 @@ class SignIn:
         return failures
 
     def _limited(self, request: Request, rid: str, action: str) -> Response | None:
-        ip = _client(request, rid).ip
+        ip = Kit.client(request, rid).ip
         refusal = self.limiter.hit(ip, self.clock())
         if refusal is None:
             return None

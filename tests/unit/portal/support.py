@@ -1,31 +1,36 @@
-"""An in-memory portal for the unit tests: the app of `create_app` over a fake
-session store and a fake sign-in service, driven by httpx over ASGI.
-
-The fake store keeps the rules of `state.portal.PortalSessionStore` that the
-portal relies on (found by digest; revoked, expired and idle sessions are not
-found); the real SQLite store is held to them by tests/conformance/."""
+"""The portal for the unit tests: the app of `create_app` over the real SQLite
+store (in the test's tmp_path), a real defense and a fake sign-in service (the
+real one, with the gateway's auth service against Dovecot, is in
+tests/integration/test_portal_signin.py), driven by httpx over ASGI."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import random
 import re
 import secrets
+import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import httpx
 from starlette.types import ASGIApp
 
 from imapguard.audit import AuditLog, read_events
 from imapguard.auth.model import AuthContext
+from imapguard.auth.passkeys import Passkeys
 from imapguard.config import PortalConfig
-from imapguard.portal.app import PortalDeps, PortalKeys, create_app
+from imapguard.defense import Defense, DefenseSettings, Fingerprinter
+from imapguard.policy.gate import PolicyGate
+from imapguard.policy.rules import Groups
+from imapguard.portal.app import PortalDeps, PortalKeys, PortalServices, create_app
 from imapguard.portal.ports import PasswordCheck
 from imapguard.secret import Secret
-from imapguard.state.portal import PortalSession, PortalStore, SessionLevel
+from imapguard.state.portal import PortalSession
+from imapguard.state.sqlite import SqliteStore
 
 ORIGIN = "https://portal.test"
 PASSWORD = "correct horse battery staple"
@@ -40,111 +45,48 @@ class Clock:
         return self.now
 
 
-@dataclass
-class _Row:
-    session: PortalSession
-    digest: bytes
-    revoked: bool = False
+class RecordingStore(SqliteStore):
+    """The real SQLite store, counting the session touches, with a test's view
+    of the live sessions."""
 
-
-class MemorySessions:
-    """The PortalSessionStore part of a PortalStore, in a dict."""
-
-    def __init__(self) -> None:
-        self.rows: dict[str, _Row] = {}
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
         self.touches = 0
 
-    def create_portal_session(
-        self,
-        user: str,
-        token_digest: bytes,
-        level: SessionLevel,
-        now: float,
-        expires_at: float,
-        address: str,
-        user_agent: str,
-    ) -> PortalSession:
-        assert all(row.digest != token_digest for row in self.rows.values())
-        session = PortalSession(
-            id=secrets.token_hex(8),
-            user=user,
-            level=level,
-            created_at=now,
-            last_seen_at=now,
-            expires_at=expires_at,
-            second_factor_at=None,
-            address=address,
-            user_agent=user_agent,
-        )
-        self.rows[session.id] = _Row(session, token_digest)
-        return session
-
-    def find_portal_session(
-        self, token_digest: bytes, now: float, idle: float
-    ) -> PortalSession | None:
-        for row in self.rows.values():
-            s = row.session
-            if row.digest == token_digest and not row.revoked:
-                if now > s.expires_at or now - s.last_seen_at > idle:
-                    return None
-                return s
-        return None
-
     def touch_portal_session(self, session_id: str, now: float) -> None:
-        row = self.rows[session_id]
         self.touches += 1
-        row.session = dataclasses.replace(row.session, last_seen_at=now)
-
-    def raise_portal_session(self, session_id: str, token_digest: bytes, now: float) -> bool:
-        # As tests/conformance states it: found by the new digest only from now on.
-        row = self.rows.get(session_id)
-        if row is None or row.revoked or now > row.session.expires_at:
-            return False
-        assert all(r.digest != token_digest for r in self.rows.values())
-        row.digest = token_digest
-        row.session = dataclasses.replace(
-            row.session, level="full", second_factor_at=now, last_seen_at=now
-        )
-        return True
-
-    def list_portal_sessions(self, user: str, now: float) -> list[PortalSession]:
-        return [
-            r.session
-            for r in self.rows.values()
-            if r.session.user == user and not r.revoked and r.session.expires_at >= now
-        ]
-
-    def revoke_portal_session(self, user: str, session_id: str) -> bool:
-        row = self.rows.get(session_id)
-        if row is None or row.session.user != user or row.revoked:
-            return False
-        row.revoked = True
-        return True
-
-    def revoke_portal_sessions(self, user: str, *, keep: str | None = None) -> int:
-        ended = 0
-        for row in self.rows.values():
-            if row.session.user == user and row.session.id != keep and not row.revoked:
-                row.revoked = True
-                ended += 1
-        return ended
-
-    def forget_portal_sessions(self, now: float) -> int:
-        gone = [i for i, r in self.rows.items() if r.session.expires_at < now]
-        for i in gone:
-            del self.rows[i]
-        return len(gone)
+        super().touch_portal_session(session_id, now)
 
     def live(self) -> list[PortalSession]:
-        return [r.session for r in self.rows.values() if not r.revoked]
+        """Every session not revoked (expired ones included), any account."""
+        return [s for u in self.list_users() for s in self.list_portal_sessions(u.name, 0.0)]
+
+    def session_digests(self) -> list[bytes]:
+        """What the store keeps of the cookie tokens, read from the file itself."""
+        with sqlite3.connect(self.path) as db:
+            return [bytes(row[0]) for row in db.execute("SELECT token_digest FROM portal_sessions")]
+
+
+@dataclass
+class Notices:
+    """What the portal told owners and admins (the NoticeHook), in order."""
+
+    sent: list[tuple[str, str, str]] = field(default_factory=list)
+
+    def append_hook(self, kind: str, user: str, ctx: AuthContext, device: str | None) -> None:
+        self.sent.append((kind, user, ctx.client.ip))
 
 
 @dataclass
 class FakeSignIn:
-    """alice has a TOTP factor, bob has none; every call is recorded."""
+    """alice and carol have a TOTP factor, bob has none; every call is recorded."""
 
     users: dict[str, tuple[str, bool]] = field(
-        default_factory=lambda: {"alice": (PASSWORD, True), "bob": (PASSWORD, False)}
+        default_factory=lambda: {
+            "alice": (PASSWORD, True),
+            "bob": (PASSWORD, False),
+            "carol": (PASSWORD, True),
+        }
     )
     calls: list[tuple[str, str, AuthContext]] = field(default_factory=list)
     broken: bool = False
@@ -178,11 +120,13 @@ def csrf_of(page: httpx.Response) -> str:
 class Portal:
     app: ASGIApp
     client: httpx.AsyncClient
-    store: MemorySessions
+    store: RecordingStore
     service: FakeSignIn
     clock: Clock
     settings: PortalConfig
     audit_path: Path
+    deps: PortalDeps
+    notices: Notices
 
     @contextlib.asynccontextmanager
     async def browser(self, client_ip: str = "192.0.2.10") -> AsyncIterator[Portal]:
@@ -228,9 +172,14 @@ async def portal(
     tmp_path: Path,
     *,
     client_ip: str = "192.0.2.10",
+    admins: tuple[str, ...] = ("carol",),
     **settings: Any,
 ) -> AsyncIterator[Portal]:
-    store = MemorySessions()
+    """The portal's app on a real SQLite store in `tmp_path`, a fake sign-in
+    service (alice: password + TOTP; bob: password only; carol, an admin: password
+    + TOTP) and a real defense; `admins` are the members of the admin group."""
+    notices = Notices()
+    store = RecordingStore(str(tmp_path / "state.db"))
     service = FakeSignIn()
     clock = Clock()
     config = PortalConfig.checked(
@@ -239,21 +188,38 @@ async def portal(
     audit_path = tmp_path / "audit.jsonl"
     audit = AuditLog(str(audit_path), clock=clock)
     keys = PortalKeys(*(secrets.token_bytes(32) for _ in range(4)))
+    defense = Defense(
+        DefenseSettings(),
+        store,
+        clock,
+        random.Random(1),
+        fingerprints=Fingerprinter(Secret(secrets.token_bytes(32))),
+    )
     deps = PortalDeps(
         settings=config,
-        # The fake implements only the session part of a PortalStore.
-        store=cast(PortalStore, store),
+        store=store,
         keys=keys,
         sign_in=service,
         audit=audit,
         clock=clock,
+        is_admin=lambda user: user in admins,
+        services=PortalServices(
+            totp_key=secrets.token_bytes(32),
+            app_password_key=secrets.token_bytes(32),
+            passkeys=Passkeys(rp_id="portal.test", rp_name="Mail security", origin=ORIGIN),
+            defense=defense,
+            policy=PolicyGate(None, Groups({"admins": admins})),
+            notice=notices.append_hook,
+            audit_path=str(audit_path),
+        ),
     )
     app = create_app(deps)
     try:
         async with _client(app, client_ip) as client:
-            yield Portal(app, client, store, service, clock, config, audit_path)
+            yield Portal(app, client, store, service, clock, config, audit_path, deps, notices)
     finally:
         audit.close()
+        store.close()
 
 
 def _client(app: ASGIApp, client_ip: str) -> httpx.AsyncClient:

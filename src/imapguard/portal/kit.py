@@ -1,0 +1,184 @@
+"""What every page of the portal needs: the store on its thread, the signed-in
+user, the fresh-factor and admin checks, the audit line, the request's client.
+
+Rules for a page module (`account`, `factors`, `app_passwords`, `admin`, ...):
+
+* A page behind sign-in starts with `kit.full(request)` (or `kit.fresh` before
+  adding or removing a factor or creating an app password, `kit.admin` for the
+  admin pages) and returns the response it gets instead of a session, if any.
+* The account a page shows or changes is always the session's user (or, on an
+  admin page, the one the admin named); never a user name taken from a form or
+  a URL of a user page. A record's id from a form is looked up *within* that
+  account (the stores' `user, id` calls), so another account's id changes
+  nothing (IDOR).
+* Every store call goes through `kit.call` (the store's thread, never the event
+  loop the gateway shares); `StateError` from it answers 503 (`unavailable`).
+* Every action that changes something is one `portal` audit line with the
+  acting user (`kit.emit`); no secret is ever put in one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import functools
+import secrets
+from collections.abc import Callable, Mapping
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import ParamSpec, TypeVar
+from urllib.parse import quote
+
+from starlette.datastructures import FormData
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, RedirectResponse, Response
+
+from imapguard.audit import AuditLog, events
+from imapguard.auth.model import AuthContext, ClientAddress
+from imapguard.config.portal import PortalConfig
+from imapguard.net import normalize
+from imapguard.portal.pages import Pages
+from imapguard.portal.sessions import COOKIE, Current, Sessions, clear_cookie, current, loaded
+from imapguard.state.portal import PortalStore
+
+__all__ = ["LISTENER", "Kit", "field", "request_id", "see_other"]
+
+T = TypeVar("T")
+P = ParamSpec("P")
+
+# The listener name the portal's requests carry in the auth service and the audit log.
+LISTENER = "portal"
+# Where a page sends a session whose second factor is too old for what it asks.
+CONFIRM_PATH = "/confirm"
+
+
+def request_id() -> str:
+    """An id for one request, in the form of the gateway's connection ids."""
+    return base64.b32encode(secrets.token_bytes(10)).decode().lower()
+
+
+def field(form: FormData, name: str, limit: int = 64 * 1024) -> str:
+    """A text field of a form ("" when absent, a file, or longer than `limit`)."""
+    value = form.get(name)
+    return value if isinstance(value, str) and len(value) <= limit else ""
+
+
+def see_other(path: str, *cookies: str) -> Response:
+    response = RedirectResponse(path, status_code=303)
+    for cookie in cookies:
+        response.headers.append("set-cookie", cookie)
+    return response
+
+
+def unavailable() -> Response:
+    return PlainTextResponse(
+        "The portal cannot reach its state store. Try again in a minute.", status_code=503
+    )
+
+
+@dataclass(frozen=True)
+class Kit:
+    settings: PortalConfig
+    store: PortalStore
+    sessions: Sessions
+    pages: Pages
+    audit: AuditLog
+    clock: Callable[[], float]
+    executor: Executor | None
+    # Is this account a member of `portal.admin_group`?
+    is_admin: Callable[[str], bool]
+
+    async def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """`fn` on the store's thread (inline when the portal has no executor)."""
+        if self.executor is None:
+            return fn(*args, **kwargs)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, functools.partial(fn, *args, **kwargs))
+
+    # -- who is asking ---------------------------------------------------------
+
+    def full(self, request: Request) -> Current | Response:
+        """The request's signed-in (both factors) session, or where to send it."""
+        signed_in = current(request)
+        if signed_in is not None and signed_in.session.level == "full":
+            return signed_in
+        if signed_in is not None:
+            return see_other("/signin/code")
+        stale = loaded(request).stale
+        return see_other("/signin", *([clear_cookie(COOKIE)] if stale else []))
+
+    def fresh(self, request: Request) -> Current | Response:
+        """As `full`, and its last second-factor check at most
+        `portal.fresh_factor` seconds old; else to the confirm page, back here after."""
+        signed_in = self.full(request)
+        if not isinstance(signed_in, Current):
+            return signed_in
+        proved = signed_in.session.second_factor_at
+        if proved is not None and self.clock() - proved <= self.settings.fresh_factor:
+            return signed_in
+        back = request.url.path
+        return see_other(f"{CONFIRM_PATH}?next={quote(back, safe='/')}")
+
+    def admin(self, request: Request) -> Current | Response:
+        """As `full`, and a member of the admin group; anyone else gets 404 (an
+        admin page is not even confirmed to exist)."""
+        signed_in = self.full(request)
+        if not isinstance(signed_in, Current):
+            return signed_in
+        if not self.is_admin(signed_in.session.user):
+            return PlainTextResponse("Not found", status_code=404)
+        return signed_in
+
+    def render(
+        self,
+        request: Request,
+        signed_in: Current,
+        name: str,
+        context: Mapping[str, object] | None = None,
+        *,
+        status_code: int = 200,
+    ) -> Response:
+        """A page of a signed-in user, with the navigation (`nav`) of `base.html`."""
+        user = signed_in.session.user
+        nav = {"user": user, "admin": self.is_admin(user)}
+        return self.pages.render(
+            request, name, {**(context or {}), "nav": nav}, status_code=status_code
+        )
+
+    def is_fresh(self, signed_in: Current) -> bool:
+        proved = signed_in.session.second_factor_at
+        return proved is not None and self.clock() - proved <= self.settings.fresh_factor
+
+    # -- what it is ------------------------------------------------------------
+
+    @staticmethod
+    def client(request: Request, rid: str | None = None) -> ClientAddress:
+        client, server = request.scope.get("client"), request.scope.get("server")
+        ip, port = (normalize(str(client[0])), int(client[1])) if client else ("", 0)
+        local_ip, local_port = (str(server[0]), int(server[1] or 0)) if server else ("", 0)
+        return ClientAddress(ip, port, local_ip, local_port, rid or request_id())
+
+    def context(self, request: Request, rid: str | None = None) -> AuthContext:
+        return AuthContext(client=self.client(request, rid), client_id=None, listener=LISTENER)
+
+    def emit(
+        self,
+        request: Request,
+        user: str | None,
+        action: str,
+        result: str = "ok",
+        reason: str | None = None,
+        *,
+        rid: str | None = None,
+    ) -> None:
+        """One `portal` audit line for an action of `user` (never a secret)."""
+        self.audit.emit(
+            events.Portal(
+                session=rid or request_id(),
+                src=self.client(request, rid).ip,
+                user=user,
+                action=action,
+                result=result,
+                reason=reason,
+            )
+        )
