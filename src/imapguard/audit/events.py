@@ -266,7 +266,8 @@ class Portal(Event):
     kind: ClassVar[str] = "portal"
     src: str
     user: str | None = None
-    action: str  # sign_in | second_factor | sign_out | request
+    # sign_in | second_factor | sign_out | request | invite | enroll_totp
+    action: str
     result: str  # ok | failed | no_second_factor | csrf | rate_limited
     reason: str | None = None
 

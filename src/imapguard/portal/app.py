@@ -39,6 +39,7 @@ from imapguard.net import normalize
 from imapguard.policy.gate import PolicyGate
 from imapguard.portal.csrf import CsrfGuard
 from imapguard.portal.headers import SecurityHeaders
+from imapguard.portal.invite import Invite
 from imapguard.portal.kit import Kit, request_id
 from imapguard.portal.pages import Pages
 from imapguard.portal.ports import SignInService
@@ -156,10 +157,17 @@ def create_app(deps: PortalDeps) -> Starlette:
 
 def _pages(kit: Kit, deps: PortalDeps) -> list[BaseRoute]:
     """The routes of the pages beyond sign-in (they need `deps.services`)."""
-    del kit
     if deps.services is None:
         return []
-    return []
+    invite = Invite(
+        kit=kit,
+        service=deps.sign_in,
+        invite_key=deps.keys.invite,
+        totp_key=deps.services.totp_key,
+        limiter=SlidingWindow(deps.settings.max_sign_ins_per_minute),
+        clock=deps.clock,
+    )
+    return [*invite.routes()]
 
 
 def _csrf_audit(audit: AuditLog) -> Callable[[HTTPConnection, str], None]:

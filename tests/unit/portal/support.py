@@ -11,7 +11,7 @@ import random
 import re
 import secrets
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -105,6 +105,20 @@ class FakeSignIn:
     async def check_totp(self, user: str, code: Secret, ctx: AuthContext) -> bool:
         self.calls.append(("totp", user, ctx))
         return code == Secret(CODE)
+
+    async def check_invited_password(
+        self,
+        username: str,
+        password: Secret,
+        redeem: Callable[[str], Awaitable[bool]],
+        ctx: AuthContext,
+    ) -> PasswordCheck:
+        """As the real one: a right password (factor or not), then `redeem`."""
+        self.calls.append(("invited_password", username, ctx))
+        known = self.users.get(username)
+        if known is None or password != Secret(known[0]) or not await redeem(username):
+            return PasswordCheck(ok=False, user=None, has_totp=False)
+        return PasswordCheck(ok=True, user=username, has_totp=known[1])
 
 
 _CSRF = re.compile(r'name="csrf" value="([^"]+)"')
