@@ -22,7 +22,7 @@ WITHIN = 5.0
 
 
 def _rest(conn: imaplib.IMAP4) -> list[bytes]:
-    lines = []
+    lines: list[bytes] = []
     while True:
         line = conn.readline()
         if not line:
