@@ -267,9 +267,10 @@ class Portal(Event):
     kind: ClassVar[str] = "portal"
     src: str
     user: str | None = None
-    # sign_in | second_factor | sign_out | request | invite | enroll_totp
+    # sign_in | second_factor | sign_out | request | invite | enroll_totp | oidc
     action: str
-    result: str  # ok | failed | no_second_factor | csrf | rate_limited
+    # ok | failed | no_second_factor | csrf | rate_limited | password_only
+    result: str
     reason: str | None = None
 
 

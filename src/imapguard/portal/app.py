@@ -41,6 +41,7 @@ from imapguard.portal.csrf import CsrfGuard
 from imapguard.portal.headers import SecurityHeaders
 from imapguard.portal.invite import Invite
 from imapguard.portal.kit import Kit, request_id
+from imapguard.portal.oidc import Oidc, OidcSetup
 from imapguard.portal.pages import Pages
 from imapguard.portal.ports import SignInService
 from imapguard.portal.ratelimit import SlidingWindow
@@ -99,6 +100,8 @@ class PortalServices:
     notice: NoticeHook | None
     # The audit log's file, which the admin pages follow (every process writes it).
     audit_path: str
+    # Sign-in through the [oauth] issuer (portal.oidc); None when not configured.
+    oidc: OidcSetup | None = None
 
 
 class PortalApp(Starlette):
@@ -167,7 +170,16 @@ def _pages(kit: Kit, deps: PortalDeps) -> list[BaseRoute]:
         limiter=SlidingWindow(deps.settings.max_sign_ins_per_minute),
         clock=deps.clock,
     )
-    return [*invite.routes()]
+    routes = [*invite.routes()]
+    if deps.services.oidc is not None:
+        oidc = Oidc(
+            kit=kit,
+            setup=deps.services.oidc,
+            limiter=SlidingWindow(deps.settings.max_sign_ins_per_minute),
+            clock=deps.clock,
+        )
+        routes += oidc.routes()
+    return routes
 
 
 def _csrf_audit(audit: AuditLog) -> Callable[[HTTPConnection, str], None]:

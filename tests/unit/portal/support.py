@@ -27,6 +27,7 @@ from imapguard.defense import Defense, DefenseSettings, Fingerprinter
 from imapguard.policy.gate import PolicyGate
 from imapguard.policy.rules import Groups
 from imapguard.portal.app import PortalDeps, PortalKeys, PortalServices, create_app
+from imapguard.portal.oidc import OidcSetup
 from imapguard.portal.ports import PasswordCheck
 from imapguard.secret import Secret
 from imapguard.state.portal import PortalSession
@@ -187,6 +188,7 @@ async def portal(
     *,
     client_ip: str = "192.0.2.10",
     admins: tuple[str, ...] = ("carol",),
+    oidc: OidcSetup | None = None,
     **settings: Any,
 ) -> AsyncIterator[Portal]:
     """The portal's app on a real SQLite store in `tmp_path`, a fake sign-in
@@ -225,6 +227,7 @@ async def portal(
             policy=PolicyGate(None, Groups({"admins": admins})),
             notice=notices.append_hook,
             audit_path=str(audit_path),
+            oidc=oidc,
         ),
     )
     app = create_app(deps)
