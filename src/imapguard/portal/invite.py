@@ -41,7 +41,8 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from imapguard.auth import invites, totp
-from imapguard.portal.kit import Kit, request_id, see_other
+from imapguard.errors import StateError
+from imapguard.portal.kit import Kit, request_id, see_other, unavailable
 from imapguard.portal.kit import field as form_field
 from imapguard.portal.ports import SignInService
 from imapguard.portal.ratelimit import SlidingWindow
@@ -90,6 +91,12 @@ class Invite:
         return self._form(request, None, "")
 
     async def password(self, request: Request) -> Response:
+        try:
+            return await self._password(request)
+        except StateError:
+            return unavailable()
+
+    async def _password(self, request: Request) -> Response:
         rid = request_id()
         limited = self._limited(request, rid)
         if limited is not None:
@@ -133,6 +140,12 @@ class Invite:
         return self._enroll_page(request, found[1], None)
 
     async def enroll(self, request: Request) -> Response:
+        try:
+            return await self._enroll(request)
+        except StateError:
+            return unavailable()
+
+    async def _enroll(self, request: Request) -> Response:
         rid = request_id()
         found = self._enrolling_of(request)
         if found is None:

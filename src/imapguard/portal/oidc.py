@@ -48,7 +48,8 @@ from imapguard.audit import events
 from imapguard.auth.oauth.errors import IssuerUnavailable, TokenRejected
 from imapguard.auth.oauth.relying_party import FLOW_LIFETIME, Pending
 from imapguard.auth.oauth.tokens import VerifiedToken
-from imapguard.portal.kit import LISTENER, Kit, request_id, see_other
+from imapguard.errors import StateError
+from imapguard.portal.kit import LISTENER, Kit, request_id, see_other, unavailable
 from imapguard.portal.ratelimit import SlidingWindow
 from imapguard.portal.sessions import current
 from imapguard.vocab import Factor
@@ -116,6 +117,12 @@ class Oidc:
         return see_other(url, _flow_cookie(pending.state, int(FLOW_LIFETIME)))
 
     async def callback(self, request: Request) -> Response:
+        try:
+            return await self._callback(request)
+        except StateError:
+            return unavailable()
+
+    async def _callback(self, request: Request) -> Response:
         rid = request_id()
         limited = self._limited(request, rid)
         if limited is not None:

@@ -232,3 +232,20 @@ async def test_invite_password_guessing_is_rate_limited(tmp_path: Path) -> None:
         assert codes[:3] == [200, 200, 200]
         assert codes[3:] == [429, 429]
         assert len(p.service.calls) == 3
+
+
+async def test_store_failure_at_enrolment_answers_503_and_opens_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from imapguard.errors import StateUnavailable
+
+    async with portal(tmp_path) as p:
+        assert (await _password(p, _invite(p))).status_code == 303
+
+        def down(*args: object) -> None:
+            raise StateUnavailable("set_totp", "disk I/O error")
+
+        monkeypatch.setattr(p.store, "set_totp", down)
+        page = await _enroll(p)
+        assert page.status_code == 503
+        assert [s.level for s in p.store.live()] == ["password"]
