@@ -262,6 +262,35 @@ class OidcProvider:
             body["nbf"] = nbf
         return str(self._admin("/test/token", body)["access_token"])
 
+    def register_client(self, client_id: str, client_secret: str, redirect_uri: str) -> None:
+        """A confidential client for the authorization code flow (PKCE required)."""
+        body = {
+            "client_id": client_id,
+            "client_secret": client_secret,
+            "redirect_uris": [redirect_uri],
+        }
+        self._admin("/test/client", body)
+
+    def next_login(
+        self,
+        email: str,
+        *,
+        amr: Sequence[str] | None = None,
+        acr: str | None = None,
+        sub: str | None = None,
+        email_verified: bool | None = True,
+    ) -> None:
+        """Who signs in at the provider's next interaction (it is not interactive
+        here); `amr`/`acr` are what the ID token will say."""
+        body: dict[str, Any] = {"sub": sub or email, "email": email}
+        if amr is not None:
+            body["amr"] = list(amr)
+        if acr is not None:
+            body["acr"] = acr
+        if email_verified is not None:
+            body["email_verified"] = email_verified
+        self._admin("/test/login", body)
+
     @property
     def current_kid(self) -> str:
         return str(self._admin("/test/keys")["current"])

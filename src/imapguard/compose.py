@@ -25,6 +25,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from imapguard.audit import AuditLog, events
@@ -32,6 +33,7 @@ from imapguard.auth.chokepoint import Authenticator
 from imapguard.auth.history import SignInHistory
 from imapguard.auth.model import AuthContext, FactorSettings, NoticeHook, S, Upstream
 from imapguard.auth.oauth import TokenVerifier
+from imapguard.auth.oauth.relying_party import RelyingParty
 from imapguard.auth.passkeys import Passkeys
 from imapguard.auth.signin import TwoStepSignIn
 from imapguard.config import (
@@ -60,6 +62,7 @@ from imapguard.keys import (
 from imapguard.notify import Notice, NoticeKind, Notifier
 from imapguard.policy.gate import load_policy
 from imapguard.portal.app import PortalDeps, PortalKeys, PortalServices, create_app
+from imapguard.portal.oidc import OidcSetup
 from imapguard.portal.serve import PortalServer, portal_context
 from imapguard.secret import Secret
 from imapguard.state.sqlite import SqliteStore, open_reader, open_store
@@ -442,8 +445,36 @@ def portal_deps(
             policy=policy,
             notice=_notice_hook(services.notifier) if services.notifier is not None else None,
             audit_path=config.audit.path,
+            oidc=_oidc(config, config.portal, auth.names.canonical),
         ),
     )
+
+
+def _oidc(
+    config: Config, portal: PortalConfig, canonical: Callable[[bytes], str | None]
+) -> OidcSetup | None:
+    """The portal's OpenID Connect client, when `[portal] oidc_client_id` is set."""
+    if portal.oidc_client_id is None or portal.oidc_client_secret_file is None:
+        return None
+    if config.oauth is None:
+        raise ConfigError([("portal.oidc_client_id", "needs [oauth] issuer")])
+    try:
+        secret = Path(portal.oidc_client_secret_file).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([("portal.oidc_client_secret_file", str(exc))]) from None
+    if not secret:
+        raise ConfigError([("portal.oidc_client_secret_file", "is empty")])
+    rp = RelyingParty(
+        config.oauth,
+        client_id=portal.oidc_client_id,
+        client_secret=Secret(secret),
+        redirect_uri=portal.oidc_redirect_uri,
+    )
+
+    def account(name: str) -> str | None:
+        return canonical(name.encode("utf-8"))
+
+    return OidcSetup(rp, account)
 
 
 def _passkeys(portal: PortalConfig) -> Passkeys:

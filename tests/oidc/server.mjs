@@ -25,6 +25,15 @@
 //        alg is ES256 or EdDSA) becomes current; the old ones stay published.
 //   POST /test/remove  {kid}   -> {kids}: stop publishing a key (not the current one).
 //   GET  /test/keys            -> {current, kids}
+//   POST /test/client  {client_id, client_secret, redirect_uris} -> {client_id}: register
+//        a confidential client for the authorization code flow (the portal's
+//        sign-in; client_secret_basic, PKCE).
+//   POST /test/login   {sub, email, email_verified?, amr?, acr?} -> {sub}: who signs
+//        in at the next interaction. The provider's interaction pages
+//        (/interaction/UID) are not interactive here: they finish the login as
+//        this account (with these amr/acr, which the ID token carries) and grant
+//        the scopes and claims asked for. The ID token carries email and
+//        email_verified (conformIdTokenClaims off), as an organisation's IdP does.
 //
 // oidc-provider builds its keystore once, at construction; rotation therefore
 // builds a new Provider with the new key list and routes requests to it. State
@@ -99,6 +108,11 @@ function newSigningKey(alg) {
 }
 
 const keys = [newSigningKey('RS256')]; // keys[0] is the current signing key
+// Clients registered by /test/client, beside the tests' own; accounts and the next
+// login set by /test/login.
+const extraClients = [];
+const accounts = new Map();
+let nextLogin;
 
 function resourceServerInfo(audience) {
   return {
@@ -125,14 +139,21 @@ function buildProvider() {
       grant_types: ['authorization_code'],
       response_types: ['code'],
       redirect_uris: ['https://127.0.0.1/callback'],
-    }],
+    }, ...extraClients],
+    conformIdTokenClaims: false,
+    pkce: { required: () => true, methods: ['S256'] },
     cookies: { keys: [crypto.randomBytes(24).toString('hex')] },
-    claims: { openid: ['sub'], email: ['email', 'email_verified'] },
+    claims: {
+      // amr and acr in every ID token, as organisations' IdPs put them there.
+      openid: ['sub', 'acr', 'amr'], email: ['email', 'email_verified'],
+    },
     features: {
       devInteractions: { enabled: false },
       resourceIndicators: {
         enabled: true,
-        defaultResource: () => DEFAULT_AUDIENCE,
+        // The tests' own client gets IMAP access tokens; a client registered by
+        // /test/client (a portal signing users in) asks for no resource.
+        defaultResource: (_ctx, client) => (client?.clientId === CLIENT_ID ? DEFAULT_AUDIENCE : undefined),
         getResourceServerInfo: (_ctx, resource) => resourceServerInfo(resource),
         useGrantedResource: () => true,
       },
@@ -140,7 +161,10 @@ function buildProvider() {
     // The claims chosen by /test/token travel on the token object itself.
     extraTokenClaims: (_ctx, token) => token.testClaims,
     ttl: { AccessToken: (_ctx, token) => token.resourceServer?.accessTokenTTL ?? 3600 },
-    findAccount: (_ctx, sub) => ({ accountId: sub, claims: () => ({ sub }) }),
+    findAccount: (_ctx, sub) => ({
+      accountId: sub,
+      claims: () => ({ sub, ...(accounts.get(sub) ?? {}) }),
+    }),
   });
   p.on('server_error', (_ctx, err) => process.stderr.write(`server_error: ${err.stack}\n`));
   return p;
@@ -220,6 +244,33 @@ async function admin(req, res) {
         useProvider();
         return reply(res, 200, { kid: keys[0].kid, kids: keys.map((k) => k.kid) });
       }
+      case 'POST /test/client': {
+        const { client_id: id, client_secret: secret, redirect_uris: uris } = await readJson(req);
+        if (typeof id !== 'string' || !id || typeof secret !== 'string' || secret.length < 16
+            || !Array.isArray(uris) || !uris.every((u) => typeof u === 'string')) {
+          throw new RangeError('client_id, client_secret (16+ chars) and redirect_uris are required');
+        }
+        extraClients.push({
+          client_id: id,
+          client_secret: secret,
+          grant_types: ['authorization_code'],
+          response_types: ['code'],
+          redirect_uris: uris,
+          token_endpoint_auth_method: 'client_secret_basic',
+        });
+        useProvider();
+        return reply(res, 200, { client_id: id });
+      }
+      case 'POST /test/login': {
+        const body = await readJson(req);
+        if (typeof body.sub !== 'string' || !body.sub) throw new RangeError('sub is required');
+        const claims = {};
+        if (body.email !== undefined) claims.email = body.email;
+        if (body.email_verified !== undefined) claims.email_verified = body.email_verified;
+        accounts.set(body.sub, claims);
+        nextLogin = { sub: body.sub, amr: body.amr, acr: body.acr };
+        return reply(res, 200, { sub: body.sub });
+      }
       case 'POST /test/remove': {
         const { kid } = await readJson(req);
         const index = keys.findIndex((k) => k.kid === kid);
@@ -241,9 +292,46 @@ async function admin(req, res) {
 
 // -- the listener -----------------------------------------------------------------------
 
+// The provider's interaction page, finished at once as the account /test/login set.
+async function interaction(req, res) {
+  try {
+    const details = await provider.interactionDetails(req, res);
+    const { prompt, params, session } = details;
+    let result;
+    if (prompt.name === 'login') {
+      if (nextLogin === undefined) return reply(res, 409, { error: 'no /test/login yet' });
+      const login = { accountId: nextLogin.sub };
+      if (nextLogin.amr !== undefined) login.amr = nextLogin.amr;
+      if (nextLogin.acr !== undefined) login.acr = nextLogin.acr;
+      result = { login };
+    } else if (prompt.name === 'consent') {
+      const grant = details.grantId
+        ? await provider.Grant.find(details.grantId)
+        : new provider.Grant({ accountId: session.accountId, clientId: params.client_id });
+      const missing = prompt.details;
+      if (missing.missingOIDCScope) grant.addOIDCScope(missing.missingOIDCScope.join(' '));
+      if (missing.missingOIDCClaims) grant.addOIDCClaims(missing.missingOIDCClaims);
+      for (const [indicator, scopes] of Object.entries(missing.missingResourceScopes ?? {})) {
+        grant.addResourceScope(indicator, scopes.join(' '));
+      }
+      result = { consent: { grantId: await grant.save() } };
+    } else {
+      return reply(res, 400, { error: `unknown prompt ${prompt.name}` });
+    }
+    return await provider.interactionFinished(req, res, result, { mergeWithLastSubmission: false });
+  } catch (err) {
+    process.stderr.write(`interaction: ${err.stack}\n`);
+    return reply(res, 500, { error: String(err.message ?? err) });
+  }
+}
+
 function handle(req, res) {
   if (req.url.startsWith('/test/')) {
     admin(req, res);
+    return;
+  }
+  if (req.method === 'GET' && req.url.startsWith('/interaction/')) {
+    interaction(req, res);
     return;
   }
   providerHandler(req, res);

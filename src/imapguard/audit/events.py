@@ -21,6 +21,7 @@ from imapguard.secret import Secret
 from imapguard.text import clean
 
 __all__ = [
+    "Admin",
     "Admission",
     "Auth",
     "Close",
@@ -266,8 +267,22 @@ class Portal(Event):
     kind: ClassVar[str] = "portal"
     src: str
     user: str | None = None
-    action: str  # sign_in | second_factor | sign_out | request
-    result: str  # ok | failed | no_second_factor | csrf | rate_limited
+    # sign_in | second_factor | sign_out | request | invite | enroll_totp | oidc
+    action: str
+    # ok | failed | no_second_factor | csrf | rate_limited | password_only
+    result: str
+    reason: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class Admin(Event):
+    """An administrator's command (the CLI) that gave or took an account's access."""
+
+    kind: ClassVar[str] = "admin"
+    actor: str  # the local user who ran the command
+    user: str
+    action: str  # invite | revoke
+    result: str  # ok | mailed | mail_failed | none
     reason: str | None = None
 
 

@@ -20,10 +20,15 @@ import secrets
 
 from imapguard.state.portal import InviteStore
 
-__all__ = ["DEFAULT_LIFETIME", "issue", "redeem", "token_digest"]
+__all__ = ["DEFAULT_LIFETIME", "is_token", "issue", "redeem", "token_digest"]
 
 DEFAULT_LIFETIME = 7 * 86400.0
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{43}")
+
+
+def is_token(text: str) -> bool:
+    """Has `text` the form of an invitation token (what else is never looked up)?"""
+    return _TOKEN.fullmatch(text) is not None
 
 
 def token_digest(key: bytes, token: str) -> bytes:
@@ -42,6 +47,6 @@ def issue(
 def redeem(store: InviteStore, key: bytes, token: str, now: float) -> str | None:
     """The account an unused, unexpired invitation names, for exactly one caller;
     None for anything else (what is not even a token is not looked up)."""
-    if not _TOKEN.fullmatch(token):
+    if not is_token(token):
         return None
     return store.use_invite(token_digest(key, token), now)

@@ -53,6 +53,7 @@ MECHANISM_PASSWORD = "PORTAL-PASSWORD"  # noqa: S105 - a mechanism name
 MECHANISM_CODE = "PORTAL-TOTP"
 MECHANISM_PASSKEY = "PORTAL-PASSKEY"
 MECHANISM_RECOVERY = "PORTAL-RECOVERY-CODE"
+MECHANISM_INVITE = "PORTAL-INVITE"
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,52 @@ class TwoStepSignIn(Generic[S]):
         # A right password alone is no success for the defense (module docstring).
         ok = await self._attempt(
             MECHANISM_PASSWORD, username, user, ctx, step, secret=password or None, success=False
+        )
+        return (
+            PasswordCheck(ok=True, user=user, has_totp=has_totp) if ok else PasswordCheck(ok=False)
+        )
+
+    async def check_invited_password(
+        self,
+        username: str,
+        password: Secret,
+        redeem: Callable[[str], Awaitable[bool]],
+        ctx: AuthContext,
+    ) -> PasswordCheck:
+        """Step one of an invitation (`auth.invites`): the account's password, and
+        then `redeem(user)`, which spends the invitation if it names this account.
+        Unlike `check_password`, a right password of an account with no second
+        factor goes on here: the invitation is what lets it enroll one. A wrong
+        password never reaches `redeem` (the link is not spent); a right password
+        without a valid invitation is a failure like any other, counted as a
+        factor failure (the password is right, what goes with it is not)."""
+        user = _account(self.auth, username)
+        has_totp = False
+
+        async def step() -> AuthResult[Any]:
+            nonlocal has_totp
+            result = await self._password(user, password, ctx)
+            if result.outcome is not Outcome.OK or user is None:
+                return result
+            if not await redeem(user):
+                return AuthResult(
+                    Outcome.MISSING_FACTOR,
+                    user,
+                    "portal",
+                    "correct password, no valid invitation for the account",
+                    factor=Factor.PASSWORD,
+                )
+            has_totp = self.auth.reader.get_totp(user) is not None
+            return AuthResult(
+                Outcome.OK,
+                user,
+                "portal",
+                "password right with an invitation, second factor enrolment next",
+                factor=Factor.PASSWORD,
+            )
+
+        ok = await self._attempt(
+            MECHANISM_INVITE, username, user, ctx, step, secret=password or None, success=False
         )
         return (
             PasswordCheck(ok=True, user=user, has_totp=has_totp) if ok else PasswordCheck(ok=False)

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from imapguard.cli import invites
 from imapguard.cli.common import (
     EXIT_OK,
     EXIT_PROBLEM,
@@ -42,6 +43,7 @@ def add_parsers(sub: Subparsers) -> None:
     p.add_argument("user")
     config_opt(p)
     json_opt(p)
+    invites.add_user_parsers(user_sub)
 
     ap = sub.add_parser("app-password", help="device app passwords")
     ap_sub = ap.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -102,6 +104,10 @@ def add_parsers(sub: Subparsers) -> None:
 def _user(args: argparse.Namespace) -> int:
     if args.action == "unlock":
         return _unlock(args)
+    if args.action == "invite":
+        return invites.invite(args)
+    if args.action == "revoke":
+        return invites.revoke(args)
     config = load(args, check_files=False)
     store = open_store(config)
     if args.action == "list":

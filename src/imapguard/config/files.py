@@ -68,6 +68,10 @@ def file_problems(config: Config) -> list[tuple[str, str]]:
         check_file(problems, "portal.certificate", portal.certificate)
     if portal is not None and portal.private_key is not None:
         check_file(problems, "portal.private_key", portal.private_key, secret=True)
+    if portal is not None and portal.oidc_client_secret_file is not None:
+        check_file(
+            problems, "portal.oidc_client_secret_file", portal.oidc_client_secret_file, secret=True
+        )
     if config.audit.path != "-":
         parent = Path(config.audit.path).parent
         if not parent.is_dir():

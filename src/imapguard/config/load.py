@@ -157,4 +157,8 @@ def _portal_problems(config: Config, portal: PortalConfig) -> list[tuple[str, st
         groups is None or (not groups.groups_file and portal.admin_group not in groups.members())
     ):
         problems.append(("portal.admin_group", f"no group {portal.admin_group!r} in [groups]"))
+    if portal.oidc_client_id is not None and config.oauth is None:
+        problems.append(
+            ("portal.oidc_client_id", "sign-in through OpenID Connect needs [oauth] issuer")
+        )
     return problems

@@ -112,6 +112,11 @@ class PortalConfig(Section):
     submission_port: Annotated[int, Field(ge=1, le=65535)] = 465
     # The name the pages and the configuration profiles show.
     organisation: Annotated[str, Field(min_length=1, max_length=80)] = "Mail security"
+    # Sign-in through the organisation's OpenID provider (the `[oauth]` issuer):
+    # this client's id and a file holding its secret, as registered there with the
+    # redirect URI `{url}/signin/oidc/callback`. Both or neither; needs [oauth].
+    oidc_client_id: Annotated[str, Field(min_length=1, max_length=255)] | None = None
+    oidc_client_secret_file: str | None = None
 
     @property
     def host(self) -> str:
@@ -134,6 +139,11 @@ class PortalConfig(Section):
         return self.submission_host.lower() if self.submission_host is not None else self.imap_host
 
     @property
+    def oidc_redirect_uri(self) -> str:
+        """Where the OpenID provider sends the browser back with the code."""
+        return f"{self.origin}/signin/oidc/callback"
+
+    @property
     def relying_party(self) -> str:
         """`rp_id` with its default filled in."""
         return self.rp_id.lower() if self.rp_id is not None else self.host
@@ -148,6 +158,9 @@ class PortalConfig(Section):
             problems.append(
                 (missing, "set certificate and private_key both, or neither (then [tls]'s)")
             )
+        if (self.oidc_client_id is None) != (self.oidc_client_secret_file is None):
+            missing = "oidc_client_secret_file" if self.oidc_client_id else "oidc_client_id"
+            problems.append((missing, "set oidc_client_id and oidc_client_secret_file, or neither"))
         for key in ("mail_host", "submission_host"):
             name = getattr(self, key)
             if name is not None and (problem := _host_name_problem(name.lower())) is not None:

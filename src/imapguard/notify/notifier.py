@@ -314,6 +314,15 @@ class Notifier:
             out += [Delivery(channel, False, _describe(exc)) for channel, _, _ in mails]
         return out
 
+    def send_owner_mails(self, mails: list[tuple[str, EmailMessage]]) -> list[Delivery]:
+        """Blocking: each message to its one address, over one SMTP session; one
+        Delivery each, in order. Not a notice (no rate limit, no admin copy): for
+        `imapguard user invite --mail`, whose caller builds each address from the
+        account name (`owner_address`) and nothing else."""
+        if self.settings.smtp_host is None:
+            return [Delivery(Channel.OWNER_MAIL, False, "notify.smtp_host is not set")] * len(mails)
+        return self._smtp_send([(Channel.OWNER_MAIL, (to,), msg) for to, msg in mails])
+
     def _smtp_send(
         self, mails: list[tuple[Channel, tuple[str, ...], EmailMessage]]
     ) -> list[Delivery]:

@@ -39,7 +39,9 @@ from imapguard.net import normalize
 from imapguard.policy.gate import PolicyGate
 from imapguard.portal.csrf import CsrfGuard
 from imapguard.portal.headers import SecurityHeaders
+from imapguard.portal.invite import Invite
 from imapguard.portal.kit import Kit, request_id
+from imapguard.portal.oidc import Oidc, OidcSetup
 from imapguard.portal.pages import Pages
 from imapguard.portal.ports import SignInService
 from imapguard.portal.ratelimit import SlidingWindow
@@ -98,6 +100,8 @@ class PortalServices:
     notice: NoticeHook | None
     # The audit log's file, which the admin pages follow (every process writes it).
     audit_path: str
+    # Sign-in through the [oauth] issuer (portal.oidc); None when not configured.
+    oidc: OidcSetup | None = None
 
 
 class PortalApp(Starlette):
@@ -156,10 +160,26 @@ def create_app(deps: PortalDeps) -> Starlette:
 
 def _pages(kit: Kit, deps: PortalDeps) -> list[BaseRoute]:
     """The routes of the pages beyond sign-in (they need `deps.services`)."""
-    del kit
     if deps.services is None:
         return []
-    return []
+    invite = Invite(
+        kit=kit,
+        service=deps.sign_in,
+        invite_key=deps.keys.invite,
+        totp_key=deps.services.totp_key,
+        limiter=SlidingWindow(deps.settings.max_sign_ins_per_minute),
+        clock=deps.clock,
+    )
+    routes = [*invite.routes()]
+    if deps.services.oidc is not None:
+        oidc = Oidc(
+            kit=kit,
+            setup=deps.services.oidc,
+            limiter=SlidingWindow(deps.settings.max_sign_ins_per_minute),
+            clock=deps.clock,
+        )
+        routes += oidc.routes()
+    return routes
 
 
 def _csrf_audit(audit: AuditLog) -> Callable[[HTTPConnection, str], None]:

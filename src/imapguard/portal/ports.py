@@ -11,6 +11,7 @@ session will carry; `has_totp` is only meaningful when `ok`.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from imapguard.auth.model import AuthContext
@@ -26,3 +27,15 @@ class SignInService(Protocol):
     ) -> PasswordCheck: ...
 
     async def check_totp(self, user: str, code: Secret, ctx: AuthContext) -> bool: ...
+
+    async def check_invited_password(
+        self,
+        username: str,
+        password: Secret,
+        redeem: Callable[[str], Awaitable[bool]],
+        ctx: AuthContext,
+    ) -> PasswordCheck:
+        """The password step of an invitation: ok only if the password is right
+        and then `redeem(user)` (which spends the invitation) is true; a right
+        password needs no second factor here."""
+        ...

@@ -11,7 +11,7 @@ import random
 import re
 import secrets
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from imapguard.defense import Defense, DefenseSettings, Fingerprinter
 from imapguard.policy.gate import PolicyGate
 from imapguard.policy.rules import Groups
 from imapguard.portal.app import PortalDeps, PortalKeys, PortalServices, create_app
+from imapguard.portal.oidc import OidcSetup
 from imapguard.portal.ports import PasswordCheck
 from imapguard.secret import Secret
 from imapguard.state.portal import PortalSession
@@ -106,6 +107,20 @@ class FakeSignIn:
         self.calls.append(("totp", user, ctx))
         return code == Secret(CODE)
 
+    async def check_invited_password(
+        self,
+        username: str,
+        password: Secret,
+        redeem: Callable[[str], Awaitable[bool]],
+        ctx: AuthContext,
+    ) -> PasswordCheck:
+        """As the real one: a right password (factor or not), then `redeem`."""
+        self.calls.append(("invited_password", username, ctx))
+        known = self.users.get(username)
+        if known is None or password != Secret(known[0]) or not await redeem(username):
+            return PasswordCheck(ok=False, user=None, has_totp=False)
+        return PasswordCheck(ok=True, user=username, has_totp=known[1])
+
 
 _CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 
@@ -173,6 +188,7 @@ async def portal(
     *,
     client_ip: str = "192.0.2.10",
     admins: tuple[str, ...] = ("carol",),
+    oidc: OidcSetup | None = None,
     **settings: Any,
 ) -> AsyncIterator[Portal]:
     """The portal's app on a real SQLite store in `tmp_path`, a fake sign-in
@@ -211,6 +227,7 @@ async def portal(
             policy=PolicyGate(None, Groups({"admins": admins})),
             notice=notices.append_hook,
             audit_path=str(audit_path),
+            oidc=oidc,
         ),
     )
     app = create_app(deps)

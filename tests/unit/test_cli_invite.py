@@ -1,0 +1,244 @@
+"""`imapguard user invite` and `imapguard user revoke`: links that work once,
+all or none from a file, mail only to the account's own address, the token in
+no log, the whole account's access revoked and published."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from imapguard.auth import invites
+from imapguard.cli import main
+from imapguard.compose import keys
+from imapguard.config import load_config
+from imapguard.state.sqlite import SqliteStore
+from tests.sinks import SmtpSink
+from tests.unit.test_cli import config as base_config
+
+config = base_config
+_LINK = re.compile(r"https://portal\.test/invite/([A-Za-z0-9_-]{43})")
+
+
+@pytest.fixture
+def portal_config(config: Path) -> Path:
+    config.write_text(
+        config.read_text() + '\n[portal]\nlisten = "127.0.0.1:18443"\nurl = "https://portal.test"\n'
+    )
+    return config
+
+
+def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _store(path: Path) -> SqliteStore:
+    return SqliteStore(str(path.parent / "state.db"))
+
+
+def _redeem(path: Path, token: str, now: float | None = None) -> str | None:
+    key = keys(load_config(str(path), check_files=False)).portal_invite
+    store = _store(path)
+    try:
+        return invites.redeem(store, key, token, time.time() if now is None else now)
+    finally:
+        store.close()
+
+
+def _audit(path: Path) -> list[dict[str, Any]]:
+    lines = (path.parent / "audit.jsonl").read_text().splitlines()
+    return [e for e in map(json.loads, lines) if e["event"] == "admin"]
+
+
+def test_invite_prints_a_link_that_works_once_and_logs_who_invited_whom(
+    capsys: pytest.CaptureFixture[str], portal_config: Path
+) -> None:
+    code, out, err = _run(capsys, "user", "invite", "Alice", "--config", str(portal_config))
+    assert code == 0, err
+    (token,) = _LINK.findall(out)
+    assert out.startswith("alice\t")
+    (line,) = _audit(portal_config)
+    assert (line["user"], line["action"], line["result"]) == ("alice", "invite", "ok")
+    assert line["actor"]
+    assert token not in (portal_config.parent / "audit.jsonl").read_text()
+    assert _redeem(portal_config, token) == "alice"
+    assert _redeem(portal_config, token) is None
+
+
+def test_invite_ttl_bounds_the_link(
+    capsys: pytest.CaptureFixture[str], portal_config: Path
+) -> None:
+    code, out, _ = _run(
+        capsys, "user", "invite", "alice", "--ttl", "1h", "--json", "--config", str(portal_config)
+    )
+    assert code == 0
+    (doc,) = json.loads(out)
+    token = _LINK.fullmatch(doc["link"]).group(1)  # type: ignore[union-attr]
+    assert abs(doc["expires_at"] - time.time() - 3600) < 60
+    assert _redeem(portal_config, token, time.time() + 3700) is None
+    assert _redeem(portal_config, token) == "alice"
+    for bad in ("1s", "31d", "soon", "-1h"):
+        with pytest.raises(SystemExit):
+            main(["user", "invite", "alice", "--ttl", bad, "--config", str(portal_config)])
+
+
+def test_invite_from_file_issues_all_in_order_once_each(
+    capsys: pytest.CaptureFixture[str], portal_config: Path, tmp_path: Path
+) -> None:
+    listing = tmp_path / "accounts.txt"
+    names = [f"user{n}" for n in range(2000)]
+    listing.write_text("# first-year students\n\n" + "\n".join([*names, "User1"]) + "\n")
+    code, out, err = _run(
+        capsys, "user", "invite", "--from-file", str(listing), "--config", str(portal_config)
+    )
+    assert code == 0, err
+    rows = [line.split("\t") for line in out.splitlines()]
+    assert [r[0] for r in rows] == names
+    assert len({r[1] for r in rows}) == 2000
+    assert len(_audit(portal_config)) == 2000
+    assert _redeem(portal_config, _LINK.fullmatch(rows[1999][1]).group(1)) == "user1999"  # type: ignore[union-attr]
+
+
+def test_invite_from_file_with_a_bad_line_invites_nobody(
+    capsys: pytest.CaptureFixture[str], portal_config: Path, tmp_path: Path
+) -> None:
+    listing = tmp_path / "accounts.txt"
+    listing.write_text("alice\nbad name\u202e\nbob\n")
+    code, out, err = _run(
+        capsys, "user", "invite", "--from-file", str(listing), "--config", str(portal_config)
+    )
+    assert code == 2
+    assert f"{listing}:2: invalid user name" in err
+    assert "nothing was invited" in err
+    assert out == ""
+    store = _store(portal_config)
+    try:
+        assert store.list_users() == []
+    finally:
+        store.close()
+
+
+def test_invite_store_failure_leaves_no_invitation_behind(
+    capsys: pytest.CaptureFixture[str],
+    portal_config: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    listing = tmp_path / "accounts.txt"
+    listing.write_text("alice\nbob\ncarol\n")
+    real = invites.issue
+    issued: list[str] = []
+
+    def failing(store: Any, key: bytes, user: str, now: float, lifetime: float) -> str:
+        if user == "carol":
+            raise invites_error()
+        token = real(store, key, user, now, lifetime)
+        issued.append(token)
+        return token
+
+    monkeypatch.setattr(invites, "issue", failing)
+    code, out, err = _run(
+        capsys, "user", "invite", "--from-file", str(listing), "--config", str(portal_config)
+    )
+    assert code == 1
+    assert "state store" in err
+    assert out == ""
+    assert len(issued) == 2
+    for token in issued:
+        assert _redeem(portal_config, token) is None
+
+
+def invites_error() -> Exception:
+    from imapguard.errors import StateUnavailable
+
+    return StateUnavailable("add_invite", "disk I/O error")
+
+
+def test_invite_needs_the_portal(capsys: pytest.CaptureFixture[str], config: Path) -> None:
+    code, _, err = _run(capsys, "user", "invite", "alice", "--config", str(config))
+    assert code == 2
+    assert "[portal]" in err
+
+
+def test_invite_mail_goes_only_to_the_accounts_own_address(
+    capsys: pytest.CaptureFixture[str], portal_config: Path, tmp_path: Path
+) -> None:
+    """Redirection: an address in the file is an invalid account name, never a
+    recipient; each link goes to the address the account name makes."""
+    with SmtpSink() as sink:
+        portal_config.write_text(
+            portal_config.read_text()
+            + f'[notify]\nsmtp_host = "127.0.0.1"\nsmtp_port = {sink.port}\nsmtp_tls = "none"\n'
+            'mail_from = "imapguard@example.org"\nowner_address = "{user}@example.org"\n'
+        )
+        listing = tmp_path / "accounts.txt"
+        listing.write_text("alice\nbob\n")
+        code, out, err = _run(
+            capsys,
+            "user",
+            "invite",
+            "--from-file",
+            str(listing),
+            "--mail",
+            "--config",
+            str(portal_config),
+        )
+        assert code == 0, err
+        mails = sink.wait_for(2)
+    assert _LINK.search(out) is None  # mailed, not printed
+    by_rcpt = {m.rcpt_tos: m for m in mails}
+    assert set(by_rcpt) == {("alice@example.org",), ("bob@example.org",)}
+    body = by_rcpt[("alice@example.org",)].message.get_content()
+    (token,) = _LINK.findall(body)
+    assert token not in (portal_config.parent / "audit.jsonl").read_text()
+    assert [e["result"] for e in _audit(portal_config)] == ["mailed", "mailed"]
+    assert _redeem(portal_config, token) == "alice"
+    # An address given as the account is no account: nothing is mailed anywhere.
+    listing.write_text("alice\nmallory@evil.test, alice\n")
+    code, _, err = _run(
+        capsys,
+        "user",
+        "invite",
+        "--from-file",
+        str(listing),
+        "--mail",
+        "--config",
+        str(portal_config),
+    )
+    assert code == 2
+    assert ":2: invalid user name" in err
+
+
+def test_revoke_removes_all_access_and_publishes_it(
+    capsys: pytest.CaptureFixture[str], portal_config: Path
+) -> None:
+    store = _store(portal_config)
+    try:
+        store.add_app_password("alice", "phone", b"d" * 32, time.time())
+        store.add_app_password("bob", "phone", b"e" * 32, time.time())
+        before = store.last_revocation()
+    finally:
+        store.close()
+    code, out, err = _run(capsys, "user", "revoke", "alice", "--config", str(portal_config))
+    assert code == 0, err
+    assert "revoked all access of alice" in out
+    store = _store(portal_config)
+    try:
+        assert store.list_app_passwords("alice") == []
+        assert len(store.list_app_passwords("bob")) == 1
+        (published,) = store.revocations_after(before, 10)
+        assert (published.user, published.credential) == ("alice", None)
+    finally:
+        store.close()
+    (line,) = _audit(portal_config)
+    assert (line["user"], line["action"], line["result"]) == ("alice", "revoke", "ok")
+    # Nothing left: exit 1, nothing published.
+    code, _, _ = _run(capsys, "user", "revoke", "alice", "--config", str(portal_config))
+    assert code == 1
+    assert _audit(portal_config)[-1]["result"] == "none"
