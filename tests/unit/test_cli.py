@@ -73,6 +73,8 @@ def test_help_on_every_command(capsys: pytest.CaptureFixture[str]) -> None:
         ["device", "approve"],
         ["device", "revoke"],
         ["user", "unlock"],
+        ["user", "invite"],
+        ["user", "revoke"],
         ["blocks", "list"],
         ["blocks", "clear"],
         ["policy", "explain"],
