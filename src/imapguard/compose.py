@@ -442,6 +442,7 @@ def portal_deps(
             policy=policy,
             notice=_notice_hook(services.notifier) if services.notifier is not None else None,
             audit_path=config.audit.path,
+            approved_device_trust=config.auth.approved_device_days * 86400.0,
         ),
     )
 

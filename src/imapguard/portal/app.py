@@ -9,7 +9,8 @@ opens a file, a socket or a store of its own. The middleware, outermost first:
     TrustedHost          only the host of `portal.url` (no DNS rebinding)
     SessionLoader        the cookie's session, before anything uses it
     CsrfGuard            Origin and token on every unsafe method
-    routes               signin.py; /static/ from portal/static/
+    routes               signin.py, account.py, app_passwords.py, devices.py,
+                         history.py; /static/ from portal/static/
 
 Rules: every asset is served by the portal itself (no CDN); no debug pages;
 no route that changes state answers a GET.
@@ -37,8 +38,12 @@ from imapguard.config.portal import PortalConfig
 from imapguard.defense.engine import Defense
 from imapguard.net import normalize
 from imapguard.policy.gate import PolicyGate
+from imapguard.portal.account import Account
+from imapguard.portal.app_passwords import AppPasswords
 from imapguard.portal.csrf import CsrfGuard
+from imapguard.portal.devices import Devices
 from imapguard.portal.headers import SecurityHeaders
+from imapguard.portal.history import History
 from imapguard.portal.kit import Kit, request_id
 from imapguard.portal.pages import Pages
 from imapguard.portal.ports import SignInService
@@ -98,6 +103,9 @@ class PortalServices:
     notice: NoticeHook | None
     # The audit log's file, which the admin pages follow (every process writes it).
     audit_path: str
+    # How long a device the owner approved in the page stays trusted (seconds;
+    # `auth.approved_device_days`, as `imapguard device approve`).
+    approved_device_trust: float = 7 * 86400.0
 
 
 class PortalApp(Starlette):
@@ -156,10 +164,16 @@ def create_app(deps: PortalDeps) -> Starlette:
 
 def _pages(kit: Kit, deps: PortalDeps) -> list[BaseRoute]:
     """The routes of the pages beyond sign-in (they need `deps.services`)."""
-    del kit
-    if deps.services is None:
-        return []
-    return []
+    account = Account(kit).routes()
+    services = deps.services
+    if services is None:
+        return account
+    return [
+        *account,
+        *AppPasswords(kit, services.app_password_key).routes(),
+        *Devices(kit, services.defense, services.approved_device_trust).routes(),
+        *History(kit, services.defense, services.notice).routes(),
+    ]
 
 
 def _csrf_audit(audit: AuditLog) -> Callable[[HTTPConnection, str], None]:
