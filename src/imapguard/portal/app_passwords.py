@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
@@ -57,6 +58,14 @@ _MAX_NETWORK = 64
 _DAY = 86400.0
 
 
+def _text(form: FormData, name: str) -> str:
+    """A scope field as sent: too long is refused, never read as "no scope"."""
+    value = form.get(name)
+    if not isinstance(value, str):
+        return ""
+    return value if len(value) <= _MAX_NETWORK else "\0"
+
+
 class ScopeError(ValueError):
     """A field of the create form that cannot be used; `field` names it."""
 
@@ -82,12 +91,13 @@ def _scope(network_text: str, expires_text: str, now: float) -> tuple[str | None
             day = dt.date.fromisoformat(expires_text.strip())
         except ValueError:
             raise ScopeError("expires", "Write the date as YYYY-MM-DD.") from None
-        end = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), dt.UTC).timestamp()
-        if end <= now:
+        today = dt.datetime.fromtimestamp(now, dt.UTC).date()
+        if day < today:
             raise ScopeError("expires", "That day is over: pick today or a later day.")
-        if end > now + (MAX_EXPIRY_DAYS + 1) * _DAY:
+        if (day - today).days > MAX_EXPIRY_DAYS:
             raise ScopeError("expires", f"Pick a day at most {MAX_EXPIRY_DAYS} days ahead.")
-        expires_at = end
+        # The password works through that day (UTC).
+        expires_at = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), dt.UTC).timestamp()
     return network, expires_at
 
 
@@ -176,9 +186,7 @@ class AppPasswords:
                 raise ScopeError(
                     "label", f"Name the device in 1 to {app_passwords.MAX_LABEL} characters."
                 )
-            network, expires_at = _scope(
-                field(form, "network", 1024), field(form, "expires", 1024), now
-            )
+            network, expires_at = _scope(_text(form, "network"), _text(form, "expires"), now)
         except ScopeError as problem:
             self.kit.emit(request, user, "app_password_create", "invalid", problem.field)
             return await self._page(request, signed_in, error=problem, form=values, status_code=400)
