@@ -267,7 +267,11 @@ class Portal(Event):
     src: str
     user: str | None = None
     action: str  # sign_in | second_factor | sign_out | request
+    # | session_revoke | session_revoke_others
+    # | app_password_create | app_password_revoke | app_password_setup
+    # | device_approve | device_reject | device_revoke | disown
     result: str  # ok | failed | no_second_factor | csrf | rate_limited
+    # | not_found | invalid | limit | refused | already
     reason: str | None = None
 
 
