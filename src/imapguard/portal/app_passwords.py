@@ -26,6 +26,7 @@ Rules:
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 
 from starlette.datastructures import FormData
 from starlette.requests import Request
@@ -55,7 +56,6 @@ MAX_APP_PASSWORDS = 50
 # The furthest expiry a form may set (about five years).
 MAX_EXPIRY_DAYS = 1830
 _MAX_NETWORK = 64
-_DAY = 86400.0
 
 
 def _text(form: FormData, name: str) -> str:
@@ -66,38 +66,54 @@ def _text(form: FormData, name: str) -> str:
     return value if len(value) <= _MAX_NETWORK else "\0"
 
 
-class ScopeError(ValueError):
-    """A field of the create form that cannot be used; `field` names it."""
+@dataclass(frozen=True)
+class Problem:
+    """A field of the create form that cannot be used, and what to tell the user."""
 
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field
+    field: str
+    text: str
 
 
-def _scope(network_text: str, expires_text: str, now: float) -> tuple[str | None, float | None]:
-    network: str | None = None
-    if network_text.strip():
-        if len(network_text) > _MAX_NETWORK:
-            raise ScopeError("network", "That is not a network.")
-        try:
-            network = app_passwords.scope_network(network_text)
-        except ValueError:
-            raise ScopeError(
-                "network", "Write a network like 192.0.2.0/24 or 2001:db8::/48, or an address."
-            ) from None
-    expires_at: float | None = None
-    if expires_text.strip():
-        try:
-            day = dt.date.fromisoformat(expires_text.strip())
-        except ValueError:
-            raise ScopeError("expires", "Write the date as YYYY-MM-DD.") from None
-        today = dt.datetime.fromtimestamp(now, dt.UTC).date()
-        if day < today:
-            raise ScopeError("expires", "That day is over: pick today or a later day.")
-        if (day - today).days > MAX_EXPIRY_DAYS:
-            raise ScopeError("expires", f"Pick a day at most {MAX_EXPIRY_DAYS} days ahead.")
-        # The password works through that day (UTC).
-        expires_at = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), dt.UTC).timestamp()
+_NETWORK_HELP = "Write a network like 192.0.2.0/24 or 2001:db8::/48, or an address."
+
+
+def _network(text: str) -> str | Problem | None:
+    if not text.strip():
+        return None
+    try:
+        return app_passwords.scope_network(text)
+    except ValueError:
+        return Problem("network", _NETWORK_HELP)
+
+
+def _expiry(text: str, now: float) -> float | Problem | None:
+    """The end of the day `text` names (UTC): the password works through that day."""
+    if not text.strip():
+        return None
+    try:
+        day = dt.date.fromisoformat(text.strip())
+    except ValueError:
+        return Problem("expires", "Write the date as YYYY-MM-DD.")
+    today = dt.datetime.fromtimestamp(now, dt.UTC).date()
+    if day < today:
+        return Problem("expires", "That day is over: pick today or a later day.")
+    if (day - today).days > MAX_EXPIRY_DAYS:
+        return Problem("expires", f"Pick a day at most {MAX_EXPIRY_DAYS} days ahead.")
+    return dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), dt.UTC).timestamp()
+
+
+def _scope(
+    label: str, network_text: str, expires_text: str, now: float
+) -> tuple[str | None, float | None] | Problem:
+    """The create form's network and expiry, or the first field that is wrong."""
+    if app_passwords.label_problem(label) is not None:
+        return Problem("label", f"Name the device in 1 to {app_passwords.MAX_LABEL} characters.")
+    network = _network(network_text)
+    if isinstance(network, Problem):
+        return network
+    expires_at = _expiry(expires_text, now)
+    if isinstance(expires_at, Problem):
+        return expires_at
     return network, expires_at
 
 
@@ -124,7 +140,7 @@ class AppPasswords:
         request: Request,
         signed_in: Current,
         *,
-        error: ScopeError | None = None,
+        error: Problem | None = None,
         form: dict[str, str] | None = None,
         status_code: int = 200,
     ) -> Response:
@@ -151,7 +167,7 @@ class AppPasswords:
         context = {
             "rows": rows,
             "notice": notice_of(request),
-            "error": None if error is None else {"field": error.field, "text": str(error)},
+            "error": error,
             "form": form or {"label": "", "network": "", "expires": ""},
             "full": len(records) >= MAX_APP_PASSWORDS,
             "limit": MAX_APP_PASSWORDS,
@@ -181,15 +197,11 @@ class AppPasswords:
             "expires": field(form, "expires", 32),
         }
         now = self.kit.clock()
-        try:
-            if app_passwords.label_problem(label) is not None:
-                raise ScopeError(
-                    "label", f"Name the device in 1 to {app_passwords.MAX_LABEL} characters."
-                )
-            network, expires_at = _scope(_text(form, "network"), _text(form, "expires"), now)
-        except ScopeError as problem:
-            self.kit.emit(request, user, "app_password_create", "invalid", problem.field)
-            return await self._page(request, signed_in, error=problem, form=values, status_code=400)
+        scope = _scope(label, _text(form, "network"), _text(form, "expires"), now)
+        if isinstance(scope, Problem):
+            self.kit.emit(request, user, "app_password_create", "invalid", scope.field)
+            return await self._page(request, signed_in, error=scope, form=values, status_code=400)
+        network, expires_at = scope
         store = self.kit.store
         try:
             count = len(await self.kit.call(store.list_app_passwords, user))

@@ -67,6 +67,8 @@ class Devices:
         return [
             Route("/devices", self.list, methods=["GET"]),
             Route("/devices/approve", self.approve, methods=["POST"]),
+            # Where the confirm page sends the owner back after a fresh factor.
+            Route("/devices/approve", self.back, methods=["GET"]),
             Route("/devices/reject", self.reject, methods=["POST"]),
             Route("/devices/revoke", self.revoke, methods=["POST"]),
         ]
@@ -87,6 +89,10 @@ class Devices:
             "notice": notice_of(request),
         }
         return self.kit.render(request, signed_in, "devices.html", context)
+
+    async def back(self, request: Request) -> Response:
+        del request
+        return see_other("/devices")
 
     async def _device(self, request: Request, user: str) -> DeviceRecord | None:
         device_id = field(await request.form(), "id", 64)

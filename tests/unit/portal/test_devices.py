@@ -79,6 +79,9 @@ async def test_approving_needs_a_fresh_second_factor(tmp_path: Path) -> None:
         p.clock.now += p.settings.fresh_factor + 1
         stale = await p.post("/devices/approve", {"csrf": csrf_of(page), "id": device.id})
         assert stale.headers["location"] == "/confirm?next=/devices/approve"
+        # Back from the confirm page (a GET) lands on the list, changing nothing.
+        back = await p.client.get("/devices/approve")
+        assert back.headers["location"] == "/devices"
         stored = p.store.get_device("alice", device.id)
         assert stored is not None
         assert stored.status == "pending"
