@@ -2,7 +2,7 @@
 first page behind them.
 
 Routes: `GET/POST /signin` (user name and password), `GET/POST /signin/code`
-(the 6-digit TOTP code), `POST /signout` (the account page `/` is `account.py`).
+(the 6-digit TOTP code), `POST /signout`, `GET /` ("Your account").
 
 Rules:
 
