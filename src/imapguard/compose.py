@@ -446,6 +446,7 @@ def portal_deps(
             notice=_notice_hook(services.notifier) if services.notifier is not None else None,
             audit_path=config.audit.path,
             oidc=_oidc(config, config.portal, auth.names.canonical),
+            approved_device_trust=config.auth.approved_device_days * 86400.0,
         ),
     )
 

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import math
 import re
+from pathlib import Path
+
+import pytest
 
 from imapguard.auth import app_passwords
 from imapguard.secret import Secret
 from imapguard.state.accounts import AppPasswordRecord
+from imapguard.state.sqlite import SqliteStore
 
 
 def test_generated_passwords_are_grouped_and_strong() -> None:
@@ -60,3 +64,38 @@ def test_an_app_password_outside_its_network_or_time_is_no_password() -> None:
     assert "expired" in str(app_passwords.out_of_scope(temporary, "203.0.113.9", 100.0))
     broken = _scoped("not a network", None)
     assert "unreadable" in str(app_passwords.out_of_scope(broken, "192.0.2.1", 1.0))
+
+
+def test_create_stores_only_the_digest_and_returns_the_password_once(tmp_path: Path) -> None:
+    store = SqliteStore(str(tmp_path / "state.db"))
+    try:
+        key = b"k" * 32
+        record, password = app_passwords.create(
+            store, key, "alice", "phone", 1000.0, network="192.0.2.0/24", expires_at=2000.0
+        )
+        assert (record.label, record.network, record.expires_at) == (
+            "phone",
+            "192.0.2.0/24",
+            2000.0,
+        )
+        normalized = app_passwords.normalize(password)
+        assert normalized is not None
+        found = store.find_app_password("alice", app_passwords.digest(key, "alice", normalized))
+        assert found == record
+        assert normalized not in (tmp_path / "state.db").read_bytes()
+        with pytest.raises(ValueError, match="printable"):
+            app_passwords.create(store, key, "alice", "tab\there", 1000.0)
+        assert len(store.list_app_passwords("alice")) == 1
+    finally:
+        store.close()
+
+
+def test_labels_and_networks_are_checked() -> None:
+    assert app_passwords.label_problem("phone") is None
+    for bad in ("", "x" * (app_passwords.MAX_LABEL + 1), "new\nline"):
+        assert app_passwords.label_problem(bad) is not None
+    assert app_passwords.scope_network(" 192.0.2.9/24 ") == "192.0.2.0/24"
+    assert app_passwords.scope_network("2001:db8::1") == "2001:db8::1/128"
+    for bad in ("192.0.2.0/33", "example.org", "", "192.0.2.0/24; DROP"):
+        with pytest.raises(ValueError, match="does not appear to be an IPv4 or IPv6 network"):
+            app_passwords.scope_network(bad)

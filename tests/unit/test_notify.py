@@ -257,6 +257,25 @@ def test_mails_say_what_from_where_when_and_what_to_do() -> None:
     assert "imapguard device approve alice d-7f3a" in admins.message.get_content()
 
 
+def test_the_new_device_mail_links_to_the_devices_row_in_the_portal() -> None:
+    n = notice(NoticeKind.NEW_DEVICE, device_id="d-7f3a")
+    owner, _ = build_messages(n, mail_settings(portal_url="https://mail.example.org/portal/"))
+    assert owner.message is not None
+    lines = owner.message.get_content().splitlines()
+    assert "    https://mail.example.org/portal/devices#device-d-7f3a" in lines
+    # A device id is text from the store, never a way to bend the link.
+    n = notice(NoticeKind.NEW_DEVICE, device_id='x y#?/"https://evil.example')
+    owner, _ = build_messages(n, mail_settings())
+    assert owner.message is not None
+    (link,) = [line for line in owner.message.get_content().splitlines() if "#device-" in line]
+    assert link.strip().startswith("https://mail.example.org/portal/devices#device-x%20y%23")
+    assert " " not in link.strip()
+    # Without a portal URL there is no link.
+    owner, _ = build_messages(n, mail_settings(portal_url=None))
+    assert owner.message is not None
+    assert "#device-" not in owner.message.get_content()
+
+
 @pytest.mark.parametrize("kind", list(NoticeKind))
 def test_every_kind_has_owner_and_admin_text(kind: NoticeKind) -> None:
     for mail in build_messages(notice(kind), mail_settings()):

@@ -268,8 +268,12 @@ class Portal(Event):
     src: str
     user: str | None = None
     # sign_in | second_factor | sign_out | request | invite | enroll_totp | oidc
+    # | session_revoke | session_revoke_others
+    # | app_password_create | app_password_revoke | app_password_setup
+    # | device_approve | device_reject | device_revoke | disown
     action: str
     # ok | failed | no_second_factor | csrf | rate_limited | password_only
+    # | not_found | invalid | limit | refused | already
     result: str
     reason: str | None = None
 

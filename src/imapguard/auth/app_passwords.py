@@ -10,6 +10,11 @@ keeps the check at about 2 µs: nothing a flood of logins can exhaust.
 An app password may be scoped (`out_of_scope`): to the client network it works
 from, and to an expiry. Outside its scope it is no password at all: the login
 gets the uniform failure, and the audit log says why.
+
+`create` is the one way a new one is made (the CLI and the portal both call it):
+the label checked (`label_problem`), the network read (`scope_network`), the
+password generated and only its digest stored. The password it returns is the
+only copy; the caller shows it once.
 """
 
 from __future__ import annotations
@@ -21,13 +26,26 @@ import secrets
 
 from imapguard.net import parse
 from imapguard.secret import Secret
-from imapguard.state.accounts import AppPasswordRecord
+from imapguard.state.accounts import AppPasswordRecord, AppPasswordStore
 
-__all__ = ["ALPHABET", "LENGTH", "digest", "generate", "normalize", "out_of_scope"]
+__all__ = [
+    "ALPHABET",
+    "LENGTH",
+    "MAX_LABEL",
+    "create",
+    "digest",
+    "generate",
+    "label_problem",
+    "normalize",
+    "out_of_scope",
+    "scope_network",
+]
 
 ALPHABET = "23456789abcdefghijkmnpqrstuvwxyz"
 LENGTH = 28
 GROUP = 4
+# A label names a device ("phone", "laptop at home"): a short line of text.
+MAX_LABEL = 64
 
 
 def generate() -> Secret:
@@ -63,3 +81,42 @@ def out_of_scope(record: AppPasswordRecord, ip: str, now: float) -> str | None:
         if address is None or address not in allowed:
             return f"app password {record.id} is not for this network"
     return None
+
+
+def label_problem(label: str) -> str | None:
+    """Why `label` (already stripped) cannot name an app password; None if it can."""
+    if not label or len(label) > MAX_LABEL or not label.isprintable():
+        return f"a label is 1 to {MAX_LABEL} printable characters"
+    return None
+
+
+def scope_network(text: str) -> str:
+    """The client network an app password is scoped to, in CIDR form (an address
+    alone is its /32 or /128; host bits are dropped). ValueError if it is none."""
+    network = ipaddress.ip_network(text.strip(), strict=False)
+    return str(network)
+
+
+def create(
+    store: AppPasswordStore,
+    key: bytes,
+    user: str,
+    label: str,
+    now: float,
+    *,
+    network: str | None = None,
+    expires_at: float | None = None,
+) -> tuple[AppPasswordRecord, Secret]:
+    """A new app password of `user`: stored by its digest, returned once.
+    ValueError for a bad label (`label_problem`)."""
+    problem = label_problem(label)
+    if problem is not None:
+        raise ValueError(problem)
+    password = generate()
+    normalized = normalize(password)
+    if normalized is None:  # generate() makes only valid ones
+        raise AssertionError("generate() made an app password normalize() refuses")
+    record = store.add_app_password(
+        user, label, digest(key, user, normalized), now, network=network, expires_at=expires_at
+    )
+    return record, password

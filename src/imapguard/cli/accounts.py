@@ -208,14 +208,10 @@ def _app_password(args: argparse.Namespace) -> int:
     store = open_store(config)
     if args.action == "create":
         label = args.label.strip()
-        if not label or len(label) > 64 or not label.isprintable():
-            raise UsageError("--label must be 1 to 64 printable characters")
+        if app_passwords.label_problem(label) is not None:
+            raise UsageError(f"--label must be 1 to {app_passwords.MAX_LABEL} printable characters")
         key = keys(config).app_password
-        password = app_passwords.generate()
-        normalized = app_passwords.normalize(password)
-        assert normalized is not None  # noqa: S101 - generate() makes valid ones
-        digest = app_passwords.digest(key, user, normalized)
-        record = store.add_app_password(user, label, digest, time.time())
+        record, password = app_passwords.create(store, key, user, label, time.time())
         if args.json:
             print_json(
                 {"id": record.id, "label": record.label, "password": password.reveal().decode()}

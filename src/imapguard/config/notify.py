@@ -63,7 +63,8 @@ class NotifyConfig(Section):
     # set: mail the admins only).
     owner_address: str | None = "{user}"
     admin_addresses: tuple[str, ...] = ()
-    # Named in the mails ("approve the device in the portal at ...").
+    # Named in the mails ("approve the device in the portal at ..."); the
+    # new-device mail links to {portal_url}/devices#device-ID.
     portal_url: str | None = None
     # At most one notice per account and kind in this many seconds.
     min_interval: Annotated[float, Field(ge=0, le=86400 * 7)] = 3600.0

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
+from urllib.parse import quote
 
 from imapguard import __version__
 from imapguard.config.notify import NotifyConfig, is_plain_address
@@ -87,9 +88,18 @@ def _portal(settings: NotifyConfig) -> str:
     return f"the portal at {settings.portal_url}" if settings.portal_url else "the portal"
 
 
+def _device_link(notice: Notice, settings: NotifyConfig) -> str | None:
+    """The portal's devices page at this device's row (its "was this you?")."""
+    if not settings.portal_url or not notice.device_id:
+        return None
+    anchor = quote(clean(notice.device_id, 64), safe="")
+    return f"{settings.portal_url.rstrip('/')}/devices#device-{anchor}"
+
+
 # Advice: (text, command). A command is printed on a line of its own, unwrapped
 # and shell-quoted: the account name is attacker-chosen, and an admin will paste
-# the line into a shell.
+# the line into a shell. In the owner's mail the "command" is a link (unwrapped,
+# so mail clients keep it whole).
 _Advice = list[tuple[str, str | None]]
 
 
@@ -114,7 +124,7 @@ def _owner_advice(notice: Notice, settings: NotifyConfig) -> _Advice:
                 (
                     f"If this was you: approve the device in {portal}, or ask your "
                     "administrator to approve it.",
-                    None,
+                    _device_link(notice, settings),
                 ),
                 (
                     "If this was not you: do not approve it. Change your password now and "

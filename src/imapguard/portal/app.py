@@ -9,7 +9,8 @@ opens a file, a socket or a store of its own. The middleware, outermost first:
     TrustedHost          only the host of `portal.url` (no DNS rebinding)
     SessionLoader        the cookie's session, before anything uses it
     CsrfGuard            Origin and token on every unsafe method
-    routes               signin.py; /static/ from portal/static/
+    routes               signin.py, account.py, app_passwords.py, devices.py,
+                         history.py; /static/ from portal/static/
 
 Rules: every asset is served by the portal itself (no CDN); no debug pages;
 no route that changes state answers a GET.
@@ -37,8 +38,12 @@ from imapguard.config.portal import PortalConfig
 from imapguard.defense.engine import Defense
 from imapguard.net import normalize
 from imapguard.policy.gate import PolicyGate
+from imapguard.portal.account import Account
+from imapguard.portal.app_passwords import AppPasswords
 from imapguard.portal.csrf import CsrfGuard
+from imapguard.portal.devices import Devices
 from imapguard.portal.headers import SecurityHeaders
+from imapguard.portal.history import History
 from imapguard.portal.invite import Invite
 from imapguard.portal.kit import Kit, request_id
 from imapguard.portal.oidc import Oidc, OidcSetup
@@ -102,6 +107,9 @@ class PortalServices:
     audit_path: str
     # Sign-in through the [oauth] issuer (portal.oidc); None when not configured.
     oidc: OidcSetup | None = None
+    # How long a device the owner approved in the page stays trusted (seconds;
+    # `auth.approved_device_days`, as `imapguard device approve`).
+    approved_device_trust: float = 7 * 86400.0
 
 
 class PortalApp(Starlette):
@@ -122,6 +130,8 @@ def create_app(deps: PortalDeps) -> Starlette:
         executor=deps.executor,
     )
     pages = Pages(deps.keys.csrf)
+    # One limit per source for every sign-in step (password, code, invitation, OIDC).
+    limiter = SlidingWindow(settings.max_sign_ins_per_minute)
     kit = Kit(
         settings=settings,
         store=deps.store,
@@ -136,14 +146,18 @@ def create_app(deps: PortalDeps) -> Starlette:
         service=deps.sign_in,
         sessions=sessions,
         pages=pages,
-        limiter=SlidingWindow(settings.max_sign_ins_per_minute),
+        limiter=limiter,
         audit=deps.audit,
         clock=deps.clock,
         kit=kit,
     )
     static = StaticFiles(packages=[("imapguard.portal", "static")])
     return PortalApp(
-        routes=[*signin.routes(), *_pages(kit, deps), Mount("/static", static, name="static")],
+        routes=[
+            *signin.routes(),
+            *_pages(kit, deps, limiter),
+            Mount("/static", static, name="static"),
+        ],
         middleware=[
             Middleware(TrustedHostMiddleware, allowed_hosts=[settings.host], www_redirect=False),
             Middleware(SessionLoader, sessions=sessions),
@@ -158,26 +172,29 @@ def create_app(deps: PortalDeps) -> Starlette:
     )
 
 
-def _pages(kit: Kit, deps: PortalDeps) -> list[BaseRoute]:
+def _pages(kit: Kit, deps: PortalDeps, limiter: SlidingWindow) -> list[BaseRoute]:
     """The routes of the pages beyond sign-in (they need `deps.services`)."""
-    if deps.services is None:
-        return []
+    account = Account(kit).routes()
+    services = deps.services
+    if services is None:
+        return account
     invite = Invite(
         kit=kit,
         service=deps.sign_in,
         invite_key=deps.keys.invite,
-        totp_key=deps.services.totp_key,
-        limiter=SlidingWindow(deps.settings.max_sign_ins_per_minute),
+        totp_key=services.totp_key,
+        limiter=limiter,
         clock=deps.clock,
     )
-    routes = [*invite.routes()]
-    if deps.services.oidc is not None:
-        oidc = Oidc(
-            kit=kit,
-            setup=deps.services.oidc,
-            limiter=SlidingWindow(deps.settings.max_sign_ins_per_minute),
-            clock=deps.clock,
-        )
+    routes = [
+        *account,
+        *invite.routes(),
+        *AppPasswords(kit, services.app_password_key).routes(),
+        *Devices(kit, services.defense, services.approved_device_trust).routes(),
+        *History(kit, services.defense, services.notice).routes(),
+    ]
+    if services.oidc is not None:
+        oidc = Oidc(kit=kit, setup=services.oidc, limiter=limiter, clock=deps.clock)
         routes += oidc.routes()
     return routes
 

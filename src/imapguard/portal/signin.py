@@ -83,7 +83,6 @@ class SignIn:
 
     def routes(self) -> list[BaseRoute]:
         return [
-            Route("/", self.account, methods=["GET"]),
             Route("/signin", self.password_form, methods=["GET"]),
             Route("/signin", self.password, methods=["POST"]),
             Route("/signin/code", self.code_form, methods=["GET"]),
@@ -92,12 +91,6 @@ class SignIn:
         ]
 
     # -- pages ------------------------------------------------------------------
-
-    async def account(self, request: Request) -> Response:
-        full = self._full(request)
-        if full is None:
-            return self._to_signin(request)
-        return self.kit.render(request, full, "account.html", {"user": full.session.user})
 
     async def password_form(self, request: Request) -> Response:
         elsewhere = self._elsewhere(request)

@@ -1,0 +1,87 @@
+""" "This wasn't me" for real: an app password logs in through the gateway and
+idles; its owner finds the sign-in on the portal's recent sign-ins page and
+disowns it; the session ends with a BYE within 5 seconds, the app password no
+longer works, and the source is blocked."""
+
+from __future__ import annotations
+
+import imaplib
+import json
+import re
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.dovecot import DovecotServer
+from tests.gateway import GatewayProcess, source_address
+from tests.integration.conftest import close_imap, open_imap, wait_for
+from tests.integration.portal_web import csrf, new_user, portal_gateway, signed_in
+from tests.integration.test_clients import _read_until
+
+pytestmark = pytest.mark.dovecot
+
+WITHIN = 5.0
+
+
+@pytest.fixture(scope="module")
+def portal_gw(
+    tmp_path_factory: pytest.TempPathFactory, dovecot: DovecotServer
+) -> Iterator[tuple[GatewayProcess, int]]:
+    with portal_gateway(tmp_path_factory.mktemp("gw-portal-disown"), dovecot) as running:
+        yield running
+
+
+def test_disowning_a_sign_in_ends_its_session_and_blocks_the_source(
+    portal_gw: tuple[GatewayProcess, int], dovecot: DovecotServer
+) -> None:
+    gw, port = portal_gw
+    user = new_user(gw, dovecot, "own")
+    app_password = gw.create_app_password(user.name, "stolen")
+    thief = source_address(71)
+    idler = open_imap(gw, "implicit", thief, timeout=15)
+    try:
+        idler.login(user.name, app_password)
+        assert idler.select("INBOX")[0] == "OK"
+        idler.send(b"I1 IDLE\r\n")
+        assert _read_until(idler, rb"\+ ")[-1].startswith(b"+ ")
+        with signed_in(gw, port, user) as web:
+            # The history is written behind the login: wait for the row.
+            def row() -> tuple[str, str] | None:
+                page = web.get("/sign-ins")
+                found = re.search(
+                    r'<tr id="sign-in-([0-9a-f]+)">\s*<td>[^<]*</td>\s*<td>' + re.escape(thief),
+                    page.text,
+                )
+                return (found.group(1), csrf(page)) if found else None
+
+            sign_in_id, token = wait_for(row, what="the IMAP sign-in in the history")
+            disowned_at = time.monotonic()
+            done = web.post("/sign-ins/disown", data={"csrf": token, "id": sign_in_id})
+            assert done.status_code == 200, done.text
+            assert "no longer works" in done.text
+            assert f"The address {thief} is blocked." in done.text
+
+            lines = []
+            while True:
+                line = idler.readline()
+                if not line:
+                    break
+                lines.append(line.rstrip(b"\r\n"))
+            ended_after = time.monotonic() - disowned_at
+            assert lines[-1].startswith(b"* BYE"), lines
+            assert ended_after < WITHIN, ended_after
+    finally:
+        close_imap(idler)
+
+    blocks = json.loads(gw.cli("blocks", "list", "--json").stdout)
+    assert any(b.get("target") == f"source:{thief}" for b in blocks), blocks
+    again = open_imap(gw, "implicit", source_address(72), timeout=15)
+    try:
+        with pytest.raises(imaplib.IMAP4.error, match="AUTHENTICATIONFAILED"):
+            again.login(user.name, app_password)  # revoked: from anywhere
+    finally:
+        close_imap(again)
+    (event,) = [e for e in gw.events("disowned") if e.get("user") == user.name]
+    assert (event["sign_in"], event["blocked"]) == (sign_in_id, thief)
+    assert event["revoked"].startswith("app-password:")
