@@ -35,7 +35,7 @@ import pyotp
 from tests.dovecot import DovecotServer, free_port
 from tests.gateway import GatewayProcess
 
-__all__ = ["ADMINS", "GENEROUS_DEFENSE", "PortalServer", "User"]
+__all__ = ["ADMINS", "GENEROUS_DEFENSE", "PortalServer", "User", "source_address"]
 
 #: The members of the portal's admin group (`[groups] admins`, read at start),
 #: handed out one per test by `portal.new_admin()`.
@@ -58,6 +58,16 @@ pair_block = 1000
 """
 
 _STEP = 30  # TOTP seconds per step (auth/totp.py PERIOD)
+
+
+def source_address(n: int) -> str:
+    """A loopback source address of the browser tests' own (127.0.210.n, n in
+    1..254) for an IMAP client beside the browser: Dovecot's penalty and the
+    gateway's counters are per address (see tests/integration/conftest.py for the
+    other tests' blocks). One n per test; note which in the test module."""
+    if not 1 <= n <= 254:
+        raise ValueError(n)
+    return f"127.0.210.{n}"
 
 
 @dataclass(eq=False)

@@ -2,7 +2,8 @@
 and element, the label check finds a field labelled only for screen readers, the
 watch catches an inline script the CSP refused, and the virtual authenticator
 answers a WebAuthn ceremony on the portal's origin (what the passkey tests need:
-a secure context at `localhost` despite the test certificate)."""
+a secure context at `localhost` despite the test certificate), and an IMAP client
+beside the browser logs in through the same gateway."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import pytest
 from playwright.sync_api import Page
 
 from tests.e2e.browser import VirtualAuthenticator, Watch, axe, axe_violations, unlabelled_fields
+from tests.e2e.portal import PortalServer, source_address
+from tests.integration.conftest import close_imap, open_imap
 
 
 def test_axe_fails_a_page_with_an_unlabelled_field_naming_rule_and_element(page: Page) -> None:
@@ -118,3 +121,19 @@ def test_the_virtual_authenticator_answers_webauthn_on_the_portal_origin(page: P
     assert held["isResidentCredential"] is True
     assert held["signCount"] >= 1
     authenticator.remove()
+
+
+def test_an_imap_client_beside_the_browser_logs_in_through_the_portals_gateway(
+    portal: PortalServer,
+) -> None:
+    # Source 127.0.210.1 (tests/e2e/portal.py source_address).
+    user = portal.new_user()
+    password = portal.app_password(user, "harness")
+    imap = open_imap(portal.gw, "implicit", source_address(1))
+    try:
+        assert imap.login(user.name, password)[0] == "OK"
+        assert imap.select("INBOX")[0] == "OK"
+    finally:
+        close_imap(imap)
+    (login,) = [e for e in portal.gw.events("auth") if e.get("user") == user.name]
+    assert (login["result"], login["src"]) == ("ok", "127.0.210.1")
