@@ -96,6 +96,35 @@ async def test_no_origin_and_a_cross_site_fetch_is_refused(tmp_path: Path) -> No
         assert len(p.store.live()) == 1
 
 
+async def test_origin_null_from_a_sandboxed_frame_or_data_page_is_refused(tmp_path: Path) -> None:
+    # An opaque origin (sandboxed iframe, data: URL) sends `Origin: null`; its
+    # fetch metadata says cross-site, and a null without metadata is no browser of ours.
+    async with portal(tmp_path) as p:
+        token = await _signed_in_token(p)
+        for site in ("cross-site", "same-site", "none", None):
+            headers = {"Sec-Fetch-Site": site} if site is not None else {}
+            response = await p.post("/signout", {"csrf": token}, origin="null", headers=headers)
+            assert _refused(p, response.status_code), site
+            assert p.events()[-1]["reason"].startswith("Origin null"), p.events()[-1]
+        assert len(p.store.live()) == 1
+
+
+async def test_a_form_of_the_portal_under_no_referrer_origin_null_is_accepted(
+    tmp_path: Path,
+) -> None:
+    # Referrer-Policy: no-referrer makes a browser send `Origin: null` on the
+    # portal's own form posts (Fetch, "serializing a request origin"); Chromium
+    # does, see tests/e2e. Fetch metadata says same-origin; the token still counts.
+    async with portal(tmp_path) as p:
+        token = await _signed_in_token(p)
+        same = {"Sec-Fetch-Site": "same-origin"}
+        wrong = await p.post("/signout", {"csrf": token[:-1]}, origin="null", headers=same)
+        assert _refused(p, wrong.status_code)
+        response = await p.post("/signout", {"csrf": token}, origin="null", headers=same)
+        assert response.status_code == 303
+        assert p.store.live() == []
+
+
 async def test_no_origin_but_same_origin_fetch_metadata_is_accepted(tmp_path: Path) -> None:
     async with portal(tmp_path) as p:
         token = await _signed_in_token(p)

@@ -1,0 +1,139 @@
+"""The harness's own checks can fail: axe-core reports a serious violation by rule
+and element, the label check finds a field labelled only for screen readers, the
+watch catches an inline script the CSP refused, and the virtual authenticator
+answers a WebAuthn ceremony on the portal's origin (what the passkey tests need:
+a secure context at `localhost` despite the test certificate), and an IMAP client
+beside the browser logs in through the same gateway."""
+
+from __future__ import annotations
+
+import pytest
+from playwright.sync_api import Page
+
+from tests.e2e.browser import VirtualAuthenticator, Watch, axe, axe_violations, unlabelled_fields
+from tests.e2e.portal import PortalServer, source_address
+from tests.integration.conftest import close_imap, open_imap
+
+
+def test_axe_fails_a_page_with_an_unlabelled_field_naming_rule_and_element(page: Page) -> None:
+    page.goto("/signin")
+    assert [v for v in axe_violations(page) if v.impact in ("serious", "critical")] == []
+    page.evaluate(
+        """() => {
+        const field = document.createElement("input");
+        field.id = "stray";
+        document.querySelector("main").append(field);
+    }"""
+    )
+    with pytest.raises(AssertionError) as failed:
+        axe(page)
+    message = str(failed.value)
+    assert "label (critical): Form elements must have labels" in message
+    assert "at #stray" in message
+    assert "https://dequeuniversity.com/rules/axe/" in message
+
+
+def test_a_field_with_only_an_aria_label_or_a_hidden_label_has_no_visible_label(
+    page: Page,
+) -> None:
+    page.goto("/signin")
+    assert unlabelled_fields(page) == []
+    # Styles set through the DOM, not markup: the CSP refuses inline style attributes.
+    page.evaluate(
+        """() => {
+        const main = document.querySelector("main");
+        const field = (id, label, hide) => {
+            const input = document.createElement("input");
+            input.id = id;
+            if (label === null) {
+                input.setAttribute("aria-label", id);
+                input.placeholder = id;
+                main.append(input);
+                return;
+            }
+            const text = document.createElement("label");
+            text.htmlFor = id;
+            text.textContent = label;
+            hide(text.style);
+            main.append(text, input);
+        };
+        field("named", null);
+        field("gone", "Gone", s => { s.display = "none"; });
+        field("clipped", "Clipped", s => {
+            Object.assign(s, {position: "absolute", width: "1px", height: "1px",
+                              overflow: "hidden", clip: "rect(0 0 0 0)"});
+        });
+        field("aside", "Aside", s => {
+            Object.assign(s, {position: "absolute", left: "-9999px"});
+        });
+        field("seen", "Seen", s => {});
+    }"""
+    )
+    found = unlabelled_fields(page)
+    ids = [
+        next(i for i in ("named", "gone", "clipped", "aside", "seen") if f'id="{i}"' in f)
+        for f in found
+    ]
+    assert ids == ["named", "gone", "clipped", "aside"], found
+
+
+def test_the_watch_reports_an_inline_script_the_csp_refused(page: Page, watch: Watch) -> None:
+    page.goto("/signin")
+    page.evaluate(
+        """() => {
+        const script = document.createElement("script");
+        script.textContent = "document.title = 'injected'";
+        document.head.append(script);
+    }"""
+    )
+    page.wait_for_timeout(200)  # the console message is delivered asynchronously
+    assert page.title() != "injected"
+    assert any("Content Security Policy" in p for p in watch.problems), watch.problems
+    watch.problems.clear()  # seen; the page fixture checks the rest
+
+
+def test_the_virtual_authenticator_answers_webauthn_on_the_portal_origin(page: Page) -> None:
+    page.goto("/signin")
+    assert page.evaluate("window.isSecureContext") is True
+    authenticator = VirtualAuthenticator.add(page)
+    created = page.evaluate(
+        """async () => {
+        const random = n => crypto.getRandomValues(new Uint8Array(n));
+        const credential = await navigator.credentials.create({publicKey: {
+            rp: {id: "localhost", name: "imapguard test"},
+            user: {id: random(16), name: "ada", displayName: "ada"},
+            challenge: random(32),
+            pubKeyCredParams: [{type: "public-key", alg: -7}],
+            authenticatorSelection: {residentKey: "required", userVerification: "required"},
+        }});
+        const asserted = await navigator.credentials.get({publicKey: {
+            rpId: "localhost", challenge: random(32), userVerification: "required",
+            allowCredentials: [{type: "public-key", id: credential.rawId}],
+        }});
+        return {created: credential.id, asserted: asserted.id,
+                uv: (new Uint8Array(asserted.response.authenticatorData)[32] & 4) !== 0};
+    }"""
+    )
+    assert created["created"] == created["asserted"]
+    assert created["uv"] is True  # user verification reported, as passkeys need
+    (held,) = authenticator.credentials()
+    assert held["rpId"] == "localhost"
+    assert held["isResidentCredential"] is True
+    assert held["signCount"] >= 1
+    authenticator.remove()
+
+
+def test_an_imap_client_beside_the_browser_logs_in_through_the_portals_gateway(
+    portal: PortalServer,
+) -> None:
+    # Source 127.0.210.1 (tests/e2e/portal.py source_address).
+    user = portal.new_user()
+    password = portal.app_password(user, "harness")
+    imap = open_imap(portal.gw, "implicit", source_address(1))
+    try:
+        assert imap.login(user.name, password)[0] == "OK"
+        assert imap.select("INBOX")[0] == "OK"
+    finally:
+        close_imap(imap)
+    (login,) = [e for e in portal.gw.events("auth") if e.get("user") == user.name]
+    assert (login["result"], login["src"]) == ("ok", "127.0.210.1")
