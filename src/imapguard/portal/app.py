@@ -37,10 +37,13 @@ from imapguard.config.portal import PortalConfig
 from imapguard.defense.engine import Defense
 from imapguard.net import normalize
 from imapguard.policy.gate import PolicyGate
+from imapguard.portal.confirm import Confirm
 from imapguard.portal.csrf import CsrfGuard
+from imapguard.portal.factors import Factors
 from imapguard.portal.headers import SecurityHeaders
 from imapguard.portal.kit import Kit, request_id
 from imapguard.portal.pages import Pages
+from imapguard.portal.passkey_pages import PasskeyPages
 from imapguard.portal.ports import SignInService
 from imapguard.portal.ratelimit import SlidingWindow
 from imapguard.portal.sessions import SessionLoader, Sessions
@@ -156,10 +159,14 @@ def create_app(deps: PortalDeps) -> Starlette:
 
 def _pages(kit: Kit, deps: PortalDeps) -> list[BaseRoute]:
     """The routes of the pages beyond sign-in (they need `deps.services`)."""
-    del kit
-    if deps.services is None:
+    services = deps.services
+    if services is None:
         return []
-    return []
+    return [
+        *Factors(kit, totp_key=services.totp_key, recovery_key=deps.keys.recovery).routes(),
+        *PasskeyPages(kit, services.passkeys).routes(),
+        *Confirm(kit, deps.sign_in).routes(),
+    ]
 
 
 def _csrf_audit(audit: AuditLog) -> Callable[[HTTPConnection, str], None]:

@@ -6,7 +6,9 @@ counting and audit events as an IMAP login) and plugged in by `compose`; the
 portal only sees whether a step succeeded. Rules for an implementation: a
 failure says nothing about which part failed (unknown user, wrong password,
 blocked source are all `ok=False`); `user` is the canonical account name the
-session will carry; `has_totp` is only meaningful when `ok`.
+session will carry; `has_totp` and `has_passkey` are only meaningful when
+`ok`. A passkey challenge is made by the service (`passkey_options`) and kept by
+the portal in the session's server-side state, handed back exactly once.
 """
 
 from __future__ import annotations
@@ -14,10 +16,11 @@ from __future__ import annotations
 from typing import Protocol
 
 from imapguard.auth.model import AuthContext
+from imapguard.auth.passkeys import Challenge
 from imapguard.auth.signin import PasswordCheck
 from imapguard.secret import Secret
 
-__all__ = ["PasswordCheck", "SignInService"]
+__all__ = ["Challenge", "PasswordCheck", "SignInService"]
 
 
 class SignInService(Protocol):
@@ -26,3 +29,11 @@ class SignInService(Protocol):
     ) -> PasswordCheck: ...
 
     async def check_totp(self, user: str, code: Secret, ctx: AuthContext) -> bool: ...
+
+    async def check_recovery_code(self, user: str, code: Secret, ctx: AuthContext) -> bool: ...
+
+    async def passkey_options(self, user: str) -> Challenge | None: ...
+
+    async def check_passkey(
+        self, user: str, response: bytes, challenge: bytes, ctx: AuthContext
+    ) -> bool: ...
