@@ -266,8 +266,10 @@ class Portal(Event):
     kind: ClassVar[str] = "portal"
     src: str
     user: str | None = None
-    action: str  # sign_in | second_factor | sign_out | request
-    result: str  # ok | failed | no_second_factor | csrf | rate_limited
+    # sign_in | second_factor | sign_out | request | confirm | totp_enrol |
+    # totp_remove | passkey_add | passkey_rename | passkey_remove | recovery_codes
+    action: str
+    result: str  # ok | failed | refused | no_second_factor | csrf | rate_limited
     reason: str | None = None
 
 
