@@ -142,8 +142,22 @@ async def test_totp_pending_secret_replanted_in_another_session_is_refused(
                 "/security/totp"
             )
             assert victim.store.get_totp("alice") == before
+            # Alice's own secret, shown to another of her sessions (a page left
+            # open elsewhere, or read over a shoulder), opens in that one only.
+            async with p.browser() as elsewhere:
+                await elsewhere.sign_in("alice")
+                shown = await elsewhere.client.get("/security/totp")
+                secret = shown_secret(shown)
+                form = {
+                    "csrf": csrf_of(page),
+                    "pending": pending_of(shown),
+                    "code": pyotp.TOTP(secret).at(p.clock.now),
+                }
+                response = await victim.post("/security/totp", form)
+                assert response.headers["location"] == "/security/totp"
+                assert victim.store.get_totp("alice") == before
         failed = [e for e in p.events() if e["action"] == "totp_enrol"]
-        assert [(e["user"], e["result"]) for e in failed] == [("alice", "failed")] * 2
+        assert [(e["user"], e["result"]) for e in failed] == [("alice", "failed")] * 3
 
 
 async def test_totp_pending_secret_expires(tmp_path: Path) -> None:
@@ -172,6 +186,7 @@ async def test_totp_qr_code_passes_the_csp(tmp_path: Path) -> None:
         await p.sign_in()
         page = await p.client.get("/security/totp")
         assert "<svg" in page.text
+        assert 'fill="#fff"' in page.text  # light modules drawn: it reads on a dark page
         assert "style=" not in page.text.lower()
         assert "<script" not in page.text.lower()
         assert "<style" not in page.text.lower()
