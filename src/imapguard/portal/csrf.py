@@ -5,8 +5,12 @@ Rules, for every POST, PUT, PATCH and DELETE, whatever its path (a route added
 later cannot forget them):
 
 * `Origin` equals the configured `portal.url` origin exactly; a request without
-  `Origin` passes only with `Sec-Fetch-Site: same-origin` (a browser that sends
-  neither is no browser we serve).
+  `Origin`, or with `Origin: null`, passes only with `Sec-Fetch-Site:
+  same-origin` (a browser that sends neither is no browser we serve). The portal's
+  own pages make browsers send `null`: under `Referrer-Policy: no-referrer` the
+  Fetch standard serializes the origin of a form POST or a same-origin fetch as
+  `null` ("serializing a request origin"); Sec-Fetch-Site is set by the browser
+  alone (a forbidden header name), and says where the request came from.
 * It carries the synchronizer token, as the form field `csrf` (once) or the
   `X-CSRF-Token` header: HMAC-SHA256(PORTAL_CSRF key, the session cookie's token),
   or, before sign-in, of the `__Host-imapguard-pre` cookie's random value, so the
@@ -126,12 +130,13 @@ class CsrfGuard:
 
     def _origin_problem(self, headers: Headers) -> str | None:
         origin = headers.get("origin")
-        if origin is not None:
+        if origin is not None and origin != "null":
             return None if origin == self.origin else f"foreign origin {origin[:100]!r}"
         site = headers.get("sec-fetch-site")
         if site == "same-origin":
             return None
-        return "no Origin" if site is None else f"no Origin, Sec-Fetch-Site {site[:20]!r}"
+        told = "no Origin" if origin is None else "Origin null"
+        return told if site is None else f"{told}, Sec-Fetch-Site {site[:20]!r}"
 
     async def _refuse(
         self, conn: HTTPConnection, reason: str, receive: Receive, send: Send
