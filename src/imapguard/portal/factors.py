@@ -84,6 +84,10 @@ class Factors:
         codes = await kit.call(self.store.count_recovery_codes, user)
         context = {
             "totp": totp_record,
+            "totp_since": _when(totp_record.created_at) if totp_record is not None else "",
+            "totp_locked": totp_record is not None
+            and totp_record.locked_until is not None
+            and totp_record.locked_until > kit.clock(),
             "passkeys": [
                 {
                     "id": p.id,

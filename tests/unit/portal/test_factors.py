@@ -65,7 +65,7 @@ async def test_security_page_lists_the_methods(tmp_path: Path) -> None:
         page = await p.client.get("/security")
         assert page.status_code == 200
         assert page.text.count("<h1>") == 1
-        assert "Set up. It shows" in page.text  # alice has TOTP
+        assert "Set up on 2027-01-15 08:00 UTC." in page.text  # alice has TOTP
         assert "Work laptop" in page.text
         assert "never" in page.text  # not used yet
         assert "10 unused recovery codes left." in page.text
@@ -308,3 +308,14 @@ async def test_csrf_factor_changes_need_the_token(tmp_path: Path) -> None:
             assert foreign.status_code == 403, path
         assert p.store.get_totp("alice") is not None
         assert p.store.count_recovery_codes("alice") == 0
+
+
+async def test_security_page_says_when_codes_are_locked(tmp_path: Path) -> None:
+    # Someone with the password is guessing codes: the owner sees it here.
+    async with portal(tmp_path) as p:
+        await p.sign_in()
+        assert "Codes are locked" not in (await p.client.get("/security")).text
+        p.store.record_totp_failure("alice", p.clock.now, 300.0, 1, 300.0)
+        assert "Codes are locked" in (await p.client.get("/security")).text
+        p.clock.now += 301
+        assert "Codes are locked" not in (await p.client.get("/security")).text
