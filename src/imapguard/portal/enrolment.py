@@ -17,7 +17,9 @@ and a tampered or replanted field is refused by the tag. Storing the confirmed
 secret also spends the code's time step (`use_totp_step`): the code typed to
 enrol does not sign anyone in afterwards.
 
-`begin_totp`, `pending_totp` and `enrol_totp` are all a page needs.
+`begin_totp`, `pending_totp` and `enrol_totp` are all a page needs; `totp.html`
+shows a `PendingTotp` (context: `pending`, `error`, `replacing`, `action`: where its
+form posts, `cancel`: a link back or "").
 """
 
 from __future__ import annotations

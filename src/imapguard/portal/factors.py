@@ -152,7 +152,13 @@ class Factors:
     ) -> Response:
         user = signed_in.session.user
         replacing = await self.kit.call(self.store.get_totp, user) is not None
-        context = {"pending": pending, "error": error, "replacing": replacing}
+        context = {
+            "pending": pending,
+            "error": error,
+            "replacing": replacing,
+            "action": "/security/totp",
+            "cancel": "/security",
+        }
         return self.kit.render(request, signed_in, "totp.html", context)
 
     async def totp_remove(self, request: Request) -> Response:
