@@ -192,6 +192,7 @@ async def test_totp_qr_code_passes_the_csp(tmp_path: Path) -> None:
         assert "<style" not in page.text.lower()
         assert "otpauth://" not in page.text  # the URI is only in the QR code
         assert len(shown_secret(page)) == 32
+        assert '<form method="post" action="/security/totp">' in page.text
 
 
 async def test_removing_the_last_second_factor_is_refused(tmp_path: Path) -> None:
