@@ -268,6 +268,8 @@ class Portal(Event):
     src: str
     user: str | None = None
     # sign_in | second_factor | sign_out | request | invite | enroll_totp | oidc
+    # | confirm | totp_enrol | totp_remove | passkey_add | passkey_rename
+    # | passkey_remove | recovery_codes
     # | session_revoke | session_revoke_others
     # | app_password_create | app_password_revoke | app_password_setup
     # | device_approve | device_reject | device_revoke | disown

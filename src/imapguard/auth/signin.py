@@ -38,7 +38,7 @@ from imapguard.audit import AuditLog, events
 from imapguard.auth import recovery, totp
 from imapguard.auth.chokepoint import Authenticator
 from imapguard.auth.model import AuthContext, AuthResult, NoticeHook, Outcome, S
-from imapguard.auth.passkeys import PasskeyRefused, Passkeys
+from imapguard.auth.passkeys import Challenge, PasskeyRefused, Passkeys
 from imapguard.defense.engine import Action, Attempt, Verdict
 from imapguard.errors import StateUnavailable, UpstreamRefused, UpstreamUnavailable
 from imapguard.secret import Secret
@@ -58,11 +58,12 @@ MECHANISM_INVITE = "PORTAL-INVITE"
 
 @dataclass(frozen=True)
 class PasswordCheck:
-    """The first step's answer. `user` and `has_totp` only when `ok`."""
+    """The first step's answer. `user`, `has_totp` and `has_passkey` only when `ok`."""
 
     ok: bool
     user: str | None = None
     has_totp: bool = False
+    has_passkey: bool = False
 
 
 class TwoStepSignIn(Generic[S]):
@@ -98,15 +99,16 @@ class TwoStepSignIn(Generic[S]):
     ) -> PasswordCheck:
         """Step one: is this the account's password?"""
         user = _account(self.auth, username)
-        has_totp = False
+        has_totp = has_passkey = False
 
         async def step() -> AuthResult[Any]:
-            nonlocal has_totp
+            nonlocal has_totp, has_passkey
             result = await self._password(user, password, ctx)
             if result.outcome is not Outcome.OK or user is None:
                 return result
             has_totp = self.auth.reader.get_totp(user) is not None
-            if has_totp or await self._has_passkey(user):
+            has_passkey = await self._has_passkey(user)
+            if has_totp or has_passkey:
                 return result
             # A right password that cannot go on is a failure in every way a
             # client can see, timing included: else the quick answer would
@@ -123,9 +125,19 @@ class TwoStepSignIn(Generic[S]):
         ok = await self._attempt(
             MECHANISM_PASSWORD, username, user, ctx, step, secret=password or None, success=False
         )
-        return (
-            PasswordCheck(ok=True, user=user, has_totp=has_totp) if ok else PasswordCheck(ok=False)
-        )
+        if not ok:
+            return PasswordCheck(ok=False)
+        return PasswordCheck(ok=True, user=user, has_totp=has_totp, has_passkey=has_passkey)
+
+    async def passkey_options(self, user: str) -> Challenge | None:
+        """What the browser is asked to sign to prove one of `user`'s passkeys
+        (the caller keeps `challenge` and passes it to `check_passkey` once);
+        None when the account has none or passkeys are not configured."""
+        store = self._portal_store
+        if store is None or self.passkeys is None:
+            return None
+        records = await self._store(store.list_passkeys, user)
+        return self.passkeys.authentication(records) if records else None
 
     async def check_invited_password(
         self,

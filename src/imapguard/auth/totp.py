@@ -106,12 +106,14 @@ def qr_text(uri: str) -> str:
     return out.getvalue()
 
 
-def qr_svg(uri: str, scale: int = 4) -> str:
+def qr_svg(uri: str, scale: int = 4, light: str | None = None) -> str:
     """`uri` as a standalone SVG document (namespace, no XML declaration).
 
-    It embeds as it is in an HTML page and also works as an image file."""
+    It embeds as it is in an HTML page and also works as an image file.
+    `light`: a colour for the light modules (default: transparent), e.g. white
+    so the code reads on a page with a dark background."""
     out = io.BytesIO()
-    segno.make_qr(uri).save(out, kind="svg", scale=scale, xmldecl=False, nl=False)
+    segno.make_qr(uri).save(out, kind="svg", scale=scale, xmldecl=False, nl=False, light=light)
     return out.getvalue().decode("utf-8")
 
 

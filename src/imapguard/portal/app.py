@@ -40,14 +40,17 @@ from imapguard.net import normalize
 from imapguard.policy.gate import PolicyGate
 from imapguard.portal.account import Account
 from imapguard.portal.app_passwords import AppPasswords
+from imapguard.portal.confirm import Confirm
 from imapguard.portal.csrf import CsrfGuard
 from imapguard.portal.devices import Devices
+from imapguard.portal.factors import Factors
 from imapguard.portal.headers import SecurityHeaders
 from imapguard.portal.history import History
 from imapguard.portal.invite import Invite
 from imapguard.portal.kit import Kit, request_id
 from imapguard.portal.oidc import Oidc, OidcSetup
 from imapguard.portal.pages import Pages
+from imapguard.portal.passkey_pages import PasskeyPages
 from imapguard.portal.ports import SignInService
 from imapguard.portal.ratelimit import SlidingWindow
 from imapguard.portal.sessions import SessionLoader, Sessions
@@ -192,6 +195,9 @@ def _pages(kit: Kit, deps: PortalDeps, limiter: SlidingWindow) -> list[BaseRoute
         *AppPasswords(kit, services.app_password_key).routes(),
         *Devices(kit, services.defense, services.approved_device_trust).routes(),
         *History(kit, services.defense, services.notice).routes(),
+        *Factors(kit, totp_key=services.totp_key, recovery_key=deps.keys.recovery).routes(),
+        *PasskeyPages(kit, services.passkeys).routes(),
+        *Confirm(kit, deps.sign_in).routes(),
     ]
     if services.oidc is not None:
         oidc = Oidc(kit=kit, setup=services.oidc, limiter=limiter, clock=deps.clock)

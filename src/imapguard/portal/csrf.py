@@ -151,17 +151,25 @@ def _token_in_form(headers: Headers, body: bytes) -> tuple[str | None, str | Non
     media_type = headers.get("content-type", "").partition(";")[0].strip().lower()
     if media_type != _FORM:
         return None, f"not a form ({media_type[:50]!r}) and no {HEADER} header"
+    # Latin-1 maps every byte to one character, so a field of any text (a
+    # password or a name with "ü" in it) parses; the token itself is ASCII.
+    # (parse_qsl of bytes raises UnicodeEncodeError on a percent-escaped
+    # non-ASCII byte.)
     try:
-        fields = parse_qsl(body, keep_blank_values=True, max_num_fields=_MAX_FIELDS)
+        fields = parse_qsl(
+            body.decode("latin-1"),
+            keep_blank_values=True,
+            max_num_fields=_MAX_FIELDS,
+            encoding="latin-1",
+        )
     except ValueError:
         return None, "a form with too many fields"
-    values = [value for name, value in fields if name == FIELD.encode()]
+    values = [value for name, value in fields if name == FIELD]
     if len(values) != 1:
         return None, "no token" if not values else "several tokens"
-    try:
-        return values[0].decode("ascii"), None
-    except UnicodeDecodeError:
+    if not values[0].isascii():
         return None, "wrong token"
+    return values[0], None
 
 
 async def _read_body(receive: Receive) -> bytes | None:

@@ -6,7 +6,9 @@ counting and audit events as an IMAP login) and plugged in by `compose`; the
 portal only sees whether a step succeeded. Rules for an implementation: a
 failure says nothing about which part failed (unknown user, wrong password,
 blocked source are all `ok=False`); `user` is the canonical account name the
-session will carry; `has_totp` is only meaningful when `ok`.
+session will carry; `has_totp` and `has_passkey` are only meaningful when
+`ok`. A passkey challenge is made by the service (`passkey_options`) and kept by
+the portal in the session's server-side state, handed back exactly once.
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from imapguard.auth.model import AuthContext
+from imapguard.auth.passkeys import Challenge
 from imapguard.auth.signin import PasswordCheck
 from imapguard.secret import Secret
 
-__all__ = ["PasswordCheck", "SignInService"]
+__all__ = ["Challenge", "PasswordCheck", "SignInService"]
 
 
 class SignInService(Protocol):
@@ -39,3 +42,11 @@ class SignInService(Protocol):
         and then `redeem(user)` (which spends the invitation) is true; a right
         password needs no second factor here."""
         ...
+
+    async def check_recovery_code(self, user: str, code: Secret, ctx: AuthContext) -> bool: ...
+
+    async def passkey_options(self, user: str) -> Challenge | None: ...
+
+    async def check_passkey(
+        self, user: str, response: bytes, challenge: bytes, ctx: AuthContext
+    ) -> bool: ...

@@ -174,11 +174,16 @@ class Sessions:
         now = self._clock()
         return await self._create(conn, user, "password", now, now + PENDING_LIFETIME)
 
-    async def raise_to_full(self, conn: HTTPConnection, pending: Current) -> Current | None:
+    async def raise_to_full(
+        self, conn: HTTPConnection, pending: Current, *, keep_expiry: bool = False
+    ) -> Current | None:
         """The second factor was right: a new "full" session with a new token
-        replaces `pending`. None if `pending` is gone."""
+        replaces `pending`. None if `pending` is gone. `keep_expiry`: the new
+        session ends when `pending` would have (a fresh-factor check of a full
+        session must not extend its absolute lifetime)."""
         now = self._clock()
-        new = await self._create(conn, pending.session.user, "password", now, now + self.lifetime)
+        expires_at = pending.session.expires_at if keep_expiry else now + self.lifetime
+        new = await self._create(conn, pending.session.user, "password", now, expires_at)
         # Raising rotates the token once more: the store finds the session by the
         # new digest only (what was issued before the second factor opens nothing).
         token = new_token()

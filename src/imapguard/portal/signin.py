@@ -2,7 +2,10 @@
 first page behind them.
 
 Routes: `GET/POST /signin` (user name and password), `GET/POST /signin/code`
-(the 6-digit TOTP code), `POST /signout`, `GET /` ("Your account").
+(the second factor: the 6-digit TOTP code, a passkey or a recovery code, as
+`second_factor` reads them), `POST /signin/passkey-options` (the passkey
+challenge, JSON, for the page's script), `POST /signout`, `GET /` ("Your
+account").
 
 Rules:
 
@@ -17,7 +20,10 @@ Rules:
   doors (SMTP, webmail). The sign-in page always says where an account without
   a factor starts: its invitation link.
 * Every POST to `/signin` or `/signin/code` first passes the per-source rate
-  limit (429 with `Retry-After`).
+  limit (429 with `Retry-After`). Whatever the method, a wrong second factor
+  counts toward the same `MAX_CODE_FAILURES`.
+* A passkey's challenge is made by the auth service from the account's own
+  passkeys and kept server-side for the "password" session, used once.
 * A right password starts a new "password" session (a new cookie; whatever
   session the browser had is ended), which reaches only the code step and
   sign-out, for `PENDING_LIFETIME` and at most `MAX_CODE_FAILURES` wrong codes
@@ -30,7 +36,6 @@ Rules:
 
 from __future__ import annotations
 
-import re
 from collections import OrderedDict
 from collections.abc import Callable
 
@@ -44,6 +49,7 @@ from imapguard.portal.kit import LISTENER, Kit, field, request_id, see_other
 from imapguard.portal.pages import Pages
 from imapguard.portal.ports import SignInService
 from imapguard.portal.ratelimit import SlidingWindow
+from imapguard.portal.second_factor import SecondFactor, methods_of
 from imapguard.portal.sessions import COOKIE, Current, Sessions, clear_cookie, current, loaded
 from imapguard.secret import Secret
 
@@ -53,7 +59,6 @@ FAILED = "The user name, password or code is not right."
 # Longer input is refused before the auth service sees it (the same FAILED).
 MAX_USERNAME = 256
 MAX_PASSWORD = 1024
-_CODE = re.compile(r"[0-9]{6}")
 # Wrong codes a "password" session may send before it is ended.
 MAX_CODE_FAILURES = 5
 # Sessions whose wrong codes are counted (oldest forgotten first): memory bound.
@@ -80,6 +85,7 @@ class SignIn:
         self.audit = audit
         self.clock = clock
         self._code_failures: OrderedDict[str, int] = OrderedDict()
+        self.factor = SecondFactor(service, clock)
 
     def routes(self) -> list[BaseRoute]:
         return [
@@ -87,6 +93,7 @@ class SignIn:
             Route("/signin", self.password, methods=["POST"]),
             Route("/signin/code", self.code_form, methods=["GET"]),
             Route("/signin/code", self.code, methods=["POST"]),
+            Route("/signin/passkey-options", self.passkey_options, methods=["POST"]),
             Route("/signout", self.sign_out, methods=["POST"]),
         ]
 
@@ -102,7 +109,20 @@ class SignIn:
         pending = self._pending(request)
         if pending is None:
             return self._elsewhere(request) or self._to_signin(request)
-        return self.pages.render(request, "code.html", {"error": None})
+        return await self._code_page(request, pending, None)
+
+    async def _code_page(self, request: Request, pending: Current, error: str | None) -> Response:
+        methods = await methods_of(self.kit, pending.session.user)
+        return self.pages.render(request, "code.html", {"error": error, "methods": methods})
+
+    async def passkey_options(self, request: Request) -> Response:
+        pending = self._pending(request)
+        if pending is None:
+            return self._elsewhere(request) or self._to_signin(request)
+        options = await self.factor.options(pending.session, "sign_in")
+        if options is None:
+            return PlainTextResponse("No passkey is registered.", status_code=404)
+        return Response(options, media_type="application/json")
 
     # -- steps ------------------------------------------------------------------
 
@@ -118,15 +138,16 @@ class SignIn:
         username, password = field(form, "username"), field(form, "password")
         ctx = AuthContext(client=Kit.client(request, rid), client_id=None, listener=LISTENER)
         if not username or len(username) > MAX_USERNAME or len(password) > MAX_PASSWORD:
-            ok, user, has_totp = False, None, False
+            ok, user, has_factor = False, None, False
         else:
             check = await self.service.check_password(username, Secret(password), ctx)
-            ok, user, has_totp = check.ok and check.user is not None, check.user, check.has_totp
+            ok, user = check.ok and check.user is not None, check.user
+            has_factor = check.has_totp or check.has_passkey
         if not ok or user is None:
             self._emit(rid, ctx, None, "sign_in", "failed")
             context = {"error": FAILED, "username": username[:MAX_USERNAME]}
             return self.pages.render(request, "signin.html", context)
-        if not has_totp:
+        if not has_factor:
             # The same page as a wrong password (module docstring).
             self._emit(rid, ctx, user, "sign_in", "no_second_factor")
             context = {"error": FAILED, "username": username}
@@ -145,17 +166,14 @@ class SignIn:
             return self._elsewhere(request) or self._to_signin(request)
         user = pending.session.user
         form = await request.form()
-        code = "".join(field(form, "code").split())
         ctx = AuthContext(client=Kit.client(request, rid), client_id=None, listener=LISTENER)
-        ok = _CODE.fullmatch(code) is not None and await self.service.check_totp(
-            user, Secret(code), ctx
-        )
+        method, ok = await self.factor.check(pending.session, "sign_in", form, ctx)
         if not ok:
             if self._code_failed(pending.session.id) < MAX_CODE_FAILURES:
-                self._emit(rid, ctx, user, "second_factor", "failed")
-                return self.pages.render(request, "code.html", {"error": FAILED})
+                self._emit(rid, ctx, user, "second_factor", "failed", method)
+                return await self._code_page(request, pending, FAILED)
             await self.sessions.end(pending)
-            self._emit(rid, ctx, user, "second_factor", "failed", "too many wrong codes")
+            self._emit(rid, ctx, user, "second_factor", "failed", f"{method}; too many wrong")
             context = {"error": FAILED, "username": ""}
             return self.pages.render(request, "signin.html", context, signed_out=True)
         self._code_failures.pop(pending.session.id, None)
@@ -163,7 +181,7 @@ class SignIn:
         if full is None:
             self._emit(rid, ctx, user, "second_factor", "failed", "the session ended meanwhile")
             return see_other("/signin", clear_cookie(COOKIE))
-        self._emit(rid, ctx, user, "second_factor", "ok")
+        self._emit(rid, ctx, user, "second_factor", "ok", method)
         return see_other("/", self.sessions.cookie(full))
 
     async def sign_out(self, request: Request) -> Response:

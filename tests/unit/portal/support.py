@@ -20,8 +20,9 @@ import httpx
 from starlette.types import ASGIApp
 
 from imapguard.audit import AuditLog, read_events
+from imapguard.auth import recovery, totp
 from imapguard.auth.model import AuthContext
-from imapguard.auth.passkeys import Passkeys
+from imapguard.auth.passkeys import Challenge, PasskeyRefused, Passkeys
 from imapguard.config import PortalConfig
 from imapguard.defense import Defense, DefenseSettings, Fingerprinter
 from imapguard.policy.gate import PolicyGate
@@ -91,6 +92,11 @@ class FakeSignIn:
     )
     calls: list[tuple[str, str, AuthContext]] = field(default_factory=list)
     broken: bool = False
+    # Passkeys and recovery codes are checked for real, against the store, as
+    # auth.signin.TwoStepSignIn does (set by `portal`).
+    store: SqliteStore | None = None
+    passkeys: Passkeys | None = None
+    recovery_key: bytes = b""
 
     async def check_password(
         self, username: str, password: Secret, ctx: AuthContext
@@ -101,7 +107,8 @@ class FakeSignIn:
         known = self.users.get(username)
         if known is None or password != Secret(known[0]):
             return PasswordCheck(ok=False, user=None, has_totp=False)
-        return PasswordCheck(ok=True, user=username, has_totp=known[1])
+        has_passkey = self.store is not None and bool(self.store.list_passkeys(username))
+        return PasswordCheck(ok=True, user=username, has_totp=known[1], has_passkey=has_passkey)
 
     async def check_totp(self, user: str, code: Secret, ctx: AuthContext) -> bool:
         self.calls.append(("totp", user, ctx))
@@ -120,6 +127,34 @@ class FakeSignIn:
         if known is None or password != Secret(known[0]) or not await redeem(username):
             return PasswordCheck(ok=False, user=None, has_totp=False)
         return PasswordCheck(ok=True, user=username, has_totp=known[1])
+
+    async def check_recovery_code(self, user: str, code: Secret, ctx: AuthContext) -> bool:
+        self.calls.append(("recovery", user, ctx))
+        normalized = recovery.normalize(code)
+        if self.store is None or normalized is None:
+            return False
+        digest = recovery.digest(self.recovery_key, user, normalized)
+        return self.store.use_recovery_code(user, digest, 0.0)
+
+    async def passkey_options(self, user: str) -> Challenge | None:
+        if self.store is None or self.passkeys is None:
+            return None
+        records = self.store.list_passkeys(user)
+        return self.passkeys.authentication(records) if records else None
+
+    async def check_passkey(
+        self, user: str, response: bytes, challenge: bytes, ctx: AuthContext
+    ) -> bool:
+        self.calls.append(("passkey", user, ctx))
+        if self.store is None or self.passkeys is None:
+            return False
+        try:
+            proven = self.passkeys.verify_authentication(
+                response, challenge, self.store.list_passkeys(user)
+            )
+        except PasskeyRefused:
+            return False
+        return self.store.use_passkey(proven.passkey.credential_id, proven.sign_count, 1.0)
 
 
 _CSRF = re.compile(r'name="csrf" value="([^"]+)"')
@@ -211,6 +246,13 @@ async def portal(
         random.Random(1),
         fingerprints=Fingerprinter(Secret(secrets.token_bytes(32))),
     )
+    service.store = store
+    totp_key = secrets.token_bytes(32)
+    for name, (_, has_totp) in service.users.items():
+        if has_totp:  # the store agrees with the fake (the pages list the methods)
+            store.set_totp(name, totp.seal(totp_key, name, totp.new_secret()), clock())
+    service.passkeys = Passkeys(rp_id="portal.test", rp_name="Mail security", origin=ORIGIN)
+    service.recovery_key = keys.recovery
     deps = PortalDeps(
         settings=config,
         store=store,
@@ -220,7 +262,7 @@ async def portal(
         clock=clock,
         is_admin=lambda user: user in admins,
         services=PortalServices(
-            totp_key=secrets.token_bytes(32),
+            totp_key=totp_key,
             app_password_key=secrets.token_bytes(32),
             passkeys=Passkeys(rp_id="portal.test", rp_name="Mail security", origin=ORIGIN),
             defense=defense,
