@@ -62,8 +62,9 @@ from imapguard.keys import (
 from imapguard.notify import Notice, NoticeKind, Notifier
 from imapguard.policy.gate import load_policy
 from imapguard.portal.app import PortalDeps, PortalKeys, PortalServices, create_app
+from imapguard.portal.child import PortalChild, inherited, watch_parent
 from imapguard.portal.oidc import OidcSetup
-from imapguard.portal.serve import PortalServer, portal_context
+from imapguard.portal.serve import PortalServer, listen_socket, portal_context
 from imapguard.secret import Secret
 from imapguard.state.sqlite import SqliteStore, open_reader, open_store
 from imapguard.state.writebehind import WriteBehind
@@ -327,14 +328,20 @@ async def serve(
 ) -> None:
     """Run the gateway until SIGTERM/SIGINT; SIGHUP reloads `config_path` for new
     connections (established ones keep what they started with). With `[portal]`
-    the portal runs beside it on this event loop (bound before the gateway
-    listens: a port in use is a ConfigError) and stops with it; SIGHUP reloads
-    its certificate too."""
+    the portal runs beside it, bound before the gateway listens (a port in use is
+    a ConfigError), stopped with it, its certificate reloaded on SIGHUP: in a
+    process of its own (`portal.child`) when there is a `config_path` for it to
+    read, else on this event loop."""
     async with open_services(config) as services:
         audit = services.audit
         gateway = Gateway(gateway_runtime(config, services), audit, services.reader)
-        portal = None
-        if config.portal is not None:
+        portal: PortalServer | None = None
+        child: PortalChild | None = None
+        if config.portal is not None and config_path is not None:
+            child = PortalChild(
+                config_path, listen_socket(config.portal.listen), on_exit=_portal_exited(audit)
+            )
+        elif config.portal is not None:
             portal = portal_server(
                 config,
                 portal_deps(
@@ -357,6 +364,8 @@ async def serve(
                 audit.emit(events.Reload(result="failed", reason=str(exc)))
             if portal is not None:
                 _reload_portal(portal, audit)
+            if child is not None:
+                child.hangup()
 
         def stop() -> None:
             gateway.stop()
@@ -367,16 +376,29 @@ async def serve(
         loop.add_signal_handler(signal.SIGTERM, stop)
         loop.add_signal_handler(signal.SIGINT, stop)
         audit.emit(events.Start(pid=os.getpid()))
-        if portal is None:
+        if portal is None and child is None:
             await gateway.serve(ready)
         else:
             async with asyncio.TaskGroup() as tg:
-                tg.create_task(_run_portal(portal))
+                if portal is not None:
+                    tg.create_task(_run_portal(portal))
+                elif child is not None:
+                    tg.create_task(child.run())
                 try:
                     await gateway.serve(ready)
                 finally:
-                    portal.stop()
+                    if portal is not None:
+                        portal.stop()
+                    if child is not None:
+                        await child.stop()
         audit.emit(events.Stop(pid=os.getpid()))
+
+
+def _portal_exited(audit: AuditLog) -> Callable[[int], None]:
+    def exited(code: int) -> None:
+        audit.emit(events.Reload(result="failed", reason=f"the portal process exited ({code})"))
+
+    return exited
 
 
 # -- the portal ------------------------------------------------------------------------
@@ -516,13 +538,18 @@ async def _run_portal(portal: PortalServer) -> None:
 
 async def serve_portal(config: Config, ready: Callable[[PortalServer], None] | None = None) -> None:
     """`imapguard portal`: the portal alone until SIGTERM/SIGINT; SIGHUP reloads
-    its certificate."""
+    its certificate. Started by `imapguard serve` (`portal.child`), it serves the
+    socket the gateway's process bound and stops when that process ends."""
     async with open_services(config) as services:
         audit = services.audit
         portal = portal_server(
             config, portal_deps(config, services, sign_in_service(config, services))
         )
-        portal.bind()
+        handed = inherited()
+        if handed is None:
+            portal.bind()
+        else:
+            portal.adopt(handed[0])
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGHUP, _reload_portal, portal, audit)
         loop.add_signal_handler(signal.SIGTERM, portal.stop)
@@ -530,7 +557,12 @@ async def serve_portal(config: Config, ready: Callable[[PortalServer], None] | N
         audit.emit(events.Start(pid=os.getpid()))
         if ready is not None:
             ready(portal)
-        await portal.serve()
+        async with asyncio.TaskGroup() as tg:
+            if handed is not None:
+                watch = tg.create_task(watch_parent(handed[1], portal.stop))
+            await portal.serve()
+            if handed is not None:
+                watch.cancel()
         audit.emit(events.Stop(pid=os.getpid()))
 
 

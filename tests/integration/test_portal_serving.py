@@ -8,6 +8,7 @@ No Dovecot is needed: the gateway starts without asking its upstream anything.""
 from __future__ import annotations
 
 import contextlib
+import os
 import secrets
 import signal
 import socket
@@ -16,7 +17,7 @@ import subprocess
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -337,3 +338,89 @@ def test_a_slowloris_source_holds_few_connections_and_none_for_long(tmp_path: Pa
         finally:
             for sock in held:
                 sock.close()
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            stat = (entry / "stat").read_text()
+            # pid (comm) state ppid ...: comm may hold spaces, so split after ')'.
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _wait(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+def test_a_crashed_portal_process_is_started_again_and_the_gateway_goes_on(
+    tmp_path: Path,
+) -> None:
+    # The portal's work runs in a process of its own (it must not slow the
+    # gateway's event loop); its crash must cost neither the gateway nor the portal.
+    with serving(tmp_path) as served:
+        assert served.proc is not None
+        parent = served.proc.pid
+        child = _portal_process(parent)
+        os.kill(child, signal.SIGKILL)
+        _wait(
+            lambda: bool(_children(parent)) and _children(parent) != [child],
+            f"no new portal process:\n{served.log}",
+        )
+        _wait(lambda: _serves_signin(served), f"the new portal does not serve:\n{served.log}")
+        assert _accepts(served.imap_port)
+        assert "the portal process exited" in served.log
+        assert '"reason":"the portal process exited (-9)"' in (tmp_path / "audit.jsonl").read_text()
+
+
+def test_a_killed_gateway_takes_its_portal_process_along(tmp_path: Path) -> None:
+    # No orphan keeps serving the portal (and holding its port) after its
+    # gateway died without a chance to stop it.
+    served = _configure(tmp_path)
+    served.run("serve", wait_for=(served.portal_port, served.imap_port))
+    assert served.proc is not None
+    child = _portal_process(served.proc.pid)
+    served.proc.kill()
+    served.proc.wait()
+    _wait(lambda: not _alive(child), "the portal process outlived its gateway")
+    assert not _accepts(served.portal_port)
+
+
+def test_sigterm_stops_the_portal_process_with_the_gateway(tmp_path: Path) -> None:
+    served = _configure(tmp_path)
+    served.run("serve", wait_for=(served.portal_port, served.imap_port))
+    assert served.proc is not None
+    child = _portal_process(served.proc.pid)
+    assert served.stop() == 0, served.log
+    assert not _alive(child)
+    assert "Traceback" not in served.log, served.log
+
+
+def _portal_process(gateway: int) -> int:
+    """The portal process `gateway` started (the port accepts before it runs:
+    the gateway's process binds it)."""
+    _wait(lambda: len(_children(gateway)) == 1, "no portal process")
+    (child,) = _children(gateway)
+    return child
+
+
+def _serves_signin(served: Served) -> bool:
+    with contextlib.suppress(httpx.HTTPError), served.client() as client:
+        return client.get("/signin").status_code == 200
+    return False

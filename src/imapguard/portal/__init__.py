@@ -14,4 +14,5 @@ no `gateway`. One job per module:
     ports      SignInService: the only way a credential is checked
     connections  the HTTP connection guard: per-source connections, deadlines
     serve      uvicorn on the running event loop, our TLS context, SIGHUP, stop
+    child      the portal in a process of its own beside `imapguard serve`
 """

@@ -38,7 +38,7 @@ from imapguard.errors import ConfigError
 from imapguard.portal.connections import ConnectionCounts, guarded_protocol
 from imapguard.tls import server_context
 
-__all__ = ["PortalServer", "portal_context"]
+__all__ = ["PortalServer", "listen_socket", "portal_context"]
 
 LIMIT_CONCURRENCY = 200
 KEEP_ALIVE = 5
@@ -108,17 +108,10 @@ class PortalServer:
 
     def bind(self) -> tuple[str, int]:
         """Listen on `portal.listen` now; the address actually bound."""
-        try:
-            infos = socket.getaddrinfo(
-                self.host, self.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-            )
-            family, _, _, _, address = infos[0]
-            sock = socket.create_server(address[:2], family=family, backlog=_BACKLOG)
-        except OSError as exc:
-            reason = exc.strerror or str(exc)
-            raise ConfigError(
-                [("portal.listen", f"cannot listen on {self.listen}: {reason}")]
-            ) from None
+        return self.adopt(listen_socket(self.listen))
+
+    def adopt(self, sock: socket.socket) -> tuple[str, int]:
+        """Serve on `sock`, already listening (bound by a parent process)."""
         self._socket = sock
         bound: tuple[str, int] = sock.getsockname()[:2]
         return bound
@@ -142,6 +135,19 @@ class PortalServer:
         scratch = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         scratch.load_cert_chain(self._certificate, self._private_key)
         self.ssl_context.load_cert_chain(self._certificate, self._private_key)
+
+
+def listen_socket(listen: str) -> socket.socket:
+    """A socket listening on `listen` (host:port); a port in use, or an address
+    this host does not have, is a ConfigError naming `portal.listen`."""
+    host, port = parse_address(listen)
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, _, _, _, address = infos[0]
+        return socket.create_server(address[:2], family=family, backlog=_BACKLOG)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise ConfigError([("portal.listen", f"cannot listen on {listen}: {reason}")]) from None
 
 
 def _ours(
