@@ -266,9 +266,14 @@ class Portal(Event):
     kind: ClassVar[str] = "portal"
     src: str
     user: str | None = None
-    action: str  # sign_in | second_factor | sign_out | request
-    result: str  # ok | failed | no_second_factor | csrf | rate_limited
+    # sign_in | second_factor | sign_out | request
+    # | admin_unblock | admin_unlock | admin_revoke (an admin's action; `user` is the admin)
+    action: str
+    result: str  # ok | failed | no_second_factor | csrf | rate_limited | not_found
     reason: str | None = None
+    # What an admin's action was on: a block (KIND:VALUE), an account, or
+    # "ACCOUNT CREDENTIAL" (`everything`, app-password:ID, device:ID, portal-session:ID).
+    target: str | None = None
 
 
 # -- the process -----------------------------------------------------------------

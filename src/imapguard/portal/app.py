@@ -37,6 +37,8 @@ from imapguard.config.portal import PortalConfig
 from imapguard.defense.engine import Defense
 from imapguard.net import normalize
 from imapguard.policy.gate import PolicyGate
+from imapguard.portal.admin import Admin
+from imapguard.portal.admin_users import AdminUsers
 from imapguard.portal.csrf import CsrfGuard
 from imapguard.portal.headers import SecurityHeaders
 from imapguard.portal.kit import Kit, request_id
@@ -156,10 +158,12 @@ def create_app(deps: PortalDeps) -> Starlette:
 
 def _pages(kit: Kit, deps: PortalDeps) -> list[BaseRoute]:
     """The routes of the pages beyond sign-in (they need `deps.services`)."""
-    del kit
     if deps.services is None:
         return []
-    return []
+    services = deps.services
+    users = AdminUsers(kit, services.defense, services.policy)
+    admin = Admin(kit, services.defense, services.audit_path, users)
+    return [*admin.routes()]
 
 
 def _csrf_audit(audit: AuditLog) -> Callable[[HTTPConnection, str], None]:
