@@ -165,9 +165,14 @@ class EventStream(Response):
     media_type = "text/event-stream"
 
     def __init__(self, body: AsyncGenerator[bytes, None], release: Callable[[], None]) -> None:
-        super().__init__(
-            headers={"X-Accel-Buffering": "no"}, media_type=self.media_type, status_code=200
-        )
+        # No Content-Length (the body has no end known in advance) and no
+        # buffering by a proxy in front (nginx honours X-Accel-Buffering).
+        self.status_code = 200
+        self.background = None
+        self.raw_headers = [
+            (b"content-type", b"text/event-stream; charset=utf-8"),
+            (b"x-accel-buffering", b"no"),
+        ]
         self._body = body
         self._release = release
 

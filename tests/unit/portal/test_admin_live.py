@@ -83,6 +83,7 @@ async def test_stream_ends_when_the_session_is_revoked(tmp_path: Path) -> None:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
         assert response.headers["cache-control"] == "no-store"
+        assert "content-length" not in response.headers  # an open-ended body
         got = messages(response.text)
         assert got[0][0] == "auth"
         assert got[0][1][0]["user"] == "mallory-target"
