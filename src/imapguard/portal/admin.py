@@ -34,7 +34,7 @@ from imapguard.defense.counters import Block, Target, TargetKind
 from imapguard.defense.engine import Defense
 from imapguard.errors import StateError
 from imapguard.portal.admin_charts import Bar, Series, Tally, bar_chart
-from imapguard.portal.admin_feed import RESULTS, AuthFilter, shown, tail
+from imapguard.portal.admin_feed import MAX_BACKLOG, RESULTS, AuthFilter, shown, tail
 from imapguard.portal.admin_live import Live
 from imapguard.portal.admin_users import AdminUsers, emit_admin, when
 from imapguard.portal.kit import Kit, field, see_other, unavailable
@@ -130,7 +130,7 @@ class Admin:
             wanted = AuthFilter.parse(q.get("user"), q.get("source"), q.get("result"))
         except ValueError as exc:
             wanted, error = AuthFilter(), str(exc)
-        batch = await asyncio.to_thread(tail, self.audit_path)
+        batch = await asyncio.to_thread(tail, self.audit_path, MAX_BACKLOG, ("auth",))
         newest = [shown(r) for r in batch.records if wanted.matches(r)][-NEWEST:]
         newest.reverse()
         for row in newest:

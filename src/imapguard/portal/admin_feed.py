@@ -164,7 +164,7 @@ def shown(record: dict[str, Any]) -> dict[str, str]:
 # -- reading the file ---------------------------------------------------------------
 
 
-def tail(path: str, limit: int = MAX_BACKLOG) -> Batch:
+def tail(path: str, limit: int = MAX_BACKLOG, kinds: tuple[str, ...] | None = None) -> Batch:
     """The complete lines of the last `limit` bytes; the position after them."""
     try:
         with open(path, "rb") as f:
@@ -179,13 +179,18 @@ def tail(path: str, limit: int = MAX_BACKLOG) -> Batch:
         # The first line may be cut: it starts after the first newline.
         cut = data.find(b"\n")
         data, start = (b"", start + len(data)) if cut < 0 else (data[cut + 1 :], start + cut + 1)
-    records, used, long_line = _lines(data)
+    records, used, long_line = _lines(data, None, kinds)
     return Batch(records, Position(stat.st_ino, start + used), skipped or long_line)
 
 
-def read_after(path: str, position: Position | None, limit: int = MAX_BACKLOG) -> Batch:
+def read_after(
+    path: str,
+    position: Position | None,
+    limit: int = MAX_BACKLOG,
+    kinds: tuple[str, ...] | None = None,
+) -> Batch:
     """The complete lines written after `position` (None: the end, nothing
-    read), at most `limit` bytes of them."""
+    read), at most `limit` bytes of them; only events of `kinds` (None: all)."""
     try:
         with open(path, "rb") as f:
             stat = os.fstat(f.fileno())
@@ -201,7 +206,7 @@ def read_after(path: str, position: Position | None, limit: int = MAX_BACKLOG) -
             data = f.read(min(limit, stat.st_size - offset))
     except FileNotFoundError:
         return Batch([], position or Position(0, 0), False)
-    records, used, long_line = _lines(data, limit)
+    records, used, long_line = _lines(data, limit, kinds)
     return Batch(records, Position(stat.st_ino, offset + used), skipped or long_line)
 
 
@@ -213,9 +218,15 @@ def _line_start(f: Any, offset: int) -> int:
     return offset + len(chunk) - 1 if cut < 0 else max(0, offset - 1) + cut + 1
 
 
-def _lines(data: bytes, limit: int | None = None) -> tuple[list[dict[str, Any]], int, bool]:
-    """The records of the complete lines of `data`, how many bytes they span,
-    and whether a line too long to keep was passed over."""
+def _lines(
+    data: bytes, limit: int | None = None, kinds: tuple[str, ...] | None = None
+) -> tuple[list[dict[str, Any]], int, bool]:
+    """The records (of `kinds`, None: all) of the complete lines of `data`, how
+    many bytes they span, and whether a line too long to keep was passed over.
+    A line is parsed only if it holds `"event":"KIND"` as the audit log writes
+    it (audit.events.to_json: no spaces), then its kind is checked for real:
+    most lines of a busy log are other events, and parsing costs."""
+    needles = None if kinds is None else [f'"event":"{k}"'.encode() for k in kinds]
     end = data.rfind(b"\n")
     if end < 0:
         # No complete line: a line longer than a whole read is passed over.
@@ -227,7 +238,9 @@ def _lines(data: bytes, limit: int | None = None) -> tuple[list[dict[str, Any]],
         if len(line) > MAX_LINE:
             long_line = True
             continue
-        records.extend(_parse(line))
+        if needles is not None and not any(n in line for n in needles):
+            continue
+        records.extend(r for r in _parse(line) if kinds is None or r.get("event") in kinds)
     return records, end + 1, long_line
 
 

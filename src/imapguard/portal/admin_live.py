@@ -40,7 +40,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from imapguard.errors import StateError
-from imapguard.portal.admin_feed import AuthFilter, Position, read_after, shown
+from imapguard.portal.admin_feed import MAX_BACKLOG, AuthFilter, Position, read_after, shown
 from imapguard.portal.kit import Kit
 from imapguard.portal.sessions import Current
 
@@ -127,7 +127,9 @@ class Live:
                 if reason is not None:
                     yield frame("end", reason)
                     return
-            batch = await asyncio.to_thread(read_after, self.audit_path, position)
+            batch = await asyncio.to_thread(
+                read_after, self.audit_path, position, MAX_BACKLOG, ("auth",)
+            )
             position = batch.position
             matching = [shown(r) for r in batch.records if wanted.matches(r)]
             dropped = max(0, len(matching) - MAX_EVENTS_PER_POLL)

@@ -42,7 +42,7 @@ def _auth(**fields: Any) -> dict[str, Any]:
 def _write(path: Path, *records: dict[str, Any], mode: str = "a") -> None:
     with open(path, mode, encoding="utf-8") as f:
         for record in records:
-            f.write(json.dumps(record) + "\n")
+            f.write(json.dumps(record, separators=(",", ":")) + "\n")  # as to_json writes
 
 
 # -- reading ---------------------------------------------------------------------------
@@ -263,3 +263,22 @@ def test_chart_is_well_formed_svg_without_script() -> None:
 def test_empty_chart_is_well_formed() -> None:
     ET.fromstring(bar_chart("Nothing", "no sign-ins", [Bar("00:00", 0, 0)], "c"))  # noqa: S314
     ET.fromstring(bar_chart("Nothing", "no sign-ins", [], "c"))  # noqa: S314
+
+
+def test_only_the_kinds_asked_for_are_parsed(tmp_path: Path) -> None:
+    log = tmp_path / "audit.jsonl"
+    log.write_text("")
+    start = read_after(str(log), None).position
+    _write(
+        log,
+        {"ts": 1.0, "event": "connect", "src": "192.0.2.1"},
+        {"ts": 1.0, "event": "connect", "user": '"event":"auth"'},  # a lookalike
+        _auth(user="real"),
+    )
+    with open(log, "a") as f:  # not as the audit log writes it: passed over
+        f.write('{"ts": 1.0, "event": "auth", "user": "spaced"}\n')
+    batch = read_after(str(log), start, kinds=("auth",))
+    assert [r["user"] for r in batch.records] == ["real"]
+    assert batch.position.offset == log.stat().st_size
+    assert len(read_after(str(log), start).records) == 4
+    assert [r["user"] for r in tail(str(log), kinds=("auth",)).records] == ["real"]
