@@ -25,6 +25,7 @@ import httpx
 import pyotp
 import pytest
 
+from imapguard.portal.admin_live import MAX_PER_ADMIN, RECHECK
 from tests.dovecot import DovecotServer, free_port
 from tests.gateway import GatewayProcess
 from tests.integration.conftest import AUTH_FAILED, RawClient, running_gateway, wait_for
@@ -32,7 +33,8 @@ from tests.integration.conftest import AUTH_FAILED, RawClient, running_gateway, 
 pytestmark = pytest.mark.dovecot
 
 SPRAYER = "127.0.210.5"
-ADMIN = f"admin{secrets.token_hex(3)}"
+# Two members of the admin group, one per test (a TOTP code signs in once).
+ADMINS = (f"admin{secrets.token_hex(3)}", f"admin{secrets.token_hex(3)}")
 # The spray is detected at the fourth account; delays stay short.
 DEFENSE = """
 [defense]
@@ -54,7 +56,7 @@ listen = "127.0.0.1:{port}"
 url = "https://localhost:{port}"
 
 [groups]
-admins = ["{ADMIN}"]
+admins = ["{ADMINS[0]}", "{ADMINS[1]}"]
 """
     with running_gateway(
         tmp_path_factory.mktemp("gw-admin"),
@@ -74,10 +76,13 @@ def csrf(page: httpx.Response) -> str:
     return match.group(1)
 
 
-def signed_in_admin(gw: GatewayProcess, port: int, dovecot: DovecotServer) -> httpx.Client:
+def signed_in_admin(
+    gw: GatewayProcess, port: int, dovecot: DovecotServer, admin: str
+) -> httpx.Client:
+    """A new admin account (password and TOTP), signed in to the portal."""
     password = secrets.token_urlsafe(12)
-    dovecot.add_user(ADMIN, password)
-    enrolled = json.loads(gw.cli("totp", "enroll", ADMIN, "--json").stdout)
+    dovecot.add_user(admin, password)
+    enrolled = json.loads(gw.cli("totp", "enroll", admin, "--json").stdout)
     web = httpx.Client(
         base_url=f"https://localhost:{port}",
         verify=ssl.create_default_context(cafile=str(gw.ca_cert)),
@@ -85,7 +90,7 @@ def signed_in_admin(gw: GatewayProcess, port: int, dovecot: DovecotServer) -> ht
         headers={"Origin": f"https://localhost:{port}"},
     )
     form = web.get("/signin")
-    step = web.post("/signin", data={"csrf": csrf(form), "username": ADMIN, "password": password})
+    step = web.post("/signin", data={"csrf": csrf(form), "username": admin, "password": password})
     assert step.status_code == 303, step.text
     code_form = web.get("/signin/code")
     code = pyotp.TOTP(enrolled["secret"]).now()
@@ -129,7 +134,7 @@ def test_admin_sees_a_spray_live_and_unblocks_its_source(
     device = gw.create_app_password(victims[0], "phone")
     sprayed = f"Winter{secrets.token_hex(3)}!"
 
-    with contextlib.closing(signed_in_admin(gw, port, dovecot)) as web:
+    with contextlib.closing(signed_in_admin(gw, port, dovecot, ADMINS[0])) as web:
         page = web.get("/admin/events", params={"source": SPRAYER})
         assert page.status_code == 200
         stream = re.search(r'data-stream="([^"]+)"', page.text)
@@ -174,6 +179,37 @@ def test_admin_sees_a_spray_live_and_unblocks_its_source(
     answer = login(gw, SPRAYER, victims[0], device)
     assert answer.startswith(b"a OK"), answer
     lines = [e for e in gw.events("portal") if e.get("action") == "admin_unblock"]
-    assert [(e["user"], e["target"], e["result"]) for e in lines] == [(ADMIN, target, "ok")]
+    assert [(e["user"], e["target"], e["result"]) for e in lines] == [(ADMINS[0], target, "ok")]
     listed = json.loads(gw.cli("blocks", "list", "--json").stdout)
     assert target not in [b["target"] for b in listed]
+
+
+def test_streams_free_their_slots_on_disconnect_and_end_on_sign_out(
+    admin_gw: tuple[GatewayProcess, int], dovecot: DovecotServer
+) -> None:
+    """Through the real server (uvicorn): a browser that goes away gives its
+    stream's slot back at once, and signing out ends the admin's open stream
+    within seconds."""
+    gw, port = admin_gw
+    with contextlib.closing(signed_in_admin(gw, port, dovecot, ADMINS[1])) as web:
+        url = "/admin/events/stream"
+        for _ in range(2):  # twice the per-admin limit, one after the other
+            for _ in range(MAX_PER_ADMIN):
+                with web.stream("GET", url) as response:
+                    assert response.status_code == 200
+                    assert next(response.iter_lines()) == "retry: 3000"
+                # Leaving the block closed the connection: its slot is free again.
+        opened: list[Iterator[str]] = []
+        with contextlib.ExitStack() as held:
+            for _ in range(MAX_PER_ADMIN):
+                lines = held.enter_context(web.stream("GET", url)).iter_lines()
+                assert next(lines) == "retry: 3000"
+                opened.append(lines)  # kept: the connection stays open
+            assert web.get(url).status_code == 429
+            started = time.monotonic()
+            page = web.get("/admin")
+            assert web.post("/signout", data={"csrf": csrf(page)}).status_code == 303
+            for lines in opened:
+                ends = [line for line in lines if line.startswith("data: ")]
+                assert ends[-1] == 'data: "signed-out"'
+            assert time.monotonic() - started < 2 * RECHECK + 3.0
