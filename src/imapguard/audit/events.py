@@ -273,11 +273,15 @@ class Portal(Event):
     # | session_revoke | session_revoke_others
     # | app_password_create | app_password_revoke | app_password_setup
     # | device_approve | device_reject | device_revoke | disown
+    # | admin_unblock | admin_unlock | admin_revoke (an admin's action; `user` is the admin)
     action: str
     # ok | failed | no_second_factor | csrf | rate_limited | password_only
     # | not_found | invalid | limit | refused | already
     result: str
     reason: str | None = None
+    # What an admin's action was on: a block (KIND:VALUE), an account, or
+    # "ACCOUNT CREDENTIAL" (`everything`, app-password:ID, device:ID, portal-session:ID).
+    target: str | None = None
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)

@@ -39,6 +39,8 @@ from imapguard.defense.engine import Defense
 from imapguard.net import normalize
 from imapguard.policy.gate import PolicyGate
 from imapguard.portal.account import Account
+from imapguard.portal.admin import Admin
+from imapguard.portal.admin_users import AdminUsers
 from imapguard.portal.app_passwords import AppPasswords
 from imapguard.portal.confirm import Confirm
 from imapguard.portal.csrf import CsrfGuard
@@ -198,6 +200,12 @@ def _pages(kit: Kit, deps: PortalDeps, limiter: SlidingWindow) -> list[BaseRoute
         *Factors(kit, totp_key=services.totp_key, recovery_key=deps.keys.recovery).routes(),
         *PasskeyPages(kit, services.passkeys).routes(),
         *Confirm(kit, deps.sign_in).routes(),
+        *Admin(
+            kit,
+            services.defense,
+            services.audit_path,
+            AdminUsers(kit, services.defense, services.policy),
+        ).routes(),
     ]
     if services.oidc is not None:
         oidc = Oidc(kit=kit, setup=services.oidc, limiter=limiter, clock=deps.clock)

@@ -1,0 +1,215 @@
+"""The live events page and its server-sent event stream: the newest events
+server-rendered and escaped, the filters (page and stream), the stream ending
+within seconds of its session's end, its bounded number and lifetime, and
+resuming where the page left off."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from imapguard.audit import events
+from imapguard.portal import admin_live
+from tests.unit.portal.support import Portal, csrf_of, portal
+
+pytestmark = pytest.mark.asyncio
+
+STREAM = "/admin/events/stream"
+
+
+@pytest.fixture(autouse=True)
+def quick(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(admin_live, "POLL", 0.02)
+    monkeypatch.setattr(admin_live, "RECHECK", 0.05)
+
+
+def auth(p: Portal, user: str, src: str = "198.51.100.1", result: str = "invalid") -> None:
+    p.deps.audit.emit(
+        events.Auth(
+            src=src,
+            listener="0.0.0.0:993",
+            mechanism="LOGIN",
+            user=user,
+            result=result,
+            reason="wrong password" if result != "ok" else "ok",
+        )
+    )
+
+
+def messages(body: str) -> list[tuple[str, Any]]:
+    """The (event, data) pairs of an SSE body."""
+    out = []
+    for block in body.split("\n\n"):
+        fields = dict(
+            line.split(": ", 1) for line in block.split("\n") if ": " in line and line[0] != ":"
+        )
+        if "event" in fields:
+            out.append((fields["event"], json.loads(fields["data"])))
+    return out
+
+
+@asynccontextmanager
+async def streaming(
+    client: httpx.AsyncClient, path: str = STREAM, **kw: Any
+) -> AsyncIterator[asyncio.Future[httpx.Response]]:
+    """The stream's request running in the background (the ASGI transport
+    hands over the response once the stream has ended)."""
+    async with asyncio.TaskGroup() as tg:
+        task = tg.create_task(client.get(path, **kw))
+        await asyncio.sleep(0.15)  # the stream is open and has read the log's end
+        yield task
+
+
+async def ended(task: Awaitable[httpx.Response]) -> httpx.Response:
+    return await asyncio.wait_for(task, 5.0)
+
+
+async def test_stream_ends_when_the_session_is_revoked(tmp_path: Path) -> None:
+    async with portal(tmp_path) as p:
+        await p.sign_in("carol")
+        async with streaming(p.client) as task:
+            auth(p, "mallory-target")
+            await asyncio.sleep(0.15)
+            assert not task.done()
+            p.store.revoke_portal_sessions("carol")
+            response = await ended(task)
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        assert response.headers["cache-control"] == "no-store"
+        assert "content-length" not in response.headers  # an open-ended body
+        got = messages(response.text)
+        assert got[0][0] == "auth"
+        assert got[0][1][0]["user"] == "mallory-target"
+        assert got[-1] == ("end", "signed-out")
+
+
+async def test_stream_ends_when_the_admin_signs_out(tmp_path: Path) -> None:
+    async with portal(tmp_path) as p:
+        await p.sign_in("carol")
+        token = p.client.cookies.get("__Host-imapguard")
+        async with p.browser() as other:
+            other.client.cookies.set("__Host-imapguard", token or "")
+            async with streaming(other.client) as task:
+                page = await p.client.get("/")
+                await p.post("/signout", {"csrf": csrf_of(page)})
+                response = await ended(task)
+        assert messages(response.text)[-1] == ("end", "signed-out")
+
+
+async def test_stream_ends_when_the_session_idles_out(tmp_path: Path) -> None:
+    async with portal(tmp_path) as p:
+        await p.sign_in("carol")
+        async with streaming(p.client) as task:
+            p.clock.now += p.settings.session_idle + 1
+            response = await ended(task)
+        assert messages(response.text)[-1] == ("end", "idle")
+
+
+async def test_stream_applies_the_filters(tmp_path: Path) -> None:
+    async with portal(tmp_path) as p:
+        await p.sign_in("carol")
+        query = "?user=Bob&source=198.51.100.0/24&result=invalid"
+        async with streaming(p.client, STREAM + query) as task:
+            auth(p, "bob", "198.51.100.7", "invalid")  # shown
+            auth(p, "bob", "198.51.100.7", "ok")  # another result
+            auth(p, "bob", "203.0.113.7", "invalid")  # another source
+            auth(p, "alice", "198.51.100.7", "invalid")  # another account
+            auth(p, "bob", "198.51.100.8", "invalid")  # shown
+            await asyncio.sleep(0.15)
+            p.store.revoke_portal_sessions("carol")
+            response = await ended(task)
+        shown = [e for kind, batch in messages(response.text) if kind == "auth" for e in batch]
+        assert [(e["user"], e["src"], e["result"]) for e in shown] == [
+            ("bob", "198.51.100.7", "invalid"),
+            ("bob", "198.51.100.8", "invalid"),
+        ]
+
+
+async def test_bad_stream_filters_are_refused(tmp_path: Path) -> None:
+    async with portal(tmp_path) as p:
+        await p.sign_in("carol")
+        for query in ("?source=nope", "?result=everything", "?user=" + "a" * 300):
+            response = await p.client.get(STREAM + query)
+            assert response.status_code == 400, query
+
+
+async def test_stream_resumes_where_the_page_left_off(tmp_path: Path) -> None:
+    async with portal(tmp_path) as p:
+        await p.sign_in("carol")
+        auth(p, "before-page")
+        page = await p.client.get("/admin/events")
+        auth(p, "between-page-and-stream")
+        found = page.text.split('data-stream="')[1].split('"')[0].replace("&amp;", "&")
+        assert "after=" in found
+        async with streaming(p.client, found) as task:
+            p.store.revoke_portal_sessions("carol")
+            response = await ended(task)
+        users = [e["user"] for kind, b in messages(response.text) if kind == "auth" for e in b]
+        assert users == ["between-page-and-stream"]
+
+
+async def test_stream_has_a_bounded_lifetime(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(admin_live, "LIFETIME", 0.3)
+    async with portal(tmp_path) as p:
+        await p.sign_in("carol")
+        async with streaming(p.client) as task:
+            response = await ended(task)
+        assert messages(response.text)[-1] == ("end", "lifetime")
+
+
+async def test_too_many_streams_are_refused(tmp_path: Path) -> None:
+    async with portal(tmp_path) as p:
+        await p.sign_in("carol")
+        async with asyncio.TaskGroup() as tg:
+            tasks = [tg.create_task(p.client.get(STREAM)) for _ in range(admin_live.MAX_PER_ADMIN)]
+            await asyncio.sleep(0.15)
+            refused = await p.client.get(STREAM)
+            assert refused.status_code == 429
+            assert refused.headers["retry-after"] == "30"
+            p.store.revoke_portal_sessions("carol")
+        assert all(messages(t.result().text)[-1] == ("end", "signed-out") for t in tasks)
+        # Their slots were given back: a new session opens a stream again.
+        await p.sign_in("carol")
+        async with streaming(p.client) as task:
+            p.store.revoke_portal_sessions("carol")
+            assert (await ended(task)).status_code == 200
+
+
+async def test_events_page_shows_the_newest_escaped_and_filtered(tmp_path: Path) -> None:
+    async with portal(tmp_path) as p:
+        auth(p, "<img src=x onerror=alert(1)>", "198.51.100.9")
+        auth(p, "alice", "203.0.113.5", "ok")
+        await p.sign_in("carol")
+        page = await p.client.get("/admin/events")
+        assert "&lt;img src=x onerror=alert(1)&gt;" in page.text
+        assert "<img src=x" not in page.text
+        assert '<script src="/static/live.js" defer></script>' in page.text
+        filtered = await p.client.get("/admin/events?source=203.0.113.0/24")
+        body = filtered.text.split("<tbody>")[1]
+        assert "203.0.113.5" in body
+        assert "198.51.100.9" not in body
+        assert "source=203.0.113.0%2F24" in filtered.text.replace("&amp;", "&")
+        bad = await p.client.get("/admin/events?result=<script>")
+        assert bad.status_code == 400
+        assert "<script>" not in bad.text.replace('<script src="/static/live.js"', "")
+
+
+async def test_live_script_puts_text_only(tmp_path: Path) -> None:
+    script = (Path(admin_live.__file__).parent / "static" / "live.js").read_text()
+    assert "innerHTML" not in script
+    assert "outerHTML" not in script
+    assert "insertAdjacentHTML" not in script
+    assert "textContent" in script
+    async with portal(tmp_path) as p:
+        served = await p.client.get("/static/live.js")
+        assert served.status_code == 200
+        assert served.text == script
