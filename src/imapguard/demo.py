@@ -1,8 +1,9 @@
 """`imapguard demo`: the whole gateway on one machine, in a minute, without root.
 
 It starts an embedded IMAP server (pymap, in this process) with demo users and
-mail, and the real gateway in front of it with a generated certificate, on
-127.0.0.1 only. Everything lives in the state folder and survives a restart:
+mail, and the real gateway in front of it with a generated certificate, and the
+portal at https://localhost (bob is its admin; carol starts from an invitation
+link), on 127.0.0.1 only. Everything lives in the state folder and survives a restart:
 the server key, the certificate, the state database, the audit log and a
 generated `imapguard.toml` that the admin commands accept with `--config`.
 
@@ -21,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from imapguard.auth import app_passwords, totp
+from imapguard.auth import app_passwords, invites, totp
 from imapguard.compose import account_store, keys, run_loop, serve
 from imapguard.config import load_config
 from imapguard.demo_backend import DemoAccount, demo_backend
@@ -32,7 +33,7 @@ from imapguard.tls import generate_self_signed
 __all__ = ["run_demo"]
 
 MASTER_USER = "imapguard"
-DEMO_USERS = ("alice", "bob")
+DEMO_USERS = ("alice", "bob", "carol")
 
 
 def _write_secret(path: Path, data: bytes) -> None:
@@ -96,6 +97,16 @@ drain_timeout = 1.0
 
 [audit]
 path = "{state.resolve()}/audit.jsonl"
+
+[portal]
+listen = "127.0.0.1:{port_base + 443}"
+url = "https://localhost:{port_base + 443}"
+mail_host = "localhost"
+imap_port = {port_base + 993}
+organisation = "imapguard demo"
+
+[groups]
+admins = ["bob"]
 """
     )
     config = load_config(config_file)
@@ -114,10 +125,13 @@ path = "{state.resolve()}/audit.jsonl"
             sealed = totp.seal(k.totp_seal, "bob", secret)
             store.set_totp("bob", sealed, time.time())
             creds["bob-totp-secret"] = secret.reveal().decode()
+        # A new invitation at every start: carol's first way into the portal.
+        token = invites.issue(store, k.portal_invite, "carol", time.time())
+        creds_invite = f"https://localhost:{port_base + 443}/invite/{token}"
     finally:
         store.close()
     _write_secret(creds_file, json.dumps(creds, indent=2).encode())
-    return config_file, creds
+    return config_file, {**creds, "carol-invite": creds_invite}
 
 
 def _banner(state: Path, config_file: Path, port_base: int, creds: dict[str, str]) -> str:
@@ -131,10 +145,12 @@ imapguard demo is running (Ctrl-C stops it).
   IMAP STARTTLS   127.0.0.1:{starttls}   (LOGINDISABLED until STARTTLS)
   certificate     {cert}  (self-signed, names localhost and 127.0.0.1)
   backend         127.0.0.1:{port_base + 144}  (embedded pymap; reached only by the gateway)
+  portal          https://localhost:{port_base + 443}  (same certificate; bob is an admin)
 
 Demo users (primary passwords; IMAP refuses them alone, as it should):
   alice  {creds["alice"]}
   bob    {creds["bob"]}
+  carol  {creds["carol"]}
 App password of alice ("demo laptop"):
   {app}
 TOTP secret of bob (add it to an authenticator app; bob logs in with his password
@@ -155,7 +171,13 @@ Things to try:
        CODE=$(python3 -c 'import pyotp; print(pyotp.TOTP("{creds["bob-totp-secret"]}").now())')
        curl --cacert {cert} -u "bob:{creds["bob"]}$CODE" 'imaps://localhost:{imaps}/INBOX?ALL'
      (pyotp is in imapguard's environment: use its python, e.g. .venv/bin/python3)
-  5. Watch every decision in the audit log, see devices, manage device passwords:
+  5. Open the portal (accept the self-signed certificate): sign in as bob with his
+     password and a code, make a device password and download its configuration,
+     see his sign-ins, and, as an admin, watch the live events and blocks:
+       https://localhost:{port_base + 443}/
+     carol has no factor yet: her invitation link (one use) lets her set one up:
+       {creds["carol-invite"]}
+  6. Watch every decision in the audit log, see devices, manage device passwords:
        imapguard events --follow --config {config_file}
        imapguard device list alice --config {config_file}
        imapguard app-password create bob --label phone --config {config_file}

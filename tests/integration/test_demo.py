@@ -3,16 +3,20 @@ gateway, refuses the primary password alone, stops cleanly, keeps its state."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
+import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import httpx
 import pyotp
 import pytest
 
@@ -24,7 +28,7 @@ pytestmark = pytest.mark.clients
 def _free_base() -> int:
     for _ in range(50):
         base = random.randrange(20000, 40000)
-        ports = (base + 143, base + 144, base + 993)
+        ports = (base + 143, base + 144, base + 443, base + 993)
         try:
             for port in ports:
                 with socket.socket() as s:
@@ -93,6 +97,10 @@ def _curl(state: Path, base: int, user: str, password: str) -> subprocess.Comple
     )
 
 
+def _trusting(state: Path) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=str(state / "gateway.crt"))
+
+
 def test_demo_end_to_end_and_restart(tmp_path: Path) -> None:
     state = tmp_path / "demo"
     base = _free_base()
@@ -114,8 +122,30 @@ def test_demo_end_to_end_and_restart(tmp_path: Path) -> None:
         assert again.returncode == 0, again.stderr
         alone = _curl(state, base, "bob", creds["bob"])
         assert alone.returncode == 67
+        # The portal answers at https://localhost with the demo's certificate, and
+        # carol's invitation page is there (GET spends nothing).
+        portal = f"https://localhost:{base + 443}"
+        with httpx.Client(verify=_trusting(state), timeout=10) as web:
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    signin = web.get(portal + "/signin")
+                    break
+                except httpx.ConnectError:
+                    assert time.monotonic() < deadline, "the demo's portal does not answer"
+                    time.sleep(0.2)
+            assert signin.status_code == 200
+            assert "<h1>Sign in</h1>" in signin.text
     finally:
         code, out = _stop(proc)
+    invite = re.search(rf"{portal}/invite/[A-Za-z0-9_-]{{43}}", out)
+    assert invite is not None, out
+    with (
+        httpx.Client(verify=_trusting(state), timeout=10) as web,
+        contextlib.suppress(httpx.ConnectError),
+    ):
+        web.get(portal + "/signin")
+        raise AssertionError("the portal process outlived the demo")
     assert code == 0
     assert app in out  # the banner shows the credentials and what to try
     assert creds["bob-totp-secret"] in out
