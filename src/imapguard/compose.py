@@ -467,14 +467,14 @@ def portal_deps(
             policy=policy,
             notice=_notice_hook(services.notifier) if services.notifier is not None else None,
             audit_path=config.audit.path,
-            oidc=_oidc(config, config.portal, auth.names.canonical),
+            oidc=_oidc(config, config.portal, auth.names.canonical_identity),
             approved_device_trust=config.auth.approved_device_days * 86400.0,
         ),
     )
 
 
 def _oidc(
-    config: Config, portal: PortalConfig, canonical: Callable[[bytes], str | None]
+    config: Config, portal: PortalConfig, identity: Callable[[str], str | None]
 ) -> OidcSetup | None:
     """The portal's OpenID Connect client, when `[portal] oidc_client_id` is set."""
     if portal.oidc_client_id is None or portal.oidc_client_secret_file is None:
@@ -494,10 +494,8 @@ def _oidc(
         redirect_uri=portal.oidc_redirect_uri,
     )
 
-    def account(name: str) -> str | None:
-        return canonical(name.encode("utf-8"))
-
-    return OidcSetup(rp, account)
+    # The ID token's name claim, under the account-name rule for identities.
+    return OidcSetup(rp, identity)
 
 
 def _passkeys(portal: PortalConfig) -> Passkeys:

@@ -111,6 +111,21 @@ class AccountNames:
             return local
         return f"{local}@{domain}" if domain else local
 
+    def canonical_identity(self, text: str) -> str | None:
+        """The account an identity provider's claim (an OAuth token's or an ID
+        token's e-mail) names. Unlike a typed name, the claim's domain is the
+        provider's word about *who* this is: with `username_format = "local"` a
+        domain is dropped only when it is one of ours (`realms`, or
+        `default_realm`), else `alice@elsewhere.example` (a guest account at
+        the provider) would open the local alice. A claim without a domain is
+        taken as `canonical_text` takes it."""
+        name = self.canonical_text(text)
+        if name is None or self.username_format != "local" or "@" not in text:
+            return name
+        domain = text.lower().rpartition("@")[2]
+        ours = self.realms or ((self.default_realm.lower(),) if self.default_realm else ())
+        return name if domain in ours else None
+
 
 #: The rule with every setting at its default (Dovecot's own defaults): for names
 #: read where no configuration applies, such as a client certificate's account

@@ -70,3 +70,33 @@ def test_printable() -> None:
     assert printable("alice@example.org")
     assert not printable("a\u202eb")
     assert not printable("a\u0090b")
+
+
+LOCAL_OURS = AccountNames(username_format="local", realms=("example.org",))
+LOCAL_DEFAULT = AccountNames(username_format="local", default_realm="example.org")
+LOCAL_BARE = AccountNames(username_format="local")
+
+
+@pytest.mark.parametrize(
+    ("rule", "claim", "expected"),
+    [
+        (LOCAL_OURS, "alice@example.org", "alice"),
+        (LOCAL_OURS, "alice@elsewhere.example", None),
+        (LOCAL_DEFAULT, "alice@example.org", "alice"),
+        (LOCAL_DEFAULT, "alice@elsewhere.example", None),
+        # No domain of ours is known: a claim with a domain names nobody here.
+        (LOCAL_BARE, "alice@elsewhere.example", None),
+        (LOCAL_BARE, "alice", "alice"),
+        # username_format = "full" keeps the domain: another domain is another account.
+        (AccountNames(), "alice@elsewhere.example", "alice@elsewhere.example"),
+    ],
+)
+def test_a_provider_claim_at_another_domain_is_not_the_local_account(
+    rule: AccountNames, claim: str, expected: str | None
+) -> None:
+    # A guest or brokered account alice@elsewhere at the identity provider must not
+    # open the local alice, whom Dovecot's %n would find under that name.
+    assert rule.canonical_identity(claim) == expected
+    # A typed name keeps Dovecot's rule: the upstream checks the password itself.
+    if rule is LOCAL_BARE:
+        assert rule.canonical_text(claim) == "alice"

@@ -123,6 +123,16 @@ def test_oauth_methods_need_an_oauth_section(tmp_path: Path, method: str) -> Non
     assert load_config(ok).oauth is not None
 
 
+def test_local_names_with_oauth_need_the_domains_that_are_ours(tmp_path: Path) -> None:
+    # Else a token for alice@another.example cannot be told from the local alice.
+    oauth = '[oauth]\nissuer = "https://idp.example.org"\naudience = "imap"\n'
+    auth = '[auth]\nmethods = ["app-password", "oauthbearer"]\nusername_format = "local"\n'
+    problems = _problems(_write(tmp_path, oauth, auth=auth))
+    assert list(problems) == ["auth.realms"]
+    ok = _write(tmp_path, oauth, auth=auth + 'realms = ["example.org"]\n')
+    assert load_config(ok).auth.realms == ["example.org"]
+
+
 def test_oauth_issuer_must_be_https(tmp_path: Path) -> None:
     body = '[oauth]\nissuer = "http://idp.example.org"\naudience = "imap"\n'
     auth = '[auth]\nmethods = ["oauthbearer"]\n'

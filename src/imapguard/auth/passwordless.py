@@ -66,7 +66,7 @@ async def bearer(
         return Refused(Outcome.INVALID, authzid, method, f"token rejected: {exc.reason}")
     except oauth.IssuerUnavailable as exc:
         return Refused(Outcome.UNAVAILABLE, authzid, method, f"issuer: {exc.reason}")
-    user = names.canonical_text(token.user)
+    user = names.canonical_identity(token.user)
     if user is None:
         return Refused(Outcome.INVALID, None, method, "token names no valid account")
     return Proven(user, method, proof.bearer_factor(token.mfa))

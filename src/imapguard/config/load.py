@@ -117,6 +117,20 @@ def validate_config(config: Config, *, check_files: bool = True) -> list[tuple[s
                 'OAuth tokens carry no password to log in upstream with: use login = "master"',
             )
         )
+    a = config.auth
+    if (
+        config.oauth is not None
+        and a.username_format == "local"
+        and not (a.realms or a.default_realm)
+    ):
+        add(
+            (
+                "auth.realms",
+                'with username_format = "local" and [oauth], list the domains whose '
+                "tokens name local accounts (else a token for alice@another.example "
+                "could not be told from the local alice, and is refused)",
+            )
+        )
     if "client-cert" in methods:
         if config.tls.client_ca is None:
             add(("tls.client_ca", 'required by auth.methods "client-cert"'))
