@@ -1,11 +1,12 @@
-"""Signing in and out: the password step, the code step, sign-out, and the
-first page behind them.
+"""Signing in and out: the password step, the code step and sign-out.
 
 Routes: `GET/POST /signin` (user name and password), `GET/POST /signin/code`
 (the second factor: the 6-digit TOTP code, a passkey or a recovery code, as
 `second_factor` reads them), `POST /signin/passkey-options` (the passkey
-challenge, JSON, for the page's script), `POST /signout`, `GET /` ("Your
-account").
+challenge, JSON, for the page's script), `POST /signout`. The first page behind
+them, `GET /`, is `account`; the first access by invitation is `invite`, the
+organisation's OpenID provider `oidc` (the sign-in page links to it when it is
+configured).
 
 Rules:
 
@@ -195,11 +196,6 @@ class SignIn:
         return see_other("/signin", clear_cookie(COOKIE))
 
     # -- helpers ------------------------------------------------------------------
-
-    @staticmethod
-    def _full(request: Request) -> Current | None:
-        signed_in = current(request)
-        return signed_in if signed_in is not None and signed_in.session.level == "full" else None
 
     @staticmethod
     def _pending(request: Request) -> Current | None:
