@@ -46,6 +46,7 @@ from starlette.routing import BaseRoute, Route
 
 from imapguard.audit import AuditLog, events
 from imapguard.auth.model import AuthContext
+from imapguard.portal.invite import ENROL_COOKIE
 from imapguard.portal.kit import LISTENER, Kit, field, request_id, see_other
 from imapguard.portal.pages import Pages
 from imapguard.portal.ports import SignInService
@@ -193,7 +194,9 @@ class SignIn:
                 client=Kit.client(request, request_id()), client_id=None, listener=LISTENER
             )
             self._emit(ctx.client.session, ctx, signed_in.session.user, "sign_out", "ok")
-        return see_other("/signin", clear_cookie(COOKIE))
+        # An invitation's enrolment cancelled: its sealed secret goes too.
+        enrolling = [clear_cookie(ENROL_COOKIE)] if ENROL_COOKIE in request.cookies else []
+        return see_other("/signin", clear_cookie(COOKIE), *enrolling)
 
     # -- helpers ------------------------------------------------------------------
 
