@@ -39,7 +39,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, ParamSpec, TypeVar
 
 from imapguard.audit import AuditLog, events
 from imapguard.auth import app_passwords, oauth, passwordless, proof
@@ -64,6 +64,7 @@ from imapguard.policy.engine import DecisionKind
 from imapguard.policy.gate import PolicyGate
 from imapguard.secret import Secret
 from imapguard.state.accounts import AccountStore, DeviceRecord
+from imapguard.state.on_thread import on_thread
 from imapguard.state.writebehind import WriteBehind
 from imapguard.vocab import Factor
 
@@ -71,6 +72,7 @@ __all__ = ["AuthContext", "AuthResult", "Authenticator", "FactorSettings", "Outc
 
 log = logging.getLogger("imapguard.auth")
 T = TypeVar("T")
+P = ParamSpec("P")
 
 
 class Authenticator(Generic[S]):
@@ -147,7 +149,7 @@ class Authenticator(Generic[S]):
                 audit=self._audit,
                 reader=self.reader,
                 bookkeeping=self.bookkeeping,
-                on_store=self._store,
+                executor=self._executor,
                 notice=self._notice,
             )
         return self._counting
@@ -270,8 +272,8 @@ class Authenticator(Generic[S]):
         """The account the verified client certificate names, under the rule."""
         return self.names.canonical_text(ctx.cert_user) if ctx.cert_user else None
 
-    async def _store(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+    async def _store(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        return await on_thread(self._executor, fn, *args, **kwargs)
 
     async def _decide(
         self,

@@ -10,8 +10,9 @@ answered, so the next attempt already sees it.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import Callable
+from concurrent.futures import Executor
+from typing import Any
 
 from imapguard.audit import AuditLog
 from imapguard.auth.model import AuthContext, AuthResult, Outcome
@@ -20,12 +21,11 @@ from imapguard.defense.engine import Attempt, Defense, FailureKind, Verdict
 from imapguard.defense.events import BlockPlaced, DefenseEvent
 from imapguard.errors import StateUnavailable
 from imapguard.state.accounts import AccountStore
+from imapguard.state.on_thread import on_thread
 from imapguard.state.writebehind import WriteBehind
 
 __all__ = ["Counting"]
 
-T = TypeVar("T")
-StoreCall = Callable[..., Awaitable[Any]]
 Notice = Callable[[str, str, AuthContext, str | None], None]
 
 
@@ -37,14 +37,14 @@ class Counting:
         audit: AuditLog,
         reader: AccountStore,
         bookkeeping: WriteBehind,
-        on_store: StoreCall,
+        executor: Executor,
         notice: Notice,
     ) -> None:
         self.defense = defense
         self._audit = audit
         self._reader = reader
         self._bookkeeping = bookkeeping
-        self._on_store = on_store
+        self._executor = executor
         self._notice = notice
 
     async def record(
@@ -72,7 +72,9 @@ class Counting:
             kind = FailureKind.MALFORMED
         else:
             kind = FailureKind.CREDENTIAL
-        events = await self._on_store(defense.record_failure, attempt, kind, verdict.familiar)
+        events = await on_thread(
+            self._executor, defense.record_failure, attempt, kind, verdict.familiar
+        )
         self.report(events, session, ctx)
 
     def report(
@@ -106,4 +108,6 @@ class Counting:
 
     async def maintain(self, session: str | None = None) -> None:
         """Purge expired counters and let the posture relax (about once a minute)."""
-        self.report(await self._on_store(self.defense.maintain), session, None, notify=False)
+        self.report(
+            await on_thread(self._executor, self.defense.maintain), session, None, notify=False
+        )

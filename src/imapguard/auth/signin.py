@@ -32,7 +32,7 @@ import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, ParamSpec, TypeVar
 
 from imapguard.audit import AuditLog, events
 from imapguard.auth import recovery, totp
@@ -42,12 +42,14 @@ from imapguard.auth.passkeys import Challenge, PasskeyRefused, Passkeys
 from imapguard.defense.engine import Action, Attempt, Verdict
 from imapguard.errors import StateUnavailable, UpstreamRefused, UpstreamUnavailable
 from imapguard.secret import Secret
+from imapguard.state.on_thread import on_thread
 from imapguard.state.portal import PortalStore
 from imapguard.vocab import Factor
 
 __all__ = ["PasswordCheck", "TwoStepSignIn"]
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 MECHANISM_PASSWORD = "PORTAL-PASSWORD"  # noqa: S105 - a mechanism name
 MECHANISM_CODE = "PORTAL-TOTP"
@@ -421,8 +423,8 @@ class TwoStepSignIn(Generic[S]):
             )
         )
 
-    async def _store(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+    async def _store(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        return await on_thread(self._executor, fn, *args, **kwargs)
 
 
 def _account(auth: Authenticator[Any], username: str) -> str | None:

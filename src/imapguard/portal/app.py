@@ -135,6 +135,10 @@ def create_app(deps: PortalDeps) -> Starlette:
         executor=deps.executor,
     )
     pages = Pages(deps.keys.csrf)
+    # signin.html (rendered by `signin` and `confirm`) links to the organisation's
+    # OpenID sign-in only when its routes exist (`_pages`).
+    offers_oidc = deps.services is not None and deps.services.oidc is not None
+    pages.templates.env.globals["oidc"] = offers_oidc
     # One limit per source for every sign-in step (password, code, invitation, OIDC).
     limiter = SlidingWindow(settings.max_sign_ins_per_minute)
     kit = Kit(

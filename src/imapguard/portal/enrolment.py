@@ -7,7 +7,8 @@ data that binds it to
 
 * the account and a `binding` the caller chooses: the session's id on the
   security page, so a sealed secret copied from one browser's page opens in no
-  other session (another helper's invitation flow passes its own);
+  other session; `invitation <session id>` for an invitation's "password"
+  session (`invite`), so neither page's seal opens on the other;
 * the time it was issued, so it opens for `PENDING_LIFETIME` only;
 * a purpose label, so the blob can never be taken for the sealed secret of an
   account row (which carries the bare account name) nor the other way round.
@@ -19,7 +20,8 @@ enrol does not sign anyone in afterwards.
 
 `begin_totp`, `pending_totp` and `enrol_totp` are all a page needs; `totp.html`
 shows a `PendingTotp` (context: `pending`, `error`, `replacing`, `action`: where its
-form posts, `cancel`: a link back or "").
+form posts, `cancel`: a link back, or "" for a Cancel button that signs out, on a
+page before the full session).
 """
 
 from __future__ import annotations
@@ -37,7 +39,14 @@ from imapguard.auth import totp
 from imapguard.secret import Secret
 from imapguard.state.accounts import TotpStore
 
-__all__ = ["PENDING_LIFETIME", "PendingTotp", "begin_totp", "enrol_totp", "pending_totp"]
+__all__ = [
+    "MAX_TOKEN",
+    "PENDING_LIFETIME",
+    "PendingTotp",
+    "begin_totp",
+    "enrol_totp",
+    "pending_totp",
+]
 
 T = TypeVar("T")
 

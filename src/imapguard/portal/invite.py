@@ -18,53 +18,68 @@ The order, and why:
   wrong password (a typo) does not burn the link, and a link works once. Every
   failure, whatever failed, is the one page with the one message `FAILED`: a
   distinct "link no longer valid" would confirm the password typed with it.
-* After that the browser holds a "password" session that this module also
-  remembers as *enrolling* (in memory, with the new secret; a "password" session
-  from the ordinary sign-in is not enrolling and cannot reach the enrol step).
-  The secret is stored (sealed with the TOTP key) only when a code from the
-  user's app confirms it; then the session is raised to "full" (a new token).
-  If the enrolment is not finished within the password session's life
-  (`sessions.PENDING_LIFETIME`) the user needs a new invitation.
+* After that the browser holds a "password" session and the new secret,
+  sealed by `enrolment.begin_totp` for that session (binding `invitation
+  <session id>`) and carried from the redirect to the enrol page in the
+  `__Host-imapguard-enrol` cookie (HttpOnly, SameSite=Strict, sealed: the
+  browser never holds the secret in the clear outside the page that shows it).
+  The enrol page is `totp.html`, as on the security page; its POST reads the
+  seal from the cookie again (the form's hidden copy is not needed). A
+  "password" session from the ordinary
+  sign-in has no such seal and cannot reach the enrol step; a seal from
+  another session, account or purpose does not open. The secret is stored
+  (sealed with the TOTP key) only when a code from the user's app confirms it,
+  that code's step is spent (`enrolment.enrol_totp`), and the session is
+  raised to "full" (a new token). Nothing is kept in the portal's memory (a
+  restarted portal process finishes the enrolment). The enrol step is reached
+  only while the password session lives (`sessions.PENDING_LIFETIME`, shorter
+  than the seal's `enrolment.PENDING_LIFETIME`): past it the user needs a new
+  invitation.
 * Every step is one `portal` audit line with the account (never the token).
 """
 
 from __future__ import annotations
 
-import re
-from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Final
 
-from markupsafe import Markup
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from imapguard.auth import invites, totp
+from imapguard.auth import invites
 from imapguard.errors import StateError
+from imapguard.portal.enrolment import PendingTotp, begin_totp, enrol_totp, pending_totp
 from imapguard.portal.kit import Kit, request_id, see_other, unavailable
 from imapguard.portal.kit import field as form_field
 from imapguard.portal.ports import SignInService
 from imapguard.portal.ratelimit import SlidingWindow
-from imapguard.portal.sessions import COOKIE, Current, clear_cookie, current
+from imapguard.portal.sessions import (
+    COOKIE,
+    PENDING_LIFETIME,
+    Current,
+    clear_cookie,
+    current,
+    set_cookie,
+)
 from imapguard.secret import Secret
 
-__all__ = ["FAILED", "Invite"]
+__all__ = ["ENROL_COOKIE", "FAILED", "Invite"]
 
 FAILED = "The invitation link, user name or password is not right."
 CODE_FAILED = "That code is not right. Check the time on your phone and try again."
 MAX_USERNAME = 256
 MAX_PASSWORD = 1024
-_CODE = re.compile(r"[0-9]{6}")
-# Enrolments kept in memory (oldest forgotten first): each is a password session
-# of PENDING_LIFETIME, at most max_sign_ins_per_minute a minute per source.
-_MAX_ENROLLING = 10_000
+# The sealed new secret between the password step and the enrol page.
+ENROL_COOKIE: Final = "__Host-imapguard-enrol"
+ENROL_PATH = "/invite/enroll"
 
 
-@dataclass
-class _Enrolling:
-    user: str
-    secret: Secret
+def _binding(session_id: str) -> str:
+    """What an invitation's sealed secret is bound to besides the account: its
+    "password" session, and a purpose the security page's seals do not have."""
+    return f"invitation {session_id}"
 
 
 @dataclass
@@ -75,12 +90,11 @@ class Invite:
     totp_key: bytes
     limiter: SlidingWindow
     clock: Callable[[], float]
-    _enrolling: OrderedDict[str, _Enrolling] = field(default_factory=OrderedDict)
 
     def routes(self) -> list[BaseRoute]:
         return [
-            Route("/invite/enroll", self.enroll_form, methods=["GET"]),
-            Route("/invite/enroll", self.enroll, methods=["POST"]),
+            Route(ENROL_PATH, self.enroll_form, methods=["GET"]),
+            Route(ENROL_PATH, self.enroll, methods=["POST"]),
             Route("/invite/{token}", self.form, methods=["GET"]),
             Route("/invite/{token}", self.password, methods=["POST"]),
         ]
@@ -127,17 +141,22 @@ class Invite:
             self.kit.emit(request, None, "invite", "failed", rid=rid)
             return self._form(request, FAILED, username)
         pending = await self.kit.sessions.start(request, user, ending=current(request))
-        self._remember(pending.session.id, _Enrolling(user, totp.new_secret()))
+        shown = self._begin(pending)
         self.kit.emit(request, user, "invite", "ok", rid=rid)
-        return see_other("/invite/enroll", self.kit.sessions.cookie(pending))
+        enrol = set_cookie(ENROL_COOKIE, shown.token, int(PENDING_LIFETIME))
+        return see_other(ENROL_PATH, self.kit.sessions.cookie(pending), enrol)
 
     # -- the new factor ----------------------------------------------------------
 
     async def enroll_form(self, request: Request) -> Response:
-        found = self._enrolling_of(request)
-        if found is None:
-            return see_other("/signin")
-        return self._enroll_page(request, found[1], None)
+        try:
+            found = self._enrolling_of(request, self._sealed(request))
+            if found is None:
+                return see_other("/signin")
+            shown = found[1]
+            return self._enroll_page(request, shown, None, await self._has_totp(shown.account))
+        except StateError:
+            return unavailable()
 
     async def enroll(self, request: Request) -> Response:
         try:
@@ -147,33 +166,34 @@ class Invite:
 
     async def _enroll(self, request: Request) -> Response:
         rid = request_id()
-        found = self._enrolling_of(request)
-        if found is None:
+        signed_in = current(request)
+        if signed_in is None or signed_in.session.level != "password":
             return see_other("/signin")
-        pending, enrolling = found
-        user = enrolling.user
+        user = signed_in.session.user
         form = await request.form()
-        code = "".join(form_field(form, "code", 16).split())
-        now = self.clock()
-        step = (
-            totp.verify(enrolling.secret, code, now, last_step=None)
-            if _CODE.fullmatch(code)
-            else None
-        )
-        if step is None:
+        found = self._enrolling_of(request, self._sealed(request))
+        if found is None:
+            # No invitation's seal for this session and account: expired, from
+            # another session, or an ordinary password session.
+            why = "secret expired or not ours"
+            self.kit.emit(request, user, "enroll_totp", "failed", why, rid=rid)
+            return see_other("/signin")
+        pending, shown = found
+        replacing = await self._has_totp(user)
+        code = form_field(form, "code", 32)
+        if not await enrol_totp(
+            self.kit.call, self.kit.store, self.totp_key, user, shown, code, self.clock()
+        ):
             self.kit.emit(request, user, "enroll_totp", "failed", "wrong code", rid=rid)
-            return self._enroll_page(request, enrolling, CODE_FAILED)
-        sealed = totp.seal(self.totp_key, user, enrolling.secret)
-        await self.kit.call(self.kit.store.set_totp, user, sealed, now)
-        # The code that confirmed the secret is spent: it cannot sign in again.
-        await self.kit.call(self.kit.store.use_totp_step, user, step)
-        self._enrolling.pop(pending.session.id, None)
+            return self._enroll_page(request, shown, CODE_FAILED, replacing)
+        done = clear_cookie(ENROL_COOKIE)
         full = await self.kit.sessions.raise_to_full(request, pending)
         if full is None:
             self.kit.emit(request, user, "enroll_totp", "failed", "the session ended", rid=rid)
-            return see_other("/signin", clear_cookie(COOKIE))
-        self.kit.emit(request, user, "enroll_totp", "ok", rid=rid)
-        return see_other("/", self.kit.sessions.cookie(full))
+            return see_other("/signin", clear_cookie(COOKIE), done)
+        reason = "replaced" if replacing else None
+        self.kit.emit(request, user, "enroll_totp", "ok", reason, rid=rid)
+        return see_other("/", self.kit.sessions.cookie(full), done)
 
     # -- helpers -------------------------------------------------------------------
 
@@ -182,32 +202,52 @@ class Invite:
         context = {"error": error, "username": username}
         return self.kit.pages.render(request, "invite.html", context)
 
-    def _enroll_page(self, request: Request, enrolling: _Enrolling, error: str | None) -> Response:
-        issuer = self.kit.settings.organisation
-        uri = totp.provisioning_uri(enrolling.secret, enrolling.user, issuer)
-        secret = enrolling.secret.reveal().decode("ascii")
-        context = {
-            "error": error,
-            "user": enrolling.user,
-            "qr": Markup(totp.qr_svg(uri)),  # noqa: S704 - segno's own SVG, no user text
-            "secret": " ".join(secret[i : i + 4] for i in range(0, len(secret), 4)),
-        }
-        return self.kit.pages.render(request, "invite_enroll.html", context)
+    def _begin(self, pending: Current) -> PendingTotp:
+        session = pending.session
+        return begin_totp(
+            self.totp_key,
+            _binding(session.id),
+            session.user,
+            self.clock(),
+            self.kit.settings.organisation,
+        )
 
-    def _enrolling_of(self, request: Request) -> tuple[Current, _Enrolling] | None:
-        """The request's "password" session and its enrolment, if it has one."""
+    def _enrolling_of(self, request: Request, sealed: str) -> tuple[Current, PendingTotp] | None:
+        """The request's "password" session and the secret its invitation sealed."""
         signed_in = current(request)
         if signed_in is None or signed_in.session.level != "password":
             return None
-        enrolling = self._enrolling.get(signed_in.session.id)
-        if enrolling is None or enrolling.user != signed_in.session.user:
-            return None
-        return signed_in, enrolling
+        session = signed_in.session
+        shown = pending_totp(
+            self.totp_key,
+            _binding(session.id),
+            session.user,
+            sealed,
+            self.clock(),
+            self.kit.settings.organisation,
+        )
+        return None if shown is None else (signed_in, shown)
 
-    def _remember(self, session_id: str, enrolling: _Enrolling) -> None:
-        self._enrolling[session_id] = enrolling
-        while len(self._enrolling) > _MAX_ENROLLING:
-            self._enrolling.popitem(last=False)
+    @staticmethod
+    def _sealed(request: Request) -> str:
+        # `pending_totp` refuses anything longer than a seal before decoding it.
+        return request.cookies.get(ENROL_COOKIE, "")
+
+    async def _has_totp(self, user: str) -> bool:
+        return await self.kit.call(self.kit.store.get_totp, user) is not None
+
+    def _enroll_page(
+        self, request: Request, shown: PendingTotp, error: str | None, replacing: bool
+    ) -> Response:
+        # `cancel` "": the page's Cancel signs out (there is no page to go back to).
+        context = {
+            "pending": shown,
+            "error": error,
+            "replacing": replacing,
+            "action": ENROL_PATH,
+            "cancel": "",
+        }
+        return self.kit.pages.render(request, "totp.html", context)
 
     def _limited(self, request: Request, rid: str) -> Response | None:
         ip = Kit.client(request, rid).ip

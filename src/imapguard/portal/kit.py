@@ -19,9 +19,7 @@ Rules for a page module (`account`, `factors`, `app_passwords`, `admin`, ...):
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import functools
 import secrets
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
@@ -39,6 +37,7 @@ from imapguard.config.portal import PortalConfig
 from imapguard.net import normalize
 from imapguard.portal.pages import Pages
 from imapguard.portal.sessions import COOKIE, Current, Sessions, clear_cookie, current, loaded
+from imapguard.state.on_thread import on_thread
 from imapguard.state.portal import PortalStore
 
 __all__ = ["LISTENER", "Kit", "field", "request_id", "see_other"]
@@ -90,10 +89,7 @@ class Kit:
 
     async def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """`fn` on the store's thread (inline when the portal has no executor)."""
-        if self.executor is None:
-            return fn(*args, **kwargs)
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, functools.partial(fn, *args, **kwargs))
+        return await on_thread(self.executor, fn, *args, **kwargs)
 
     # -- who is asking ---------------------------------------------------------
 

@@ -20,9 +20,7 @@ Rules:
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import functools
 import hashlib
 import hmac
 import re
@@ -37,6 +35,7 @@ from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from imapguard.errors import StateError
+from imapguard.state.on_thread import on_thread
 from imapguard.state.portal import PortalSession, PortalSessionStore, SessionLevel
 
 __all__ = [
@@ -152,10 +151,7 @@ class Sessions:
         self._executor = executor
 
     async def _call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        if self._executor is None:
-            return fn(*args, **kwargs)
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+        return await on_thread(self._executor, fn, *args, **kwargs)
 
     async def find(self, token: str) -> PortalSession | None:
         now = self._clock()

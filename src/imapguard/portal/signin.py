@@ -1,11 +1,12 @@
-"""Signing in and out: the password step, the code step, sign-out, and the
-first page behind them.
+"""Signing in and out: the password step, the code step and sign-out.
 
 Routes: `GET/POST /signin` (user name and password), `GET/POST /signin/code`
 (the second factor: the 6-digit TOTP code, a passkey or a recovery code, as
 `second_factor` reads them), `POST /signin/passkey-options` (the passkey
-challenge, JSON, for the page's script), `POST /signout`, `GET /` ("Your
-account").
+challenge, JSON, for the page's script), `POST /signout`. The first page behind
+them, `GET /`, is `account`; the first access by invitation is `invite`, the
+organisation's OpenID provider `oidc` (the sign-in page links to it when it is
+configured).
 
 Rules:
 
@@ -45,6 +46,7 @@ from starlette.routing import BaseRoute, Route
 
 from imapguard.audit import AuditLog, events
 from imapguard.auth.model import AuthContext
+from imapguard.portal.invite import ENROL_COOKIE
 from imapguard.portal.kit import LISTENER, Kit, field, request_id, see_other
 from imapguard.portal.pages import Pages
 from imapguard.portal.ports import SignInService
@@ -192,14 +194,11 @@ class SignIn:
                 client=Kit.client(request, request_id()), client_id=None, listener=LISTENER
             )
             self._emit(ctx.client.session, ctx, signed_in.session.user, "sign_out", "ok")
-        return see_other("/signin", clear_cookie(COOKIE))
+        # An invitation's enrolment cancelled: its sealed secret goes too.
+        enrolling = [clear_cookie(ENROL_COOKIE)] if ENROL_COOKIE in request.cookies else []
+        return see_other("/signin", clear_cookie(COOKIE), *enrolling)
 
     # -- helpers ------------------------------------------------------------------
-
-    @staticmethod
-    def _full(request: Request) -> Current | None:
-        signed_in = current(request)
-        return signed_in if signed_in is not None and signed_in.session.level == "full" else None
 
     @staticmethod
     def _pending(request: Request) -> Current | None:

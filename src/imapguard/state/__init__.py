@@ -2,7 +2,8 @@
 
 `accounts` defines the account store's protocols and records, `portal` those of
 the portal's records; `sqlite` implements them, and the defense's `CounterStore`,
-on one file; `writebehind` batches the bookkeeping writes of a login."""
+on one file; `writebehind` batches the bookkeeping writes of a login;
+`on_thread` runs a store call on the store's thread from async code."""
 
 from imapguard.state.accounts import (
     AccountStore,

@@ -5,6 +5,7 @@ step."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -13,8 +14,10 @@ import pyotp
 import pytest
 
 from imapguard.auth import invites, totp
-from imapguard.portal.invite import FAILED
-from imapguard.portal.sessions import COOKIE
+from imapguard.portal.app import create_app
+from imapguard.portal.enrolment import begin_totp
+from imapguard.portal.invite import ENROL_COOKIE, FAILED
+from imapguard.portal.sessions import COOKIE, PENDING_LIFETIME
 from tests.unit.portal.support import PASSWORD, Portal, csrf_of, portal
 
 pytestmark = pytest.mark.asyncio
@@ -250,3 +253,144 @@ async def test_store_failure_at_enrolment_answers_503_and_opens_nothing(
         page = await _enroll(p)
         assert page.status_code == 503
         assert [s.level for s in p.store.live()] == ["password"]
+
+
+def _cookie(response: httpx.Response, name: str) -> str | None:
+    """The Set-Cookie header of `response` for `name`, if it has one."""
+    found = [c for c in response.headers.get_list("set-cookie") if c.startswith(f"{name}=")]
+    assert len(found) <= 1
+    return found[0] if found else None
+
+
+async def _bob_enrolling(p: Portal) -> tuple[str, str]:
+    """bob's invitation redeemed in `p`: his seal (the cookie) and his new secret."""
+    assert (await _password(p, _invite(p))).status_code == 303
+    sealed = p.client.cookies.get(ENROL_COOKIE)
+    assert sealed is not None
+    return sealed, _secret_of(await p.client.get("/invite/enroll"))
+
+
+async def test_enrol_seal_is_a_strict_host_cookie_without_the_secret_and_goes_once_used(
+    tmp_path: Path,
+) -> None:
+    async with portal(tmp_path) as p:
+        first = await _password(p, _invite(p))
+        header = _cookie(first, ENROL_COOKIE)
+        assert header is not None
+        for attribute in ("Path=/", "SameSite=Strict", "Secure", "HttpOnly"):
+            assert attribute in header
+        assert f"Max-Age={int(PENDING_LIFETIME)}" in header
+        page = await p.client.get("/invite/enroll")
+        secret = _secret_of(page)
+        sealed = p.client.cookies.get(ENROL_COOKIE)
+        assert sealed is not None
+        assert secret not in sealed
+        # A reload shows the same secret (the one the app may already have).
+        assert _secret_of(await p.client.get("/invite/enroll")) == secret
+        done = await _enroll(p)
+        assert done.status_code == 303
+        cleared = _cookie(done, ENROL_COOKIE)
+        assert cleared is not None
+        assert "Max-Age=0" in cleared
+        assert p.client.cookies.get(ENROL_COOKIE) is None
+        assert secret not in p.audit_path.read_text()
+
+
+async def test_enrol_seal_replanted_in_another_session_opens_nothing(tmp_path: Path) -> None:
+    """bob's seal, copied into a browser with alice's ordinary password session
+    or with carol's own invitation, sets no factor for anyone."""
+    async with portal(tmp_path) as p:
+        sealed, secret = await _bob_enrolling(p)
+        alice_before, carol_before = p.store.get_totp("alice"), p.store.get_totp("carol")
+        async with p.browser("198.51.100.7") as alice:
+            assert (await alice.password_step("alice")).status_code == 303
+            alice.client.cookies.set(ENROL_COOKIE, sealed)
+            assert (await alice.client.get("/invite/enroll")).headers["location"] == "/signin"
+            form = await alice.client.get("/signin/code")
+            code = pyotp.TOTP(secret).at(p.clock())
+            forced = await alice.post("/invite/enroll", {"csrf": csrf_of(form), "code": code})
+            assert forced.status_code == 303
+            assert forced.headers["location"] == "/signin"
+        async with p.browser("198.51.100.8") as carol:
+            assert (await _password(carol, _invite(carol, "carol"), "carol")).status_code == 303
+            page = await carol.client.get("/invite/enroll")
+            carol.client.cookies.set(ENROL_COOKIE, sealed)
+            code = pyotp.TOTP(secret).at(p.clock())
+            forced = await carol.post("/invite/enroll", {"csrf": csrf_of(page), "code": code})
+            assert forced.headers["location"] == "/signin"
+        assert p.store.get_totp("alice") == alice_before
+        assert p.store.get_totp("carol") == carol_before
+        assert p.store.get_totp("bob") is None
+        refused = [
+            e.get("user")
+            for e in p.events()
+            if (e["action"], e["result"]) == ("enroll_totp", "failed")
+        ]
+        assert refused == ["alice", "carol"]
+
+
+async def test_enrol_seal_of_the_security_page_opens_no_invitation_step(tmp_path: Path) -> None:
+    """A seal bound to the session's bare id (what the security page makes)
+    does not pass for an invitation's: the binding carries the purpose."""
+    async with portal(tmp_path) as p:
+        await _bob_enrolling(p)
+        (session,) = p.store.live()
+        key = p.deps.services.totp_key  # type: ignore[union-attr]
+        other = begin_totp(key, session.id, "bob", p.clock(), p.settings.organisation)
+        p.client.cookies.set(ENROL_COOKIE, other.token)
+        assert (await p.client.get("/invite/enroll")).headers["location"] == "/signin"
+
+
+async def test_tampered_enrol_seal_is_refused(tmp_path: Path) -> None:
+    async with portal(tmp_path) as p:
+        sealed, _secret = await _bob_enrolling(p)
+        flipped = sealed[:-2] + ("A" if sealed[-2] != "A" else "B") + sealed[-1]
+        p.client.cookies.set(ENROL_COOKIE, flipped)
+        assert (await p.client.get("/invite/enroll")).headers["location"] == "/signin"
+        p.client.cookies.set(ENROL_COOKIE, sealed)
+        assert (await p.client.get("/invite/enroll")).status_code == 200
+
+
+async def test_enrolment_after_the_password_session_ended_stores_nothing(tmp_path: Path) -> None:
+    async with portal(tmp_path) as p:
+        _sealed, secret = await _bob_enrolling(p)
+        p.clock.now += PENDING_LIFETIME + 1
+        assert (await p.client.get("/invite/enroll")).headers["location"] == "/signin"
+        # The seal itself is still within enrolment.PENDING_LIFETIME: the session bounds it.
+        form = await p.client.get("/signin")
+        code = pyotp.TOTP(secret).at(p.clock())
+        late = await p.post("/invite/enroll", {"csrf": csrf_of(form), "code": code})
+        assert late.status_code == 303
+        assert late.headers["location"] == "/signin"
+        assert p.store.get_totp("bob") is None
+
+
+async def test_enrolment_survives_a_restarted_portal_process(tmp_path: Path) -> None:
+    """Nothing of the enrolment is in the portal's memory: a new app on the same
+    store and keys (the portal process started again) finishes it."""
+    async with portal(tmp_path) as p:
+        _sealed, secret = await _bob_enrolling(p)
+        restarted = dataclasses.replace(p, app=create_app(p.deps))
+        async with restarted.browser() as b:
+            for name in (COOKIE, ENROL_COOKIE):
+                value = p.client.cookies.get(name)
+                assert value is not None
+                b.client.cookies.set(name, value)
+            page = await b.client.get("/invite/enroll")
+            assert _secret_of(page) == secret
+            done = await _enroll(b)
+            assert done.headers["location"] == "/"
+        assert p.store.get_totp("bob") is not None
+
+
+async def test_cancelled_enrolment_signs_out_and_drops_the_seal(tmp_path: Path) -> None:
+    async with portal(tmp_path) as p:
+        await _bob_enrolling(p)
+        page = await p.client.get("/invite/enroll")
+        assert 'action="/signout"' in page.text
+        out = await p.post("/signout", {"csrf": csrf_of(page)})
+        assert out.status_code == 303
+        assert p.client.cookies.get(ENROL_COOKIE) is None
+        assert p.client.cookies.get(COOKIE) is None
+        assert (await p.client.get("/invite/enroll")).headers["location"] == "/signin"
+        assert p.store.get_totp("bob") is None

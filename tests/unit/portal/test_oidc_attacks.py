@@ -355,3 +355,28 @@ async def test_pkce_challenge_is_rfc_7636_s256() -> None:
     # RFC 7636 Appendix B.
     verifier = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"
     assert pkce_challenge(verifier) == "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
+
+
+_OIDC_LINK = '<a href="/signin/oidc">Sign in with your organisation\'s account</a>'
+
+
+async def test_signin_page_links_to_the_organisations_sign_in_when_it_is_configured(
+    tmp_path: Path,
+) -> None:
+    async with oidc_portal(tmp_path) as (p, _idp):
+        page = await p.client.get("/signin")
+        assert page.status_code == 200
+        assert page.text.count(_OIDC_LINK) == 1
+        # The page after a wrong password offers it too, and the link starts the flow.
+        wrong = await p.password_step("alice", "wrong")
+        assert _OIDC_LINK in wrong.text
+        await _start(p)
+
+
+async def test_signin_page_has_no_organisation_link_without_oidc(tmp_path: Path) -> None:
+    async with portal(tmp_path) as p:
+        page = await p.client.get("/signin")
+        assert page.status_code == 200
+        assert "/signin/oidc" not in page.text
+        assert "organisation" not in page.text
+        assert (await p.client.get("/signin/oidc")).status_code == 404
