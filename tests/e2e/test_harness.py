@@ -137,3 +137,27 @@ def test_an_imap_client_beside_the_browser_logs_in_through_the_portals_gateway(
         close_imap(imap)
     (login,) = [e for e in portal.gw.events("auth") if e.get("user") == user.name]
     assert (login["result"], login["src"]) == ("ok", "127.0.210.1")
+
+
+def test_the_portals_pages_name_their_icon_so_the_browser_asks_for_no_favicon(
+    page: Page, watch: Watch
+) -> None:
+    # Chromium fetches /favicon.ico by itself (no "request" event); a 404 for it
+    # shows only as a console error whose location is that address.
+    icons: list[str] = []
+    page.on(
+        "console",
+        lambda message: (
+            icons.append(message.text)
+            if message.location.get("url", "").endswith("/favicon.ico")
+            else None
+        ),
+    )
+    page.goto("/signin", wait_until="networkidle")
+    assert icons == []
+    # Without the page's icon link (a bare 404 of the portal), Chromium asks for
+    # /favicon.ico and gets a 404, so the check above can fail.
+    watch.expect_console(r"status of 404")
+    page.goto("/no-such-page", wait_until="networkidle")
+    page.wait_for_timeout(200)  # console messages arrive asynchronously
+    assert icons != []
