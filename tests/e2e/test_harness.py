@@ -161,3 +161,32 @@ def test_the_portals_pages_name_their_icon_so_the_browser_asks_for_no_favicon(
     page.goto("/no-such-page", wait_until="networkidle")
     page.wait_for_timeout(200)  # console messages arrive asynchronously
     assert icons != []
+
+
+def test_the_stylesheet_hides_a_hidden_element_its_own_display_rules_would_show(
+    page: Page,
+) -> None:
+    # .secret is inline-block and ul.devices li flex: without `[hidden] {display:
+    # none !important}` an author rule beats the browser's own [hidden] rule.
+    page.goto("/signin")
+    page.evaluate(
+        """() => {
+        const main = document.querySelector("main");
+        const secret = Object.assign(document.createElement("output"), {id: "s"});
+        secret.className = "secret";
+        secret.textContent = "abcd-efgh";
+        const list = document.createElement("ul");
+        list.className = "devices";
+        const item = Object.assign(document.createElement("li"), {id: "d"});
+        item.textContent = "a device";
+        list.append(item);
+        main.append(secret, list);
+    }"""
+    )
+    assert page.locator("#s").is_visible()
+    assert page.locator("#d").is_visible()
+    page.evaluate(
+        "() => { for (const id of ['s', 'd']) document.getElementById(id).hidden = true; }"
+    )
+    assert not page.locator("#s").is_visible()
+    assert not page.locator("#d").is_visible()
