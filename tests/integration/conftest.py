@@ -15,7 +15,8 @@ own n. Allocation, one block per file (keep it that way when adding tests):
     240-244 test_state_permissions  245-249 test_cli_hostile_text  250-254 test_portal_serving
     Networks of their own: 127.0.20-59 (totp tests), 127.0.60-99 (brute force),
     127.0.104.0/21 (failure timing), 127.0.120-129 (posture), 127.0.200-206 (the
-    attacks of issue 9: lockout notices, names, penalty timing, device forgery)
+    attacks of issue 9: lockout notices, names, penalty timing, device forgery),
+    127.0.210.0/24 (the browser tests, tests/e2e/portal.py source_address)
     (test_preauth_slot_exhaustion uses a network namespace of its own, tests/netns.py)
 """
 
