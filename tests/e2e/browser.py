@@ -204,7 +204,7 @@ CLOCK = r"\d{4}-\d{2}-\d{2} \d{2}:\d{2} UTC"
 MASK_COLOR = "#d0d7de"
 
 # Wraps each match of the pattern in the page's text in a <span data-e2e-varying>
-# (no change to the layout) for the screenshot's mask to cover; returns how many.
+# for the screenshot's mask to cover; returns how many.
 _MARK_VARYING = """(pattern) => {
   const split = new RegExp("(" + pattern + ")");
   const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
@@ -219,7 +219,9 @@ _MARK_VARYING = """(pattern) => {
       if (i % 2 === 0) return document.createTextNode(part);
       const span = document.createElement("span");
       span.dataset.e2eVarying = "";
-      span.textContent = part;
+      // Under the mask anyway: every character a "0" (spaces kept), so that the
+      // box is as wide on every run whatever the digits and letters were.
+      span.textContent = part.replace(/\\S/g, "0");
       marked += 1;
       return span;
     });
