@@ -222,6 +222,9 @@ _MARK_VARYING = """(pattern) => {
       // Under the mask anyway: every character a "0" (spaces kept), so that the
       // box is as wide on every run whatever the digits and letters were.
       span.textContent = part.replace(/\\S/g, "0");
+      // One line: a box around a text broken over two would cover the lines'
+      // whole width, the words beside it too.
+      span.style.whiteSpace = "nowrap";
       marked += 1;
       return span;
     });
