@@ -75,12 +75,16 @@ def idle(portal: PortalServer, src: str, user: str, secret: str) -> imaplib.IMAP
 
 def ended(conn: imaplib.IMAP4, since: float, within: float) -> tuple[list[bytes], float]:
     """The lines the server sends until it closes the session, and the seconds
-    from `since` (time.monotonic() of the revocation) to the close; waits at
-    most a second longer than `within` for any one line."""
+    from `since` (time.monotonic() of the revocation) to the close; a session
+    still open after a second longer than `within` without a line returns what
+    it sent so far and the time waited."""
     conn.sock.settimeout(within + 1.0)
     lines: list[bytes] = []
     while True:
-        line = conn.readline()
+        try:
+            line = conn.readline()
+        except TimeoutError:  # still open: the caller's `after < within` fails
+            return lines, time.monotonic() - since
         if not line:
             return lines, time.monotonic() - since
         lines.append(line.rstrip(b"\r\n"))

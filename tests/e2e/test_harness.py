@@ -2,15 +2,22 @@
 and element, the label check finds a field labelled only for screen readers, the
 watch catches an inline script the CSP refused, and the virtual authenticator
 answers a WebAuthn ceremony on the portal's origin (what the passkey tests need:
-a secure context at `localhost` despite the test certificate), and an IMAP client
-beside the browser logs in through the same gateway."""
+a secure context at `localhost` despite the test certificate), an IMAP client
+beside the browser logs in through the same gateway and an IDLE session nobody
+ends is reported open; the stylesheet hides [hidden] and the pages' icon link
+spares the browser a /favicon.ico.
+
+Sources (tests/e2e/portal.py source_address): 1-9."""
 
 from __future__ import annotations
+
+import time
 
 import pytest
 from playwright.sync_api import Page
 
 from tests.e2e.browser import VirtualAuthenticator, Watch, axe, axe_violations, unlabelled_fields
+from tests.e2e.mail import ended, idle
 from tests.e2e.portal import PortalServer, source_address
 from tests.integration.conftest import close_imap, open_imap
 
@@ -121,6 +128,22 @@ def test_the_virtual_authenticator_answers_webauthn_on_the_portal_origin(page: P
     assert held["isResidentCredential"] is True
     assert held["signCount"] >= 1
     authenticator.remove()
+
+
+def test_an_idle_session_nobody_ends_is_reported_open_after_the_wait(
+    portal: PortalServer,
+) -> None:
+    # Source 127.0.210.2: what the revocation tests' `after < WITHIN` rests on.
+    user = portal.new_user()
+    password = portal.app_password(user, "harness")
+    conn = idle(portal, source_address(2), user.name, password)
+    try:
+        started = time.monotonic()
+        lines, after = ended(conn, started, 0.5)
+    finally:
+        close_imap(conn)
+    assert lines == []
+    assert 1.5 <= after < 3.0, after
 
 
 def test_an_imap_client_beside_the_browser_logs_in_through_the_portals_gateway(

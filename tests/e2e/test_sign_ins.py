@@ -60,9 +60,9 @@ def test_reporting_a_sign_in_ends_its_session_revokes_its_password_and_blocks_it
         lines, after = ended(idler, reported_at, WITHIN)
     finally:
         close_imap(idler)
+    assert after < WITHIN, (after, lines)
     assert lines, "the session ended without a word"
     assert lines[-1].startswith(b"* BYE"), lines
-    assert after < WITHIN, after
 
     status, refusal = curl_login(portal, source_address(31), user.name, stolen)
     assert status == LOGIN_DENIED, refusal  # revoked: from anywhere
