@@ -15,8 +15,9 @@ Chrome DevTools virtual authenticator for passkeys.
 * `assert_labelled(page)`: every visible form field has a visible label (a
   `<label for>`, a wrapping `<label>`, or `aria-labelledby` naming visible text);
   `aria-label`, a placeholder or a label hidden from sight does not count.
-* `shot(page, name)` writes docs/screenshots/NAME.png, full page, at the
-  contexts' 1280x800 viewport.
+* `shot(page, name, mask=[...])` writes docs/screenshots/NAME.png, full page,
+  at the contexts' 1280x800 viewport, with clock text and the `mask` locators
+  (one-time secrets) covered by grey boxes.
 * `Watch` collects console errors, page errors, CSP violations and requests to
   any origin but the portal's; the `page` fixture fails the test on any.
 * `VirtualAuthenticator.add(page)`: a CTAP2 platform authenticator with
@@ -30,17 +31,27 @@ import re
 import shutil
 import struct
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import CDPSession, ConsoleMessage, Error, Page, Request, ViewportSize
+from playwright.sync_api import (
+    CDPSession,
+    ConsoleMessage,
+    Error,
+    Locator,
+    Page,
+    Request,
+    ViewportSize,
+)
 
 __all__ = [
     "AXE_JS",
     "CHROMIUM",
     "CHROMIUM_ARGS",
+    "CLOCK",
     "SCREENSHOTS",
     "VIEWPORT",
     "AxeViolation",
@@ -49,6 +60,7 @@ __all__ = [
     "assert_labelled",
     "axe",
     "axe_violations",
+    "check_page",
     "require_tools",
     "shot",
     "unlabelled_fields",
@@ -186,17 +198,80 @@ def assert_labelled(page: Page) -> None:
 _NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,60}")
 
 
-def shot(page: Page, name: str) -> Path:
-    """Save a full-page screenshot to docs/screenshots/NAME.png and return its path."""
+# The portal's clock text (portal/account.py: "%Y-%m-%d %H:%M UTC"): masked in a
+# screenshot, so that a page that did not change gives the same bytes each run.
+CLOCK = r"\d{4}-\d{2}-\d{2} \d{2}:\d{2} UTC"
+MASK_COLOR = "#d0d7de"
+
+# Wraps each match of the pattern in the page's text in a <span data-e2e-varying>
+# for the screenshot's mask to cover; returns how many.
+_MARK_VARYING = """(pattern) => {
+  const split = new RegExp("(" + pattern + ")");
+  const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+  const texts = [];
+  while (walker.nextNode()) {
+    if (split.test(walker.currentNode.data)) texts.push(walker.currentNode);
+  }
+  let marked = 0;
+  for (const text of texts) {
+    const parts = text.data.split(split);
+    const pieces = parts.map((part, i) => {
+      if (i % 2 === 0) return document.createTextNode(part);
+      const span = document.createElement("span");
+      span.dataset.e2eVarying = "";
+      // Under the mask anyway: every character a "0" (spaces kept), so that the
+      // box is as wide on every run whatever the digits and letters were.
+      span.textContent = part.replace(/\\S/g, "0");
+      // One line: a box around a text broken over two would cover the lines'
+      // whole width, the words beside it too.
+      span.style.whiteSpace = "nowrap";
+      marked += 1;
+      return span;
+    });
+    text.replaceWith(...pieces);
+  }
+  return marked;
+}"""
+
+
+def shot(
+    page: Page, name: str, *, mask: Sequence[Locator] = (), mask_text: Sequence[str] = ()
+) -> Path:
+    """Save a full-page screenshot to docs/screenshots/NAME.png and return its path.
+
+    Clock text, text matching a `mask_text` pattern (JavaScript syntax without
+    capture groups: a record's random id) and
+    the elements of `mask` (a one-time secret, a QR code) are covered by grey
+    boxes: the picture of a page that did not change stays the same, byte for
+    byte, and shows no secret."""
     if not _NAME.fullmatch(name):
         raise ValueError(f"screenshot name {name!r}: lower-case letters, digits and '-'")
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     path = SCREENSHOTS / f"{name}.png"
-    page.screenshot(path=str(path), full_page=True, animations="disabled", caret="hide")
+    # One capture group around them all: String.split then yields each match.
+    page.evaluate(_MARK_VARYING, "|".join(f"(?:{p})" for p in (CLOCK, *mask_text)))
+    page.screenshot(
+        path=str(path),
+        full_page=True,
+        animations="disabled",
+        caret="hide",
+        mask=[page.locator("[data-e2e-varying]"), *mask],
+        mask_color=MASK_COLOR,
+    )
     width, height = png_size(path)
     assert width == VIEWPORT["width"], (path, width)
     assert height >= VIEWPORT["height"], (path, height)
     return path
+
+
+def check_page(
+    page: Page, name: str, *, mask: Sequence[Locator] = (), mask_text: Sequence[str] = ()
+) -> Path:
+    """What every page a test reaches gets: axe-core, the visible-label check and
+    its screenshot (docs/screenshots/NAME.png; see `shot` for the masks)."""
+    axe(page)
+    assert_labelled(page)
+    return shot(page, name, mask=mask, mask_text=mask_text)
 
 
 def png_size(path: Path) -> tuple[int, int]:
@@ -250,8 +325,6 @@ class Watch:
         if message.type != "error" or any(p.search(message.text) for p in self.expected):
             return
         where = message.location.get("url", "")
-        if where.endswith("/favicon.ico"):
-            return  # asked for by the browser itself, not by a page
         self.problems.append(f"console error: {message.text} ({where or 'no address'})")
 
     def _page_error(self, error: Error) -> None:

@@ -125,14 +125,17 @@ class PortalServer:
         defense: str = GENEROUS_DEFENSE,
         portal_toml: str = "",
         extra_toml: str = "",
+        port: int | None = None,
     ) -> PortalServer:
         """Start `imapguard serve` with the portal on https://localhost:PORT.
 
-        `portal_toml`: more lines for `[portal]`; `extra_toml`: more sections."""
-        port = free_port()
+        `portal_toml`: more lines for `[portal]`; `extra_toml`: more sections;
+        `port`: the portal's (free) port, when the test must name it before the
+        start (an OpenID provider's redirect URI). The device setup pages name
+        the mail server as a deployment has it (localhost, 993 and 465), not the
+        test gateway's ports."""
+        port = port or free_port()
         gw = GatewayProcess.create(base, dovecot, methods=("app-password", "password+totp"))
-        # Appended once the gateway's ports are known: the device setup pages name
-        # its implicit-TLS port.
         with gw.config_path.open("a") as config:
             config.write(f"""
 [limits]
@@ -142,7 +145,6 @@ drain_timeout = 1.0
 listen = "127.0.0.1:{port}"
 url = "https://localhost:{port}"
 max_sign_ins_per_minute = 100
-imap_port = {gw.implicit_port}
 {portal_toml}
 
 [groups]

@@ -2,15 +2,22 @@
 and element, the label check finds a field labelled only for screen readers, the
 watch catches an inline script the CSP refused, and the virtual authenticator
 answers a WebAuthn ceremony on the portal's origin (what the passkey tests need:
-a secure context at `localhost` despite the test certificate), and an IMAP client
-beside the browser logs in through the same gateway."""
+a secure context at `localhost` despite the test certificate), an IMAP client
+beside the browser logs in through the same gateway and an IDLE session nobody
+ends is reported open; the stylesheet hides [hidden] and the pages' icon link
+spares the browser a /favicon.ico.
+
+Sources (tests/e2e/portal.py source_address): 1-9."""
 
 from __future__ import annotations
+
+import time
 
 import pytest
 from playwright.sync_api import Page
 
 from tests.e2e.browser import VirtualAuthenticator, Watch, axe, axe_violations, unlabelled_fields
+from tests.e2e.mail import ended, idle
 from tests.e2e.portal import PortalServer, source_address
 from tests.integration.conftest import close_imap, open_imap
 
@@ -123,6 +130,22 @@ def test_the_virtual_authenticator_answers_webauthn_on_the_portal_origin(page: P
     authenticator.remove()
 
 
+def test_an_idle_session_nobody_ends_is_reported_open_after_the_wait(
+    portal: PortalServer,
+) -> None:
+    # Source 127.0.210.2: what the revocation tests' `after < WITHIN` rests on.
+    user = portal.new_user()
+    password = portal.app_password(user, "harness")
+    conn = idle(portal, source_address(2), user.name, password)
+    try:
+        started = time.monotonic()
+        lines, after = ended(conn, started, 0.5)
+    finally:
+        close_imap(conn)
+    assert lines == []
+    assert 1.5 <= after < 3.0, after
+
+
 def test_an_imap_client_beside_the_browser_logs_in_through_the_portals_gateway(
     portal: PortalServer,
 ) -> None:
@@ -137,3 +160,56 @@ def test_an_imap_client_beside_the_browser_logs_in_through_the_portals_gateway(
         close_imap(imap)
     (login,) = [e for e in portal.gw.events("auth") if e.get("user") == user.name]
     assert (login["result"], login["src"]) == ("ok", "127.0.210.1")
+
+
+def test_the_portals_pages_name_their_icon_so_the_browser_asks_for_no_favicon(
+    page: Page, watch: Watch
+) -> None:
+    # Chromium fetches /favicon.ico by itself (no "request" event); a 404 for it
+    # shows only as a console error whose location is that address.
+    icons: list[str] = []
+    page.on(
+        "console",
+        lambda message: (
+            icons.append(message.text)
+            if message.location.get("url", "").endswith("/favicon.ico")
+            else None
+        ),
+    )
+    page.goto("/signin", wait_until="networkidle")
+    assert icons == []
+    # Without the page's icon link (a bare 404 of the portal), Chromium asks for
+    # /favicon.ico and gets a 404, so the check above can fail.
+    watch.expect_console(r"status of 404")
+    page.goto("/no-such-page", wait_until="networkidle")
+    page.wait_for_timeout(200)  # console messages arrive asynchronously
+    assert icons != []
+
+
+def test_the_stylesheet_hides_a_hidden_element_its_own_display_rules_would_show(
+    page: Page,
+) -> None:
+    # .secret is inline-block and ul.devices li flex: without `[hidden] {display:
+    # none !important}` an author rule beats the browser's own [hidden] rule.
+    page.goto("/signin")
+    page.evaluate(
+        """() => {
+        const main = document.querySelector("main");
+        const secret = Object.assign(document.createElement("output"), {id: "s"});
+        secret.className = "secret";
+        secret.textContent = "abcd-efgh";
+        const list = document.createElement("ul");
+        list.className = "devices";
+        const item = Object.assign(document.createElement("li"), {id: "d"});
+        item.textContent = "a device";
+        list.append(item);
+        main.append(secret, list);
+    }"""
+    )
+    assert page.locator("#s").is_visible()
+    assert page.locator("#d").is_visible()
+    page.evaluate(
+        "() => { for (const id of ['s', 'd']) document.getElementById(id).hidden = true; }"
+    )
+    assert not page.locator("#s").is_visible()
+    assert not page.locator("#d").is_visible()

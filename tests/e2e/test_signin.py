@@ -10,15 +10,9 @@ from collections.abc import Callable
 
 from playwright.sync_api import Page, expect
 
-from tests.e2e.browser import assert_labelled, axe, shot
+from tests.e2e.browser import check_page
 from tests.e2e.flows import FAILED, sign_in, sign_in_password, sign_out
 from tests.e2e.portal import PortalServer
-
-
-def _check_page(page: Page, name: str) -> None:
-    axe(page)
-    assert_labelled(page)
-    shot(page, name)
 
 
 def test_password_and_code_sign_in_show_the_account_and_sign_out_ends_it(
@@ -28,11 +22,11 @@ def test_password_and_code_sign_in_show_the_account_and_sign_out_ends_it(
     page.goto("/")
     expect(page).to_have_url(re.compile(r"/signin$"))  # no session: the sign-in page
     expect(page.get_by_role("heading", level=1)).to_have_text("Sign in")
-    _check_page(page, "signin")
+    check_page(page, "signin")
 
     sign_in_password(page, user)
     expect(page.get_by_role("heading", level=1)).to_have_text("Enter your code")
-    _check_page(page, "signin-code")
+    check_page(page, "signin-code")
 
     page.get_by_label("Code", exact=True).fill(user.code())
     page.get_by_role("button", name="Sign in").click()
@@ -45,7 +39,7 @@ def test_password_and_code_sign_in_show_the_account_and_sign_out_ends_it(
     expect(nav.get_by_role("link", name="Admin")).to_have_count(0)  # ada is no admin
     (session,) = [c for c in page.context.cookies() if c["name"] == "__Host-imapguard"]
     assert (session["secure"], session["httpOnly"], session["sameSite"]) == (True, True, "Strict")
-    _check_page(page, "account")
+    check_page(page, "account")
 
     sign_out(page)
     page.goto("/")
@@ -66,7 +60,7 @@ def test_a_wrong_code_gets_the_one_failure_message_and_no_session(
     page.get_by_role("button", name="Sign in").click()
     expect(page.get_by_role("alert")).to_have_text(FAILED)
     expect(page.get_by_role("heading", level=1)).to_have_text("Enter your code")
-    _check_page(page, "signin-code-failed")
+    check_page(page, "signin-code-failed")
     page.goto("/")
     expect(page).to_have_url(re.compile(r"/signin/code$"))  # still one factor only
 
