@@ -39,7 +39,7 @@ def test_an_invitation_enrols_totp_in_the_page_then_password_and_code_sign_in(
     page.get_by_role("button", name="Continue").click()
 
     expect(page).to_have_url(re.compile(r"/invite/enroll$"))
-    expect(page.get_by_role("heading", level=1)).to_have_text("Add your authenticator app")
+    expect(page.get_by_role("heading", level=1)).to_have_text("Set up an authenticator app")
     qr = page.get_by_role("img", name="QR code of your new authenticator entry")
     expect(qr.locator("svg")).to_be_visible()
     key = page.locator("code.secret")
