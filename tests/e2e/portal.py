@@ -197,7 +197,7 @@ admins = {json.dumps(list(ADMINS))}
     def new_admin(self) -> User:
         """A new member of the admin group, with a TOTP secret (admins always
         sign in with a second factor)."""
-        free = [name for name in ADMINS if name not in self._names]
+        free = [n for n in ADMINS if n not in self._names and n not in self.dovecot.users]
         if not free:
             raise AssertionError(f"all of {ADMINS} are taken: add names to ADMINS")
         return self.user_with_totp(free[0])

@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from playwright.sync_api import Page
+from playwright.sync_api import Page, expect
 
 from tests.e2e.browser import VirtualAuthenticator, Watch, axe, axe_violations, unlabelled_fields
 from tests.e2e.mail import ended, idle
@@ -178,12 +178,10 @@ def test_the_portals_pages_name_their_icon_so_the_browser_asks_for_no_favicon(
     )
     page.goto("/signin", wait_until="networkidle")
     assert icons == []
-    # Without the page's icon link (a bare 404 of the portal), Chromium asks for
-    # /favicon.ico and gets a 404, so the check above can fail.
-    watch.expect_console(r"status of 404")
-    page.goto("/no-such-page", wait_until="networkidle")
-    page.wait_for_timeout(200)  # console messages arrive asynchronously
-    assert icons != []
+    # What spares the request: the page names its icon (a data: URL, which the
+    # CSP's img-src allows). Whether Chromium then asks for /favicon.ico of a page
+    # without one varies with its favicon cache, so that is not asserted here.
+    expect(page.locator('head link[rel="icon"]')).to_have_attribute("href", "data:,")
 
 
 def test_the_stylesheet_hides_a_hidden_element_its_own_display_rules_would_show(

@@ -40,7 +40,7 @@ def test_an_invitation_enrols_totp_in_the_page_then_password_and_code_sign_in(
 
     expect(page).to_have_url(re.compile(r"/invite/enroll$"))
     expect(page.get_by_role("heading", level=1)).to_have_text("Set up an authenticator app")
-    qr = page.get_by_role("img", name="QR code of your new authenticator entry")
+    qr = page.get_by_role("figure", name="QR code for lin")
     expect(qr.locator("svg")).to_be_visible()
     key = page.locator("code.secret")
     user.totp = pyotp.TOTP(key.inner_text().replace(" ", ""))
@@ -48,8 +48,8 @@ def test_an_invitation_enrols_totp_in_the_page_then_password_and_code_sign_in(
     page.goto("/")  # the password alone opens no account page
     expect(page).to_have_url(re.compile(r"/signin(/code)?$"))
     page.goto("/invite/enroll")
-    page.get_by_label("The 6-digit code the app now shows", exact=True).fill(user.code())
-    page.get_by_role("button", name="Confirm and sign in").click()
+    page.get_by_label("Code from the app", exact=True).fill(user.code())
+    page.get_by_role("button", name="Confirm", exact=True).click()
     expect(page.get_by_role("heading", level=1)).to_have_text("Your account")
     expect(page.get_by_role("main")).to_contain_text("You are signed in as lin.")
     expect(page.get_by_role("main")).to_contain_text("One-time codes (authenticator app): set up.")
