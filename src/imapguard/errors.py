@@ -8,6 +8,8 @@ this drawing complete).
     │   │                               (.problems: list of (key path, message))
     │   ├── StateError                  the state store failed (.operation)
     │   │   └── StateUnavailable        ... and is unreachable or locked
+    │   ├── AppPasswordLimit            state.accounts: the account holds the most app
+    │   │                               passwords it may (.user, .max_count)
     │   ├── UpstreamError               talking to the backend IMAP server failed (.address)
     │   │   ├── UpstreamUnavailable     cannot connect, TLS failed, timed out, bad greeting
     │   │   └── UpstreamRefused         the backend answered NO/BAD to the login

@@ -10,7 +10,7 @@ from multiprocessing.queues import Queue
 from typing import Any, Protocol
 
 from imapguard.defense.counters import CounterStore
-from imapguard.state.accounts import AccountStore
+from imapguard.state.accounts import AccountStore, AppPasswordLimit
 from imapguard.state.portal import PortalStore
 
 # How long a racer waits for the others at a round's start before the test fails.
@@ -86,6 +86,22 @@ def add_passkey(store: PortalStore, round_: int) -> bool:
 def add_passkeys(store: PortalStore, round_: int) -> bool:
     """Everybody registers a credential of its own to bob, past his limit."""
     return store.add_passkey("bob", secrets.token_bytes(16), b"cose", 0, "key", "", 1.0) is not None
+
+
+# The app passwords the racers may give alice (the portal's limit is 50; fewer
+# keep the race short while most rounds still run into it).
+APP_PASSWORD_LIMIT = 20
+
+
+def add_app_passwords(store: AccountStore, round_: int) -> bool:
+    """Everybody creates an app password of its own for alice, past her limit."""
+    try:
+        store.add_app_password(
+            "alice", "race", secrets.token_bytes(32), 1.0, max_count=APP_PASSWORD_LIMIT
+        )
+    except AppPasswordLimit:
+        return False
+    return True
 
 
 def race(store: Any, operation: Operation, rounds: int, barrier: Barrier) -> list[Any]:

@@ -11,7 +11,12 @@ import dataclasses
 import pytest
 
 from imapguard.errors import StateUnavailable
-from imapguard.state.accounts import MAX_PENDING_DEVICES, AccountStore, DeviceKey
+from imapguard.state.accounts import (
+    MAX_PENDING_DEVICES,
+    AccountStore,
+    AppPasswordLimit,
+    DeviceKey,
+)
 from tests.conformance.conftest import Backend
 
 KEY = DeviceKey("alice", "192.0.2.0/24", "Thunderbird", "115")
@@ -50,6 +55,28 @@ def test_app_password_lifecycle(accounts: AccountStore) -> None:
     assert user.app_passwords == 1
     accounts.record_login("alice", 9.0, "192.0.2.2", "app-password")
     assert accounts.list_users()[0].last_login_address == "192.0.2.2"
+
+
+def test_app_password_limit_is_checked_with_the_add(accounts: AccountStore) -> None:
+    """`max_count`: a full account gets nothing added (AppPasswordLimit); other
+    accounts have their own count; a revoked one frees its place."""
+    kept = [
+        accounts.add_app_password("alice", f"d{i}", bytes([i]) * 32, 1.0, max_count=3)
+        for i in range(3)
+    ]
+    with pytest.raises(AppPasswordLimit) as refused:
+        accounts.add_app_password("alice", "one more", b"x" * 32, 2.0, max_count=3)
+    assert (refused.value.user, refused.value.max_count) == ("alice", 3)
+    assert accounts.list_app_passwords("alice") == kept
+    assert accounts.find_app_password("alice", b"x" * 32) is None
+    accounts.add_app_password("bob", "laptop", b"b" * 32, 2.0, max_count=3)
+    # Without max_count nothing is counted (the CLI's `app-password add`).
+    accounts.add_app_password("alice", "admin made", b"y" * 32, 2.0)
+    assert len(accounts.list_app_passwords("alice")) == 4
+    accounts.revoke_app_password("alice", kept[0].id)
+    accounts.revoke_app_password("alice", kept[1].id)
+    again = accounts.add_app_password("alice", "again", b"z" * 32, 3.0, max_count=3)
+    assert accounts.find_app_password("alice", b"z" * 32) == again
 
 
 def test_a_closed_store_raises_state_unavailable(accounts: AccountStore) -> None:

@@ -6,7 +6,7 @@ gateway's store worker threads), threads with a handle each (several nodes),
 and processes with a handle each, on every implementation that other processes
 can reach. The store's own atomicity is the only thing keeping them apart: one
 use of a one-time code, an invitation or a passkey counter, one user handle, one
-holder of a credential, no account past its passkey limit."""
+holder of a credential, no account past its passkey or app password limit."""
 
 from __future__ import annotations
 
@@ -220,3 +220,23 @@ def test_processes_keep_an_account_within_its_passkey_limit(
     results = race_processes(shared_portal_backend, racers.add_passkeys)
     assert sum(added for process in results for added in process) == MAX_PASSKEYS
     assert len(shared_portal_backend.open().list_passkeys("bob")) == MAX_PASSKEYS
+
+
+def test_threads_keep_an_account_within_its_app_password_limit(
+    account_backend: Backend[AccountStore], sharing: Sharing
+) -> None:
+    """Several tabs (or a script with a stolen session) create app passwords at
+    once: each add counts and inserts in one step, so none goes past the limit."""
+    results = race_threads(account_backend, sharing, racers.add_app_passwords)
+    assert sum(added for thread in results for added in thread) == racers.APP_PASSWORD_LIMIT
+    held = account_backend.open().list_app_passwords("alice")
+    assert len(held) == racers.APP_PASSWORD_LIMIT
+
+
+def test_processes_keep_an_account_within_its_app_password_limit(
+    shared_account_backend: Backend[AccountStore],
+) -> None:
+    results = race_processes(shared_account_backend, racers.add_app_passwords)
+    assert sum(added for process in results for added in process) == racers.APP_PASSWORD_LIMIT
+    held = shared_account_backend.open().list_app_passwords("alice")
+    assert len(held) == racers.APP_PASSWORD_LIMIT

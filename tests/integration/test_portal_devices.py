@@ -86,6 +86,8 @@ def test_a_pending_device_rejected_in_the_page_stays_out_and_is_blocked(
         assert done.headers["location"] == "/devices?done=rejected"
         assert device["id"] not in re.sub(r"\s+", " ", web.get("/devices").text)
     blocks = json.loads(gw.cli("blocks", "list", "--json").stdout)
-    assert any(b.get("target") == "source:127.0.43.1" for b in blocks), blocks
+    targets = {b.get("target") for b in blocks}
+    # Only this account was seen there: blocked for it, and for everyone.
+    assert {"source:127.0.43.1", f"account-source:127.0.43.1|{user.name}"} <= targets, blocks
     # Refused by the block even with the password and a right code now.
     assert not login(gw, "127.0.43.1", user.name, user.password + user.otp.now())

@@ -1,7 +1,8 @@
 """ "This wasn't me" for real: an app password logs in through the gateway and
 idles; its owner finds the sign-in on the portal's recent sign-ins page and
 disowns it; the session ends with a BYE within 5 seconds, the app password no
-longer works, and the source is blocked."""
+longer works, and the source is blocked: for the account, and (no other account
+logged in from it) for everyone."""
 
 from __future__ import annotations
 
@@ -75,7 +76,8 @@ def test_disowning_a_sign_in_ends_its_session_and_blocks_the_source(
         close_imap(idler)
 
     blocks = json.loads(gw.cli("blocks", "list", "--json").stdout)
-    assert any(b.get("target") == f"source:{thief}" for b in blocks), blocks
+    targets = {b.get("target") for b in blocks}
+    assert {f"source:{thief}", f"account-source:{thief}|{user.name}"} <= targets, blocks
     again = open_imap(gw, "implicit", source_address(72), timeout=15)
     try:
         with pytest.raises(imaplib.IMAP4.error, match="AUTHENTICATIONFAILED"):
@@ -83,5 +85,58 @@ def test_disowning_a_sign_in_ends_its_session_and_blocks_the_source(
     finally:
         close_imap(again)
     (event,) = [e for e in gw.events("disowned") if e.get("user") == user.name]
-    assert (event["sign_in"], event["blocked"]) == (sign_in_id, thief)
+    assert (event["sign_in"], event["blocked"]) == (
+        sign_in_id,
+        f"account-source:{thief}|{user.name} source:{thief}",
+    )
     assert event["revoked"].startswith("app-password:")
+
+
+def _logs_in(gw: GatewayProcess, ip: str, user: str, password: str) -> bool:
+    client = open_imap(gw, "implicit", ip, timeout=15)
+    try:
+        client.login(user, password)
+    except imaplib.IMAP4.error:
+        return False
+    finally:
+        close_imap(client)
+    return True
+
+
+def test_disowning_a_sign_in_from_a_shared_address_keeps_it_open_for_the_others(
+    portal_gw: tuple[GatewayProcess, int], dovecot: DovecotServer
+) -> None:
+    """The organisation's webmail: a neighbour logged in from its address; the
+    owner disowns a sign-in of theirs from there. The neighbour goes on logging
+    in from it; the owner's account does not, not even with a new app password."""
+    gw, port = portal_gw
+    webmail = source_address(73)
+    neighbour = new_user(gw, dovecot, "nbr")
+    neighbours = gw.create_app_password(neighbour.name, "webmail")
+    assert _logs_in(gw, webmail, neighbour.name, neighbours)
+    user = new_user(gw, dovecot, "own")
+    stolen = gw.create_app_password(user.name, "webmail")
+    assert _logs_in(gw, webmail, user.name, stolen)
+    with signed_in(gw, port, user) as web:
+
+        def row() -> tuple[str, str] | None:
+            page = web.get("/sign-ins")
+            found = re.search(
+                r'<tr id="sign-in-([0-9a-f]+)">\s*<td>[^<]*</td>\s*<td>' + re.escape(webmail),
+                page.text,
+            )
+            return (found.group(1), csrf(page)) if found else None
+
+        sign_in_id, token = wait_for(row, what="the IMAP sign-in in the history")
+        done = web.post("/sign-ins/disown", data={"csrf": token, "id": sign_in_id})
+        assert done.status_code == 200, done.text
+        assert f"The address {webmail} is blocked for your account." in done.text
+
+    blocks = json.loads(gw.cli("blocks", "list", "--json").stdout)
+    targets = {b.get("target") for b in blocks}
+    assert f"account-source:{webmail}|{user.name}" in targets, blocks
+    assert f"source:{webmail}" not in targets, blocks
+    assert _logs_in(gw, webmail, neighbour.name, neighbours)
+    fresh = gw.create_app_password(user.name, "new phone")
+    assert not _logs_in(gw, webmail, user.name, fresh)
+    assert _logs_in(gw, source_address(74), user.name, fresh)

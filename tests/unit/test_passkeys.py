@@ -1,15 +1,22 @@
 """auth/passkeys.py against a software authenticator (tests/softkey.py): a
 registration and an assertion verify; every forgery a browser would never send
-is refused with a reason and no exception. Chromium's virtual authenticator
+is refused with a reason and no exception (deep nesting included). Chromium's virtual authenticator
 proves the same end to end (tests/e2e)."""
 
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
-from imapguard.auth.passkeys import MAX_RESPONSE_BYTES, PasskeyRefused, Passkeys
+from imapguard.auth.passkeys import (
+    MAX_JSON_DEPTH,
+    MAX_RESPONSE_BYTES,
+    PasskeyRefused,
+    Passkeys,
+    _too_deep,
+)
 from imapguard.state.portal import PasskeyRecord
 from tests.softkey import SoftKey, b64url
 
@@ -133,3 +140,51 @@ def test_malformed_registrations_are_refused_not_raised(response: bytes) -> None
     challenge = service().registration("alice", b"h" * 32, [])
     with pytest.raises(PasskeyRefused):
         service().verify_registration(response, challenge.challenge)
+
+
+# Deep nesting: json.loads of a few thousand "[" raises RecursionError, in our
+# parse of the answer and in py_webauthn's parse of the clientDataJSON in it.
+NESTED = b"[" * 15_000
+NESTED_OBJECT = b'{"id": ' * 5_000
+
+
+def _deep_client_data(answer: bytes) -> bytes:
+    document = json.loads(answer)
+    document["response"]["clientDataJSON"] = b64url(b"[" * 40_000)
+    return json.dumps(document).encode()
+
+
+@pytest.mark.parametrize("response", [NESTED, NESTED_OBJECT])
+def test_deeply_nested_answers_are_refused_not_raised(response: bytes) -> None:
+    record = registered(SoftKey(RP, ORIGIN))
+    challenge = service().authentication([record])
+    with pytest.raises(PasskeyRefused, match=f"nested deeper than {MAX_JSON_DEPTH}"):
+        service().verify_authentication(response, challenge.challenge, [record])
+    registration = service().registration("alice", b"h" * 32, [])
+    with pytest.raises(PasskeyRefused, match="nested"):
+        service().verify_registration(response, registration.challenge)
+
+
+def test_deeply_nested_client_data_is_refused_not_raised() -> None:
+    key = SoftKey(RP, ORIGIN)
+    record = registered(key)
+    challenge = service().authentication([record])
+    signed = _deep_client_data(key.sign(challenge.options))
+    with pytest.raises(PasskeyRefused):
+        service().verify_authentication(signed, challenge.challenge, [record])
+    registration = service().registration("bob", b"h" * 32, [])
+    made = _deep_client_data(SoftKey(RP, ORIGIN).register(registration.options))
+    with pytest.raises(PasskeyRefused):
+        service().verify_registration(made, registration.challenge)
+
+
+def test_the_nesting_is_measured_in_one_pass() -> None:
+    """Brackets inside strings do not count; a string of escaped quotes (each
+    one a would-be string start) costs one pass, not one per quote."""
+    inside = json.dumps({"id": "[" * 100, "rawId": "{" * 100}).encode()
+    assert not _too_deep(inside, 1)
+    assert _too_deep(b'{"a": [[1]]}', 2)
+    assert not _too_deep(b'{"a": [[1]]}', 3)
+    started = time.perf_counter()
+    assert not _too_deep(b'"' + b'\\"' * (MAX_RESPONSE_BYTES // 2 - 1), 1)
+    assert time.perf_counter() - started < 1.0

@@ -200,7 +200,8 @@ class Disowned(Event):
     sign_in: str
     sign_in_src: str
     revoked: str | None = None
-    blocked: str | None = None
+    blocked: str | None = None  # the blocks in force for sign_in_src, KIND:VALUE ...
+    limited: bool | None = None  # the account's reports were used up: nothing blocked
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)

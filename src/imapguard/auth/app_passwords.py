@@ -106,9 +106,11 @@ def create(
     *,
     network: str | None = None,
     expires_at: float | None = None,
+    max_count: int | None = None,
 ) -> tuple[AppPasswordRecord, Secret]:
     """A new app password of `user`: stored by its digest, returned once.
-    ValueError for a bad label (`label_problem`)."""
+    ValueError for a bad label (`label_problem`); `AppPasswordLimit` when the
+    account holds `max_count` already (the store checks it atomically)."""
     problem = label_problem(label)
     if problem is not None:
         raise ValueError(problem)
@@ -117,6 +119,12 @@ def create(
     if normalized is None:  # generate() makes only valid ones
         raise AssertionError("generate() made an app password normalize() refuses")
     record = store.add_app_password(
-        user, label, digest(key, user, normalized), now, network=network, expires_at=expires_at
+        user,
+        label,
+        digest(key, user, normalized),
+        now,
+        network=network,
+        expires_at=expires_at,
+        max_count=max_count,
     )
     return record, password

@@ -8,7 +8,11 @@ one step
    transaction, so the gateway of every process follows within seconds); a
    sign-in that used no revocable credential (the password itself, a token)
    ends the account's other portal sessions instead;
-3. its source address is blocked (`Defense.block`, escalating like any block);
+3. its source address is blocked for this account, and for everyone only when
+   no other account logged in from it (`Defense.owner_report`: a shared
+   address, a NAT or the webmail server, is never shut for all on one account's
+   word); an account has a few such reports per window, past them nothing is
+   blocked (`limited`) while the credential is still revoked;
 4. the admins and the owner are told (`NoticeHook`, kind "disowned").
 
 Each step is written to the audit log with the acting user. A failure of the
@@ -37,7 +41,15 @@ REVOCABLE = ("app-password:", "device:")
 class Disowned:
     sign_in: SignInRecord
     revoked: str | None  # the credential revoked, if one was
-    blocked: str | None  # the source blocked, if a block was placed
+    # The blocks in force for the sign-in's address after the report.
+    blocked: tuple[Target, ...] = ()
+    # The account's reports of the window were used up: nothing was blocked.
+    limited: bool = False
+
+    @property
+    def everyone(self) -> bool:
+        """The address is blocked for every account, not only this one."""
+        return any(t.kind is TargetKind.SOURCE for t in self.blocked)
 
 
 def disown(
@@ -64,13 +76,15 @@ def disown(
             revoked = record.credential
     else:
         store.revoke_portal_sessions(user, keep=keep_session)
-    blocked: str | None = None
+    blocked: tuple[Target, ...] = ()
+    limited = False
     if defense is not None and record.address:
-        for event in defense.block(
-            Target(TargetKind.SOURCE, record.address), "sign-in disowned by the account's owner"
-        ):
+        verdict = defense.owner_report(
+            user, record.address, "sign-in disowned by the account's owner"
+        )
+        for event in verdict.events:
             audit.emit(event.record(ctx.client.session))
-            blocked = record.address
+        blocked, limited = verdict.blocked, verdict.limited
     audit.emit(
         events.Disowned(
             session=ctx.client.session,
@@ -79,9 +93,10 @@ def disown(
             sign_in=record.id,
             sign_in_src=record.address,
             revoked=revoked,
-            blocked=blocked,
+            blocked=" ".join(str(t) for t in blocked) or None,
+            limited=limited or None,
         )
     )
     if notice is not None:
         notice("disowned", user, ctx, None)
-    return Disowned(record, revoked, blocked)
+    return Disowned(record, revoked, blocked, limited)

@@ -15,14 +15,17 @@ is ours is the rules around it:
   counter that did not is a cloned authenticator, refused and audited. Both 0
   means an authenticator that keeps no counter (allowed, as the spec says).
 
-Inputs from the browser are JSON of bounded size (`MAX_RESPONSE_BYTES`); any
-malformed one is `PasskeyRefused` with a short reason, never an exception
-reaching the page.
+Inputs from the browser are JSON of bounded size (`MAX_RESPONSE_BYTES`) and
+nesting (`MAX_JSON_DEPTH`, checked before parsing: `json.loads` of a few
+thousand "[" raises RecursionError); any malformed one (a nested clientDataJSON
+inside it too) is `PasskeyRefused` with a short reason, never an exception
+reaching the page, so the caller counts it as the failure it is.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import secrets
 from dataclasses import dataclass
 from typing import Any
@@ -47,6 +50,7 @@ from imapguard.errors import ImapguardError
 from imapguard.state.portal import PasskeyRecord
 
 __all__ = [
+    "MAX_JSON_DEPTH",
     "MAX_RESPONSE_BYTES",
     "Challenge",
     "NewPasskey",
@@ -58,6 +62,10 @@ __all__ = [
 # A registration or assertion response is a few KiB (an attestation statement
 # with a certificate chain is the largest); anything bigger is refused unread.
 MAX_RESPONSE_BYTES = 64 * 1024
+# `PublicKeyCredential.toJSON()` nests four deep (the credential, its response,
+# the transports list; clientExtensionResults with a nested extension); this
+# leaves room for extensions and stays far below Python's recursion limit.
+MAX_JSON_DEPTH = 16
 CHALLENGE_BYTES = 32
 TIMEOUT_MS = 120_000
 
@@ -139,7 +147,9 @@ class Passkeys:
             )
         except (InvalidRegistrationResponse, InvalidJSONStructure, InvalidCBORData) as exc:
             raise PasskeyRefused(f"registration refused: {_short(exc)}") from None
-        except (ValueError, TypeError, KeyError) as exc:
+        except (ValueError, TypeError, KeyError, RecursionError) as exc:
+            # RecursionError: py_webauthn wraps its own parse of clientDataJSON
+            # today; whatever else of it parses deeper than the stack, no 500.
             raise PasskeyRefused(f"registration malformed: {type(exc).__name__}") from None
         return NewPasskey(
             credential_id=verified.credential_id,
@@ -188,17 +198,39 @@ class Passkeys:
             )
         except (InvalidAuthenticationResponse, InvalidJSONStructure, InvalidCBORData) as exc:
             raise PasskeyRefused(f"assertion refused: {_short(exc)}") from None
-        except (ValueError, TypeError, KeyError) as exc:
+        except (ValueError, TypeError, KeyError, RecursionError) as exc:
             raise PasskeyRefused(f"assertion malformed: {type(exc).__name__}") from None
         return Proven(passkey, verified.new_sign_count)
+
+
+# A JSON string, escapes included (unterminated: to the end, so each byte is
+# read once), or a bracket outside strings.
+_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"?|[\[\]{}]')
+
+
+def _too_deep(document: bytes, limit: int) -> bool:
+    """Do the arrays and objects of `document` nest deeper than `limit`? One
+    pass (text that is no JSON gets some answer; json.loads refuses it then)."""
+    depth = 0
+    for token in _TOKEN.finditer(document):
+        first = token.group()[:1]
+        if first in (b"[", b"{"):
+            depth += 1
+            if depth > limit:
+                return True
+        elif first in (b"]", b"}"):
+            depth -= 1
+    return False
 
 
 def _parse(response: bytes) -> dict[str, Any]:
     if len(response) > MAX_RESPONSE_BYTES:
         raise PasskeyRefused(f"response larger than {MAX_RESPONSE_BYTES} bytes")
+    if _too_deep(response, MAX_JSON_DEPTH):
+        raise PasskeyRefused(f"response nested deeper than {MAX_JSON_DEPTH}")
     try:
         document = json.loads(response)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise PasskeyRefused("response is not JSON") from None
     if not isinstance(document, dict):
         raise PasskeyRefused("response is not a JSON object")

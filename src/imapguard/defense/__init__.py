@@ -15,6 +15,7 @@ order (see `engine`). The modules:
     blocks        placing and lifting blocks
     recording     the write path: failures and successes
     spray         the one-password-many-accounts rule
+    owner         an account owner's "not me": blocks for that account, shared addresses spared
     engine        Defense: the facade and the precheck
 
 Its settings are the `[defense]` section, imapguard.config.DefenseConfig (every

@@ -78,7 +78,8 @@ next (here) and when to evaluate the posture next (`posture_store`), touched by
 the writers alone.
 
 This module is the facade and the read path (the precheck); the write path is
-`recording`, with `blocks` and `spray`.
+`recording`, with `blocks` and `spray`; an owner's report of an address that
+is not theirs is `owner`.
 """
 
 from __future__ import annotations
@@ -95,6 +96,7 @@ from imapguard.defense.events import DefenseEvent, SprayDetected
 from imapguard.defense.fingerprints import Fingerprinter
 from imapguard.defense.limits import Limits, Windows, delay
 from imapguard.defense.model import Action, Attempt, FailureKind, Verdict
+from imapguard.defense.owner import OwnerBlocks, OwnerVerdict
 from imapguard.defense.posture import Posture, PostureState
 from imapguard.defense.posture_store import POSTURE, UNDER_ATTACK, PostureStore, read_posture
 from imapguard.defense.recording import Recorder
@@ -107,6 +109,7 @@ __all__ = [
     "Attempt",
     "Defense",
     "FailureKind",
+    "OwnerVerdict",
     "Verdict",
 ]
 
@@ -147,6 +150,7 @@ class Defense:
         self._windows = Windows(settings)
         self._blocks = Blocks(settings, store, self._windows)
         self._posture = PostureStore(settings, store, self._windows)
+        self._owner = OwnerBlocks(settings, store, self._windows, self._sources, self._blocks)
         self._recorder = Recorder(
             settings, store, self._rng, self._windows, self._sources, self._blocks, self._posture
         )
@@ -287,6 +291,16 @@ class Defense:
         with self._store.batch():
             self._blocks.place(target, reason, now, limits, events)
         return events
+
+    def owner_report(self, user: str, ip: str, reason: str) -> OwnerVerdict:
+        """The owner of `user` says `ip` is not theirs ("this wasn't me", a
+        rejected device): that address for that account, and for everyone only
+        if no other account logged in from it (`owner`); at most `OWNER_REPORTS`
+        per account and window."""
+        now = self._clock()
+        with self._store.batch():
+            limits = Limits.under(self.settings, read_posture(self._store, now))
+            return self._owner.report(user, ip, reason, now, limits)
 
     def clear(self, target: Target) -> bool:
         """Lift a block and forget what led to it (its counters and offence

@@ -1,5 +1,6 @@
-"""Where an attempt comes from: its address parsed once, and whether it is
-allowlisted or in a trusted network.
+"""Where an attempt comes from: its address parsed once, whether it is
+allowlisted or in a trusted network, and whether it is shared (many accounts
+logged in from it: a NAT, a proxy, the webmail server).
 
 Addresses follow `imapguard.net` (IPv4-mapped IPv6 is IPv4; the network is the
 /24 or /64); the pair is cached per address because the precheck needs both on
@@ -14,8 +15,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from imapguard import net
+from imapguard.defense.counters import CounterStore
 
-__all__ = ["Source", "SourceClasses", "source"]
+__all__ = ["Source", "SourceClasses", "logged_in_accounts", "source"]
 
 
 @dataclass(frozen=True)
@@ -59,3 +61,15 @@ class SourceClasses:
 
     def trusted(self, ip: str) -> bool:
         return self.classify(ip)[1]
+
+
+def logged_in_accounts(
+    store: CounterStore, ip: str, window: range, now: float, limit: int
+) -> list[str]:
+    """The accounts that logged in successfully from address `ip` in the window
+    (`recording` writes them as "ok:src:IP"), sorted, at most `limit`. This is
+    the one evidence of a shared address the defense has: the spray rule spares
+    an address with `shared_source_accounts` of them, and an owner's word
+    blocks an address for everyone only when no other account is among them
+    (`owner`)."""
+    return store.distinct_members([f"ok:src:{ip}"], window, now, limit)

@@ -18,7 +18,7 @@ from imapguard.defense.events import DefenseEvent
 from imapguard.defense.limits import Limits, Windows, span
 from imapguard.defense.model import Attempt
 from imapguard.defense.posture_store import PostureStore
-from imapguard.defense.sources import SourceClasses
+from imapguard.defense.sources import SourceClasses, logged_in_accounts
 
 __all__ = ["SprayRule"]
 
@@ -71,10 +71,8 @@ class SprayRule:
         for ip in participants:
             if self._sources.allowlisted(ip):
                 continue
-            shared = store.distinct_count(
-                [f"ok:src:{ip}"], window, now, limit=s.shared_source_accounts
-            )
-            if shared >= s.shared_source_accounts:
+            shared = logged_in_accounts(store, ip, window, now, s.shared_source_accounts)
+            if len(shared) >= s.shared_source_accounts:
                 continue  # a NAT: the fingerprint block stops the spray
             placed = self._blocks.place(
                 Target(TargetKind.SOURCE, ip),

@@ -20,7 +20,8 @@ Rules:
   nothing. A revocation is published with it, so the gateways end the sessions
   that used it within seconds.
 * An account has at most `MAX_APP_PASSWORDS`: a stolen session cannot grow the
-  store without bound.
+  store without bound. The store checks it in the insert's transaction
+  (`max_count`), so concurrent creates cannot go past it together.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from imapguard.portal.device_setup import (
 )
 from imapguard.portal.kit import Kit, field, see_other, unavailable
 from imapguard.portal.sessions import Current
+from imapguard.state.accounts import AppPasswordLimit
 
 __all__ = ["MAX_APP_PASSWORDS", "MAX_EXPIRY_DAYS", "AppPasswords"]
 
@@ -204,10 +206,8 @@ class AppPasswords:
         network, expires_at = scope
         store = self.kit.store
         try:
-            count = len(await self.kit.call(store.list_app_passwords, user))
-            if count >= MAX_APP_PASSWORDS:
-                self.kit.emit(request, user, "app_password_create", "limit", f"{count} exist")
-                return await self._page(request, signed_in, status_code=409)
+            # The store counts and inserts in one transaction: concurrent creates
+            # (several tabs, a script) cannot go past the limit together.
             record, password = await self.kit.call(
                 app_passwords.create,
                 store,
@@ -217,7 +217,12 @@ class AppPasswords:
                 now,
                 network=network,
                 expires_at=expires_at,
+                max_count=MAX_APP_PASSWORDS,
             )
+        except AppPasswordLimit:
+            reason = f"{MAX_APP_PASSWORDS} exist"
+            self.kit.emit(request, user, "app_password_create", "limit", reason)
+            return await self._page(request, signed_in, status_code=409)
         except StateError:
             return unavailable()
         self.kit.emit(request, user, "app_password_create", "ok", record.id)

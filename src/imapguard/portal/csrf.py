@@ -16,9 +16,15 @@ later cannot forget them):
   or, before sign-in, of the `__Host-imapguard-pre` cookie's random value, so the
   sign-in form itself is protected (login CSRF). Compared with
   `hmac.compare_digest`. No cookie to bind to: refused.
-* Anything else gets 403 and a short plain page, and an audit line; the body is
-  read (up to the app's `max_body_size`) only after the Origin check, and handed
-  on unchanged.
+* Anything else gets 403 and a short plain page; the body is read (up to the
+  app's `max_body_size`) only after the Origin check, and handed on unchanged.
+* Refusals are audited once per source (an IPv4 address or an IPv6 /64, as the
+  rate limits count) per `AUDIT_INTERVAL`: a script posting from a foreign
+  origin as fast as it can is one line a minute, the next line saying how many
+  were refused in between, not a line per request filling the disk and the
+  admins' live view. At most `MAX_AUDITED_SOURCES` sources are remembered, the
+  least recently refused forgotten first (memory stays bounded; a forgotten
+  source gets a line again, so many sources still cost one line each a minute).
 """
 
 from __future__ import annotations
@@ -26,7 +32,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-from collections import deque
+import time
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from urllib.parse import parse_qsl
 
@@ -35,13 +42,17 @@ from starlette.requests import HTTPConnection
 from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from imapguard.portal.ratelimit import source_key
 from imapguard.portal.sessions import PRE_COOKIE, loaded, new_token, set_cookie
 
 __all__ = [
+    "AUDIT_INTERVAL",
     "FIELD",
     "HEADER",
+    "MAX_AUDITED_SOURCES",
     "UNSAFE_METHODS",
     "CsrfGuard",
+    "RefusalAudit",
     "form_token",
     "token_for",
 ]
@@ -57,8 +68,52 @@ REFUSED_TEXT = (
     "Go back, reload the page and try again."
 )
 
+# One audit line per source and minute; as many sources as the sign-in rate
+# limit remembers (`ratelimit.MAX_SOURCES`), a few hundred KiB at most.
+AUDIT_INTERVAL = 60.0
+MAX_AUDITED_SOURCES = 10_000
+
 #: Called with (request, reason) when a request is refused (the audit line).
 OnRefused = Callable[[HTTPConnection, str], None]
+
+
+class RefusalAudit:
+    """Passes a refusal on to `on_refused` at most once per source and
+    `interval`; the ones held back are counted into the next line's reason."""
+
+    def __init__(
+        self,
+        on_refused: OnRefused,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        interval: float = AUDIT_INTERVAL,
+        max_sources: int = MAX_AUDITED_SOURCES,
+    ) -> None:
+        self.on_refused = on_refused
+        self.clock = clock
+        self.interval = interval
+        self.max_sources = max_sources
+        # source -> (when its last line was written, refusals held back since)
+        self._sources: OrderedDict[str, tuple[float, int]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._sources)
+
+    def __call__(self, conn: HTTPConnection, reason: str) -> None:
+        host = conn.client.host if conn.client is not None else ""
+        key = source_key(host) if host else ""
+        now = self.clock()
+        last = self._sources.pop(key, None)
+        if last is not None and 0.0 <= now - last[0] < self.interval:
+            self._sources[key] = (last[0], last[1] + 1)
+            return
+        self._sources[key] = (now, 0)
+        while len(self._sources) > self.max_sources:
+            self._sources.popitem(last=False)
+        held = 0 if last is None else last[1]
+        self.on_refused(
+            conn, reason if not held else f"{reason} ({held} more refused since the last line)"
+        )
 
 
 def token_for(key: bytes, binding: str) -> str:
@@ -94,7 +149,7 @@ class CsrfGuard:
         self.app = app
         self.key = key
         self.origin = origin
-        self.on_refused = on_refused
+        self.on_refused = RefusalAudit(on_refused)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] not in UNSAFE_METHODS:

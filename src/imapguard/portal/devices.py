@@ -14,8 +14,11 @@ Rules:
   address its last login came from, for `approved_device_trust` seconds (it
   proved no code, so for less time than a device that did).
 * Rejecting a pending device removes it and blocks the address it came from
-  (whoever has the password is there), unless that is the address the owner
-  is using right now (the owner would block themselves).
+  for this account (whoever has the password is there), and for everyone only
+  when no other account logged in from it (`Defense.owner_report`: one user
+  cannot shut a shared address for all; a few reports per account and window,
+  then nothing more is blocked); nothing when that is the address the owner is
+  using right now (the owner would block themselves).
 * Revoking and rejecting go through `store.revoke(user, "device:ID")`: removed
   and published at once, so the gateways end its live sessions within seconds.
 """
@@ -26,8 +29,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from imapguard.defense.counters import Target, TargetKind
 from imapguard.defense.engine import Defense
+from imapguard.defense.owner import OWNER_REPORTS, OwnerVerdict
 from imapguard.errors import StateError
 from imapguard.portal.account import RECORD_ID, notice_of, utc
 from imapguard.portal.kit import Kit, field, see_other, unavailable
@@ -136,13 +139,16 @@ class Devices:
                 and device.status == "pending"
                 and await self.kit.call(self.kit.store.revoke, user, f"device:{device.id}", now)
             )
-            blocked = None
+            verdict = None
             if done and device is not None and self._should_block(request, device):
-                blocked = await self.kit.call(self._block, request, device)
+                verdict = await self.kit.call(self._block, request, user, device)
         except StateError:
             return unavailable()
-        shown = device.id if device is not None else None
-        reason = None if shown is None else f"{shown}" + (f" blocked {blocked}" if blocked else "")
+        reason = None if device is None else device.id
+        if verdict is not None and verdict.limited:
+            reason = f"{reason} not blocked: {OWNER_REPORTS} reports in the window"
+        elif verdict is not None and verdict.blocked:
+            reason = f"{reason} blocked " + " ".join(str(t) for t in verdict.blocked)
         self.kit.emit(request, user, "device_reject", "ok" if done else "not_found", reason)
         return see_other("/devices?done=" + ("rejected" if done else "nothing"))
 
@@ -150,16 +156,16 @@ class Devices:
         address = device.last_address
         return self.defense is not None and bool(address) and address != Kit.client(request).ip
 
-    def _block(self, request: Request, device: DeviceRecord) -> str | None:
+    def _block(self, request: Request, user: str, device: DeviceRecord) -> OwnerVerdict | None:
         """Block the rejected device's address (on the store's thread)."""
         if self.defense is None or not device.last_address:
             return None
         rid = Kit.client(request).session
         reason = "pending device rejected by the account's owner"
-        events = self.defense.block(Target(TargetKind.SOURCE, device.last_address), reason)
-        for event in events:
+        verdict = self.defense.owner_report(user, device.last_address, reason)
+        for event in verdict.events:
             self.kit.audit.emit(event.record(rid))
-        return device.last_address if events else None
+        return verdict
 
     async def revoke(self, request: Request) -> Response:
         signed_in = self.kit.full(request)

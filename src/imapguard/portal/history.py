@@ -8,8 +8,11 @@ Rules:
 
 * "This wasn't me" is `auth.disown.disown` on the store's thread: the sign-in
   marked, the credential it used revoked (its live sessions end), its source
-  blocked; then the admins are told (the notifier runs on the event loop); the
-  page says what was done.
+  blocked for this account, and for everyone only when no other account logged
+  in from it (`Defense.owner_report`: one user cannot shut a shared address for
+  all); then the admins are told (the notifier runs on the event loop); the
+  page says what was done. Past the account's few reports per window the
+  credential is still revoked but nothing is blocked, and the page says so.
 * The id names a sign-in of the signed-in account only: another account's id
   does nothing (`get_sign_in(user, id)`).
 * A sign-in from the address the owner uses right now is disowned only after a
@@ -28,6 +31,7 @@ from starlette.routing import BaseRoute, Route
 from imapguard.auth.disown import disown
 from imapguard.auth.model import NoticeHook
 from imapguard.defense.engine import Defense
+from imapguard.defense.owner import OWNER_REPORTS
 from imapguard.errors import StateError
 from imapguard.portal.account import RECORD_ID, utc
 from imapguard.portal.kit import Kit, field, request_id, unavailable
@@ -140,14 +144,19 @@ class History:
         if done is not None and self.notice is not None:
             # The notifier is called on the event loop's thread, not the store's.
             self.notice("disowned", user, ctx, None)
-        self.kit.emit(request, user, "disown", "ok" if done else "not_found", sign_in_id, rid=rid)
+        reason = sign_in_id
+        if done is not None and done.limited:
+            reason = f"{sign_in_id} not blocked: {OWNER_REPORTS} reports in the window"
+        self.kit.emit(request, user, "disown", "ok" if done else "not_found", reason, rid=rid)
         done_context: dict[str, object] = {
             "row": _row(record),
             "revoked": None if done is None else done.revoked,
             "revoked_text": None
             if done is None or done.revoked is None
             else credential_text(done.revoked),
-            "blocked": None if done is None else done.blocked,
+            "blocked": record.address if done is not None and done.blocked else None,
+            "everyone": done is not None and done.everyone,
+            "limited": done is not None and done.limited,
             "told": self.notice is not None,
         }
         return self.kit.render(request, signed_in, "signins_done.html", done_context)

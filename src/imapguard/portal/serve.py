@@ -18,7 +18,11 @@ Rules:
   no `Server` header, trusts no proxy header, writes no access log (the portal
   audits) and configures no logging. Limits: `LIMIT_CONCURRENCY` connections and
   tasks (then 503), a 5 s keep-alive, request heads up to 16 KiB, and the
-  connection guard of `portal.connections` (per source, request deadline).
+  connection guard of `portal.connections` (`MAX_PER_SOURCE` per source, the
+  request deadline). The total is 64 times the per-source share, so a few
+  sources cannot take every slot (at 200 and 32, seven could); an idle TLS
+  connection costs some tens of KiB, a thousand of them some tens of MiB. The
+  soft limit on open files is raised (to the hard one at most) to hold them.
 * `stop()` ends it gracefully: no new connections, open requests get
   `GRACEFUL_STOP` seconds.
 """
@@ -26,6 +30,7 @@ Rules:
 from __future__ import annotations
 
 import contextlib
+import resource
 import socket
 import ssl
 from collections.abc import Callable, Iterator
@@ -38,14 +43,18 @@ from imapguard.errors import ConfigError
 from imapguard.portal.connections import ConnectionCounts, guarded_protocol
 from imapguard.tls import server_context
 
-__all__ = ["PortalServer", "listen_socket", "portal_context"]
+__all__ = ["PortalServer", "listen_socket", "open_files", "portal_context"]
 
-LIMIT_CONCURRENCY = 200
+LIMIT_CONCURRENCY = 1024
 KEEP_ALIVE = 5
 MAX_HEAD = 16 * 1024
 GRACEFUL_STOP = 5
 # Open connections per source, and the time a whole request may take to arrive.
-MAX_PER_SOURCE = 32
+# A browser opens up to six per host, and an admin's live view holds one more.
+MAX_PER_SOURCE = 16
+# Files beyond the connections: the listening socket, the stores, the audit
+# log, the parent's pipe, the TLS certificate when it is reloaded.
+_FILES_SPARE = 64
 REQUEST_DEADLINE = 10.0
 _BACKLOG = 1024
 
@@ -120,6 +129,7 @@ class PortalServer:
         """Serve until `stop()`; `bind()` first."""
         if self._socket is None:
             raise RuntimeError("PortalServer.bind() was not called")
+        open_files(LIMIT_CONCURRENCY + _FILES_SPARE)
         await self._server.serve(sockets=[self._socket])
 
     @property
@@ -135,6 +145,17 @@ class PortalServer:
         scratch = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         scratch.load_cert_chain(self._certificate, self._private_key)
         self.ssl_context.load_cert_chain(self._certificate, self._private_key)
+
+
+def open_files(wanted: int) -> int:
+    """Raise the process's soft limit on open files to `wanted` if it is lower
+    (never above the hard limit, never lowering it); the soft limit now."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        return target
+    return soft
 
 
 def listen_socket(listen: str) -> socket.socket:

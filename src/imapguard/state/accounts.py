@@ -22,7 +22,8 @@ Rules every implementation keeps:
   closed). A closed store raises it too.
 * Time is passed in (`now`: wall-clock seconds since the epoch); no method reads a
   clock, and nothing expires on its own except what a method says it forgets.
-* A check-and-set (`use_totp_step`, `record_totp_failure`, `claim_notice`) is atomic
+* A check-and-set (`use_totp_step`, `record_totp_failure`, `claim_notice`,
+  `add_app_password` with `max_count`) is atomic
   across every process and node sharing the store: of concurrent callers with the
   same arguments, exactly one wins.
 * Absence is not an error: a read returns None or [], a revocation or an update
@@ -39,9 +40,12 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from imapguard.errors import ImapguardError
+
 __all__ = [
     "MAX_PENDING_DEVICES",
     "AccountStore",
+    "AppPasswordLimit",
     "AppPasswordRecord",
     "AppPasswordStore",
     "DeviceKey",
@@ -60,6 +64,16 @@ __all__ = [
 MAX_PENDING_DEVICES = 20
 
 DeviceStatus = Literal["trusted", "pending"]
+
+
+class AppPasswordLimit(ImapguardError):
+    """`add_app_password(max_count=n)`: the account holds `n` already, so
+    nothing was added (checked in the same transaction as the insert)."""
+
+    def __init__(self, user: str, max_count: int) -> None:
+        super().__init__(f"{user} has {max_count} app passwords already")
+        self.user = user
+        self.max_count = max_count
 
 
 @dataclass(frozen=True)
@@ -167,10 +181,14 @@ class AppPasswordStore(Protocol):
         *,
         network: str | None = None,
         expires_at: float | None = None,
+        max_count: int | None = None,
     ) -> AppPasswordRecord:
         """Store a new app password by its keyed digest under a fresh random id
         (short text). A digest is unique in the whole store: adding one that is
-        already stored raises `StateUnavailable` and stores nothing."""
+        already stored raises `StateUnavailable` and stores nothing.
+        `max_count`: if the account holds that many already, raise
+        `AppPasswordLimit` and store nothing; atomic like a check-and-set (of
+        concurrent adds, no more than `max_count` are ever held)."""
         ...
 
     def list_app_passwords(self, user: str) -> list[AppPasswordRecord]:

@@ -12,6 +12,7 @@ import re
 import secrets
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -224,11 +225,14 @@ async def portal(
     client_ip: str = "192.0.2.10",
     admins: tuple[str, ...] = ("carol",),
     oidc: OidcSetup | None = None,
+    executor: Executor | None = None,
     **settings: Any,
 ) -> AsyncIterator[Portal]:
     """The portal's app on a real SQLite store in `tmp_path`, a fake sign-in
     service (alice: password + TOTP; bob: password only; carol, an admin: password
-    + TOTP) and a real defense; `admins` are the members of the admin group."""
+    + TOTP) and a real defense; `admins` are the members of the admin group.
+    `executor`: the store's thread, as compose gives it (None: store calls run
+    inline, so requests never interleave between two of them)."""
     notices = Notices()
     store = RecordingStore(str(tmp_path / "state.db"))
     service = FakeSignIn()
@@ -260,6 +264,7 @@ async def portal(
         sign_in=service,
         audit=audit,
         clock=clock,
+        executor=executor,
         is_admin=lambda user: user in admins,
         services=PortalServices(
             totp_key=totp_key,

@@ -1,6 +1,7 @@
 """Devices in the portal: a pending device approved ("yes, that was me") is
 trusted at its address for the approved-device period, behind a fresh second
-factor; rejected, it is removed and its address blocked (not the owner's own);
+factor; rejected, it is removed and its address blocked (for the account, for
+everyone only when nobody else logged in from there; not the owner's own);
 a trusted one revoked is removed and published; another account's device id
 changes nothing."""
 
@@ -118,11 +119,15 @@ async def test_rejecting_removes_the_device_and_blocks_its_address(tmp_path: Pat
         await p.sign_in()
         assert await act(p, "reject", device.id) == "/devices?done=rejected"
         assert p.store.get_device("alice", device.id) is None
-        assert blocked(p) == {str(Target(TargetKind.SOURCE, PHONE))}
+        # Nobody else logged in from there: for everyone, not only alice.
+        source = Target(TargetKind.SOURCE, PHONE)
+        pair = Target(TargetKind.ACCOUNT_SOURCE, f"{PHONE}|alice")
+        assert blocked(p) == {str(source), str(pair)}
         (revocation,) = p.store.revocations_after(0, 10)
         assert revocation.credential == f"device:{device.id}"
-        assert p.events()[-1]["reason"] == f"{device.id} blocked {PHONE}"
-        assert any(e["target"] == f"source:{PHONE}" for e in p.events("defense_block"))
+        assert p.events()[-1]["reason"] == f"{device.id} blocked {pair} {source}"
+        placed = {e["target"] for e in p.events("defense_block")}
+        assert placed == {str(source), str(pair)}
 
 
 async def test_rejecting_a_device_at_the_owners_own_address_blocks_nobody(

@@ -83,10 +83,15 @@ async def test_disowning_revokes_the_app_password_blocks_the_source_and_tells_ad
         assert p.store.list_app_passwords("alice") == []
         (revocation,) = p.store.revocations_after(0, 10)
         assert revocation.credential == f"app-password:{record.id}"
-        assert blocked(p) == {f"source:{THIEF}"}
+        # Nobody else logged in from there: blocked for everyone, not only alice.
+        assert blocked(p) == {f"source:{THIEF}", f"account-source:{THIEF}|alice"}
+        assert f"The address {THIEF} is blocked." in text
         assert p.notices.sent == [("disowned", "alice", "192.0.2.10")]
         (event,) = p.events("disowned")
-        assert (event["sign_in"], event["blocked"]) == (theirs.id, THIEF)
+        assert (event["sign_in"], event["blocked"]) == (
+            theirs.id,
+            f"account-source:{THIEF}|alice source:{THIEF}",
+        )
         assert p.events()[-1]["action"] == "disown"
         assert p.events()[-1]["result"] == "ok"
         again = p.store.get_sign_in("alice", theirs.id)
@@ -141,7 +146,7 @@ async def test_the_owners_own_address_needs_a_second_confirmation(tmp_path: Path
         assert not still.disowned
         status, _ = await disown(p, mine.id, confirm="yes")
         assert status == 200
-        assert blocked(p) == {"source:192.0.2.10"}
+        assert blocked(p) == {"source:192.0.2.10", "account-source:192.0.2.10|alice"}
 
 
 async def test_a_disowned_sign_in_is_not_disowned_twice(tmp_path: Path) -> None:

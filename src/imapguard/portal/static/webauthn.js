@@ -9,6 +9,30 @@
 "use strict";
 
 (function () {
+  // A location from an answer is followed only if it is a path of this very
+  // origin. "//host", "/\host" and "/<tab>/host" all start with "/" yet lead
+  // elsewhere (the URL parser reads a backslash as "/" and drops tabs and
+  // newlines), so such text is refused and the rest parsed as the browser
+  // would, its origin compared with ours.
+  function samePath(where) {
+    if (typeof where !== "string" || !/^\/(?![/\\])/.test(where)) {
+      return null;
+    }
+    if (/[\\\u0000-\u001f\u007f]/.test(where)) {
+      return null;
+    }
+    let url;
+    try {
+      url = new URL(where, window.location.origin);
+    } catch (e) {
+      return null;
+    }
+    if (url.origin !== window.location.origin) {
+      return null;
+    }
+    return url.pathname + url.search + url.hash;
+  }
+
   function status(form, text) {
     const out = form.querySelector(".webauthn-status");
     if (out) {
@@ -35,8 +59,9 @@
       } catch (e) {
         where = null;
       }
-      if (typeof where === "string" && where.startsWith("/") && !where.startsWith("//")) {
-        window.location.assign(where);
+      const path = samePath(where);
+      if (path !== null) {
+        window.location.assign(path);
         return;
       }
       status(form, "This did not work. Reload the page and try again.");

@@ -15,6 +15,7 @@ from typing import Any, cast
 
 from imapguard.state.accounts import (
     MAX_PENDING_DEVICES,
+    AppPasswordLimit,
     AppPasswordRecord,
     DeviceKey,
     DeviceRecord,
@@ -82,10 +83,19 @@ class SqliteAccounts(Connection):
         *,
         network: str | None = None,
         expires_at: float | None = None,
+        max_count: int | None = None,
     ) -> AppPasswordRecord:
         record_id = secrets.token_hex(4)
+        # BEGIN IMMEDIATE holds the write lock from the count to the insert: a
+        # concurrent add (any process) waits and then counts this one.
         with self._tx("add app password") as db:
             _ensure_user(db, user, now)
+            if max_count is not None:
+                (held,) = db.execute(
+                    "SELECT COUNT(*) FROM app_passwords WHERE user = ?", (user,)
+                ).fetchone()
+                if held >= max_count:
+                    raise AppPasswordLimit(user, max_count)
             db.execute(
                 "INSERT INTO app_passwords(id, user, label, digest, created_at, network,"
                 " expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
