@@ -139,7 +139,8 @@ async def oidc_portal(tmp_path: Path, **kw: Any) -> AsyncIterator[tuple[Portal, 
     )
     setup = OidcSetup(rp, lambda name: name.lower())
     try:
-        async with portal(tmp_path, oidc=setup, **kw) as p:
+        # The auth service's own check_oidc (its defense, policy and name rule).
+        async with portal(tmp_path, oidc=setup, **{"real_sign_in": True, **kw}) as p:
             clock.clock = p.clock
             yield p, provider
     finally:
