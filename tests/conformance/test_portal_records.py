@@ -62,16 +62,16 @@ def test_a_bad_set_of_recovery_codes_changes_nothing(portal: PortalStore) -> Non
 def test_an_invitation_is_used_once(portal: PortalStore) -> None:
     portal.add_invite("alice", b"inv-1", 1.0, 100.0)
     assert portal.get_user("alice") is not None
-    assert portal.use_invite(b"unknown", 2.0) is None
-    assert portal.use_invite(b"inv-1", 2.0) == "alice"
-    assert portal.use_invite(b"inv-1", 3.0) is None
+    assert not portal.use_invite(b"unknown", "alice", 2.0)
+    assert portal.use_invite(b"inv-1", "alice", 2.0)
+    assert not portal.use_invite(b"inv-1", "alice", 3.0)
 
 
 def test_an_expired_invitation_is_refused(portal: PortalStore) -> None:
     portal.add_invite("alice", b"inv-1", 1.0, 100.0)
     portal.add_invite("bob", b"inv-2", 1.0, 100.0)
-    assert portal.use_invite(b"inv-1", 100.5) is None
-    assert portal.use_invite(b"inv-2", 100.0) == "bob"  # inclusive
+    assert not portal.use_invite(b"inv-1", "alice", 100.5)
+    assert portal.use_invite(b"inv-2", "bob", 100.0)  # inclusive
 
 
 def test_using_an_invitation_voids_the_accounts_others(portal: PortalStore) -> None:
@@ -79,10 +79,20 @@ def test_using_an_invitation_voids_the_accounts_others(portal: PortalStore) -> N
     portal.add_invite("alice", b"inv-2", 2.0, 100.0)  # the earlier one stays valid
     portal.add_invite("alice", b"inv-3", 3.0, 100.0)
     portal.add_invite("bob", b"inv-4", 3.0, 100.0)
-    assert portal.use_invite(b"inv-1", 4.0) == "alice"
-    assert portal.use_invite(b"inv-2", 5.0) is None
-    assert portal.use_invite(b"inv-3", 5.0) is None
-    assert portal.use_invite(b"inv-4", 5.0) == "bob"  # another account's is its own
+    assert portal.use_invite(b"inv-1", "alice", 4.0)
+    assert not portal.use_invite(b"inv-2", "alice", 5.0)
+    assert not portal.use_invite(b"inv-3", "alice", 5.0)
+    assert portal.use_invite(b"inv-4", "bob", 5.0)  # another account's is its own
+
+
+def test_an_invitation_is_not_spent_by_another_account(portal: PortalStore) -> None:
+    """A redemption that names bob does not burn alice's link (it stays good
+    for alice) nor void bob's own."""
+    portal.add_invite("alice", b"inv-1", 1.0, 100.0)
+    portal.add_invite("bob", b"inv-2", 1.0, 100.0)
+    assert not portal.use_invite(b"inv-1", "bob", 2.0)
+    assert portal.use_invite(b"inv-1", "alice", 3.0)
+    assert portal.use_invite(b"inv-2", "bob", 4.0)
 
 
 def test_an_invitation_digest_is_stored_once(portal: PortalStore) -> None:
@@ -90,7 +100,7 @@ def test_an_invitation_digest_is_stored_once(portal: PortalStore) -> None:
     with pytest.raises(StateUnavailable):
         portal.add_invite("bob", b"inv-1", 2.0, 100.0)
     assert portal.get_user("bob") is None
-    assert portal.use_invite(b"inv-1", 3.0) == "alice"
+    assert portal.use_invite(b"inv-1", "alice", 3.0)
 
 
 # -- sign-in history -------------------------------------------------------------------

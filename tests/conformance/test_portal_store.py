@@ -303,7 +303,7 @@ def test_a_closed_store_raises_state_unavailable(portal: PortalStore) -> None:
     with pytest.raises(StateUnavailable):
         portal.find_portal_session(token(1), 1.0, IDLE)
     with pytest.raises(StateUnavailable):
-        portal.use_invite(b"inv", 1.0)
+        portal.use_invite(b"inv", "alice", 1.0)
     with pytest.raises(StateUnavailable):
         portal.publish_revocation("alice", None, 1.0)
 
@@ -341,8 +341,8 @@ def test_a_second_handle_sees_the_same_state(portal_backend: Backend[PortalStore
     assert two.use_recovery_code("alice", b"a", 2.0)
     assert not one.use_recovery_code("alice", b"a", 2.0)
     one.add_invite("bob", b"inv", 1.0, 100.0)
-    assert two.use_invite(b"inv", 2.0) == "bob"
-    assert one.use_invite(b"inv", 2.0) is None
+    assert two.use_invite(b"inv", "bob", 2.0)
+    assert not one.use_invite(b"inv", "bob", 2.0)
     seq = one.publish_revocation("alice", None, 5.0)
     assert two.last_revocation() == seq
     assert [r.seq for r in two.revocations_after(0, 10)] == [seq]

@@ -136,3 +136,38 @@ def test_used_link_and_link_with_a_wrong_password_open_nothing(
         if e.get("user") == user and e.get("mechanism") == "PORTAL-INVITE"
     ]
     assert results == ["invalid", "ok", "missing_factor"]
+
+
+def test_invitation_cannot_replace_a_factor_until_an_admin_resets_it(
+    portal_gw: tuple[GatewayProcess, int], dovecot: DovecotServer
+) -> None:
+    """Password + a live invitation of an account with TOTP: refused, the
+    factor untouched. `user invite --reset` (the CLI, another process) removes
+    the factor; its link then sets up a new one."""
+    gw, port = portal_gw
+    user, password, path = invite(gw, dovecot)
+    enrolled = json.loads(gw.cli("totp", "enroll", user, "--json").stdout)
+    with client(gw, port) as web:
+        refused = redeem(web, path, user, password)
+        assert refused.status_code == 200
+        assert FAILED in refused.text
+        assert web.get("/invite/enroll").status_code == 303
+    (doc,) = json.loads(gw.cli("user", "invite", user, "--reset", "--json").stdout)
+    reset_path = httpx.URL(doc["link"]).path
+    with client(gw, port) as web:
+        step = redeem(web, reset_path, user, password)
+        assert (step.status_code, step.headers["location"]) == (303, "/invite/enroll")
+        page = web.get("/invite/enroll")
+        found = _SECRET.search(page.text)
+        assert found is not None, page.text
+        assert found.group(1).replace(" ", "") != enrolled["secret"]
+    auth = [
+        (e["result"], e["reason"])
+        for e in gw.events("auth")
+        if e.get("user") == user and e.get("mechanism") == "PORTAL-INVITE"
+    ]
+    assert auth[0][0] == "missing_factor"
+    assert "an invitation for an account with a second factor" in auth[0][1]
+    assert auth[1][0] == "ok"
+    admin = [(e["action"], e["result"]) for e in gw.events("admin") if e.get("user") == user]
+    assert admin == [("invite", "ok"), ("reset_factors", "ok"), ("invite", "ok")]

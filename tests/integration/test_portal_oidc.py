@@ -3,7 +3,7 @@ one of the OAuth tests) with `imapguard serve` in front of Dovecot: the
 authorization code flow with PKCE over real HTTPS, the provider's own token
 endpoint and signing keys. An ID token with MFA in `amr` gives a full session;
 one without MFA asks for the account's own code; one for an account without a
-factor opens nothing."""
+factor, or one the mail server does not know, opens nothing."""
 
 from __future__ import annotations
 
@@ -46,7 +46,8 @@ def portal_gw(
     gw = GatewayProcess.create(
         base,
         dovecot,
-        methods=("app-password", "password+totp"),
+        # A token of the issuer is accepted only where auth.methods takes tokens.
+        methods=("app-password", "password+totp", "oauthbearer"),
         extra_toml=f"""
 [portal]
 listen = "127.0.0.1:{port}"
@@ -92,11 +93,18 @@ def through_provider(web: httpx.Client) -> httpx.Response:
     return page
 
 
+def mail_user(dovecot: DovecotServer) -> str:
+    """A new account of the mail server, as the provider names it."""
+    local = f"oidc{secrets.token_hex(3)}"
+    dovecot.add_user(local, secrets.token_urlsafe(12))  # Dovecot looks up %n
+    return f"{local}@example.org"
+
+
 def test_mfa_at_the_provider_signs_in(
-    portal_gw: tuple[GatewayProcess, int], idp: OidcProvider
+    portal_gw: tuple[GatewayProcess, int], dovecot: DovecotServer, idp: OidcProvider
 ) -> None:
     gw, port = portal_gw
-    user = f"oidc{secrets.token_hex(3)}@example.org"
+    user = mail_user(dovecot)
     idp.next_login(user, amr=["pwd", "mfa"])
     with browser(gw, port, idp) as web:
         page = through_provider(web)
@@ -106,7 +114,9 @@ def test_mfa_at_the_provider_signs_in(
         assert home.status_code == 200
         assert home.url.path == "/"
         assert user in home.text
-    (auth,) = [e for e in gw.events("auth") if e.get("mechanism") == "PORTAL-OIDC"]
+    (auth,) = [
+        e for e in gw.events("auth") if e.get("mechanism") == "PORTAL-OIDC" and e["user"] == user
+    ]
     assert (auth["user"], auth["result"], auth["factor"]) == (user, "ok", "oauth-mfa")
     log = gw.audit_path.read_text()
     assert "eyJ" not in log  # no token
@@ -117,7 +127,7 @@ def test_no_mfa_at_the_provider_asks_for_the_accounts_code(
     portal_gw: tuple[GatewayProcess, int], dovecot: DovecotServer, idp: OidcProvider
 ) -> None:
     gw, port = portal_gw
-    user = f"oidc{secrets.token_hex(3)}@example.org"
+    user = mail_user(dovecot)
     enrolled = json.loads(gw.cli("totp", "enroll", user, "--json").stdout)
     otp = pyotp.TOTP(enrolled["secret"])
     idp.next_login(user, amr=["pwd"])
@@ -137,10 +147,10 @@ def test_no_mfa_at_the_provider_asks_for_the_accounts_code(
 
 
 def test_no_mfa_and_no_factor_opens_nothing(
-    portal_gw: tuple[GatewayProcess, int], idp: OidcProvider
+    portal_gw: tuple[GatewayProcess, int], dovecot: DovecotServer, idp: OidcProvider
 ) -> None:
     gw, port = portal_gw
-    user = f"oidc{secrets.token_hex(3)}@example.org"
+    user = mail_user(dovecot)
     idp.next_login(user, amr=["pwd"])
     with browser(gw, port, idp) as web:
         page = through_provider(web)
@@ -152,3 +162,22 @@ def test_no_mfa_and_no_factor_opens_nothing(
         if e.get("action") == "oidc" and e.get("user") == user
     ]
     assert results == ["no_second_factor"]
+
+
+def test_an_account_the_mail_server_does_not_know_opens_nothing(
+    portal_gw: tuple[GatewayProcess, int], idp: OidcProvider
+) -> None:
+    """As over OAUTHBEARER: the mail server's master login decides whether the
+    token's account exists; the provider's word alone opens no session."""
+    gw, port = portal_gw
+    user = f"ghost{secrets.token_hex(3)}@example.org"
+    idp.next_login(user, amr=["pwd", "mfa"])
+    with browser(gw, port, idp) as web:
+        page = through_provider(web)
+        assert "did not work" in page.text
+        assert web.get("/").url.path == "/signin"
+    (auth,) = [
+        e for e in gw.events("auth") if e.get("mechanism") == "PORTAL-OIDC" and e["user"] == user
+    ]
+    assert auth["result"] == "invalid"
+    assert "master login" in auth["reason"]

@@ -42,11 +42,13 @@ def _store(path: Path) -> SqliteStore:
     return SqliteStore(str(path.parent / "state.db"))
 
 
-def _redeem(path: Path, token: str, now: float | None = None) -> str | None:
+def _redeem(path: Path, token: str, now: float | None = None, user: str = "alice") -> str | None:
+    """The account the link was spent for (tried for `user`), or None."""
     key = keys(load_config(str(path), check_files=False)).portal_invite
     store = _store(path)
     try:
-        return invites.redeem(store, key, token, time.time() if now is None else now)
+        used = invites.redeem(store, key, token, user, time.time() if now is None else now)
+        return user if used else None
     finally:
         store.close()
 
@@ -69,6 +71,61 @@ def test_invite_prints_a_link_that_works_once_and_logs_who_invited_whom(
     assert token not in (portal_config.parent / "audit.jsonl").read_text()
     assert _redeem(portal_config, token) == "alice"
     assert _redeem(portal_config, token) is None
+
+
+def test_invite_reset_removes_the_factors_and_ends_the_portal_sessions(
+    capsys: pytest.CaptureFixture[str], portal_config: Path
+) -> None:
+    store = _store(portal_config)
+    try:
+        store.set_totp("alice", b"sealed", 1.0)
+        store.add_passkey("alice", b"cred-1", b"key", 0, "Phone", "", 1.0)
+        store.set_recovery_codes("alice", [b"r" * 32], 1.0)
+        store.create_portal_session("alice", b"t" * 32, "full", 1.0, 2e9, "192.0.2.1", "UA")
+        store.set_totp("bob", b"bobs", 1.0)
+    finally:
+        store.close()
+    code, out, err = _run(
+        capsys, "user", "invite", "alice", "--reset", "--config", str(portal_config)
+    )
+    assert code == 0, err
+    (token,) = _LINK.findall(out)
+    reset, issued = _audit(portal_config)
+    assert (reset["action"], reset["user"], reset["result"]) == ("reset_factors", "alice", "ok")
+    assert reset["reason"] == (
+        "removed TOTP, 1 passkey(s) and the recovery codes; ended 1 portal session(s)"
+    )
+    assert issued["action"] == "invite"
+    store = _store(portal_config)
+    try:
+        assert store.get_totp("alice") is None
+        assert store.list_passkeys("alice") == []
+        assert store.count_recovery_codes("alice") == 0
+        assert store.list_portal_sessions("alice", 0.0) == []
+        assert store.get_totp("bob") is not None  # nobody else's
+    finally:
+        store.close()
+    assert _redeem(portal_config, token) == "alice"
+
+
+def test_invite_reset_takes_one_named_account_not_a_file(
+    capsys: pytest.CaptureFixture[str], portal_config: Path, tmp_path: Path
+) -> None:
+    listing = tmp_path / "accounts.txt"
+    listing.write_text("alice\nbob\n")
+    code, out, err = _run(
+        capsys,
+        "user",
+        "invite",
+        "--from-file",
+        str(listing),
+        "--reset",
+        "--config",
+        str(portal_config),
+    )
+    assert code != 0
+    assert "--reset" in err
+    assert out == ""
 
 
 def test_invite_ttl_bounds_the_link(
@@ -102,7 +159,8 @@ def test_invite_from_file_issues_all_in_order_once_each(
     assert [r[0] for r in rows] == names
     assert len({r[1] for r in rows}) == 2000
     assert len(_audit(portal_config)) == 2000
-    assert _redeem(portal_config, _LINK.fullmatch(rows[1999][1]).group(1)) == "user1999"  # type: ignore[union-attr]
+    last = _LINK.fullmatch(rows[1999][1]).group(1)  # type: ignore[union-attr]
+    assert _redeem(portal_config, last, user="user1999") == "user1999"
 
 
 def test_invite_from_file_with_a_bad_line_invites_nobody(
@@ -150,8 +208,8 @@ def test_invite_store_failure_leaves_no_invitation_behind(
     assert "state store" in err
     assert out == ""
     assert len(issued) == 2
-    for token in issued:
-        assert _redeem(portal_config, token) is None
+    for token, user in zip(issued, ["alice", "bob"], strict=True):
+        assert _redeem(portal_config, token, user=user) is None
 
 
 def invites_error() -> Exception:

@@ -84,6 +84,6 @@ def test_a_version_4_database_gains_the_portal_tables(tmp_path: Path) -> None:
     assert [u.name for u in store.list_users()] == ["alice"]
     assert check_version(store._db) == len(MIGRATIONS)
     store.add_invite("alice", b"i" * 32, 2.0, 100.0)
-    assert store.use_invite(b"i" * 32, 3.0) == "alice"
+    assert store.use_invite(b"i" * 32, "alice", 3.0)
     assert store.publish_revocation("alice", None, 4.0) == 1
     store.close()

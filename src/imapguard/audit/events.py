@@ -292,7 +292,7 @@ class Admin(Event):
     kind: ClassVar[str] = "admin"
     actor: str  # the local user who ran the command
     user: str
-    action: str  # invite | revoke
+    action: str  # invite | reset_factors | revoke
     result: str  # ok | mailed | mail_failed | none
     reason: str | None = None
 

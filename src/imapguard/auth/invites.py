@@ -5,9 +5,17 @@ of the database opens no account. Redeeming is atomic and once only, and voids
 the account's other invitations (`InviteStore.use_invite`); an expired one is
 refused. The token is read from the link's path and never logged.
 
-Redeeming an invitation is not signing in: the portal then asks for the
+Redeeming an invitation is not signing in: the portal first asks for the
 account's password (through the auth service, counted and audited like any
-sign-in) and has the user enroll a second factor before anything else.
+sign-in), spends the invitation only for that account, and has the user enroll
+a second factor before anything else.
+
+An invitation sets up an account that has no second factor; it never replaces
+one (whoever has the password and a stray link would otherwise swap the owner's
+authenticator for theirs). An account that lost its factor is reset by an
+admin: `imapguard user invite U --reset` removes its TOTP, passkeys and
+recovery codes and ends its portal sessions in the transaction that issues the
+new invitation (`reset_factors`); the owner is told when an invitation is used.
 """
 
 from __future__ import annotations
@@ -17,10 +25,21 @@ import hashlib
 import hmac
 import re
 import secrets
+from dataclasses import dataclass
+from typing import Protocol
 
-from imapguard.state.portal import InviteStore
+from imapguard.state.accounts import TotpStore
+from imapguard.state.portal import InviteStore, PasskeyStore, PortalSessionStore, RecoveryCodeStore
 
-__all__ = ["DEFAULT_LIFETIME", "is_token", "issue", "redeem", "token_digest"]
+__all__ = [
+    "DEFAULT_LIFETIME",
+    "Reset",
+    "is_token",
+    "issue",
+    "redeem",
+    "reset_factors",
+    "token_digest",
+]
 
 DEFAULT_LIFETIME = 7 * 86400.0
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{43}")
@@ -44,9 +63,36 @@ def issue(
     return token
 
 
-def redeem(store: InviteStore, key: bytes, token: str, now: float) -> str | None:
-    """The account an unused, unexpired invitation names, for exactly one caller;
-    None for anything else (what is not even a token is not looked up)."""
+def redeem(store: InviteStore, key: bytes, token: str, user: str, now: float) -> bool:
+    """Spend an unused, unexpired invitation of `user`, for exactly one caller;
+    False for anything else: another account's link stays good (what is not
+    even a token is not looked up)."""
     if not is_token(token):
-        return None
-    return store.use_invite(token_digest(key, token), now)
+        return False
+    return store.use_invite(token_digest(key, token), user, now)
+
+
+class ResetStore(TotpStore, PasskeyStore, RecoveryCodeStore, PortalSessionStore, Protocol):
+    """What a reset changes."""
+
+
+@dataclass(frozen=True)
+class Reset:
+    """What `reset_factors` removed (for the admin's audit line)."""
+
+    totp: bool
+    passkeys: int
+    sessions: int
+
+
+def reset_factors(store: ResetStore, user: str, now: float) -> Reset:
+    """Remove every second factor of `user` (TOTP, passkeys, recovery codes) and
+    end its portal sessions, so that an invitation can set the account up again.
+    Call it in the store transaction that issues that invitation."""
+    totp = store.remove_totp(user)
+    passkeys = [p.id for p in store.list_passkeys(user)]
+    for passkey in passkeys:
+        store.remove_passkey(user, passkey)
+    store.set_recovery_codes(user, [], now)
+    sessions = store.revoke_portal_sessions(user)
+    return Reset(totp, len(passkeys), sessions)

@@ -19,7 +19,13 @@ portal is checked, counted and logged exactly as one tried over IMAP:
 
 A right password alone proves one factor: it is counted as neither a success
 nor a failure (a success would make the source familiar to the account, which
-only a second factor may do) and it opens nothing upstream. A wrong code after
+only a second factor may do) and it opens nothing upstream. It is not confirmed
+silently, though: from a source the defense does not know as familiar to the
+account, the owner is told at once (notice "portal_password", rate-limited per
+account by the notifier), as IMAP tells them of a right password without its
+factor. At the password step nobody can know whether a second step will follow;
+waiting to see would need per-process state that a restart loses, and the
+owner's own first sign-in from a new place is exactly what they should hear of. A wrong code after
 it counts as a factor failure, locks codes after `auth.totp_max_failures` like
 IMAP does, and spends no step; a right code spends its step (no replay, also
 not over IMAP) and is the success the defense records.
@@ -28,6 +34,7 @@ not over IMAP) and is the success the defense records.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
@@ -35,19 +42,22 @@ from dataclasses import dataclass
 from typing import Any, Generic, ParamSpec, TypeVar
 
 from imapguard.audit import AuditLog, events
-from imapguard.auth import recovery, totp
+from imapguard.auth import proof, recovery, totp
 from imapguard.auth.chokepoint import Authenticator
 from imapguard.auth.model import AuthContext, AuthResult, NoticeHook, Outcome, S
+from imapguard.auth.oauth.tokens import VerifiedToken
 from imapguard.auth.passkeys import Challenge, PasskeyRefused, Passkeys
 from imapguard.defense.engine import Action, Attempt, Verdict
 from imapguard.errors import StateUnavailable, UpstreamRefused, UpstreamUnavailable
+from imapguard.policy.engine import DecisionKind
 from imapguard.secret import Secret
 from imapguard.state.on_thread import on_thread
 from imapguard.state.portal import PortalStore
-from imapguard.vocab import Factor
+from imapguard.vocab import Factor, Method
 
-__all__ = ["PasswordCheck", "TwoStepSignIn"]
+__all__ = ["OidcCheck", "PasswordCheck", "TwoStepSignIn"]
 
+log = logging.getLogger("imapguard.auth")
 T = TypeVar("T")
 P = ParamSpec("P")
 
@@ -56,6 +66,9 @@ MECHANISM_CODE = "PORTAL-TOTP"
 MECHANISM_PASSKEY = "PORTAL-PASSKEY"
 MECHANISM_RECOVERY = "PORTAL-RECOVERY-CODE"
 MECHANISM_INVITE = "PORTAL-INVITE"
+MECHANISM_OIDC = "PORTAL-OIDC"
+# The auth.methods that accept a token of the [oauth] issuer (passwordless.bearer).
+TOKEN_METHODS = (Method.OAUTHBEARER.value, Method.XOAUTH2.value)
 
 
 @dataclass(frozen=True)
@@ -66,6 +79,28 @@ class PasswordCheck:
     user: str | None = None
     has_totp: bool = False
     has_passkey: bool = False
+
+
+@dataclass(frozen=True)
+class OidcCheck:
+    """An OpenID sign-in's answer. Only when `ok`: `user`; `full` when the token
+    proved both factors (MFA at the provider, sufficient and allowed), else the
+    account's own second factor comes next (`has_totp`, `has_passkey`)."""
+
+    ok: bool
+    user: str | None = None
+    full: bool = False
+    has_totp: bool = False
+    has_passkey: bool = False
+    # Refused only because the token is one factor and the account has no other
+    # (the provider's user is who they say: telling them so confirms nothing).
+    no_factor: bool = False
+
+
+@dataclass(frozen=True)
+class _Done:
+    ok: bool
+    familiar: bool  # the defense knows the source as the account's (False: unknown)
 
 
 class TwoStepSignIn(Generic[S]):
@@ -124,11 +159,14 @@ class TwoStepSignIn(Generic[S]):
             )
 
         # A right password alone is no success for the defense (module docstring).
-        ok = await self._attempt(
+        done = await self._attempt(
             MECHANISM_PASSWORD, username, user, ctx, step, secret=password or None, success=False
         )
-        if not ok:
+        if not done.ok or user is None:
             return PasswordCheck(ok=False)
+        if not done.familiar:
+            # Not confirmed silently (module docstring).
+            self._notice("portal_password", user, ctx)
         return PasswordCheck(ok=True, user=user, has_totp=has_totp, has_passkey=has_passkey)
 
     async def passkey_options(self, user: str) -> Challenge | None:
@@ -151,18 +189,22 @@ class TwoStepSignIn(Generic[S]):
         """Step one of an invitation (`auth.invites`): the account's password, and
         then `redeem(user)`, which spends the invitation if it names this account.
         Unlike `check_password`, a right password of an account with no second
-        factor goes on here: the invitation is what lets it enroll one. A wrong
-        password never reaches `redeem` (the link is not spent); a right password
-        without a valid invitation is a failure like any other, counted as a
-        factor failure (the password is right, what goes with it is not)."""
+        factor goes on here: the invitation is what lets it enroll one. It never
+        replaces one: an account with a TOTP or a passkey is refused (a
+        compromise signal, as a right password without the factor is; an admin's
+        `user invite --reset` removes the factors first). A wrong password never
+        reaches `redeem` (the link is not spent); a right password without a
+        valid invitation is a failure like any other, counted as a factor
+        failure (the password is right, what goes with it is not). The owner is
+        told when an invitation is used (notice "invitation_used")."""
         user = _account(self.auth, username)
-        has_totp = False
 
         async def step() -> AuthResult[Any]:
-            nonlocal has_totp
             result = await self._password(user, password, ctx)
             if result.outcome is not Outcome.OK or user is None:
                 return result
+            if await self._has_factor(user):
+                return self._signal(user, ctx, "an invitation for an account with a second factor")
             if not await redeem(user):
                 return AuthResult(
                     Outcome.MISSING_FACTOR,
@@ -171,7 +213,6 @@ class TwoStepSignIn(Generic[S]):
                     "correct password, no valid invitation for the account",
                     factor=Factor.PASSWORD,
                 )
-            has_totp = self.auth.reader.get_totp(user) is not None
             return AuthResult(
                 Outcome.OK,
                 user,
@@ -180,12 +221,59 @@ class TwoStepSignIn(Generic[S]):
                 factor=Factor.PASSWORD,
             )
 
-        ok = await self._attempt(
+        done = await self._attempt(
             MECHANISM_INVITE, username, user, ctx, step, secret=password or None, success=False
         )
-        return (
-            PasswordCheck(ok=True, user=user, has_totp=has_totp) if ok else PasswordCheck(ok=False)
+        if not done.ok or user is None:
+            return PasswordCheck(ok=False)
+        self._notice("invitation_used", user, ctx)
+        return PasswordCheck(ok=True, user=user)
+
+    async def check_oidc(self, token: VerifiedToken, ctx: AuthContext) -> OidcCheck:
+        """A sign-in with an ID token of the `[oauth]` issuer (verified by the
+        portal's relying party), decided as the gateway decides an OAUTHBEARER
+        login: the same name rule (`canonical_identity`), a token method in
+        `auth.methods`, the defense's precheck and counting, the account known to
+        the mail server (the master login the gateway would open, logged out at
+        once: no user row for a name the mail server does not know), the
+        policy, and the `auth` line. A token with MFA that `auth.sufficient`
+        and the policy accept is both factors; any other is one, and the
+        account's own second factor comes next (none: refused)."""
+        user = self.auth.names.canonical_identity(token.user)
+        found = OidcCheck(ok=False)
+
+        async def step() -> AuthResult[Any]:
+            nonlocal found
+            if not set(TOKEN_METHODS) & set(self.auth.methods):
+                return AuthResult(Outcome.INVALID, user, "oauth", "no token method in auth.methods")
+            if user is None:
+                return AuthResult(Outcome.INVALID, None, "oauth", "token names no valid account")
+            known = await self._known_upstream(user, ctx)
+            if known is not None:
+                return known
+            factor = proof.bearer_factor(token.mfa)
+            full = token.mfa and proof.shortfall(factor, self.auth.factors.sufficient) is None
+            refusal = self._may(user, Factor.OAUTH_MFA if full else Factor.OAUTH, ctx)
+            if refusal is not None and refusal.outcome is Outcome.DENIED:
+                return refusal
+            full = full and refusal is None
+            if full:
+                found = OidcCheck(ok=True, user=user, full=True)
+                return AuthResult(Outcome.OK, user, "oauth", "ok", factor=factor)
+            has_totp = self.auth.reader.get_totp(user) is not None
+            has_passkey = await self._has_passkey(user)
+            if not (has_totp or has_passkey):
+                why = "token without sufficient MFA, no second factor enrolled"
+                found = OidcCheck(ok=False, user=user, no_factor=True)
+                return AuthResult(Outcome.MISSING_FACTOR, user, "oauth", why, factor=factor)
+            found = OidcCheck(ok=True, user=user, has_totp=has_totp, has_passkey=has_passkey)
+            return AuthResult(Outcome.OK, user, "oauth", "second factor next", factor=factor)
+
+        shown = token.user
+        done = await self._attempt(
+            MECHANISM_OIDC, shown, user, ctx, step, secret=None, success=lambda: found.full
         )
+        return found if done.ok or found.no_factor else OidcCheck(ok=False)
 
     async def check_totp(self, user: str, code: Secret, ctx: AuthContext) -> bool:
         """Step two, for the `user` step one named: the account's current code."""
@@ -219,7 +307,8 @@ class TwoStepSignIn(Generic[S]):
         ctx: AuthContext,
         step: Callable[[], Awaitable[AuthResult[Any]]],
     ) -> bool:
-        return await self._attempt(mechanism, user, user, ctx, step, secret=None, success=True)
+        done = await self._attempt(mechanism, user, user, ctx, step, secret=None, success=True)
+        return done.ok
 
     async def _attempt(
         self,
@@ -230,18 +319,19 @@ class TwoStepSignIn(Generic[S]):
         step: Callable[[], Awaitable[AuthResult[Any]]],
         *,
         secret: Secret | None,
-        success: bool,
-    ) -> bool:
+        success: bool | Callable[[], bool],
+    ) -> _Done:
         """One sign-in step as the defense and the audit log see it: precheck,
-        the defense's block or delay, `step`, count (a success only if `success`),
-        audit, and the failure timing."""
+        the defense's block or delay, `step`, count (a success only if `success`,
+        asked after the step), audit, and the failure timing."""
         auth = self.auth
         with auth.timing.attempt(ctx.client.ip) as clock:
             verdict: Verdict | None = None
             try:
                 attempt, verdict = self._precheck(ctx, user, secret)
                 result = await self._gate(user, verdict) or await step()
-                if success or result.outcome is not Outcome.OK:
+                counted = success() if callable(success) else success
+                if counted or result.outcome is not Outcome.OK:
                     await self._count(attempt, verdict, result, ctx)
             except StateUnavailable as exc:
                 result = AuthResult(
@@ -250,8 +340,16 @@ class TwoStepSignIn(Generic[S]):
             self._audit_auth(mechanism, shown, result, verdict, ctx)
             if result.outcome is not Outcome.OK:
                 await auth.timing.wait_out(clock)
-                return False
+                return _Done(ok=False, familiar=False)
+            # Without a defense nothing is known about the source: not told.
+            return _Done(ok=True, familiar=verdict is None or verdict.familiar)
+
+    async def _has_factor(self, user: str) -> bool:
+        """Has the account a second factor (TOTP or a passkey, configured or not)?"""
+        if self.auth.reader.get_totp(user) is not None:
             return True
+        store = self._portal_store
+        return store is not None and bool(await self._store(store.list_passkeys, user))
 
     async def _has_passkey(self, user: str) -> bool:
         store = self._portal_store
@@ -370,9 +468,53 @@ class TwoStepSignIn(Generic[S]):
                 session=ctx.client.session, src=ctx.client.ip, user=user, reason=reason
             )
         )
-        if self._on_notice is not None:
-            self._on_notice("compromise_signal", user, ctx, None)
+        self._notice("compromise_signal", user, ctx)
         return AuthResult(Outcome.MISSING_FACTOR, user, "portal", reason, factor=Factor.PASSWORD)
+
+    def _notice(self, kind: str, user: str, ctx: AuthContext) -> None:
+        if self._on_notice is not None:
+            try:
+                self._on_notice(kind, user, ctx, None)
+            except Exception:
+                log.exception("notification hook failed")
+
+    async def _known_upstream(self, user: str, ctx: AuthContext) -> AuthResult[Any] | None:
+        """None when the mail server lets `user` in on their behalf (the master
+        login an OAUTHBEARER login opens; closed at once), else the refusal."""
+        try:
+            session = await self.auth.upstream.login(user, None, ctx.client)
+        except UpstreamRefused as exc:
+            reason = f"upstream refused master login ({exc.detail})"
+            return AuthResult(Outcome.INVALID, user, "oauth", reason)
+        except UpstreamUnavailable as exc:
+            return AuthResult(Outcome.UNAVAILABLE, user, "oauth", f"upstream: {exc.detail}")
+        await session.discard()
+        return None
+
+    def _may(self, user: str, factor: Factor, ctx: AuthContext) -> AuthResult[Any] | None:
+        """The policy's word on a token sign-in, as `Authenticator` asks it for
+        OAUTHBEARER: None to go on, else the refusal."""
+        policy = self.auth.policy
+        method = next((m for m in TOKEN_METHODS if m in self.auth.methods), TOKEN_METHODS[0])
+        decision = policy.decide(
+            policy.request(
+                user,
+                ctx.client.ip,
+                method=proof.policy_method(factor, method),
+                factor=factor,
+                listener=ctx.listener,
+                client_cert=False,
+            )
+        )
+        if decision.kind is DecisionKind.ALLOW:
+            return None
+        outcome = (
+            Outcome.MISSING_FACTOR
+            if decision.kind is DecisionKind.REQUIRE_FACTOR
+            else Outcome.DENIED
+        )
+        reason = f"policy: {decision.reason}"
+        return AuthResult(outcome, user, "oauth", reason, factor=factor, rule=decision.rule)
 
     async def _gate(self, user: str | None, verdict: Verdict | None) -> AuthResult[Any] | None:
         """The defense's word before any credential is looked at: a block is the
@@ -407,6 +549,8 @@ class TwoStepSignIn(Generic[S]):
         verdict: Verdict | None,
         ctx: AuthContext,
     ) -> None:
+        # A token sign-in names its credential as the gateway's OAUTHBEARER line does.
+        token = mechanism == MECHANISM_OIDC and result.user is not None
         self._audit.emit(
             events.Auth(
                 session=ctx.client.session,
@@ -417,6 +561,8 @@ class TwoStepSignIn(Generic[S]):
                 user=result.user or username[:64],
                 method=result.method,
                 factor=result.factor,
+                credential="oauth" if token else None,
+                rule=result.rule,
                 delay=round(verdict.delay, 2) if verdict and verdict.delay else None,
                 result=result.outcome.value,
                 reason=result.reason,

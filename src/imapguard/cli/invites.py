@@ -11,6 +11,13 @@ Rules for invitations:
   written; a bad one is named by file and line number and nothing is issued.
   All invitations of a run are written in one store transaction: a store
   failure leaves none behind, and no link is printed before it is committed.
+* An invitation sets up an account without a second factor and never replaces
+  one. `--reset` (one named account only: a file of resets is a mistake
+  waiting to happen) is the explicit way to re-enrol an account that lost its
+  factor: in the transaction that issues the link it removes the account's
+  TOTP, passkeys and recovery codes and ends its portal sessions
+  (`auth.invites.reset_factors`); the `admin` line says what was removed, and
+  the owner is told when the link is used.
 * `--mail` sends each link to the account's own address, built from the
   account name by `[notify] owner_address` and nothing else: no address is
   taken from the command line or the file, so nobody can have an account's link
@@ -54,6 +61,7 @@ from imapguard.cli.output import print_json, shown
 from imapguard.config import Config, account_names
 
 if TYPE_CHECKING:
+    from imapguard.auth.invites import Reset
     from imapguard.config.notify import NotifyConfig
 
 __all__ = ["MAX_ACCOUNTS", "add_user_parsers", "invite", "parse_ttl", "revoke"]
@@ -102,6 +110,12 @@ def add_user_parsers(user_sub: Subparsers) -> None:
         help=f"how long a link works (e.g. 24h, 7d; default {DEFAULT_LIFETIME / 86400:g}d)",
     )
     p.add_argument(
+        "--reset",
+        action="store_true",
+        help="re-enrolment of one account that lost its factor: remove its TOTP, passkeys "
+        "and recovery codes and end its portal sessions now",
+    )
+    p.add_argument(
         "--mail",
         action="store_true",
         help="mail each link to the account's own address ([notify] owner_address) "
@@ -137,6 +151,8 @@ def invite(args: argparse.Namespace) -> int:
         raise UsageError("invitations need the portal: set [portal] url")
     if (args.user is None) == (args.from_file is None):
         raise UsageError("name one account or --from-file FILE")
+    if args.reset and args.user is None:
+        raise UsageError("--reset takes one named account, not --from-file")
     notify = _mail_settings(config) if args.mail else None
     users = [user_name(args.user, config)] if args.user else _read_accounts(args.from_file, config)
     targets = [_Invited(u, _address(u, notify)) for u in users]
@@ -156,16 +172,29 @@ def invite(args: argparse.Namespace) -> int:
     # The audit log is opened first: no invitation without its line.
     with _audit(config) as audit:
         issued: list[_Invited] = []
+        reset: invites.Reset | None = None
         # One transaction: a failure leaves no invitation behind (module docstring).
         with store.batch():
+            if args.reset:
+                reset = invites.reset_factors(store, targets[0].user, now)
             for t in targets:
                 token = invites.issue(store, key, t.user, now, args.ttl)
                 issued.append(_Invited(t.user, t.address, f"{base}/invite/{token}"))
+        if reset is not None:
+            audit(issued[0].user, "reset_factors", "ok", _removed(reset))
         if notify is None:
             for t in issued:
                 audit(t.user, "invite", "ok", f"expires {until}")
             return _print_links(issued, expires, until, json=args.json)
         return _mail_links(config, notify, issued, until, audit, json=args.json)
+
+
+def _removed(reset: Reset) -> str:
+    totp = "TOTP, " if reset.totp else ""
+    return (
+        f"removed {totp}{reset.passkeys} passkey(s) and the recovery codes; "
+        f"ended {reset.sessions} portal session(s)"
+    )
 
 
 def _print_links(issued: list[_Invited], expires: float, until: str, *, json: bool) -> int:

@@ -1,9 +1,11 @@
 """Out-of-band notifications: tell the account owner and the admins (`[notify]`).
 
 Three kinds of notice: a compromise signal (correct password, missing second
-factor), a new device awaiting approval, and a lockout. Each goes to a webhook
-(JSON, optionally HMAC-signed) and/or by mail (one message to the owner, one to
-the admins), at most once per account and kind per `min_interval`.
+factor), a new device awaiting approval, and a lockout; from the portal also a
+disowned sign-in, a right password from an unfamiliar address and a used
+invitation. Each goes to a webhook (JSON, optionally HMAC-signed) and/or by mail
+(one message to the owner, one to the admins: not for `OWNER_ONLY` kinds), at
+most once per account and kind per `min_interval`.
 
 Rules:
 
@@ -38,7 +40,8 @@ Rules:
 Webhook body (`Notice.to_json()`, schema version 1; every key always present):
 
     {"version": 1,                      integer; bumped on incompatible change
-     "kind": "compromise_signal" | "new_device" | "lockout",
+     "kind": "compromise_signal" | "new_device" | "lockout" | "disowned"
+           | "portal_password" | "invitation_used",
      "user": "alice",                   account name (printable, <= 256 chars)
      "src": "203.0.113.9",              client address (as in the audit log)
      "client_id": "Thunderbird" | null, what the client called itself (IMAP ID)

@@ -20,7 +20,7 @@ from urllib.parse import quote
 
 from imapguard import __version__
 from imapguard.config.notify import NotifyConfig, is_plain_address
-from imapguard.notify.notice import Channel, Notice, NoticeKind
+from imapguard.notify.notice import OWNER_ONLY, Channel, Notice, NoticeKind
 from imapguard.secret import Secret
 from imapguard.text import clean
 
@@ -62,6 +62,8 @@ _OWNER_SUBJECT: dict[NoticeKind, str] = {
     NoticeKind.NEW_DEVICE: "New device for {user} awaits your approval",
     NoticeKind.LOCKOUT: "Sign-ins to {user} locked after failed attempts",
     NoticeKind.DISOWNED: "A sign-in to {user} was reported as not the owner's",
+    NoticeKind.PORTAL_PASSWORD: "Your password for {user} was used at the portal",
+    NoticeKind.INVITATION_USED: "A new second factor was set up for {user}",
 }
 
 _WHAT_HAPPENED: dict[NoticeKind, str] = {
@@ -80,6 +82,15 @@ _WHAT_HAPPENED: dict[NoticeKind, str] = {
     NoticeKind.DISOWNED: (
         'The owner of the mail account "{user}" reported one of its sign-ins as not theirs '
         "in the portal."
+    ),
+    NoticeKind.PORTAL_PASSWORD: (
+        'Someone typed the correct password of the mail account "{user}" into the portal '
+        "from an address it has not signed in from before. Without the second factor "
+        "nothing was opened to them."
+    ),
+    NoticeKind.INVITATION_USED: (
+        'An invitation link and the password of the mail account "{user}" were used to '
+        "set up a new second factor (an authenticator app) in the portal."
     ),
 }
 
@@ -106,6 +117,24 @@ _Advice = list[tuple[str, str | None]]
 def _owner_advice(notice: Notice, settings: NotifyConfig) -> _Advice:
     portal = _portal(settings)
     match notice.kind:
+        case NoticeKind.PORTAL_PASSWORD:
+            return [
+                ("If this was you, signing in: there is nothing to do.", None),
+                (
+                    "If this was not you: someone knows your password. Change your password "
+                    "now and tell your administrator.",
+                    None,
+                ),
+            ]
+        case NoticeKind.INVITATION_USED:
+            return [
+                ("If this was you, setting up your sign-in: there is nothing to do.", None),
+                (
+                    "If this was not you: someone knows your password and had your "
+                    "invitation. Tell your administrator now; they can reset your sign-in.",
+                    None,
+                ),
+            ]
         case NoticeKind.COMPROMISE_SIGNAL:
             return [
                 (
@@ -166,6 +195,9 @@ def _admin_advice(notice: Notice) -> _Advice:
     device = shlex.quote(clean(notice.device_id, 64)) if notice.device_id else "ID"
     show = ("The account, its devices and lockouts:", f"imapguard user show {user}")
     match notice.kind:
+        case NoticeKind.PORTAL_PASSWORD | NoticeKind.INVITATION_USED:
+            # Not mailed to the admins (OWNER_ONLY); a webhook may still show them.
+            return [show]
         case NoticeKind.COMPROMISE_SIGNAL:
             return [
                 (
@@ -277,7 +309,7 @@ def build_messages(notice: Notice, settings: NotifyConfig) -> list[Mail]:
             subject = "[imapguard] " + _OWNER_SUBJECT[notice.kind].format(user=user)
             msg = message(subject, (owner,), for_admins=False)
             out.append(Mail(Channel.OWNER_MAIL, (owner,), msg))
-    if settings.admin_addresses:
+    if settings.admin_addresses and notice.kind not in OWNER_ONLY:
         subject = f"[imapguard] {notice.kind.value.replace('_', ' ')}: {user}"
         msg = message(subject, settings.admin_addresses, for_admins=True)
         out.append(Mail(Channel.ADMIN_MAIL, settings.admin_addresses, msg))

@@ -14,6 +14,7 @@ from imapguard.secret import Secret
 from imapguard.text import clean
 
 __all__ = [
+    "OWNER_ONLY",
     "SCHEMA_VERSION",
     "Channel",
     "Delivery",
@@ -31,6 +32,9 @@ class NoticeKind(enum.Enum):
     NEW_DEVICE = "new_device"  # a device awaits the owner's approval
     LOCKOUT = "lockout"  # unfamiliar sources are locked out of the account
     DISOWNED = "disowned"  # the owner said a sign-in "wasn't me" (portal)
+    # A right password at the portal from a source unfamiliar to the account.
+    PORTAL_PASSWORD = "portal_password"  # noqa: S105 - a notice kind
+    INVITATION_USED = "invitation_used"  # an invitation set up the account's factor
 
 
 _DEFAULT_SUMMARY: dict[NoticeKind, str] = {
@@ -38,7 +42,14 @@ _DEFAULT_SUMMARY: dict[NoticeKind, str] = {
     NoticeKind.NEW_DEVICE: "New device awaits approval",
     NoticeKind.LOCKOUT: "Locked out after repeated failed sign-ins",
     NoticeKind.DISOWNED: "A sign-in was reported as not the owner's",
+    NoticeKind.PORTAL_PASSWORD: "Correct password at the portal from an unfamiliar address",
+    NoticeKind.INVITATION_USED: "An invitation link set up a new second factor",
 }
+
+#: Told to the owner (and the webhook) only: each is the owner's own doing most
+#: of the time, and an admin mail per sign-in or per rollout invitation would
+#: bury the ones that matter.
+OWNER_ONLY = frozenset({NoticeKind.PORTAL_PASSWORD, NoticeKind.INVITATION_USED})
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,7 @@ from imapguard.portal.headers import SecurityHeaders
 from imapguard.portal.history import History
 from imapguard.portal.invite import Invite
 from imapguard.portal.kit import Kit, request_id
-from imapguard.portal.oidc import Oidc, OidcSetup
+from imapguard.portal.oidc import Oidc, OidcSetup, flow_key
 from imapguard.portal.pages import Pages
 from imapguard.portal.passkey_pages import PasskeyPages
 from imapguard.portal.ports import SignInService
@@ -212,7 +212,14 @@ def _pages(kit: Kit, deps: PortalDeps, limiter: SlidingWindow) -> list[BaseRoute
         ).routes(),
     ]
     if services.oidc is not None:
-        oidc = Oidc(kit=kit, setup=services.oidc, limiter=limiter, clock=deps.clock)
+        oidc = Oidc(
+            kit=kit,
+            setup=services.oidc,
+            service=deps.sign_in,
+            flow_key=flow_key(deps.keys.session),
+            limiter=limiter,
+            clock=deps.clock,
+        )
         routes += oidc.routes()
     return routes
 

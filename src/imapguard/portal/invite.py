@@ -14,8 +14,12 @@ The order, and why:
   (`SignInService.check_invited_password`: the defense counts it, the audit log
   has its `auth` line, failures wait out the same time as any sign-in) and only
   a right password spends the invitation (`auth.invites.redeem`: atomic, once),
-  which must name the same account. So a leaked link alone opens nothing, a
-  wrong password (a typo) does not burn the link, and a link works once. Every
+  and only one that names the same account (another account's link is not
+  spent). So a leaked link alone opens nothing, a wrong password (a typo) does
+  not burn the link, and a link works once. An account that already has a TOTP
+  or a passkey is refused (the service's rule: an invitation never replaces a
+  factor; an admin's `user invite --reset` removes them first), and so is the
+  enrol step should one appear meanwhile. Every
   failure, whatever failed, is the one page with the one message `FAILED`: a
   distinct "link no longer valid" would confirm the password typed with it.
 * After that the browser holds a "password" session and the new secret,
@@ -123,13 +127,11 @@ class Invite:
         store = self.kit.store
 
         async def redeem(user: str) -> bool:
-            # Spends the invitation: only after the password proved right.
-            named = await self.kit.call(invites.redeem, store, self.invite_key, token, self.clock())
-            if named is not None and named != user:
-                self.kit.emit(
-                    request, user, "invite", "failed", f"the invitation names {named}", rid=rid
-                )
-            return named == user
+            # Spends the invitation: only after the password proved right, and
+            # only an invitation of this account (another's stays good).
+            return await self.kit.call(
+                invites.redeem, store, self.invite_key, token, user, self.clock()
+            )
 
         user: str | None = None
         if username and password and invites.is_token(token):
@@ -154,7 +156,7 @@ class Invite:
             if found is None:
                 return see_other("/signin")
             shown = found[1]
-            return self._enroll_page(request, shown, None, await self._has_totp(shown.account))
+            return self._enroll_page(request, shown, None)
         except StateError:
             return unavailable()
 
@@ -179,20 +181,24 @@ class Invite:
             self.kit.emit(request, user, "enroll_totp", "failed", why, rid=rid)
             return see_other("/signin")
         pending, shown = found
-        replacing = await self._has_totp(user)
+        if await self._has_factor(user):
+            # Enrolled meanwhile (another session): an invitation never replaces it.
+            why = "the account has a second factor"
+            self.kit.emit(request, user, "enroll_totp", "failed", why, rid=rid)
+            await self.kit.call(self.kit.store.revoke_portal_session, user, pending.session.id)
+            return see_other("/signin", clear_cookie(COOKIE), clear_cookie(ENROL_COOKIE))
         code = form_field(form, "code", 32)
         if not await enrol_totp(
             self.kit.call, self.kit.store, self.totp_key, user, shown, code, self.clock()
         ):
             self.kit.emit(request, user, "enroll_totp", "failed", "wrong code", rid=rid)
-            return self._enroll_page(request, shown, CODE_FAILED, replacing)
+            return self._enroll_page(request, shown, CODE_FAILED)
         done = clear_cookie(ENROL_COOKIE)
         full = await self.kit.sessions.raise_to_full(request, pending)
         if full is None:
             self.kit.emit(request, user, "enroll_totp", "failed", "the session ended", rid=rid)
             return see_other("/signin", clear_cookie(COOKIE), done)
-        reason = "replaced" if replacing else None
-        self.kit.emit(request, user, "enroll_totp", "ok", reason, rid=rid)
+        self.kit.emit(request, user, "enroll_totp", "ok", rid=rid)
         return see_other("/", self.kit.sessions.cookie(full), done)
 
     # -- helpers -------------------------------------------------------------------
@@ -233,17 +239,18 @@ class Invite:
         # `pending_totp` refuses anything longer than a seal before decoding it.
         return request.cookies.get(ENROL_COOKIE, "")
 
-    async def _has_totp(self, user: str) -> bool:
-        return await self.kit.call(self.kit.store.get_totp, user) is not None
+    async def _has_factor(self, user: str) -> bool:
+        store = self.kit.store
+        if await self.kit.call(store.get_totp, user) is not None:
+            return True
+        return bool(await self.kit.call(store.list_passkeys, user))
 
-    def _enroll_page(
-        self, request: Request, shown: PendingTotp, error: str | None, replacing: bool
-    ) -> Response:
+    def _enroll_page(self, request: Request, shown: PendingTotp, error: str | None) -> Response:
         # `cancel` "": the page's Cancel signs out (there is no page to go back to).
         context = {
             "pending": shown,
             "error": error,
-            "replacing": replacing,
+            "replacing": False,
             "action": ENROL_PATH,
             "cancel": "",
         }

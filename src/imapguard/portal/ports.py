@@ -17,11 +17,12 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from imapguard.auth.model import AuthContext
+from imapguard.auth.oauth.tokens import VerifiedToken
 from imapguard.auth.passkeys import Challenge
-from imapguard.auth.signin import PasswordCheck
+from imapguard.auth.signin import OidcCheck, PasswordCheck
 from imapguard.secret import Secret
 
-__all__ = ["Challenge", "PasswordCheck", "SignInService"]
+__all__ = ["Challenge", "OidcCheck", "PasswordCheck", "SignInService"]
 
 
 class SignInService(Protocol):
@@ -38,9 +39,14 @@ class SignInService(Protocol):
         redeem: Callable[[str], Awaitable[bool]],
         ctx: AuthContext,
     ) -> PasswordCheck:
-        """The password step of an invitation: ok only if the password is right
-        and then `redeem(user)` (which spends the invitation) is true; a right
-        password needs no second factor here."""
+        """The password step of an invitation: ok only if the password is right,
+        the account has no second factor yet, and then `redeem(user)` (which
+        spends the invitation) is true."""
+        ...
+
+    async def check_oidc(self, token: VerifiedToken, ctx: AuthContext) -> OidcCheck:
+        """A verified ID token: whose account, and whether it is both factors
+        (`full`) or the account's own second factor comes next."""
         ...
 
     async def check_recovery_code(self, user: str, code: Secret, ctx: AuthContext) -> bool: ...

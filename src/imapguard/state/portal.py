@@ -227,11 +227,13 @@ class InviteStore(Protocol):
         the store: one already stored raises `StateUnavailable`."""
         ...
 
-    def use_invite(self, digest: bytes, now: float) -> str | None:
-        """Atomic: the account of an unused, unexpired invitation with this digest,
-        for exactly one caller; None otherwise. Using one voids every other
-        invitation of the account: an older one, perhaps read by someone else on
-        its way, must not set the account up a second time."""
+    def use_invite(self, digest: bytes, user: str, now: float) -> bool:
+        """Atomic: True for exactly one caller with an unused, unexpired
+        invitation with this digest *for `user`*; False otherwise, and then
+        nothing changes (a link of another account is not spent by a redemption
+        that names this one). Using one voids every other invitation of the
+        account: an older one, perhaps read by someone else on its way, must not
+        set the account up a second time."""
         ...
 
 

@@ -12,7 +12,7 @@ import re
 import secrets
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,15 +22,19 @@ from starlette.types import ASGIApp
 
 from imapguard.audit import AuditLog, read_events
 from imapguard.auth import recovery, totp
-from imapguard.auth.model import AuthContext
+from imapguard.auth.chokepoint import Authenticator
+from imapguard.auth.model import AuthContext, ClientAddress
+from imapguard.auth.oauth.tokens import VerifiedToken
 from imapguard.auth.passkeys import Challenge, PasskeyRefused, Passkeys
+from imapguard.auth.signin import TwoStepSignIn
 from imapguard.config import PortalConfig
 from imapguard.defense import Defense, DefenseSettings, Fingerprinter
+from imapguard.errors import UpstreamRefused
 from imapguard.policy.gate import PolicyGate
 from imapguard.policy.rules import Groups
 from imapguard.portal.app import PortalDeps, PortalKeys, PortalServices, create_app
 from imapguard.portal.oidc import OidcSetup
-from imapguard.portal.ports import PasswordCheck
+from imapguard.portal.ports import OidcCheck, PasswordCheck, SignInService
 from imapguard.secret import Secret
 from imapguard.state.portal import PortalSession
 from imapguard.state.sqlite import SqliteStore
@@ -98,6 +102,8 @@ class FakeSignIn:
     store: SqliteStore | None = None
     passkeys: Passkeys | None = None
     recovery_key: bytes = b""
+    # The name rule of an OIDC sign-in (`OidcSetup.canonical`, set by `portal`).
+    canonical: Callable[[str], str | None] | None = None
 
     async def check_password(
         self, username: str, password: Secret, ctx: AuthContext
@@ -122,12 +128,36 @@ class FakeSignIn:
         redeem: Callable[[str], Awaitable[bool]],
         ctx: AuthContext,
     ) -> PasswordCheck:
-        """As the real one: a right password (factor or not), then `redeem`."""
+        """As the real one: a right password of an account without a second
+        factor (TOTP or passkey, as the store has them), then `redeem`."""
         self.calls.append(("invited_password", username, ctx))
         known = self.users.get(username)
-        if known is None or password != Secret(known[0]) or not await redeem(username):
+        if known is None or password != Secret(known[0]) or self._has_factor(username):
             return PasswordCheck(ok=False, user=None, has_totp=False)
-        return PasswordCheck(ok=True, user=username, has_totp=known[1])
+        if not await redeem(username):
+            return PasswordCheck(ok=False, user=None, has_totp=False)
+        return PasswordCheck(ok=True, user=username)
+
+    def _has_factor(self, user: str) -> bool:
+        if self.store is None:
+            return self.users[user][1]
+        return self.store.get_totp(user) is not None or bool(self.store.list_passkeys(user))
+
+    async def check_oidc(self, token: VerifiedToken, ctx: AuthContext) -> OidcCheck:
+        """As the real one without its defense and policy (those are proven with
+        `portal(..., real_sign_in=True)`): MFA is both factors, else the
+        account's own second factor comes next."""
+        self.calls.append(("oidc", token.user, ctx))
+        user = self.canonical(token.user) if self.canonical is not None else token.user
+        if user is None:
+            return OidcCheck(ok=False)
+        if token.mfa:
+            return OidcCheck(ok=True, user=user, full=True)
+        has_totp = self.store is not None and self.store.get_totp(user) is not None
+        has_passkey = self.store is not None and bool(self.store.list_passkeys(user))
+        if not (has_totp or has_passkey):
+            return OidcCheck(ok=False, user=user, no_factor=True)
+        return OidcCheck(ok=True, user=user, has_totp=has_totp, has_passkey=has_passkey)
 
     async def check_recovery_code(self, user: str, code: Secret, ctx: AuthContext) -> bool:
         self.calls.append(("recovery", user, ctx))
@@ -226,6 +256,8 @@ async def portal(
     admins: tuple[str, ...] = ("carol",),
     oidc: OidcSetup | None = None,
     executor: Executor | None = None,
+    real_sign_in: bool = False,
+    methods: tuple[str, ...] = ("password+totp", "oauthbearer"),
     **settings: Any,
 ) -> AsyncIterator[Portal]:
     """The portal's app on a real SQLite store in `tmp_path`, a fake sign-in
@@ -257,11 +289,15 @@ async def portal(
             store.set_totp(name, totp.seal(totp_key, name, totp.new_secret()), clock())
     service.passkeys = Passkeys(rp_id="portal.test", rp_name="Mail security", origin=ORIGIN)
     service.recovery_key = keys.recovery
+    service.canonical = oidc.canonical if oidc is not None else None
+    sign_in: SignInService = service
+    if real_sign_in:
+        sign_in = _real_sign_in(service, store, defense, audit, clock, notices, totp_key, methods)
     deps = PortalDeps(
         settings=config,
         store=store,
         keys=keys,
-        sign_in=service,
+        sign_in=sign_in,
         audit=audit,
         clock=clock,
         executor=executor,
@@ -284,6 +320,91 @@ async def portal(
     finally:
         audit.close()
         store.close()
+
+
+class StubUpstream:
+    """The mail server of the real sign-in (`portal(..., real_sign_in=True)`):
+    FakeSignIn's users with their passwords; a master login (password None) for
+    them only, as Dovecot's master passdb with `result_success = continue`."""
+
+    logs_in_for_users = True
+
+    def __init__(self, users: dict[str, tuple[str, bool]]) -> None:
+        self.users = users
+        self.calls: list[tuple[str, bool]] = []
+
+    async def login(self, user: str, password: Secret | None, client: ClientAddress) -> _Upstream:
+        self.calls.append((user, password is None))
+        known = self.users.get(user)
+        if known is None or (password is not None and password != Secret(known[0])):
+            raise UpstreamRefused("upstream", "NO [AUTHENTICATIONFAILED]")
+        return _Upstream()
+
+
+class _Upstream:
+    async def discard(self) -> None:
+        pass
+
+
+class _Inline(Executor):
+    """Runs each call at once on the caller's thread (the portal's tests do)."""
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        done: Future[Any] = Future()
+        try:
+            done.set_result(fn(*args, **kwargs))
+        except BaseException as exc:
+            done.set_exception(exc)
+        return done
+
+
+def _real_sign_in(
+    fake: FakeSignIn,
+    store: RecordingStore,
+    defense: Defense,
+    audit: AuditLog,
+    clock: Clock,
+    notices: Notices,
+    totp_key: bytes,
+    methods: tuple[str, ...],
+) -> TwoStepSignIn[Any]:
+    """The auth service's own TwoStepSignIn over the portal's store, defense and
+    audit log, with `StubUpstream` as the mail server."""
+    executor = _Inline()
+
+    async def no_sleep(seconds: float) -> None:
+        clock.now += seconds
+
+    auth: Authenticator[Any] = Authenticator(
+        methods=methods,
+        store=store,
+        store_executor=executor,
+        app_password_key=secrets.token_bytes(32),
+        upstream=StubUpstream(fake.users),
+        audit=audit,
+        failure_delay=0.0,
+        failure_jitter=0.0,
+        clock=clock,
+        wall_clock=clock,
+        sleep=no_sleep,
+        rng=random.Random(1),
+        totp_key=totp_key,
+        on_notice=notices.append_hook,
+        policy=PolicyGate(),
+        defense=defense,
+    )
+    return TwoStepSignIn(
+        auth,
+        audit=audit,
+        executor=executor,
+        totp_key=totp_key,
+        passkeys=fake.passkeys,
+        portal_store=store,
+        recovery_key=fake.recovery_key,
+        on_notice=notices.append_hook,
+        wall_clock=clock,
+        sleep=no_sleep,
+    )
 
 
 def _client(app: ASGIApp, client_ip: str) -> httpx.AsyncClient:

@@ -96,3 +96,30 @@ async def test_invitation_guessing_is_counted_by_the_shared_defense(env: Env) ->
     assert not check.ok
     assert len(env.upstream.calls) == calls
     assert redeem.calls == []
+
+
+async def test_an_account_with_totp_never_reaches_the_invitation(env: Env, tmp_path: Path) -> None:
+    """Password + invitation must not replace an enrolled factor: refused like
+    a wrong password, the link not spent, the owner told (a compromise signal)."""
+    signin = two_step(env, defended(env))
+    env.enroll("alice")
+    redeem = Redeem("alice")
+    check = await signin.check_invited_password(
+        "alice", Secret(PASSWORDS["alice"]), redeem, portal_ctx()
+    )
+    wrong = await signin.check_invited_password("alice", Secret("guess"), redeem, portal_ctx())
+    assert check == wrong
+    assert not check.ok
+    assert redeem.calls == []
+    assert env.notices == [("compromise_signal", "alice", None)]
+    events = [e["event"] for e in audit_lines(tmp_path / "audit.jsonl")]
+    assert "compromise_signal" in events
+
+
+async def test_a_used_invitation_is_told_to_the_owner(env: Env) -> None:
+    signin = two_step(env, defended(env))
+    check = await signin.check_invited_password(
+        "bob", Secret(PASSWORDS["bob"]), Redeem("bob"), portal_ctx()
+    )
+    assert check.ok
+    assert env.notices == [("invitation_used", "bob", None)]

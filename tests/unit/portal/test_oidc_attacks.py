@@ -1,7 +1,8 @@
 """Signing in through the organisation's OpenID provider: the real portal app
 and the real relying party (`auth.oauth.relying_party`) against a fake
 provider (httpx.MockTransport: discovery, JWKS, token endpoint; ID tokens
-signed here). What must not open a session: a callback another browser was
+signed here), and the auth service's own `TwoStepSignIn.check_oidc` behind
+the portal (support's `real_sign_in`). What must not open a session: a callback another browser was
 sent to, a state used twice, a token for another nonce, audience, key or time,
 a code the provider refuses (PKCE), a token without MFA for an account with
 no factor of its own."""
@@ -139,7 +140,8 @@ async def oidc_portal(tmp_path: Path, **kw: Any) -> AsyncIterator[tuple[Portal, 
     )
     setup = OidcSetup(rp, lambda name: name.lower())
     try:
-        async with portal(tmp_path, oidc=setup, **kw) as p:
+        # The auth service's own check_oidc (its defense, policy and name rule).
+        async with portal(tmp_path, oidc=setup, **{"real_sign_in": True, **kw}) as p:
             clock.clock = p.clock
             yield p, provider
     finally:

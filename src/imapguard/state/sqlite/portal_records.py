@@ -67,22 +67,22 @@ class SqlitePortalRecords(Connection):
                 (digest, user, now, expires_at),
             )
 
-    def use_invite(self, digest: bytes, now: float) -> str | None:
+    def use_invite(self, digest: bytes, user: str, now: float) -> bool:
         with self._tx("use invite") as db:
-            # One conditional UPDATE: of concurrent callers only one marks it used.
-            rows = db.execute(
-                "UPDATE invites SET used_at = ?"
-                " WHERE digest = ? AND used_at IS NULL AND expires_at >= ? RETURNING user",
-                (now, digest, now),
-            ).fetchall()
-            if not rows:
-                return None
-            user = str(rows[0][0])
+            # One conditional UPDATE: of concurrent callers only one marks it
+            # used, and only when it names `user`.
+            used = db.execute(
+                "UPDATE invites SET used_at = ? WHERE digest = ? AND user = ?"
+                " AND used_at IS NULL AND expires_at >= ?",
+                (now, digest, user, now),
+            ).rowcount
+            if not used:
+                return False
             # The account's other invitations are void from now on.
             db.execute(
                 "UPDATE invites SET used_at = ? WHERE user = ? AND used_at IS NULL", (now, user)
             )
-            return user
+            return True
 
     # -- sign-in history ------------------------------------------------------
 
