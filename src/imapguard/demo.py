@@ -125,9 +125,12 @@ admins = ["bob"]
             sealed = totp.seal(k.totp_seal, "bob", secret)
             store.set_totp("bob", sealed, time.time())
             creds["bob-totp-secret"] = secret.reveal().decode()
-        # A new invitation at every start: carol's first way into the portal.
-        token = invites.issue(store, k.portal_invite, "carol", time.time())
-        creds_invite = f"https://localhost:{port_base + 443}/invite/{token}"
+        # While carol has no factor, a new invitation at every start: her first way
+        # into the portal (an invitation never replaces a factor she has set up).
+        creds_invite = ""
+        if store.get_totp("carol") is None and not store.list_passkeys("carol"):
+            token = invites.issue(store, k.portal_invite, "carol", time.time())
+            creds_invite = f"https://localhost:{port_base + 443}/invite/{token}"
     finally:
         store.close()
     _write_secret(creds_file, json.dumps(creds, indent=2).encode())
@@ -175,13 +178,21 @@ Things to try:
      password and a code, make a device password and download its configuration,
      see his sign-ins, and, as an admin, watch the live events and blocks:
        https://localhost:{port_base + 443}/
-     carol has no factor yet: her invitation link (one use) lets her set one up:
-       {creds["carol-invite"]}
+{_carol(creds["carol-invite"])}
   6. Watch every decision in the audit log, see devices, manage device passwords:
        imapguard events --follow --config {config_file}
        imapguard device list alice --config {config_file}
        imapguard app-password create bob --label phone --config {config_file}
 """
+
+
+def _carol(invite: str) -> str:
+    if not invite:
+        return "     carol has set up her factor: she signs in with her password and it."
+    return (
+        "     carol has no factor yet: her invitation link (one use) lets her set one up:\n"
+        f"       {invite}"
+    )
 
 
 def run_demo(state_dir: str, port_base: int) -> int:
