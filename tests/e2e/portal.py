@@ -126,16 +126,19 @@ class PortalServer:
         portal_toml: str = "",
         extra_toml: str = "",
         port: int | None = None,
+        methods: tuple[str, ...] = ("app-password", "password+totp"),
     ) -> PortalServer:
         """Start `imapguard serve` with the portal on https://localhost:PORT.
 
         `portal_toml`: more lines for `[portal]`; `extra_toml`: more sections;
+        `methods`: `[auth] methods` (a portal sign-in through the OpenID
+        provider needs "oauthbearer", as a token login over IMAP does);
         `port`: the portal's (free) port, when the test must name it before the
         start (an OpenID provider's redirect URI). The device setup pages name
         the mail server as a deployment has it (localhost, 993 and 465), not the
         test gateway's ports."""
         port = port or free_port()
-        gw = GatewayProcess.create(base, dovecot, methods=("app-password", "password+totp"))
+        gw = GatewayProcess.create(base, dovecot, methods=methods)
         with gw.config_path.open("a") as config:
             config.write(f"""
 [limits]

@@ -46,6 +46,7 @@ def oidc_portal(
         base,
         dovecot,
         port=port,
+        methods=("app-password", "password+totp", "oauthbearer"),
         portal_toml=f"""
 oidc_client_id = "{CLIENT_ID}"
 oidc_client_secret_file = "{secret_file}"
@@ -63,6 +64,13 @@ ca_file = "{idp.ca_file}"
         server.stop()
 
 
+def on_mail_server(server: PortalServer, account: str) -> None:
+    """Make `account` (name@example.org) known to the mail server, which the
+    portal asks as the gateway asks it for a token login (a master login): the
+    test Dovecot looks names up by their local part (%n)."""
+    server.dovecot.add_user(account.partition("@")[0], secrets.token_urlsafe(12))
+
+
 def through_provider(page: Page, idp: OidcProvider) -> None:
     """Start at the portal's OIDC link; the provider's pages send the browser back."""
     Watch.of(page).allow_origin(idp.issuer)
@@ -77,6 +85,7 @@ def test_mfa_at_the_provider_opens_the_account_page(
     new_page: Callable[..., Page], oidc_portal: PortalServer, idp: OidcProvider
 ) -> None:
     page = new_page(oidc_portal)
+    on_mail_server(oidc_portal, "mary@example.org")
     idp.next_login("mary@example.org", amr=["pwd", "mfa"])
     through_provider(page, idp)
     expect(page.get_by_role("heading", level=1)).to_have_text("Your account")
@@ -93,6 +102,7 @@ def test_no_mfa_at_the_provider_asks_for_the_accounts_own_code(
 ) -> None:
     page = new_page(oidc_portal)
     user = oidc_portal.user_with_totp("ruth@example.org")
+    on_mail_server(oidc_portal, user.name)
     idp.next_login(user.name, amr=["pwd"])
     through_provider(page, idp)
     expect(page).to_have_url(re.compile(r"/signin/code$"))
@@ -106,6 +116,7 @@ def test_no_mfa_and_no_factor_shows_the_failure_page_and_opens_nothing(
     new_page: Callable[..., Page], oidc_portal: PortalServer, idp: OidcProvider
 ) -> None:
     page = new_page(oidc_portal)
+    on_mail_server(oidc_portal, "sara@example.org")  # known there: refused for its factor
     idp.next_login("sara@example.org", amr=["pwd"])
     through_provider(page, idp)
     expect(page.get_by_role("heading", level=1)).to_have_text("Sign-in did not work")
