@@ -23,6 +23,8 @@ __all__ = ["SignInHistory"]
 # What the owner sees of a failure: the start of the audit reason, up to its
 # first parenthesis or semicolon ("wrong password", "blocked: ...").
 MAX_REASON = 80
+# The longest client text kept: an IMAP ID label or a browser's User-Agent.
+MAX_CLIENT = 256
 
 
 class SignInHistory:
@@ -43,7 +45,7 @@ class SignInHistory:
             ok,
             "" if ok else short_reason(event.reason),
             event.credential or "",
-            event.client_id or "",
+            (event.client_id or "")[:MAX_CLIENT],
         )
 
 
