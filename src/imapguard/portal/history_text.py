@@ -21,15 +21,23 @@ Labels = dict[str, str]
 PORTAL_METHOD = "portal"  # SignInRecord.method of the portal's own sign-ins
 MAX_CLIENT = 64  # the longest client text shown
 
+# KIND:ID, and the bare kinds: auth.model.AuthResult.credential's factors
+# (vocab.Factor) and auth.history.PORTAL_CREDENTIALS.
 _KINDS = {
     "app-password": "device password",
     "device": "trusted device",
+    "trusted-device": "trusted device",
     "password": "account password",
     "totp": "password and one-time code",
+    "password+totp": "password and one-time code",
+    "one-time-code": "one-time code",
     "passkey": "passkey",
     "recovery-code": "recovery code",
     "oauth": "organisation sign-in",
+    "oauth-mfa": "organisation sign-in with a second factor",
     "certificate": "client certificate",
+    "client-cert": "client certificate",
+    "password+client-cert": "password and client certificate",
     "portal-session": "portal session",
 }
 # A credential of the account that is gone since (revoked or removed).

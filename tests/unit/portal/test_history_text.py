@@ -187,3 +187,18 @@ async def test_the_browsers_user_agent_is_the_portal_sign_ins_client_one_bounded
         steps = [(kind, ctx.client_id) for kind, _, ctx in p.service.calls]
         assert ("password", CHROME) in steps
         assert ("totp", CHROME) in steps
+
+
+@pytest.mark.parametrize(
+    ("credential", "words"),
+    [
+        ("password+totp", "password and one-time code"),
+        ("trusted-device", "trusted device"),
+        ("oauth-mfa", "organisation sign-in with a second factor"),
+        ("client-cert", "client certificate"),
+        ("one-time-code", "one-time code"),
+        ("password", "account password"),
+    ],
+)
+def test_every_factor_a_login_names_reads_as_words(credential: str, words: str) -> None:
+    assert credential_text(credential, {}) == words
