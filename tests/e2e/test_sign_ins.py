@@ -51,6 +51,8 @@ def test_reporting_a_sign_in_ends_its_session_revokes_its_password_and_blocks_it
         expect(row).not_to_contain_text("app-password")
         portal_rows = page.locator("tbody tr", has_text="Web portal (browser: Chrome ")
         expect(portal_rows).to_have_count(2)  # the password and the code step
+        expect(portal_rows.filter(has_text="account password")).to_have_count(1)
+        expect(portal_rows.filter(has_text="one-time code")).to_have_count(1)
         expect(rows.filter(has_text="unknown")).to_have_count(0)
         reported = page.locator(f"#{row.get_attribute('id')}")
         check_page(page, "sign-ins", mask_text=[r"(?<=Chrome )[0-9]+"])
@@ -82,5 +84,7 @@ def test_reporting_a_sign_in_ends_its_session_revokes_its_password_and_blocks_it
     page.goto("/sign-ins")
     expect(reported).to_contain_text("reported as not you")
     (event,) = [e for e in portal.gw.events("disowned") if e.get("user") == "june"]
-    assert event["blocked"] == thief
+    # KIND:VALUE separated by spaces (docs/audit-events.md): for june, and for
+    # everyone (no other account logged in from there).
+    assert set(event["blocked"].split()) == {f"account-source:{thief}|june", f"source:{thief}"}
     assert event["revoked"].startswith("app-password:")
