@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from imapguard.audit import AuditLog, events
-from imapguard.auth.history import SignInHistory, short_reason
+from imapguard.auth.history import MAX_CLIENT, SignInHistory, short_reason
 from imapguard.state.sqlite import SqliteStore, open_store
 from imapguard.state.writebehind import WriteBehind
 
@@ -71,3 +71,29 @@ def test_the_owner_sees_what_failed_not_the_defense_internals() -> None:
         "correct password, wrong one-time code"
     )
     assert len(short_reason("x" * 500)) == 80
+
+
+@pytest.mark.asyncio
+async def test_a_portal_step_is_recorded_with_what_its_mechanism_checked_and_a_bounded_client(
+    store: SqliteStore,
+) -> None:
+    store.ensure_user("alice", 1.0)
+    with ThreadPoolExecutor(1) as executor:
+        bookkeeping = WriteBehind(store, executor, delay=0.0)
+        history = SignInHistory(store, bookkeeping)
+        for mechanism in ("PORTAL-PASSWORD", "PORTAL-TOTP", "PLAIN"):
+            event = events.Auth(
+                src="192.0.2.7",
+                listener="portal",
+                client_id="Mozilla/5.0 " + "x" * 500,
+                mechanism=mechanism,
+                user="alice",
+                method="portal",
+                result="ok",
+                reason="ok",
+            )
+            history(event, 1000.0)
+        await bookkeeping.aclose()
+    records = store.list_sign_ins("alice", 0.0, 10)
+    assert sorted(r.credential for r in records) == ["", "one-time-code", "password"]
+    assert [len(r.client) for r in records] == [MAX_CLIENT] * 3

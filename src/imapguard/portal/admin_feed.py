@@ -28,6 +28,7 @@ import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 __all__ = [
@@ -63,6 +64,7 @@ SHOWN_FIELDS = (
 )
 # A filter's longest text (an account name is at most 255 bytes, names.MAX_USER_BYTES).
 MAX_FILTER = 256
+_UNTIL = re.compile(r"\(until (\d{1,12})\)")
 _POSITION = re.compile(r"(\d{1,20})\.(\d{1,20})")
 
 
@@ -147,6 +149,19 @@ class AuthFilter:
         return True
 
 
+def readable_times(reason: str) -> str:
+    """ "blocked: ... (until 1796657470)" -> "blocked: ... (until 2026-12-07 14:30 UTC)"
+    (the defense writes a block's end as an epoch; static/live.js does the same)."""
+    return _UNTIL.sub(lambda m: f"(until {_utc(m.group(1))})", reason)
+
+
+def _utc(epoch: str) -> str:
+    try:
+        return datetime.fromtimestamp(int(epoch), UTC).strftime("%Y-%m-%d %H:%M UTC")
+    except (OverflowError, OSError, ValueError):
+        return epoch
+
+
 def shown(record: dict[str, Any]) -> dict[str, str]:
     """The displayed fields of an `auth` event, each as text ("" when absent)."""
     out: dict[str, str] = {}
@@ -156,6 +171,8 @@ def shown(record: dict[str, Any]) -> dict[str, str]:
             out[name] = ""
         elif name == "ts" and isinstance(value, int | float):
             out[name] = f"{value:.3f}"
+        elif name == "reason":
+            out[name] = readable_times(str(value)[:MAX_LINE])
         else:
             out[name] = str(value)[:MAX_LINE]
     return out

@@ -34,44 +34,31 @@ from imapguard.defense.engine import Defense
 from imapguard.defense.owner import OWNER_REPORTS
 from imapguard.errors import StateError
 from imapguard.portal.account import RECORD_ID, utc
+from imapguard.portal.history_text import (
+    Labels,
+    client_text,
+    credential_text,
+    labels_of,
+    result_text,
+)
 from imapguard.portal.kit import Kit, field, request_id, unavailable
 from imapguard.portal.sessions import Current
 from imapguard.state.portal import SignInRecord
 
-__all__ = ["HISTORY_DAYS", "HISTORY_ROWS", "History", "credential_text"]
+__all__ = ["HISTORY_DAYS", "HISTORY_ROWS", "History"]
 
 HISTORY_DAYS = 30
 HISTORY_ROWS = 200
 
-_KINDS = {
-    "app-password": "device password",
-    "device": "trusted device",
-    "password": "account password",
-    "totp": "password and one-time code",
-    "passkey": "passkey",
-    "recovery-code": "recovery code",
-    "oauth": "organisation sign-in",
-    "certificate": "client certificate",
-    "portal-session": "portal session",
-}
 
-
-def credential_text(credential: str) -> str:
-    kind, _, ident = credential.partition(":")
-    words = _KINDS.get(kind, kind or "unknown")
-    return f"{words} {ident}" if ident else words
-
-
-def _row(record: SignInRecord) -> dict[str, object]:
+def _row(record: SignInRecord, labels: Labels) -> dict[str, object]:
     return {
         "id": record.id,
         "at": utc(record.at),
         "address": record.address or "unknown",
-        "method": record.method,
-        "ok": record.ok,
-        "reason": record.reason,
-        "credential": credential_text(record.credential),
-        "client": record.client,
+        "how": client_text(record.method, record.client),
+        "credential": credential_text(record.credential, labels),
+        "result": result_text(record.ok, record.reason),
         "disowned": record.disowned,
     }
 
@@ -97,10 +84,17 @@ class History:
             records = await self.kit.call(
                 self.kit.store.list_sign_ins, signed_in.session.user, since, HISTORY_ROWS
             )
+            labels = await self._labels(signed_in.session.user)
         except StateError:
             return unavailable()
-        context = {"rows": [_row(r) for r in records], "days": HISTORY_DAYS}
+        context = {"rows": [_row(r, labels) for r in records], "days": HISTORY_DAYS}
         return self.kit.render(request, signed_in, "signins.html", context)
+
+    async def _labels(self, user: str) -> Labels:
+        """The labels of `user`'s own device passwords and devices (StateError)."""
+        passwords = await self.kit.call(self.kit.store.list_app_passwords, user)
+        devices = await self.kit.call(self.kit.store.list_devices, user)
+        return labels_of(passwords, devices)
 
     async def disown(self, request: Request) -> Response:
         signed_in = self.kit.full(request)
@@ -118,15 +112,17 @@ class History:
                 if RECORD_ID.fullmatch(sign_in_id)
                 else None
             )
+            # Before the revocation: the page names what it revoked by its label.
+            labels = await self._labels(user) if record is not None else {}
             if record is None or record.disowned:
                 result = "not_found" if record is None else "already"
                 self.kit.emit(request, user, "disown", result, sign_in_id, rid=rid)
-                context = {"row": None if record is None else _row(record)}
+                context = {"row": None if record is None else _row(record, labels)}
                 return self.kit.render(
                     request, signed_in, "signins_done.html", context, status_code=404
                 )
             if record.address == ctx.client.ip and not confirmed:
-                context = {"row": _row(record)}
+                context = {"row": _row(record, labels)}
                 return self.kit.render(request, signed_in, "signins_confirm.html", context)
             done = await self.kit.call(
                 disown,
@@ -149,11 +145,11 @@ class History:
             reason = f"{sign_in_id} not blocked: {OWNER_REPORTS} reports in the window"
         self.kit.emit(request, user, "disown", "ok" if done else "not_found", reason, rid=rid)
         done_context: dict[str, object] = {
-            "row": _row(record),
+            "row": _row(record, labels),
             "revoked": None if done is None else done.revoked,
             "revoked_text": None
             if done is None or done.revoked is None
-            else credential_text(done.revoked),
+            else credential_text(done.revoked, labels),
             "blocked": record.address if done is not None and done.blocked else None,
             "everyone": done is not None and done.everyone,
             "limited": done is not None and done.limited,

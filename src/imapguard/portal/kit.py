@@ -20,6 +20,7 @@ Rules for a page module (`account`, `factors`, `app_passwords`, `admin`, ...):
 from __future__ import annotations
 
 import base64
+import re
 import secrets
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
@@ -47,6 +48,9 @@ P = ParamSpec("P")
 
 # The listener name the portal's requests carry in the auth service and the audit log.
 LISTENER = "portal"
+# The longest User-Agent an `auth` event of the portal keeps (Kit.browser).
+MAX_USER_AGENT = 256
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # Where a page sends a session whose second factor is too old for what it asks.
 CONFIRM_PATH = "/confirm"
 
@@ -153,6 +157,14 @@ class Kit:
         ip, port = (normalize(str(client[0])), int(client[1])) if client else ("", 0)
         local_ip, local_port = (str(server[0]), int(server[1] or 0)) if server else ("", 0)
         return ClientAddress(ip, port, local_ip, local_port, rid or request_id())
+
+    @staticmethod
+    def browser(request: Request) -> str | None:
+        """The browser's User-Agent as the `auth` event's client (what the
+        sign-in history shows): one line of at most `MAX_USER_AGENT` characters,
+        None when absent. The browser's own words, never trusted for anything."""
+        agent = " ".join(_CONTROL.sub(" ", request.headers.get("user-agent", "")).split())
+        return agent[:MAX_USER_AGENT] or None
 
     def context(self, request: Request, rid: str | None = None) -> AuthContext:
         return AuthContext(client=self.client(request, rid), client_id=None, listener=LISTENER)

@@ -138,7 +138,9 @@ class SignIn:
             return elsewhere
         form = await request.form()
         username, password = field(form, "username"), field(form, "password")
-        ctx = AuthContext(client=Kit.client(request, rid), client_id=None, listener=LISTENER)
+        ctx = AuthContext(
+            client=Kit.client(request, rid), client_id=Kit.browser(request), listener=LISTENER
+        )
         if not username or len(username) > MAX_USERNAME or len(password) > MAX_PASSWORD:
             ok, user, has_factor = False, None, False
         else:
@@ -168,7 +170,9 @@ class SignIn:
             return self._elsewhere(request) or self._to_signin(request)
         user = pending.session.user
         form = await request.form()
-        ctx = AuthContext(client=Kit.client(request, rid), client_id=None, listener=LISTENER)
+        ctx = AuthContext(
+            client=Kit.client(request, rid), client_id=Kit.browser(request), listener=LISTENER
+        )
         method, ok = await self.factor.check(pending.session, "sign_in", form, ctx)
         if not ok:
             if self._code_failed(pending.session.id) < MAX_CODE_FAILURES:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
+import subprocess
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -213,3 +215,111 @@ async def test_live_script_puts_text_only(tmp_path: Path) -> None:
         served = await p.client.get("/static/live.js")
         assert served.status_code == 200
         assert served.text == script
+
+
+async def test_a_blocks_end_reads_as_a_utc_date_on_the_page_and_in_the_stream(
+    tmp_path: Path,
+) -> None:
+    reason = "blocked: 12 distinct wrong passwords from 198.51.100.4 (until 1796657470)"
+    readable = "(until 2026-12-07 15:31 UTC)"
+
+    def blocked_login(user: str) -> None:
+        p.deps.audit.emit(
+            events.Auth(
+                src="198.51.100.4",
+                listener="0.0.0.0:993",
+                mechanism="PLAIN",
+                user=user,
+                result="invalid",
+                reason=reason,
+            )
+        )
+
+    async with portal(tmp_path) as p:
+        await p.sign_in("carol")
+        blocked_login("bob")
+        page = await p.client.get("/admin/events")
+        assert readable in page.text
+        assert "1796657470" not in page.text
+        async with streaming(p.client) as task:
+            blocked_login("dave")
+            await asyncio.sleep(0.15)
+            p.store.revoke_portal_sessions("carol")
+            response = await ended(task)
+        (live,) = [e for kind, b in messages(response.text) if kind == "auth" for e in b]
+        assert live["reason"].endswith(readable), live
+
+
+# static/live.js in node with a fake DOM: the cells of the rows it adds, as
+# (textContent, whether anything but textContent was written).
+_LIVE_HARNESS = r"""
+const fs = require("fs");
+const vm = require("vm");
+const [script, data] = process.argv.slice(1);
+const rows = [];
+function element(tag) {
+  const e = { tag, children: [], hidden: false, dataset: {}, html: false, className: "" };
+  e.appendChild = (c) => e.children.push(c);
+  e.addEventListener = () => {};
+  Object.defineProperty(e, "innerHTML", { set() { e.html = true; } });
+  return e;
+}
+const body = element("tbody");
+body.rows = rows;
+body.querySelector = () => null;
+body.insertBefore = (row) => rows.unshift(row);
+body.deleteRow = (i) => rows.splice(i, 1);
+const status = element("p");
+status.dataset.stream = "/admin/events/stream";
+const listeners = {};
+class EventSource {
+  constructor() { this.readyState = 1; }
+  addEventListener(kind, handler) { listeners[kind] = handler; }
+  close() {}
+}
+const context = {
+  URL, EventSource, window: { location: { href: "https://portal.test/admin/events" } },
+  document: {
+    createElement: element,
+    getElementById: (id) => ({ "live-status": status, "events": { tBodies: [body] },
+                               "live-resume": element("button") })[id],
+  },
+};
+vm.runInNewContext(fs.readFileSync(script, "utf8"), context);
+listeners.auth({ data, lastEventId: "1.2" });
+console.log(JSON.stringify(rows.map((r) => r.children.map((c) => [c.textContent, c.html]))));
+"""
+
+
+def _live_cells(events_json: str) -> list[list[tuple[str, bool]]]:
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed")
+    script = Path(admin_live.__file__).parent / "static" / "live.js"
+    done = subprocess.run(
+        [node, "-e", _LIVE_HARNESS, str(script), events_json],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    return [[(text, html) for text, html in row] for row in json.loads(done.stdout)]
+
+
+async def test_live_js_shows_a_raw_block_end_as_a_utc_date_as_text_only() -> None:
+    evil = "<img src=x onerror=alert(1)>"
+    event = {
+        "ts": "1796657000.000",
+        "user": evil,
+        "src": "198.51.100.4",
+        "result": "invalid",
+        "reason": "blocked: sprayed (until 1796657470)",
+        "mechanism": "PLAIN",
+    }
+    ((when, user, _src, _result, reason, method, _listener, _client),) = _live_cells(
+        json.dumps([event])
+    )
+    assert when == ("2026-12-07 15:23:20 UTC", False)
+    assert user == (evil, False)  # text, not markup
+    assert reason == ("blocked: sprayed (until 2026-12-07 15:31 UTC)", False)
+    assert method == ("PLAIN", False)

@@ -62,9 +62,11 @@ async def test_successful_and_failed_sign_ins_are_listed(tmp_path: Path) -> None
         assert page.status_code == 200
         assert f'id="sign-in-{ok.id}"' in page.text
         assert f'id="sign-in-{failed.id}"' in page.text
-        for text in (THIEF, "198.51.100.4", "refused: wrong password", "device password 1a2b3c4d"):
+        for text in (THIEF, "198.51.100.4", "Refused: wrong password", "Signed in"):
             assert text in page.text
-        assert "Evil Mail 1.0" in page.text
+        assert "Mail app (IMAP, Evil Mail 1.0)" in page.text
+        assert "a revoked device password" in page.text  # 1a2b3c4d is none of alice's
+        assert "1a2b3c4d" not in page.text
         assert "192.0.2.200" not in page.text  # carol's
 
 

@@ -55,7 +55,8 @@ async def test_the_auth_service_alone_checks_credentials_as_the_portal(tmp_path:
         assert (kind, user, kind2, user2) == ("password", "alice", "totp", "alice")
         for c in (ctx, ctx2):
             assert c.listener == LISTENER == "portal"
-            assert c.client_id is None
+            # The browser's User-Agent: what the sign-in history shows as the client.
+            assert c.client_id == p.client.headers["user-agent"]
             assert c.client.ip == "192.0.2.33"  # IPv4-mapped written as IPv4
             assert c.client.local_ip == "portal.test"  # httpx's ASGI server tuple
         # The audit line of each step carries the request id the auth service got.

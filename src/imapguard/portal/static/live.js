@@ -28,6 +28,15 @@
     return isNaN(date) ? "-" : date.toISOString().replace("T", " ").slice(0, 19) + " UTC";
   }
 
+  // "(until 1796657470)" in a block's reason -> "(until 2026-12-07 14:30 UTC)"; the
+  // server already does this (admin_feed.readable_times), this is for older text.
+  function readable(reason) {
+    return String(reason).replace(/\(until (\d{1,12})\)/g, function (all, epoch) {
+      const date = new Date(Number(epoch) * 1000);
+      return isNaN(date) ? all : "(until " + date.toISOString().replace("T", " ").slice(0, 16) + " UTC)";
+    });
+  }
+
   function say(text) {
     status.textContent = text;
   }
@@ -40,6 +49,9 @@
       let value = column === "when" ? when(event.ts) : event[column];
       if (column === "method" && !value) {
         value = event.mechanism;
+      }
+      if (column === "reason" && value) {
+        value = readable(value);
       }
       cell.textContent = value === undefined || value === null ? "" : String(value);
       row.appendChild(cell);
