@@ -1,7 +1,8 @@
 """IMAP sessions the live-revocation tests watch (imaplib through the real gateway):
-one left in IDLE, the lines it gets until the gateway closes it, and a login that
-must be refused. Used by test_revocation_live, test_user_revoke_live,
-test_portal_app_passwords, test_portal_disown, test_portal_signin."""
+one left in IDLE, the lines it gets until the gateway closes it, whether a login
+works, and a login that must be refused. Used by test_revocation_live,
+test_user_revoke_live, test_portal_app_passwords, test_portal_disown,
+test_portal_devices, test_portal_signin."""
 
 from __future__ import annotations
 
@@ -30,6 +31,21 @@ def lines_until_closed(conn: imaplib.IMAP4) -> list[bytes]:
         if not line:
             return lines
         lines.append(line.rstrip(b"\r\n"))
+
+
+def logs_in(gw: GatewayProcess, src: str, user: str, secret: str, timeout: float = 15) -> bool:
+    """Whether a new session from `src` logs in; a refusal must be AUTHENTICATIONFAILED."""
+    conn = open_imap(gw, "implicit", src, timeout=timeout)
+    refusal = ""
+    try:
+        conn.login(user, secret)
+    except imaplib.IMAP4.error as exc:
+        refusal = str(exc)
+    finally:
+        close_imap(conn)
+    if refusal:
+        assert "AUTHENTICATIONFAILED" in refusal, refusal
+    return not refusal
 
 
 def assert_login_refused(

@@ -6,7 +6,6 @@ logged in from it) for everyone."""
 
 from __future__ import annotations
 
-import imaplib
 import json
 import re
 import time
@@ -18,7 +17,12 @@ import pytest
 from tests.dovecot import DovecotServer
 from tests.gateway import GatewayProcess, source_address
 from tests.integration.conftest import close_imap, open_imap, wait_for
-from tests.integration.live_imap import assert_login_refused, lines_until_closed, start_idle
+from tests.integration.live_imap import (
+    assert_login_refused,
+    lines_until_closed,
+    logs_in,
+    start_idle,
+)
 from tests.integration.portal_web import csrf, new_user, portal_gateway, signed_in
 
 pytestmark = pytest.mark.dovecot
@@ -87,17 +91,6 @@ def test_disowning_a_sign_in_ends_its_session_and_blocks_the_source(
     assert event["revoked"].startswith("app-password:")
 
 
-def _logs_in(gw: GatewayProcess, ip: str, user: str, password: str) -> bool:
-    client = open_imap(gw, "implicit", ip, timeout=15)
-    try:
-        client.login(user, password)
-    except imaplib.IMAP4.error:
-        return False
-    finally:
-        close_imap(client)
-    return True
-
-
 def test_disowning_a_sign_in_from_a_shared_address_keeps_it_open_for_the_others(
     portal_gw: tuple[GatewayProcess, int], dovecot: DovecotServer
 ) -> None:
@@ -108,10 +101,10 @@ def test_disowning_a_sign_in_from_a_shared_address_keeps_it_open_for_the_others(
     webmail = source_address(73)
     neighbour = new_user(gw, dovecot, "nbr")
     neighbours = gw.create_app_password(neighbour.name, "webmail")
-    assert _logs_in(gw, webmail, neighbour.name, neighbours)
+    assert logs_in(gw, webmail, neighbour.name, neighbours)
     user = new_user(gw, dovecot, "own")
     stolen = gw.create_app_password(user.name, "webmail")
-    assert _logs_in(gw, webmail, user.name, stolen)
+    assert logs_in(gw, webmail, user.name, stolen)
     with signed_in(gw, port, user) as web:
         sign_in_id, token = _history_row(web, webmail)
         done = web.post("/sign-ins/disown", data={"csrf": token, "id": sign_in_id})
@@ -122,7 +115,7 @@ def test_disowning_a_sign_in_from_a_shared_address_keeps_it_open_for_the_others(
     targets = {b.get("target") for b in blocks}
     assert f"account-source:{webmail}|{user.name}" in targets, blocks
     assert f"source:{webmail}" not in targets, blocks
-    assert _logs_in(gw, webmail, neighbour.name, neighbours)
+    assert logs_in(gw, webmail, neighbour.name, neighbours)
     fresh = gw.create_app_password(user.name, "new phone")
-    assert not _logs_in(gw, webmail, user.name, fresh)
-    assert _logs_in(gw, source_address(74), user.name, fresh)
+    assert not logs_in(gw, webmail, user.name, fresh)
+    assert logs_in(gw, source_address(74), user.name, fresh)
