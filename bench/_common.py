@@ -1,8 +1,9 @@
-"""Pieces the benchmarks share (bench/gateway.py, bench/logins.py, bench/defense.py):
-percentiles, the login-rate loop, the rules for a shared machine (repeat a
-measurement that other processes disturbed; wait for Dovecot's session processes to
-exit; tell this benchmark's CPU from everybody else's), helper processes, and the
-frame of a run (command line, prerequisites, machine facts, results table, exit code)."""
+"""Pieces the benchmarks share (bench/gateway.py, bench/logins.py, bench/defense.py,
+bench/portal.py): percentiles, the login-rate loop, the rules for a shared machine
+(repeat a measurement that other processes disturbed; wait for Dovecot's session
+processes to exit; tell this benchmark's CPU from everybody else's), Dovecot with its
+master password {PLAIN}, helper processes, and the frame of a run (command line,
+prerequisites, machine facts, results table, exit code)."""
 
 from __future__ import annotations
 
@@ -59,6 +60,7 @@ __all__ = [
     "Summary",
     "argument_parser",
     "benchmark_cpu_seconds",
+    "benchmark_window",
     "check_prerequisites",
     "describe_source",
     "foreign_window",
@@ -68,12 +70,14 @@ __all__ = [
     "measure_logins",
     "median",
     "pct",
+    "plain_master_password",
     "print_table",
     "quiet_attempt",
     "report",
     "run_params",
     "source_state",
     "start",
+    "start_dovecot",
     "stopped",
     "verdict",
     "wait_dovecot_sessions",
@@ -282,6 +286,43 @@ def foreign_window(ours: Callable[[], tuple[float, float, float]]) -> Callable[[
         return max(0.0, (busy1 - busy0) - (ours1 - ours0)) / (t1 - t0)
 
     return stop
+
+
+def benchmark_window(dovecot: DovecotServer, *pids: int | None) -> Callable[[], float]:
+    """foreign_window for a benchmark whose servers are Dovecot and the processes
+    `pids` (gateways; None for one that is not running): their process groups, this
+    process and its children are ours (benchmark_cpu_seconds)."""
+    groups = {pid for pid in (dovecot.pid, *pids) if pid is not None}
+    return foreign_window(
+        lambda: (time.perf_counter(), machine_busy_seconds(), benchmark_cpu_seconds(groups))
+    )
+
+
+# --------------------------------------------------------------------------- Dovecot
+
+
+def plain_master_password(dovecot: DovecotServer) -> None:
+    """Store the master password as {PLAIN}, like the users' (the fixture uses SHA512-CRYPT,
+    which would make every imapguard login cost Dovecot ~1-2 ms more than an nginx one)."""
+    path = dovecot.masters_file
+    tmp = path.with_name(path.name + ".bench")
+    tmp.write_text(f"{dovecot.master_user}:{{PLAIN}}{dovecot.master_password}\n")
+    shutil.chown(tmp, "root", "dovecot")
+    tmp.chmod(0o640)
+    os.replace(tmp, path)
+
+
+def start_dovecot(
+    base: Path, stack: contextlib.ExitStack, plain_master: bool = True
+) -> DovecotServer:
+    """Dovecot under `base` (its master password {PLAIN} unless not `plain_master`),
+    started, and stopped when `stack` unwinds."""
+    dovecot = DovecotServer.create(base)
+    if plain_master:
+        plain_master_password(dovecot)
+    stack.callback(dovecot.stop)
+    dovecot.start()
+    return dovecot
 
 
 # --------------------------------------------------------------------------- IMAP commands

@@ -102,10 +102,9 @@ from bench._common import (
     Row,
     Summary,
     argument_parser,
-    benchmark_cpu_seconds,
+    benchmark_window,
     check_prerequisites,
     describe_source,
-    foreign_window,
     helper_process,
     login_command,
     measure_logins,
@@ -115,6 +114,7 @@ from bench._common import (
     report,
     run_params,
     start,
+    start_dovecot,
     stopped,
     uvloop_runner,
     verdict,
@@ -124,8 +124,8 @@ from bench._common import (
     work_directory,
 )
 from bench._imap import ImapConn, client_ssl_context, connect
-from bench._procs import cpu_seconds, group_cpu_seconds, machine_busy_seconds, raise_nofile
-from bench.gateway import BenchGateway, _certificate_summary, _plain_master_password
+from bench._procs import cpu_seconds, group_cpu_seconds, raise_nofile
+from bench.gateway import BenchGateway, _certificate_summary
 from imapguard.config import AuthConfig, LimitsConfig
 from imapguard.defense import Action, Defense, DefenseSettings, FailureKind, Fingerprinter
 from imapguard.secret import Secret
@@ -692,24 +692,12 @@ class Env:
         return login_command(USER, self.app_password)
 
     def gateway_pid(self) -> int:
-        proc = self.gateway.proc
-        if proc is None:
-            raise BenchError("the gateway is not running")
-        return proc.pid
-
-    def _groups(self) -> set[int]:
-        groups = {self.gateway_pid()}
-        if self.dovecot.pid is not None:
-            groups.add(self.dovecot.pid)
-        return groups
+        return self.gateway.running_pid()
 
     def measure_foreign(self) -> Callable[[], float]:
         """Start a window; the returned function gives the CPU (in cores) used during
         it by processes that are not part of this benchmark (other users of the box)."""
-        groups = self._groups()
-        return foreign_window(
-            lambda: (time.perf_counter(), machine_busy_seconds(), benchmark_cpu_seconds(groups))
-        )
+        return benchmark_window(self.dovecot, self.gateway_pid())
 
 
 def _gateway_config(text: str) -> str:
@@ -722,10 +710,7 @@ def _gateway_config(text: str) -> str:
 @contextlib.contextmanager
 def environment(keep: bool, with_password: bool) -> Iterator[Env]:
     with work_directory(keep, "igbench-defense-") as (base, stack):
-        dovecot = DovecotServer.create(base / "dovecot")
-        _plain_master_password(dovecot)
-        stack.callback(dovecot.stop)
-        dovecot.start()
+        dovecot = start_dovecot(base / "dovecot", stack)
         methods: tuple[str, ...] = ("app-password",)
         if with_password:
             methods += ("password+totp",)

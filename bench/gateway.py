@@ -54,7 +54,6 @@ import asyncio
 import contextlib
 import os
 import random
-import shutil
 import ssl
 import string
 import subprocess
@@ -70,6 +69,7 @@ from tests.gateway import GatewayProcess
 
 from bench._common import (
     CLIENT_ERRORS,
+    BenchError,
     LoginRun,
     Row,
     Summary,
@@ -84,6 +84,7 @@ from bench._common import (
     report,
     run_params,
     start,
+    start_dovecot,
     stopped,
     uvloop_runner,
     verdict,
@@ -336,6 +337,11 @@ class BenchGateway(GatewayProcess):
             env["PYTHONPATH"] = f"{self.src_override}{os.pathsep}{env['PYTHONPATH']}"
         return env
 
+    def running_pid(self) -> int:
+        if self.proc is None:
+            raise BenchError("imapguard serve is not running")
+        return self.proc.pid
+
     def imported_from(self) -> str:
         out = subprocess.run(
             [sys.executable, "-c", "import imapguard; print(imapguard.__file__)"],
@@ -415,25 +421,10 @@ def _message(size: int) -> bytes:
     return b"".join(lines)
 
 
-def _plain_master_password(dovecot: DovecotServer) -> None:
-    """Store the master password as {PLAIN}, like the users' (the fixture uses SHA512-CRYPT,
-    which would make every imapguard login cost Dovecot ~1-2 ms more than an nginx one)."""
-    path = dovecot.masters_file
-    tmp = path.with_name(path.name + ".bench")
-    tmp.write_text(f"{dovecot.master_user}:{{PLAIN}}{dovecot.master_password}\n")
-    shutil.chown(tmp, "root", "dovecot")
-    tmp.chmod(0o640)
-    os.replace(tmp, path)
-
-
 @contextlib.contextmanager
 def environment(keep: bool, master_scheme: str) -> Iterator[Env]:
     with work_directory(keep, "igbench-") as (base, stack):
-        dovecot = DovecotServer.create(base / "dovecot")
-        if master_scheme == "plain":
-            _plain_master_password(dovecot)
-        stack.callback(dovecot.stop)
-        dovecot.start()
+        dovecot = start_dovecot(base / "dovecot", stack, master_scheme == "plain")
         dovecot.deliver("alice", _message(MESSAGE_SIZE))
 
         gateway = BenchGateway.create(base / "gateway", dovecot, upstream_tls="none")

@@ -95,10 +95,9 @@ from bench._common import (
     Row,
     Summary,
     argument_parser,
-    benchmark_cpu_seconds,
+    benchmark_window,
     check_prerequisites,
     describe_source,
-    foreign_window,
     helper_process,
     login_command,
     measure_logins,
@@ -108,6 +107,7 @@ from bench._common import (
     report,
     run_params,
     start,
+    start_dovecot,
     stopped,
     uvloop_runner,
     verdict,
@@ -117,12 +117,11 @@ from bench._common import (
     work_directory,
 )
 from bench._imap import ImapConn, client_ssl_context, connect
-from bench._procs import cpu_seconds, group_cpu_seconds, machine_busy_seconds
+from bench._procs import cpu_seconds, group_cpu_seconds
 from bench.gateway import (
     BenchGateway,
     _certificate_summary,
     _per_round_ratio,
-    _plain_master_password,
 )
 
 GOAL_ADDED_P99_MS = 20.0
@@ -260,27 +259,14 @@ class Env:
     token: str
     client_cert: Path
 
-    def _groups(self) -> set[int]:
-        procs = [gw.proc for gw in self.gateways.values()]
-        pids = {p.pid for p in procs if p is not None}
-        return pids | ({self.dovecot.pid} if self.dovecot.pid is not None else set())
-
-    def _ours(self) -> tuple[float, float, float]:
-        """(clock, busy CPU of the machine, CPU of this benchmark's processes): this
-        process, the gateways' and Dovecot's process groups, this process's other
-        children while they run (the OpenID provider, the load process) and once
-        they were reaped."""
-        groups = self._groups()
-        return (
-            time.perf_counter(),
-            machine_busy_seconds(),
-            benchmark_cpu_seconds(groups),
-        )
-
     def measure_foreign(self) -> Callable[[], float]:
         """Start a window; the returned function gives the CPU (in cores) used during
-        it by processes that are not part of this benchmark (other users of the box)."""
-        return foreign_window(self._ours)
+        it by processes that are not part of this benchmark (other users of the box):
+        ours are this process, the gateways' and Dovecot's process groups, this
+        process's other children while they run (the OpenID provider, the load
+        process) and once they were reaped."""
+        procs = [gw.proc for gw in self.gateways.values()]
+        return benchmark_window(self.dovecot, *(p.pid for p in procs if p is not None))
 
     def targets(self) -> dict[str, Target]:
         dv, gw = self.dovecot, self.gateways
@@ -383,10 +369,7 @@ def environment(keep: bool, runner: asyncio.Runner) -> Iterator[Env]:
     import pyotp
 
     with work_directory(keep, "igbench-logins-") as (base, stack):
-        dovecot = DovecotServer.create(base / "dovecot")
-        _plain_master_password(dovecot)
-        stack.callback(dovecot.stop)
-        dovecot.start()
+        dovecot = start_dovecot(base / "dovecot", stack)
 
         idp = OidcProvider(base / "oidc")
         stack.callback(idp.stop)

@@ -83,10 +83,9 @@ from bench._common import (
     Row,
     Summary,
     argument_parser,
-    benchmark_cpu_seconds,
+    benchmark_window,
     check_prerequisites,
     describe_source,
-    foreign_window,
     helper_process,
     login_command,
     measure_logins,
@@ -96,6 +95,7 @@ from bench._common import (
     report,
     run_params,
     start,
+    start_dovecot,
     stopped,
     uvloop_runner,
     verdict,
@@ -117,12 +117,11 @@ from bench._portal_web import (
     signed_in_client,
     signer_process,
 )
-from bench._procs import cpu_seconds, machine_busy_seconds, self_cpu_seconds
+from bench._procs import cpu_seconds, self_cpu_seconds
 from bench.gateway import (
     BenchGateway,
     _certificate_summary,
     _per_round_ratio,
-    _plain_master_password,
 )
 from bench.logins import LoginSpec, _close, _probe, _session, login_once
 
@@ -206,18 +205,8 @@ class Env:
     page_users: list[TotpUser]  # the page phase's (and the sanity check's) pool
     last_steps: dict[str, int]  # the TOTP step each account last used
 
-    def gateway_pid(self) -> int:
-        proc = self.gateway.proc
-        if proc is None:
-            raise BenchError("imapguard serve is not running")
-        return proc.pid
-
-    def _ours(self) -> tuple[float, float, float]:
-        groups = {self.gateway_pid()} | ({self.dovecot.pid} if self.dovecot.pid else set())
-        return time.perf_counter(), machine_busy_seconds(), benchmark_cpu_seconds(groups)
-
     def measure_foreign(self) -> Callable[[], float]:
-        return foreign_window(self._ours)
+        return benchmark_window(self.dovecot, self.gateway.running_pid())
 
     def login_spec(self) -> LoginSpec:
         return LoginSpec(
@@ -285,14 +274,11 @@ def _wait_accepts(gw: BenchGateway, port: int, timeout: float = 15.0) -> None:
 @contextlib.contextmanager
 def environment(keep: bool, p: Params) -> Iterator[Env]:
     with work_directory(keep, "igbench-portal-") as (base, stack):
-        dovecot = DovecotServer.create(base / "dovecot")
-        _plain_master_password(dovecot)
+        dovecot = start_dovecot(base / "dovecot", stack)
         pool = [f"pb{i:03d}" for i in range(p.signer_accounts + p.page_users + 1)]
         for name in pool[:-1]:
             dovecot.users[name] = secrets.token_urlsafe(12)
         dovecot.add_user(pool[-1], secrets.token_urlsafe(12))  # writes the file once
-        stack.callback(dovecot.stop)
-        dovecot.start()
 
         port = free_port()
         gw = BenchGateway.create(
@@ -406,7 +392,7 @@ def _windows(
     """The login window, then the NOOP window; (run, start, end) on the monotonic clock."""
     spec = env.login_spec()
     ctx = spec.ssl_context()
-    pid = env.gateway_pid()
+    pid = env.gateway.running_pid()
     w0, cpu0 = time.monotonic(), cpu_seconds(pid)
     login = runner.run(
         measure_logins(
@@ -569,7 +555,7 @@ def phase_pages(runner: asyncio.Runner, env: Env, p: Params) -> tuple[list[str],
     ctx = env.portal.ssl_context()
 
     def measure() -> PageRun:
-        pid = env.gateway_pid()
+        pid = env.gateway.running_pid()
         g0, c0 = cpu_seconds(pid), self_cpu_seconds()
         run = runner.run(page_load(env.portal, ctx, signed, pages, p.page_seconds, p.page_warmup))
         span = run.wall + p.page_warmup

@@ -104,11 +104,7 @@ def test_a_password_made_in_the_page_logs_in_sets_up_a_device_and_its_revocation
         lines, after = ended(idler, revoked_at, WITHIN)
     finally:
         close_imap(idler)
-    assert after < WITHIN, (after, lines)
-    assert lines, "the session ended without a word"
-    assert lines[-1].startswith(b"* BYE"), lines
-    status, refusal = curl_login(portal, device, user.name, password)
-    assert status == LOGIN_DENIED, refusal
+    _ended_with_a_bye_for_good(portal, device, user.name, password, lines, after)
 
     text = portal.gw.audit_path.read_text() + portal.gw.log_text()
     assert password not in text
@@ -124,6 +120,18 @@ def test_a_password_made_in_the_page_logs_in_sets_up_a_device_and_its_revocation
         "app_password_setup",
         "app_password_revoke",
     ]
+
+
+def _ended_with_a_bye_for_good(
+    portal: PortalServer, device: str, user: str, password: str, lines: list[bytes], after: float
+) -> None:
+    """The revoked password's IDLE session ended with a BYE within WITHIN seconds
+    (`lines` it got, `after` seconds), and the password logs in no more."""
+    assert after < WITHIN, (after, lines)
+    assert lines, "the session ended without a word"
+    assert lines[-1].startswith(b"* BYE"), lines
+    status, refusal = curl_login(portal, device, user, password)
+    assert status == LOGIN_DENIED, refusal
 
 
 def test_a_revocation_from_the_cli_in_another_process_ends_idle_and_leaves_the_page(
@@ -146,10 +154,6 @@ def test_a_revocation_from_the_cli_in_another_process_ends_idle_and_leaves_the_p
         lines, after = ended(idler, revoked_at, WITHIN)
     finally:
         close_imap(idler)
-    assert after < WITHIN, (after, lines)
-    assert lines, "the session ended without a word"
-    assert lines[-1].startswith(b"* BYE"), lines
-    status, refusal = curl_login(portal, device, user.name, password)
-    assert status == LOGIN_DENIED, refusal
+    _ended_with_a_bye_for_good(portal, device, user.name, password, lines, after)
     page.goto("/app-passwords")
     expect(page.get_by_role("main")).to_contain_text("You have no device passwords yet.")

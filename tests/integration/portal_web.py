@@ -1,7 +1,8 @@
 """The portal's user pages driven for real over HTTPS (httpx): `imapguard serve`
 with `[portal]` in front of Dovecot, a user with a TOTP secret from the CLI, a
 full sign-in (password checked by Dovecot, then the code), and the forms of the
-pages. Used by test_portal_app_passwords, test_portal_devices, test_portal_disown."""
+pages. Used by test_portal_app_passwords, test_portal_devices, test_portal_disown,
+test_portal_signin."""
 
 from __future__ import annotations
 
@@ -32,14 +33,19 @@ def csrf(page: httpx.Response) -> str:
 
 @contextlib.contextmanager
 def portal_gateway(
-    base: Path, dovecot: DovecotServer, extra_toml: str = ""
+    base: Path,
+    dovecot: DovecotServer,
+    extra_toml: str = "",
+    port: int | None = None,
+    methods: tuple[str, ...] = ("app-password", "password+totp"),
 ) -> Iterator[tuple[GatewayProcess, int]]:
-    """`imapguard serve` with the portal on https://localhost:PORT."""
-    port = free_port()
+    """`imapguard serve` with the portal on https://localhost:PORT (a free port
+    unless given); `extra_toml` goes on inside the [portal] table."""
+    port = free_port() if port is None else port
     gw = GatewayProcess.create(
         base,
         dovecot,
-        methods=("app-password", "password+totp"),
+        methods=methods,
         extra_toml=f"""
 [portal]
 listen = "127.0.0.1:{port}"
@@ -74,16 +80,21 @@ def new_user(gw: GatewayProcess, dovecot: DovecotServer, prefix: str = "web") ->
     return User(name, password, pyotp.TOTP(enrolled["secret"]))
 
 
-@contextlib.contextmanager
-def signed_in(gw: GatewayProcess, port: int, user: User) -> Iterator[httpx.Client]:
-    """A browser (cookies of its own) signed in as `user` with password and code."""
+def browser(gw: GatewayProcess, port: int) -> httpx.Client:
+    """A browser of its own (cookies, the portal's Origin) that trusts the gateway's CA."""
     ctx = ssl.create_default_context(cafile=str(gw.ca_cert))
-    with httpx.Client(
+    return httpx.Client(
         base_url=f"https://localhost:{port}",
         verify=ctx,
         timeout=30.0,
         headers={"Origin": f"https://localhost:{port}"},
-    ) as web:
+    )
+
+
+@contextlib.contextmanager
+def signed_in(gw: GatewayProcess, port: int, user: User) -> Iterator[httpx.Client]:
+    """A browser (cookies of its own) signed in as `user` with password and code."""
+    with browser(gw, port) as web:
         form = web.get("/signin")
         step = web.post(
             "/signin",

@@ -5,7 +5,6 @@ address is blocked."""
 
 from __future__ import annotations
 
-import imaplib
 import json
 import re
 from collections.abc import Iterator
@@ -15,7 +14,7 @@ import pytest
 
 from tests.dovecot import DovecotServer
 from tests.gateway import GatewayProcess
-from tests.integration.conftest import GatewayIMAP4SSL, close_imap
+from tests.integration.live_imap import logs_in
 from tests.integration.portal_web import new_user, portal_gateway, signed_in, submit
 
 pytestmark = pytest.mark.dovecot
@@ -29,20 +28,6 @@ def portal_gw(
         yield running
 
 
-def login(gw: GatewayProcess, src: str, user: str, secret: str) -> bool:
-    conn = GatewayIMAP4SSL(gw.implicit_port, src, gw.client_ssl())
-    refusal = ""
-    try:
-        conn.login(user, secret)
-    except imaplib.IMAP4.error as exc:
-        refusal = str(exc)
-    finally:
-        close_imap(conn)
-    if refusal:
-        assert "AUTHENTICATIONFAILED" in refusal, refusal
-    return not refusal
-
-
 def devices(gw: GatewayProcess, user: str) -> list[dict[str, Any]]:
     listed: list[dict[str, Any]] = json.loads(gw.cli("device", "list", user, "--json").stdout)
     return listed
@@ -53,7 +38,7 @@ def test_a_pending_device_approved_in_the_page_logs_in(
 ) -> None:
     gw, port = portal_gw
     user = new_user(gw, dovecot, "dev")
-    assert not login(gw, "127.0.41.1", user.name, user.password)
+    assert not logs_in(gw, "127.0.41.1", user.name, user.password)
     (device,) = devices(gw, user.name)
     assert device["status"] == "pending"
     with signed_in(gw, port, user) as web:
@@ -69,9 +54,9 @@ def test_a_pending_device_approved_in_the_page_logs_in(
         True,
         "127.0.41.1",
     )
-    assert login(gw, "127.0.41.1", user.name, user.password)
+    assert logs_in(gw, "127.0.41.1", user.name, user.password)
     # The approval is for that address only.
-    assert not login(gw, "127.0.42.1", user.name, user.password)
+    assert not logs_in(gw, "127.0.42.1", user.name, user.password)
 
 
 def test_a_pending_device_rejected_in_the_page_stays_out_and_is_blocked(
@@ -79,7 +64,7 @@ def test_a_pending_device_rejected_in_the_page_stays_out_and_is_blocked(
 ) -> None:
     gw, port = portal_gw
     user = new_user(gw, dovecot, "rej")
-    assert not login(gw, "127.0.43.1", user.name, user.password)
+    assert not logs_in(gw, "127.0.43.1", user.name, user.password)
     (device,) = devices(gw, user.name)
     with signed_in(gw, port, user) as web:
         done = submit(web, "/devices", "/devices/reject", {"id": device["id"]})
@@ -90,4 +75,4 @@ def test_a_pending_device_rejected_in_the_page_stays_out_and_is_blocked(
     # Only this account was seen there: blocked for it, and for everyone.
     assert {"source:127.0.43.1", f"account-source:127.0.43.1|{user.name}"} <= targets, blocks
     # Refused by the block even with the password and a right code now.
-    assert not login(gw, "127.0.43.1", user.name, user.password + user.otp.now())
+    assert not logs_in(gw, "127.0.43.1", user.name, user.password + user.otp.now())

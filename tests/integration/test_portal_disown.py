@@ -6,19 +6,24 @@ logged in from it) for everyone."""
 
 from __future__ import annotations
 
-import imaplib
 import json
 import re
 import time
 from collections.abc import Iterator
 
+import httpx
 import pytest
 
 from tests.dovecot import DovecotServer
 from tests.gateway import GatewayProcess, source_address
 from tests.integration.conftest import close_imap, open_imap, wait_for
+from tests.integration.live_imap import (
+    assert_login_refused,
+    lines_until_closed,
+    logs_in,
+    start_idle,
+)
 from tests.integration.portal_web import csrf, new_user, portal_gateway, signed_in
-from tests.integration.test_clients import _read_until
 
 pytestmark = pytest.mark.dovecot
 
@@ -33,6 +38,22 @@ def portal_gw(
         yield running
 
 
+def _history_row(web: httpx.Client, source: str) -> tuple[str, str]:
+    """The id of the sign-in from `source` on the recent sign-ins page and the page's
+    CSRF token, once the row is there (the history is written behind the login)."""
+
+    def row() -> tuple[str, str] | None:
+        page = web.get("/sign-ins")
+        found = re.search(
+            r'<tr id="sign-in-([0-9a-f]+)">\s*<td>[^<]*</td>\s*<td>' + re.escape(source),
+            page.text,
+        )
+        return (found.group(1), csrf(page)) if found else None
+
+    found: tuple[str, str] = wait_for(row, what="the IMAP sign-in in the history")
+    return found
+
+
 def test_disowning_a_sign_in_ends_its_session_and_blocks_the_source(
     portal_gw: tuple[GatewayProcess, int], dovecot: DovecotServer
 ) -> None:
@@ -42,33 +63,16 @@ def test_disowning_a_sign_in_ends_its_session_and_blocks_the_source(
     thief = source_address(71)
     idler = open_imap(gw, "implicit", thief, timeout=15)
     try:
-        idler.login(user.name, app_password)
-        assert idler.select("INBOX")[0] == "OK"
-        idler.send(b"I1 IDLE\r\n")
-        assert _read_until(idler, rb"\+ ")[-1].startswith(b"+ ")
+        start_idle(idler, user.name, app_password)
         with signed_in(gw, port, user) as web:
-            # The history is written behind the login: wait for the row.
-            def row() -> tuple[str, str] | None:
-                page = web.get("/sign-ins")
-                found = re.search(
-                    r'<tr id="sign-in-([0-9a-f]+)">\s*<td>[^<]*</td>\s*<td>' + re.escape(thief),
-                    page.text,
-                )
-                return (found.group(1), csrf(page)) if found else None
-
-            sign_in_id, token = wait_for(row, what="the IMAP sign-in in the history")
+            sign_in_id, token = _history_row(web, thief)
             disowned_at = time.monotonic()
             done = web.post("/sign-ins/disown", data={"csrf": token, "id": sign_in_id})
             assert done.status_code == 200, done.text
             assert "no longer works" in done.text
             assert f"The address {thief} is blocked." in done.text
 
-            lines = []
-            while True:
-                line = idler.readline()
-                if not line:
-                    break
-                lines.append(line.rstrip(b"\r\n"))
+            lines = lines_until_closed(idler)
             ended_after = time.monotonic() - disowned_at
             assert lines[-1].startswith(b"* BYE"), lines
             assert ended_after < WITHIN, ended_after
@@ -78,29 +82,13 @@ def test_disowning_a_sign_in_ends_its_session_and_blocks_the_source(
     blocks = json.loads(gw.cli("blocks", "list", "--json").stdout)
     targets = {b.get("target") for b in blocks}
     assert {f"source:{thief}", f"account-source:{thief}|{user.name}"} <= targets, blocks
-    again = open_imap(gw, "implicit", source_address(72), timeout=15)
-    try:
-        with pytest.raises(imaplib.IMAP4.error, match="AUTHENTICATIONFAILED"):
-            again.login(user.name, app_password)  # revoked: from anywhere
-    finally:
-        close_imap(again)
+    assert_login_refused(gw, source_address(72), user.name, app_password)  # revoked: anywhere
     (event,) = [e for e in gw.events("disowned") if e.get("user") == user.name]
     assert (event["sign_in"], event["blocked"]) == (
         sign_in_id,
         f"account-source:{thief}|{user.name} source:{thief}",
     )
     assert event["revoked"].startswith("app-password:")
-
-
-def _logs_in(gw: GatewayProcess, ip: str, user: str, password: str) -> bool:
-    client = open_imap(gw, "implicit", ip, timeout=15)
-    try:
-        client.login(user, password)
-    except imaplib.IMAP4.error:
-        return False
-    finally:
-        close_imap(client)
-    return True
 
 
 def test_disowning_a_sign_in_from_a_shared_address_keeps_it_open_for_the_others(
@@ -113,21 +101,12 @@ def test_disowning_a_sign_in_from_a_shared_address_keeps_it_open_for_the_others(
     webmail = source_address(73)
     neighbour = new_user(gw, dovecot, "nbr")
     neighbours = gw.create_app_password(neighbour.name, "webmail")
-    assert _logs_in(gw, webmail, neighbour.name, neighbours)
+    assert logs_in(gw, webmail, neighbour.name, neighbours)
     user = new_user(gw, dovecot, "own")
     stolen = gw.create_app_password(user.name, "webmail")
-    assert _logs_in(gw, webmail, user.name, stolen)
+    assert logs_in(gw, webmail, user.name, stolen)
     with signed_in(gw, port, user) as web:
-
-        def row() -> tuple[str, str] | None:
-            page = web.get("/sign-ins")
-            found = re.search(
-                r'<tr id="sign-in-([0-9a-f]+)">\s*<td>[^<]*</td>\s*<td>' + re.escape(webmail),
-                page.text,
-            )
-            return (found.group(1), csrf(page)) if found else None
-
-        sign_in_id, token = wait_for(row, what="the IMAP sign-in in the history")
+        sign_in_id, token = _history_row(web, webmail)
         done = web.post("/sign-ins/disown", data={"csrf": token, "id": sign_in_id})
         assert done.status_code == 200, done.text
         assert f"The address {webmail} is blocked for your account." in done.text
@@ -136,7 +115,7 @@ def test_disowning_a_sign_in_from_a_shared_address_keeps_it_open_for_the_others(
     targets = {b.get("target") for b in blocks}
     assert f"account-source:{webmail}|{user.name}" in targets, blocks
     assert f"source:{webmail}" not in targets, blocks
-    assert _logs_in(gw, webmail, neighbour.name, neighbours)
+    assert logs_in(gw, webmail, neighbour.name, neighbours)
     fresh = gw.create_app_password(user.name, "new phone")
-    assert not _logs_in(gw, webmail, user.name, fresh)
-    assert _logs_in(gw, source_address(74), user.name, fresh)
+    assert not logs_in(gw, webmail, user.name, fresh)
+    assert logs_in(gw, source_address(74), user.name, fresh)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import secrets
 import ssl
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import pytest
 
 from tests.dovecot import DovecotServer, free_port
 from tests.gateway import GatewayProcess
-from tests.integration.test_portal_signin import csrf
+from tests.integration.portal_web import csrf, portal_gateway
 from tests.oidc_provider import OidcProvider
 
 CLIENT_ID = "imapguard-portal"
@@ -43,31 +42,18 @@ def portal_gw(
     secret_file.write_text(secret + "\n")
     secret_file.chmod(0o600)
     idp.register_client(CLIENT_ID, secret, f"https://localhost:{port}/signin/oidc/callback")
-    gw = GatewayProcess.create(
-        base,
-        dovecot,
-        # A token of the issuer is accepted only where auth.methods takes tokens.
-        methods=("app-password", "password+totp", "oauthbearer"),
-        extra_toml=f"""
-[portal]
-listen = "127.0.0.1:{port}"
-url = "https://localhost:{port}"
-oidc_client_id = "{CLIENT_ID}"
+    # A token of the issuer is accepted only where auth.methods takes tokens.
+    methods = ("app-password", "password+totp", "oauthbearer")
+    extra = f"""oidc_client_id = "{CLIENT_ID}"
 oidc_client_secret_file = "{secret_file}"
 
 [oauth]
 issuer = "{idp.issuer}"
 audience = "imap"
 ca_file = "{idp.ca_file}"
-""",
-    )
-    gw.start()
-    deadline = time.monotonic() + 15
-    while not gw.accepts(port):
-        assert time.monotonic() < deadline, gw.log_text()
-        time.sleep(0.05)
-    yield gw, port
-    gw.stop()
+"""
+    with portal_gateway(base, dovecot, extra, port, methods) as running:
+        yield running
 
 
 def browser(gw: GatewayProcess, port: int, idp: OidcProvider) -> httpx.Client:

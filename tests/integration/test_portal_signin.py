@@ -6,77 +6,36 @@ drive the same pages in Chromium)."""
 
 from __future__ import annotations
 
-import imaplib
 import json
-import re
-import secrets
-import ssl
-import time
 from collections.abc import Iterator
 
 import httpx
-import pyotp
 import pytest
 
-from tests.dovecot import DovecotServer, free_port
+from tests.dovecot import DovecotServer
 from tests.gateway import GatewayProcess
-from tests.integration.conftest import close_imap, open_imap
+from tests.integration.live_imap import assert_login_refused
+from tests.integration.portal_web import browser, new_user, portal_gateway
+from tests.integration.portal_web import csrf as csrf  # test_portal_invite imports it from here
 
 FAILED = "The user name, password or code is not right."
+
+client = browser  # test_portal_invite imports it from here
 
 
 @pytest.fixture(scope="module")
 def portal_gw(
     tmp_path_factory: pytest.TempPathFactory, dovecot: DovecotServer
 ) -> Iterator[tuple[GatewayProcess, int]]:
-    port = free_port()
-    gw = GatewayProcess.create(
-        tmp_path_factory.mktemp("gw-portal"),
-        dovecot,
-        methods=("app-password", "password+totp"),
-        extra_toml=f"""
-[portal]
-listen = "127.0.0.1:{port}"
-url = "https://localhost:{port}"
-
+    extra = """
 [defense]
 # A block after the third wrong password of one account from one address (the
 # default is ten; each guess costs Dovecot's growing per-address penalty).
 pair_free = 1
 pair_block = 3
-""",
-    )
-    gw.start()
-    deadline = time.monotonic() + 15
-    while not gw.accepts(port):
-        assert time.monotonic() < deadline, gw.log_text()
-        time.sleep(0.05)
-    yield gw, port
-    gw.stop()
-
-
-def client(gw: GatewayProcess, port: int) -> httpx.Client:
-    ctx = ssl.create_default_context(cafile=str(gw.ca_cert))
-    return httpx.Client(
-        base_url=f"https://localhost:{port}",
-        verify=ctx,
-        timeout=30.0,
-        headers={"Origin": f"https://localhost:{port}"},
-    )
-
-
-def csrf(page: httpx.Response) -> str:
-    match = re.search(r'name="csrf" value="([^"]+)"', page.text)
-    assert match, page.text
-    return match.group(1)
-
-
-def user_with_totp(gw: GatewayProcess, dovecot: DovecotServer) -> tuple[str, str, pyotp.TOTP]:
-    user = f"portal{secrets.token_hex(3)}"
-    password = secrets.token_urlsafe(12)
-    dovecot.add_user(user, password)
-    enrolled = json.loads(gw.cli("totp", "enroll", user, "--json").stdout)
-    return user, password, pyotp.TOTP(enrolled["secret"])
+"""
+    with portal_gateway(tmp_path_factory.mktemp("gw-portal"), dovecot, extra) as running:
+        yield running
 
 
 def sign_in_password(web: httpx.Client, user: str, password: str) -> httpx.Response:
@@ -89,8 +48,9 @@ def test_password_then_code_signs_in(
     portal_gw: tuple[GatewayProcess, int], dovecot: DovecotServer
 ) -> None:
     gw, port = portal_gw
-    user, password, otp = user_with_totp(gw, dovecot)
-    with client(gw, port) as web:
+    u = new_user(gw, dovecot, "portal")
+    user, password, otp = u.name, u.password, u.otp
+    with browser(gw, port) as web:
         step = sign_in_password(web, user, password)
         assert step.status_code == 303, step.text
         assert step.headers["location"].endswith("/signin/code")
@@ -114,12 +74,13 @@ def test_wrong_password_and_wrong_code_look_the_same(
     portal_gw: tuple[GatewayProcess, int], dovecot: DovecotServer
 ) -> None:
     gw, port = portal_gw
-    user, password, otp = user_with_totp(gw, dovecot)
-    with client(gw, port) as web:
+    u = new_user(gw, dovecot, "portal")
+    user, password, otp = u.name, u.password, u.otp
+    with browser(gw, port) as web:
         wrong = sign_in_password(web, user, password + "x")
         assert wrong.status_code == 200
         assert FAILED in wrong.text
-    with client(gw, port) as web:
+    with browser(gw, port) as web:
         assert sign_in_password(web, user, password).status_code == 303
         code_page = web.get("/signin/code")
         bad = f"{(int(otp.now()) + 1) % 1_000_000:06d}"
@@ -136,9 +97,9 @@ def test_portal_guesses_block_imap_logins_from_the_same_source(
     IMAP guesses do, so the block they earn refuses an IMAP login from there,
     even with a valid app password."""
     gw, port = portal_gw
-    user, _, _ = user_with_totp(gw, dovecot)
+    user = new_user(gw, dovecot, "portal").name
     app_password = gw.create_app_password(user, "phone")
-    with client(gw, port) as web:
+    with browser(gw, port) as web:
         for n in range(6):
             sign_in_password(web, user, f"guess-{n}")
             blocks = json.loads(gw.cli("blocks", "list", "--json").stdout)
@@ -146,12 +107,7 @@ def test_portal_guesses_block_imap_logins_from_the_same_source(
                 break
         else:
             raise AssertionError(f"no block on the portal's guesser: {blocks}")
-    imap = open_imap(gw, "implicit", "127.0.0.1", timeout=30)
-    try:
-        with pytest.raises(imaplib.IMAP4.error, match="AUTHENTICATIONFAILED"):
-            imap.login(user, app_password)
-    finally:
-        close_imap(imap)
+    assert_login_refused(gw, "127.0.0.1", user, app_password, timeout=30)
     refused = [
         e for e in gw.events("auth") if e.get("user") == user and e.get("listener") != "portal"
     ]

@@ -6,17 +6,14 @@ password logs in no more. Real gateway, real Dovecot, Python's imaplib."""
 
 from __future__ import annotations
 
-import imaplib
 import json
 import secrets
 import time
 
-import pytest
-
 from tests.dovecot import DovecotServer
 from tests.gateway import GatewayProcess, source_address
 from tests.integration.conftest import close_imap, open_imap
-from tests.integration.test_clients import _read_until
+from tests.integration.live_imap import assert_login_refused, lines_until_closed, start_idle
 
 # What the issue promises; the gateway reads the revocation feed once a second.
 WITHIN = 5.0
@@ -38,22 +35,14 @@ def test_revoked_app_password_ends_its_idle_session_within_seconds(
     idler = open_imap(gw, "implicit", src, timeout=15)
     other = open_imap(gw, "starttls", src, timeout=15)
     try:
-        idler.login(user, phone)
-        assert idler.select("INBOX")[0] == "OK"
-        idler.send(b"I1 IDLE\r\n")
-        assert _read_until(idler, rb"\+ ")[-1].startswith(b"+ ")
+        start_idle(idler, user, phone)
         other.login(user, laptop)
 
         revoked_at = time.monotonic()
         out = gw.cli("app-password", "revoke", user, phone_id, "--json")
         assert json.loads(out.stdout) == {"id": phone_id, "revoked": True}
 
-        lines = []
-        while True:
-            line = idler.readline()
-            if not line:
-                break
-            lines.append(line.rstrip(b"\r\n"))
+        lines = lines_until_closed(idler)
         ended_after = time.monotonic() - revoked_at
         assert lines[-1].startswith(b"* BYE [ALERT]"), lines
         assert ended_after < WITHIN, ended_after
@@ -65,12 +54,7 @@ def test_revoked_app_password_ends_its_idle_session_within_seconds(
         close_imap(other)
 
     # The revoked password logs in no more.
-    again = open_imap(gw, "implicit", src, timeout=15)
-    try:
-        with pytest.raises(imaplib.IMAP4.error, match="AUTHENTICATIONFAILED"):
-            again.login(user, phone)
-    finally:
-        close_imap(again)
+    assert_login_refused(gw, src, user, phone)
 
     revoked = [e for e in gw.events("revoked") if e.get("user") == user]
     assert [e["credential"] for e in revoked] == [f"app-password:{phone_id}"]

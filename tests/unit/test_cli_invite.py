@@ -38,6 +38,15 @@ def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]
     return code, out, err
 
 
+def _invite_from_file(
+    capsys: pytest.CaptureFixture[str], config: Path, listing: Path, text: str, *options: str
+) -> tuple[int, str, str]:
+    """`imapguard user invite --from-file LISTING [options]`, `text` written to LISTING."""
+    listing.write_text(text)
+    argv = ["user", "invite", "--from-file", str(listing), *options, "--config", str(config)]
+    return _run(capsys, *argv)
+
+
 def _store(path: Path) -> SqliteStore:
     return SqliteStore(str(path.parent / "state.db"))
 
@@ -112,17 +121,7 @@ def test_invite_reset_takes_one_named_account_not_a_file(
     capsys: pytest.CaptureFixture[str], portal_config: Path, tmp_path: Path
 ) -> None:
     listing = tmp_path / "accounts.txt"
-    listing.write_text("alice\nbob\n")
-    code, out, err = _run(
-        capsys,
-        "user",
-        "invite",
-        "--from-file",
-        str(listing),
-        "--reset",
-        "--config",
-        str(portal_config),
-    )
+    code, out, err = _invite_from_file(capsys, portal_config, listing, "alice\nbob\n", "--reset")
     assert code != 0
     assert "--reset" in err
     assert out == ""
@@ -150,10 +149,8 @@ def test_invite_from_file_issues_all_in_order_once_each(
 ) -> None:
     listing = tmp_path / "accounts.txt"
     names = [f"user{n}" for n in range(2000)]
-    listing.write_text("# first-year students\n\n" + "\n".join([*names, "User1"]) + "\n")
-    code, out, err = _run(
-        capsys, "user", "invite", "--from-file", str(listing), "--config", str(portal_config)
-    )
+    text = "# first-year students\n\n" + "\n".join([*names, "User1"]) + "\n"
+    code, out, err = _invite_from_file(capsys, portal_config, listing, text)
     assert code == 0, err
     rows = [line.split("\t") for line in out.splitlines()]
     assert [r[0] for r in rows] == names
@@ -167,9 +164,8 @@ def test_invite_from_file_with_a_bad_line_invites_nobody(
     capsys: pytest.CaptureFixture[str], portal_config: Path, tmp_path: Path
 ) -> None:
     listing = tmp_path / "accounts.txt"
-    listing.write_text("alice\nbad name\u202e\nbob\n")
-    code, out, err = _run(
-        capsys, "user", "invite", "--from-file", str(listing), "--config", str(portal_config)
+    code, out, err = _invite_from_file(
+        capsys, portal_config, listing, "alice\nbad name\u202e\nbob\n"
     )
     assert code == 2
     assert f"{listing}:2: invalid user name" in err
@@ -188,8 +184,6 @@ def test_invite_store_failure_leaves_no_invitation_behind(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    listing = tmp_path / "accounts.txt"
-    listing.write_text("alice\nbob\ncarol\n")
     real = invites.issue
     issued: list[str] = []
 
@@ -201,9 +195,8 @@ def test_invite_store_failure_leaves_no_invitation_behind(
         return token
 
     monkeypatch.setattr(invites, "issue", failing)
-    code, out, err = _run(
-        capsys, "user", "invite", "--from-file", str(listing), "--config", str(portal_config)
-    )
+    listing = tmp_path / "accounts.txt"
+    code, out, err = _invite_from_file(capsys, portal_config, listing, "alice\nbob\ncarol\n")
     assert code == 1
     assert "state store" in err
     assert out == ""
@@ -236,17 +229,7 @@ def test_invite_mail_goes_only_to_the_accounts_own_address(
             'mail_from = "imapguard@example.org"\nowner_address = "{user}@example.org"\n'
         )
         listing = tmp_path / "accounts.txt"
-        listing.write_text("alice\nbob\n")
-        code, out, err = _run(
-            capsys,
-            "user",
-            "invite",
-            "--from-file",
-            str(listing),
-            "--mail",
-            "--config",
-            str(portal_config),
-        )
+        code, out, err = _invite_from_file(capsys, portal_config, listing, "alice\nbob\n", "--mail")
         assert code == 0, err
         mails = sink.wait_for(2)
     assert _LINK.search(out) is None  # mailed, not printed
@@ -258,17 +241,8 @@ def test_invite_mail_goes_only_to_the_accounts_own_address(
     assert [e["result"] for e in _audit(portal_config)] == ["mailed", "mailed"]
     assert _redeem(portal_config, token) == "alice"
     # An address given as the account is no account: nothing is mailed anywhere.
-    listing.write_text("alice\nmallory@evil.test, alice\n")
-    code, _, err = _run(
-        capsys,
-        "user",
-        "invite",
-        "--from-file",
-        str(listing),
-        "--mail",
-        "--config",
-        str(portal_config),
-    )
+    text = "alice\nmallory@evil.test, alice\n"
+    code, _, err = _invite_from_file(capsys, portal_config, listing, text, "--mail")
     assert code == 2
     assert ":2: invalid user name" in err
 

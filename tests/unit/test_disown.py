@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +37,15 @@ executor = base.executor
 env = base.env
 
 
-def defense(store: SqliteStore) -> Defense:
+def defense(
+    store: SqliteStore,
+    settings: DefenseSettings | None = None,
+    clock: Callable[[], float] = lambda: NOW,
+) -> Defense:
     return Defense(
-        DefenseSettings(),
+        settings or DefenseSettings(),
         store,
-        lambda: NOW,
+        clock,
         random.Random(1),
         fingerprints=Fingerprinter(Secret(b"k" * 32)),
     )
@@ -157,13 +162,7 @@ def test_disowning_a_sign_in_from_a_shared_address_blocks_it_for_that_account_on
 def test_an_address_in_a_trusted_network_is_never_blocked_for_everyone_by_an_owner(
     store: SqliteStore, audit: AuditLog
 ) -> None:
-    guard = Defense(
-        DefenseSettings(trusted_networks=("198.51.100.0/24",)),
-        store,
-        lambda: NOW,
-        random.Random(1),
-        fingerprints=Fingerprinter(Secret(b"k" * 32)),
-    )
+    guard = defense(store, DefenseSettings(trusted_networks=("198.51.100.0/24",)))
     sign_in = _failed_from(store, "alice", ATTACKER)
     done = disown(store, guard, audit, "alice", sign_in, owner(), clock=lambda: NOW)
     assert done is not None
@@ -175,13 +174,7 @@ def test_an_address_in_a_trusted_network_is_never_blocked_for_everyone_by_an_own
 def test_an_allowlisted_address_is_not_blocked_by_an_owner(
     store: SqliteStore, audit: AuditLog
 ) -> None:
-    guard = Defense(
-        DefenseSettings(allowlist=("198.51.100.0/24",)),
-        store,
-        lambda: NOW,
-        random.Random(1),
-        fingerprints=Fingerprinter(Secret(b"k" * 32)),
-    )
+    guard = defense(store, DefenseSettings(allowlist=("198.51.100.0/24",)))
     sign_in = _failed_from(store, "alice", ATTACKER)
     done = disown(store, guard, audit, "alice", sign_in, owner(), clock=lambda: NOW)
     assert done is not None
@@ -196,13 +189,7 @@ def test_an_accounts_reports_run_out_and_come_back_with_the_window(
     OWNER_REPORTS in the window the credential is still revoked but nothing more
     is blocked; another account's allowance is its own; an hour on, it is back."""
     now = [NOW]
-    guard = Defense(
-        DefenseSettings(),
-        store,
-        lambda: now[0],
-        random.Random(1),
-        fingerprints=Fingerprinter(Secret(b"k" * 32)),
-    )
+    guard = defense(store, clock=lambda: now[0])
     addresses = [f"203.0.113.{i}" for i in range(1, OWNER_REPORTS + 3)]
     results = []
     for address in addresses:

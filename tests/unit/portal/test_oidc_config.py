@@ -15,6 +15,19 @@ from tests.unit.test_config_portal import GOOD, _portal_toml
 OAUTH = '[oauth]\nissuer = "https://idp.example.org"\naudience = "imap"\n'
 
 
+def _oidc_portal_toml(tmp_path: Path, mode: int) -> str:
+    """A [portal] table with OIDC sign-in; its client secret file has `mode`."""
+    secret = tmp_path / "client-secret"
+    secret.write_text("s3cret")
+    secret.chmod(mode)
+    return _portal_toml(
+        listen="127.0.0.1:8443",
+        url="https://portal.test",
+        oidc_client_id="portal",
+        oidc_client_secret_file=str(secret),
+    )
+
+
 def test_client_id_and_secret_file_come_together() -> None:
     with pytest.raises(ConfigError) as info:
         PortalConfig.checked({**GOOD, "oidc_client_id": "portal"})
@@ -28,15 +41,7 @@ def test_client_id_and_secret_file_come_together() -> None:
 
 
 def test_oidc_needs_the_oauth_issuer(tmp_path: Path) -> None:
-    secret = tmp_path / "client-secret"
-    secret.write_text("s3cret")
-    secret.chmod(0o600)
-    portal = _portal_toml(
-        listen="127.0.0.1:8443",
-        url="https://portal.test",
-        oidc_client_id="portal",
-        oidc_client_secret_file=str(secret),
-    )
+    portal = _oidc_portal_toml(tmp_path, 0o600)
     with pytest.raises(ConfigError) as info:
         load_config(_write(tmp_path, portal))
     assert [key for key, _ in info.value.problems] == ["portal.oidc_client_id"]
@@ -46,15 +51,7 @@ def test_oidc_needs_the_oauth_issuer(tmp_path: Path) -> None:
 
 
 def test_oidc_client_secret_file_must_be_private(tmp_path: Path) -> None:
-    secret = tmp_path / "client-secret"
-    secret.write_text("s3cret")
-    secret.chmod(0o644)
-    portal = _portal_toml(
-        listen="127.0.0.1:8443",
-        url="https://portal.test",
-        oidc_client_id="portal",
-        oidc_client_secret_file=str(secret),
-    )
+    portal = _oidc_portal_toml(tmp_path, 0o644)
     with pytest.raises(ConfigError) as info:
         load_config(_write(tmp_path, portal + OAUTH))
     assert [key for key, _ in info.value.problems] == ["portal.oidc_client_secret_file"]
