@@ -159,6 +159,7 @@ def create_app(deps: PortalDeps) -> Starlette:
         audit=deps.audit,
         clock=deps.clock,
         kit=kit,
+        totp_key=deps.services.totp_key if deps.services is not None else None,
     )
     static = StaticFiles(packages=[("imapguard.portal", "static")])
     return PortalApp(
