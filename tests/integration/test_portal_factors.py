@@ -40,6 +40,8 @@ def portal_gw(
 [portal]
 listen = "127.0.0.1:{port}"
 url = "https://localhost:{port}"
+# Every test signs in from 127.0.0.1; the limit's own tests are elsewhere.
+max_sign_ins_per_minute = 100
 """,
     )
     gw.start()
