@@ -104,6 +104,33 @@ def add_app_passwords(store: AccountStore, round_: int) -> bool:
     return True
 
 
+def give_factors(store: PortalStore, rounds: int) -> None:
+    """For each round an account with a TOTP and one passkey (mixed<round>) and
+    one with two passkeys (pair<round>)."""
+    for round_ in range(rounds):
+        store.set_totp(f"mixed{round_}", b"sealed", 1.0)
+        store.add_passkey(f"mixed{round_}", digest(round_), b"cose", 0, "key", "", 1.0)
+        for n in (1, 2):
+            credential = digest(rounds * n + round_)
+            store.add_passkey(f"pair{round_}", credential, b"cose", 0, "key", "", 1.0)
+
+
+def remove_totp(store: PortalStore, round_: int) -> bool:
+    """The owner removes this round's mixed account's TOTP."""
+    return store.remove_second_factor(f"mixed{round_}", "totp") == "removed"
+
+
+def remove_passkey(store: PortalStore, round_: int, *, account: str, index: int) -> bool:
+    """The owner (another tab) removes the passkey at `index` of this round's
+    account, as listed when the page was drawn."""
+    listed = store.list_passkeys(f"{account}{round_}")
+    if index >= len(listed):
+        return False  # gone before this tab listed it
+    return store.remove_second_factor(f"{account}{round_}", f"passkey:{listed[index].id}") == (
+        "removed"
+    )
+
+
 def race(store: Any, operation: Operation, rounds: int, barrier: Barrier) -> list[Any]:
     """Each round: wait until every racer is at the line, then run the operation once."""
     results = []

@@ -6,7 +6,8 @@ gateway's store worker threads), threads with a handle each (several nodes),
 and processes with a handle each, on every implementation that other processes
 can reach. The store's own atomicity is the only thing keeping them apart: one
 use of a one-time code, an invitation or a passkey counter, one user handle, one
-holder of a credential, no account past its passkey or app password limit."""
+holder of a credential, no account past its passkey or app password limit, no
+account left without a second factor by removals at once."""
 
 from __future__ import annotations
 
@@ -38,8 +39,16 @@ def sharing(request: pytest.FixtureRequest) -> Sharing:
     return sharing
 
 
+def _each(operation: racers.Operation | list[racers.Operation], racers_: int) -> list[Any]:
+    """One operation for every racer, or racer i runs operations[i % len]."""
+    ops = operation if isinstance(operation, list) else [operation]
+    return [ops[i % len(ops)] for i in range(racers_)]
+
+
 def race_threads(
-    backend: Backend[Any], sharing: Sharing, operation: racers.Operation
+    backend: Backend[Any],
+    sharing: Sharing,
+    operation: racers.Operation | list[racers.Operation],
 ) -> list[list[Any]]:
     """Each thread's results, round by round."""
     shared = backend.open()
@@ -47,12 +56,15 @@ def race_threads(
     barrier = threading.Barrier(THREADS)
     with ThreadPoolExecutor(THREADS) as pool:
         futures = [
-            pool.submit(racers.race, handle, operation, ROUNDS, barrier) for handle in handles
+            pool.submit(racers.race, handle, op, ROUNDS, barrier)
+            for handle, op in zip(handles, _each(operation, THREADS), strict=True)
         ]
         return [future.result() for future in futures]
 
 
-def race_processes(backend: Backend[Any], operation: racers.Operation) -> list[list[Any]]:
+def race_processes(
+    backend: Backend[Any], operation: racers.Operation | list[racers.Operation]
+) -> list[list[Any]]:
     """Each process's results, round by round; each process opens its own handle."""
     backend.open()  # the store exists (a new SQLite file: created) before the race
     context = multiprocessing.get_context("spawn")
@@ -65,14 +77,14 @@ def race_processes(backend: Backend[Any], operation: racers.Operation) -> list[l
                 backend.opener,
                 backend.address,
                 backend.close,
-                operation,
+                op,
                 ROUNDS,
                 barrier,
                 results,
                 index,
             ),
         )
-        for index in range(PROCESSES)
+        for index, op in enumerate(_each(operation, PROCESSES))
     ]
     for process in processes:
         process.start()
@@ -240,3 +252,46 @@ def test_processes_keep_an_account_within_its_app_password_limit(
     assert sum(added for process in results for added in process) == racers.APP_PASSWORD_LIMIT
     held = shared_account_backend.open().list_app_passwords("alice")
     assert len(held) == racers.APP_PASSWORD_LIMIT
+
+
+# -- the last second factor ------------------------------------------------------------
+
+# Two tabs of the owner (or the owner and a thief with a fresh session) remove at once.
+REMOVALS: dict[str, list[racers.Operation]] = {
+    "the totp and the last passkey": [
+        racers.remove_totp,
+        functools.partial(racers.remove_passkey, account="mixed", index=0),
+    ],
+    "two passkeys": [
+        functools.partial(racers.remove_passkey, account="pair", index=0),
+        functools.partial(racers.remove_passkey, account="pair", index=1),
+    ],
+}
+
+
+def factors_left(store: PortalStore, account: str) -> int:
+    return int(store.get_totp(account) is not None) + len(store.list_passkeys(account))
+
+
+@pytest.mark.parametrize("removals", sorted(REMOVALS))
+def test_threads_removing_factors_at_once_leave_one(
+    portal_backend: Backend[PortalStore], sharing: Sharing, removals: str
+) -> None:
+    store = portal_backend.open()
+    racers.give_factors(store, ROUNDS)
+    results = race_threads(portal_backend, sharing, REMOVALS[removals])
+    assert one_winner_per_round(results) == [1] * ROUNDS
+    account = "mixed" if removals.startswith("the totp") else "pair"
+    assert [factors_left(store, f"{account}{r}") for r in range(ROUNDS)] == [1] * ROUNDS
+
+
+@pytest.mark.parametrize("removals", sorted(REMOVALS))
+def test_processes_removing_factors_at_once_leave_one(
+    shared_portal_backend: Backend[PortalStore], removals: str
+) -> None:
+    store = shared_portal_backend.open()
+    racers.give_factors(store, ROUNDS)
+    results = race_processes(shared_portal_backend, REMOVALS[removals])
+    assert one_winner_per_round(results) == [1] * ROUNDS
+    account = "mixed" if removals.startswith("the totp") else "pair"
+    assert [factors_left(store, f"{account}{r}") for r in range(ROUNDS)] == [1] * ROUNDS

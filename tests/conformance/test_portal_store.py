@@ -295,6 +295,43 @@ def test_a_passkey_without_a_counter_stays_usable(portal: PortalStore) -> None:
     assert not portal.use_passkey(b"cred-1", 0, 5.0)  # and may not stop
 
 
+def test_the_last_second_factor_is_not_removed(portal: PortalStore) -> None:
+    portal.set_totp("alice", b"sealed", 1.0)
+    passkey = add(portal, "alice", 1)
+    assert passkey is not None
+    assert portal.remove_second_factor("alice", f"passkey:{passkey}") == "removed"
+    assert portal.list_passkeys("alice") == []
+    assert portal.remove_second_factor("alice", "totp") == "last"
+    assert portal.get_totp("alice") is not None  # nothing changed
+    # Two passkeys, no TOTP: one of them goes, the other is the last.
+    first, second = add(portal, "bob", 2), add(portal, "bob", 3)
+    assert portal.remove_second_factor("bob", f"passkey:{second}") == "removed"
+    assert portal.remove_second_factor("bob", f"passkey:{first}") == "last"
+    assert [p.id for p in portal.list_passkeys("bob")] == [first]
+    # A TOTP and a passkey: the TOTP goes, the passkey is the last.
+    portal.set_totp("carol", b"sealed", 1.0)
+    kept = add(portal, "carol", 4)
+    assert portal.remove_second_factor("carol", "totp") == "removed"
+    assert portal.get_totp("carol") is None
+    assert portal.remove_second_factor("carol", f"passkey:{kept}") == "last"
+
+
+def test_a_factor_the_account_does_not_have_is_absent(portal: PortalStore) -> None:
+    portal.set_totp("alice", b"sealed", 1.0)
+    alices = add(portal, "alice", 1)
+    portal.set_totp("bob", b"sealed", 1.0)
+    add(portal, "bob", 2)
+    # The id of alice's passkey in bob's form removes nothing of either.
+    assert portal.remove_second_factor("bob", f"passkey:{alices}") == "absent"
+    assert [p.id for p in portal.list_passkeys("alice")] == [alices]
+    assert len(portal.list_passkeys("bob")) == 1
+    for factor in ("passkey:", "passkey:no-such-id", "password", "", "totp:x"):
+        assert portal.remove_second_factor("alice", factor) == "absent"
+    assert portal.remove_second_factor("dave", "totp") == "absent"  # no factor at all
+    assert portal.get_totp("alice") is not None
+    assert len(portal.list_passkeys("alice")) == 1
+
+
 # -- the store as a whole --------------------------------------------------------------
 
 

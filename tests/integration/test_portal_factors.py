@@ -40,6 +40,8 @@ def portal_gw(
 [portal]
 listen = "127.0.0.1:{port}"
 url = "https://localhost:{port}"
+# Every test signs in from 127.0.0.1; the limit's own tests are elsewhere.
+max_sign_ins_per_minute = 100
 """,
     )
     gw.start()
@@ -159,6 +161,59 @@ def test_enrol_a_passkey_in_the_pages_then_sign_in_with_password_and_passkey(
     audit = gw.audit_path.read_text()
     assert password not in audit
     assert credential not in audit
+
+
+def test_a_stolen_session_ends_when_the_owner_replaces_the_authenticator_app(
+    portal_gw: tuple[GatewayProcess, int], dovecot: DovecotServer
+) -> None:
+    """A thief holds a full portal session of the account (password and a
+    recovery code, as good as a stolen cookie); the owner replaces the
+    authenticator app in their own session: the thief's session ends at once,
+    the owner's stays, and the audit log says what ended and why."""
+    gw, port = portal_gw
+    user = f"stolen{secrets.token_hex(3)}"
+    password = secrets.token_urlsafe(12)
+    dovecot.add_user(user, password)
+    otp = pyotp.TOTP(json.loads(gw.cli("totp", "enroll", user, "--json").stdout)["secret"])
+    with client(gw, port) as owner, client(gw, port) as thief:
+        password_step(owner, user, password)
+        code_page = owner.get("/signin/code")
+        done = owner.post("/signin/code", data={"csrf": csrf(code_page), "code": otp.now()})
+        assert done.status_code == 303, done.text
+        page = owner.get("/security/recovery")
+        made = owner.post("/security/recovery", data={"csrf": csrf(page)})
+        codes = re.findall(r"<code>([0-9A-Z-]{11})</code>", made.text)
+        assert codes, made.text
+
+        password_step(thief, user, password)
+        code_page = thief.get("/signin/code")
+        stolen = thief.post(
+            "/signin/code",
+            data={"csrf": csrf(code_page), "method": "recovery", "recovery": codes[0]},
+        )
+        assert stolen.headers["location"] == "/", stolen.text
+        assert thief.get("/").status_code == 200
+
+        page = owner.get("/security/totp")
+        secret = re.search(r'<code class="secret">([A-Z2-7 ]+)</code>', page.text)
+        assert secret, page.text
+        pending = re.search(r'name="pending" value="([^"]+)"', page.text)
+        assert pending, page.text
+        new_code = pyotp.TOTP(secret.group(1).replace(" ", "")).now()
+        replaced = owner.post(
+            "/security/totp",
+            data={"csrf": csrf(page), "pending": pending.group(1), "code": new_code},
+        )
+        assert replaced.headers["location"] == "/security?done=totp", replaced.text
+
+        assert thief.get("/").headers["location"] == "/signin"
+        assert owner.get("/").status_code == 200
+    ended = [
+        (e["result"], e.get("reason"))
+        for e in gw.events("portal")
+        if e.get("user") == user and e["action"] == "session_revoke_others"
+    ]
+    assert ended == [("ok", "1 ended: totp_replaced")]
 
 
 def test_the_pages_script_registers_and_uses_a_passkey_in_chromium(

@@ -287,6 +287,37 @@ def test_every_kind_has_owner_and_admin_text(kind: NoticeKind) -> None:
 
 
 @pytest.mark.parametrize(
+    ("kind", "named"),
+    [
+        (NoticeKind.TOTP_ADDED, "authenticator app was set up"),
+        (NoticeKind.TOTP_REPLACED, "authenticator app of the mail account"),
+        (NoticeKind.TOTP_REMOVED, "was removed in the portal"),
+        (NoticeKind.PASSKEY_ADDED, "A passkey was added"),
+        (NoticeKind.PASSKEY_REMOVED, "A passkey was removed"),
+        (NoticeKind.RECOVERY_CODES, "new set of recovery codes"),
+        (NoticeKind.APP_PASSWORD_CREATED, "A new app password was created"),
+    ],
+)
+def test_an_account_change_tells_the_owner_what_when_where_and_what_to_do(
+    kind: NoticeKind, named: str
+) -> None:
+    """A change in the portal goes to the owner only (an admin mail per new app
+    password would bury the ones that matter), and says what changed, from which
+    address and when, that the other portal sessions ended, and what to do if it
+    was not them."""
+    (owner,) = build_messages(notice(kind), mail_settings())
+    assert owner.channel is Channel.OWNER_MAIL
+    assert owner.message is not None
+    text = " ".join(owner.message.get_content().split())
+    assert named in text
+    assert "From: 203.0.113.9" in text
+    assert "When: 2024-05-01 12:00:00 UTC" in text
+    assert "Every other portal session of the account was signed out." in text
+    assert "If this was not you" in text
+    assert "https://mail.example.org/portal" in text
+
+
+@pytest.mark.parametrize(
     "user",
     [
         "alice\r\nBcc: victim@evil.example",

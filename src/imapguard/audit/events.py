@@ -271,7 +271,7 @@ class Portal(Event):
     # sign_in | second_factor | sign_out | request | invite | enroll_totp | oidc
     # | confirm | totp_enrol | totp_remove | passkey_add | passkey_rename
     # | passkey_remove | recovery_codes
-    # | session_revoke | session_revoke_others
+    # | session_revoke | session_revoke_others (also after a factor change: portal.changes)
     # | app_password_create | app_password_revoke | app_password_setup
     # | device_approve | device_reject | device_revoke | disown
     # | admin_unblock | admin_unlock | admin_revoke (an admin's action; `user` is the admin)

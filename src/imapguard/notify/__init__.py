@@ -2,10 +2,12 @@
 
 Three kinds of notice: a compromise signal (correct password, missing second
 factor), a new device awaiting approval, and a lockout; from the portal also a
-disowned sign-in, a right password from an unfamiliar address and a used
-invitation. Each goes to a webhook (JSON, optionally HMAC-signed) and/or by mail
-(one message to the owner, one to the admins: not for `OWNER_ONLY` kinds), at
-most once per account and kind per `min_interval`.
+disowned sign-in, a right password from an unfamiliar address, a used
+invitation and each change of how the account signs in (`ACCOUNT_CHANGES`: an
+authenticator app set up, replaced or removed, a passkey added or removed, new
+recovery codes, a new app password). Each goes to a webhook (JSON, optionally
+HMAC-signed) and/or by mail (one message to the owner, one to the admins: not
+for `OWNER_ONLY` kinds), at most once per account and kind per `min_interval`.
 
 Rules:
 
@@ -41,7 +43,9 @@ Webhook body (`Notice.to_json()`, schema version 1; every key always present):
 
     {"version": 1,                      integer; bumped on incompatible change
      "kind": "compromise_signal" | "new_device" | "lockout" | "disowned"
-           | "portal_password" | "invitation_used",
+           | "portal_password" | "invitation_used" | "totp_added"
+           | "totp_replaced" | "totp_removed" | "passkey_added"
+           | "passkey_removed" | "recovery_codes" | "app_password_created",
      "user": "alice",                   account name (printable, <= 256 chars)
      "src": "203.0.113.9",              client address (as in the audit log)
      "client_id": "Thunderbird" | null, what the client called itself (IMAP ID)
@@ -59,6 +63,8 @@ constant time, and rejects a `ts` older than a few minutes (replays).
 from imapguard.notify.limits import MemoryRateLimit, ShouldSend
 from imapguard.notify.messages import Mail, build_messages, owner_address, sign, webhook_request
 from imapguard.notify.notice import (
+    ACCOUNT_CHANGES,
+    OWNER_ONLY,
     Channel,
     Delivery,
     Notice,
@@ -69,6 +75,8 @@ from imapguard.notify.notice import (
 from imapguard.notify.notifier import Notifier
 
 __all__ = [
+    "ACCOUNT_CHANGES",
+    "OWNER_ONLY",
     "Channel",
     "Delivery",
     "Mail",

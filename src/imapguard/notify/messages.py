@@ -64,7 +64,17 @@ _OWNER_SUBJECT: dict[NoticeKind, str] = {
     NoticeKind.DISOWNED: "A sign-in to {user} was reported as not the owner's",
     NoticeKind.PORTAL_PASSWORD: "Your password for {user} was used at the portal",
     NoticeKind.INVITATION_USED: "A new second factor was set up for {user}",
+    NoticeKind.TOTP_ADDED: "An authenticator app was set up for {user}",
+    NoticeKind.TOTP_REPLACED: "The authenticator app of {user} was replaced",
+    NoticeKind.TOTP_REMOVED: "The authenticator app of {user} was removed",
+    NoticeKind.PASSKEY_ADDED: "A passkey was added to {user}",
+    NoticeKind.PASSKEY_REMOVED: "A passkey was removed from {user}",
+    NoticeKind.RECOVERY_CODES: "New recovery codes were made for {user}",
+    NoticeKind.APP_PASSWORD_CREATED: "A new app password was created for {user}",
 }
+
+# What every change of `ACCOUNT_CHANGES` did besides itself (`portal.changes`).
+_SESSIONS_ENDED = " Every other portal session of the account was signed out."
 
 _WHAT_HAPPENED: dict[NoticeKind, str] = {
     NoticeKind.COMPROMISE_SIGNAL: (
@@ -92,6 +102,34 @@ _WHAT_HAPPENED: dict[NoticeKind, str] = {
         'An invitation link and the password of the mail account "{user}" were used to '
         "set up a new second factor (an authenticator app) in the portal."
     ),
+    NoticeKind.TOTP_ADDED: (
+        'An authenticator app was set up as a second factor of the mail account "{user}" '
+        "in the portal." + _SESSIONS_ENDED
+    ),
+    NoticeKind.TOTP_REPLACED: (
+        'The authenticator app of the mail account "{user}" was replaced by a new one in '
+        "the portal: codes from the earlier app no longer work." + _SESSIONS_ENDED
+    ),
+    NoticeKind.TOTP_REMOVED: (
+        'The authenticator app of the mail account "{user}" was removed in the portal: '
+        "its codes no longer work." + _SESSIONS_ENDED
+    ),
+    NoticeKind.PASSKEY_ADDED: (
+        'A passkey was added to the mail account "{user}" in the portal: it signs in to '
+        "the portal from now on." + _SESSIONS_ENDED
+    ),
+    NoticeKind.PASSKEY_REMOVED: (
+        'A passkey was removed from the mail account "{user}" in the portal: it no longer '
+        "signs in." + _SESSIONS_ENDED
+    ),
+    NoticeKind.RECOVERY_CODES: (
+        'A new set of recovery codes was made for the mail account "{user}" in the portal: '
+        "the earlier codes no longer work." + _SESSIONS_ENDED
+    ),
+    NoticeKind.APP_PASSWORD_CREATED: (
+        'A new app password was created for the mail account "{user}" in the portal: it '
+        "reads mail from a device without the second factor." + _SESSIONS_ENDED
+    ),
 }
 
 
@@ -117,6 +155,30 @@ _Advice = list[tuple[str, str | None]]
 def _owner_advice(notice: Notice, settings: NotifyConfig) -> _Advice:
     portal = _portal(settings)
     match notice.kind:
+        case (
+            NoticeKind.TOTP_ADDED
+            | NoticeKind.TOTP_REPLACED
+            | NoticeKind.TOTP_REMOVED
+            | NoticeKind.PASSKEY_ADDED
+            | NoticeKind.PASSKEY_REMOVED
+            | NoticeKind.RECOVERY_CODES
+            | NoticeKind.APP_PASSWORD_CREATED
+        ):
+            return [
+                (
+                    "If this was you: there is nothing to do. Where else you were signed "
+                    "in to the portal, sign in again.",
+                    None,
+                ),
+                (
+                    "If this was not you: someone has your password and your second "
+                    "factor, or a signed-in portal session of yours. Tell your "
+                    "administrator now: they can end that session and reset your sign-in. "
+                    "Change your password, and check your devices, app passwords and "
+                    f"sign-in methods in {portal}.",
+                    None,
+                ),
+            ]
         case NoticeKind.PORTAL_PASSWORD:
             return [
                 ("If this was you, signing in: there is nothing to do.", None),
@@ -197,6 +259,16 @@ def _admin_advice(notice: Notice) -> _Advice:
     match notice.kind:
         case NoticeKind.PORTAL_PASSWORD | NoticeKind.INVITATION_USED:
             # Not mailed to the admins (OWNER_ONLY); a webhook may still show them.
+            return [show]
+        case (
+            NoticeKind.TOTP_ADDED
+            | NoticeKind.TOTP_REPLACED
+            | NoticeKind.TOTP_REMOVED
+            | NoticeKind.PASSKEY_ADDED
+            | NoticeKind.PASSKEY_REMOVED
+            | NoticeKind.RECOVERY_CODES
+            | NoticeKind.APP_PASSWORD_CREATED
+        ):
             return [show]
         case NoticeKind.COMPROMISE_SIGNAL:
             return [

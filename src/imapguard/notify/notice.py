@@ -14,6 +14,7 @@ from imapguard.secret import Secret
 from imapguard.text import clean
 
 __all__ = [
+    "ACCOUNT_CHANGES",
     "OWNER_ONLY",
     "SCHEMA_VERSION",
     "Channel",
@@ -35,6 +36,14 @@ class NoticeKind(enum.Enum):
     # A right password at the portal from a source unfamiliar to the account.
     PORTAL_PASSWORD = "portal_password"  # noqa: S105 - a notice kind
     INVITATION_USED = "invitation_used"  # an invitation set up the account's factor
+    # The owner's portal changed how the account signs in (`ACCOUNT_CHANGES`).
+    TOTP_ADDED = "totp_added"
+    TOTP_REPLACED = "totp_replaced"
+    TOTP_REMOVED = "totp_removed"
+    PASSKEY_ADDED = "passkey_added"
+    PASSKEY_REMOVED = "passkey_removed"
+    RECOVERY_CODES = "recovery_codes"  # a new set, the earlier one void
+    APP_PASSWORD_CREATED = "app_password_created"  # noqa: S105 - a notice kind
 
 
 _DEFAULT_SUMMARY: dict[NoticeKind, str] = {
@@ -44,12 +53,33 @@ _DEFAULT_SUMMARY: dict[NoticeKind, str] = {
     NoticeKind.DISOWNED: "A sign-in was reported as not the owner's",
     NoticeKind.PORTAL_PASSWORD: "Correct password at the portal from an unfamiliar address",
     NoticeKind.INVITATION_USED: "An invitation link set up a new second factor",
+    NoticeKind.TOTP_ADDED: "An authenticator app was set up for the account",
+    NoticeKind.TOTP_REPLACED: "The account's authenticator app was replaced by a new one",
+    NoticeKind.TOTP_REMOVED: "The account's authenticator app was removed",
+    NoticeKind.PASSKEY_ADDED: "A passkey was added to the account",
+    NoticeKind.PASSKEY_REMOVED: "A passkey was removed from the account",
+    NoticeKind.RECOVERY_CODES: "A new set of recovery codes was made for the account",
+    NoticeKind.APP_PASSWORD_CREATED: "A new app password was created for the account",
 }
 
+#: A change made in the portal, by whoever holds a signed-in session with a
+#: fresh second factor: the owner, or a thief making the account theirs.
+ACCOUNT_CHANGES = frozenset(
+    {
+        NoticeKind.TOTP_ADDED,
+        NoticeKind.TOTP_REPLACED,
+        NoticeKind.TOTP_REMOVED,
+        NoticeKind.PASSKEY_ADDED,
+        NoticeKind.PASSKEY_REMOVED,
+        NoticeKind.RECOVERY_CODES,
+        NoticeKind.APP_PASSWORD_CREATED,
+    }
+)
+
 #: Told to the owner (and the webhook) only: each is the owner's own doing most
-#: of the time, and an admin mail per sign-in or per rollout invitation would
-#: bury the ones that matter.
-OWNER_ONLY = frozenset({NoticeKind.PORTAL_PASSWORD, NoticeKind.INVITATION_USED})
+#: of the time, and an admin mail per sign-in, per rollout invitation or per
+#: new app password would bury the ones that matter.
+OWNER_ONLY = frozenset({NoticeKind.PORTAL_PASSWORD, NoticeKind.INVITATION_USED}) | ACCOUNT_CHANGES
 
 
 @dataclass(frozen=True)

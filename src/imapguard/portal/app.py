@@ -159,6 +159,7 @@ def create_app(deps: PortalDeps) -> Starlette:
         audit=deps.audit,
         clock=deps.clock,
         kit=kit,
+        totp_key=deps.services.totp_key if deps.services is not None else None,
     )
     static = StaticFiles(packages=[("imapguard.portal", "static")])
     return PortalApp(
@@ -198,11 +199,16 @@ def _pages(kit: Kit, deps: PortalDeps, limiter: SlidingWindow) -> list[BaseRoute
     routes = [
         *account,
         *invite.routes(),
-        *AppPasswords(kit, services.app_password_key).routes(),
+        *AppPasswords(kit, services.app_password_key, services.notice).routes(),
         *Devices(kit, services.defense, services.approved_device_trust).routes(),
         *History(kit, services.defense, services.notice).routes(),
-        *Factors(kit, totp_key=services.totp_key, recovery_key=deps.keys.recovery).routes(),
-        *PasskeyPages(kit, services.passkeys).routes(),
+        *Factors(
+            kit,
+            totp_key=services.totp_key,
+            recovery_key=deps.keys.recovery,
+            notice=services.notice,
+        ).routes(),
+        *PasskeyPages(kit, services.passkeys, services.notice).routes(),
         *Confirm(kit, deps.sign_in).routes(),
         *Admin(
             kit,

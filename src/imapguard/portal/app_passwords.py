@@ -19,6 +19,9 @@ Rules:
   (`store.revoke(user, "app-password:ID")`): another account's id revokes
   nothing. A revocation is published with it, so the gateways end the sessions
   that used it within seconds.
+* A new one ends the account's other portal sessions and tells the owner
+  (`changes`): a password that reads mail without the second factor is what a
+  thief with a session makes first.
 * An account has at most `MAX_APP_PASSWORDS`: a stolen session cannot grow the
   store without bound. The store checks it in the insert's transaction
   (`max_count`), so concurrent creates cannot go past it together.
@@ -35,8 +38,10 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from imapguard.auth import app_passwords
+from imapguard.auth.model import NoticeHook
 from imapguard.errors import StateError
 from imapguard.portal.account import RECORD_ID, notice_of, utc
+from imapguard.portal.changes import APP_PASSWORD_CREATED, Changes
 from imapguard.portal.device_setup import (
     KINDS,
     MAX_SEALED,
@@ -120,8 +125,9 @@ def _scope(
 
 
 class AppPasswords:
-    def __init__(self, kit: Kit, app_password_key: bytes) -> None:
+    def __init__(self, kit: Kit, app_password_key: bytes, notice: NoticeHook | None = None) -> None:
         self.kit = kit
+        self.changes = Changes(kit, notice)
         self.key = app_password_key
         self.seal = SetupSeal(app_password_key)
         self.downloads = Downloads()
@@ -226,6 +232,7 @@ class AppPasswords:
         except StateError:
             return unavailable()
         self.kit.emit(request, user, "app_password_create", "ok", record.id)
+        await self.changes.made(request, signed_in, APP_PASSWORD_CREATED)
         sealed = self.seal.seal(user, signed_in.session.id, record.id, label, password, now)
         context = {
             "label": record.label,

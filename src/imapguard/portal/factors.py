@@ -18,7 +18,11 @@ Rules (beyond `kit`'s):
 * The last second factor cannot be removed: an account without TOTP and
   without a passkey can no longer sign in to the portal (the password step
   refuses it), and only a new invitation would set it up again. Recovery codes
-  are no factor of their own: they stand in for one.
+  are no factor of their own: they stand in for one. The store counts and
+  removes in one transaction (`remove_second_factor`), so two removals at once
+  (two tabs, the TOTP here and the last passkey there) cannot both pass.
+* Every change (TOTP set up, replaced or removed, new recovery codes) ends the
+  account's other portal sessions and tells the owner (`changes`).
 * A TOTP secret is stored only once a current code of it was typed
   (`enrolment`); a wrong code stores nothing and the same secret can be tried
   again. Recovery codes are shown once, on the answer to the POST that made them
@@ -35,10 +39,17 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from imapguard.auth import recovery
+from imapguard.auth.model import NoticeHook
+from imapguard.portal.changes import (
+    RECOVERY_CODES,
+    TOTP_ADDED,
+    TOTP_REMOVED,
+    TOTP_REPLACED,
+    Changes,
+)
 from imapguard.portal.confirm import to_confirm
 from imapguard.portal.enrolment import begin_totp, enrol_totp, pending_totp
 from imapguard.portal.kit import Kit, field, see_other
-from imapguard.portal.second_factor import methods_of
 from imapguard.portal.sessions import Current
 from imapguard.state.portal import PortalStore
 
@@ -46,10 +57,18 @@ __all__ = ["Factors"]
 
 
 class Factors:
-    def __init__(self, kit: Kit, *, totp_key: bytes, recovery_key: bytes) -> None:
+    def __init__(
+        self,
+        kit: Kit,
+        *,
+        totp_key: bytes,
+        recovery_key: bytes,
+        notice: NoticeHook | None = None,
+    ) -> None:
         self.kit = kit
         self.totp_key = totp_key
         self.recovery_key = recovery_key
+        self.changes = Changes(kit, notice)
 
     def routes(self) -> list[BaseRoute]:
         return [
@@ -145,6 +164,7 @@ class Factors:
             error = "That code is not right. Check the app's clock and enter the current code."
             return await self._totp_page(request, signed_in, pending, error)
         kit.emit(request, user, "totp_enrol", "ok", "replaced" if replacing else None)
+        await self.changes.made(request, signed_in, TOTP_REPLACED if replacing else TOTP_ADDED)
         return see_other("/security?done=totp")
 
     async def _totp_page(
@@ -166,14 +186,14 @@ class Factors:
         if not isinstance(signed_in, Current):
             return signed_in
         user, kit = signed_in.session.user, self.kit
-        methods = await methods_of(kit, user)
-        if not methods.totp:
+        removed = await kit.call(self.store.remove_second_factor, user, "totp")
+        if removed == "absent":
             return see_other("/security")
-        if methods.passkeys == 0:
+        if removed == "last":
             kit.emit(request, user, "totp_remove", "refused", "the last second factor")
             return see_other("/security?done=last")
-        await kit.call(self.store.remove_totp, user)
         kit.emit(request, user, "totp_remove", "ok")
+        await self.changes.made(request, signed_in, TOTP_REMOVED)
         return see_other("/security?done=totp_removed")
 
     # -- recovery codes ------------------------------------------------------------
@@ -194,6 +214,7 @@ class Factors:
         digests = [recovery.digest(self.recovery_key, user, code) for code in codes]
         await kit.call(self.store.set_recovery_codes, user, digests, kit.clock())
         kit.emit(request, user, "recovery_codes", "ok", f"{len(codes)} new codes")
+        await self.changes.made(request, signed_in, RECOVERY_CODES)
         shown = [recovery.shown(code) for code in codes]
         return kit.render(request, signed_in, "recovery_codes.html", {"codes": shown})
 

@@ -38,7 +38,10 @@ The order, and why:
   restarted portal process finishes the enrolment). The enrol step is reached
   only while the password session lives (`sessions.PENDING_LIFETIME`, shorter
   than the seal's `enrolment.PENDING_LIFETIME`): past it the user needs a new
-  invitation.
+  invitation. A user who left the enrol page for another one (`/`) is sent
+  back to it (`signin`'s code page does, for a session that holds the cookie);
+  a cookie that no longer opens (expired, another session's) is cleared by the
+  enrol page, so that detour is taken once.
 * Every step is one `portal` audit line with the account (never the token).
 """
 
@@ -68,8 +71,9 @@ from imapguard.portal.sessions import (
     set_cookie,
 )
 from imapguard.secret import Secret
+from imapguard.state.portal import PortalSession
 
-__all__ = ["ENROL_COOKIE", "FAILED", "Invite"]
+__all__ = ["ENROL_COOKIE", "ENROL_PATH", "FAILED", "Invite", "enrolment_of"]
 
 FAILED = "The invitation link, user name or password is not right."
 CODE_FAILED = "That code is not right. Check the time on your phone and try again."
@@ -84,6 +88,16 @@ def _binding(session_id: str) -> str:
     """What an invitation's sealed secret is bound to besides the account: its
     "password" session, and a purpose the security page's seals do not have."""
     return f"invitation {session_id}"
+
+
+def enrolment_of(
+    totp_key: bytes, session: PortalSession, sealed: str, now: float, issuer: str
+) -> PendingTotp | None:
+    """The secret an invitation sealed for this "password" session (the
+    enrolment cookie's value), while it is fresh; None for anything else."""
+    if session.level != "password":
+        return None
+    return pending_totp(totp_key, _binding(session.id), session.user, sealed, now, issuer)
 
 
 @dataclass
@@ -154,7 +168,10 @@ class Invite:
         try:
             found = self._enrolling_of(request, self._sealed(request))
             if found is None:
-                return see_other("/signin")
+                # A seal that does not open is of no use: drop it (the code page
+                # sends a session that holds one here).
+                spent = [clear_cookie(ENROL_COOKIE)] if ENROL_COOKIE in request.cookies else []
+                return see_other("/signin", *spent)
             shown = found[1]
             return self._enroll_page(request, shown, None)
         except StateError:
@@ -221,17 +238,10 @@ class Invite:
     def _enrolling_of(self, request: Request, sealed: str) -> tuple[Current, PendingTotp] | None:
         """The request's "password" session and the secret its invitation sealed."""
         signed_in = current(request)
-        if signed_in is None or signed_in.session.level != "password":
+        if signed_in is None:
             return None
-        session = signed_in.session
-        shown = pending_totp(
-            self.totp_key,
-            _binding(session.id),
-            session.user,
-            sealed,
-            self.clock(),
-            self.kit.settings.organisation,
-        )
+        organisation = self.kit.settings.organisation
+        shown = enrolment_of(self.totp_key, signed_in.session, sealed, self.clock(), organisation)
         return None if shown is None else (signed_in, shown)
 
     @staticmethod

@@ -19,8 +19,11 @@ Rules (beyond `kit`'s and `auth.passkeys`'):
   (`rename_passkey`/`remove_passkey` take the user): another account's id
   changes nothing and says so no differently than an unknown one.
 * A name is 1 to `MAX_NAME` printable characters (`text.first_unsafe`).
-* The last second factor is not removed (see `factors`). At most
-  `state.portal.MAX_PASSKEYS` per account (the store refuses more).
+* The last second factor is not removed (see `factors`: the store counts and
+  removes in one transaction). At most `state.portal.MAX_PASSKEYS` per account
+  (the store refuses more).
+* Adding or removing one ends the account's other portal sessions and tells the
+  owner (`changes`); renaming does neither.
 """
 
 from __future__ import annotations
@@ -31,11 +34,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from imapguard.auth.model import NoticeHook
 from imapguard.auth.passkeys import MAX_RESPONSE_BYTES, PasskeyRefused, Passkeys
 from imapguard.portal.challenges import Challenges
+from imapguard.portal.changes import PASSKEY_ADDED, PASSKEY_REMOVED, Changes
 from imapguard.portal.confirm import to_confirm
 from imapguard.portal.kit import CONFIRM_PATH, Kit, field, see_other
-from imapguard.portal.second_factor import methods_of
 from imapguard.portal.sessions import Current
 from imapguard.state.portal import MAX_PASSKEYS
 from imapguard.text import first_unsafe
@@ -56,10 +60,11 @@ def _name(text: str) -> str | None:
 
 
 class PasskeyPages:
-    def __init__(self, kit: Kit, passkeys: Passkeys) -> None:
+    def __init__(self, kit: Kit, passkeys: Passkeys, notice: NoticeHook | None = None) -> None:
         self.kit = kit
         self.passkeys = passkeys
         self.challenges = Challenges()
+        self.changes = Changes(kit, notice)
 
     def routes(self) -> list[BaseRoute]:
         return [
@@ -151,6 +156,7 @@ class PasskeyPages:
             error = f"This passkey is already registered, or you have {MAX_PASSKEYS} already."
             return await self._page(request, signed_in, error, name)
         kit.emit(request, user, "passkey_add", "ok", f"passkey {record.id}")
+        await self.changes.made(request, signed_in, PASSKEY_ADDED)
         return see_other("/security?done=passkey")
 
     async def rename(self, request: Request) -> Response:
@@ -175,14 +181,14 @@ class PasskeyPages:
         user, kit = signed_in.session.user, self.kit
         form = await request.form()
         passkey_id = field(form, "id", 64)
-        mine = [p for p in await kit.call(kit.store.list_passkeys, user) if p.id == passkey_id]
-        if not mine:
+        # Looked up within the account, counted and removed in one transaction.
+        removed = await kit.call(kit.store.remove_second_factor, user, f"passkey:{passkey_id}")
+        if removed == "absent":
             kit.emit(request, user, "passkey_remove", "failed", "no such passkey of the account")
             return see_other("/security")
-        methods = await methods_of(kit, user)
-        if methods.factors <= 1:
+        if removed == "last":
             kit.emit(request, user, "passkey_remove", "refused", "the last second factor")
             return see_other("/security?done=last")
-        await kit.call(kit.store.remove_passkey, user, passkey_id)
         kit.emit(request, user, "passkey_remove", "ok", f"passkey {passkey_id}")
+        await self.changes.made(request, signed_in, PASSKEY_REMOVED)
         return see_other("/security?done=passkey_removed")

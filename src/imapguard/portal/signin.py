@@ -30,7 +30,11 @@ Rules:
   sign-out, for `PENDING_LIFETIME` and at most `MAX_CODE_FAILURES` wrong codes
   (then it ends: the next try starts with the password, which the defense
   counts); a right code replaces it with a new "full" session and a new cookie.
-* A page that needs a full session answers 303 to `/signin` otherwise.
+* A page that needs a full session answers 303 to `/signin` otherwise. A
+  "password" session of an invitation that holds its enrolment cookie (a seal
+  of this session that opens) belongs on `/invite/enroll`, not here: the code
+  page sends it there. An account with no second factor at all is told so on
+  the code page, not asked for a code it cannot have.
 * Every step is one `portal` audit line, with the request id that the auth
   service's own `auth` line carries as its session.
 """
@@ -46,7 +50,7 @@ from starlette.routing import BaseRoute, Route
 
 from imapguard.audit import AuditLog, events
 from imapguard.auth.model import AuthContext
-from imapguard.portal.invite import ENROL_COOKIE
+from imapguard.portal.invite import ENROL_COOKIE, ENROL_PATH, enrolment_of
 from imapguard.portal.kit import LISTENER, Kit, field, request_id, see_other
 from imapguard.portal.pages import Pages
 from imapguard.portal.ports import SignInService
@@ -78,8 +82,11 @@ class SignIn:
         audit: AuditLog,
         clock: Callable[[], float],
         kit: Kit,
+        totp_key: bytes | None = None,
     ) -> None:
         self.kit = kit
+        # Opens an invitation's enrolment cookie (None: no invitation pages).
+        self.totp_key = totp_key
         self.service = service
         self.sessions = sessions
         self.pages = pages
@@ -111,11 +118,18 @@ class SignIn:
         pending = self._pending(request)
         if pending is None:
             return self._elsewhere(request) or self._to_signin(request)
+        if self._enrolling(request, pending):
+            # In the middle of an invitation's enrolment (left for `/`, say).
+            return see_other(ENROL_PATH)
         return await self._code_page(request, pending, None)
 
     async def _code_page(self, request: Request, pending: Current, error: str | None) -> Response:
         methods = await methods_of(self.kit, pending.session.user)
-        return self.pages.render(request, "code.html", {"error": error, "methods": methods})
+        # No factor and no recovery code: an invitation whose enrolment ended
+        # (or an admin's reset meanwhile). There is no code to ask for.
+        none = methods.factors == 0 and methods.recovery_codes == 0
+        context = {"error": error, "methods": methods, "no_factor": none}
+        return self.pages.render(request, "code.html", context)
 
     async def passkey_options(self, request: Request) -> Response:
         pending = self._pending(request)
@@ -158,7 +172,9 @@ class SignIn:
             return self.pages.render(request, "signin.html", context)
         pending = await self.sessions.start(request, user, ending=current(request))
         self._emit(rid, ctx, user, "sign_in", "ok")
-        return see_other("/signin/code", self.sessions.cookie(pending))
+        # An invitation's enrolment the browser was in is over: its session ended.
+        enrolling = [clear_cookie(ENROL_COOKIE)] if ENROL_COOKIE in request.cookies else []
+        return see_other("/signin/code", self.sessions.cookie(pending), *enrolling)
 
     async def code(self, request: Request) -> Response:
         rid = request_id()
@@ -209,6 +225,16 @@ class SignIn:
         signed_in = current(request)
         return (
             signed_in if signed_in is not None and signed_in.session.level == "password" else None
+        )
+
+    def _enrolling(self, request: Request, pending: Current) -> bool:
+        """Does the request hold the enrolment cookie of this session's invitation?"""
+        sealed = request.cookies.get(ENROL_COOKIE)
+        if not sealed or self.totp_key is None:
+            return False
+        issuer = self.kit.settings.organisation
+        return (
+            enrolment_of(self.totp_key, pending.session, sealed, self.clock(), issuer) is not None
         )
 
     @staticmethod

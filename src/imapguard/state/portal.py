@@ -37,6 +37,7 @@ __all__ = [
     "MAX_PASSWORD_SESSIONS",
     "MAX_RECOVERY_CODES",
     "MAX_SIGN_INS",
+    "FactorRemoval",
     "InviteStore",
     "PasskeyRecord",
     "PasskeyStore",
@@ -46,6 +47,7 @@ __all__ = [
     "RecoveryCodeStore",
     "Revocation",
     "RevocationFeed",
+    "SecondFactorStore",
     "SessionLevel",
     "SignInRecord",
     "SignInStore",
@@ -66,6 +68,10 @@ MAX_SIGN_INS = 500
 # "password": the first step of a sign-in is done (the password), the second
 # factor is not; "full": both factors proved.
 SessionLevel = Literal["password", "full"]
+
+# What `remove_second_factor` did: "removed"; "last" (refused: nothing changed);
+# "absent" (the account has no such factor).
+FactorRemoval = Literal["removed", "last", "absent"]
 
 
 @dataclass(frozen=True)
@@ -204,6 +210,21 @@ class PasskeyStore(Protocol):
         ...
 
 
+class SecondFactorStore(Protocol):
+    """The account's second factors together: its TOTP secret (`TotpStore`) and
+    its passkeys (`PasskeyStore`). Recovery codes are none: they stand in for one."""
+
+    def remove_second_factor(self, user: str, factor: str) -> FactorRemoval:
+        """Atomic: remove the account's `factor` (`"totp"`, or `"passkey:ID"` of
+        one of its passkeys) unless it is the account's last second factor. Its
+        TOTP and its passkeys are counted and the factor removed in one
+        transaction, so concurrent removals (the TOTP and the last passkey, two
+        passkeys) never leave the account without one. "removed"; "last" when it
+        is the only one (nothing changes); "absent" when the account has no such
+        factor (another account's passkey id included: nothing changes)."""
+        ...
+
+
 class RecoveryCodeStore(Protocol):
     def set_recovery_codes(self, user: str, digests: list[bytes], now: float) -> None:
         """Replace the account's codes, used or not, by these (an empty list removes
@@ -329,6 +350,7 @@ class PortalStore(
     AccountStore,
     PortalSessionStore,
     PasskeyStore,
+    SecondFactorStore,
     RecoveryCodeStore,
     InviteStore,
     SignInStore,

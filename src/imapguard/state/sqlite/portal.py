@@ -1,10 +1,12 @@
 """The portal's sign-in sessions and passkeys on SQLite (`imapguard.state.portal`:
-`PortalSessionStore`, `PasskeyStore`); its other records are `portal_records.py`.
+`PortalSessionStore`, `PasskeyStore`, `SecondFactorStore`); its other records
+are `portal_records.py`.
 
-Tables `portal_sessions`, `user_handles` and `passkeys` (`schema.py`, version 5).
-Each check-and-set is one conditional statement (the passkey counter's `UPDATE
-... WHERE sign_count < ?`) or a read and a write inside one `BEGIN IMMEDIATE`
-transaction (the passkey limit and uniqueness, the user handle), so it is atomic
+Tables `portal_sessions`, `user_handles` and `passkeys` (`schema.py`, version 5),
+and `totp` (`accounts.py`) for the last-factor check. Each check-and-set is one
+conditional statement (the passkey counter's `UPDATE ... WHERE sign_count < ?`)
+or a read and a write inside one `BEGIN IMMEDIATE` transaction (the passkey
+limit and uniqueness, the user handle, the last second factor), so it is atomic
 across every connection and process on the file.
 
 Ids are `secrets.token_hex(8)` (`new_id`): the sign-in history keeps up to
@@ -22,6 +24,7 @@ from typing import Any, cast
 from imapguard.state.portal import (
     MAX_PASSKEYS,
     MAX_PASSWORD_SESSIONS,
+    FactorRemoval,
     PasskeyRecord,
     PortalSession,
     SessionLevel,
@@ -280,3 +283,35 @@ class SqlitePortal(Connection):
                 "DELETE FROM passkeys WHERE user = ? AND id = ?", (user, passkey_id)
             )
             return cursor.rowcount > 0
+
+    # -- second factors together ------------------------------------------------
+
+    def remove_second_factor(self, user: str, factor: str) -> FactorRemoval:
+        kind, _, passkey_id = factor.partition(":")
+        if factor != "totp" and (kind != "passkey" or not passkey_id):
+            return "absent"
+        # BEGIN IMMEDIATE holds the write lock from the count to the delete: a
+        # concurrent removal waits, then counts what this one left.
+        with self._tx("remove second factor") as db:
+            (totp,) = db.execute("SELECT COUNT(*) FROM totp WHERE user = ?", (user,)).fetchone()
+            (passkeys,) = db.execute(
+                "SELECT COUNT(*) FROM passkeys WHERE user = ?", (user,)
+            ).fetchone()
+            if factor == "totp":
+                held = totp > 0
+            else:
+                held = (
+                    db.execute(
+                        "SELECT 1 FROM passkeys WHERE user = ? AND id = ?", (user, passkey_id)
+                    ).fetchone()
+                    is not None
+                )
+            if not held:
+                return "absent"
+            if totp + passkeys <= 1:
+                return "last"
+            if factor == "totp":
+                db.execute("DELETE FROM totp WHERE user = ?", (user,))
+            else:
+                db.execute("DELETE FROM passkeys WHERE user = ? AND id = ?", (user, passkey_id))
+            return "removed"
