@@ -392,24 +392,41 @@ def test_a_crashed_portal_process_is_started_again_and_the_gateway_goes_on(
 def test_a_killed_gateway_takes_its_portal_process_along(tmp_path: Path) -> None:
     # No orphan keeps serving the portal (and holding its port) after its
     # gateway died without a chance to stop it.
-    served = _configure(tmp_path)
-    served.run("serve", wait_for=(served.portal_port, served.imap_port))
-    assert served.proc is not None
-    child = _portal_process(served.proc.pid)
-    served.proc.kill()
-    served.proc.wait()
-    _wait(lambda: not _alive(child), "the portal process outlived its gateway")
-    assert not _accepts(served.portal_port)
+    with _gateway_and_portal(tmp_path) as (served, child):
+        assert served.proc is not None
+        served.proc.kill()
+        served.proc.wait()
+        _wait(lambda: not _alive(child), "the portal process outlived its gateway")
+        assert not _accepts(served.portal_port)
 
 
 def test_sigterm_stops_the_portal_process_with_the_gateway(tmp_path: Path) -> None:
-    served = _configure(tmp_path)
+    with _gateway_and_portal(tmp_path) as (served, child):
+        assert served.stop() == 0, served.log
+        assert not _alive(child)
+        assert "Traceback" not in served.log, served.log
+
+
+@contextlib.contextmanager
+def _gateway_and_portal(base: Path) -> Iterator[tuple[Served, int]]:
+    """`imapguard serve` and its portal process; both are gone afterwards, however
+    the test ended (a failed test must not leave them running)."""
+    served = _configure(base)
     served.run("serve", wait_for=(served.portal_port, served.imap_port))
     assert served.proc is not None
-    child = _portal_process(served.proc.pid)
-    assert served.stop() == 0, served.log
-    assert not _alive(child)
-    assert "Traceback" not in served.log, served.log
+    gateway = served.proc.pid
+    seen: set[int] = set()
+    try:
+        child = _portal_process(gateway)
+        seen.add(child)
+        yield served, child
+    finally:
+        seen.update(_children(gateway))
+        served.stop()
+        for pid in seen:
+            if _alive(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
 
 
 def _portal_process(gateway: int) -> int:
