@@ -64,6 +64,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import secrets
 import subprocess
 import sys
@@ -738,6 +739,37 @@ def foreign_load(
     return out
 
 
+def _pin(env: Env) -> None:
+    """Every thread of the gateway on CPU 0; this process (and the load processes
+    it starts later), the portal process and Dovecot's processes on the others."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        raise BenchError("--pin-gateway needs two CPUs")
+    gateway, rest = {cpus[0]}, set(cpus[1:])
+    gw = env.gateway.running_pid()
+    for task in os.listdir(f"/proc/{gw}/task"):
+        os.sched_setaffinity(int(task), gateway)
+    others = [os.getpid(), env.portal_pid(), *_group(env.dovecot.pid)]
+    for pid in others:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            for task in os.listdir(f"/proc/{pid}/task"):
+                os.sched_setaffinity(int(task), rest)
+    print(f"#   pinned: gateway on CPU {cpus[0]}, the rest on {sorted(rest)}", flush=True)
+
+
+def _group(pgid: int | None) -> list[int]:
+    """The processes of process group `pgid` (Dovecot's master and its children)."""
+    if pgid is None:
+        return []
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                if os.getpgid(int(entry)) == pgid:
+                    found.append(int(entry))
+    return found
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -748,6 +780,12 @@ def main(argv: list[str] | None = None) -> int:
             type=float,
             metavar="SECONDS",
             help="arm B: start a portal sign-in at most this often (default 0: back to back)",
+        )
+        ap.add_argument(
+            "--pin-gateway",
+            action="store_true",
+            help="the gateway process on CPU 0, everything else (clients, load, portal,"
+            " Dovecot) on the other CPUs: the portal's effect on the gateway, not on the machine",
         )
 
     ap = argument_parser("python -m bench.portal", __doc__, ["ab", "pages"], pace)
@@ -778,6 +816,8 @@ def main(argv: list[str] | None = None) -> int:
             for k in ("imapguard", "setup"):
                 print(f"#   {k}: {info[k]}", flush=True)
             wait_quiet(env, args.wait_quiet)
+            if args.pin_gateway:
+                _pin(env)
             _sanity(runner, env)
             if "ab" in only:
                 ab = phase_ab(runner, env, p)
