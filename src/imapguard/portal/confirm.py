@@ -106,16 +106,9 @@ class Confirm:
 
     async def check(self, request: Request) -> Response:
         rid, kit = request_id(), self.kit
-        ip = kit.client(request, rid).ip
-        refusal = self.limiter.hit(ip, kit.clock())
-        if refusal is not None:
-            if refusal.first:
-                kit.emit(request, None, "confirm", "rate_limited", rid=rid)
-            return PlainTextResponse(
-                f"Too many attempts from your address. Try again in {refusal.retry_after} seconds.",
-                status_code=429,
-                headers={"Retry-After": str(refusal.retry_after)},
-            )
+        limited = kit.limited(request, self.limiter, rid, "confirm", what="attempts", reason=False)
+        if limited is not None:
+            return limited
         signed_in = kit.full(request)
         if not isinstance(signed_in, Current):
             return signed_in

@@ -52,7 +52,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
+from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from imapguard.auth import invites
@@ -267,16 +267,4 @@ class Invite:
         return self.kit.pages.render(request, "totp.html", context)
 
     def _limited(self, request: Request, rid: str) -> Response | None:
-        ip = Kit.client(request, rid).ip
-        refusal = self.limiter.hit(ip, self.clock())
-        if refusal is None:
-            return None
-        if refusal.first:
-            reason = f"more than {self.limiter.limit} attempts a minute"
-            self.kit.emit(request, None, "invite", "rate_limited", reason, rid=rid)
-        return PlainTextResponse(
-            "Too many sign-in attempts from your address. "
-            f"Try again in {refusal.retry_after} seconds.",
-            status_code=429,
-            headers={"Retry-After": str(refusal.retry_after)},
-        )
+        return self.kit.limited(request, self.limiter, rid, "invite")

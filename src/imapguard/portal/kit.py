@@ -37,6 +37,7 @@ from imapguard.auth.model import AuthContext, ClientAddress
 from imapguard.config.portal import PortalConfig
 from imapguard.net import normalize
 from imapguard.portal.pages import Pages
+from imapguard.portal.ratelimit import SlidingWindow
 from imapguard.portal.sessions import COOKIE, Current, Sessions, clear_cookie, current, loaded
 from imapguard.state.on_thread import on_thread
 from imapguard.state.portal import PortalStore
@@ -143,6 +144,30 @@ class Kit:
         nav = {"user": user, "admin": self.is_admin(user)}
         return self.pages.render(
             request, name, {**(context or {}), "nav": nav}, status_code=status_code
+        )
+
+    def limited(
+        self,
+        request: Request,
+        limiter: SlidingWindow,
+        rid: str,
+        action: str,
+        *,
+        what: str = "sign-in attempts",
+        reason: bool = True,
+    ) -> Response | None:
+        """None while the request's source is within `limiter`; else the 429 to
+        answer (with Retry-After), and one `rate_limited` audit line per window."""
+        refusal = limiter.hit(self.client(request, rid).ip, self.clock())
+        if refusal is None:
+            return None
+        if refusal.first:
+            why = f"more than {limiter.limit} attempts a minute" if reason else None
+            self.emit(request, None, action, "rate_limited", why, rid=rid)
+        return PlainTextResponse(
+            f"Too many {what} from your address. Try again in {refusal.retry_after} seconds.",
+            status_code=429,
+            headers={"Retry-After": str(refusal.retry_after)},
         )
 
     def is_fresh(self, signed_in: Current) -> bool:

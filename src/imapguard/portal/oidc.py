@@ -58,7 +58,7 @@ from typing import Protocol
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
+from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from imapguard.audit import events
@@ -273,19 +273,7 @@ class Oidc:
         )
 
     def _limited(self, request: Request, rid: str) -> Response | None:
-        ip = Kit.client(request, rid).ip
-        refusal = self.limiter.hit(ip, self.clock())
-        if refusal is None:
-            return None
-        if refusal.first:
-            reason = f"more than {self.limiter.limit} attempts a minute"
-            self.kit.emit(request, None, "oidc", "rate_limited", reason, rid=rid)
-        return PlainTextResponse(
-            "Too many sign-in attempts from your address. "
-            f"Try again in {refusal.retry_after} seconds.",
-            status_code=429,
-            headers={"Retry-After": str(refusal.retry_after)},
-        )
+        return self.kit.limited(request, self.limiter, rid, "oidc")
 
 
 def _flow_cookie(value: str, max_age: int) -> str:

@@ -259,26 +259,7 @@ class SignIn:
         return failures
 
     def _limited(self, request: Request, rid: str, action: str) -> Response | None:
-        ip = Kit.client(request, rid).ip
-        refusal = self.limiter.hit(ip, self.clock())
-        if refusal is None:
-            return None
-        if refusal.first:
-            self.audit.emit(
-                events.Portal(
-                    session=rid,
-                    src=ip,
-                    action=action,
-                    result="rate_limited",
-                    reason=f"more than {self.limiter.limit} attempts a minute",
-                )
-            )
-        return PlainTextResponse(
-            "Too many sign-in attempts from your address. "
-            f"Try again in {refusal.retry_after} seconds.",
-            status_code=429,
-            headers={"Retry-After": str(refusal.retry_after)},
-        )
+        return self.kit.limited(request, self.limiter, rid, action)
 
     def _emit(
         self,

@@ -47,6 +47,7 @@ __all__ = [
     "IssuerKeys",
     "Key",
     "check_key_fits",
+    "issuer_client",
 ]
 
 log = logging.getLogger("imapguard.auth.oauth")
@@ -102,6 +103,29 @@ class _KeyCache:
     retired: dict[str, None] = field(default_factory=dict)
 
 
+def issuer_client(
+    settings: OAuthConfig, transport: httpx.AsyncBaseTransport | None = None
+) -> httpx.AsyncClient:
+    """The HTTPS client for the issuer's documents and endpoints: `oauth.ca_file`
+    (a ConfigError naming it when it does not load) or the system's roots;
+    trust_env=False: no proxy, netrc or SSL_CERT_FILE from the environment decides
+    whom we trust; redirects are not followed either."""
+    verify: ssl.SSLContext | bool = True
+    if settings.ca_file is not None:
+        try:
+            verify = ssl.create_default_context(cafile=settings.ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError([("oauth.ca_file", f"cannot load: {exc}")]) from exc
+    return httpx.AsyncClient(
+        transport=transport,
+        verify=verify,
+        timeout=settings.http_timeout,
+        follow_redirects=False,
+        trust_env=False,
+        headers={"accept": "application/json"},
+    )
+
+
 class IssuerKeys:
     """The signing keys of one issuer, fetched over HTTPS and cached (see the
     module docstring). `clock` returns Unix time; `transport` replaces httpx's
@@ -118,22 +142,7 @@ class IssuerKeys:
         self._clock = clock
         self._cache = _KeyCache()
         self._lock = asyncio.Lock()
-        verify: ssl.SSLContext | bool = True
-        if settings.ca_file is not None:
-            try:
-                verify = ssl.create_default_context(cafile=settings.ca_file)
-            except (OSError, ssl.SSLError) as exc:
-                raise ConfigError([("oauth.ca_file", f"cannot load: {exc}")]) from exc
-        # trust_env=False: no proxy, netrc or SSL_CERT_FILE from the environment
-        # decides whom we trust for keys; redirects are not followed either.
-        self._client = httpx.AsyncClient(
-            transport=transport,
-            verify=verify,
-            timeout=settings.http_timeout,
-            follow_redirects=False,
-            trust_env=False,
-            headers={"accept": "application/json"},
-        )
+        self._client = issuer_client(settings, transport)
 
     async def aclose(self) -> None:
         await self._client.aclose()

@@ -46,10 +46,9 @@ from urllib.parse import urlencode, urlsplit
 import httpx
 
 from imapguard.auth.oauth.errors import IssuerUnavailable, TokenRejected, json_object, show
-from imapguard.auth.oauth.keys import MAX_DOCUMENT_BYTES, Clock
+from imapguard.auth.oauth.keys import MAX_DOCUMENT_BYTES, Clock, issuer_client
 from imapguard.auth.oauth.tokens import TokenVerifier, VerifiedToken
 from imapguard.config.oauth import OAuthConfig
-from imapguard.errors import ConfigError
 from imapguard.secret import Secret
 
 __all__ = ["FLOW_LIFETIME", "Pending", "RelyingParty", "pkce_challenge"]
@@ -117,20 +116,7 @@ class RelyingParty:
         # The ID token's audience is this client (not the IMAP resource).
         id_settings = settings.model_copy(update={"audience": client_id})
         self._verifier = TokenVerifier(id_settings, clock=clock, transport=transport)
-        verify: ssl.SSLContext | bool = True
-        if settings.ca_file is not None:
-            try:
-                verify = ssl.create_default_context(cafile=settings.ca_file)
-            except (OSError, ssl.SSLError) as exc:
-                raise ConfigError([("oauth.ca_file", f"cannot load: {exc}")]) from exc
-        self._client = httpx.AsyncClient(
-            transport=transport,
-            verify=verify,
-            timeout=settings.http_timeout,
-            follow_redirects=False,
-            trust_env=False,
-            headers={"accept": "application/json"},
-        )
+        self._client = issuer_client(settings, transport)
         self._endpoints: _Endpoints | None = None
         self._lock = asyncio.Lock()
 
