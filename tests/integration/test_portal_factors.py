@@ -12,7 +12,6 @@ import json
 import re
 import secrets
 import ssl
-import time
 from collections.abc import Iterator
 
 import httpx
@@ -20,8 +19,9 @@ import pyotp
 import pytest
 from playwright.sync_api import sync_playwright
 
-from tests.dovecot import DovecotServer, free_port
+from tests.dovecot import DovecotServer
 from tests.gateway import GatewayProcess
+from tests.integration.portal_web import portal_gateway
 from tests.softkey import SoftKey
 
 CHROMIUM = "/usr/bin/chromium"
@@ -31,26 +31,13 @@ CHROMIUM = "/usr/bin/chromium"
 def portal_gw(
     tmp_path_factory: pytest.TempPathFactory, dovecot: DovecotServer
 ) -> Iterator[tuple[GatewayProcess, int]]:
-    port = free_port()
-    gw = GatewayProcess.create(
+    with portal_gateway(
         tmp_path_factory.mktemp("gw-portal-factors"),
         dovecot,
-        methods=("app-password", "password+totp"),
-        extra_toml=f"""
-[portal]
-listen = "127.0.0.1:{port}"
-url = "https://localhost:{port}"
-# Every test signs in from 127.0.0.1; the limit's own tests are elsewhere.
-max_sign_ins_per_minute = 100
-""",
-    )
-    gw.start()
-    deadline = time.monotonic() + 15
-    while not gw.accepts(port):
-        assert time.monotonic() < deadline, gw.log_text()
-        time.sleep(0.05)
-    yield gw, port
-    gw.stop()
+        # Every test signs in from 127.0.0.1; the limit's own tests are elsewhere.
+        "max_sign_ins_per_minute = 100\n",
+    ) as running:
+        yield running
 
 
 def client(gw: GatewayProcess, port: int) -> httpx.Client:

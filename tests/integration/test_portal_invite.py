@@ -16,8 +16,9 @@ import httpx
 import pyotp
 import pytest
 
-from tests.dovecot import DovecotServer, free_port
+from tests.dovecot import DovecotServer
 from tests.gateway import GatewayProcess
+from tests.integration.portal_web import portal_gateway
 from tests.integration.test_portal_signin import client, csrf, sign_in_password
 
 FAILED = "The invitation link, user name or password is not right."
@@ -28,24 +29,8 @@ _SECRET = re.compile(r'<code class="secret">([A-Z2-7 ]+)</code>')
 def portal_gw(
     tmp_path_factory: pytest.TempPathFactory, dovecot: DovecotServer
 ) -> Iterator[tuple[GatewayProcess, int]]:
-    port = free_port()
-    gw = GatewayProcess.create(
-        tmp_path_factory.mktemp("gw-invite"),
-        dovecot,
-        methods=("app-password", "password+totp"),
-        extra_toml=f"""
-[portal]
-listen = "127.0.0.1:{port}"
-url = "https://localhost:{port}"
-""",
-    )
-    gw.start()
-    deadline = time.monotonic() + 15
-    while not gw.accepts(port):
-        assert time.monotonic() < deadline, gw.log_text()
-        time.sleep(0.05)
-    yield gw, port
-    gw.stop()
+    with portal_gateway(tmp_path_factory.mktemp("gw-invite"), dovecot) as running:
+        yield running
 
 
 def invite(gw: GatewayProcess, dovecot: DovecotServer) -> tuple[str, str, str]:
