@@ -21,6 +21,7 @@ __all__ = [
     "PORTAL_SESSION",
     "RECOVERY_CODE",
     "SPRAY_FINGERPRINT",
+    "STORE_KEY_CHECK",
     "TOTP_SEAL",
     "VERIFIED_CACHE",
     "derive_key",
@@ -44,6 +45,9 @@ PORTAL_SESSION = "portal-session/v1"
 PORTAL_CSRF = "portal-csrf/v1"
 PORTAL_INVITE = "portal-invite/v1"
 RECOVERY_CODE = "recovery-code/v1"
+# The check value a store keeps of the key its secrets are sealed with
+# (imapguard.state.keycheck): a wrong key file is found at start.
+STORE_KEY_CHECK = "store-key-check/v1"
 MIN_KEY_BYTES = 32
 
 

@@ -29,6 +29,11 @@ from imapguard.defense.counters import CounterStore, MemoryCounterStore
 from imapguard.state import SqliteStore, open_store
 from imapguard.state.accounts import AccountStore
 from imapguard.state.portal import PortalStore
+from imapguard.state.postgres import PgStore
+from imapguard.state.postgres import open_store as open_pg_store
+from tests.postgres import PostgresServer, postgres
+
+__all__ = ["postgres"]  # the session's server, for `_postgresql`
 
 S = TypeVar("S")
 
@@ -44,6 +49,8 @@ class Backend(Generic[S]):
     opener: Callable[[str], S]
     address: str
     close: Callable[[S], None] = lambda handle: None
+    # Run once the handles are closed (a server's database is dropped).
+    cleanup: Callable[[], None] = lambda: None
     _handles: list[S] = field(default_factory=list)
 
     def open(self) -> S:
@@ -55,11 +62,13 @@ class Backend(Generic[S]):
         for handle in self._handles:
             self.close(handle)
         self._handles.clear()
+        self.cleanup()
 
 
 @dataclass(frozen=True)
 class Implementation(Generic[S]):
-    make: Callable[[Path], Backend[S]]
+    # (the test's tmp_path, its request: for a server's session fixture)
+    make: Callable[[Path, pytest.FixtureRequest], Backend[S]]
     processes: bool  # other processes can reach its state
 
 
@@ -72,15 +81,15 @@ def _sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path}/state.db"
 
 
-def _sqlite_accounts(tmp_path: Path) -> Backend[AccountStore]:
+def _sqlite_accounts(tmp_path: Path, _: pytest.FixtureRequest) -> Backend[AccountStore]:
     return Backend("sqlite", open_store, _sqlite_url(tmp_path), close=_close)
 
 
-def _sqlite_counters(tmp_path: Path) -> Backend[CounterStore]:
+def _sqlite_counters(tmp_path: Path, _: pytest.FixtureRequest) -> Backend[CounterStore]:
     return Backend("sqlite", open_store, _sqlite_url(tmp_path), close=_close)
 
 
-def _sqlite_portal(tmp_path: Path) -> Backend[PortalStore]:
+def _sqlite_portal(tmp_path: Path, _: pytest.FixtureRequest) -> Backend[PortalStore]:
     return Backend("sqlite", open_store, _sqlite_url(tmp_path), close=_close)
 
 
@@ -90,10 +99,30 @@ def _sqlite_is_a_portal_store(store: SqliteStore) -> PortalStore:
     return store
 
 
-def _memory_counters(tmp_path: Path) -> Backend[CounterStore]:
+def _memory_counters(tmp_path: Path, _: pytest.FixtureRequest) -> Backend[CounterStore]:
     """One MemoryCounterStore in this process: every handle is the same object."""
     store = MemoryCounterStore()
     return Backend("memory", lambda _: store, "")
+
+
+def _postgresql(tmp_path: Path, request: pytest.FixtureRequest) -> Backend[Any]:
+    """A new database (at the current schema) on the session's private server;
+    each handle its own pool (`imapguard.state.postgres.open_store`), in this
+    process or another; the database is dropped after the test."""
+    server: PostgresServer = request.getfixturevalue("postgres")
+    name = server.create_database()
+    return Backend(
+        "postgresql",
+        open_pg_store,
+        server.url_with_password(name),
+        close=_close,
+        cleanup=lambda: server.drop_database(name),
+    )
+
+
+def _pg_is_a_portal_store(store: PgStore) -> PortalStore:
+    """Never called: mypy proves here that PgStore has every method of PortalStore."""
+    return store
 
 
 COUNTER_STORES: dict[str, Implementation[CounterStore]] = {
@@ -102,16 +131,18 @@ COUNTER_STORES: dict[str, Implementation[CounterStore]] = {
 }
 ACCOUNT_STORES: dict[str, Implementation[AccountStore]] = {
     "sqlite": Implementation(_sqlite_accounts, processes=True),
+    "postgresql": Implementation(_postgresql, processes=True),
 }
 PORTAL_STORES: dict[str, Implementation[PortalStore]] = {
     "sqlite": Implementation(_sqlite_portal, processes=True),
+    "postgresql": Implementation(_postgresql, processes=True),
 }
 
 
 def _backend(
     registry: dict[str, Implementation[S]], request: pytest.FixtureRequest, tmp_path: Path
 ) -> Iterator[Backend[S]]:
-    backend = registry[request.param].make(tmp_path)
+    backend = registry[request.param].make(tmp_path, request)
     try:
         yield backend
     finally:

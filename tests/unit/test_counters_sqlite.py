@@ -12,6 +12,7 @@ import pytest
 
 from imapguard.defense import Block, CounterStore, Target, TargetKind
 from imapguard.errors import StateUnavailable
+from imapguard.state.migrations import upgrade
 from imapguard.state.sqlite import MIGRATIONS, SqliteStore, open_reader, open_store
 
 
@@ -24,6 +25,7 @@ def test_migration_from_version_2_keeps_the_data(tmp_path: Path) -> None:
     db.execute("PRAGMA user_version = 2")
     db.commit()
     db.close()
+    upgrade(f"sqlite:///{path}")
     store = open_store(f"sqlite:///{path}")
     (version,) = sqlite3.connect(path).execute("PRAGMA user_version").fetchone()
     assert version == len(MIGRATIONS)

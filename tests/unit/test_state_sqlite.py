@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from imapguard.errors import StateUnavailable
+from imapguard.state.migrations import upgrade
 from imapguard.state.sqlite import MIGRATIONS, SqliteStore, open_store
 from imapguard.state.sqlite.schema import check_version, migrate
 
@@ -71,8 +72,8 @@ def test_two_first_opens_at_once_migrate_the_file_once(tmp_path: Path) -> None:
 
 
 def test_a_version_4_database_gains_the_portal_tables(tmp_path: Path) -> None:
-    """A file written before the portal (schema 4) opens with its records kept
-    and the portal's tables (schema 5) added."""
+    """A file written before the portal (schema 4) is upgraded (`imapguard db
+    upgrade`) with its records kept and the portal's tables (schema 5) added."""
     path = tmp_path / "state.db"
     db = sqlite3.connect(path, isolation_level=None)
     for number, migration in enumerate(MIGRATIONS[:4]):
@@ -80,6 +81,7 @@ def test_a_version_4_database_gains_the_portal_tables(tmp_path: Path) -> None:
         db.execute(f"PRAGMA user_version = {number + 1}")
     db.execute("INSERT INTO users(name, created_at) VALUES ('alice', 1.0)")
     db.close()
+    upgrade(f"sqlite:///{path}")
     store = open_store(f"sqlite:///{path}")
     assert [u.name for u in store.list_users()] == ["alice"]
     assert check_version(store._db) == len(MIGRATIONS)

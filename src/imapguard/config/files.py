@@ -29,6 +29,17 @@ def file_problems(config: Config) -> list[tuple[str, str]]:
         check_file(problems, "upstream.ca", up.ca)
     if up.login == "master" and up.master_password_file:
         check_file(problems, "upstream.master_password_file", up.master_password_file, secret=True)
+    if config.state.password_file is not None:
+        check_file(problems, "state.password_file", config.state.password_file, secret=True)
+    if config.state.postgresql:
+        from urllib.parse import parse_qsl, urlsplit
+
+        params = dict(parse_qsl(urlsplit(config.state.url).query))
+        for name in ("sslrootcert", "sslcert"):
+            if name in params:
+                check_file(problems, "state.url", params[name])
+        if "sslkey" in params:
+            check_file(problems, "state.url", params["sslkey"], secret=True)
     if config.state.url.startswith("sqlite:///"):
         parent = Path(config.state.url.removeprefix("sqlite://")).parent
         if not parent.is_dir():

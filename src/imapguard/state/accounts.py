@@ -52,6 +52,7 @@ __all__ = [
     "DeviceRecord",
     "DeviceStatus",
     "DeviceStore",
+    "MetaStore",
     "NoticeStore",
     "TotpRecord",
     "TotpStore",
@@ -310,7 +311,28 @@ class NoticeStore(Protocol):
         ...
 
 
-class AccountStore(UserStore, AppPasswordStore, TotpStore, DeviceStore, NoticeStore, Protocol):
+class MetaStore(Protocol):
+    """Named values the store keeps about itself (`state.keycheck` keeps the
+    check value of the server key here)."""
+
+    def get_meta(self, name: str) -> bytes | None:
+        """The value stored under `name`; None if none."""
+        ...
+
+    def claim_meta(self, name: str, value: bytes) -> bytes:
+        """Store `value` under `name` unless a value is stored already, and return
+        the stored value: atomic, the first writer wins and every caller gets
+        its value (a value is never replaced)."""
+        ...
+
+    def any_totp(self) -> TotpRecord | None:
+        """The TOTP record of one account that has one (any); None if none has."""
+        ...
+
+
+class AccountStore(
+    UserStore, AppPasswordStore, TotpStore, DeviceStore, NoticeStore, MetaStore, Protocol
+):
     """Everything the auth service, the CLI and the demo keep per account."""
 
     def batch(self) -> AbstractContextManager[None]:

@@ -372,3 +372,31 @@ class SqliteAccounts(Connection):
                 (user, kind, now, now - interval),
             )
             return cursor.rowcount > 0
+
+    # -- the store's own values -----------------------------------------------
+
+    def get_meta(self, name: str) -> bytes | None:
+        row = self._read(
+            "get meta",
+            lambda db: db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone(),
+        )
+        return None if row is None else bytes(row[0])
+
+    def claim_meta(self, name: str, value: bytes) -> bytes:
+        # Under the write lock: the insert happens only if no value is there.
+        with self._tx("claim meta") as db:
+            db.execute(
+                "INSERT INTO meta(name, value) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
+                (name, value),
+            )
+            (stored,) = db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+            return bytes(stored)
+
+    def any_totp(self) -> TotpRecord | None:
+        row = self._read(
+            "any totp",
+            lambda db: db.execute(
+                f"SELECT {self._TOTP_COLUMNS} FROM totp LIMIT 1"  # noqa: S608
+            ).fetchone(),
+        )
+        return TotpRecord(*row) if row else None

@@ -1,11 +1,12 @@
 """One connection to the state database: the file, its mode, transactions, errors.
 
-A writer opens the file read-write in WAL mode and brings its schema up to date
-(`schema.migrate`); a reader opens it read-only and only checks the schema
-version, since in WAL mode a reader never waits for a writer. Writes run in one
-`BEGIN IMMEDIATE` transaction each, or join the enclosing `batch()`. Every
-sqlite3 error leaves as `StateUnavailable`. The database file is created mode
-0600 before SQLite opens it (`create_private`).
+A writer opens the file read-write in WAL mode and checks its schema revision
+(`schema.open_schema`: a new file is created at the current one); a reader opens
+it read-only and only checks the revision, since in WAL mode a reader never
+waits for a writer. Writes run in one `BEGIN IMMEDIATE` transaction each, or
+join the enclosing `batch()`. Every sqlite3 error leaves as `StateUnavailable`.
+The database file is created mode 0600 before SQLite opens it
+(`create_private`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from imapguard.errors import StateUnavailable
-from imapguard.state.sqlite.schema import check_version, migrate
+from imapguard.state.sqlite.schema import open_schema
 
 __all__ = ["Connection", "create_private", "url_path"]
 
@@ -47,7 +48,7 @@ class Connection:
                     check_same_thread=False,
                 )
                 self._db.execute("PRAGMA query_only=ON")
-                check_version(self._db)
+                open_schema(self._db, writable=False)
             else:
                 self._db = sqlite3.connect(
                     path, timeout=2.0, isolation_level=None, check_same_thread=False
@@ -55,9 +56,18 @@ class Connection:
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute("PRAGMA synchronous=NORMAL")
                 self._db.execute("PRAGMA foreign_keys=ON")
-                migrate(self._db)
+                open_schema(self._db, writable=True)
         except sqlite3.Error as exc:
+            self._close_quietly()
             raise StateUnavailable("open", f"{path}: {exc}") from None
+        except BaseException:
+            self._close_quietly()  # a schema of another revision: refused
+            raise
+
+    def _close_quietly(self) -> None:
+        db = getattr(self, "_db", None)
+        if db is not None:
+            db.close()
 
     def close(self) -> None:
         with self._lock:

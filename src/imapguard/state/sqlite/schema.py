@@ -1,17 +1,23 @@
 """The on-disk schema of the SQLite store and how a database reaches it.
 
-The version is `PRAGMA user_version`. Each entry of MIGRATIONS moves the schema
-one version up, inside one transaction (all of it or none); entries are only
-ever appended, never edited, so every database written by an earlier imapguard
-opens. A database written by a newer imapguard (a version past the last entry)
-is refused rather than misread.
+Since Alembic (`imapguard.state.versions`), the schema's revision is in the
+`alembic_version` table, and REVISIONS holds what each revision runs here.
+
+Before it, the version was `PRAGMA user_version`: each entry of MIGRATIONS moved
+the schema one version up, inside one transaction. Those are frozen: together
+they are the first revision (`0001_baseline`, which also sets user_version to
+their count, as they did), and a file written before Alembic is recognised by
+its user_version: at the last one it is stamped with the baseline when opened;
+an earlier one is brought there by `imapguard db upgrade` (`migrate`) first.
 """
 
 from __future__ import annotations
 
 import sqlite3
 
-__all__ = ["MIGRATIONS", "check_version", "migrate"]
+from imapguard.state.versions import BASELINE, VERSION_TABLE, SchemaMismatch, check_revision
+
+__all__ = ["MIGRATIONS", "REVISIONS", "check_version", "migrate", "open_schema", "stamp_legacy"]
 
 MIGRATIONS: tuple[str, ...] = (
     # 1: users and app passwords
@@ -195,13 +201,99 @@ MIGRATIONS: tuple[str, ...] = (
 )
 
 
+def _split(script: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in script.split(";") if part.strip())
+
+
+# Per revision of `imapguard.state.versions.REVISIONS`: its statements.
+REVISIONS: dict[str, tuple[str, ...]] = {
+    "0001_baseline": (
+        *(st for script in MIGRATIONS for st in _split(script)),
+        f"PRAGMA user_version = {len(MIGRATIONS)}",
+    ),
+    # Named values the store keeps about itself (the server key's check value).
+    "0002_meta": ("CREATE TABLE meta (name TEXT PRIMARY KEY, value BLOB NOT NULL)",),
+}
+
+
+def _revision(db: sqlite3.Connection) -> str | None:
+    """The Alembic revision; None when the file has no version table."""
+    if not db.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'alembic_version'"
+    ).fetchone():
+        return None
+    row = db.execute("SELECT version_num FROM alembic_version").fetchone()
+    return str(row[0]) if row else ""
+
+
+def open_schema(db: sqlite3.Connection, *, writable: bool) -> None:
+    """Check the schema at open (`db` in autocommit mode). A new empty file is
+    created at HEAD (when `writable`); a file of the migrations before Alembic at
+    their last version is stamped with the baseline; anything but HEAD is then
+    refused (SchemaMismatch)."""
+    revision = _revision(db)
+    if revision is None and writable:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            # Again under the write lock: another process may have created it.
+            revision = _revision(db)
+            if revision is None:
+                (version,) = db.execute("PRAGMA user_version").fetchone()
+                (tables,) = db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+                if version == 0 and tables == 0:
+                    revision = _create_at_head(db)
+                elif version == len(MIGRATIONS):
+                    revision = _stamp(db, BASELINE)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+    if revision is None:
+        check_version(db)  # a user_version past the last migration: newer
+    check_revision(revision or None)
+
+
+def _create_at_head(db: sqlite3.Connection) -> str:
+    from imapguard.state.versions import HEAD
+    from imapguard.state.versions import REVISIONS as NAMES
+
+    for name in NAMES:
+        for statement in REVISIONS[name]:
+            db.execute(statement)
+    return _stamp(db, HEAD)
+
+
+def _stamp(db: sqlite3.Connection, revision: str) -> str:
+    db.execute(VERSION_TABLE)
+    db.execute("INSERT INTO alembic_version(version_num) VALUES (?)", (revision,))
+    return revision
+
+
+def stamp_legacy(db: sqlite3.Connection) -> None:
+    """For `imapguard db upgrade`: bring a file written before Alembic to the
+    baseline (the frozen MIGRATIONS) and stamp it, so Alembic can go on; a new
+    empty file is left to Alembic. A file with a version table is left as is."""
+    if _revision(db) is not None:
+        return
+    (version,) = db.execute("PRAGMA user_version").fetchone()
+    if version == 0:
+        return
+    migrate(db)
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        if _revision(db) is None:
+            _stamp(db, BASELINE)
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+
+
 def check_version(db: sqlite3.Connection) -> int:
     """The database's schema version; refused if newer than this imapguard's."""
     (version,) = db.execute("PRAGMA user_version").fetchone()
     if version > len(MIGRATIONS):
-        raise sqlite3.DatabaseError(
-            f"schema version {version} is newer than this imapguard ({len(MIGRATIONS)})"
-        )
+        raise SchemaMismatch(f"user_version {version}", newer=True)
     return int(version)
 
 

@@ -1,0 +1,1 @@
+"""The Alembic revisions, one file each (named by `imapguard.state.versions`)."""

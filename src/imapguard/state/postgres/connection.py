@@ -1,0 +1,181 @@
+"""A pool of connections to the PostgreSQL state database: transactions, batches,
+errors, and the schema check at open.
+
+psycopg 3 (synchronous) with psycopg_pool: the store's protocols are
+synchronous and the gateway calls them on worker threads (`state.on_thread`),
+so each call borrows a connection for its statement or transaction and returns
+it. The pool holds `state.pool_size` connections at most (one per worker thread
+that may call at once: the gateway's writer and its readers), opens one at start
+and more on demand. Writes run in one transaction each (`_tx`), or join the
+enclosing `batch()` of the same thread, which keeps its connection for the
+batch. Every psycopg and pool error leaves as `StateUnavailable`; its message
+names the server, never a password (libpq does not print them).
+
+TLS is libpq's: `sslmode=verify-full&sslrootcert=FILE` in the URL checks the
+server's certificate and name. A connection attempt gives up after
+CONNECT_TIMEOUT seconds, a caller waiting for a free connection after
+POOL_TIMEOUT, so a dead server fails a login quickly (closed) rather than hangs.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from imapguard.errors import StateUnavailable
+from imapguard.state.versions import HEAD, REVISIONS, VERSION_TABLE, check_revision
+
+__all__ = ["CONNECT_TIMEOUT", "POOL_TIMEOUT", "PgConnection"]
+
+T = TypeVar("T")
+Db = psycopg.Connection[Any]
+
+CONNECT_TIMEOUT = 5  # seconds (libpq connect_timeout)
+POOL_TIMEOUT = 5.0  # seconds to wait for a connection of the pool
+# pg_advisory_xact_lock keys: creating the schema, publishing a revocation.
+LOCK_SCHEMA = 0x696D6170_0001
+LOCK_REVOCATIONS = 0x696D6170_0002
+
+
+def _detail(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+class PgConnection:
+    """The pool that the store's parts share; safe to call from any thread."""
+
+    def __init__(self, url: str, *, password: str | None = None, pool_size: int = 4) -> None:
+        self.url = url
+        self._local = threading.local()
+        self._closed = False
+        kwargs: dict[str, Any] = {"autocommit": True}
+        if password is not None:
+            kwargs["password"] = password
+        if "connect_timeout" not in url:
+            kwargs["connect_timeout"] = CONNECT_TIMEOUT
+        self._conninfo = url
+        self._kwargs = kwargs
+        self._pool = ConnectionPool(
+            url,
+            min_size=1,
+            max_size=pool_size,
+            kwargs=kwargs,
+            timeout=POOL_TIMEOUT,
+            open=False,
+            name="imapguard-state",
+        )
+        try:
+            # Fails here, not at the first login, when the server or TLS is wrong.
+            self._pool.open(wait=True, timeout=CONNECT_TIMEOUT * 2)
+            self._open_schema()
+        except psycopg.Error as exc:
+            self._pool.close()
+            raise StateUnavailable("open", _detail(self._cause(exc))) from None
+        except BaseException:
+            self._pool.close()
+            raise
+
+    def _cause(self, exc: psycopg.Error) -> BaseException:
+        """A pool that cannot connect says only that it timed out; connect once
+        more to say why (refused, TLS, password)."""
+        if not isinstance(exc, psycopg.OperationalError) or "couldn't get a connection" not in str(
+            exc
+        ):
+            return exc
+        try:
+            psycopg.connect(self._conninfo, **self._kwargs).close()
+        except psycopg.Error as cause:
+            return cause
+        return exc
+
+    def _open_schema(self) -> None:
+        """Check the revision; a new empty database is created at HEAD."""
+        with self._pool.connection() as db:
+            revision = _revision(db)
+            if revision is None:
+                with db.transaction():
+                    db.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_SCHEMA,))
+                    revision = _revision(db)  # again: another node may have made it
+                    if revision is None:
+                        (tables,) = _one(
+                            db.execute(
+                                "SELECT COUNT(*) FROM pg_tables WHERE schemaname = current_schema()"
+                            )
+                        )
+                        if tables == 0:
+                            revision = _create_at_head(db)
+            check_revision(revision)
+
+    def close(self) -> None:
+        self._closed = True
+        self._pool.close()
+
+    @contextmanager
+    def _tx(self, operation: str) -> Iterator[Db]:
+        """One write transaction; inside `batch()` (on this thread) it joins the batch's."""
+        joined: Db | None = getattr(self._local, "db", None)
+        if joined is not None:
+            try:
+                yield joined
+            except psycopg.Error as exc:
+                raise StateUnavailable(operation, _detail(exc)) from None
+            return
+        if self._closed:
+            raise StateUnavailable(operation, "the store is closed")
+        try:
+            with self._pool.connection() as db, db.transaction():
+                self._local.db = db
+                try:
+                    yield db
+                finally:
+                    self._local.db = None
+        except psycopg.Error as exc:
+            raise StateUnavailable(operation, _detail(exc)) from None
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Run several write calls of this thread in one transaction (all or nothing)."""
+        with self._tx("batch"):
+            yield
+
+    def _read(self, operation: str, fn: Callable[[Db], T]) -> T:
+        joined: Db | None = getattr(self._local, "db", None)
+        try:
+            if joined is not None:
+                return fn(joined)
+            if self._closed:
+                raise StateUnavailable(operation, "the store is closed")
+            with self._pool.connection() as db:
+                return fn(db)
+        except psycopg.Error as exc:
+            raise StateUnavailable(operation, _detail(exc)) from None
+
+
+def _one(cursor: psycopg.Cursor[Any]) -> tuple[Any, ...]:
+    row = cursor.fetchone()
+    assert row is not None  # noqa: S101 - an aggregate has a row
+    return tuple(row)
+
+
+def _revision(db: Db) -> str | None:
+    (table,) = _one(db.execute("SELECT to_regclass('alembic_version')::text"))
+    if table is None:
+        return None
+    row = db.execute("SELECT version_num FROM alembic_version").fetchone()
+    return str(row[0]) if row else None
+
+
+def _create_at_head(db: Db) -> str:
+    from imapguard.state.postgres.schema import REVISIONS as STATEMENTS
+
+    for name in REVISIONS:
+        for statement in STATEMENTS[name]:
+            db.execute(statement)
+    db.execute(VERSION_TABLE)
+    db.execute("INSERT INTO alembic_version(version_num) VALUES (%s)", (HEAD,))
+    return HEAD

@@ -1,0 +1,213 @@
+"""The portal's one-time codes and feeds on PostgreSQL (`imapguard.state.portal`:
+`RecoveryCodeStore`, `InviteStore`, `SignInStore`, `RevocationFeed`).
+
+A code or an invitation is used by one conditional `UPDATE ... WHERE used_at IS
+NULL`: of concurrent callers in any process or node exactly one wins. The
+history is trimmed on insert under the account's row lock. The feed's seq comes
+from an identity column, which never goes back (no seq is reused); a writer
+takes a transaction-level advisory lock before it inserts, held to its commit,
+so a later seq is never committed (visible) before an earlier one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from imapguard.state.portal import MAX_RECOVERY_CODES, MAX_SIGN_INS, Revocation, SignInRecord
+from imapguard.state.postgres.accounts import ensure_user
+from imapguard.state.postgres.connection import LOCK_REVOCATIONS, Db, PgConnection
+from imapguard.state.sqlite.portal import new_id
+
+__all__ = ["PgPortalRecords"]
+
+
+def _publish(db: Db, user: str, credential: str | None, now: float) -> int:
+    db.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_REVOCATIONS,))
+    row = db.execute(
+        'INSERT INTO revocations("user", credential, at) VALUES (%s, %s, %s) RETURNING seq',
+        (user, credential, now),
+    ).fetchone()
+    assert row is not None  # noqa: S101 - RETURNING gives the row
+    return int(row[0])
+
+
+class PgPortalRecords(PgConnection):
+    # -- recovery codes -------------------------------------------------------
+
+    def set_recovery_codes(self, user: str, digests: list[bytes], now: float) -> None:
+        if len(digests) > MAX_RECOVERY_CODES:
+            raise ValueError(f"at most {MAX_RECOVERY_CODES} recovery codes")
+        if len(set(digests)) != len(digests):
+            raise ValueError("a recovery code given twice")
+        with self._tx("set recovery codes") as db:
+            ensure_user(db, user, now)
+            db.execute('DELETE FROM recovery_codes WHERE "user" = %s', (user,))
+            with db.cursor() as cursor:
+                cursor.executemany(
+                    'INSERT INTO recovery_codes("user", digest, created_at) VALUES (%s, %s, %s)',
+                    [(user, digest, now) for digest in digests],
+                )
+
+    def use_recovery_code(self, user: str, digest: bytes, now: float) -> bool:
+        with self._tx("use recovery code") as db:
+            cursor = db.execute(
+                "UPDATE recovery_codes SET used_at = %s"
+                ' WHERE "user" = %s AND digest = %s AND used_at IS NULL',
+                (now, user, digest),
+            )
+            return cursor.rowcount > 0
+
+    def count_recovery_codes(self, user: str) -> int:
+        row = self._read(
+            "count recovery codes",
+            lambda db: db.execute(
+                'SELECT COUNT(*) FROM recovery_codes WHERE "user" = %s AND used_at IS NULL',
+                (user,),
+            ).fetchone(),
+        )
+        return int(row[0]) if row else 0
+
+    # -- invitations ----------------------------------------------------------
+
+    def add_invite(self, user: str, digest: bytes, now: float, expires_at: float) -> None:
+        with self._tx("add invite") as db:
+            ensure_user(db, user, now)
+            db.execute(
+                'INSERT INTO invites(digest, "user", created_at, expires_at)'
+                " VALUES (%s, %s, %s, %s)",
+                (digest, user, now, expires_at),
+            )
+
+    def use_invite(self, digest: bytes, user: str, now: float) -> bool:
+        with self._tx("use invite") as db:
+            used = db.execute(
+                'UPDATE invites SET used_at = %s WHERE digest = %s AND "user" = %s'
+                " AND used_at IS NULL AND expires_at >= %s",
+                (now, digest, user, now),
+            ).rowcount
+            if not used:
+                return False
+            db.execute(
+                'UPDATE invites SET used_at = %s WHERE "user" = %s AND used_at IS NULL',
+                (now, user),
+            )
+            return True
+
+    # -- sign-in history ------------------------------------------------------
+
+    _SIGN_IN_COLUMNS = 'id, "user", at, address, method, ok, reason, credential, client, disowned'
+
+    @staticmethod
+    def _sign_in_row(row: tuple[Any, ...]) -> SignInRecord:
+        id_, user, at, address, method, ok, reason, credential, client, disowned = row
+        return SignInRecord(
+            id_, user, at, address, method, bool(ok), reason, credential, client, bool(disowned)
+        )
+
+    def record_sign_in(
+        self,
+        user: str,
+        at: float,
+        address: str,
+        method: str,
+        ok: bool,
+        reason: str,
+        credential: str,
+        client: str,
+    ) -> None:
+        with self._tx("record sign-in") as db:
+            # Only for a user the store knows (locked: the trim counts its rows).
+            if not db.execute("SELECT 1 FROM users WHERE name = %s FOR UPDATE", (user,)).fetchone():
+                return
+            db.execute(
+                'INSERT INTO sign_ins(id, "user", at, address, method, ok, reason, credential,'
+                " client) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                (new_id(), user, at, address, method, ok, reason, credential, client),
+            )
+            db.execute(
+                "DELETE FROM sign_ins WHERE seq IN (SELECT seq FROM sign_ins"
+                ' WHERE "user" = %s ORDER BY at DESC, seq DESC OFFSET %s)',
+                (user, MAX_SIGN_INS),
+            )
+
+    def list_sign_ins(self, user: str, since: float, limit: int) -> list[SignInRecord]:
+        rows = self._read(
+            "list sign-ins",
+            lambda db: db.execute(
+                f"SELECT {self._SIGN_IN_COLUMNS} FROM sign_ins"  # noqa: S608
+                ' WHERE "user" = %s AND at >= %s ORDER BY at DESC, seq DESC LIMIT %s',
+                (user, since, max(limit, 0)),
+            ).fetchall(),
+        )
+        return [self._sign_in_row(row) for row in rows]
+
+    def get_sign_in(self, user: str, sign_in_id: str) -> SignInRecord | None:
+        row = self._read(
+            "get sign-in",
+            lambda db: db.execute(
+                f"SELECT {self._SIGN_IN_COLUMNS} FROM sign_ins"  # noqa: S608
+                ' WHERE "user" = %s AND id = %s',
+                (user, sign_in_id),
+            ).fetchone(),
+        )
+        return self._sign_in_row(row) if row else None
+
+    def disown_sign_in(self, user: str, sign_in_id: str) -> bool:
+        with self._tx("disown sign-in") as db:
+            cursor = db.execute(
+                'UPDATE sign_ins SET disowned = TRUE WHERE "user" = %s AND id = %s',
+                (user, sign_in_id),
+            )
+            return cursor.rowcount > 0
+
+    # -- revocation feed ------------------------------------------------------
+
+    def publish_revocation(self, user: str, credential: str | None, now: float) -> int:
+        with self._tx("publish revocation") as db:
+            return _publish(db, user, credential, now)
+
+    def revoke(self, user: str, credential: str | None, now: float) -> bool:
+        kind, _, ident = (credential or "").partition(":")
+        if credential is not None and not (kind in ("app-password", "device") and ident):
+            raise ValueError(f"not a revocable credential: {credential!r}")
+        with self._tx("revoke") as db:
+            if credential is None:
+                removed = sum(
+                    db.execute(
+                        f'DELETE FROM {table} WHERE "user" = %s',  # noqa: S608
+                        (user,),
+                    ).rowcount
+                    for table in ("app_passwords", "devices", "portal_sessions")
+                )
+            else:
+                table = "app_passwords" if kind == "app-password" else "devices"
+                removed = db.execute(
+                    f'DELETE FROM {table} WHERE "user" = %s AND id = %s',  # noqa: S608
+                    (user, ident),
+                ).rowcount
+            if removed <= 0:
+                return False
+            _publish(db, user, credential, now)
+            return True
+
+    def revocations_after(self, seq: int, limit: int) -> list[Revocation]:
+        rows = self._read(
+            "list revocations",
+            lambda db: db.execute(
+                'SELECT seq, "user", credential, at FROM revocations WHERE seq > %s'
+                " ORDER BY seq LIMIT %s",
+                (seq, max(limit, 0)),
+            ).fetchall(),
+        )
+        return [Revocation(*row) for row in rows]
+
+    def last_revocation(self) -> int:
+        row = self._read(
+            "last revocation",
+            lambda db: db.execute("SELECT COALESCE(MAX(seq), 0) FROM revocations").fetchone(),
+        )
+        return int(row[0]) if row else 0
+
+    def forget_revocations(self, before: float) -> int:
+        with self._tx("forget revocations") as db:
+            return db.execute("DELETE FROM revocations WHERE at < %s", (before,)).rowcount
