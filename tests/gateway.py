@@ -81,7 +81,9 @@ class GatewayProcess:
         extra_toml: str = "",
         listen_host: str = "127.0.0.1",
         netns: NetNamespace | None = None,
+        state: str | None = None,
     ) -> GatewayProcess:
+        """`state`: the [state] keys but `key_file` (default: a SQLite file in `base`)."""
         base.mkdir(parents=True, exist_ok=True)
         ca = trustme.CA()
         cert = ca.issue_cert("localhost", "127.0.0.1")
@@ -108,7 +110,7 @@ class GatewayProcess:
         config.write_text(
             f"""
 [state]
-url = "sqlite:///{base}/state.db"
+{state or f'url = "sqlite:///{base}/state.db"'}
 key_file = "{server_key}"
 
 [[listen]]

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from imapguard.audit import AuditLog, events
+from imapguard.auth import totp
 from imapguard.auth.chokepoint import Authenticator
 from imapguard.auth.history import SignInHistory
 from imapguard.auth.model import AuthContext, FactorSettings, NoticeHook, S, Upstream
@@ -39,10 +40,13 @@ from imapguard.auth.signin import TwoStepSignIn
 from imapguard.config import (
     Config,
     PortalConfig,
+    StateConfig,
     account_names,
     load_config,
     parse_address,
+    redacted_url,
 )
+from imapguard.defense.counters import CounterStore, MemoryCounterStore
 from imapguard.defense.engine import Defense
 from imapguard.defense.fingerprints import Fingerprinter
 from imapguard.errors import ConfigError
@@ -66,7 +70,11 @@ from imapguard.portal.child import PortalChild, inherited, watch_parent
 from imapguard.portal.oidc import OidcSetup
 from imapguard.portal.serve import PortalServer, listen_socket, portal_context
 from imapguard.secret import Secret
+from imapguard.state.accounts import TotpRecord
+from imapguard.state.keycheck import KeyMismatch, verify_server_key
+from imapguard.state.portal import PortalStore
 from imapguard.state.sqlite import SqliteStore, open_reader, open_store
+from imapguard.state.versions import SchemaMismatch
 from imapguard.state.writebehind import WriteBehind
 from imapguard.tls import client_context, server_context
 
@@ -75,6 +83,7 @@ __all__ = [
     "Services",
     "account_store",
     "authenticator",
+    "counter_store",
     "defense",
     "gateway_runtime",
     "keys",
@@ -87,6 +96,7 @@ __all__ = [
     "serve",
     "serve_portal",
     "sign_in_service",
+    "state_password",
 ]
 
 log = logging.getLogger("imapguard")
@@ -123,14 +133,81 @@ def keys(config: Config) -> Keys:
     )
 
 
-def account_store(config: Config) -> SqliteStore:
-    """The account and counter store `state.url` names (SQLite; the cluster's
-    PostgreSQL and Redis stores will be chosen here)."""
-    return open_store(config.state.url)
+def account_store(config: Config, k: Keys | None = None) -> PortalStore:
+    """The account and portal store `state.url` names (SQLite or PostgreSQL),
+    its schema revision checked and the server key checked against the one its
+    secrets were sealed with (`state.keycheck`): a mismatch is a ConfigError
+    naming `state.url` or `state.key_file`, never a login that fails later."""
+    state = config.state
+    store: PortalStore
+    try:
+        if state.postgresql:
+            from imapguard.state.postgres import open_store as open_postgresql
+
+            store = open_postgresql(
+                state.url, password=state_password(state), pool_size=state.pool_size
+            )
+        else:
+            store = open_store(state.url)
+    except SchemaMismatch as exc:
+        raise ConfigError([("state.url", f"{redacted_url(state.url)}: {exc.detail}")]) from None
+    k = k or keys(config)
+    try:
+        verify_server_key(store, k.server, _opens_with(k.totp_seal))
+    except KeyMismatch as exc:
+        store.close()
+        raise ConfigError(
+            [
+                (
+                    "state.key_file",
+                    f"{state.key_file} is not the key the state store"
+                    f" {redacted_url(state.url)} (state.url) was sealed with ({exc}):"
+                    " restore that key file",
+                )
+            ]
+        ) from None
+    except BaseException:
+        store.close()
+        raise
+    return store
+
+
+def state_password(state: StateConfig) -> str | None:
+    """The PostgreSQL password from `state.password_file` (None without one)."""
+    if state.password_file is None:
+        return None
+    try:
+        return Secret.from_file(state.password_file).reveal().decode()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([("state.password_file", str(exc))]) from None
+
+
+def _opens_with(seal_key: bytes) -> Callable[[TotpRecord], bool]:
+    def opens(record: TotpRecord) -> bool:
+        try:
+            totp.unseal(seal_key, record.user, record.sealed)
+        except totp.SealError:
+            return False
+        return True
+
+    return opens
+
+
+def counter_store(config: Config, store: PortalStore) -> CounterStore:
+    """Where the defense keeps its counters: the SQLite state file itself; with
+    PostgreSQL, for now, this process's memory (each node counts alone), said
+    loudly at start."""
+    if isinstance(store, SqliteStore):
+        return store
+    log.warning(
+        "the defense's counters are kept in this process only (state.url is PostgreSQL):"
+        " nodes do not share them"
+    )
+    return MemoryCounterStore()
 
 
 def defense(
-    config: Config, store: SqliteStore, k: Keys, *, reader: SqliteStore | None = None
+    config: Config, store: CounterStore, k: Keys, *, reader: CounterStore | None = None
 ) -> Defense:
     """The defense engine as [defense] says, on `store` (reads from `reader`)."""
     settings = config.defense
@@ -146,8 +223,10 @@ def defense(
 class Services:
     """What outlives a configuration reload."""
 
-    store: SqliteStore
-    reader: SqliteStore
+    store: PortalStore
+    reader: PortalStore
+    counters: CounterStore
+    counter_reader: CounterStore
     executor: ThreadPoolExecutor
     bookkeeping: WriteBehind
     audit: AuditLog
@@ -162,8 +241,13 @@ async def open_services(config: Config) -> AsyncIterator[Services]:
     async with contextlib.AsyncExitStack() as stack:
         store = account_store(config)
         stack.callback(store.close)
-        reader = open_reader(config.state.url)
-        stack.callback(reader.close)
+        reader: PortalStore = store  # a pool serves reads and writes alike
+        counters = counter_reader = counter_store(config, store)
+        if isinstance(store, SqliteStore):
+            # A read-only connection for reads on the event loop (state.sqlite.store).
+            sqlite_reader = open_reader(config.state.url)
+            stack.callback(sqlite_reader.close)
+            reader = counter_reader = sqlite_reader
         audit = AuditLog(config.audit.path)
         stack.callback(audit.close)
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="imapguard-state")
@@ -183,7 +267,9 @@ async def open_services(config: Config) -> AsyncIterator[Services]:
         if config.oauth is not None:
             tokens = TokenVerifier(config.oauth)
             stack.push_async_callback(_quietly_async, tokens.aclose)
-        yield Services(store, reader, executor, bookkeeping, audit, notifier, tokens)
+        yield Services(
+            store, reader, counters, counter_reader, executor, bookkeeping, audit, notifier, tokens
+        )
 
 
 def _quietly(close: Callable[[], object]) -> None:
@@ -197,7 +283,7 @@ async def _quietly_async(close: Callable[[], Awaitable[object]]) -> None:
 
 
 def _notice_limit(
-    store: SqliteStore, executor: ThreadPoolExecutor, interval: float
+    store: PortalStore, executor: ThreadPoolExecutor, interval: float
 ) -> Callable[[str, str, float], Awaitable[bool]]:
     """At most one notice per account and kind per interval, in the shared store."""
 
@@ -248,7 +334,7 @@ def authenticator(config: Config, services: Services, upstream: Upstream[S]) -> 
         token_verifier=services.tokens,
         oauth_scope=config.oauth.scope if config.oauth is not None else "openid email",
         policy=policy,
-        defense=defense(config, services.store, k, reader=services.reader),
+        defense=defense(config, services.counters, k, reader=services.counter_reader),
         app_password_key=k.app_password,
         upstream=upstream,
         audit=services.audit,

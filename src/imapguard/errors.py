@@ -8,6 +8,10 @@ this drawing complete).
     │   │                               (.problems: list of (key path, message))
     │   ├── StateError                  the state store failed (.operation)
     │   │   └── StateUnavailable        ... and is unreachable or locked
+    │   │       └── SchemaMismatch      state.versions: its schema is not this imapguard's
+    │   │                               (.found, .newer): `imapguard db upgrade`, or refused
+    │   ├── KeyMismatch                 state.keycheck: the server key is not the one the
+    │   │                               store's secrets were sealed with
     │   ├── AppPasswordLimit            state.accounts: the account holds the most app
     │   │                               passwords it may (.user, .max_count)
     │   ├── UpstreamError               talking to the backend IMAP server failed (.address)
@@ -50,6 +54,7 @@ this drawing complete).
 Private to their module (control flow that never leaves it):
 
     _Fail (imap.commands)   a command that does not parse (returned as a ParseError)
+    _Taken (state.postgres.portal)  a passkey's credential id is taken: roll back
 
 The IMAP pre-auth protocol does not raise: it answers BAD/NO on the wire (see
 `imapguard.imap.preauth`). Exceptions carry their context as fields, so callers

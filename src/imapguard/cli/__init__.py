@@ -8,7 +8,8 @@ document with `--json`; stored and client-supplied text is escaped
 
 One module per command family, each adding its parsers and naming its
 handlers: `run` (demo, serve, check-config), `accounts` (user, app-password,
-totp, device), `blocks`, `policy`, `scan`, `events`; what they share is in
+totp, device), `blocks`, `policy`, `scan`, `events`, `db` (the state
+store's schema); what they share is in
 `common` (exit codes, options, opening the configuration and stores) and
 `output` (escaping, tables, JSON).
 """
@@ -20,7 +21,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from imapguard import __version__
-from imapguard.cli import accounts, blocks, events, policy, run, scan
+from imapguard.cli import accounts, blocks, db, events, policy, run, scan
 from imapguard.cli.common import EXIT_PROBLEM, EXIT_USAGE, UsageError
 from imapguard.cli.output import shown
 from imapguard.errors import ConfigError, ImapguardError, StateError
@@ -28,7 +29,7 @@ from imapguard.errors import ConfigError, ImapguardError, StateError
 __all__ = ["main"]
 
 # In this order in `imapguard --help`.
-_FAMILIES = (run, accounts, blocks, policy, scan, events)
+_FAMILIES = (run, accounts, blocks, policy, scan, events, db)
 _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     name: handler for family in _FAMILIES for name, handler in family.COMMANDS.items()
 }

@@ -14,7 +14,7 @@ from imapguard.errors import ImapguardError
 if TYPE_CHECKING:
     from imapguard.compose import Keys
     from imapguard.defense.engine import Defense
-    from imapguard.state.sqlite import SqliteStore
+    from imapguard.state.portal import PortalStore
 
 __all__ = [
     "EXIT_OK",
@@ -83,8 +83,9 @@ def load(args: argparse.Namespace, *, check_files: bool = True) -> Config:
     return load_config(args.config or default_config_path(), check_files=check_files)
 
 
-def open_store(config: Config) -> SqliteStore:
-    """The account and counter store, as the gateway opens it."""
+def open_store(config: Config) -> PortalStore:
+    """The account store, as the gateway opens it (its schema and the server key
+    checked: `compose.account_store`)."""
     from imapguard.compose import account_store
 
     return account_store(config)
@@ -109,6 +110,6 @@ def keys(config: Config) -> Keys:
 
 def open_defense(config: Config) -> Defense:
     """The defense engine on the configured store, as the gateway builds it."""
-    from imapguard.compose import defense
+    from imapguard.compose import counter_store, defense
 
-    return defense(config, open_store(config), keys(config))
+    return defense(config, counter_store(config, open_store(config)), keys(config))

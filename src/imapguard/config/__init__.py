@@ -37,7 +37,7 @@ from imapguard.config.notify import NotifyConfig
 from imapguard.config.oauth import OAuthConfig
 from imapguard.config.policy import GroupsConfig, PolicyConfig, Rule
 from imapguard.config.portal import PortalConfig
-from imapguard.config.state import AuditConfig, StateConfig
+from imapguard.config.state import AuditConfig, StateConfig, redacted_url
 
 __all__ = [
     "ALL_FACTORS",
@@ -63,5 +63,6 @@ __all__ = [
     "default_config_path",
     "load_config",
     "parse_address",
+    "redacted_url",
     "validate_config",
 ]

@@ -18,6 +18,8 @@ def redacted_url(url: str) -> str:
     """The URL as it may be shown: a password written in it (`user:secret@`, or
     a `password=` parameter) is replaced by `***`. Every message that names
     `state.url` uses this form."""
+    if "@" not in url and "password" not in url.lower():
+        return url
     try:
         parts = urlsplit(url)
         netloc = parts.netloc

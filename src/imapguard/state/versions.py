@@ -35,10 +35,11 @@ REVISIONS: tuple[str, ...] = ("0001_baseline", "0002_meta")
 BASELINE = REVISIONS[0]
 HEAD = REVISIONS[-1]
 
-# Alembic's own table, as it creates it (alembic.runtime.migration).
+# Alembic's own table, as it creates it (alembic.runtime.migration), to the
+# whitespace (SQLite keeps the statement).
 VERSION_TABLE = (
-    "CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL,"
-    " CONSTRAINT alembic_version_pkc PRIMARY KEY (version_num))"
+    "CREATE TABLE alembic_version (\n\tversion_num VARCHAR(32) NOT NULL, \n"
+    "\tCONSTRAINT alembic_version_pkc PRIMARY KEY (version_num)\n)"
 )
 
 
