@@ -49,7 +49,7 @@ from imapguard.config import (
 from imapguard.defense.counters import CounterStore, MemoryCounterStore
 from imapguard.defense.engine import Defense
 from imapguard.defense.fingerprints import Fingerprinter
-from imapguard.errors import ConfigError
+from imapguard.errors import ConfigError, StateUnavailable
 from imapguard.gateway.server import Gateway, Runtime
 from imapguard.gateway.upstream import UpstreamLogin, UpstreamSession, UpstreamSettings
 from imapguard.imap.framing import FrameLimits
@@ -151,6 +151,10 @@ def account_store(config: Config, k: Keys | None = None) -> PortalStore:
             store = open_store(state.url)
     except SchemaMismatch as exc:
         raise ConfigError([("state.url", f"{redacted_url(state.url)}: {exc.detail}")]) from None
+    except StateUnavailable as exc:
+        raise StateUnavailable(
+            "open", f"{redacted_url(state.url)} (state.url): {exc.detail}"
+        ) from None
     k = k or keys(config)
     try:
         verify_server_key(store, k.server, _opens_with(k.totp_seal))
@@ -183,9 +187,16 @@ def state_password(state: StateConfig) -> str | None:
 
 
 def _opens_with(seal_key: bytes) -> Callable[[TotpRecord], bool]:
+    """Whether a sealed secret opens with the key. Only a blob in the sealed
+    format that fails to authenticate speaks against the key; one in no format
+    known (damaged, or written by hand) says nothing about it."""
+
     def opens(record: TotpRecord) -> bool:
+        blob = record.sealed
+        if len(blob) < 1 + totp.NONCE_BYTES + totp.TAG_BYTES or blob[0] != totp.SEAL_VERSION:
+            return True
         try:
-            totp.unseal(seal_key, record.user, record.sealed)
+            totp.unseal(seal_key, record.user, blob)
         except totp.SealError:
             return False
         return True

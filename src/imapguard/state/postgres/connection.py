@@ -58,58 +58,23 @@ class PgConnection:
             kwargs["password"] = password
         if "connect_timeout" not in url:
             kwargs["connect_timeout"] = CONNECT_TIMEOUT
-        self._conninfo = url
-        self._kwargs = kwargs
+        # One connection first, in this thread: a wrong server, TLS or password
+        # fails here with libpq's reason, not at the first login; it checks the
+        # schema. The pool then connects in the background.
+        try:
+            with psycopg.connect(url, **kwargs) as db:
+                _open_schema(db)
+        except psycopg.Error as exc:
+            raise StateUnavailable("open", _detail(exc)) from None
         self._pool = ConnectionPool(
             url,
             min_size=1,
             max_size=pool_size,
             kwargs=kwargs,
             timeout=POOL_TIMEOUT,
-            open=False,
             name="imapguard-state",
+            open=True,
         )
-        try:
-            # Fails here, not at the first login, when the server or TLS is wrong.
-            self._pool.open(wait=True, timeout=CONNECT_TIMEOUT * 2)
-            self._open_schema()
-        except psycopg.Error as exc:
-            self._pool.close()
-            raise StateUnavailable("open", _detail(self._cause(exc))) from None
-        except BaseException:
-            self._pool.close()
-            raise
-
-    def _cause(self, exc: psycopg.Error) -> BaseException:
-        """A pool that cannot connect says only that it timed out; connect once
-        more to say why (refused, TLS, password)."""
-        if not isinstance(exc, psycopg.OperationalError) or "couldn't get a connection" not in str(
-            exc
-        ):
-            return exc
-        try:
-            psycopg.connect(self._conninfo, **self._kwargs).close()
-        except psycopg.Error as cause:
-            return cause
-        return exc
-
-    def _open_schema(self) -> None:
-        """Check the revision; a new empty database is created at HEAD."""
-        with self._pool.connection() as db:
-            revision = _revision(db)
-            if revision is None:
-                with db.transaction():
-                    db.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_SCHEMA,))
-                    revision = _revision(db)  # again: another node may have made it
-                    if revision is None:
-                        (tables,) = _one(
-                            db.execute(
-                                "SELECT COUNT(*) FROM pg_tables WHERE schemaname = current_schema()"
-                            )
-                        )
-                        if tables == 0:
-                            revision = _create_at_head(db)
-            check_revision(revision)
 
     def close(self) -> None:
         self._closed = True
@@ -160,6 +125,22 @@ def _one(cursor: psycopg.Cursor[Any]) -> tuple[Any, ...]:
     row = cursor.fetchone()
     assert row is not None  # noqa: S101 - an aggregate has a row
     return tuple(row)
+
+
+def _open_schema(db: Db) -> None:
+    """Check the revision; a new empty database is created at HEAD."""
+    revision = _revision(db)
+    if revision is None:
+        with db.transaction():
+            db.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_SCHEMA,))
+            revision = _revision(db)  # again: another node may have made it
+            if revision is None:
+                (tables,) = _one(
+                    db.execute("SELECT COUNT(*) FROM pg_tables WHERE schemaname = current_schema()")
+                )
+                if tables == 0:
+                    revision = _create_at_head(db)
+    check_revision(revision)
 
 
 def _revision(db: Db) -> str | None:
