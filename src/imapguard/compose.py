@@ -40,16 +40,14 @@ from imapguard.auth.signin import TwoStepSignIn
 from imapguard.config import (
     Config,
     PortalConfig,
-    StateConfig,
     account_names,
     load_config,
     parse_address,
-    redacted_url,
 )
-from imapguard.defense.counters import CounterStore, MemoryCounterStore
+from imapguard.defense.counters import CounterStore
 from imapguard.defense.engine import Defense
 from imapguard.defense.fingerprints import Fingerprinter
-from imapguard.errors import ConfigError, StateUnavailable
+from imapguard.errors import ConfigError
 from imapguard.gateway.server import Gateway, Runtime
 from imapguard.gateway.upstream import UpstreamLogin, UpstreamSession, UpstreamSettings
 from imapguard.imap.framing import FrameLimits
@@ -70,11 +68,8 @@ from imapguard.portal.child import PortalChild, inherited, watch_parent
 from imapguard.portal.oidc import OidcSetup
 from imapguard.portal.serve import PortalServer, listen_socket, portal_context
 from imapguard.secret import Secret
-from imapguard.state.accounts import TotpRecord
-from imapguard.state.keycheck import KeyMismatch, verify_server_key
+from imapguard.state.opening import open_account_store, open_readers
 from imapguard.state.portal import PortalStore
-from imapguard.state.sqlite import SqliteStore, open_reader, open_store
-from imapguard.state.versions import SchemaMismatch
 from imapguard.state.writebehind import WriteBehind
 from imapguard.tls import client_context, server_context
 
@@ -83,7 +78,6 @@ __all__ = [
     "Services",
     "account_store",
     "authenticator",
-    "counter_store",
     "defense",
     "gateway_runtime",
     "keys",
@@ -96,7 +90,6 @@ __all__ = [
     "serve",
     "serve_portal",
     "sign_in_service",
-    "state_password",
 ]
 
 log = logging.getLogger("imapguard")
@@ -133,88 +126,11 @@ def keys(config: Config) -> Keys:
     )
 
 
-def account_store(config: Config, k: Keys | None = None) -> PortalStore:
-    """The account and portal store `state.url` names (SQLite or PostgreSQL),
-    its schema revision checked and the server key checked against the one its
-    secrets were sealed with (`state.keycheck`): a mismatch is a ConfigError
-    naming `state.url` or `state.key_file`, never a login that fails later."""
-    state = config.state
-    store: PortalStore
-    try:
-        if state.postgresql:
-            from imapguard.state.postgres import open_store as open_postgresql
-
-            store = open_postgresql(
-                state.url, password=state_password(state), pool_size=state.pool_size
-            )
-        else:
-            store = open_store(state.url)
-    except SchemaMismatch as exc:
-        raise ConfigError([("state.url", f"{redacted_url(state.url)}: {exc.detail}")]) from None
-    except StateUnavailable as exc:
-        raise StateUnavailable(
-            "open", f"{redacted_url(state.url)} (state.url): {exc.detail}"
-        ) from None
-    k = k or keys(config)
-    try:
-        verify_server_key(store, k.server, _opens_with(k.totp_seal))
-    except KeyMismatch as exc:
-        store.close()
-        raise ConfigError(
-            [
-                (
-                    "state.key_file",
-                    f"{state.key_file} is not the key the state store"
-                    f" {redacted_url(state.url)} (state.url) was sealed with ({exc}):"
-                    " restore that key file",
-                )
-            ]
-        ) from None
-    except BaseException:
-        store.close()
-        raise
-    return store
-
-
-def state_password(state: StateConfig) -> str | None:
-    """The PostgreSQL password from `state.password_file` (None without one)."""
-    if state.password_file is None:
-        return None
-    try:
-        return Secret.from_file(state.password_file).reveal().decode()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError([("state.password_file", str(exc))]) from None
-
-
-def _opens_with(seal_key: bytes) -> Callable[[TotpRecord], bool]:
-    """Whether a sealed secret opens with the key. Only a blob in the sealed
-    format that fails to authenticate speaks against the key; one in no format
-    known (damaged, or written by hand) says nothing about it."""
-
-    def opens(record: TotpRecord) -> bool:
-        blob = record.sealed
-        if len(blob) < 1 + totp.NONCE_BYTES + totp.TAG_BYTES or blob[0] != totp.SEAL_VERSION:
-            return True
-        try:
-            totp.unseal(seal_key, record.user, blob)
-        except totp.SealError:
-            return False
-        return True
-
-    return opens
-
-
-def counter_store(config: Config, store: PortalStore) -> CounterStore:
-    """Where the defense keeps its counters: the SQLite state file itself; with
-    PostgreSQL, for now, this process's memory (each node counts alone), said
-    loudly at start."""
-    if isinstance(store, SqliteStore):
-        return store
-    log.warning(
-        "the defense's counters are kept in this process only (state.url is PostgreSQL):"
-        " nodes do not share them"
-    )
-    return MemoryCounterStore()
+def account_store(config: Config) -> PortalStore:
+    """The account and portal store `state.url` names (SQLite or PostgreSQL), its
+    schema revision and the server key checked (`state.opening`)."""
+    k = keys(config)
+    return open_account_store(config.state, k.server, k.totp_seal, totp.opens_with)
 
 
 def defense(
@@ -252,13 +168,7 @@ async def open_services(config: Config) -> AsyncIterator[Services]:
     async with contextlib.AsyncExitStack() as stack:
         store = account_store(config)
         stack.callback(store.close)
-        reader: PortalStore = store  # a pool serves reads and writes alike
-        counters = counter_reader = counter_store(config, store)
-        if isinstance(store, SqliteStore):
-            # A read-only connection for reads on the event loop (state.sqlite.store).
-            sqlite_reader = open_reader(config.state.url)
-            stack.callback(sqlite_reader.close)
-            reader = counter_reader = sqlite_reader
+        reader, counters, counter_reader = open_readers(config.state, store, stack.callback)
         audit = AuditLog(config.audit.path)
         stack.callback(audit.close)
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="imapguard-state")

@@ -42,6 +42,7 @@ __all__ = [
     "WINDOW",
     "SealError",
     "new_secret",
+    "opens_with",
     "provisioning_uri",
     "qr_svg",
     "qr_text",
@@ -220,3 +221,17 @@ def unseal(key: bytes, user: str, blob: bytes) -> Secret:
         return Secret(aesgcm.decrypt(nonce, sealed, _aad(user)))
     except InvalidTag:
         raise SealError(user, "does not authenticate (wrong key, account or data)") from None
+
+
+def opens_with(key: bytes, user: str, blob: bytes) -> bool | None:
+    """Whether `blob` was sealed under `key` (the server key check at start,
+    `state.keycheck`): True if it opens; False if it is in the sealed format and
+    does not authenticate (another key); None if it is in no format known, which
+    says nothing about the key."""
+    if len(blob) < 1 + NONCE_BYTES + TAG_BYTES or blob[0] != SEAL_VERSION:
+        return None
+    try:
+        unseal(key, user, blob)
+    except SealError:
+        return False
+    return True

@@ -110,6 +110,7 @@ def keys(config: Config) -> Keys:
 
 def open_defense(config: Config) -> Defense:
     """The defense engine on the configured store, as the gateway builds it."""
-    from imapguard.compose import counter_store, defense
+    from imapguard.compose import defense
+    from imapguard.state.opening import counter_store
 
-    return defense(config, counter_store(config, open_store(config)), keys(config))
+    return defense(config, counter_store(open_store(config)), keys(config))

@@ -33,7 +33,7 @@ def add_parsers(sub: Subparsers) -> None:
 
 
 def _password(config: Config) -> str | None:
-    from imapguard.compose import state_password
+    from imapguard.state.opening import state_password
 
     return state_password(config.state)
 
