@@ -119,12 +119,14 @@ def test_an_older_store_is_refused_by_the_cli_with_one_line(
 ) -> None:
     url = _old_file(tmp_path)
     config = _config(tmp_path, url)
-    assert main(["user", "list", "--config", str(config)]) == 2
-    err = capsys.readouterr().err
-    assert err == (
+    line = (
         f"config error: state.url: {url}: schema revision {BASELINE} is older than this"
         f" imapguard's ({HEAD}): run `imapguard db upgrade`\n"
     )
+    assert main(["user", "list", "--config", str(config)]) == 2
+    assert capsys.readouterr().err == line
+    assert main(["serve", "--config", str(config)]) == 2  # refused before it listens
+    assert capsys.readouterr().err.endswith(line)
     assert main(["db", "check", "--config", str(config)]) == 1
     assert main(["db", "upgrade", "--config", str(config)]) == 0
     assert f"upgraded from {BASELINE} to {HEAD}" in capsys.readouterr().out
