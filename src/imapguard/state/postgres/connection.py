@@ -14,7 +14,8 @@ names the server, never a password (libpq does not print them).
 TLS is libpq's: `sslmode=verify-full&sslrootcert=FILE` in the URL checks the
 server's certificate and name. A connection attempt gives up after
 CONNECT_TIMEOUT seconds, a caller waiting for a free connection after
-POOL_TIMEOUT, so a dead server fails a login quickly (closed) rather than hangs.
+POOL_TIMEOUT, a statement after STATEMENT_TIMEOUT_MS, so a dead server fails a
+login (closed) rather than hangs it.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ Db = psycopg.Connection[Any]
 
 CONNECT_TIMEOUT = 5  # seconds (libpq connect_timeout)
 POOL_TIMEOUT = 5.0  # seconds to wait for a connection of the pool
+STATEMENT_TIMEOUT_MS = 10_000
 # pg_advisory_xact_lock keys: creating the schema, publishing a revocation.
 LOCK_SCHEMA = 0x696D6170_0001
 LOCK_REVOCATIONS = 0x696D6170_0002
@@ -56,8 +58,17 @@ class PgConnection:
         kwargs: dict[str, Any] = {"autocommit": True}
         if password is not None:
             kwargs["password"] = password
-        if "connect_timeout" not in url:
-            kwargs["connect_timeout"] = CONNECT_TIMEOUT
+        # Unless the URL says otherwise: give up connecting after CONNECT_TIMEOUT,
+        # notice a silent server within about half a minute (TCP keepalives), and
+        # let no statement or lock wait run on past STATEMENT_TIMEOUT.
+        defaults: dict[str, Any] = {
+            "connect_timeout": CONNECT_TIMEOUT,
+            "keepalives_idle": 10,
+            "keepalives_interval": 5,
+            "keepalives_count": 3,
+            "options": f"-c statement_timeout={STATEMENT_TIMEOUT_MS}",
+        }
+        kwargs.update({k: v for k, v in defaults.items() if k not in url})
         # One connection first, in this thread: a wrong server, TLS or password
         # fails here with libpq's reason, not at the first login; it checks the
         # schema. The pool then connects in the background.
