@@ -8,6 +8,7 @@ The same on PostgreSQL: tests/integration/test_postgres_state.py."""
 
 from __future__ import annotations
 
+import logging
 import shutil
 import sqlite3
 import time
@@ -125,7 +126,12 @@ def test_an_older_store_is_refused_by_the_cli_with_one_line(
     )
     assert main(["user", "list", "--config", str(config)]) == 2
     assert capsys.readouterr().err == line
-    assert main(["serve", "--config", str(config)]) == 2  # refused before it listens
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        assert main(["serve", "--config", str(config)]) == 2  # refused before it listens
+    finally:  # serve logs to this test's captured stderr: not to later tests'
+        root.handlers[:], root.level = handlers, level
     assert capsys.readouterr().err.endswith(line)
     assert main(["db", "check", "--config", str(config)]) == 1
     assert main(["db", "upgrade", "--config", str(config)]) == 0
