@@ -15,6 +15,7 @@ from collections.abc import Callable
 from imapguard.cli.common import EXIT_OK, EXIT_PROBLEM, Subparsers, config_opt, json_opt, load
 from imapguard.cli.output import print_json, shown
 from imapguard.config import Config, redacted_url
+from imapguard.errors import StateUnavailable
 
 __all__ = ["COMMANDS", "add_parsers"]
 
@@ -55,8 +56,14 @@ def _db(args: argparse.Namespace) -> int:
     config = load(args, check_files=False)
     url = config.state.url
     shown_url = redacted_url(url)
+    try:
+        if args.action == "upgrade":
+            before, after = migrations.upgrade(url, password=_password(config))
+        else:
+            revision = migrations.current(url, password=_password(config))
+    except StateUnavailable as exc:
+        raise StateUnavailable(exc.operation, f"{shown_url} (state.url): {exc.detail}") from None
     if args.action == "upgrade":
-        before, after = migrations.upgrade(url, password=_password(config))
         if args.json:
             print_json({"url": shown_url, "before": before, "after": after})
         elif before == after:
@@ -66,7 +73,6 @@ def _db(args: argparse.Namespace) -> int:
                 f"{shown(shown_url)}: upgraded from {shown(before or '(empty)')} to {shown(after)}"
             )
         return EXIT_OK
-    revision = migrations.current(url, password=_password(config))
     state = _state(revision)
     if args.json:
         print_json({"url": shown_url, "revision": revision, "head": HEAD, "state": state})

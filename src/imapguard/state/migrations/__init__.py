@@ -85,10 +85,13 @@ def upgrade(url: str, *, password: str | None = None) -> tuple[str | None, str |
 
 
 def current(url: str, *, password: str | None = None) -> str | None:
-    """The store's revision (None: none yet)."""
+    """The store's revision (None: none yet; a SQLite file that does not exist
+    is not created)."""
     from alembic.runtime.migration import MigrationContext
     from sqlalchemy.exc import SQLAlchemyError
 
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite://")).exists():
+        return None
     try:
         with _connect(url, password) as connection:
             return MigrationContext.configure(connection).get_current_revision()
