@@ -161,9 +161,7 @@ class PostgresServer:
             owner = pwd.getpwnam("postgres")
             for name in ("postgresql.auto.conf", "pg_hba.conf"):
                 os.chown(server.data / name, owner.pw_uid, owner.pw_gid)
-        _as_postgres(
-            [str(BIN / "pg_ctl"), "-D", str(server.data), "-l", str(base / "log"), "-w", "start"]
-        )
+        server.resume()
         try:
             server._setup()
         except BaseException:
@@ -187,9 +185,19 @@ class PostgresServer:
         with server.admin() as db:
             db.execute(f"ALTER DATABASE {name} RENAME TO {TEMPLATE}")
 
+    def pause(self) -> None:
+        """Stop the server at once (its clients see their connections drop)."""
+        _as_postgres([str(BIN / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop"])
+
+    def resume(self) -> None:
+        """Start the server (again), on the same port and data."""
+        _as_postgres(
+            [str(BIN / "pg_ctl"), "-D", str(self.data), "-l", str(self.base / "log"), "-w", "start"]
+        )
+
     def stop(self) -> None:
         try:
-            _as_postgres([str(BIN / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop"])
+            self.pause()
         finally:
             shutil.rmtree(self.base, ignore_errors=True)
 

@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import psycopg
 import pytest
 
+from imapguard.errors import StateUnavailable
 from imapguard.state.migrations import upgrade
-from imapguard.state.postgres import open_store
+from imapguard.state.postgres import PgStore, open_store
+from imapguard.state.postgres.connection import CONNECT_TIMEOUT, POOL_TIMEOUT
 from imapguard.state.versions import BASELINE, HEAD
 from tests.dovecot import DovecotServer
 from tests.gateway import IMAPGUARD, GatewayProcess
@@ -239,3 +242,49 @@ def test_the_gateway_logs_in_with_an_app_password_kept_in_postgresql(
     with RawClient(pg_gateway.implicit_port, "127.0.213.2", tls=pg_gateway.client_ssl()) as c:
         c.line()
         assert c.command(b"a3", login) == [b"a3 " + AUTH_FAILED]
+
+
+# -- the server going away ------------------------------------------------------------
+
+
+def test_a_stopped_server_fails_calls_quickly_and_the_store_recovers_by_itself() -> None:
+    """A server of its own (the session's is shared): while it is down, every
+    call fails as StateUnavailable (what the gateway turns into NO
+    [UNAVAILABLE]) within seconds; once it is back the same store works again,
+    the pool having dropped its dead connections."""
+    server = PostgresServer.start()
+    try:
+        name = server.create_database()
+        store = open_store(server.url(name), password=server.password, pool_size=2)
+        try:
+            store.ensure_user("alice", 1.0)
+            server.pause()
+            calls: list[Callable[[], object]] = [
+                lambda: store.get_user("alice"),  # a read
+                lambda: store.ensure_user("bob", 2.0),  # a write
+                lambda: store.get_user("alice"),  # and again, with no connection left
+            ]
+            for call in calls:
+                started = time.monotonic()
+                with pytest.raises(StateUnavailable):
+                    call()
+                assert time.monotonic() - started < POOL_TIMEOUT + CONNECT_TIMEOUT + 2
+            server.resume()
+            # (The test server runs without fsync: what it had is lost in the stop.)
+            wait_for(lambda: _answers(store), timeout=15.0, what="the store back")
+            store.ensure_user("bob", 3.0)
+            assert "bob" in [u.name for u in store.list_users()]
+        finally:
+            store.close()
+        with pytest.raises(StateUnavailable):
+            store.get_user("alice")  # closed
+    finally:
+        server.stop()
+
+
+def _answers(store: PgStore) -> bool:
+    try:
+        store.get_user("alice")
+    except StateUnavailable:
+        return False
+    return True

@@ -39,6 +39,7 @@ Db = psycopg.Connection[Any]
 CONNECT_TIMEOUT = 5  # seconds (libpq connect_timeout)
 POOL_TIMEOUT = 5.0  # seconds to wait for a connection of the pool
 STATEMENT_TIMEOUT_MS = 10_000
+RECONNECT_TIMEOUT = 5.0
 # pg_advisory_xact_lock keys: creating the schema, publishing a revocation.
 LOCK_SCHEMA = 0x696D6170_0001
 LOCK_REVOCATIONS = 0x696D6170_0002
@@ -84,6 +85,11 @@ class PgConnection:
             kwargs=kwargs,
             timeout=POOL_TIMEOUT,
             name="imapguard-state",
+            # A connection attempt that keeps failing is given up after this
+            # long (the pool tries again, from a short delay, at the next call):
+            # a server back after an outage is used within seconds, not after
+            # the pool's backoff has grown to minutes.
+            reconnect_timeout=RECONNECT_TIMEOUT,
             open=True,
         )
 
