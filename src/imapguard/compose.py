@@ -354,6 +354,7 @@ async def serve(
         loop = asyncio.get_running_loop()
 
         def reload() -> None:
+            audit.reopen()  # logrotate moved it away
             if config_path is None:
                 return
             try:
@@ -549,7 +550,12 @@ async def serve_portal(config: Config, ready: Callable[[PortalServer], None] | N
         else:
             portal.adopt(handed[0])
         loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGHUP, _reload_portal, portal, audit)
+
+        def reload() -> None:
+            audit.reopen()  # logrotate moved it away
+            _reload_portal(portal, audit)
+
+        loop.add_signal_handler(signal.SIGHUP, reload)
         loop.add_signal_handler(signal.SIGTERM, portal.stop)
         loop.add_signal_handler(signal.SIGINT, portal.stop)
         audit.emit(events.Start(pid=os.getpid()))
