@@ -47,8 +47,9 @@ class AuditLog:
         self._clock = clock
         self._lock = threading.Lock()
         self._subscribers: list[Subscriber] = []
-        #: Lines that could not be written since start (for metrics).
+        #: Lines that could not be written since start, and a hook told of each.
         self.failures = 0
+        self.on_failure: Callable[[], None] | None = None
         self._failing = False
         self._stream: IO[str] = sys.stdout if path == "-" else _open(path)
 
@@ -82,6 +83,8 @@ class AuditLog:
 
     def _failed(self, exc: Exception) -> None:
         self.failures += 1
+        if self.on_failure is not None:
+            self.on_failure()
         if not self._failing:
             self._failing = True
             log.error("cannot write audit log %s, events are dropped: %s", self.path, exc)
