@@ -4,8 +4,10 @@ only whom it should, bounded, in a form Prometheus parses."""
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 import pytest_asyncio
@@ -99,7 +101,7 @@ def test_login_reasons_never_carry_client_text_or_grow_without_bound() -> None:
     assert not any("alice" in r or "<" in r for r in reasons)
 
 
-def test_posture_blocks_and_audit_failures_are_counted(tmp_path: object) -> None:
+def test_posture_blocks_and_audit_failures_are_counted() -> None:
     m = Metrics()
     feed = AuditMetrics(m)
     assert _value(m, "imapguard_posture", posture="normal") == 1
@@ -227,3 +229,38 @@ def test_port_in_use_raises_oserror() -> None:
         srv = MetricsServer("127.0.0.1", port, [], lambda: Metrics().registry, lambda: None)
         with pytest.raises(OSError, match="in use"):
             asyncio.run(srv.start())
+
+
+def test_workers_metrics_are_summed_and_a_dead_workers_gauges_dropped(tmp_path: Path) -> None:
+    """Two worker processes count logins and hold connections; the exporter sums
+    the counters, and drops the live gauge of a worker that ended."""
+    import subprocess
+    import sys
+
+    from imapguard.metrics.multiprocess import ENV, collect, worker_ended
+
+    script = (
+        "from imapguard.metrics import Metrics;"
+        "m = Metrics();"
+        "m.logins_total.labels('app-password', 'ok', 'ok').inc(3);"
+        "m.connections.labels('relay').inc(2);"
+        "import os; print(os.getpid())"
+    )
+    env = {**os.environ, ENV: str(tmp_path)}
+    pids = [
+        int(
+            subprocess.run(
+                [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
+            ).stdout
+        )
+        for _ in range(2)
+    ]
+
+    def sample(name: str, **labels: str) -> float | None:
+        return collect(tmp_path).get_sample_value(name, labels)
+
+    assert sample("imapguard_logins_total", method="app-password", result="ok", reason="ok") == 6
+    assert sample("imapguard_connections", phase="relay") == 4
+    worker_ended(pids[0], tmp_path)
+    assert sample("imapguard_connections", phase="relay") == 2
+    assert sample("imapguard_logins_total", method="app-password", result="ok", reason="ok") == 6
