@@ -56,7 +56,8 @@ def audit(tmp_path: Path) -> Iterator[AuditLog]:
     log.close()
 
 
-def test_revoked_app_password_ends_its_sessions_only(audit: AuditLog, tmp_path: Path) -> None:
+@pytest.mark.asyncio
+async def test_revoked_app_password_ends_its_sessions_only(audit: AuditLog, tmp_path: Path) -> None:
     feed = Feed()
     phone = Conn("alice", "app-password:aa", session="s1")
     laptop = Conn("alice", "app-password:bb", session="s2")
@@ -64,7 +65,7 @@ def test_revoked_app_password_ends_its_sessions_only(audit: AuditLog, tmp_path: 
     watch = RevocationWatch(feed, lambda: [phone, laptop, other], audit)
     watch.start_position()
     feed.add("alice", "app-password:aa")
-    assert watch.tick() == 1
+    assert await watch.tick() == 1
     assert phone.ended == [BYE_REVOKED]
     assert laptop.ended == other.ended == []
     audit.close()
@@ -77,17 +78,19 @@ def test_revoked_app_password_ends_its_sessions_only(audit: AuditLog, tmp_path: 
     )
 
 
-def test_revoking_the_account_ends_every_session_of_it(audit: AuditLog) -> None:
+@pytest.mark.asyncio
+async def test_revoking_the_account_ends_every_session_of_it(audit: AuditLog) -> None:
     feed = Feed()
     conns = [Conn("alice", "device:d1"), Conn("alice", "oauth-mfa"), Conn("carol", None)]
     watch = RevocationWatch(feed, lambda: conns, audit)
     watch.start_position()
     feed.add("alice", None)
-    assert watch.tick() == 2
+    assert await watch.tick() == 2
     assert [bool(c.ended) for c in conns] == [True, True, False]
 
 
-def test_revocations_from_before_the_start_end_nothing(audit: AuditLog) -> None:
+@pytest.mark.asyncio
+async def test_revocations_from_before_the_start_end_nothing(audit: AuditLog) -> None:
     """A restarted gateway must not replay old revocations at new sessions that
     logged in with a new credential of the same account."""
     feed = Feed()
@@ -95,11 +98,12 @@ def test_revocations_from_before_the_start_end_nothing(audit: AuditLog) -> None:
     conn = Conn("alice", "app-password:new")
     watch = RevocationWatch(feed, lambda: [conn], audit)
     watch.start_position()
-    assert watch.tick() == 0
+    assert await watch.tick() == 0
     assert conn.ended == []
 
 
-def test_an_unreadable_feed_loses_no_revocation(audit: AuditLog) -> None:
+@pytest.mark.asyncio
+async def test_an_unreadable_feed_loses_no_revocation(audit: AuditLog) -> None:
     """Store down: relaying goes on; what was revoked meanwhile applies when it is back."""
     feed = Feed()
     conn = Conn("alice", "app-password:aa")
@@ -107,22 +111,25 @@ def test_an_unreadable_feed_loses_no_revocation(audit: AuditLog) -> None:
     watch.start_position()
     feed.down = True
     feed.add("alice", "app-password:aa")
-    assert watch.tick() == 0
+    assert await watch.tick() == 0
     feed.down = False
-    assert watch.tick() == 1
-    assert watch.tick() == 0  # applied once
+    assert await watch.tick() == 1
+    assert await watch.tick() == 0  # applied once
 
 
-def test_a_store_down_at_start_still_follows_from_where_it_comes_back(audit: AuditLog) -> None:
+@pytest.mark.asyncio
+async def test_a_store_down_at_start_still_follows_from_where_it_comes_back(
+    audit: AuditLog,
+) -> None:
     feed = Feed(down=True)
     conn = Conn("alice", "device:d")
     watch = RevocationWatch(feed, lambda: [conn], audit)
     watch.start_position()
-    assert watch.tick() == 0
+    assert await watch.tick() == 0
     feed.down = False
-    assert watch.tick() == 0  # the start position is taken now
+    assert await watch.tick() == 0  # the start position is taken now
     feed.add("alice", "device:d")
-    assert watch.tick() == 1
+    assert await watch.tick() == 1
 
 
 def test_credential_names() -> None:
@@ -138,7 +145,10 @@ def test_credential_names() -> None:
     assert named("oauth-mfa", None, None) == "oauth-mfa"
 
 
-def test_a_burst_of_revocations_costs_one_pass_over_the_live_sessions(audit: AuditLog) -> None:
+@pytest.mark.asyncio
+async def test_a_burst_of_revocations_costs_one_pass_over_the_live_sessions(
+    audit: AuditLog,
+) -> None:
     """A user revoking app passwords in a loop must not make each tick walk every
     live connection once per revocation (the event loop is the gateway's)."""
     feed = Feed()
@@ -154,6 +164,6 @@ def test_a_burst_of_revocations_costs_one_pass_over_the_live_sessions(audit: Aud
     for n in range(400):
         feed.add("mallory", f"app-password:{n}")
     feed.add("u7", "app-password:7")
-    assert watch.tick() == 1
+    assert await watch.tick() == 1
     assert len(walks) == 1
     assert conns[7].ended == [BYE_REVOKED]
