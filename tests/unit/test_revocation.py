@@ -5,7 +5,9 @@ the CLI in another process and an IDLE session)."""
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -167,3 +169,33 @@ async def test_a_burst_of_revocations_costs_one_pass_over_the_live_sessions(
     assert await watch.tick() == 1
     assert len(walks) == 1
     assert conns[7].ended == [BYE_REVOKED]
+
+
+@pytest.mark.asyncio
+async def test_with_a_read_executor_the_feed_is_read_off_the_event_loop(audit: AuditLog) -> None:
+    """A networked store's feed is read on the read executor: a slow read a
+    second must not stall the sessions the watch looks after. Ending them stays
+    on the event loop, which owns the connections."""
+    threads: dict[str, set[str]] = {"read": set(), "end": set()}
+
+    class WatchedFeed(Feed):
+        def revocations_after(self, seq: int, limit: int) -> list[Revocation]:
+            threads["read"].add(threading.current_thread().name)
+            return super().revocations_after(seq, limit)
+
+    class WatchedConn(Conn):
+        def end(self, bye: bytes) -> None:
+            threads["end"].add(threading.current_thread().name)
+            super().end(bye)
+
+    feed = WatchedFeed()
+    conn = WatchedConn("alice", "app-password:aa")
+    with ThreadPoolExecutor(1, thread_name_prefix="reads") as reads:
+        watch = RevocationWatch(feed, lambda: [conn], audit, executor=reads)
+        watch.start_position()
+        feed.add("alice", "app-password:aa")
+        assert await watch.tick() == 1
+    assert conn.ended == [BYE_REVOKED]
+    (read,) = threads["read"]
+    assert read.startswith("reads")
+    assert threads["end"] == {threading.current_thread().name}
