@@ -23,7 +23,7 @@ import signal
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,6 +66,7 @@ from imapguard.portal.child import PortalChild, inherited, watch_parent
 from imapguard.portal.oidc import OidcSetup
 from imapguard.portal.serve import PortalServer, listen_socket, portal_context
 from imapguard.secret import Secret
+from imapguard.state.on_thread import read_executor
 from imapguard.state.sqlite import SqliteStore, open_reader, open_store
 from imapguard.state.writebehind import WriteBehind
 from imapguard.tls import client_context, server_context
@@ -144,7 +145,7 @@ def defense(
 
 @dataclass
 class Services:
-    """What outlives a configuration reload."""
+    """What outlives a configuration reload (`reads`: see `state.on_thread`)."""
 
     store: SqliteStore
     reader: SqliteStore
@@ -153,6 +154,8 @@ class Services:
     audit: AuditLog
     notifier: Notifier | None
     tokens: TokenVerifier | None
+    reads: Executor | None = None
+    counter_reads: Executor | None = None
 
 
 @contextlib.asynccontextmanager
@@ -168,6 +171,9 @@ async def open_services(config: Config) -> AsyncIterator[Services]:
         stack.callback(audit.close)
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="imapguard-state")
         stack.callback(_quietly, lambda: executor.shutdown(wait=True))
+        reads = read_executor(config.state.url)  # the counters are in the same store today
+        if reads is not None:
+            stack.callback(_quietly, lambda: reads.shutdown(wait=True))
         bookkeeping = WriteBehind(store, executor)
         stack.push_async_callback(_quietly_async, bookkeeping.aclose)
         audit.subscribe(SignInHistory(store, bookkeeping))
@@ -183,7 +189,7 @@ async def open_services(config: Config) -> AsyncIterator[Services]:
         if config.oauth is not None:
             tokens = TokenVerifier(config.oauth)
             stack.push_async_callback(_quietly_async, tokens.aclose)
-        yield Services(store, reader, executor, bookkeeping, audit, notifier, tokens)
+        yield Services(store, reader, executor, bookkeeping, audit, notifier, tokens, reads, reads)
 
 
 def _quietly(close: Callable[[], object]) -> None:
@@ -249,6 +255,8 @@ def authenticator(config: Config, services: Services, upstream: Upstream[S]) -> 
         oauth_scope=config.oauth.scope if config.oauth is not None else "openid email",
         policy=policy,
         defense=defense(config, services.store, k, reader=services.reader),
+        read_executor=services.reads,
+        counter_read_executor=services.counter_reads,
         app_password_key=k.app_password,
         upstream=upstream,
         audit=services.audit,
@@ -334,7 +342,7 @@ async def serve(
     read, else on this event loop."""
     async with open_services(config) as services:
         audit = services.audit
-        gateway = Gateway(gateway_runtime(config, services), audit, services.reader)
+        gateway = Gateway(gateway_runtime(config, services), audit, services.reader, services.reads)
         portal: PortalServer | None = None
         child: PortalChild | None = None
         if config.portal is not None and config_path is not None:

@@ -26,6 +26,7 @@ import logging
 import socket
 import time
 from collections.abc import Awaitable, Callable, Coroutine
+from concurrent.futures import Executor
 from typing import Any
 
 from imapguard.audit import AuditLog, events
@@ -53,12 +54,20 @@ _BYE_TOO_MANY = b"* BYE [UNAVAILABLE] Too many connections from your address.\r\
 
 class Gateway:
     def __init__(
-        self, runtime: Runtime, audit: AuditLog, revocations: RevocationReader | None = None
+        self,
+        runtime: Runtime,
+        audit: AuditLog,
+        revocations: RevocationReader | None = None,
+        read_executor: Executor | None = None,
     ) -> None:
+        """`read_executor`: where the revocation feed is read (None: inline,
+        for the embedded store; `auth.reads`)."""
         self.runtime = runtime
         self.audit = audit
         self.revocations = (
-            RevocationWatch(revocations, self._logged_in, audit) if revocations else None
+            RevocationWatch(revocations, self._logged_in, audit, executor=read_executor)
+            if revocations
+            else None
         )
         self.listeners: list[socket.socket] = []
         self._accepting: list[asyncio.Task[None]] = []
