@@ -303,3 +303,15 @@ def test_proxy_v2_to_dovecot_carries_the_client_address(
             assert f"rip={src}," in line
             (connect,) = events(s.gw, "connect", src=src)
             assert connect["session"] not in line
+
+
+def test_local_header_of_a_health_check_is_the_proxys_own_connection(lb: Site) -> None:
+    """A v2 LOCAL header (the balancer's own health check) names no client: the
+    connection is served as the proxy's, from its address."""
+    with RawClient(lb.proxied_starttls, HAPROXY_SOURCE) as c:
+        c.send(b"\r\n\r\n\x00\r\nQUIT\n\x20\x00\x00\x00")
+        assert c.line().startswith(b"* OK")
+        assert c.command(b"n", b"NOOP")[-1].startswith(b"n OK")
+        port = c.local_port
+    (connect,) = events(lb.gw, "connect", src=HAPROXY_SOURCE, src_port=port)
+    assert connect["proxy"] == HAPROXY_SOURCE

@@ -302,7 +302,11 @@ class Gateway:
         try:
             local = via = None
             if listener.proxy_protocol:
-                header = await read_header(sock, self.runtime.config.limits.handshake_timeout)
+                try:
+                    header = await read_header(sock, self.runtime.config.limits.handshake_timeout)
+                except BaseException:  # cancelled at shutdown: the socket is ours still
+                    sock.close()
+                    raise
                 via = str(peer[0])
                 if isinstance(header, InvalidHeader):
                     sock.close()
