@@ -1,13 +1,13 @@
 """A real HAProxy (Debian's `haproxy`) in TCP mode for integration tests.
 
-    proxy = HAProxy.start(base, [Route("v2-implicit", gateway_port, "send-proxy-v2")],
+    proxy = HAProxy.start(base, [Route("v2-implicit", (gateway_port,), "send-proxy-v2")],
                           source="127.0.216.1")
     ... connect to proxy.port("v2-implicit") ...
     proxy.stop()
 
-Each route is a frontend on a free port of 127.0.0.1 whose one server is
-`127.0.0.1:<port>` with the route's PROXY option (`send-proxy` for v1,
-`send-proxy-v2`); `source` is the address HAProxy connects from, so that the
+Each route is a frontend on a free port of 127.0.0.1 whose servers are
+`127.0.0.1:<port>` (round-robin) with the route's PROXY option (`send-proxy` for
+v1, `send-proxy-v2`); `source` is the address HAProxy connects from, so that the
 gateway sees a proxy address of the test's choosing. HAProxy runs in the
 foreground (`-db`) as a child of the test and is stopped by it.
 """
@@ -32,8 +32,11 @@ HAPROXY_BINARY = Path("/usr/sbin/haproxy")
 
 @dataclass(frozen=True)
 class Route:
+    """A frontend `name` balancing round-robin over the servers on 127.0.0.1 at
+    `server_ports`, each sent the PROXY header `proxy_option` asks for."""
+
     name: str
-    server_port: int
+    server_ports: tuple[int, ...]
     proxy_option: str  # send-proxy | send-proxy-v2
 
 
@@ -60,12 +63,14 @@ class HAProxy:
             "    timeout client 60s\n    timeout server 60s\n",
         ]
         for route in routes:
+            servers = "".join(
+                f"    server gw{n} 127.0.0.1:{port} {route.proxy_option} source {source}\n"
+                for n, port in enumerate(route.server_ports)
+            )
             sections.append(
                 f"frontend fe-{route.name}\n    bind 127.0.0.1:{ports[route.name]}\n"
                 f"    default_backend be-{route.name}\n"
-                f"backend be-{route.name}\n"
-                f"    server gw 127.0.0.1:{route.server_port} {route.proxy_option}"
-                f" source {source}\n"
+                f"backend be-{route.name}\n    balance roundrobin\n{servers}"
             )
         config = base / "haproxy.cfg"
         config.write_text("\n".join(sections))

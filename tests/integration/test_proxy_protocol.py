@@ -15,7 +15,7 @@ import json
 import secrets
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,10 +96,10 @@ def site(base: Path, dovecot: DovecotServer, *, proxy_v2: bool = False) -> Itera
     ) as gw:
         wait_for(lambda: gw.accepts(implicit) and gw.accepts(starttls), 10, "proxied listeners")
         routes = [
-            Route("v2-implicit", implicit, "send-proxy-v2"),
-            Route("v2-starttls", starttls, "send-proxy-v2"),
-            Route("v1-implicit", implicit, "send-proxy"),
-            Route("v1-starttls", starttls, "send-proxy"),
+            Route("v2-implicit", (implicit,), "send-proxy-v2"),
+            Route("v2-starttls", (starttls,), "send-proxy-v2"),
+            Route("v1-implicit", (implicit,), "send-proxy"),
+            Route("v1-starttls", (starttls,), "send-proxy"),
         ]
         with running_haproxy(base / "haproxy", routes, source=HAPROXY_SOURCE) as haproxy:
             yield Site(gw, haproxy, implicit, starttls)
@@ -315,3 +315,73 @@ def test_local_header_of_a_health_check_is_the_proxys_own_connection(lb: Site) -
         port = c.local_port
     (connect,) = events(lb.gw, "connect", src=HAPROXY_SOURCE, src_port=port)
     assert connect["proxy"] == HAPROXY_SOURCE
+
+
+def test_proxy_v2_header_goes_before_implicit_tls_to_dovecot(tmp_path: Path) -> None:
+    """With implicit TLS upstream the PROXY v2 header is the first bytes, in clear,
+    then the handshake (a Dovecot listener with both `ssl` and `haproxy`)."""
+    server = DovecotServer.create(tmp_path / "dovecot", haproxy_tls=True)
+    assert server.haproxy_tls_port is not None
+    server.start()
+    try:
+        implicit = f'address = "127.0.0.1:{server.imaps_port}"\n'
+        behind = (
+            f'address = "127.0.0.1:{server.haproxy_tls_port}"\nforward_client_ip = "proxy-v2"\n'
+        )
+
+        def edit(text: str) -> str:
+            assert implicit in text
+            return text.replace(implicit, behind)
+
+        with running_gateway(tmp_path / "gw", server, upstream_tls="implicit", edit=edit) as gw:
+            src = "127.0.215.60"
+            password = gw.create_app_password("alice", "phone")
+            with RawClient(gw.implicit_port, src, tls=gw.client_ssl()) as c:
+                assert c.line().startswith(b"* OK")
+                answer = c.command(b"a", f'LOGIN "alice" "{password}"'.encode())[-1]
+                assert answer.startswith(b"a OK"), answer
+                assert c.command(b"s", b"SELECT INBOX")[-1].startswith(b"s OK")
+            wait_for(lambda: dovecot_lines(server, "user=<alice>"), 5, "the login line")
+            (line,) = dovecot_lines(server, "user=<alice>")
+            assert f"rip={src}," in line
+            assert "TLS" in line
+    finally:
+        server.stop()
+
+
+def test_two_nodes_behind_one_haproxy_both_see_the_client(
+    tmp_path: Path, dovecot: DovecotServer
+) -> None:
+    """HAProxy balancing over two gateways: each node's audit log has the client."""
+    src = "127.0.215.70"
+    with contextlib.ExitStack() as stack:
+        nodes: list[tuple[GatewayProcess, int]] = []
+        for name in ("a", "b"):
+            implicit, starttls = free_port(), free_port()
+            gw = stack.enter_context(
+                running_gateway(tmp_path / name, dovecot, edit=with_listeners(implicit, starttls))
+            )
+            wait_for(listening(gw, implicit), 10, "the proxied listener")
+            nodes.append((gw, implicit))
+        route = Route("both", tuple(port for _, port in nodes), "send-proxy-v2")
+        proxy = stack.enter_context(
+            running_haproxy(tmp_path / "haproxy", [route], source=HAPROXY_SOURCE)
+        )
+        tls = nodes[0][0].client_ssl()
+        tls.load_verify_locations(cafile=str(nodes[1][0].ca_cert))  # each has its own CA
+        for _ in range(4):  # round-robin: two each, whatever the start-up probe took
+            with RawClient(proxy.port("both"), src) as c:
+                c.sock = tls.wrap_socket(c.sock, server_hostname="localhost")
+                assert c.line().startswith(b"* OK")
+                assert c.command(b"n", b"NOOP")[-1].startswith(b"n OK")
+        for gw, _ in nodes:
+            seen = events(gw, "connect", src=src, proxy=HAPROXY_SOURCE)
+            assert len(seen) == 2, gw.events("connect")
+
+
+def with_listeners(implicit: int, starttls: int) -> Callable[[str], str]:
+    return lambda text: text + proxied_listeners(implicit, starttls)
+
+
+def listening(gw: GatewayProcess, port: int) -> Callable[[], bool]:
+    return lambda: gw.accepts(port)
