@@ -317,11 +317,12 @@ class Gateway:
                     peer, local = header.source, header.destination
                 # The slot of the source the header names (no await in between).
                 self.slots.give_back(key)
-                held, refused = self.slots.take(str(peer[0]))
+                held = None
+                named, refused = self.slots.take(str(peer[0]))
                 if refused is not None:
-                    self._refuse(sock, listener, held, refused)
-                    held = None
+                    self._refuse(sock, listener, named, refused)
                     return
+                held = named
             conn = await self._dialogue.preauth_phase(sock, listener, peer, local, via)
         finally:
             if held is not None:
