@@ -3,7 +3,10 @@
 The I/O of the login: connect (implicit TLS, STARTTLS or plain on loopback),
 then drive the dialogue of `imapguard.imap.login` (greeting, STARTTLS, IMAP ID
 `x-originating-ip` so that Dovecot's own per-IP limits and logs see the real
-client, SASL PLAIN, capabilities), all within `login_timeout`. `master` mode
+client, SASL PLAIN, capabilities), all within `login_timeout`. With
+`forward_client_ip = "proxy-v2"` the client's address goes in a PROXY v2 header
+instead, the first bytes on the connection (before TLS, also implicit TLS), with
+PP2_TYPE_SSL: every client logs in over TLS to the gateway. `master` mode
 sends authzid=user, authcid=master user; a password login sends the user's own
 password. `UpstreamLogin` is this server as the auth service's `Upstream`.
 """
@@ -17,6 +20,7 @@ from dataclasses import dataclass
 from imapguard.auth.model import ClientAddress
 from imapguard.errors import UpstreamRefused, UpstreamUnavailable
 from imapguard.gateway.link import Link
+from imapguard.gateway.proxyproto import v2_header
 from imapguard.imap.login import (
     MAX_RESPONSE,
     MAX_UNTAGGED,
@@ -53,7 +57,7 @@ class UpstreamSettings:
     server_name: str
     master_user: str | None
     master_password: Secret | None
-    forward_client_ip: str  # id | none
+    forward_client_ip: str  # id | proxy-v2 | none
     connect_timeout: float
     login_timeout: float
 
@@ -102,7 +106,7 @@ async def open_session(
     link: Link | None = None
     try:
         async with asyncio.timeout(settings.login_timeout):
-            link = await _connect(settings)
+            link = await _connect(settings, client)
             return await _login(settings, link, user, password, client)
     except BaseException as exc:
         if link is not None:
@@ -128,17 +132,25 @@ def _describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-async def _connect(settings: UpstreamSettings) -> Link:
+async def _connect(settings: UpstreamSettings, client: ClientAddress) -> Link:
     loop = asyncio.get_running_loop()
     implicit = settings.tls == "implicit"
+    proxy = settings.forward_client_ip == "proxy-v2"
+    tls_now = implicit and not proxy
     async with asyncio.timeout(settings.connect_timeout):
         _, link = await loop.create_connection(
             Link,
             settings.host,
             settings.port,
-            ssl=settings.ssl_context if implicit else None,
-            server_hostname=settings.server_name if implicit else None,
+            ssl=settings.ssl_context if tls_now else None,
+            server_hostname=settings.server_name if tls_now else None,
         )
+        if proxy:
+            link.write(
+                v2_header((client.ip, client.port), (client.local_ip, client.local_port), tls=True)
+            )
+            if implicit:
+                await _start_tls(settings, link)
     return link
 
 
