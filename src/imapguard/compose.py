@@ -302,9 +302,9 @@ def gateway_runtime(config: Config, services: Services) -> Runtime:
         mechanisms=_mechanisms(config.auth.methods),
         trusted=auth.defense.in_trusted_network if auth.defense is not None else _nobody,
         authenticator=auth,
-        # The master login is tried only when logins forward the client's address:
-        # Dovecot's auth penalty for the check's refusal then reaches no user.
-        upstream_check=partial(check_upstream, upstream, master=upstream.forward_client_ip == "id"),
+        # Connection and TLS only: Dovecot counts a master-user check against the
+        # gateway's address (`check-config --connect` makes it, by hand).
+        upstream_check=partial(check_upstream, upstream, master=False),
         frame_limits=FrameLimits(
             max_line=limits.max_line,
             max_literal=limits.max_literal,

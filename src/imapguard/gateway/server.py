@@ -135,6 +135,8 @@ class Gateway:
             self.listeners.clear()
             self.bound.clear()
             raise
+        for listener, _ in self.bound:
+            log.info("listening on %s (%s TLS)", listener.address, listener.tls)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -213,7 +215,6 @@ class Gateway:
         sock.setblocking(False)
         self.listeners.append(sock)
         self.bound.append((listener, sock.getsockname()[:2]))
-        log.info("listening on %s (%s TLS)", listener.address, listener.tls)
 
     async def _accept(self, sock: socket.socket, listener: ListenConfig) -> None:
         """Accept loop of one listener. Accepting the socket ourselves (rather

@@ -7,22 +7,25 @@ client, SASL PLAIN, capabilities), all within `login_timeout`. `master` mode
 sends authzid=user, authcid=master user; a password login sends the user's own
 password. `UpstreamLogin` is this server as the auth service's `Upstream`.
 
-`check_upstream` is the same path without a user, for `check-config --connect`
-and the start of `serve`: connect, TLS as configured (certificate and name
-verified), and with a master user a master login that asks to act as
-`CHECK_ACCOUNT`, a name no mailbox has. RFC 5530 tells the outcomes apart:
-`NO [AUTHORIZATIONFAILED]` means the master credentials were accepted and only
-the account refused (Dovecot, with its master passdb's `result_success =
-continue`, answers so), any other NO that they were refused. An upstream that
-lets the master user in as that name anyway answers OK; the session is logged
-out at once. Dovecot counts the check as one failed authentication from the
-gateway's address (its auth penalty: the next login without a forwarded client
-address from there waits about 2 s).
+`check_upstream` is the same path without a user. `serve` runs it once it
+listens and after each reload: connect and TLS as configured (certificate and
+name verified), no credentials. `check-config --connect` adds the master user:
+a master login that asks to act as `CHECK_ACCOUNT`, a name no mailbox has.
+RFC 5530 tells the outcomes apart: `NO [AUTHORIZATIONFAILED]` means the master
+credentials were accepted and only the account refused (Dovecot answers so with
+its master passdb's `result_success = continue`), any other NO that they were
+refused. An upstream that lets the master user in as that name anyway answers
+OK; the session is logged out at once. Dovecot counts the check as a failed
+authentication from the checking host (its auth penalty: the next login from
+that address without a forwarded client address waits about 2 s), which is why
+`serve` does not make it: a master password refused at a user's login is logged
+once (`UpstreamLogin`) and answered `NO [UNAVAILABLE]` by the auth service.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 import ssl
@@ -56,6 +59,8 @@ __all__ = [
     "check_upstream",
     "open_session",
 ]
+
+log = logging.getLogger("imapguard.gateway")
 
 # The bounds of the login dialogue (imapguard.imap.login): a whole response, and
 # the untagged responses kept while waiting for a tagged one.
@@ -101,6 +106,7 @@ class UpstreamLogin:
 
     def __init__(self, settings: UpstreamSettings) -> None:
         self.settings = settings
+        self._master_refused = False
 
     @property
     def logs_in_for_users(self) -> bool:
@@ -109,7 +115,27 @@ class UpstreamLogin:
     async def login(
         self, user: str, password: Secret | None, client: ClientAddress
     ) -> UpstreamSession:
-        return await open_session(self.settings, user, password, client)
+        """A master login the upstream refuses is the configuration's fault: said
+        once in the log (each login's audit record says it too), and once again
+        when master logins work again."""
+        try:
+            session = await open_session(self.settings, user, password, client)
+        except UpstreamRefused as exc:
+            if password is None and exc.code != "AUTHORIZATIONFAILED" and not self._master_refused:
+                self._master_refused = True
+                log.warning(
+                    "upstream.master_password_file: upstream %s refused the master user %r "
+                    "(%s): users cannot log in until upstream.master_user and its password "
+                    "are right",
+                    self.settings.address,
+                    self.settings.master_user,
+                    exc.detail,
+                )
+            raise
+        if password is None and self._master_refused:
+            self._master_refused = False
+            log.info("upstream %s accepts the master user again", self.settings.address)
+        return session
 
 
 async def open_session(
