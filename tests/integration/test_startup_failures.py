@@ -206,6 +206,17 @@ def test_check_config_connect_with_the_wrong_certificate_name(
     )
 
 
+def test_check_config_connect_with_implicit_tls_to_a_plain_port(
+    gw: GatewayProcess, own_dovecot: DovecotServer
+) -> None:
+    _edit(gw, 'tls = "starttls"\nca = ', 'tls = "implicit"\nca = ')
+    _one_line(
+        _run(gw, "check-config", "--connect"),
+        f"config error: upstream.tls: upstream 127.0.0.1:{own_dovecot.imap_port}: "
+        "TLS error: WRONG_VERSION_NUMBER",
+    )
+
+
 def test_serve_logs_its_listeners_and_an_upstream_that_is_down(
     tmp_path: Path, own_dovecot: DovecotServer
 ) -> None:

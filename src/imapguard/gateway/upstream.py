@@ -326,7 +326,9 @@ async def check_upstream(settings: UpstreamSettings, *, master: bool = True) -> 
     except ssl.SSLCertVerificationError as exc:
         key = "upstream.server_name" if exc.verify_code in _NAME_MISMATCH else "upstream.ca"
         return UpstreamCheck(False, key, f"{where}: {_describe(exc)}")
-    except (OSError, ssl.SSLError, EOFError) as exc:
+    except ssl.SSLError as exc:  # e.g. plain IMAP where `tls` says implicit
+        return UpstreamCheck(False, "upstream.tls", f"{where}: {_describe(exc)}")
+    except (OSError, EOFError) as exc:
         return UpstreamCheck(False, "upstream.address", f"{where}: {_describe(exc)}")
     finally:
         if link is not None:
