@@ -25,6 +25,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -36,18 +37,18 @@ from imapguard.auth.oauth import TokenVerifier
 from imapguard.auth.oauth.relying_party import RelyingParty
 from imapguard.auth.passkeys import Passkeys
 from imapguard.auth.signin import TwoStepSignIn
-from imapguard.config import (
-    Config,
-    PortalConfig,
-    account_names,
-    load_config,
-    parse_address,
-)
+from imapguard.config import Config, PortalConfig, account_names, load_config, parse_address
+from imapguard.config.files import file_warnings
 from imapguard.defense.engine import Defense
 from imapguard.defense.fingerprints import Fingerprinter
 from imapguard.errors import ConfigError
 from imapguard.gateway.server import Gateway, Runtime
-from imapguard.gateway.upstream import UpstreamLogin, UpstreamSession, UpstreamSettings
+from imapguard.gateway.upstream import (
+    UpstreamLogin,
+    UpstreamSession,
+    UpstreamSettings,
+    check_upstream,
+)
 from imapguard.imap.framing import FrameLimits
 from imapguard.keys import (
     APP_PASSWORD,
@@ -290,9 +291,10 @@ def upstream_settings(config: Config) -> UpstreamSettings:
 
 def gateway_runtime(config: Config, services: Services) -> Runtime:
     """What the gateway's new connections use; a reload builds a new one."""
-    auth: Authenticator[UpstreamSession] = authenticator(
-        config, services, UpstreamLogin(upstream_settings(config))
-    )
+    upstream = upstream_settings(config)
+    auth: Authenticator[UpstreamSession] = authenticator(config, services, UpstreamLogin(upstream))
+    for warning in file_warnings(config):
+        log.warning("%s", warning)
     limits = config.limits
     tls = config.tls
     return Runtime(
@@ -308,6 +310,9 @@ def gateway_runtime(config: Config, services: Services) -> Runtime:
         mechanisms=_mechanisms(config.auth.methods),
         trusted=auth.defense.in_trusted_network if auth.defense is not None else _nobody,
         authenticator=auth,
+        # Connection and TLS only: Dovecot counts a master-user check against the
+        # gateway's address (`check-config --connect` makes it, by hand).
+        upstream_check=partial(check_upstream, upstream, master=False),
         frame_limits=FrameLimits(
             max_line=limits.max_line,
             max_literal=limits.max_literal,
@@ -343,6 +348,7 @@ async def serve(
     async with open_services(config) as services:
         audit = services.audit
         gateway = Gateway(gateway_runtime(config, services), audit, services.reader, services.reads)
+        await gateway.listen()  # a port in use: a ConfigError, before the portal starts
         portal: PortalServer | None = None
         child: PortalChild | None = None
         if config.portal is not None and config_path is not None:

@@ -554,8 +554,10 @@ class Authenticator(Generic[S]):
             else:
                 session = await self.password_login(user, password, ctx)
         except UpstreamRefused as exc:
-            reason = "wrong password" if password is not None else "upstream refused master login"
-            return AuthResult(Outcome.INVALID, user, method, f"{reason} ({exc.detail})")
+            if password is None:  # the gateway's own credentials: its fault, not the user's
+                reason = f"upstream refused the master login ({exc.detail})"
+                return AuthResult(Outcome.UNAVAILABLE, user, method, reason)
+            return AuthResult(Outcome.INVALID, user, method, f"wrong password ({exc.detail})")
         except UpstreamUnavailable as exc:
             return AuthResult(Outcome.UNAVAILABLE, user, method, f"upstream: {exc.detail}")
         self.bookkeeping.submit(self.store.record_login, user, self._wall(), ctx.client.ip, factor)

@@ -43,6 +43,7 @@ from imapguard.gateway.proxied import UNTRUSTED_PROXY, ProxyTrust, read_header
 from imapguard.gateway.proxyproto import InvalidHeader
 from imapguard.gateway.revocation import RevocationReader, RevocationWatch
 from imapguard.gateway.runtime import Runtime
+from imapguard.net import cannot_listen
 
 __all__ = ["Gateway", "Runtime"]
 
@@ -79,6 +80,7 @@ class Gateway:
         )
         self.listeners: list[socket.socket] = []
         self._accepting: list[asyncio.Task[None]] = []
+        self._checking: asyncio.Task[None] | None = None
         self.bound: list[tuple[ListenConfig, tuple[str, int]]] = []
         self._tg: asyncio.TaskGroup | None = None
         self._conns: set[Connection] = set()
@@ -103,6 +105,7 @@ class Gateway:
 
     async def serve(self, ready: Callable[[Gateway], None] | None = None) -> None:
         """Listen until `stop()`; then drain. Returns when every connection is gone."""
+        await self.listen()
         async with asyncio.TaskGroup() as tg:
             self._tg = tg
             maintenance = tg.create_task(self._maintain())
@@ -112,8 +115,12 @@ class Gateway:
                 self.revocations.start_position()
                 revocations = tg.create_task(self.revocations.run())
             try:
-                for listener in self.runtime.config.listen:
-                    await self._listen(listener)
+                for sock, (listener, _) in zip(self.listeners, self.bound, strict=True):
+                    trust = (
+                        ProxyTrust(listener.trusted_proxies) if listener.proxy_protocol else None
+                    )
+                    self._accepting.append(tg.create_task(self._accept(sock, listener, trust)))
+                self._start_check(self.runtime)
                 if ready is not None:
                     ready(self)
                 await self._stopping.wait()
@@ -125,11 +132,31 @@ class Gateway:
                     revocations.cancel()
                 for task in self._accepting:
                     task.cancel()
+                if self._checking is not None:
+                    self._checking.cancel()
                 for sock in self.listeners:
                     sock.close()
                 await self._drain()
                 self._emit_refusals()
             self._tg = None
+
+    async def listen(self) -> None:
+        """Bind every listener (once; `serve` calls it too). One that cannot be
+        bound is a ConfigError naming its `listen[i].address`, raised before any
+        task starts and with no socket left open."""
+        if self.listeners:
+            return
+        try:
+            for i, listener in enumerate(self.runtime.config.listen):
+                await self._listen(i, listener)
+        except BaseException:
+            for sock in self.listeners:
+                sock.close()
+            self.listeners.clear()
+            self.bound.clear()
+            raise
+        for listener, _ in self.bound:
+            log.info("listening on %s (%s TLS)", listener.address, listener.tls)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -176,19 +203,38 @@ class Gateway:
             reserve=limits.reserve,
         )
         self.audit.emit(events.Reload(result="ok"))
+        self._start_check(runtime)
 
-    async def _listen(self, listener: ListenConfig) -> None:
+    def _start_check(self, runtime: Runtime) -> None:
+        if self._checking is not None:
+            self._checking.cancel()
+        if self._tg is not None:
+            self._checking = self._tg.create_task(self._guard(self._check_upstream(runtime)))
+
+    @staticmethod
+    async def _check_upstream(runtime: Runtime) -> None:
+        """Log whether the upstream answers as configured: a problem found at
+        start is a warning, not a refusal (the upstream may come later)."""
+        if runtime.upstream_check is None:
+            return
+        found = await runtime.upstream_check()
+        if found.ok:
+            log.info("%s", found.message)
+        else:
+            log.warning("%s: %s", found.key, found.message)
+
+    async def _listen(self, i: int, listener: ListenConfig) -> None:
         host, port = parse_address(listener.address)
         loop = asyncio.get_running_loop()
-        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        family, _, _, _, address = infos[0]
-        sock = socket.create_server(address[:2], family=family, backlog=_BACKLOG)
+        try:
+            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            family, _, _, _, address = infos[0]
+            sock = socket.create_server(address[:2], family=family, backlog=_BACKLOG)
+        except OSError as exc:
+            raise cannot_listen(f"listen[{i}].address", listener.address, exc) from None
         sock.setblocking(False)
         self.listeners.append(sock)
         self.bound.append((listener, sock.getsockname()[:2]))
-        trust = ProxyTrust(listener.trusted_proxies) if listener.proxy_protocol else None
-        if self._tg is not None:
-            self._accepting.append(self._tg.create_task(self._accept(sock, listener, trust)))
 
     async def _accept(
         self, sock: socket.socket, listener: ListenConfig, trust: ProxyTrust | None
