@@ -299,6 +299,11 @@ class UpstreamCheck:
     message: str
 
 
+# The start-up check's connection is the gateway's own: with proxy-v2 its header
+# names no client (AF_UNSPEC), which Dovecot takes as the proxy's own connection.
+_NO_CLIENT = ClientAddress("", 0, "", 0, "start-up check")
+
+
 async def check_upstream(settings: UpstreamSettings, *, master: bool = True) -> UpstreamCheck:
     """Connect as the gateway does and, with `master` and a master user, try its
     credentials on `CHECK_ACCOUNT` (see the module's docstring). Never raises for
@@ -311,7 +316,7 @@ async def check_upstream(settings: UpstreamSettings, *, master: bool = True) -> 
     link: Link | None = None
     try:
         async with asyncio.timeout(settings.login_timeout):
-            link = await _connect(settings)
+            link = await _connect(settings, _NO_CLIENT)
             plain = None
             if master_user is not None and settings.master_password is not None:
                 plain = plain_response(CHECK_ACCOUNT, master_user, settings.master_password)
