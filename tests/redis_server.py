@@ -110,13 +110,13 @@ class RedisServer:
 
     def state(self, **more: object) -> StateConfig:
         """A `[state]` whose counters are in this Redis."""
-        tls = {"counters_ca_file": str(self.ca_file)} if self.tls else {}
-        return StateConfig.checked(
-            counters_url=self.url,
-            counters_password_file=str(self.password_file),
-            **tls,
-            **more,
-        )
+        keys: dict[str, object] = {
+            "counters_url": self.url,
+            "counters_password_file": str(self.password_file),
+        }
+        if self.tls:
+            keys["counters_ca_file"] = str(self.ca_file)
+        return StateConfig.checked({**keys, **more})
 
     def client(self) -> redis.Redis:
         if self.tls:
