@@ -143,3 +143,24 @@ def test_a_block_made_through_node_a_refuses_the_source_at_node_b(
     # Lifted through B's CLI, it is lifted at A.
     b.cli("blocks", "clear", attacker)
     assert f"source:{attacker}" not in blocks(a)
+
+
+def test_logins_fail_closed_while_redis_is_down_and_work_when_it_returns(
+    nodes: tuple[GatewayProcess, GatewayProcess], redis: RedisServer, dovecot: DovecotServer
+) -> None:
+    a, _ = nodes
+    user = f"cr{secrets.token_hex(3)}"
+    dovecot.add_user(user, secrets.token_urlsafe(12))
+    password = a.create_app_password(user, "phone")
+    assert login(a, "127.0.170.1", user, password)
+    redis.stop()
+    try:
+        with RawClient(a.implicit_port, "127.0.170.1", tls=a.client_ssl()) as c:
+            c.line()
+            answer = c.command(b"a", f'LOGIN "{user}" "{password}"'.encode())[-1]
+        # Not let in without the defense, and not told the password is wrong.
+        assert answer.startswith(b"a NO [UNAVAILABLE]"), answer
+        assert last_reason(a, "127.0.170.1").startswith("state store:")
+    finally:
+        redis.start()
+    assert login(a, "127.0.170.1", user, password)  # no restart of the gateway

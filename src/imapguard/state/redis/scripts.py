@@ -75,6 +75,7 @@ local function union(now)
   args[#args + 1] = 'AGGREGATE'
   args[#args + 1] = 'MAX'
   redis.call('ZUNIONSTORE', unpack(args))
+  redis.call('PEXPIRE', KEYS[1], 60000)
   redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 end
 """
