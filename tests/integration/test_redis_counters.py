@@ -9,10 +9,12 @@ in tests/conformance/."""
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import signal
 import time
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -26,6 +28,8 @@ from imapguard.state.redis import COMMAND_TIMEOUT, CONNECT_TIMEOUT, RedisCounter
 from tests.redis_server import (
     RedisServer,
     SentinelServer,
+    counters_address,
+    open_redis_counters,
     redis_server,  # noqa: F401 (fixture)
     sentinel,  # noqa: F401 (fixture)
     tls_redis_server,  # noqa: F401 (fixture)
@@ -225,3 +229,37 @@ path = "{tmp_path}/audit.jsonl"
     assert "state store list blocks failed: redis ConnectionError" in err
     assert "Traceback" not in err
     assert redis_server.password not in err
+
+
+def _attacker(address: str, threshold: int, tries: int, now: float) -> int:
+    """One node's worth of guesses at one account: how many got under the
+    threshold (each a guess the node lets through)."""
+    store = open_redis_counters(address)
+    try:
+        return sum(
+            store.bucket_incr("f:pair:192.0.2.66|alice", 5, 1, now + 600, now) <= threshold
+            for _ in range(tries)
+        )
+    finally:
+        store.close()
+
+
+def test_nodes_racing_one_threshold_let_through_exactly_the_threshold(
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    """Four processes (four nodes) count one attacker's guesses at once: the
+    atomic count lets exactly `threshold` of the 200 through, not 4 times it."""
+    nodes, tries, threshold = 4, 50, 37
+    address = counters_address(redis_server, "race:")
+    context = multiprocessing.get_context("spawn")
+    now = time.time()
+    with ProcessPoolExecutor(nodes, mp_context=context) as pool:
+        admitted = list(
+            pool.map(
+                _attacker, [address] * nodes, [threshold] * nodes, [tries] * nodes, [now] * nodes
+            )
+        )
+    assert sum(admitted) == threshold
+    store = open_redis_counters(address)
+    assert store.bucket_counts("f:pair:192.0.2.66|alice", range(5, 6), now) == [nodes * tries]
+    store.close()
