@@ -6,12 +6,16 @@ random password kept in ``password_file``, mode 0600); ``start()`` runs it and
 waits for PONG, ``stop()`` ends it (SIGTERM, then SIGKILL), ``start()`` again
 brings it back on the same port. ``tls=True``: the port is a TLS port
 (``--tls-port``) with a certificate from ``trustme`` valid for ``localhost``
-and ``127.0.0.1`` (``ca_file``). ``SentinelServer`` is a ``redis-server
---sentinel`` watching one of them under the service name ``svc``.
+and ``127.0.0.1`` (``ca_file``); ``client_certs=True`` makes Redis ask for a
+client certificate signed by that CA (``issue_client_cert``). ``SentinelServer``
+is a ``redis-server --sentinel`` watching one of them under the service name
+``svc``.
 
-Fixtures: ``redis_server`` (one per test module's test), ``tls_redis_server``,
-``sentinel``. Each stops its server in its finalizer; the processes also get
-SIGTERM if the test process dies (``setpriv --pdeathsig``).
+Fixtures (one server per test): ``redis_server``, ``tls_redis_server``,
+``mtls_redis_server``, ``sentinel``. Each stops its server in its finalizer;
+the processes also get SIGTERM if the test process dies (``setpriv
+--pdeathsig``). ``shared_server`` is one server for a whole session (the
+conformance suite's), stopped by ``stop_shared`` from a session fixture.
 """
 
 from __future__ import annotations
@@ -36,9 +40,13 @@ from tests.dovecot import free_port
 __all__ = [
     "RedisServer",
     "SentinelServer",
+    "counters_address",
+    "mtls_redis_server",
     "open_redis_counters",
     "redis_server",
     "sentinel",
+    "shared_server",
+    "stop_shared",
     "tls_redis_server",
 ]
 
@@ -56,13 +64,16 @@ class RedisServer:
     port: int
     password: str
     tls: bool = False
+    client_certs: bool = False
     ca: trustme.CA | None = None
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @classmethod
-    def create(cls, base: Path, *, tls: bool = False) -> RedisServer:
+    def create(cls, base: Path, *, tls: bool = False, client_certs: bool = False) -> RedisServer:
         base.mkdir(parents=True, exist_ok=True)
-        server = cls(base, free_port(), secrets.token_urlsafe(24), tls=tls)
+        server = cls(
+            base, free_port(), secrets.token_urlsafe(24), tls=tls, client_certs=client_certs
+        )
         server.password_file.write_text(server.password + "\n")
         server.password_file.chmod(0o600)
         lines = [
@@ -86,13 +97,23 @@ class RedisServer:
                 f"tls-cert-file {base / 'server.pem'}",
                 f"tls-key-file {base / 'server.key'}",
                 f"tls-ca-cert-file {server.ca_file}",
-                "tls-auth-clients optional",
+                f"tls-auth-clients {'yes' if client_certs else 'no'}",
             ]
         else:
             lines.append(f"port {server.port}")
         (base / "redis.conf").write_text("\n".join(lines) + "\n")
         (base / "redis.conf").chmod(0o600)
         return server
+
+    def issue_client_cert(self, name: str) -> tuple[Path, Path]:
+        """A client certificate (and its key, 0600) from this server's CA."""
+        assert self.ca is not None
+        cert = self.ca.issue_cert(name)
+        pem, key = self.base / f"{name}.pem", self.base / f"{name}.key"
+        cert.cert_chain_pems[0].write_to_path(str(pem))
+        cert.private_key_pem.write_to_path(str(key))
+        key.chmod(0o600)
+        return pem, key
 
     @property
     def password_file(self) -> Path:
@@ -120,12 +141,15 @@ class RedisServer:
 
     def client(self) -> redis.Redis:
         if self.tls:
+            pem, key = self.issue_client_cert("test-admin") if self.client_certs else (None, None)
             return redis.Redis(
                 host="localhost",
                 port=self.port,
                 password=self.password,
                 ssl=True,
                 ssl_ca_certs=str(self.ca_file),
+                ssl_certfile=None if pem is None else str(pem),
+                ssl_keyfile=None if key is None else str(key),
                 decode_responses=True,
             )
         return redis.Redis(
@@ -260,6 +284,11 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
 @pytest.fixture
 def tls_redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     yield from _running(RedisServer.create(tmp_path / "redis-tls", tls=True))
+
+
+@pytest.fixture
+def mtls_redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    yield from _running(RedisServer.create(tmp_path / "redis-mtls", tls=True, client_certs=True))
 
 
 @pytest.fixture

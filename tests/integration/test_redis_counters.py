@@ -29,6 +29,7 @@ from tests.redis_server import (
     RedisServer,
     SentinelServer,
     counters_address,
+    mtls_redis_server,  # noqa: F401 (fixture)
     open_redis_counters,
     redis_server,  # noqa: F401 (fixture)
     sentinel,  # noqa: F401 (fixture)
@@ -128,6 +129,23 @@ def test_rediss_verifies_the_server_against_the_configured_ca(
     with pytest.raises(StateUnavailable, match="certificate verify failed"):
         stranger.blocks_get([block.target], time.time())
     stranger.close()
+
+
+def test_a_redis_asking_for_a_client_certificate_gets_the_configured_one(
+    mtls_redis_server: RedisServer,  # noqa: F811
+) -> None:
+    now = time.time()
+    without = open_counters(mtls_redis_server.state())
+    with pytest.raises(StateUnavailable):
+        without.values_get(["v"], now)
+    without.close()
+    pem, key = mtls_redis_server.issue_client_cert("gateway-node")
+    store = open_counters(
+        mtls_redis_server.state(counters_cert_file=str(pem), counters_key_file=str(key))
+    )
+    assert store.value_swap("v", None, "1", None, now)
+    assert store.values_get(["v"], now) == {"v": "1"}
+    store.close()
 
 
 def test_the_sentinel_url_finds_the_master(
