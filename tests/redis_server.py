@@ -34,7 +34,8 @@ import redis
 import trustme
 
 from imapguard.config.state import StateConfig
-from imapguard.state.redis import RedisCounterStore, open_counters
+from imapguard.state.redis import open_counters
+from imapguard.state.redis.counters import RedisCounterStore
 from tests.dovecot import free_port
 
 __all__ = [

@@ -68,7 +68,7 @@ from imapguard.portal.child import PortalChild, inherited, watch_parent
 from imapguard.portal.oidc import OidcSetup
 from imapguard.portal.serve import PortalServer, listen_socket, portal_context
 from imapguard.secret import Secret
-from imapguard.state.redis import RedisCounterStore, open_counters
+from imapguard.state.redis import open_counters
 from imapguard.state.sqlite import SqliteStore, open_reader, open_store
 from imapguard.state.writebehind import WriteBehind
 from imapguard.tls import client_context, server_context
@@ -156,7 +156,7 @@ class Services:
     audit: AuditLog
     notifier: Notifier | None
     tokens: TokenVerifier | None
-    counters: RedisCounterStore | None = None  # else the defense's state is in `store`
+    counters: CounterStore | None = None  # else the defense's state is in `store`
 
 
 @contextlib.asynccontextmanager

@@ -24,7 +24,9 @@ from imapguard.cli import main
 from imapguard.config.state import StateConfig
 from imapguard.defense.counters import Block, Target, TargetKind
 from imapguard.errors import ConfigError, StateUnavailable
-from imapguard.state.redis import COMMAND_TIMEOUT, CONNECT_TIMEOUT, RedisCounterStore, open_counters
+from imapguard.state.redis import open_counters
+from imapguard.state.redis.connect import COMMAND_TIMEOUT, CONNECT_TIMEOUT
+from imapguard.state.redis.counters import RedisCounterStore
 from tests.redis_server import (
     RedisServer,
     SentinelServer,
