@@ -4,11 +4,15 @@ a password)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from imapguard.config import load_config
 from imapguard.config.redis_url import RedisAddress, parse_redis_url
 from imapguard.config.state import StateConfig, counters_problems
 from imapguard.errors import ConfigError
+from tests.unit.test_config import _write
 
 
 def problems(**keys: object) -> list[tuple[str, str]]:
@@ -82,3 +86,28 @@ def test_the_prefix_is_printable_without_spaces() -> None:
         "state.counters_prefix"
     ]
     assert StateConfig.checked(counters_url="redis://h/0", counters_prefix="site2:")
+
+
+def test_check_config_names_an_unreadable_or_shared_redis_password_file(tmp_path: Path) -> None:
+    path = _write(tmp_path, "")
+    password = tmp_path / "redis.password"
+    password.write_text("secret-pw\n")
+    password.chmod(0o644)  # readable by everyone
+    path.write_text(
+        path.read_text().replace(
+            "[state]\n",
+            f'[state]\ncounters_url = "rediss://r.example.org/0"\n'
+            f'counters_password_file = "{password}"\n'
+            f'counters_ca_file = "{tmp_path}/missing-ca.pem"\n',
+            1,
+        )
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    found = dict(caught.value.problems)
+    assert "chmod 600" in found["state.counters_password_file"]
+    assert "file not found" in found["state.counters_ca_file"]
+    assert "secret-pw" not in str(caught.value)
+    password.chmod(0o600)
+    (tmp_path / "missing-ca.pem").write_text("ca")
+    assert load_config(path).state.counters_url == "rediss://r.example.org/0"
