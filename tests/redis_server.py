@@ -9,7 +9,8 @@ brings it back on the same port. ``tls=True``: the port is a TLS port
 and ``127.0.0.1`` (``ca_file``); ``client_certs=True`` makes Redis ask for a
 client certificate signed by that CA (``issue_client_cert``). ``SentinelServer``
 is a ``redis-server --sentinel`` watching one of them under the service name
-``svc``.
+``svc`` (down after 1 s of silence); ``replica_of=`` makes a replica for it to
+promote.
 
 Fixtures (one server per test): ``redis_server``, ``tls_redis_server``,
 ``mtls_redis_server``, ``sentinel``. Each stops its server in its finalizer;
@@ -70,11 +71,18 @@ class RedisServer:
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @classmethod
-    def create(cls, base: Path, *, tls: bool = False, client_certs: bool = False) -> RedisServer:
+    def create(
+        cls,
+        base: Path,
+        *,
+        tls: bool = False,
+        client_certs: bool = False,
+        replica_of: RedisServer | None = None,
+    ) -> RedisServer:
+        """`replica_of`: a replica of that (plain) server, with its password."""
         base.mkdir(parents=True, exist_ok=True)
-        server = cls(
-            base, free_port(), secrets.token_urlsafe(24), tls=tls, client_certs=client_certs
-        )
+        password = replica_of.password if replica_of else secrets.token_urlsafe(24)
+        server = cls(base, free_port(), password, tls=tls, client_certs=client_certs)
         server.password_file.write_text(server.password + "\n")
         server.password_file.chmod(0o600)
         lines = [
@@ -86,6 +94,11 @@ class RedisServer:
             f"logfile {base / 'redis.log'}",
             f"requirepass {server.password}",
         ]
+        if replica_of is not None:
+            lines += [
+                f"replicaof 127.0.0.1 {replica_of.port}",
+                f"masterauth {server.password}",
+            ]
         if tls:
             server.ca = trustme.CA()
             cert = server.ca.issue_cert("localhost", "127.0.0.1")
@@ -228,6 +241,9 @@ class SentinelServer:
                     f"logfile {base / 'sentinel.log'}",
                     f"sentinel monitor {cls.SERVICE} 127.0.0.1 {master.port} 1",
                     f"sentinel auth-pass {cls.SERVICE} {master.password}",
+                    # A master silent for 1 s is down; a failover may take 10 s.
+                    f"sentinel down-after-milliseconds {cls.SERVICE} 1000",
+                    f"sentinel failover-timeout {cls.SERVICE} 10000",
                 ]
             )
             + "\n"

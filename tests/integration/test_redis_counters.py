@@ -164,6 +164,43 @@ def test_the_sentinel_url_finds_the_master(
     direct.close()
 
 
+def test_after_a_failover_the_sentinel_url_follows_the_new_master(
+    redis_server: RedisServer,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    replica = RedisServer.create(tmp_path / "replica", replica_of=redis_server)
+    replica.start()
+    watcher = SentinelServer.create(tmp_path / "sentinel", redis_server)
+    watcher.start()
+    try:
+        store = open_counters(redis_server.state(counters_url=watcher.url))
+        now = time.time()
+        block = Block(Target(TargetKind.SOURCE, "192.0.2.8"), "spray", 1, now, now + 600)
+        store.block_put(block)
+        replicated = replica.client()
+        deadline = time.monotonic() + 30
+        while not replicated.exists("imapguard:b:source:192.0.2.8"):
+            assert time.monotonic() < deadline, "the replica never got the block"
+            time.sleep(0.1)
+        redis_server.stop()  # the master dies; the Sentinel promotes the replica
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                assert store.blocks_get([block.target], time.time()) == [block]
+                break
+            except StateUnavailable:
+                assert time.monotonic() < deadline, "no new master within 60 s"
+                time.sleep(0.5)
+        # The same handle writes to the new master.
+        assert store.bucket_incr("after-failover", 1, 1, now + 60, now) == 1
+        assert replicated.info("replication")["role"] == "master"
+        replicated.close()
+        store.close()
+    finally:
+        watcher.stop()
+        replica.stop()
+
+
 def test_every_key_is_under_the_prefix_and_expires(
     redis_server: RedisServer,  # noqa: F811
 ) -> None:
