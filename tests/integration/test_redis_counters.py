@@ -182,6 +182,11 @@ def test_after_a_failover_the_sentinel_url_follows_the_new_master(
         while not replicated.exists("imapguard:b:source:192.0.2.8"):
             assert time.monotonic() < deadline, "the replica never got the block"
             time.sleep(0.1)
+        # Straight to the replica (not through the Sentinel), a write is READONLY.
+        on_replica = open_counters(replica.state())
+        with pytest.raises(StateUnavailable, match="ReadOnlyError"):
+            on_replica.bucket_incr("k", 1, 1, now + 60, now)
+        on_replica.close()
         redis_server.stop()  # the master dies; the Sentinel promotes the replica
         deadline = time.monotonic() + 60
         while True:
