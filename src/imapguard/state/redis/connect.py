@@ -29,8 +29,9 @@ __all__ = ["COMMAND_TIMEOUT", "CONNECT_TIMEOUT", "open_counters"]
 
 CONNECT_TIMEOUT = 1.0
 COMMAND_TIMEOUT = 1.0
-# Connections per handle: the worker thread, the event loop, the purge.
-MAX_CONNECTIONS = 16
+# Connections per handle, at most: one per thread using it at once (the store's
+# worker, the event loop, reader threads); one more caller gets StateUnavailable.
+MAX_CONNECTIONS = 64
 
 
 def _password(path: str | None) -> str | None:
