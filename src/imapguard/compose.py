@@ -3,14 +3,15 @@ services, for `serve`, `demo`, the CLI and the portal.
 
 Every layer takes what it needs as arguments; only this module knows which
 implementation goes where: the SQLite store behind the account and counter
-store interfaces, the audit log, the defense, the policy, the auth service, the
-notifier and the token verifier. `open_services` opens what outlives a
-configuration reload (stores, audit, notifier, token verifier: [state],
-[audit], [notify] and [oauth] are read at start) and closes it in reverse order;
-`gateway_runtime` builds what a reload replaces (the upstream, TLS, the auth
-service with its defense and policy, the limits); `serve` runs the gateway with
-its signals, and the portal beside it on the same event loop when `[portal]` is
-set; `serve_portal` runs the portal alone (`imapguard portal`).
+store interfaces (counters in Redis if `state.counters_url`), the audit log,
+the defense, the policy, the auth service, the notifier and the token verifier.
+`open_services` opens what outlives a configuration reload (stores, audit,
+notifier, token verifier: [state], [audit], [notify] and [oauth] are read at
+start) and closes it in reverse order; `gateway_runtime` builds what a reload
+replaces (the upstream, TLS, the auth service with its defense and policy, the
+limits); `serve` runs the gateway with its signals, and the portal beside it on
+the same event loop when `[portal]` is set; `serve_portal` runs the portal alone
+(`imapguard portal`).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from imapguard.auth.passkeys import Passkeys
 from imapguard.auth.signin import TwoStepSignIn
 from imapguard.config import Config, PortalConfig, account_names, load_config, parse_address
 from imapguard.config.files import file_warnings
+from imapguard.defense.counters import CounterStore
 from imapguard.defense.engine import Defense
 from imapguard.defense.fingerprints import Fingerprinter
 from imapguard.errors import ConfigError
@@ -68,6 +70,7 @@ from imapguard.portal.oidc import OidcSetup
 from imapguard.portal.serve import PortalServer, listen_socket, portal_context
 from imapguard.secret import Secret
 from imapguard.state.on_thread import read_executor
+from imapguard.state.redis import open_counters
 from imapguard.state.sqlite import SqliteStore, open_reader, open_store
 from imapguard.state.writebehind import WriteBehind
 from imapguard.tls import client_context, server_context
@@ -132,7 +135,7 @@ def account_store(config: Config) -> SqliteStore:
 
 
 def defense(
-    config: Config, store: SqliteStore, k: Keys, *, reader: SqliteStore | None = None
+    config: Config, store: CounterStore, k: Keys, *, reader: CounterStore | None = None
 ) -> Defense:
     """The defense engine as [defense] says, on `store` (reads from `reader`)."""
     settings = config.defense
@@ -157,6 +160,7 @@ class Services:
     tokens: TokenVerifier | None
     reads: Executor | None = None
     counter_reads: Executor | None = None
+    counters: CounterStore | None = None  # else the defense's state is in `store`
 
 
 @contextlib.asynccontextmanager
@@ -168,13 +172,21 @@ async def open_services(config: Config) -> AsyncIterator[Services]:
         stack.callback(store.close)
         reader = open_reader(config.state.url)
         stack.callback(reader.close)
+        counters = open_counters(config.state) if config.state.counters_url else None
+        if counters is not None:
+            stack.callback(counters.close)
         audit = AuditLog(config.audit.path)
         stack.callback(audit.close)
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="imapguard-state")
         stack.callback(_quietly, lambda: executor.shutdown(wait=True))
-        reads = read_executor(config.state.url)  # the counters are in the same store today
+        reads = read_executor(config.state.url)
         if reads is not None:
             stack.callback(_quietly, lambda: reads.shutdown(wait=True))
+        counter_reads = reads
+        if config.state.counters_url:  # the defense's reads go to Redis
+            counter_reads = read_executor(config.state.counters_url)
+            if counter_reads is not None:
+                stack.callback(_quietly, lambda: counter_reads.shutdown(wait=True))
         bookkeeping = WriteBehind(store, executor)
         stack.push_async_callback(_quietly_async, bookkeeping.aclose)
         audit.subscribe(SignInHistory(store, bookkeeping))
@@ -190,7 +202,18 @@ async def open_services(config: Config) -> AsyncIterator[Services]:
         if config.oauth is not None:
             tokens = TokenVerifier(config.oauth)
             stack.push_async_callback(_quietly_async, tokens.aclose)
-        yield Services(store, reader, executor, bookkeeping, audit, notifier, tokens, reads, reads)
+        yield Services(
+            store,
+            reader,
+            executor,
+            bookkeeping,
+            audit,
+            notifier,
+            tokens,
+            reads,
+            counter_reads,
+            counters,
+        )
 
 
 def _quietly(close: Callable[[], object]) -> None:
@@ -232,8 +255,7 @@ def authenticator(config: Config, services: Services, upstream: Upstream[S]) -> 
     policy, warnings = load_policy(config.policy, config.groups)
     for warning in warnings:
         log.warning("%s", warning)
-    k = keys(config)
-    a = config.auth
+    k, a, own = keys(config), config.auth, services.counters
     return Authenticator(
         methods=tuple(a.methods),
         store=services.store,
@@ -255,7 +277,7 @@ def authenticator(config: Config, services: Services, upstream: Upstream[S]) -> 
         token_verifier=services.tokens,
         oauth_scope=config.oauth.scope if config.oauth is not None else "openid email",
         policy=policy,
-        defense=defense(config, services.store, k, reader=services.reader),
+        defense=defense(config, own or services.store, k, reader=own or services.reader),
         read_executor=services.reads,
         counter_read_executor=services.counter_reads,
         app_password_key=k.app_password,

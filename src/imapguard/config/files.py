@@ -40,6 +40,11 @@ def file_problems(config: Config) -> list[tuple[str, str]]:
         if not parent.is_dir():
             add(("state.url", f"directory {parent} does not exist"))
         _check_private_state(problems, config.state.url.removeprefix("sqlite://"))
+    for key in ("password_file", "ca_file", "cert_file", "key_file"):
+        path = getattr(config.state, f"counters_{key}")
+        if path is not None:
+            secret = key in ("password_file", "key_file")
+            check_file(problems, f"state.counters_{key}", path, secret=secret)
     if config.tls.client_ca is not None:
         check_file(problems, "tls.client_ca", config.tls.client_ca)
         _check_ca(problems, "tls.client_ca", config.tls.client_ca)
