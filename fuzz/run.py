@@ -52,6 +52,7 @@ MEASURED: dict[str, tuple[str, tuple[str, ...] | None]] = {
         ),
     ),
     "upstream": ("imap/login.py", None),
+    "proxyproto": ("gateway/proxyproto.py", None),
     # The IMAP response reader the scanner shares with the gateway's upstream login.
     "scanner_imap": ("imap/responses.py", None),
     "scanner_pop3": (

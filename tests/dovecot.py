@@ -17,7 +17,8 @@ What one instance looks like:
   a PROXY v1/v2 header). ``127.0.0.0/8`` is in ``login_trusted_networks`` and
   ``haproxy_trusted_networks``, so a client on localhost may forward the real client address
   with ``ID ("x-originating-ip" "...")`` or a PROXY header. The login log line records it
-  as ``rip=...`` (see ``login_log_format_elements``).
+  as ``rip=...`` (see ``login_log_format_elements``). ``create(haproxy_tls=True)`` adds
+  ``haproxy_tls_port``: implicit TLS after the PROXY header.
 * TLS material comes from ``trustme``: ``ca_cert`` is the CA to verify against; the server
   certificate is valid for ``localhost`` and ``127.0.0.1``.
 * Users live in a ``passwd-file`` (plain-text passwords, ``users``); :meth:`add_user`
@@ -131,6 +132,7 @@ class DovecotServer:
     master_password: str
     users: dict[str, str]
     log_path: Path
+    haproxy_tls_port: int | None = None
 
     _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
     _run_dir: Path | None = field(default=None, init=False, repr=False)
@@ -138,8 +140,11 @@ class DovecotServer:
     # ------------------------------------------------------------------ construction
 
     @classmethod
-    def create(cls, base: Path) -> DovecotServer:
-        """Generate certificates, password files and config under ``base``; do not start."""
+    def create(cls, base: Path, *, haproxy_tls: bool = False) -> DovecotServer:
+        """Generate certificates, password files and config under ``base``; do not start.
+
+        ``haproxy_tls`` adds a fourth listener, ``haproxy_tls_port``: implicit TLS after
+        a PROXY header (``ssl = yes`` and ``haproxy = yes``)."""
         if os.geteuid() != 0:
             raise RuntimeError("the Dovecot test server must run as root")
         base = base.resolve()
@@ -173,6 +178,7 @@ class DovecotServer:
             master_password=secrets.token_urlsafe(18),
             users={name: secrets.token_urlsafe(12) for name in ("alice", "bob", "carol")},
             log_path=base / "dovecot.log",
+            haproxy_tls_port=free_port() if haproxy_tls else None,
         )
         server._write_masters_file()
         server._write_users_file()
@@ -312,7 +318,7 @@ service imap-login {{
     port = {self.haproxy_port}
     haproxy = yes
   }}
-  service_count = 0
+{self._haproxy_tls_listener()}  service_count = 0
   process_min_avail = 2
   process_limit = 64
   client_limit = 4000
@@ -330,6 +336,14 @@ protocol imap {{
 }}
 """
         self.config_path.write_text(config, encoding="utf-8")
+
+    def _haproxy_tls_listener(self) -> str:
+        if self.haproxy_tls_port is None:
+            return ""
+        return (
+            "  inet_listener imaps_haproxy {\n    address = 127.0.0.1\n"
+            f"    port = {self.haproxy_tls_port}\n    ssl = yes\n    haproxy = yes\n  }}\n"
+        )
 
     def add_user(self, name: str, password: str) -> None:
         """Add (or change) a user; Dovecot notices the changed passwd-file by itself.

@@ -3,14 +3,15 @@ services, for `serve`, `demo`, the CLI and the portal.
 
 Every layer takes what it needs as arguments; only this module knows which
 implementation goes where: the SQLite store behind the account and counter
-store interfaces, the audit log, the defense, the policy, the auth service, the
-notifier and the token verifier. `open_services` opens what outlives a
-configuration reload (stores, audit, notifier, token verifier: [state],
-[audit], [notify] and [oauth] are read at start) and closes it in reverse order;
-`gateway_runtime` builds what a reload replaces (the upstream, TLS, the auth
-service with its defense and policy, the limits); `serve` runs the gateway with
-its signals, and the portal beside it on the same event loop when `[portal]` is
-set; `serve_portal` runs the portal alone (`imapguard portal`).
+store interfaces (counters in Redis if `state.counters_url`), the audit log,
+the defense, the policy, the auth service, the notifier and the token verifier.
+`open_services` opens what outlives a configuration reload (stores, audit,
+notifier, token verifier: [state], [audit], [notify] and [oauth] are read at
+start) and closes it in reverse order; `gateway_runtime` builds what a reload
+replaces (the upstream, TLS, the auth service with its defense and policy, the
+limits); `serve` runs the gateway with its signals, and the portal beside it on
+the same event loop when `[portal]` is set; `serve_portal` runs the portal alone
+(`imapguard portal`).
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ import signal
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -37,19 +39,19 @@ from imapguard.auth.oauth import TokenVerifier
 from imapguard.auth.oauth.relying_party import RelyingParty
 from imapguard.auth.passkeys import Passkeys
 from imapguard.auth.signin import TwoStepSignIn
-from imapguard.config import (
-    Config,
-    PortalConfig,
-    account_names,
-    load_config,
-    parse_address,
-)
+from imapguard.config import Config, PortalConfig, account_names, load_config, parse_address
+from imapguard.config.files import file_warnings
 from imapguard.defense.counters import CounterStore
 from imapguard.defense.engine import Defense
 from imapguard.defense.fingerprints import Fingerprinter
 from imapguard.errors import ConfigError
 from imapguard.gateway.server import Gateway, Runtime
-from imapguard.gateway.upstream import UpstreamLogin, UpstreamSession, UpstreamSettings
+from imapguard.gateway.upstream import (
+    UpstreamLogin,
+    UpstreamSession,
+    UpstreamSettings,
+    check_upstream,
+)
 from imapguard.imap.framing import FrameLimits
 from imapguard.keys import (
     APP_PASSWORD,
@@ -68,8 +70,10 @@ from imapguard.portal.child import PortalChild, inherited, watch_parent
 from imapguard.portal.oidc import OidcSetup
 from imapguard.portal.serve import PortalServer, listen_socket, portal_context
 from imapguard.secret import Secret
-from imapguard.state.opening import open_account_store, open_readers
+from imapguard.state.on_thread import read_executor
+from imapguard.state.opening import counter_store, open_account_store, open_reader_for
 from imapguard.state.portal import PortalStore
+from imapguard.state.redis import open_counters
 from imapguard.state.writebehind import WriteBehind
 from imapguard.tls import client_context, server_context
 
@@ -148,17 +152,18 @@ def defense(
 
 @dataclass
 class Services:
-    """What outlives a configuration reload."""
+    """What outlives a configuration reload (`reads`: see `state.on_thread`)."""
 
     store: PortalStore
     reader: PortalStore
-    counters: CounterStore
-    counter_reader: CounterStore
     executor: ThreadPoolExecutor
     bookkeeping: WriteBehind
     audit: AuditLog
     notifier: Notifier | None
     tokens: TokenVerifier | None
+    reads: Executor | None = None
+    counter_reads: Executor | None = None
+    counters: CounterStore | None = None  # else the defense's state is in `store`
 
 
 @contextlib.asynccontextmanager
@@ -168,11 +173,22 @@ async def open_services(config: Config) -> AsyncIterator[Services]:
     async with contextlib.AsyncExitStack() as stack:
         store = account_store(config)
         stack.callback(store.close)
-        reader, counters, counter_reader = open_readers(config.state, store, stack.callback)
+        reader = open_reader_for(config.state, store, stack.callback)
+        counters = open_counters(config.state) if config.state.counters_url else None
+        if counters is not None:
+            stack.callback(counters.close)
         audit = AuditLog(config.audit.path)
         stack.callback(audit.close)
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="imapguard-state")
         stack.callback(_quietly, lambda: executor.shutdown(wait=True))
+        reads = read_executor(config.state.url)
+        if reads is not None:
+            stack.callback(_quietly, lambda: reads.shutdown(wait=True))
+        counter_reads = reads
+        if config.state.counters_url:  # the defense's reads go to Redis
+            counter_reads = read_executor(config.state.counters_url)
+            if counter_reads is not None:
+                stack.callback(_quietly, lambda: counter_reads.shutdown(wait=True))
         bookkeeping = WriteBehind(store, executor)
         stack.push_async_callback(_quietly_async, bookkeeping.aclose)
         audit.subscribe(SignInHistory(store, bookkeeping))
@@ -189,7 +205,16 @@ async def open_services(config: Config) -> AsyncIterator[Services]:
             tokens = TokenVerifier(config.oauth)
             stack.push_async_callback(_quietly_async, tokens.aclose)
         yield Services(
-            store, reader, counters, counter_reader, executor, bookkeeping, audit, notifier, tokens
+            store,
+            reader,
+            executor,
+            bookkeeping,
+            audit,
+            notifier,
+            tokens,
+            reads,
+            counter_reads,
+            counters,
         )
 
 
@@ -232,8 +257,7 @@ def authenticator(config: Config, services: Services, upstream: Upstream[S]) -> 
     policy, warnings = load_policy(config.policy, config.groups)
     for warning in warnings:
         log.warning("%s", warning)
-    k = keys(config)
-    a = config.auth
+    k, a, own = keys(config), config.auth, services.counters
     return Authenticator(
         methods=tuple(a.methods),
         store=services.store,
@@ -255,7 +279,14 @@ def authenticator(config: Config, services: Services, upstream: Upstream[S]) -> 
         token_verifier=services.tokens,
         oauth_scope=config.oauth.scope if config.oauth is not None else "openid email",
         policy=policy,
-        defense=defense(config, services.counters, k, reader=services.counter_reader),
+        defense=defense(
+            config,
+            own or counter_store(services.store),
+            k,
+            reader=own or counter_store(services.reader),
+        ),
+        read_executor=services.reads,
+        counter_read_executor=services.counter_reads,
         app_password_key=k.app_password,
         upstream=upstream,
         audit=services.audit,
@@ -289,9 +320,10 @@ def upstream_settings(config: Config) -> UpstreamSettings:
 
 def gateway_runtime(config: Config, services: Services) -> Runtime:
     """What the gateway's new connections use; a reload builds a new one."""
-    auth: Authenticator[UpstreamSession] = authenticator(
-        config, services, UpstreamLogin(upstream_settings(config))
-    )
+    upstream = upstream_settings(config)
+    auth: Authenticator[UpstreamSession] = authenticator(config, services, UpstreamLogin(upstream))
+    for warning in file_warnings(config):
+        log.warning("%s", warning)
     limits = config.limits
     tls = config.tls
     return Runtime(
@@ -307,6 +339,9 @@ def gateway_runtime(config: Config, services: Services) -> Runtime:
         mechanisms=_mechanisms(config.auth.methods),
         trusted=auth.defense.in_trusted_network if auth.defense is not None else _nobody,
         authenticator=auth,
+        # Connection and TLS only: Dovecot counts a master-user check against the
+        # gateway's address (`check-config --connect` makes it, by hand).
+        upstream_check=partial(check_upstream, upstream, master=False),
         frame_limits=FrameLimits(
             max_line=limits.max_line,
             max_literal=limits.max_literal,
@@ -341,7 +376,8 @@ async def serve(
     read, else on this event loop."""
     async with open_services(config) as services:
         audit = services.audit
-        gateway = Gateway(gateway_runtime(config, services), audit, services.reader)
+        gateway = Gateway(gateway_runtime(config, services), audit, services.reader, services.reads)
+        await gateway.listen()  # a port in use: a ConfigError, before the portal starts
         portal: PortalServer | None = None
         child: PortalChild | None = None
         if config.portal is not None and config_path is not None:
@@ -361,6 +397,7 @@ async def serve(
         loop = asyncio.get_running_loop()
 
         def reload() -> None:
+            audit.reopen()  # logrotate moved it away
             if config_path is None:
                 return
             try:
@@ -556,7 +593,12 @@ async def serve_portal(config: Config, ready: Callable[[PortalServer], None] | N
         else:
             portal.adopt(handed[0])
         loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGHUP, _reload_portal, portal, audit)
+
+        def reload() -> None:
+            audit.reopen()  # logrotate moved it away
+            _reload_portal(portal, audit)
+
+        loop.add_signal_handler(signal.SIGHUP, reload)
         loop.add_signal_handler(signal.SIGTERM, portal.stop)
         loop.add_signal_handler(signal.SIGINT, portal.stop)
         audit.emit(events.Start(pid=os.getpid()))

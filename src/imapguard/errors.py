@@ -107,4 +107,6 @@ class UpstreamUnavailable(UpstreamError):
 
 
 class UpstreamRefused(UpstreamError):
-    pass
+    def __init__(self, address: str, detail: str, code: str | None = None) -> None:
+        super().__init__(address, detail)
+        self.code = code  # the refusal's response code (RFC 5530), if it had one

@@ -6,15 +6,20 @@ every count, block, binding and log line must say so, or one client becomes
 two. Networks are the client's /24 (IPv4) or /64 (IPv6): an IPv6 client
 usually holds a whole /64 (RFC 7421), so counting its single addresses counts
 nothing. Text that is no address (a test's label, a Unix socket) is kept as it
-is and is its own network.
+is and is its own network. A listening address that cannot be bound is a
+ConfigError naming its key (`cannot_listen`), for every listener alike.
 """
 
 from __future__ import annotations
 
 import functools
 import ipaddress
+import os
+import socket
 
-__all__ = ["Address", "is_loopback", "masked", "network", "normalize", "parse"]
+from imapguard.errors import ConfigError
+
+__all__ = ["Address", "cannot_listen", "is_loopback", "masked", "network", "normalize", "parse"]
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -67,3 +72,14 @@ def is_loopback(host: str) -> bool:
         return True
     address = parse(host.strip("[]"))
     return address is not None and address.is_loopback
+
+
+def cannot_listen(key: str, address: str, exc: OSError) -> ConfigError:
+    """The one line for a listener `address` (the value of `key`) that cannot be
+    bound: in use, not this host's, a name that does not resolve."""
+    # socket.create_server's message repeats the address; the errno says it alone.
+    if exc.errno and not isinstance(exc, socket.gaierror):
+        reason = os.strerror(exc.errno)
+    else:
+        reason = exc.strerror or str(exc)
+    return ConfigError([(key, f"cannot listen on {address}: {reason}")])

@@ -11,6 +11,15 @@ so clients without one still connect; a certificate that is presented must chain
 to that CA and be valid now, or the handshake fails. A verified certificate maps
 to an account with `certificate_account`.
 
+What a certificate file must hold is checked before OpenSSL reads it
+(`server_pair_problems`, `ca_file_problem`), so that `check-config` and `serve`
+say which file is wrong and how instead of OpenSSL's "PEM lib": PEM, not DER; a
+private key that is not encrypted and belongs to the first certificate. An
+expired certificate, or one that expires within `EXPIRY_WARNING_DAYS`, is a
+warning (`expiry_warning`), not an error: clients that refuse it get a clear
+TLS alert, and refusing to start would take the gateway down for those that
+accept it too.
+
 Revocation (`tls.client_crl`): PEM CRLs, one or several concatenated, published
 by the CAs of `tls.client_ca`. With them OpenSSL checks the client's certificate
 ("leaf", the default) or every certificate of its chain ("chain") against its
@@ -32,13 +41,17 @@ if TYPE_CHECKING:
     from cryptography.x509 import Certificate, CertificateRevocationList, Name
 
 __all__ = [
+    "EXPIRY_WARNING_DAYS",
     "TLS12_CIPHERS",
+    "ca_file_problem",
     "certificate_account",
     "client_context",
     "client_crl_problems",
+    "expiry_warning",
     "generate_self_signed",
     "load_crls",
     "server_context",
+    "server_pair_problems",
 ]
 
 TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL:!DSS:!PSK:!SRP"
@@ -115,6 +128,120 @@ def load_crls(path: str) -> list[CertificateRevocationList]:
     if not crls:
         raise ValueError(f"{path} holds no PEM CRL (-----BEGIN X509 CRL-----)")
     return crls
+
+
+#: A certificate this close to its end is announced by `check-config` and at
+#: start: two weeks leave time for a renewal that failed (Let's Encrypt renews at
+#: 30 days left and mails at 20, 10 and 1).
+EXPIRY_WARNING_DAYS = 14
+
+_NOT_PEM = (
+    "is not PEM (convert a DER file with `openssl {tool} -inform der -in FILE -out FILE.pem`)"
+)
+
+
+def _pem_labels(data: bytes) -> list[str]:
+    return [m.group(1).decode("ascii", "replace") for m in _PEM_BLOCK.finditer(data)]
+
+
+def _certificates(path: str, data: bytes) -> list[Certificate]:
+    """The PEM certificates of `data` (read from `path`); ValueError saying why none."""
+    from cryptography import x509
+
+    labels = _pem_labels(data)
+    if not labels:
+        raise ValueError(f"{path} {_NOT_PEM.format(tool='x509')}")
+    if "CERTIFICATE" not in labels:
+        found = ", ".join(sorted(set(labels)))
+        raise ValueError(f"{path} holds no certificate (-----BEGIN CERTIFICATE-----), only {found}")
+    try:
+        return x509.load_pem_x509_certificates(data)
+    except ValueError:
+        raise ValueError(f"{path}: a certificate in it does not parse") from None
+
+
+def server_pair_problems(certificate: str, private_key: str) -> dict[str, str]:
+    """What is wrong with a listener's certificate chain and private key, by
+    which of the two ("certificate" or "private_key") is to blame: not PEM, no
+    certificate, an encrypted or unreadable key, or a key that does not belong
+    to the first certificate. Empty when OpenSSL loads the pair. Messages name
+    the files, never their content."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+
+    try:
+        with open(certificate, "rb") as f:
+            certs = _certificates(certificate, f.read())
+    except OSError as exc:
+        return {"certificate": f"cannot read {certificate}: {exc.strerror}"}
+    except ValueError as exc:
+        return {"certificate": str(exc)}
+    try:
+        with open(private_key, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        return {"private_key": f"cannot read {private_key}: {exc.strerror}"}
+    if not any(label.endswith("PRIVATE KEY") for label in _pem_labels(data)):
+        if b"-----BEGIN" in data:
+            return {
+                "private_key": f"{private_key} holds no private key (-----BEGIN PRIVATE KEY-----)"
+            }
+        return {"private_key": f"{private_key} {_NOT_PEM.format(tool='pkey')}"}
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except TypeError:
+        return {
+            "private_key": f"{private_key} is encrypted: the gateway needs it without a passphrase"
+        }
+    except (ValueError, UnsupportedAlgorithm):
+        return {"private_key": f"{private_key}: the private key in it does not parse"}
+    spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    if key.public_key().public_bytes(*spki) != certs[0].public_key().public_bytes(*spki):
+        return {
+            "private_key": f"{private_key} does not match the certificate in {certificate} "
+            "(the key of another certificate?)"
+        }
+    try:  # anything else OpenSSL itself refuses
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(certificate, private_key)
+    except ssl.SSLError as exc:
+        return {"certificate": f"OpenSSL refuses {certificate} with its key: {exc.reason or exc}"}
+    return {}
+
+
+def ca_file_problem(path: str) -> str | None:
+    """Why `path` cannot be a file of trusted CA certificates (PEM), or None."""
+    try:
+        with open(path, "rb") as f:
+            _certificates(path, f.read())
+    except OSError as exc:
+        return f"cannot read {path}: {exc.strerror}"
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def expiry_warning(path: str, now: datetime.datetime | None = None) -> str | None:
+    """A warning when the first certificate of `path` has expired, expires within
+    `EXPIRY_WARNING_DAYS`, or is not valid yet; None when it is fine or cannot be
+    read (the file has its own check)."""
+    try:
+        with open(path, "rb") as f:
+            cert = _certificates(path, f.read())[0]
+    except (OSError, ValueError):
+        return None
+    now = now or datetime.datetime.now(datetime.UTC)
+    end, start = cert.not_valid_after_utc, cert.not_valid_before_utc
+    if end <= now:
+        return f"{path} expired at {end:%Y-%m-%d %H:%M} UTC: clients refuse it; renew it"
+    if start > now:
+        return f"{path} is valid only from {start:%Y-%m-%d %H:%M} UTC: clients refuse it until then"
+    left = end - now
+    if left <= datetime.timedelta(days=EXPIRY_WARNING_DAYS):
+        return (
+            f"{path} expires at {end:%Y-%m-%d %H:%M} UTC, in {left.days} days "
+            f"{left.seconds // 3600} hours: renew it"
+        )
+    return None
 
 
 def client_crl_problems(

@@ -11,6 +11,9 @@ under test and returns its `Backend`. No test changes.
     ACCOUNT_STORES  imapguard.state.accounts.AccountStore implementations
     PORTAL_STORES   imapguard.state.portal.PortalStore implementations
 
+The Redis counter store runs on one private `redis-server` for the session
+(tests/redis_server.py), each test under a key prefix of its own.
+
 An implementation whose state other processes can reach (a file, a server) says
 so (`processes=True`); the multi-process tests run over those only. The
 in-memory counter store lives in one process, so it is not among them.
@@ -18,6 +21,7 @@ in-memory counter store lives in one process, so it is not among them.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +36,7 @@ from imapguard.state.portal import PortalStore
 from imapguard.state.postgres import PgStore
 from imapguard.state.postgres import open_store as open_pg_store
 from tests.postgres import PostgresServer, postgres
+from tests.redis_server import counters_address, open_redis_counters, shared_server, stop_shared
 
 __all__ = ["postgres"]  # the session's server, for `_postgresql`
 
@@ -125,9 +130,17 @@ def _pg_is_a_portal_store(store: PgStore) -> PortalStore:
     return store
 
 
+def _redis_counters(tmp_path: Path, _: pytest.FixtureRequest) -> Backend[CounterStore]:
+    """The session's Redis under a fresh prefix; each handle its own client."""
+    server = shared_server(tmp_path.parent / "redis-shared")
+    address = counters_address(server, f"test{secrets.token_hex(4)}:")
+    return Backend("redis", open_redis_counters, address, close=_close)
+
+
 COUNTER_STORES: dict[str, Implementation[CounterStore]] = {
     "memory": Implementation(_memory_counters, processes=False),
     "sqlite": Implementation(_sqlite_counters, processes=True),
+    "redis": Implementation(_redis_counters, processes=True),
 }
 ACCOUNT_STORES: dict[str, Implementation[AccountStore]] = {
     "sqlite": Implementation(_sqlite_accounts, processes=True),
@@ -137,6 +150,12 @@ PORTAL_STORES: dict[str, Implementation[PortalStore]] = {
     "sqlite": Implementation(_sqlite_portal, processes=True),
     "postgresql": Implementation(_postgresql, processes=True),
 }
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_shared_servers() -> Iterator[None]:
+    yield
+    stop_shared()
 
 
 def _backend(

@@ -9,16 +9,18 @@ own n. Allocation, one block per file (keep it that way when adding tests):
     10-29 test_gateway_dovecot   30-39 test_clients        40-44 test_starttls_injection
     45-49 test_literal_bomb      50-54 test_login_before_tls  55-64 test_preauth_flood
     65-79 test_garbage           80-89 test_upstream_down  90-99 test_tls_policy
-    100-109 test_upstream_mitm   110-119 test_slow_reader
+    100-109 test_upstream_mitm   110-119 test_slow_reader  215-219 test_slow_store
     130-149 test_oauth_gateway   150-169 test_oauth_token_confusion  170-189 test_client_cert
     190-199 test_policy_gateway  230-234 test_starttls_injection  235-239 test_preauth_flood
     240-244 test_state_permissions  245-249 test_cli_hostile_text  250-254 test_portal_serving
+    225-229 test_startup_failures
     Networks of their own: 127.0.20-59 (totp tests), 127.0.60-99 (brute force),
     127.0.104.0/21 (failure timing), 127.0.120-129 (posture), 127.0.200-206 (the
     attacks of issue 9: lockout notices, names, penalty timing, device forgery),
     127.0.210.0/24 (the browser tests, tests/e2e/portal.py source_address),
     127.0.211.0/24 (test_portal_admin), 127.0.212.0/24 (test_portal_spray),
-    127.0.213.0/24 (test_postgres_state)
+    127.0.213.0/24 (test_postgres_state),
+    127.0.215.0/24 and 127.0.216.0/24 (test_proxy_protocol: clients, HAProxy)
     (test_preauth_slot_exhaustion uses a network namespace of its own, tests/netns.py)
 """
 

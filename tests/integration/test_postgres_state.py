@@ -26,9 +26,10 @@ from tests.dovecot import DovecotServer
 from tests.gateway import IMAPGUARD, GatewayProcess
 from tests.integration.conftest import AUTH_FAILED, RawClient, running_gateway, wait_for
 from tests.postgres import PostgresServer, pg_empty_url, pg_url, postgres
+from tests.redis_server import RedisServer, redis_server
 from tests.unit.test_migrations import _config
 
-__all__ = ["pg_empty_url", "pg_url", "postgres"]
+__all__ = ["pg_empty_url", "pg_url", "postgres", "redis_server"]
 
 
 def _cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -43,11 +44,16 @@ def _cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def _pg_config(tmp_path: Path, url: str, postgres: PostgresServer) -> Path:
+# The commands tested here open no counter store, but a PostgreSQL url requires one.
+COUNTERS = 'counters_url = "redis://127.0.0.1:1/0"'
+
+
+def _pg_config(tmp_path: Path, url: str, postgres: PostgresServer | None) -> Path:
+    """A configuration on the database at `url` (its password from the file
+    when `postgres` is given)."""
     config = _config(tmp_path, url)
-    text = config.read_text().replace(
-        f'url = "{url}"', f'url = "{url}"\npassword_file = "{postgres.password_file}"'
-    )
+    extra = f'\npassword_file = "{postgres.password_file}"' if postgres is not None else ""
+    text = config.read_text().replace(f'url = "{url}"', f'url = "{url}"{extra}\n{COUNTERS}')
     config.write_text(text)
     return config
 
@@ -95,7 +101,7 @@ def test_a_password_in_the_url_is_never_shown(
     here a refused CA, and a malformed URL."""
     inline = postgres.url_with_password(_dbname(pg_url))
     wrong = inline.replace(str(postgres.ca), str(postgres.other_ca))
-    config = _config(tmp_path, wrong)
+    config = _pg_config(tmp_path, wrong, None)
     out = _cli(config, "user", "list")
     assert out.returncode == 1
     assert postgres.password not in out.stderr + out.stdout
@@ -208,9 +214,19 @@ def test_another_server_key_is_refused_at_start(
 
 @pytest.fixture
 def pg_gateway(
-    tmp_path: Path, dovecot: DovecotServer, postgres: PostgresServer, pg_url: str
+    tmp_path: Path,
+    dovecot: DovecotServer,
+    postgres: PostgresServer,
+    pg_url: str,
+    redis_server: RedisServer,
 ) -> Iterator[GatewayProcess]:
-    state = f'url = "{pg_url}"\npassword_file = "{postgres.password_file}"'
+    """The gateway as a node of several: accounts in PostgreSQL, the defense's
+    counters in Redis."""
+    state = (
+        f'url = "{pg_url}"\npassword_file = "{postgres.password_file}"\n'
+        f'counters_url = "{redis_server.url}"\n'
+        f'counters_password_file = "{redis_server.password_file}"'
+    )
     with running_gateway(tmp_path / "gw", dovecot, state=state) as gw:
         yield gw
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import trustme
 
+from imapguard.audit import read_events
 from tests.dovecot import DovecotServer
 from tests.gateway import GatewayProcess
 
@@ -91,4 +92,36 @@ def test_sighup_reloads_certificates_and_keeps_sessions(
             session.shutdown()
     closes = gw.events("close")
     assert any(c.get("user") == "alice" and c["reason"] == "relay ended" for c in closes)
+    assert "Traceback" not in gw.log_text()
+
+
+def test_sighup_reopens_the_audit_log_after_logrotate(
+    tmp_path: Path, dovecot: DovecotServer
+) -> None:
+    """logrotate moves the file away and sends SIGHUP: the events of later logins
+    go to the new file, none is lost in the old one after the signal."""
+    gw = GatewayProcess.create(tmp_path, dovecot)
+    gw.start()
+    try:
+        password = gw.create_app_password("alice")
+        rotated = gw.audit_path.with_name("audit.jsonl.1")
+        gw.audit_path.rename(rotated)
+        gw.signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while not gw.audit_path.exists():
+            assert time.monotonic() < deadline, "SIGHUP did not reopen the audit log"
+            time.sleep(0.05)
+        _wait_for(gw, "reload", 1)
+        session = imaplib.IMAP4_SSL("127.0.0.1", gw.implicit_port, ssl_context=gw.client_ssl())
+        session.login("alice", password)
+        session.logout()
+        deadline = time.monotonic() + 10
+        while not [e for e in gw.events("auth") if e["result"] == "ok"]:
+            assert time.monotonic() < deadline, "the login's auth event is not in the new file"
+            time.sleep(0.05)
+        old = [r["event"] for r in read_events(str(rotated))]
+        assert "start" in old
+        assert "auth" not in old
+    finally:
+        gw.stop()
     assert "Traceback" not in gw.log_text()

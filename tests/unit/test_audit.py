@@ -134,3 +134,45 @@ def test_bidi_overrides_and_c1_controls_never_reach_the_log() -> None:
     assert clean_text("a\u0085b\u009b31mc") == "a?b?31mc"
     assert clean_text("a\u2066b\u200bc\u2028d\ufeff") == "a?b?c?d?"
     assert clean_text("jörg ünïcode") == "jörg ünïcode"
+
+
+def test_reopen_after_logrotate_writes_to_the_new_file(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(str(path))
+    log.emit(events.Start(pid=1))
+    path.rename(tmp_path / "audit.jsonl.1")  # what logrotate does before its postrotate
+    log.emit(events.Start(pid=2))  # still the old file, until the signal
+    log.reopen()
+    log.emit(events.Start(pid=3))
+    log.close()
+    assert [r["pid"] for r in read_events(str(tmp_path / "audit.jsonl.1"))] == [1, 2]
+    assert [r["pid"] for r in read_events(str(path))] == [3]
+
+
+def test_full_disk_drops_events_with_one_error_and_recovers(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The path is a symlink: first to /dev/full (every write fails with ENOSPC),
+    # then to a real file, as when space comes back.
+    path = tmp_path / "audit.jsonl"
+    path.symlink_to("/dev/full")
+    log = AuditLog(str(path))
+    with caplog.at_level(logging.WARNING, logger="imapguard.audit"):
+        for pid in range(5):
+            log.emit(events.Start(pid=pid))
+        assert log.failures == 5
+        assert not log.healthy
+        path.unlink()
+        path.symlink_to(tmp_path / "real.jsonl")
+        log.emit(events.Start(pid=5))  # fails on the old stream, which is reopened
+        log.emit(events.Start(pid=6))
+    log.close()
+    assert log.healthy
+    assert log.failures == 6
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1  # one line per outage, not one per event
+    assert "No space left on device" in errors[0]
+    assert any("written again" in r.getMessage() for r in caplog.records)
+    # No half-written line of a failed event is glued to the next one.
+    assert [r["pid"] for r in read_events(str(tmp_path / "real.jsonl"))] == [6]
+    assert (tmp_path / "real.jsonl").read_text().count("\n") == 1

@@ -243,6 +243,25 @@ async def test_upstream_down_is_unavailable(store: SqliteStore, tmp_path: Path) 
 
 
 @pytest.mark.asyncio
+async def test_a_refused_master_login_is_the_gateways_fault_not_a_wrong_password(
+    store: SqliteStore, tmp_path: Path
+) -> None:
+    """The app password is right; the upstream refuses the gateway's master user.
+    UNAVAILABLE (NO [UNAVAILABLE] on the wire, counted by no defense), with the
+    upstream's words in the audit log."""
+    auth, upstream, _ = _auth(store, tmp_path)
+    password = _issue(store, "alice")
+    upstream.fail = UpstreamRefused("u", "login: NO [AUTHENTICATIONFAILED] Authentication failed.")
+    result = await auth.authenticate(_creds(b"alice", password), CTX, "s1")
+    assert (result.outcome, result.user) == (Outcome.UNAVAILABLE, "alice")
+    assert result.reason == (
+        "upstream refused the master login "
+        "(login: NO [AUTHENTICATIONFAILED] Authentication failed.)"
+    )
+    assert [e["result"] for e in _events(tmp_path)] == ["unavailable"]
+
+
+@pytest.mark.asyncio
 async def test_dead_state_store_fails_closed(store: SqliteStore, tmp_path: Path) -> None:
     auth, upstream, _ = _auth(store, tmp_path)
     password = _issue(store, "alice")

@@ -13,13 +13,12 @@ import pytest
 from imapguard.audit import AuditLog, events
 from imapguard.cli import main
 from imapguard.secret import Secret
+from tests.pem import write_pair
 
 
 @pytest.fixture
 def config(tmp_path: Path) -> Path:
-    for name in ("cert.pem", "key.pem"):
-        (tmp_path / name).write_text("x")
-    (tmp_path / "key.pem").chmod(0o600)
+    write_pair(tmp_path / "cert.pem", tmp_path / "key.pem")
     key = tmp_path / "server.key"
     key.write_bytes(secrets.token_bytes(32))
     key.chmod(0o600)

@@ -11,6 +11,7 @@ import pytest
 
 from imapguard.config import load_config, parse_address
 from imapguard.errors import ConfigError
+from tests.pem import write_pair
 
 
 def _files(tmp_path: Path) -> dict[str, Path]:
@@ -20,8 +21,7 @@ def _files(tmp_path: Path) -> dict[str, Path]:
         tmp_path / "server.key",
         tmp_path / "master.secret",
     )
-    cert.write_text("cert")
-    key.write_text("key")
+    write_pair(cert, key)
     server_key.write_bytes(secrets.token_bytes(32))
     master.write_text("pw\n")
     for path in (key, server_key, master):

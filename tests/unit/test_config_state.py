@@ -8,6 +8,8 @@ import pytest
 from imapguard.config import StateConfig, redacted_url
 from imapguard.errors import ConfigError
 
+COUNTERS = "redis://redis.example.org:6379/0"  # a PostgreSQL url requires one
+
 
 def _problems(**values: object) -> list[tuple[str, str]]:
     with pytest.raises(ConfigError) as refused:
@@ -17,7 +19,9 @@ def _problems(**values: object) -> list[tuple[str, str]]:
 
 def test_a_postgresql_url_with_a_password_file_is_accepted() -> None:
     url = "postgresql://imapguard@db:5432/ig?sslmode=verify-full&sslrootcert=/etc/ca.pem"
-    state = StateConfig.checked(url=url, password_file="/etc/imapguard/pg-password")
+    state = StateConfig.checked(
+        url=url, password_file="/etc/imapguard/pg-password", counters_url=COUNTERS
+    )
     assert state.postgresql
     assert not StateConfig.checked().postgresql
 
@@ -33,11 +37,13 @@ def test_an_unknown_scheme_names_state_url() -> None:
 
 
 def test_a_bad_sslmode_and_a_bad_port_never_show_the_password() -> None:
-    (problem,) = _problems(url="postgresql://ig:hunter2@db/ig?sslmode=verify")
+    (problem,) = _problems(
+        url="postgresql://ig:hunter2@db/ig?sslmode=verify", counters_url=COUNTERS
+    )
     assert problem[0] == "state.url"
     assert "sslmode='verify' is not one of" in problem[1]
     assert "hunter2" not in problem[1]
-    (problem,) = _problems(url="postgresql://ig:hunter2@db:port/ig")
+    (problem,) = _problems(url="postgresql://ig:hunter2@db:port/ig", counters_url=COUNTERS)
     assert problem[0] == "state.url"
     assert "hunter2" not in problem[1]
     assert "postgresql://ig:***@db:port/ig" in problem[1]

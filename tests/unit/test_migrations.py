@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+import trustme
 
 from imapguard.cli import main
 from imapguard.state.migrations import current, upgrade
@@ -26,8 +27,9 @@ BEFORE_ALEMBIC = Path(__file__).parent.parent / "data" / "state-before-alembic.d
 
 def _config(tmp_path: Path, url: str) -> Path:
     """A configuration on the store at `url` (the rest as tests/unit/test_cli.py's)."""
-    for name in ("cert.pem", "key.pem"):
-        (tmp_path / name).write_text("x")
+    cert = trustme.CA().issue_cert("localhost")
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
     key = tmp_path / "server.key"
     key.write_bytes(b"k" * 32)
     master = tmp_path / "master"

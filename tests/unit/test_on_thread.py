@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from imapguard.errors import StateUnavailable
-from imapguard.state.on_thread import on_thread
+from imapguard.state.on_thread import READ_THREADS, on_thread, read_executor
 
 pytestmark = pytest.mark.asyncio
 
@@ -46,3 +46,18 @@ async def test_the_store_error_reaches_the_caller(executor: ThreadPoolExecutor) 
     for pool in (executor, None):
         with pytest.raises(StateUnavailable):
             await on_thread(pool, down)
+
+
+async def test_an_embedded_store_is_read_inline_and_a_networked_one_on_read_threads() -> None:
+    """No thread hop for SQLite (a point read costs less than the hop); a
+    networked store's round trips go to read threads of their own."""
+    assert read_executor("sqlite:///var/lib/imapguard/state.db") is None
+    for url in ("postgresql://db.example/imapguard", "redis://cache.example:6379/0"):
+        reads = read_executor(url)
+        assert isinstance(reads, ThreadPoolExecutor)
+        try:
+            thread, _ = await on_thread(reads, _where, 1)
+            assert thread.startswith("imapguard-read")
+            assert reads._max_workers == READ_THREADS
+        finally:
+            reads.shutdown()

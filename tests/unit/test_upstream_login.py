@@ -10,6 +10,7 @@ import pytest
 from imapguard.imap.login import (
     Action,
     Failed,
+    Greeted,
     LoggedIn,
     LoginDialogue,
     LoginSettings,
@@ -35,7 +36,7 @@ def run(machine: LoginDialogue, data: bytes = b"") -> list[Action]:
         if isinstance(action, NeedResponse):
             return actions
         actions.append(action)
-        if isinstance(action, LoggedIn | Failed | StartTls):
+        if isinstance(action, LoggedIn | Greeted | Failed | StartTls):
             return actions
 
 
@@ -93,19 +94,24 @@ def test_id_values_are_quoted() -> None:
 
 
 @pytest.mark.parametrize(
-    ("answer", "refused"),
+    ("answer", "refused", "code"),
     [
-        (b"g2 NO [AUTHENTICATIONFAILED] Authentication failed.\r\n", True),
-        (b"g2 BAD bad command\r\n", True),
-        (b"g2 NO [UNAVAILABLE] Temporary authentication failure.\r\n", False),
-        (b"g2 NO [SERVERBUG] Internal error\r\n", False),
+        (b"g2 NO [AUTHENTICATIONFAILED] Authentication failed.\r\n", True, "AUTHENTICATIONFAILED"),
+        (b"g2 NO [AUTHORIZATIONFAILED] Authorization failed\r\n", True, "AUTHORIZATIONFAILED"),
+        (b"g2 BAD bad command\r\n", True, None),
+        (b"g2 NO [UNAVAILABLE] Temporary authentication failure.\r\n", False, "UNAVAILABLE"),
+        (b"g2 NO [SERVERBUG] Internal error\r\n", False, "SERVERBUG"),
     ],
 )
-def test_no_is_a_refusal_unless_the_server_cannot_answer_now(answer: bytes, refused: bool) -> None:
+def test_no_is_a_refusal_unless_the_server_cannot_answer_now(
+    answer: bytes, refused: bool, code: str | None
+) -> None:
+    """The code goes with the refusal: AUTHORIZATIONFAILED (RFC 5530) says the
+    credentials were right and only the identity asked for was refused."""
     m = LoginDialogue(PLAIN)
     run(m, b"* OK [CAPABILITY IMAP4rev1 SASL-IR] ready\r\n")
     (failed,) = run(m, answer)
-    assert failed == Failed("login: " + answer[3:].decode().strip(), refused=refused)
+    assert failed == Failed("login: " + answer[3:].decode().strip(), refused=refused, code=code)
 
 
 @pytest.mark.parametrize(
@@ -133,6 +139,22 @@ def test_starttls_then_the_login_inside_tls_with_what_tls_says() -> None:
     m.tls_established()
     # SASL-IR was said before TLS: forgotten, so the login waits for "+".
     assert sent(run(m)) == b"g2 AUTHENTICATE PLAIN\r\n"
+
+
+def test_a_check_without_credentials_ends_after_tls_having_sent_no_login() -> None:
+    m = LoginDialogue(None, LoginSettings(starttls=True, id_fields=ID))
+    out = run(m, b"* OK [CAPABILITY IMAP4rev1 STARTTLS SASL-IR] ready\r\n")
+    assert out == [Send(b"g0 STARTTLS\r\n")]
+    assert run(m, b"g0 OK Begin TLS negotiation now.\r\n") == [StartTls()]
+    m.tls_established()
+    assert run(m) == [Greeted()]
+
+
+def test_a_check_without_credentials_still_refuses_a_preauth_greeting() -> None:
+    m = LoginDialogue(None)
+    assert run(m, b"* PREAUTH logged in already\r\n") == [Failed("unexpected greeting (PREAUTH)")]
+    m = LoginDialogue(None)
+    assert run(m, b"* OK ready\r\n") == [Greeted()]
 
 
 def test_starttls_response_injection_ends_the_login() -> None:

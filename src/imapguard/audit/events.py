@@ -66,6 +66,8 @@ class Connect(Event):
     src_port: int
     listener: str
     tls_mode: str  # implicit | starttls
+    # The load balancer's address when a PROXY header named the client (`src`).
+    proxy: str | None = None
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)

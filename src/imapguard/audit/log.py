@@ -5,10 +5,21 @@ appended and flushed a line at a time; and reading it back (`read_events`,
 In-process subscribers (`subscribe`) see every event as it is written: the
 account owners' sign-in history and the portal's live view are fed this way.
 A subscriber must be quick and must not raise (one that does is logged, and
-the others and the file go on)."""
+the others and the file go on).
+
+Rotation: `reopen()` (on SIGHUP) opens the path again, so logrotate can move
+the file away and signal, without `copytruncate`'s lost lines.
+
+A file that cannot be written (disk full, removed permissions, a dead mount)
+never takes the gateway down: the event is dropped, the first failure of an
+outage is logged with its reason and the recovery when a line is written again
+(not one log line per event, which would fill the other disk), and `failures`
+counts the dropped lines for metrics. `healthy` says whether the last write
+succeeded."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -22,6 +33,8 @@ from imapguard.audit.events import Event, to_json
 
 __all__ = ["AuditLog", "Subscriber", "follow", "read_events"]
 
+log = logging.getLogger("imapguard.audit")
+
 # Called with each event and its timestamp (seconds since the epoch).
 Subscriber = Callable[[Event, float], None]
 
@@ -34,12 +47,16 @@ class AuditLog:
         self._clock = clock
         self._lock = threading.Lock()
         self._subscribers: list[Subscriber] = []
-        self._stream: IO[str]
-        if path == "-":
-            self._stream = sys.stdout
-        else:
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-            self._stream = os.fdopen(fd, "a", encoding="utf-8")
+        #: Lines that could not be written since start, and a hook told of each.
+        self.failures = 0
+        self.on_failure: Callable[[], None] | None = None
+        self._failing = False
+        self._stream: IO[str] = sys.stdout if path == "-" else _open(path)
+
+    @property
+    def healthy(self) -> bool:
+        """False from a failed write until a line is written again."""
+        return not self._failing
 
     def subscribe(self, subscriber: Subscriber) -> None:
         self._subscribers.append(subscriber)
@@ -53,16 +70,55 @@ class AuditLog:
                 self._stream.flush()
             except (OSError, ValueError) as exc:
                 # The audit log must not take the gateway down with it.
-                logging.getLogger("imapguard.audit").error("cannot write audit log: %s", exc)
+                self._failed(exc)
+            else:
+                if self._failing:
+                    self._failing = False
+                    log.warning("audit log %s is written again", self.path)
         for subscriber in self._subscribers:
             try:
                 subscriber(event, ts)
             except Exception:
-                logging.getLogger("imapguard.audit").exception("audit subscriber failed")
+                log.exception("audit subscriber failed")
+
+    def _failed(self, exc: Exception) -> None:
+        self.failures += 1
+        if self.on_failure is not None:
+            self.on_failure()
+        if not self._failing:
+            self._failing = True
+            log.error("cannot write audit log %s, events are dropped: %s", self.path, exc)
+        # A write that failed half-way leaves the rest of the line in the buffer,
+        # which the next flush would glue to the next event: drop it.
+        with contextlib.suppress(OSError, ValueError):
+            if self._stream is not sys.stdout:
+                self._stream.close()
+                self._stream = _open(self.path)
+
+    def reopen(self) -> None:
+        """Open the path again (after logrotate moved the file); on failure the
+        current file stays in use and the problem is logged."""
+        if self._stream is sys.stdout:
+            return
+        try:
+            stream = _open(self.path)
+        except OSError as exc:
+            log.error("cannot reopen audit log %s, writing to the old file: %s", self.path, exc)
+            return
+        with self._lock:
+            old, self._stream = self._stream, stream
+        with contextlib.suppress(OSError, ValueError):
+            old.close()
 
     def close(self) -> None:
         if self._stream is not sys.stdout:
-            self._stream.close()
+            with contextlib.suppress(OSError, ValueError):
+                self._stream.close()
+
+
+def _open(path: str) -> IO[str]:
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+    return os.fdopen(fd, "a", encoding="utf-8")
 
 
 def read_events(path: str) -> Iterator[dict[str, Any]]:

@@ -24,10 +24,12 @@ The service knows no socket and no protocol (`model.py`): the front end hands
 in the client's credentials and an `Upstream` to log in to; the gateway's is the
 IMAP server behind it.
 
-State access: point reads go to `reader` on the event loop (WAL: never blocked
-by a writer); writes a decision depends on are awaited on the store's worker
-thread (`_store`); bookkeeping after a decision (last login, last use) is queued
-on `bookkeeping` and written in batches.
+State access: reads go through `reads` (`reads.py`): inline on the event loop
+for the embedded store (its read-only WAL connection, `reader`: never blocked by
+a writer), awaited on a read executor for a networked one; writes a decision
+depends on are awaited on the store's worker thread (`_store`); bookkeeping
+after a decision (last login, last use) is queued on `bookkeeping` and written
+in batches. The policy's word is `permission.py`.
 """
 
 from __future__ import annotations
@@ -55,12 +57,13 @@ from imapguard.auth.model import (
     S,
     Upstream,
 )
+from imapguard.auth.permission import policy_refusal
+from imapguard.auth.reads import Reads
 from imapguard.auth.timing import AttemptClock, FailureTiming, password_ok
 from imapguard.auth.verified import VerifiedPasswords
 from imapguard.defense.engine import Action, Attempt, Defense, Verdict
 from imapguard.errors import StateUnavailable, UpstreamRefused, UpstreamUnavailable
 from imapguard.keys import VERIFIED_CACHE, derive_key
-from imapguard.policy.engine import DecisionKind
 from imapguard.policy.gate import PolicyGate
 from imapguard.secret import Secret
 from imapguard.state.accounts import AccountStore, DeviceRecord
@@ -102,10 +105,14 @@ class Authenticator(Generic[S]):
         oauth_scope: str = "openid email",
         policy: PolicyGate | None = None,
         defense: Defense | None = None,
+        read_executor: Executor | None = None,
+        counter_read_executor: Executor | None = None,
     ) -> None:
         self.methods = methods
         self.store = store
         self.reader = reader or store
+        # Where reads run (None: inline on the event loop; `reads.py`).
+        self.reads = Reads(self.reader, executor=read_executor, counters=counter_read_executor)
         self.bookkeeping = bookkeeping or WriteBehind(store, store_executor)
         self.upstream = upstream
         self.factors = factors or FactorSettings()
@@ -147,7 +154,7 @@ class Authenticator(Generic[S]):
             self._counting = Counting(
                 self.defense,
                 audit=self._audit,
-                reader=self.reader,
+                reads=self.reads,
                 bookkeeping=self.bookkeeping,
                 executor=self._executor,
                 notice=self._notice,
@@ -170,7 +177,7 @@ class Authenticator(Generic[S]):
         result: AuthResult[S]
         try:
             if self.defense is not None:
-                attempt, verdict, account = self._precheck(credentials, ctx)
+                attempt, verdict, account = await self._precheck(credentials, ctx)
                 if verdict.would_block or verdict.would_delay != verdict.delay:
                     self._audit.emit(
                         events.DefenseLogOnly(
@@ -230,11 +237,11 @@ class Authenticator(Generic[S]):
 
     # -- defense: how often have you failed? ------------------------------------
 
-    def _precheck(
+    async def _precheck(
         self, credentials: LoginRequest, ctx: AuthContext
     ) -> tuple[Attempt, Verdict, AccountView | None]:
-        """Reads only (on the event loop): blocks, delays, the posture; and the
-        account view the factor checks go on with."""
+        """Reads only (`reads`): blocks, delays, the posture; and the account
+        view the factor checks go on with."""
         assert self.defense is not None  # noqa: S101 - checked by the caller
         mechanism = credentials.mechanism
         bearer = mechanism in ("OAUTHBEARER", "XOAUTH2")
@@ -247,7 +254,7 @@ class Authenticator(Generic[S]):
             user, secret = self.names.canonical(credentials.username), credentials.secret
         trusted, account = False, None
         if user is not None and "password+totp" in self.methods:
-            account = AccountView(self.reader, device_key(user, ctx))
+            account = await self.reads.account(device_key(user, ctx))
             trusted = self.devices.looks_like(account.device, secret, ctx, self._wall())
         attempt = self.defense.attempt(
             ctx.client.ip,
@@ -258,7 +265,7 @@ class Authenticator(Generic[S]):
             trusted_device=trusted,
             spray=not bearer,
         )
-        return attempt, self.defense.precheck(attempt), account
+        return attempt, await self.reads.precheck(self.defense, attempt), account
 
     async def maintain(self, session: str | None = None) -> None:
         """Purge expired counters and let the posture relax (about once a minute)."""
@@ -309,7 +316,7 @@ class Authenticator(Generic[S]):
             normalized = app_passwords.normalize(credentials.secret)
             if normalized is not None:
                 digest = app_passwords.digest(self._key, user, normalized)
-                record = self.reader.find_app_password(user, digest)
+                record = await self.reads.call(self.reader.find_app_password, user, digest)
                 if record is not None:
                     scope = app_passwords.out_of_scope(record, ctx.client.ip, self._wall())
                     if scope is not None:
@@ -328,7 +335,7 @@ class Authenticator(Generic[S]):
         if "password+totp" in self.methods or "client-cert" in self.methods:
             key = device_key(user, ctx)
             if account is None or account.key != key:
-                account = AccountView(self.reader, key)
+                account = await self.reads.account(key)
             return await self._password_and_factor(account, credentials.secret, ctx, fresh_factor)
         if "password" in self.methods:
             return await self._grant(user, credentials.secret, "password", Factor.PASSWORD, ctx)
@@ -448,7 +455,7 @@ class Authenticator(Generic[S]):
                     reason += "; one-time codes now locked for the account"
         else:
             reason = "correct password without a second factor"
-        enrolled = account.enrolled()
+        enrolled = await self.reads.call(account.enrolled)
         device_id = device.id if device is not None else None
         if enrolled and reading.code is None and self.factors.new_device_approval:
             if device is None or device.status == "pending":
@@ -547,43 +554,20 @@ class Authenticator(Generic[S]):
             else:
                 session = await self.password_login(user, password, ctx)
         except UpstreamRefused as exc:
-            reason = "wrong password" if password is not None else "upstream refused master login"
-            return AuthResult(Outcome.INVALID, user, method, f"{reason} ({exc.detail})")
+            if password is None:  # the gateway's own credentials: its fault, not the user's
+                reason = f"upstream refused the master login ({exc.detail})"
+                return AuthResult(Outcome.UNAVAILABLE, user, method, reason)
+            return AuthResult(Outcome.INVALID, user, method, f"wrong password ({exc.detail})")
         except UpstreamUnavailable as exc:
             return AuthResult(Outcome.UNAVAILABLE, user, method, f"upstream: {exc.detail}")
         self.bookkeeping.submit(self.store.record_login, user, self._wall(), ctx.client.ip, factor)
         return AuthResult(Outcome.OK, user, method, "ok", session, factor)
 
     def _may(self, user: str, method: str, factor: str, ctx: AuthContext) -> AuthResult[S] | None:
-        """The policy's word on an authenticated login: None to go on, else the
-        refusal (DENIED, or MISSING_FACTOR when a stronger factor is required)."""
-        decision = self.policy.decide(
-            self.policy.request(
-                user,
-                ctx.client.ip,
-                method=proof.policy_method(factor, method),
-                factor=factor,
-                listener=ctx.listener,
-                # Only a certificate of this very account (another account's is no
-                # possession factor for this one).
-                client_cert=self._cert_user(ctx) == user,
-            )
-        )
-        if decision.kind is DecisionKind.ALLOW:
-            return None
-        outcome = (
-            Outcome.MISSING_FACTOR
-            if decision.kind is DecisionKind.REQUIRE_FACTOR
-            else Outcome.DENIED
-        )
-        return AuthResult(
-            outcome,
-            user,
-            method,
-            f"policy: {decision.reason}",
-            factor=factor,
-            rule=decision.rule,
-            alert=decision.alert,
+        """The policy's word on an authenticated login (`permission.py`)."""
+        own = self._cert_user(ctx) == user
+        return policy_refusal(
+            self.policy, user, ctx, method=method, factor=factor, own_certificate=own
         )
 
     async def flush(self) -> None:

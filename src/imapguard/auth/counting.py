@@ -5,7 +5,9 @@ locked account told.
 Blocked attempts, policy decisions and an unavailable upstream count for
 nothing (they say nothing about the password). A success is counted off the
 login path, batched on the store thread; a failure is counted before it is
-answered, so the next attempt already sees it.
+answered, so the next attempt already sees it. Whether a locked account is
+known (so its owner is told) is read through `reads` (off the event loop for a
+networked store).
 """
 
 from __future__ import annotations
@@ -16,11 +18,11 @@ from typing import Any
 
 from imapguard.audit import AuditLog
 from imapguard.auth.model import AuthContext, AuthResult, Outcome
+from imapguard.auth.reads import Reads
 from imapguard.defense.counters import TargetKind
 from imapguard.defense.engine import Attempt, Defense, FailureKind, Verdict
 from imapguard.defense.events import BlockPlaced, DefenseEvent
 from imapguard.errors import StateUnavailable
-from imapguard.state.accounts import AccountStore
 from imapguard.state.on_thread import on_thread
 from imapguard.state.writebehind import WriteBehind
 
@@ -35,14 +37,14 @@ class Counting:
         defense: Defense,
         *,
         audit: AuditLog,
-        reader: AccountStore,
+        reads: Reads,
         bookkeeping: WriteBehind,
         executor: Executor,
         notice: Notice,
     ) -> None:
         self.defense = defense
         self._audit = audit
-        self._reader = reader
+        self._reads = reads
         self._bookkeeping = bookkeeping
         self._executor = executor
         self._notice = notice
@@ -60,7 +62,7 @@ class Counting:
         if result.outcome is Outcome.OK:
             # Off the login path, batched; its events still reach the audit log.
             def succeeded() -> None:  # on the store thread: audit only, no notices
-                self.report(defense.record_success(attempt), session, ctx, notify=False)
+                self.report(defense.record_success(attempt), session, ctx)
 
             self._bookkeeping.submit(succeeded)
             return
@@ -75,39 +77,43 @@ class Counting:
         events = await on_thread(
             self._executor, defense.record_failure, attempt, kind, verdict.familiar
         )
-        self.report(events, session, ctx)
+        locked = {
+            e.block.target.value
+            for e in events
+            if isinstance(e, BlockPlaced) and e.block.target.kind is TargetKind.ACCOUNT_UNFAMILIAR
+        }
+        told = {user for user in locked if await self._known(user)}
+        self.report(events, session, ctx, told)
 
     def report(
         self,
         events: list[DefenseEvent],
         session: str | None,
         ctx: AuthContext | None,
-        *,
-        notify: bool = True,
+        told: set[str] | None = None,
     ) -> None:
-        """Audit the defense's events; a lockout of a known account is told to its owner."""
+        """Audit the defense's events; the owners of the locked accounts in `told`
+        (known accounts, read before) are told of the lockout."""
         for event in events:
             self._audit.emit(event.record(session))
             if (
-                notify
+                told
                 and ctx is not None
                 and isinstance(event, BlockPlaced)
                 and event.block.target.kind is TargetKind.ACCOUNT_UNFAMILIAR
-                and self._known(event.block.target.value)
+                and event.block.target.value in told
             ):
                 self._notice("lockout", event.block.target.value, ctx, None)
 
-    def _known(self, user: str) -> bool:
+    async def _known(self, user: str) -> bool:
         """An account the gateway knows (it logged in, or has a factor or device):
         only those are told of a lockout. Anyone can fail ten logins under any
         name; the organisation's relay must not mail whatever name they chose."""
         try:
-            return self._reader.get_user(user) is not None
+            return await self._reads.call(self._reads.store.get_user, user) is not None
         except StateUnavailable:
             return False
 
     async def maintain(self, session: str | None = None) -> None:
         """Purge expired counters and let the posture relax (about once a minute)."""
-        self.report(
-            await on_thread(self._executor, self.defense.maintain), session, None, notify=False
-        )
+        self.report(await on_thread(self._executor, self.defense.maintain), session, None)

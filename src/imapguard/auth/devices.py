@@ -41,7 +41,9 @@ def device_key(user: str, ctx: AuthContext) -> DeviceKey:
 
 class AccountView:
     """One login's view of the account's factor records: each is read at most
-    once per attempt (the defense's precheck and the factor checks share it)."""
+    once per attempt (the defense's precheck and the factor checks share it).
+    The properties read when first asked for; `preload` reads both at once, on
+    a read thread when the store is networked (`auth.reads`)."""
 
     def __init__(self, reader: AccountStore, key: DeviceKey) -> None:
         self.key = key
@@ -55,8 +57,13 @@ class AccountView:
     def totp(self) -> TotpRecord | None:
         return self._reader.get_totp(self.key.user)
 
+    def preload(self) -> None:
+        """Read the device and the TOTP record now (on the caller's thread)."""
+        _ = (self.device, self.totp)
+
     def enrolled(self) -> bool:
-        """Has the account any second factor (so a bare password is suspicious)?"""
+        """Has the account any second factor (so a bare password is suspicious)?
+        Reads the store: run it as `Reads.call(view.enrolled)`."""
         user = self.key.user
         return (
             self.totp is not None

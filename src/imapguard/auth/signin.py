@@ -47,9 +47,9 @@ from imapguard.auth.chokepoint import Authenticator
 from imapguard.auth.model import AuthContext, AuthResult, NoticeHook, Outcome, S
 from imapguard.auth.oauth.tokens import VerifiedToken
 from imapguard.auth.passkeys import Challenge, PasskeyRefused, Passkeys
+from imapguard.auth.permission import policy_refusal
 from imapguard.defense.engine import Action, Attempt, Verdict
 from imapguard.errors import StateUnavailable, UpstreamRefused, UpstreamUnavailable
-from imapguard.policy.engine import DecisionKind
 from imapguard.secret import Secret
 from imapguard.state.on_thread import on_thread
 from imapguard.state.portal import PortalStore
@@ -143,7 +143,7 @@ class TwoStepSignIn(Generic[S]):
             result = await self._password(user, password, ctx)
             if result.outcome is not Outcome.OK or user is None:
                 return result
-            has_totp = self.auth.reader.get_totp(user) is not None
+            has_totp = await self._has_totp(user)
             has_passkey = await self._has_passkey(user)
             if has_totp or has_passkey:
                 return result
@@ -260,7 +260,7 @@ class TwoStepSignIn(Generic[S]):
             if full:
                 found = OidcCheck(ok=True, user=user, full=True)
                 return AuthResult(Outcome.OK, user, "oauth", "ok", factor=factor)
-            has_totp = self.auth.reader.get_totp(user) is not None
+            has_totp = await self._has_totp(user)
             has_passkey = await self._has_passkey(user)
             if not (has_totp or has_passkey):
                 why = "token without sufficient MFA, no second factor enrolled"
@@ -328,7 +328,7 @@ class TwoStepSignIn(Generic[S]):
         with auth.timing.attempt(ctx.client.ip) as clock:
             verdict: Verdict | None = None
             try:
-                attempt, verdict = self._precheck(ctx, user, secret)
+                attempt, verdict = await self._precheck(ctx, user, secret)
                 result = await self._gate(user, verdict) or await step()
                 counted = success() if callable(success) else success
                 if counted or result.outcome is not Outcome.OK:
@@ -346,10 +346,14 @@ class TwoStepSignIn(Generic[S]):
 
     async def _has_factor(self, user: str) -> bool:
         """Has the account a second factor (TOTP or a passkey, configured or not)?"""
-        if self.auth.reader.get_totp(user) is not None:
+        if await self._has_totp(user):
             return True
         store = self._portal_store
         return store is not None and bool(await self._store(store.list_passkeys, user))
+
+    async def _has_totp(self, user: str) -> bool:
+        auth = self.auth
+        return await auth.reads.call(auth.reader.get_totp, user) is not None
 
     async def _has_passkey(self, user: str) -> bool:
         store = self._portal_store
@@ -359,7 +363,7 @@ class TwoStepSignIn(Generic[S]):
 
     # -- the steps -----------------------------------------------------------------
 
-    def _precheck(
+    async def _precheck(
         self, ctx: AuthContext, user: str | None, secret: Secret | None
     ) -> tuple[Attempt | None, Verdict | None]:
         defense = self.auth.defense
@@ -374,7 +378,7 @@ class TwoStepSignIn(Generic[S]):
             trusted_device=False,
             spray=secret is not None,
         )
-        return attempt, defense.precheck(attempt)
+        return attempt, await self.auth.reads.precheck(defense, attempt)
 
     async def _password(
         self, user: str | None, password: Secret, ctx: AuthContext
@@ -397,7 +401,7 @@ class TwoStepSignIn(Generic[S]):
 
     async def _code(self, user: str, code: Secret, ctx: AuthContext) -> AuthResult[Any]:
         auth, now = self.auth, self._wall()
-        record = auth.reader.get_totp(user)
+        record = await auth.reads.call(auth.reader.get_totp, user)
         if record is None or self._totp_key is None:
             return AuthResult(Outcome.MISSING_FACTOR, user, "portal", "no TOTP enrolled")
         if record.locked_until is not None and record.locked_until > now:
@@ -493,28 +497,18 @@ class TwoStepSignIn(Generic[S]):
 
     def _may(self, user: str, factor: Factor, ctx: AuthContext) -> AuthResult[Any] | None:
         """The policy's word on a token sign-in, as `Authenticator` asks it for
-        OAUTHBEARER: None to go on, else the refusal."""
-        policy = self.auth.policy
-        method = next((m for m in TOKEN_METHODS if m in self.auth.methods), TOKEN_METHODS[0])
-        decision = policy.decide(
-            policy.request(
-                user,
-                ctx.client.ip,
-                method=proof.policy_method(factor, method),
-                factor=factor,
-                listener=ctx.listener,
-                client_cert=False,
-            )
+        OAUTHBEARER (`permission.py`): None to go on, else the refusal."""
+        auth = self.auth
+        method = next((m for m in TOKEN_METHODS if m in auth.methods), TOKEN_METHODS[0])
+        return policy_refusal(
+            auth.policy,
+            user,
+            ctx,
+            method=method,
+            factor=factor,
+            own_certificate=False,
+            shown_method="oauth",
         )
-        if decision.kind is DecisionKind.ALLOW:
-            return None
-        outcome = (
-            Outcome.MISSING_FACTOR
-            if decision.kind is DecisionKind.REQUIRE_FACTOR
-            else Outcome.DENIED
-        )
-        reason = f"policy: {decision.reason}"
-        return AuthResult(outcome, user, "oauth", reason, factor=factor, rule=decision.rule)
 
     async def _gate(self, user: str | None, verdict: Verdict | None) -> AuthResult[Any] | None:
         """The defense's word before any credential is looked at: a block is the

@@ -109,8 +109,11 @@ def keys(config: Config) -> Keys:
 
 
 def open_defense(config: Config) -> Defense:
-    """The defense engine on the configured store, as the gateway builds it."""
+    """The defense engine on the configured store (the Redis of
+    `state.counters_url`, if set), as the gateway builds it."""
     from imapguard.compose import defense
     from imapguard.state.opening import counter_store
+    from imapguard.state.redis import open_counters
 
-    return defense(config, counter_store(open_store(config)), keys(config))
+    counters = open_counters(config.state) if config.state.counters_url else None
+    return defense(config, counters or counter_store(open_store(config)), keys(config))

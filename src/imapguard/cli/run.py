@@ -1,4 +1,11 @@
-"""Running the product: `demo`, `serve`, `portal` and `check-config`."""
+"""Running the product: `demo`, `serve`, `portal` and `check-config`.
+
+`check-config` validates the file and the files it names (certificates and
+keys included), prints warnings (a certificate expired or expiring within
+`tls.EXPIRY_WARNING_DAYS`, weak choices), and with `--connect` tries the
+upstream as the gateway would (`gateway.upstream.check_upstream`). Every
+problem is one line naming its key; exit 2.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +18,7 @@ from imapguard.audit import RedactingFilter
 from imapguard.cli.common import EXIT_OK, Subparsers, config_opt
 from imapguard.cli.output import shown
 from imapguard.config import Config, default_config_path, load_config
+from imapguard.errors import ConfigError
 
 __all__ = ["COMMANDS", "add_parsers", "setup_logging"]
 
@@ -50,6 +58,12 @@ def add_parsers(sub: Subparsers) -> None:
 
     check = sub.add_parser("check-config", help="validate the configuration")
     config_opt(check)
+    check.add_argument(
+        "--connect",
+        action="store_true",
+        help="also connect to the upstream as the gateway does (TLS, certificate, "
+        "master login) and say what fails",
+    )
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -83,15 +97,33 @@ def _check_config(args: argparse.Namespace) -> int:
     _, warnings = load_policy(config.policy, config.groups)
     for warning in [*warnings, *_config_warnings(config)]:
         print(f"warning: {shown(warning)}", file=sys.stderr)
+    connected = _connect(config) if args.connect else None
     print(f"{shown(path)}: configuration is valid")
+    if connected is not None:
+        print(shown(connected))
     return EXIT_OK
+
+
+def _connect(config: Config) -> str:
+    """`--connect`: what the upstream says, as the gateway would find it; a
+    failure is a ConfigError naming the setting to look at."""
+    import asyncio
+
+    from imapguard.compose import upstream_settings
+    from imapguard.gateway.upstream import check_upstream
+
+    found = asyncio.run(check_upstream(upstream_settings(config)))
+    if not found.ok:
+        raise ConfigError([(found.key, found.message)])
+    return found.message
 
 
 def _config_warnings(config: Config) -> list[str]:
     """Valid choices that weaken something, for check-config to point out."""
+    from imapguard.config.files import file_warnings
     from imapguard.tls import client_crl_problems
 
-    warnings: list[str] = []
+    warnings: list[str] = file_warnings(config)
     if config.tls.client_crl is not None and config.tls.client_ca is not None:
         warnings += client_crl_problems(config.tls.client_crl, config.tls.client_ca)[1]
     if config.oauth is not None and config.oauth.trust_unverified_email:

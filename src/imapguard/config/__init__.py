@@ -33,6 +33,7 @@ from imapguard.config.gateway import (
     parse_address,
 )
 from imapguard.config.load import Config, default_config_path, load_config, validate_config
+from imapguard.config.metrics import MetricsConfig
 from imapguard.config.notify import NotifyConfig
 from imapguard.config.oauth import OAuthConfig
 from imapguard.config.policy import GroupsConfig, PolicyConfig, Rule
@@ -51,6 +52,7 @@ __all__ = [
     "GroupsConfig",
     "LimitsConfig",
     "ListenConfig",
+    "MetricsConfig",
     "NotifyConfig",
     "OAuthConfig",
     "PolicyConfig",

@@ -59,12 +59,15 @@ Factor = Annotated[str, AfterValidator(check_factor)]
 class AuthConfig(Section):
     section_key = "auth"
 
+    # The login methods offered: app-password, password+totp, oauthbearer, xoauth2, client-cert
+    # (IMAP's AUTHENTICATE and LOGIN carry them).
     methods: list[Method] = Field(default_factory=lambda: ["app-password"])
     # Every failure is answered no sooner than this after the command arrived,
     # plus up to `failure_jitter`: one timing profile for every reason. It rises by
     # itself to the upstream's refusal time; 2 s is Dovecot's default
     # auth_failure_delay, so even the first failures after a start look alike.
     failure_delay: Annotated[float, Field(ge=0, le=30)] = 2.0
+    # Up to this many seconds added at random to `failure_delay`.
     failure_jitter: Annotated[float, Field(ge=0, le=5)] = 0.25
     # Which proven factors let a login in (any one of them suffices).
     sufficient: list[Factor] = Field(default_factory=lambda: list(DEFAULT_SUFFICIENT))
@@ -77,7 +80,9 @@ class AuthConfig(Section):
     # Wrong codes after a correct password, per account: past the limit, codes are
     # refused for `totp_lockout` seconds (trusted devices keep working).
     totp_max_failures: Annotated[int, Field(ge=1, le=100)] = 5
+    # Seconds codes stay refused after `totp_max_failures`.
     totp_lockout: Seconds = 900.0
+    # The issuer name authenticator apps show beside the account.
     totp_issuer: str = "imapguard"
     # A correct password with no factor from an unknown device of an enrolled
     # account creates a pending device for the owner to approve.

@@ -91,6 +91,7 @@ class DefenseConfig(Section):
     # -- windows ---------------------------------------------------------------
     # One hour in six 10-minute buckets: wforce's "OneHourDB" (6 windows x 600 s).
     window: PositiveNumber = 3600.0
+    # Buckets the window is cut into (a window slides by one bucket).
     window_buckets: PositiveCount = 6
 
     # -- progressive delays (before the credential check) ----------------------
@@ -131,6 +132,7 @@ class DefenseConfig(Section):
     # The same for a /24 or /64: as for one address, with a higher limit
     # [inference: three times the address limits].
     network_failures: PositiveCount = 150
+    # Distinct accounts failing from one /24 or /64 (see network_failures).
     network_accounts: PositiveCount = 60
     # NAT tolerance: each distinct account that logged in successfully from the
     # address (or network) within the window raises its limits by this much
@@ -138,6 +140,7 @@ class DefenseConfig(Section):
     # answers the maintainer's objection: one valid account buys one credit, not a
     # reset]. 3,000 students behind one address: 2,000 successes -> limits far away.
     credit_failures: Number = 2.0
+    # The same credit for `source_accounts` / `network_accounts`.
     credit_accounts: Number = 1.0
     # An address with this many successful accounts in the window is shared (NAT):
     # taking part in a password spray blocks the fingerprint, not the address
@@ -153,6 +156,7 @@ class DefenseConfig(Section):
     # First block 10 min, doubling per repeat offence: fail2ban bantime = 10m and
     # bantime.increment (ban.Time * 2^n).
     block_base: PositiveNumber = 600.0
+    # Each repeat offence multiplies the block by this.
     block_factor: Number = 2.0
     # Cap: 24 h (a week would also be defensible, but a fingerprint block must not
     # outlive the next fingerprint epoch, so it is at most `fingerprint_epoch`).
@@ -176,6 +180,7 @@ class DefenseConfig(Section):
     # The failure ratio over 5 one-minute buckets, against a baseline of about a
     # week [inference: long enough that a weekly rhythm is normal].
     posture_bucket: PositiveNumber = 60.0
+    # Buckets of the short window (see posture_bucket).
     posture_buckets: PositiveCount = 5
     # EWMA time constant of the baseline (7 days); frozen under attack.
     posture_baseline: PositiveNumber = 7 * 86400.0
@@ -187,8 +192,11 @@ class DefenseConfig(Section):
     # failures in the short window (a quiet night with 3 failures of 4 attempts
     # is not an attack) [inference].
     posture_factor: Number = 3.0
+    # Lower clamp of the trigger ratio (see posture_factor).
     posture_min_ratio: Number = 0.3
+    # Upper clamp of the trigger ratio (see posture_factor).
     posture_max_ratio: Number = 0.9
+    # New distinct failures the short window needs before it can trigger.
     posture_min_failures: Count = 50
     # Spray detections in the short window that raise the posture by themselves:
     # a spray denies its fingerprint and raises the posture.
@@ -197,12 +205,14 @@ class DefenseConfig(Section):
     # ratio is below exit_fraction x the trigger, or the failures below
     # exit_fraction x min_failures, with no spray in the short window [inference].
     posture_exit_fraction: Number = 0.5
+    # Seconds UNDER_ATTACK lasts at least (see posture_exit_fraction).
     posture_min_duration: Number = 900.0
     # A node re-evaluates the shared posture at most this often (on writes).
     posture_interval: Number = 5.0
     # Under attack: lower the per-address limits (x 0.5) and lengthen the blocks
     # (x 2) [inference for the factors].
     attack_threshold_factor: Number = 0.5
+    # Under attack, blocks last this much longer.
     attack_duration_factor: Number = 2.0
 
     # -- fingerprints and housekeeping ---------------------------------------------
@@ -211,6 +221,7 @@ class DefenseConfig(Section):
     # Expired counters, blocks and values are purged this often, at most
     # `purge_limit` rows of each kind per run (short write transactions).
     purge_interval: Number = 60.0
+    # Rows of each kind purged per run at most.
     purge_limit: PositiveCount = 5000
 
     @model_validator(mode="after")

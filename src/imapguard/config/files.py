@@ -1,6 +1,10 @@
 """The files a configuration names: present, readable, regular, and private
-when they hold a secret. `check-config` runs these; `load_config` too, unless
-told not to (tests, `docs/example.toml`)."""
+when they hold a secret; certificates and keys PEM, each key matching its
+certificate (imapguard.tls). `check-config` runs these; `load_config` too,
+unless told not to (tests, `docs/example.toml`), so `serve` refuses what
+OpenSSL would refuse later, naming the key. `file_warnings` is what may run but
+deserves a look (a certificate expired or about to): `check-config` prints it,
+`serve` logs it at start and on each reload."""
 
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ from imapguard.config.notify import MIN_WEBHOOK_SECRET
 if TYPE_CHECKING:
     from imapguard.config.load import Config
 
-__all__ = ["check_file", "file_problems"]
+__all__ = ["check_file", "file_problems", "file_warnings"]
 
 
 def file_problems(config: Config) -> list[tuple[str, str]]:
@@ -24,9 +28,11 @@ def file_problems(config: Config) -> list[tuple[str, str]]:
     up = config.upstream
     check_file(problems, "tls.certificate", config.tls.certificate)
     check_file(problems, "tls.private_key", config.tls.private_key, secret=True)
+    _check_pair(problems, "tls", config.tls.certificate, config.tls.private_key)
     check_file(problems, "state.key_file", config.state.key_file, secret=True, min_size=32)
     if up.ca is not None:
         check_file(problems, "upstream.ca", up.ca)
+        _check_ca(problems, "upstream.ca", up.ca)
     if up.login == "master" and up.master_password_file:
         check_file(problems, "upstream.master_password_file", up.master_password_file, secret=True)
     if config.state.password_file is not None:
@@ -45,8 +51,14 @@ def file_problems(config: Config) -> list[tuple[str, str]]:
         if not parent.is_dir():
             add(("state.url", f"directory {parent} does not exist"))
         _check_private_state(problems, config.state.url.removeprefix("sqlite://"))
+    for key in ("password_file", "ca_file", "cert_file", "key_file"):
+        path = getattr(config.state, f"counters_{key}")
+        if path is not None:
+            secret = key in ("password_file", "key_file")
+            check_file(problems, f"state.counters_{key}", path, secret=secret)
     if config.tls.client_ca is not None:
         check_file(problems, "tls.client_ca", config.tls.client_ca)
+        _check_ca(problems, "tls.client_ca", config.tls.client_ca)
     if config.tls.client_crl is not None and config.tls.client_ca is not None:
         from imapguard.tls import client_crl_problems
 
@@ -79,6 +91,9 @@ def file_problems(config: Config) -> list[tuple[str, str]]:
         check_file(problems, "portal.certificate", portal.certificate)
     if portal is not None and portal.private_key is not None:
         check_file(problems, "portal.private_key", portal.private_key, secret=True)
+    if portal is not None and (portal.certificate or portal.private_key):
+        certificate = portal.certificate or config.tls.certificate
+        _check_pair(problems, "portal", certificate, portal.private_key or config.tls.private_key)
     if portal is not None and portal.oidc_client_secret_file is not None:
         check_file(
             problems, "portal.oidc_client_secret_file", portal.oidc_client_secret_file, secret=True
@@ -88,6 +103,46 @@ def file_problems(config: Config) -> list[tuple[str, str]]:
         if not parent.is_dir():
             add(("audit.path", f"directory {parent} does not exist"))
     return problems
+
+
+def file_warnings(config: Config) -> list[str]:
+    """Files that work today but not for long: the listeners' certificates
+    expired, not valid yet, or expiring within tls.EXPIRY_WARNING_DAYS."""
+    from imapguard.tls import expiry_warning
+
+    named = [("tls.certificate", config.tls.certificate)]
+    if config.portal is not None and config.portal.certificate is not None:
+        named.append(("portal.certificate", config.portal.certificate))
+    warnings: list[str] = []
+    for key, path in named:
+        warning = expiry_warning(path)
+        if warning is not None:
+            warnings.append(f"{key}: {warning}")
+    return warnings
+
+
+def _check_pair(
+    problems: list[tuple[str, str]], section: str, certificate: str, private_key: str
+) -> None:
+    """A certificate and its key, when both files are there to read (a missing
+    one is already reported)."""
+    from imapguard.tls import server_pair_problems
+
+    keys = {f"{section}.certificate", f"{section}.private_key"}
+    if any(key in keys for key, _ in problems):
+        return
+    for which, message in server_pair_problems(certificate, private_key).items():
+        problems.append((f"{section}.{which}", message))
+
+
+def _check_ca(problems: list[tuple[str, str]], key: str, path: str) -> None:
+    from imapguard.tls import ca_file_problem
+
+    if any(k == key for k, _ in problems):
+        return
+    problem = ca_file_problem(path)
+    if problem is not None:
+        problems.append((key, problem))
 
 
 def _check_private_state(problems: list[tuple[str, str]], path: str) -> None:

@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, Field, model_validator
 
 from imapguard.config.base import Seconds, Section, raise_problems
+from imapguard.config.defense import Networks
 from imapguard.names import DEFAULT_MASTER_SEPARATOR
 from imapguard.net import is_loopback
 
@@ -51,12 +52,6 @@ def _check_separator(separator: str) -> str:
     return separator
 
 
-def _not_yet(value: str) -> str:
-    if value == "proxy-v2":
-        raise ValueError("'proxy-v2' is not supported by this build yet")
-    return value
-
-
 #: `host:port` or `[v6]:port`.
 Address = Annotated[str, AfterValidator(_check_address)]
 
@@ -64,6 +59,30 @@ Address = Annotated[str, AfterValidator(_check_address)]
 class ListenConfig(Section):
     address: Address
     tls: Literal["implicit", "starttls"]
+    # Every connection starts with a PROXY protocol header (v1 or v2, HAProxy's
+    # send-proxy / send-proxy-v2) naming the real client, which then counts as the
+    # connection's source everywhere (limits, defense, policy, audit, upstream).
+    proxy_protocol: bool = False
+    # The load balancers allowed to send that header (addresses or CIDR networks);
+    # a connection from any other address is closed before a byte of IMAP.
+    trusted_proxies: Networks = ()
+
+    @model_validator(mode="after")
+    def _proxies(self) -> ListenConfig:
+        if self.proxy_protocol and not self.trusted_proxies:
+            raise_problems(
+                [("trusted_proxies", "required when proxy_protocol = true: the proxies' addresses")]
+            )
+        if self.trusted_proxies and not self.proxy_protocol:
+            raise_problems(
+                [
+                    (
+                        "trusted_proxies",
+                        "has no effect without proxy_protocol = true on this listener",
+                    )
+                ]
+            )
+        return self
 
 
 class TlsConfig(Section):
@@ -106,7 +125,11 @@ class UpstreamConfig(Section):
     login: Literal["master", "passthrough"] = "master"
     master_user: str | None = None
     master_password_file: str | None = None
-    forward_client_ip: Annotated[Literal["id", "proxy-v2", "none"], AfterValidator(_not_yet)] = "id"
+    # How the upstream learns the client's address: "id" sends IMAP ID
+    # x-originating-ip (Dovecot's login_trusted_networks), "proxy-v2" a PROXY v2
+    # header first on the connection (a `haproxy = yes` listener and
+    # haproxy_trusted_networks), "none" nothing.
+    forward_client_ip: Literal["id", "proxy-v2", "none"] = "id"
     # The upstream's master-user separator (Dovecot's auth_master_user_separator):
     # an account name containing it is refused, whatever `login` is, so that
     # `alice*imapguard` plus a master password never reaches the upstream.

@@ -47,21 +47,31 @@ def is_plain_address(text: str) -> bool:
 class NotifyConfig(Section):
     section_key = "notify"
 
+    # HTTPS URL that receives each notice as a signed JSON POST.
     webhook_url: str | None = None
+    # File with the HMAC-SHA-256 key that signs webhook bodies (16 bytes or more).
     webhook_secret_file: str | None = None
+    # A private CA for the webhook's HTTPS (default: the system's trust store).
     webhook_ca_file: str | None = None
+    # The relay that sends notice mails (none: no mail).
     smtp_host: str | None = None
     # Default: 587 (starttls), 465 (implicit), 25 (none).
     smtp_port: Annotated[int, Field(ge=1, le=65535)] | None = None
+    # How the SMTP connection is protected: STARTTLS, implicit TLS, or none (loopback only).
     smtp_tls: Literal["starttls", "implicit", "none"] = "starttls"
+    # SMTP AUTH user, with `smtp_password_file` (none: no AUTH).
     smtp_username: str | None = None
+    # File with the SMTP AUTH password.
     smtp_password_file: str | None = None
+    # A private CA for the relay's TLS (default: the system's trust store).
     smtp_ca_file: str | None = None
+    # The notices' From address (required with smtp_host).
     mail_from: str | None = None
     # How an account name becomes its owner's address: "{user}" when account
     # names are addresses, or "{user}@example.org" (None, which only code can
     # set: mail the admins only).
     owner_address: str | None = "{user}"
+    # Who is told of every notice besides the account owner.
     admin_addresses: tuple[str, ...] = ()
     # Named in the mails ("approve the device in the portal at ..."); the
     # new-device mail links to {portal_url}/devices#device-ID.
@@ -71,6 +81,7 @@ class NotifyConfig(Section):
     # And at most this many notices an hour in all, per node (a flood of lockouts
     # must not turn the organisation's relay into a mailer for the attacker).
     max_per_hour: Annotated[int, Field(ge=1, le=100_000)] = 200
+    # Seconds for each webhook call or SMTP session.
     timeout: Annotated[float, Field(gt=0, le=120)] = 10.0
 
     @property

@@ -47,8 +47,12 @@ class OAuthConfig(Section):
 
     section_key = "oauth"
 
+    # The OpenID provider's issuer URL (its discovery document and keys are fetched from it over
+    # HTTPS).
     issuer: str
+    # The `aud` a token must carry: the client id the IMAP tokens are issued for.
     audience: str
+    # The token claim that names the account (email, preferred_username, sub ...).
     username_claim: str = "email"
     # The token's amr must hold one of these (empty: no requirement)...
     require_amr: tuple[str, ...] = ()
@@ -56,9 +60,14 @@ class OAuthConfig(Section):
     require_acr: tuple[str, ...] = ()
     # A private CA for the issuer's HTTPS (default: the system's trust store).
     ca_file: str | None = None
+    # Seconds of clock difference tolerated on exp, nbf and iat.
     leeway: Annotated[float, Field(ge=0, le=300)] = 30.0
+    # How long the provider's signing keys are cached.
     jwks_cache_seconds: Annotated[float, Field(ge=10, le=86400)] = 3600.0
+    # An unknown key id refetches the keys at most this often (seconds), so forged key ids cannot
+    # make the gateway hammer the provider.
     min_refresh_interval: Annotated[float, Field(ge=1, le=3600)] = 60.0
+    # Seconds for each HTTPS request to the provider.
     http_timeout: Annotated[float, Field(gt=0, le=60)] = 5.0
     # The scope a client should ask for, told in the RFC 7628 error reply.
     scope: str = "openid email"

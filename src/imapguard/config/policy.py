@@ -210,27 +210,48 @@ class Rule(Section):
     """One `[[policy.rules]]` entry. Field order matters: `require` and `alert`
     are checked against `action`, which pydantic has validated before them."""
 
+    # Unique name of the rule, shown in audit events and `policy explain`.
     name: RuleName
+    # What the rule decides when all its conditions hold: allow, deny, or require a factor.
     action: Literal["allow", "deny", "require"]
+    # With action = "require": the factors of which one must be proven.
     require: list[Factor] = Field(default_factory=list)
+    # With action = "require": or any factor at least this strong (vocabulary strengths).
     require_strength: Strength | None = None
+    # Text the client is shown ([ALERT]) when this rule refuses a login with a correct password.
     alert: Alert | None = None
 
+    # Account names (or patterns with *) the rule applies to.
     users: Users = None
+    # Account names the rule does not apply to.
     not_users: Users = None
+    # Groups of [groups] the rule applies to.
     groups: GroupNames = None
+    # Groups whose members the rule does not apply to.
     not_groups: GroupNames = None
+    # Client addresses or networks (CIDR) the rule applies to.
     networks: Networks = None
+    # Client networks the rule does not apply to.
     not_networks: Networks = None
+    # Client countries (ISO 3166 codes, from policy.geoip_database) the rule applies to.
     countries: Countries = None
+    # Client countries the rule does not apply to.
     not_countries: Countries = None
+    # true: only logins with a verified client certificate; false: only without.
     client_cert: StrictBool | None = None
+    # Listener addresses (as in [[listen]]) the rule applies to.
     listeners: Listeners = None
+    # Listeners the rule does not apply to.
     not_listeners: Listeners = None
+    # Login methods the rule applies to.
     methods: Methods = None
+    # Login methods the rule does not apply to.
     not_methods: Methods = None
+    # Proven factors the rule applies to.
     factors: Factors = None
+    # Proven factors the rule does not apply to.
     not_factors: Factors = None
+    # Applies when the proven factor is at least this strong.
     min_strength: Strength | None = None
 
     @field_validator("require", "require_strength")
@@ -316,7 +337,9 @@ class GroupsConfig(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
     section_key: ClassVar[str] = "groups"
 
+    # A file of `group: user1, user2` lines (# comments), read at start and on SIGHUP.
     groups_file: str | None = None
+    # A group: `staff = ["alice", "bob"]` (names compare case-insensitively).
     __pydantic_extra__: dict[str, list[UserPattern]] = Field(init=False)
 
     @model_validator(mode="after")

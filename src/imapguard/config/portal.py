@@ -91,11 +91,13 @@ class PortalConfig(Section):
     rp_id: str | None = None
     # Default: [tls] certificate and private_key (set both or neither).
     certificate: str | None = None
+    # The key of `certificate` (default: [tls]'s).
     private_key: str | None = None
     # Members of this group of [groups] may open the admin pages.
     admin_group: Annotated[str, AfterValidator(check_group)] = "admins"
     # A session unused this long ends; one ends this long after sign-in anyway.
     session_idle: Annotated[float, Field(ge=60, le=86400)] = 1800.0
+    # A session ends this long after sign-in, used or not.
     session_lifetime: Annotated[float, Field(ge=300, le=30 * 86400)] = 43200.0
     # How old a second-factor check may be before adding or removing a factor or
     # creating an app password (the user is asked again past it).
@@ -107,8 +109,11 @@ class PortalConfig(Section):
     # the host of `url`), its IMAP port with implicit TLS, and the submission
     # server (host default: mail_host) on its implicit-TLS port.
     mail_host: str | None = None
+    # The IMAP (implicit TLS) port the device setup pages give.
     imap_port: Annotated[int, Field(ge=1, le=65535)] = 993
+    # The submission server the setup pages give (default: mail_host).
     submission_host: str | None = None
+    # Its implicit-TLS submission port.
     submission_port: Annotated[int, Field(ge=1, le=65535)] = 465
     # The name the pages and the configuration profiles show.
     organisation: Annotated[str, Field(min_length=1, max_length=80)] = "Mail security"
@@ -116,6 +121,7 @@ class PortalConfig(Section):
     # this client's id and a file holding its secret, as registered there with the
     # redirect URI `{url}/signin/oidc/callback`. Both or neither; needs [oauth].
     oidc_client_id: Annotated[str, Field(min_length=1, max_length=255)] | None = None
+    # File holding that client's secret.
     oidc_client_secret_file: str | None = None
 
     @property

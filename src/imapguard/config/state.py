@@ -7,8 +7,9 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 from pydantic import field_validator, model_validator
 
 from imapguard.config.base import Section, raise_problems
+from imapguard.config.redis_url import parse_redis_url
 
-__all__ = ["AuditConfig", "StateConfig", "redacted_url"]
+__all__ = ["AuditConfig", "StateConfig", "counters_problems", "redacted_url"]
 
 # libpq's sslmode values (https://www.postgresql.org/docs/current/libpq-ssl.html).
 _SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
@@ -46,10 +47,11 @@ class StateConfig(Section):
     url: str = "sqlite:///var/lib/imapguard/state.db"
     # postgresql only: a file holding the database password (mode 0600).
     password_file: str | None = None
-    # postgresql only: connections kept per gateway process. The stores are
-    # synchronous and run on worker threads (the gateway's writer and readers);
-    # one connection per such thread is enough, more only wait for a thread.
-    pool_size: int = 4
+    # postgresql only: connections kept per gateway process at most. The store
+    # is synchronous and runs on worker threads (the gateway's writer and its
+    # 8 reader threads, state.on_thread.READ_THREADS); one connection per such
+    # thread is enough, fewer make a thread wait for one.
+    pool_size: int = 10
     # 32+ random bytes; app-password hashes are keyed with it. Create it with
     # `head -c 32 /dev/urandom > server.key && chmod 600 server.key`.
     key_file: str = "/etc/imapguard/server.key"
@@ -96,6 +98,65 @@ class StateConfig(Section):
     @property
     def postgresql(self) -> bool:
         return not self.url.startswith("sqlite:")
+
+    # The defense's counters, blocks and posture in a Redis that every node
+    # shares (None: in the `url` store, which must then be SQLite):
+    # "redis://HOST:6379/0", "rediss://HOST:6380/0" (TLS), or the master of a
+    # Sentinel service "redis+sentinel://HOST1:26379,HOST2:26379/SERVICE/0".
+    # A user name may be given (redis://USER@HOST/0); the password never.
+    counters_url: str | None = None
+    # The Redis password (the first line of the file), if it asks for one.
+    counters_password_file: str | None = None
+    # rediss: the CA bundle that signed Redis's certificate (default: the
+    # system's); the server name is always checked against the URL's host.
+    counters_ca_file: str | None = None
+    # rediss: a client certificate and its key, if Redis asks for one.
+    counters_cert_file: str | None = None
+    counters_key_file: str | None = None
+    # Every key this gateway writes starts with it (several deployments may
+    # share one Redis database with different prefixes).
+    counters_prefix: str = "imapguard:"
+
+    @model_validator(mode="after")
+    def _counters(self) -> StateConfig:
+        raise_problems(counters_problems(self))
+        return self
+
+
+def counters_problems(state: StateConfig) -> list[tuple[str, str]]:
+    """Why the counters_* keys cannot be used (key, message), never quoting the
+    URL (it could hold a password)."""
+    problems: list[tuple[str, str]] = []
+    add = problems.append
+    if state.counters_url is None:
+        if state.url.startswith(("postgresql:", "postgres:")):
+            add(
+                (
+                    "counters_url",
+                    "required with a PostgreSQL url: the defense's counters must be shared"
+                    ' by every node (set counters_url = "redis://HOST:6379/0")',
+                )
+            )
+        others = ("password_file", "ca_file", "cert_file", "key_file")
+        for key in others:
+            if getattr(state, f"counters_{key}") is not None:
+                add((f"counters_{key}", "is set but counters_url is not"))
+        return problems
+    try:
+        address = parse_redis_url(state.counters_url)
+    except ValueError as exc:
+        add(("counters_url", str(exc)))
+        return problems
+    if not address.tls:
+        for key in ("ca_file", "cert_file", "key_file"):
+            if getattr(state, f"counters_{key}") is not None:
+                add((f"counters_{key}", "only used with rediss:// (TLS)"))
+    if (state.counters_cert_file is None) != (state.counters_key_file is None):
+        add(("counters_cert_file", "set both counters_cert_file and counters_key_file, or neither"))
+    prefix = state.counters_prefix
+    if not prefix or len(prefix) > 64 or not prefix.isprintable() or " " in prefix:
+        add(("counters_prefix", "must be 1 to 64 printable characters without spaces"))
+    return problems
 
 
 class AuditConfig(Section):

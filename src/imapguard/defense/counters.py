@@ -1,9 +1,11 @@
 """What the defense remembers: bucketed counters, distinct sets, blocks, values.
 
-One interface, `CounterStore`, with two implementations: `MemoryCounterStore`
-here and `SqliteStore` (`imapguard.state.sqlite.counters`); a Redis one will
-follow, and tests/conformance/ holds them all to the same behaviour. Every
-operation was chosen so that it is one or two Redis commands:
+One interface, `CounterStore`, with three implementations: `MemoryCounterStore`
+here, `SqliteStore` (`imapguard.state.sqlite.counters`) and `RedisCounterStore`
+(`imapguard.state.redis.counters`, for several nodes), and tests/conformance/
+holds them all to the same behaviour. Every operation was chosen so that it is
+one or two Redis commands (the Redis store makes each check-and-set one Lua
+script and keeps the logical expiry beside each entry; see there):
 
     bucket_incr(key, b, n, exp, now)   INCRBY key:b n; EXPIREAT key:b exp
     bucket_counts(key, buckets, now)   MGET key:b1 key:b2 ...

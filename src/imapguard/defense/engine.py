@@ -6,7 +6,8 @@ awaiting, in this fixed order:
 
 1. `attempt()` builds the `Attempt` (fingerprints: three HMACs, ~6 µs);
 2. `precheck()` READS only (one `defense_lookup` on the reader: two indexed
-   point queries), on the event loop, before any expensive check. It answers
+   point queries), before any expensive check: on the event loop for the
+   embedded store, on a read thread for a networked one (`auth.reads`). It answers
    BLOCKED (fail the login uniformly, check nothing), DELAY (await
    `asyncio.sleep(verdict.delay)`, then check) or ALLOW;
 3. the credential check;
@@ -72,8 +73,9 @@ Rules:
   `would_block`) with action ALLOW and no delay.
 * The allowlist is never counted per source, delayed or blocked.
 
-Threads: `precheck` runs on the event loop with the reader store; the writes
-run on the store's worker thread. The only mutable state is when to purge
+Threads: `precheck` runs with the reader store on the event loop, or on a read
+thread (it touches no mutable state of the engine); the writes run on the
+store's worker thread. The only mutable state is when to purge
 next (here) and when to evaluate the posture next (`posture_store`), touched by
 the writers alone.
 

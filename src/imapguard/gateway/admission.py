@@ -62,6 +62,7 @@ __all__ = [
     "REFUSALS_MAX",
     "SAMPLE_INTERVAL",
     "TARGET_LAG",
+    "UNNAMED",
     "Admission",
     "AdmissionShed",
     "AimdLimit",
@@ -88,6 +89,10 @@ FAMILIAR_MAX = 100_000
 # OTHER_SOURCES (a distributed flood: the count matters, not a million lines).
 REFUSALS_MAX = 10_000
 OTHER_SOURCES = "(other sources)"
+
+#: The "source" of connections from a trusted proxy whose PROXY header has not
+#: named their client yet (imapguard.gateway.proxied): not limited per source.
+UNNAMED = "(behind a proxy, not named yet)"
 
 PER_SOURCE = "per-source pre-auth limit"
 TOTAL = "total pre-auth limit"
@@ -131,6 +136,17 @@ class PreauthSlots:
         self._by_source[key] = held + 1
         self.in_use += 1
         return key, None
+
+    def take_unnamed(self) -> tuple[str, str | None]:
+        """A slot of the total only, for a connection whose source is not known
+        yet (a proxy's, before its header): (UNNAMED, None), or (UNNAMED, why
+        refused). The per-source limit and the familiar reserve are checked when
+        the slot is taken again under the source the header names (`take`)."""
+        if self.in_use >= self.total:
+            return UNNAMED, TOTAL
+        self._by_source[UNNAMED] = self._by_source.get(UNNAMED, 0) + 1
+        self.in_use += 1
+        return UNNAMED, None
 
     def give_back(self, key: str) -> None:
         held = self._by_source[key] - 1

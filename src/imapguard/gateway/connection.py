@@ -102,14 +102,22 @@ class Dialogue:
         self.host = host
 
     async def preauth_phase(
-        self, sock: socket.socket, listener: ListenConfig, peer: Any
+        self,
+        sock: socket.socket,
+        listener: ListenConfig,
+        peer: Any,
+        local: Any = None,
+        via: str | None = None,
     ) -> Connection | None:
-        """Accept → TLS → pre-auth dialogue; the connection if it goes on to relay."""
+        """Accept → TLS → pre-auth dialogue; the connection if it goes on to relay.
+
+        Behind a proxy, `peer` and `local` are the client's address and the one it
+        connected to, from the PROXY header, and `via` is the proxy's address."""
         rt = self.host.runtime
         limits = rt.config.limits
         loop = asyncio.get_running_loop()
         try:
-            local = sock.getsockname()
+            local = local or sock.getsockname()
         except OSError:
             sock.close()
             return None
@@ -122,6 +130,7 @@ class Dialogue:
                 src_port=client.port,
                 listener=listener.address,
                 tls_mode=listener.tls,
+                proxy=via,
             )
         )
         conn: Connection | None = None

@@ -4,8 +4,10 @@ process does it writes the store's revocation feed), every session logged in
 with it ends within seconds, IDLE included.
 
 `RevocationWatch` follows the feed (`state.portal.RevocationFeed`) from where it
-stood at start, one indexed read a second on the reader connection, and ends each
-matching connection: `* BYE [ALERT] ...` to the client (a client shows an ALERT
+stood at start, one indexed read a second on the reader connection (inline for
+the embedded store; on the read executor for a networked one, so a slow store
+never stalls the sessions it is watching: `auth.reads`), and ends each
+matching connection on the event loop: `* BYE [ALERT] ...` to the client (a client shows an ALERT
 to its user, who then knows why the password stopped working), then both sides
 closed. A revocation names an account and optionally one credential
 (`KIND:ID`, as `AuthResult.credential` names it at login); none means every session of
@@ -22,10 +24,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterable
+from concurrent.futures import Executor
 from typing import Protocol
 
 from imapguard.audit import AuditLog, events
 from imapguard.errors import StateUnavailable
+from imapguard.state.on_thread import on_thread
 from imapguard.state.portal import Revocation
 
 __all__ = ["BYE_REVOKED", "Revocable", "RevocationReader", "RevocationWatch"]
@@ -69,11 +73,13 @@ class RevocationWatch:
         audit: AuditLog,
         *,
         interval: float = INTERVAL,
+        executor: Executor | None = None,
     ) -> None:
         self._feed = feed
         self._live = live
         self._audit = audit
         self._interval = interval
+        self._executor = executor  # where the feed is read (None: inline)
         self._seq: int | None = None
         self._down = False
 
@@ -85,20 +91,10 @@ class RevocationWatch:
             except StateUnavailable as exc:
                 self._outage(exc)
 
-    def tick(self) -> int:
+    async def tick(self) -> int:
         """Read the feed once and end what it names; how many sessions ended."""
-        self.start_position()
-        if self._seq is None:
-            return 0
-        try:
-            batch = self._feed.revocations_after(self._seq, BATCH)
-        except StateUnavailable as exc:
-            self._outage(exc)
-            return 0
-        if self._down:
-            self._down = False
-            log.info("revocation feed readable again")
-        if not batch:
+        batch = await on_thread(self._executor, self._read)
+        if not batch or self._seq is None:
             return 0
         self._seq = max(self._seq, batch[-1].seq)
         # One pass over the live connections per read, whatever the batch size:
@@ -123,9 +119,24 @@ class RevocationWatch:
             )
         return ended
 
+    def _read(self) -> list[Revocation]:
+        """The revocations after the last one seen (none while the store is down)."""
+        self.start_position()
+        if self._seq is None:
+            return []
+        try:
+            batch = self._feed.revocations_after(self._seq, BATCH)
+        except StateUnavailable as exc:
+            self._outage(exc)
+            return []
+        if self._down:
+            self._down = False
+            log.info("revocation feed readable again")
+        return batch
+
     async def run(self) -> None:
         while True:
-            self.tick()
+            await self.tick()
             await asyncio.sleep(self._interval)
 
     def _outage(self, exc: StateUnavailable) -> None:

@@ -5,12 +5,12 @@ started with."""
 from __future__ import annotations
 
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from imapguard.auth.chokepoint import Authenticator
 from imapguard.config import Config
-from imapguard.gateway.upstream import UpstreamSession
+from imapguard.gateway.upstream import UpstreamCheck, UpstreamSession
 from imapguard.imap.framing import FrameLimits
 
 __all__ = ["Runtime"]
@@ -27,3 +27,6 @@ class Runtime:
     mechanisms: tuple[str, ...] = ("PLAIN",)
     # Addresses that never wait for a handshake turn (defense.trusted_networks).
     trusted: Callable[[str], bool] = lambda ip: False
+    # Tries the upstream as configured (gateway.upstream.check_upstream); the
+    # gateway logs what it finds once it listens and after each reload.
+    upstream_check: Callable[[], Awaitable[UpstreamCheck]] | None = None

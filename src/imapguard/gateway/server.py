@@ -26,14 +26,24 @@ import logging
 import socket
 import time
 from collections.abc import Awaitable, Callable, Coroutine
+from concurrent.futures import Executor
 from typing import Any
 
 from imapguard.audit import AuditLog, events
 from imapguard.config import ListenConfig, parse_address
-from imapguard.gateway.admission import PER_SOURCE, Admission, PreauthSlots, Refusals
+from imapguard.gateway.admission import (
+    PER_SOURCE,
+    Admission,
+    PreauthSlots,
+    Refusals,
+    source_key,
+)
 from imapguard.gateway.connection import BYE_BUSY, BYE_SHUTDOWN, Connection, Dialogue
+from imapguard.gateway.proxied import UNTRUSTED_PROXY, ProxyTrust, read_header
+from imapguard.gateway.proxyproto import InvalidHeader
 from imapguard.gateway.revocation import RevocationReader, RevocationWatch
 from imapguard.gateway.runtime import Runtime
+from imapguard.net import cannot_listen
 
 __all__ = ["Gateway", "Runtime"]
 
@@ -53,15 +63,24 @@ _BYE_TOO_MANY = b"* BYE [UNAVAILABLE] Too many connections from your address.\r\
 
 class Gateway:
     def __init__(
-        self, runtime: Runtime, audit: AuditLog, revocations: RevocationReader | None = None
+        self,
+        runtime: Runtime,
+        audit: AuditLog,
+        revocations: RevocationReader | None = None,
+        read_executor: Executor | None = None,
     ) -> None:
+        """`read_executor`: where the revocation feed is read (None: inline,
+        for the embedded store; `auth.reads`)."""
         self.runtime = runtime
         self.audit = audit
         self.revocations = (
-            RevocationWatch(revocations, self._logged_in, audit) if revocations else None
+            RevocationWatch(revocations, self._logged_in, audit, executor=read_executor)
+            if revocations
+            else None
         )
         self.listeners: list[socket.socket] = []
         self._accepting: list[asyncio.Task[None]] = []
+        self._checking: asyncio.Task[None] | None = None
         self.bound: list[tuple[ListenConfig, tuple[str, int]]] = []
         self._tg: asyncio.TaskGroup | None = None
         self._conns: set[Connection] = set()
@@ -86,6 +105,7 @@ class Gateway:
 
     async def serve(self, ready: Callable[[Gateway], None] | None = None) -> None:
         """Listen until `stop()`; then drain. Returns when every connection is gone."""
+        await self.listen()
         async with asyncio.TaskGroup() as tg:
             self._tg = tg
             maintenance = tg.create_task(self._maintain())
@@ -95,8 +115,12 @@ class Gateway:
                 self.revocations.start_position()
                 revocations = tg.create_task(self.revocations.run())
             try:
-                for listener in self.runtime.config.listen:
-                    await self._listen(listener)
+                for sock, (listener, _) in zip(self.listeners, self.bound, strict=True):
+                    trust = (
+                        ProxyTrust(listener.trusted_proxies) if listener.proxy_protocol else None
+                    )
+                    self._accepting.append(tg.create_task(self._accept(sock, listener, trust)))
+                self._start_check(self.runtime)
                 if ready is not None:
                     ready(self)
                 await self._stopping.wait()
@@ -108,11 +132,31 @@ class Gateway:
                     revocations.cancel()
                 for task in self._accepting:
                     task.cancel()
+                if self._checking is not None:
+                    self._checking.cancel()
                 for sock in self.listeners:
                     sock.close()
                 await self._drain()
                 self._emit_refusals()
             self._tg = None
+
+    async def listen(self) -> None:
+        """Bind every listener (once; `serve` calls it too). One that cannot be
+        bound is a ConfigError naming its `listen[i].address`, raised before any
+        task starts and with no socket left open."""
+        if self.listeners:
+            return
+        try:
+            for i, listener in enumerate(self.runtime.config.listen):
+                await self._listen(i, listener)
+        except BaseException:
+            for sock in self.listeners:
+                sock.close()
+            self.listeners.clear()
+            self.bound.clear()
+            raise
+        for listener, _ in self.bound:
+            log.info("listening on %s (%s TLS)", listener.address, listener.tls)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -159,20 +203,42 @@ class Gateway:
             reserve=limits.reserve,
         )
         self.audit.emit(events.Reload(result="ok"))
+        self._start_check(runtime)
 
-    async def _listen(self, listener: ListenConfig) -> None:
+    def _start_check(self, runtime: Runtime) -> None:
+        if self._checking is not None:
+            self._checking.cancel()
+        if self._tg is not None:
+            self._checking = self._tg.create_task(self._guard(self._check_upstream(runtime)))
+
+    @staticmethod
+    async def _check_upstream(runtime: Runtime) -> None:
+        """Log whether the upstream answers as configured: a problem found at
+        start is a warning, not a refusal (the upstream may come later)."""
+        if runtime.upstream_check is None:
+            return
+        found = await runtime.upstream_check()
+        if found.ok:
+            log.info("%s", found.message)
+        else:
+            log.warning("%s: %s", found.key, found.message)
+
+    async def _listen(self, i: int, listener: ListenConfig) -> None:
         host, port = parse_address(listener.address)
         loop = asyncio.get_running_loop()
-        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        family, _, _, _, address = infos[0]
-        sock = socket.create_server(address[:2], family=family, backlog=_BACKLOG)
+        try:
+            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            family, _, _, _, address = infos[0]
+            sock = socket.create_server(address[:2], family=family, backlog=_BACKLOG)
+        except OSError as exc:
+            raise cannot_listen(f"listen[{i}].address", listener.address, exc) from None
         sock.setblocking(False)
         self.listeners.append(sock)
         self.bound.append((listener, sock.getsockname()[:2]))
-        if self._tg is not None:
-            self._accepting.append(self._tg.create_task(self._accept(sock, listener)))
 
-    async def _accept(self, sock: socket.socket, listener: ListenConfig) -> None:
+    async def _accept(
+        self, sock: socket.socket, listener: ListenConfig, trust: ProxyTrust | None
+    ) -> None:
         """Accept loop of one listener. Accepting the socket ourselves (rather
         than create_server) lets a connection count against its source before the
         TLS handshake, and hands the socket to the TLS layer before any byte is
@@ -181,7 +247,7 @@ class Gateway:
         while True:
             try:
                 client, peer = await loop.sock_accept(sock)
-                self._accepted(client, peer, listener)
+                self._accepted(client, peer, listener, trust)
                 # Drain the kernel's queue while we are here: on a saturated loop one
                 # accept per wake-up lets the queue overflow, and a real user's SYN is
                 # then dropped and retried only after 1 s, 3 s, 7 s.
@@ -193,7 +259,7 @@ class Gateway:
                     except ConnectionAbortedError:
                         continue  # the client gave up while queued
                     client.setblocking(False)
-                    self._accepted(client, peer, listener)
+                    self._accepted(client, peer, listener, trust)
             except OSError as exc:
                 # EMFILE and friends: back off instead of spinning.
                 log.warning("accept on %s failed: %s", listener.address, exc)
@@ -225,24 +291,45 @@ class Gateway:
             if conn.upstream is not None:
                 conn.upstream.abort()
 
-    def _accepted(self, sock: socket.socket, peer: Any, listener: ListenConfig) -> None:
+    def _accepted(
+        self, sock: socket.socket, peer: Any, listener: ListenConfig, trust: ProxyTrust | None
+    ) -> None:
         """A new connection: a pre-auth slot of its source, or closed right here,
         with no TLS, turn, task or session (a one-line BYE in clear on a STARTTLS
-        listener; nothing on an implicit one, where the client expects TLS)."""
+        listener; nothing on an implicit one, where the client expects TLS).
+        Behind a proxy (`trust`), a peer that is not a trusted proxy is closed
+        before a byte, and the slot has no source until the PROXY header names
+        it (imapguard.gateway.proxied)."""
         ip = str(peer[0])
-        key, refused = self.slots.take(ip)
+        if trust is None:
+            key, refused = self.slots.take(ip)
+        elif trust.trusts(ip):
+            key, refused = self.slots.take_unnamed()
+        else:
+            sock.close()
+            self._refuse_quietly(source_key(ip), listener, UNTRUSTED_PROXY)
+            return
         if refused is None:
             if not self.spawn(self.handle(sock, listener, peer, key)):
                 self.slots.give_back(key)
                 sock.close()
             return
+        self._refuse(sock, listener, key, refused)
+
+    def _refuse(self, sock: socket.socket, listener: ListenConfig, key: str, refused: str) -> None:
+        """Close a connection over a pre-auth limit (see `_accepted`)."""
         if listener.tls == "starttls":
             with contextlib.suppress(OSError):
                 sock.send(_BYE_TOO_MANY if refused == PER_SOURCE else BYE_BUSY)
         sock.close()
-        if self._refusals.note(key, refused):
+        self._refuse_quietly(key, listener, refused)
+
+    def _refuse_quietly(self, key: str, listener: ListenConfig, reason: str) -> None:
+        """Count a refused connection: the first of (source, reason) is reported
+        now, the others as one count per interval."""
+        if self._refusals.note(key, reason):
             self.audit.emit(
-                events.Refused(src=key, listener=listener.address, reason=refused, count=1)
+                events.Refused(src=key, listener=listener.address, reason=reason, count=1)
             )
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> bool:
@@ -266,10 +353,35 @@ class Gateway:
         self, sock: socket.socket, listener: ListenConfig, peer: Any, key: str
     ) -> None:
         """One accepted connection holding the pre-auth slot of `key`."""
+        held: str | None = key
         try:
-            conn = await self._dialogue.preauth_phase(sock, listener, peer)
+            local = via = None
+            if listener.proxy_protocol:
+                try:
+                    header = await read_header(sock, self.runtime.config.limits.handshake_timeout)
+                except BaseException:  # cancelled at shutdown: the socket is ours still
+                    sock.close()
+                    raise
+                via = str(peer[0])
+                if isinstance(header, InvalidHeader):
+                    sock.close()
+                    reason = f"PROXY header: {header.reason}"
+                    self._refuse_quietly(source_key(via), listener, reason)
+                    return
+                if header.source is not None:
+                    peer, local = header.source, header.destination
+                # The slot of the source the header names (no await in between).
+                self.slots.give_back(key)
+                held = None
+                named, refused = self.slots.take(str(peer[0]))
+                if refused is not None:
+                    self._refuse(sock, listener, named, refused)
+                    return
+                held = named
+            conn = await self._dialogue.preauth_phase(sock, listener, peer, local, via)
         finally:
-            self.slots.give_back(key)
+            if held is not None:
+                self.slots.give_back(held)
         # The pre-auth phase's frame (state machine, framer, TLS setup) is gone
         # now: an idle relayed session keeps only its two links.
         if conn is not None:

@@ -20,6 +20,9 @@ The dialogue, in order:
 5. the capabilities for the client: from the tagged OK's code, else from an
    untagged `* CAPABILITY` before it, else asked with `g3 CAPABILITY`.
 
+Without credentials (`sasl_plain` None: a connection check) the dialogue ends
+after step 2 with `Greeted`, having sent nothing that logs in.
+
 `LoggedIn` carries them and the bytes the server sent after its last response
 (they belong to the client, first). Every response is bounded
 (`imap.responses.ResponseLimits`), and so are the untagged responses kept while
@@ -45,6 +48,7 @@ from imapguard.secret import Secret
 
 __all__ = [
     "Failed",
+    "Greeted",
     "LoggedIn",
     "LoginDialogue",
     "LoginSettings",
@@ -83,13 +87,22 @@ class LoggedIn:
 
 
 @dataclasses.dataclass(frozen=True)
+class Greeted:
+    """A dialogue without credentials got this far: greeted, TLS as configured."""
+
+
+@dataclasses.dataclass(frozen=True)
 class Failed:
     detail: str
     refused: bool = False  # the server said NO to the credentials (else: cannot log in now)
+    # The refusal's response code (RFC 5530), e.g. "AUTHORIZATIONFAILED": the
+    # credentials were right but may not act as the requested identity.
+    code: str | None = None
 
 
-Action: TypeAlias = Send | NeedResponse | StartTls | LoggedIn | Failed
-_Step: TypeAlias = Send | StartTls | LoggedIn | Failed | None  # None: the next response
+Action: TypeAlias = Send | NeedResponse | StartTls | LoggedIn | Greeted | Failed
+# None: the next response.
+_Step: TypeAlias = Send | StartTls | LoggedIn | Greeted | Failed | None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,14 +137,14 @@ def _limit_detail(exc: ResponseError) -> str:
 class LoginDialogue:
     """One login: `next_action()` until `LoggedIn` or `Failed`."""
 
-    def __init__(self, sasl_plain: Secret, settings: LoginSettings | None = None) -> None:
+    def __init__(self, sasl_plain: Secret | None, settings: LoginSettings | None = None) -> None:
         self._settings = settings or LoginSettings()
         limit = self._settings.max_response
         self._reader: ResponseReader[Response] = ResponseReader(
             Response, ResponseLimits(max_line=limit, max_literal=limit, max_response=limit)
         )
         self._dialogue = self._run(sasl_plain)
-        self._end: LoggedIn | Failed | None = None
+        self._end: LoggedIn | Greeted | Failed | None = None
         self._wants_response = False
         self._closed = False
         self._error: str | None = None  # why the server's bytes were refused
@@ -181,7 +194,7 @@ class LoginDialogue:
             if step is None:
                 self._wants_response = True
                 continue
-            if isinstance(step, LoggedIn | Failed):
+            if isinstance(step, LoggedIn | Greeted | Failed):
                 self._end = step
                 break
             if isinstance(step, StartTls):
@@ -212,7 +225,7 @@ class LoginDialogue:
                 return None
             untagged.append(response)
 
-    def _run(self, sasl_plain: Secret) -> Generator[_Step, Response | None, None]:
+    def _run(self, sasl_plain: Secret | None) -> Generator[_Step, Response | None, None]:
         settings = self._settings
         greeting = yield from self._response()
         if greeting.kind is not ResponseKind.UNTAGGED or greeting.status != "OK":
@@ -235,6 +248,9 @@ class LoginDialogue:
                 return
             yield StartTls()
             caps = []  # capabilities sent before TLS are not to be trusted
+        if sasl_plain is None:
+            yield Greeted()
+            return
 
         out = bytearray()
         if settings.id_fields is not None:
@@ -266,7 +282,7 @@ class LoginDialogue:
         if status.status != "OK":
             detail = status.line.decode("ascii", "replace")[len("g2 ") :][:200]
             refused = status.code not in ("UNAVAILABLE", "SERVERBUG")
-            yield Failed(f"login: {detail}", refused=refused)
+            yield Failed(f"login: {detail}", refused=refused, code=status.code or None)
             return
 
         atoms = status.capability_atoms()

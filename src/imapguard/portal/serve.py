@@ -39,7 +39,7 @@ import uvicorn
 from starlette.types import ASGIApp
 
 from imapguard.config import parse_address
-from imapguard.errors import ConfigError
+from imapguard.net import cannot_listen
 from imapguard.portal.connections import ConnectionCounts, guarded_protocol
 from imapguard.tls import server_context
 
@@ -167,8 +167,7 @@ def listen_socket(listen: str) -> socket.socket:
         family, _, _, _, address = infos[0]
         return socket.create_server(address[:2], family=family, backlog=_BACKLOG)
     except OSError as exc:
-        reason = exc.strerror or str(exc)
-        raise ConfigError([("portal.listen", f"cannot listen on {listen}: {reason}")]) from None
+        raise cannot_listen("portal.listen", listen, exc) from None
 
 
 def _ours(

@@ -5,17 +5,16 @@ schema revision (`state.versions`) and the server key against the store's check
 value (`state.keycheck`), and turns what is wrong into one line: a ConfigError
 naming `state.url` (another schema revision) or `state.key_file` (another key),
 or StateUnavailable naming `state.url` (the store cannot be reached). A URL is
-only ever shown redacted (`config.redacted_url`). `counter_store` says where
-the defense keeps its counters.
+only ever shown redacted (`config.redacted_url`). `open_reader_for` and
+`counter_store` give the login path's reader and the defense's counters.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 
 from imapguard.config import StateConfig, redacted_url
-from imapguard.defense.counters import CounterStore, MemoryCounterStore
+from imapguard.defense.counters import CounterStore
 from imapguard.errors import ConfigError, StateUnavailable
 from imapguard.secret import Secret
 from imapguard.state.keycheck import KeyMismatch, verify_server_key
@@ -23,9 +22,7 @@ from imapguard.state.portal import PortalStore
 from imapguard.state.sqlite import SqliteStore, open_reader, open_store
 from imapguard.state.versions import SchemaMismatch
 
-__all__ = ["counter_store", "open_account_store", "open_readers", "state_password"]
-
-log = logging.getLogger("imapguard")
+__all__ = ["counter_store", "open_account_store", "open_reader_for", "state_password"]
 
 
 def open_account_store(
@@ -85,28 +82,25 @@ def state_password(state: StateConfig) -> str | None:
 
 
 def counter_store(store: PortalStore) -> CounterStore:
-    """Where the defense keeps its counters: the SQLite state file itself; with
-    PostgreSQL, for now, this process's memory (each node counts alone), said
-    loudly at start."""
+    """The defense's counters when `state.counters_url` is not set: the SQLite
+    state file itself. A PostgreSQL `state.url` requires `counters_url` (the
+    configuration refuses it without), so it never gets here."""
     if isinstance(store, SqliteStore):
         return store
-    log.warning(
-        "the defense's counters are kept in this process only (state.url is PostgreSQL):"
-        " nodes do not share them"
+    raise ConfigError(
+        [("state.counters_url", "required with a PostgreSQL url: the counters must be shared")]
     )
-    return MemoryCounterStore()
 
 
-def open_readers(
+def open_reader_for(
     state: StateConfig, store: PortalStore, on_close: Callable[[Callable[[], None]], object]
-) -> tuple[PortalStore, CounterStore, CounterStore]:
-    """For `store`: the store that reads on the event loop, the counter store and
-    its reader. SQLite reads through a read-only connection of its own (its close
-    given to `on_close`; `state.sqlite.store` says why) and keeps the counters; a
-    PostgreSQL pool serves reads and writes alike."""
+) -> PortalStore:
+    """The store that reads for the login path. SQLite reads through a
+    read-only connection of its own (its close given to `on_close`;
+    `state.sqlite.store` says why); a PostgreSQL pool serves reads and writes
+    alike (on the read threads of `state.on_thread.read_executor`)."""
     if isinstance(store, SqliteStore):
         reader = open_reader(state.url)
         on_close(reader.close)
-        return reader, store, reader
-    counters = counter_store(store)
-    return store, counters, counters
+        return reader
+    return store

@@ -1,0 +1,16 @@
+"""Prometheus metrics: what the gateway counts, and how it is exported.
+
+`registry.Metrics` defines every metric once. Most are fed from the audit events
+(`events.AuditMetrics`, an audit-log subscriber), so that what is counted is
+what is recorded; timings that no event carries are observed where they happen.
+`http.MetricsServer` serves GET /metrics and GET /health at `[metrics] address`.
+
+Several worker processes share one set of metrics through prometheus-client's
+multiprocess mode: `multiprocess.prepare(directory)` must run in the parent
+before any metric exists, each worker writes its values to memory-mapped files
+there, and the exporter sums them."""
+
+from imapguard.metrics.events import AuditMetrics
+from imapguard.metrics.registry import Metrics
+
+__all__ = ["AuditMetrics", "Metrics"]

@@ -1,0 +1,158 @@
+"""Every metric imapguard exports, defined once.
+
+Labels take values from small fixed sets (methods, results, phases, kinds); no
+label ever holds an account name, an address or text a client chose, so the
+number of series stays bounded whatever clients send (`Metrics.reason_label` folds
+the free-text reasons of failures into a bounded set).
+
+Gauges say how they add up across worker processes (`multiprocess_mode`):
+connections are summed over live workers; the posture is the most recent value
+any worker saw."""
+
+from __future__ import annotations
+
+import re
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["MAX_REASONS", "Metrics"]
+
+# Distinct `reason` label values per process before the rest count as "other".
+MAX_REASONS = 64
+_REASON = re.compile(r"[a-z][a-z0-9 _-]{0,47}")
+
+# Seconds: a TLS handshake or a login on a LAN is milliseconds; a tarpitted or
+# failed login waits seconds (auth.failure_delay, the defense's delays).
+_LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_STORE = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0)
+_SESSION = (1.0, 10.0, 60.0, 300.0, 1800.0, 3600.0, 4 * 3600.0, 24 * 3600.0)
+
+POSTURES = ("normal", "under_attack")
+
+
+class Metrics:
+    """The metrics, registered in `registry` (a private one by default; in
+    multiprocess mode the values go to the shared directory whatever it is)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        reg = self.registry
+        self.connections = Gauge(
+            "imapguard_connections",
+            "Client connections open now, by phase (preauth: before login; relay: logged in).",
+            ["phase"],
+            registry=reg,
+            multiprocess_mode="livesum",
+        )
+        self.connections_total = Counter(
+            "imapguard_accepted_connections",
+            "Client connections accepted, by TLS mode of the listener.",
+            ["tls_mode"],
+            registry=reg,
+        )
+        self.refused_total = Counter(
+            "imapguard_refused_connections",
+            "Connections closed at accept (per-source or total pre-auth limits, busy).",
+            registry=reg,
+        )
+        self.tls_failures_total = Counter(
+            "imapguard_tls_failures", "TLS handshakes that failed or timed out.", registry=reg
+        )
+        self.logins_total = Counter(
+            "imapguard_logins",
+            "Authentication decisions, by method, result and reason.",
+            ["method", "result", "reason"],
+            registry=reg,
+        )
+        self.blocks_total = Counter(
+            "imapguard_blocks",
+            "Blocks decided by the defense, by target kind and whether enforced.",
+            ["kind", "enforced"],
+            registry=reg,
+        )
+        self.spray_alerts_total = Counter(
+            "imapguard_spray_alerts", "Password sprays detected.", registry=reg
+        )
+        self.compromise_signals_total = Counter(
+            "imapguard_compromise_signals",
+            "Correct passwords without the second factor (the password is known to someone).",
+            registry=reg,
+        )
+        self.revoked_total = Counter(
+            "imapguard_revoked_sessions", "Live sessions ended by a revocation.", registry=reg
+        )
+        self.posture = Gauge(
+            "imapguard_posture",
+            "The defense's posture: 1 for the current one.",
+            ["posture"],
+            registry=reg,
+            multiprocess_mode="mostrecent",
+        )
+        self.relay_bytes_total = Counter(
+            "imapguard_relay_bytes",
+            "Bytes relayed after login, by direction (in: from clients).",
+            ["direction"],
+            registry=reg,
+        )
+        self.session_seconds = Histogram(
+            "imapguard_session_duration_seconds",
+            "How long connections lasted.",
+            buckets=_SESSION,
+            registry=reg,
+        )
+        self.handshake_seconds = Histogram(
+            "imapguard_tls_handshake_duration_seconds",
+            "TLS handshake time, from its first byte to the finished handshake.",
+            buckets=_LATENCY,
+            registry=reg,
+        )
+        self.login_seconds = Histogram(
+            "imapguard_login_duration_seconds",
+            "From the login command to its answer, by result.",
+            ["result"],
+            buckets=_LATENCY,
+            registry=reg,
+        )
+        self.upstream_seconds = Histogram(
+            "imapguard_upstream_login_duration_seconds",
+            "Connecting and logging in to the upstream server.",
+            buckets=_LATENCY,
+            registry=reg,
+        )
+        self.upstream_up = Gauge(
+            "imapguard_upstream_up",
+            "1 when the last upstream connection succeeded, 0 when it failed.",
+            registry=reg,
+            multiprocess_mode="mostrecent",
+        )
+        self.store_seconds = Histogram(
+            "imapguard_store_operation_duration_seconds",
+            "State store calls, by store (accounts, counters).",
+            ["store"],
+            buckets=_STORE,
+            registry=reg,
+        )
+        self.store_errors_total = Counter(
+            "imapguard_store_errors",
+            "State store calls that failed (the store unreachable or refusing).",
+            ["store"],
+            registry=reg,
+        )
+        self.audit_failures_total = Counter(
+            "imapguard_audit_write_failures",
+            "Audit events that could not be written (disk full, unwritable file).",
+            registry=reg,
+        )
+        self._reasons: set[str] = set()
+
+    def reason_label(self, reason: str) -> str:
+        """`reason` folded into a bounded label: the part before any detail
+        (": ...", " (...)"), lower-case, at most MAX_REASONS distinct values."""
+        head = reason.split(":", 1)[0].split(" (", 1)[0].strip().lower()
+        if not _REASON.fullmatch(head):
+            return "other"
+        if head not in self._reasons:
+            if len(self._reasons) >= MAX_REASONS:
+                return "other"
+            self._reasons.add(head)
+        return head
