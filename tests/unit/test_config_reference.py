@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field
 
 from imapguard.config.base import Section
-from imapguard.config.reference import comments, default, describe, entries, render
+from imapguard.config.reference import (
+    comments,
+    default,
+    describe,
+    entries,
+    render,
+    undocumented,
+)
 
 
 class _Example(Section):
@@ -59,3 +67,15 @@ def test_every_section_of_the_configuration_is_in_the_reference() -> None:
     assert ("defense", "pair_free") in keys
     assert ("policy.rules", "not_networks") in keys
     assert ("groups", "NAME") in keys
+
+
+def test_every_key_has_a_meaning() -> None:
+    assert undocumented() == []
+
+
+def test_the_committed_reference_is_in_step_with_the_models() -> None:
+    committed = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
+    assert committed == render(), (
+        "docs/configuration.md is stale: python -m imapguard.config.reference > "
+        "docs/configuration.md"
+    )

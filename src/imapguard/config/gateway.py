@@ -57,7 +57,10 @@ Address = Annotated[str, AfterValidator(_check_address)]
 
 
 class ListenConfig(Section):
+    # host:port (or [v6]:port) the listener binds, e.g. 0.0.0.0:993.
     address: Address
+    # "implicit": TLS from the first byte (port 993); "starttls": plain until the client's STARTTLS,
+    # and no login before it (port 143).
     tls: Literal["implicit", "starttls"]
     # Every connection starts with a PROXY protocol header (v1 or v2, HAProxy's
     # send-proxy / send-proxy-v2) naming the real client, which then counts as the
@@ -88,8 +91,11 @@ class ListenConfig(Section):
 class TlsConfig(Section):
     section_key = "tls"
 
+    # PEM file with the server certificate and its chain (fullchain.pem).
     certificate: str
+    # PEM file with the certificate's private key (not encrypted; mode 0600 or 0640).
     private_key: str
+    # The oldest TLS version clients may use.
     min_version: Literal["1.2", "1.3"] = "1.2"
     # Client certificates (requested, not required, so other clients still connect):
     # a certificate that chains to this CA maps to an account by `client_cert_user`.
@@ -101,6 +107,7 @@ class TlsConfig(Section):
     # concatenated), read again on SIGHUP. "leaf" checks the client's certificate,
     # "chain" every CA certificate above it too (each CA then needs a CRL).
     client_crl: str | None = None
+    # How much of a client certificate's chain client_crl checks (see client_crl).
     client_crl_check: Literal["leaf", "chain"] = "leaf"
 
     @model_validator(mode="after")
@@ -115,15 +122,23 @@ class TlsConfig(Section):
 class UpstreamConfig(Section):
     section_key = "upstream"
 
+    # host:port (or [v6]:port) of the IMAP server imapguard protects.
     address: Address
+    # How imapguard talks to it: "starttls" (port 143), "implicit" (993), or "none" (loopback
+    # only, unless `insecure`).
     tls: Literal["implicit", "starttls", "none"] = "starttls"
+    # PEM CA bundle the upstream's certificate must chain to (default: the system's trust store).
     ca: str | None = None
     # The name the upstream certificate must carry; defaults to the host of `address`.
     server_name: str | None = None
     # Plaintext to a non-loopback upstream needs this spelled out.
     insecure: bool = False
+    # "master": the gateway checks every factor, then logs in as the user with the master user's
+    # credentials; "passthrough": the user's own password goes to the upstream.
     login: Literal["master", "passthrough"] = "master"
+    # The upstream's master user (Dovecot: a passdb with master = yes).
     master_user: str | None = None
+    # File with the master user's password (mode 0600 or 0640).
     master_password_file: str | None = None
     # How the upstream learns the client's address: "id" sends IMAP ID
     # x-originating-ip (Dovecot's login_trusted_networks), "proxy-v2" a PROXY v2
@@ -134,7 +149,9 @@ class UpstreamConfig(Section):
     # an account name containing it is refused, whatever `login` is, so that
     # `alice*imapguard` plus a master password never reaches the upstream.
     master_separator: Annotated[str, AfterValidator(_check_separator)] = DEFAULT_MASTER_SEPARATOR
+    # Seconds to connect to the upstream (and finish TLS).
     connect_timeout: Seconds = 10.0
+    # Seconds for the upstream's whole login dialogue.
     login_timeout: Seconds = 30.0
 
     @model_validator(mode="after")
@@ -161,16 +178,25 @@ class UpstreamConfig(Section):
 class LimitsConfig(Section):
     section_key = "limits"
 
+    # Longest command line before login, in bytes; a longer one is refused with BAD.
     max_line: Annotated[int, Field(ge=1024, le=65536)] = 8192
+    # Largest literal before login (a password, a SASL response), in bytes; a larger one is refused
+    # before it is read.
     max_literal: Annotated[int, Field(ge=256, le=65536)] = 8192
+    # Commands a connection may send before it logs in; then BYE.
     max_preauth_commands: Annotated[int, Field(ge=3, le=1000)] = 30
+    # Malformed commands before login; then BYE.
     max_bad_commands: Annotated[int, Field(ge=1, le=100)] = 3
+    # Failed logins on one connection; then BYE.
     max_auth_failures: Annotated[int, Field(ge=1, le=100)] = 3
+    # Seconds a connection may stay without logging in.
     preauth_timeout: Seconds = 60.0
+    # Seconds for the TLS handshake (and a PROXY header, on such a listener).
     handshake_timeout: Seconds = 10.0
     # Connections not logged in yet, per source (an IPv4 address or an IPv6 /64)
     # and in total; one over a limit is closed at accept, before TLS.
     max_preauth_per_source: Annotated[int, Field(ge=1)] = 20
+    # The same limit for all sources together.
     max_preauth_total: Annotated[int, Field(ge=1)] = 2000
     # Of max_preauth_total, slots only familiar sources (defense.trusted_networks,
     # a successful login in the last 24 h) may take. Default: a tenth of it.

@@ -229,7 +229,7 @@ def render() -> str:
         if entry.section != section:
             section = entry.section
             title = _title(section)
-            out.append(f"\n## `{title}`\n")
+            out.append(f"\n## `{title}`\n\n")
             doc = _section_doc(section)
             if doc:
                 out.append(f"{doc}\n\n")

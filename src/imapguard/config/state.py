@@ -40,9 +40,9 @@ def redacted_url(url: str) -> str:
 class StateConfig(Section):
     section_key = "state"
 
-    # `sqlite:///PATH` (one node), or `postgresql://USER@HOST:PORT/DB?sslmode=
-    # verify-full&sslrootcert=/etc/imapguard/pg-ca.pem` for several nodes (a
-    # libpq URL: https://www.postgresql.org/docs/current/libpq-connect.html).
+    # `sqlite:///PATH` (one node), or for several nodes a libpq URL
+    # (https://www.postgresql.org/docs/current/libpq-connect.html) such as
+    # `postgresql://USER@HOST:PORT/DB?sslmode=verify-full&sslrootcert=/etc/imapguard/pg-ca.pem`.
     # Keep the password out of the URL: put it in `password_file`.
     url: str = "sqlite:///var/lib/imapguard/state.db"
     # postgresql only: a file holding the database password (mode 0600).
@@ -112,6 +112,7 @@ class StateConfig(Section):
     counters_ca_file: str | None = None
     # rediss: a client certificate and its key, if Redis asks for one.
     counters_cert_file: str | None = None
+    # The private key of counters_cert_file.
     counters_key_file: str | None = None
     # Every key this gateway writes starts with it (several deployments may
     # share one Redis database with different prefixes).
