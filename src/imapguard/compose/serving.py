@@ -1,0 +1,120 @@
+"""`imapguard serve`: the gateway with its signals, and the portal beside it
+(`serve`); the event loop everything runs on (`run_loop`)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import ssl
+from collections.abc import Callable
+
+from imapguard.audit import AuditLog, events
+from imapguard.compose.portal import (
+    portal_deps,
+    portal_server,
+    reload_portal,
+    run_portal_beside,
+    sign_in_service,
+)
+from imapguard.compose.runtime import gateway_runtime
+from imapguard.compose.services import open_services, run_loop
+from imapguard.config import Config, load_config
+from imapguard.errors import ConfigError
+from imapguard.gateway.server import Gateway
+from imapguard.portal.child import PortalChild
+from imapguard.portal.serve import PortalServer, listen_socket
+
+__all__ = [
+    "run_gateway",
+    "serve",
+]
+
+log = logging.getLogger("imapguard")
+
+
+async def serve(
+    config: Config, config_path: str | None, ready: Callable[[Gateway], None] | None
+) -> None:
+    """Run the gateway until SIGTERM/SIGINT; SIGHUP reloads `config_path` for new
+    connections (established ones keep what they started with). With `[portal]`
+    the portal runs beside it, bound before the gateway listens (a port in use is
+    a ConfigError), stopped with it, its certificate reloaded on SIGHUP: in a
+    process of its own (`portal.child`) when there is a `config_path` for it to
+    read, else on this event loop."""
+    async with open_services(config) as services:
+        audit = services.audit
+        gateway = Gateway(gateway_runtime(config, services), audit, services.reader, services.reads)
+        await gateway.listen()  # a port in use: a ConfigError, before the portal starts
+        portal: PortalServer | None = None
+        child: PortalChild | None = None
+        if config.portal is not None and config_path is not None:
+            child = PortalChild(
+                config_path, listen_socket(config.portal.listen), on_exit=_portal_exited(audit)
+            )
+        elif config.portal is not None:
+            portal = portal_server(
+                config,
+                portal_deps(
+                    config,
+                    services,
+                    sign_in_service(config, services, gateway.runtime.authenticator),
+                ),
+            )
+            portal.bind()
+        loop = asyncio.get_running_loop()
+
+        def reload() -> None:
+            audit.reopen()  # logrotate moved it away
+            if config_path is None:
+                return
+            try:
+                gateway.reload(gateway_runtime(load_config(config_path), services))
+                log.info("configuration reloaded")
+            except (ConfigError, OSError, ssl.SSLError, ValueError) as exc:
+                log.error("reload failed, keeping the running configuration: %s", exc)
+                audit.emit(events.Reload(result="failed", reason=str(exc)))
+            if portal is not None:
+                reload_portal(portal, audit)
+            if child is not None:
+                child.hangup()
+
+        def stop() -> None:
+            gateway.stop()
+            if portal is not None:
+                portal.stop()
+
+        loop.add_signal_handler(signal.SIGHUP, reload)
+        loop.add_signal_handler(signal.SIGTERM, stop)
+        loop.add_signal_handler(signal.SIGINT, stop)
+        audit.emit(events.Start(pid=os.getpid()))
+        if portal is None and child is None:
+            await gateway.serve(ready)
+        else:
+            async with asyncio.TaskGroup() as tg:
+                if portal is not None:
+                    tg.create_task(run_portal_beside(portal))
+                elif child is not None:
+                    tg.create_task(child.run())
+                try:
+                    await gateway.serve(ready)
+                finally:
+                    if portal is not None:
+                        portal.stop()
+                    if child is not None:
+                        await child.stop()
+        audit.emit(events.Stop(pid=os.getpid()))
+
+
+def _portal_exited(audit: AuditLog) -> Callable[[int], None]:
+    def exited(code: int) -> None:
+        audit.emit(events.Reload(result="failed", reason=f"the portal process exited ({code})"))
+
+    return exited
+
+
+def run_gateway(config_path: str, *, ready: Callable[[Gateway], None] | None = None) -> None:
+    """`imapguard serve`: run until SIGTERM/SIGINT, reloading on SIGHUP."""
+    config = load_config(config_path)
+    run_loop(serve(config, config_path, ready))
