@@ -396,11 +396,12 @@ def _raise_hard_nofile(wanted: int) -> None:
 
 def _sessions_that_fit() -> int:
     """Sessions a proxy can hold with the descriptors this process may give it: two
-    sockets each, and 200 for everything else (listeners, logs, state, Dovecot's)."""
+    sockets each, and 1,000 for everything else (listeners, logs, state, nginx's auth
+    requests)."""
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     if hard == resource.RLIM_INFINITY:
         return sys.maxsize
-    return (hard - 200) // 2 // 100 * 100
+    return (hard - 1000) // 2 // 100 * 100
 
 
 def main(argv: list[str] | None = None) -> int:
