@@ -221,10 +221,11 @@ async def open_idle(
     concurrency: int,
     budget: float,
     secs: float = 15.0,
+    max_errors: int = 50,
 ) -> IdleSessions:
     """Open `n` idle authenticated sessions (`login(user)` is the LOGIN command's
     arguments, then SELECT INBOX, IDLE), users taken in turn, `concurrency` at a
-    time, for at most `budget` seconds or until 50 errors. The caller closes them
+    time, for at most `budget` seconds or until `max_errors` errors. The caller closes them
     (`IdleSessions.close`), also when it fails."""
     out = IdleSessions([], [], 0.0)
     next_index = 0
@@ -244,7 +245,7 @@ async def open_idle(
 
     async def worker(end: float) -> None:
         nonlocal next_index
-        while next_index < n and time.perf_counter() < end and len(out.errors) < 50:
+        while next_index < n and time.perf_counter() < end and len(out.errors) < max_errors:
             user = users[next_index % len(users)]
             next_index += 1
             try:
