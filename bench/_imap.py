@@ -225,8 +225,8 @@ async def open_idle(
 ) -> IdleSessions:
     """Open `n` idle authenticated sessions (`login(user)` is the LOGIN command's
     arguments, then SELECT INBOX, IDLE), users taken in turn, `concurrency` at a
-    time, for at most `budget` seconds or until `max_errors` errors. The caller closes them
-    (`IdleSessions.close`), also when it fails."""
+    time, for at most `budget` seconds or until `max_errors` errors. The caller closes
+    them (`IdleSessions.close`), also when it fails after this returned."""
     out = IdleSessions([], [], 0.0)
     next_index = 0
 
@@ -254,6 +254,11 @@ async def open_idle(
                 out.errors.append(f"{type(exc).__name__}: {exc}")
 
     t0 = time.perf_counter()
-    await asyncio.gather(*(worker(t0 + budget) for _ in range(concurrency)))
+    try:
+        await asyncio.gather(*(worker(t0 + budget) for _ in range(concurrency)))
+    except BaseException:
+        for c in out.conns:  # the caller never gets them: close them here
+            c.close()
+        raise
     out.setup_s = time.perf_counter() - t0
     return out
