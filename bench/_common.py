@@ -313,11 +313,15 @@ def plain_master_password(dovecot: DovecotServer) -> None:
 
 
 def start_dovecot(
-    base: Path, stack: contextlib.ExitStack, plain_master: bool = True
+    base: Path,
+    stack: contextlib.ExitStack,
+    plain_master: bool = True,
+    sessions: int | None = None,
 ) -> DovecotServer:
-    """Dovecot under `base` (its master password {PLAIN} unless not `plain_master`),
-    started, and stopped when `stack` unwinds."""
-    dovecot = DovecotServer.create(base)
+    """Dovecot under `base` (its master password {PLAIN} unless not `plain_master`; its
+    limits sized for `sessions` concurrent sessions if given), started, and stopped
+    when `stack` unwinds."""
+    dovecot = DovecotServer.create(base, sessions=sessions)
     if plain_master:
         plain_master_password(dovecot)
     stack.callback(dovecot.stop)

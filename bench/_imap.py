@@ -1,6 +1,7 @@
 """A minimal asyncio IMAP client for benchmarks: the same code talks to every target.
 
-One `ImapConn` is a `BufferedProtocol` reading into a fixed 256 KiB buffer. It
+One `ImapConn` is a `BufferedProtocol` reading into a fixed buffer (256 KiB; less
+for the thousands of idle sessions of a memory benchmark, `recv_size`). It
 understands just enough IMAP framing to be correct for any response: lines end
 at LF, a line ending in ``{N}`` is followed by N literal bytes, which are
 counted (`literal_bytes`) and skipped without copying, and only the *first*
@@ -15,9 +16,12 @@ from __future__ import annotations
 import asyncio
 import re
 import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import cast
 
-__all__ = ["ImapConn", "ImapError", "client_ssl_context", "connect"]
+__all__ = ["IdleSessions", "ImapConn", "ImapError", "client_ssl_context", "connect", "open_idle"]
 
 _RECV_SIZE = 256 * 1024
 _MAX_LINE = 1 << 20
@@ -37,11 +41,11 @@ def client_ssl_context() -> ssl.SSLContext:
 
 
 class ImapConn(asyncio.BufferedProtocol):
-    def __init__(self) -> None:
+    def __init__(self, recv_size: int = _RECV_SIZE) -> None:
         self.transport: asyncio.Transport | None = None
         self.literal_bytes = 0
         self.bytes_received = 0
-        self._recv = bytearray(_RECV_SIZE)
+        self._recv = bytearray(recv_size)
         self._view = memoryview(self._recv)
         self._line = bytearray()
         self._literal = 0
@@ -167,11 +171,15 @@ class ImapConn(asyncio.BufferedProtocol):
 
 
 async def connect(
-    port: int, tls: ssl.SSLContext | None, secs: float, host: str = "127.0.0.1"
+    port: int,
+    tls: ssl.SSLContext | None,
+    secs: float,
+    host: str = "127.0.0.1",
+    recv_size: int = _RECV_SIZE,
 ) -> ImapConn:
     """TCP connect (+ TLS handshake) and read the greeting."""
     loop = asyncio.get_running_loop()
-    conn = ImapConn()
+    conn = ImapConn(recv_size)
     async with asyncio.timeout(secs):
         await loop.create_connection(
             lambda: conn, host, port, ssl=tls, server_hostname="localhost" if tls else None
@@ -183,3 +191,74 @@ async def connect(
             conn.transport.abort()
         raise
     return conn
+
+
+@dataclass
+class IdleSessions:
+    """Sessions opened by `open_idle`: those alive, the errors, the time it took."""
+
+    conns: list[ImapConn]
+    errors: list[str]
+    setup_s: float
+
+    def alive(self) -> int:
+        return sum(
+            1 for c in self.conns if c.transport is not None and not c.transport.is_closing()
+        )
+
+    async def close(self) -> None:
+        for c in self.conns:
+            c.close()
+        await asyncio.gather(*(c.closed(10.0) for c in self.conns))
+
+
+async def open_idle(
+    port: int,
+    tls: ssl.SSLContext | None,
+    login: Callable[[str], bytes],
+    users: list[str],
+    n: int,
+    concurrency: int,
+    budget: float,
+    secs: float = 15.0,
+    max_errors: int = 50,
+) -> IdleSessions:
+    """Open `n` idle authenticated sessions (`login(user)` is the LOGIN command's
+    arguments, then SELECT INBOX, IDLE), users taken in turn, `concurrency` at a
+    time, for at most `budget` seconds or until `max_errors` errors. The caller closes
+    them (`IdleSessions.close`), also when it fails after this returned."""
+    out = IdleSessions([], [], 0.0)
+    next_index = 0
+
+    async def one(user: str) -> None:
+        # 16 KiB is plenty for an idle session's responses and keeps this client's
+        # own memory small with 10,000 of them.
+        conn = await connect(port, tls, secs, recv_size=16 * 1024)
+        try:
+            await conn.command(b"a", b"LOGIN " + login(user), secs)
+            await conn.command(b"s", b"SELECT INBOX", secs)
+            await conn.idle(secs)
+        except BaseException:
+            conn.close()
+            raise
+        out.conns.append(conn)
+
+    async def worker(end: float) -> None:
+        nonlocal next_index
+        while next_index < n and time.perf_counter() < end and len(out.errors) < max_errors:
+            user = users[next_index % len(users)]
+            next_index += 1
+            try:
+                await one(user)
+            except (ImapError, OSError, TimeoutError, ssl.SSLError, EOFError) as exc:
+                out.errors.append(f"{type(exc).__name__}: {exc}")
+
+    t0 = time.perf_counter()
+    try:
+        await asyncio.gather(*(worker(t0 + budget) for _ in range(concurrency)))
+    except BaseException:
+        for c in out.conns:  # the caller never gets them: close them here
+            c.close()
+        raise
+    out.setup_s = time.perf_counter() - t0
+    return out

@@ -25,6 +25,8 @@ __all__ = [
     "memory_kib",
     "raise_nofile",
     "self_cpu_seconds",
+    "tree_memory_kib",
+    "tree_pids",
 ]
 
 NGINX_BINARY = Path("/usr/sbin/nginx")
@@ -75,6 +77,28 @@ def children(pid: int) -> list[int]:
                 text = Path(f"/proc/{pid}/task/{task}/children").read_text(encoding="ascii")
                 out.extend(int(c) for c in text.split())
     return out
+
+
+def tree_pids(pid: int) -> list[int]:
+    """`pid` and all its descendants (those alive now)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children(p))
+    return out
+
+
+def tree_memory_kib(pid: int) -> tuple[int, int, int]:
+    """(PSS, RSS, number of processes) summed over `pid` and its descendants: the
+    memory of a server whatever it forks (workers, helper processes). A process
+    that exits between the listing and the reading counts for nothing."""
+    pss = rss = n = 0
+    for p in tree_pids(pid):
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            one = memory_kib(p)
+            pss, rss, n = pss + one[0], rss + one[1], n + 1
+    return pss, rss, n
 
 
 def group_cpu_seconds(pgid: int) -> float:
@@ -143,7 +167,8 @@ def _accepts(port: int) -> bool:
 
 @dataclass(kw_only=True, eq=False)
 class NginxMailProxy:
-    """nginx's mail proxy: one worker, implicit TLS, `auth_http` answered by itself.
+    """nginx's mail proxy: `workers` worker processes (default 1), implicit TLS,
+    `auth_http` answered by itself.
 
     The auth endpoint is an nginx `location` on a loopback port that answers every
     request with Auth-Status OK and the upstream's plain port, so nginx logs in to
@@ -155,6 +180,9 @@ class NginxMailProxy:
     upstream_port: int
     certificate: Path
     private_key: Path
+    workers: int = 1
+    # Per worker; each proxied session takes two (client and upstream).
+    connections: int = 10000
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -174,11 +202,11 @@ class NginxMailProxy:
 daemon off;
 master_process on;
 user nobody nogroup;
-worker_processes 1;
-worker_rlimit_nofile 20000;
+worker_processes {self.workers};
+worker_rlimit_nofile {max(20000, self.connections * 2 + 100)};
 pid {p}/nginx.pid;
 error_log {p}/logs/error.log warn;
-events {{ worker_connections 10000; }}
+events {{ worker_connections {self.connections}; }}
 http {{
   access_log off;
   {temp}
@@ -234,7 +262,11 @@ mail {{
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"nginx exited: {self.log_text()}")
-            if _accepts(self.port) and _accepts(self.auth_port) and self.worker_pid() is not None:
+            if (
+                _accepts(self.port)
+                and _accepts(self.auth_port)
+                and len(self.worker_pids()) == self.workers
+            ):
                 return
             time.sleep(0.05)
         self.stop()
@@ -245,6 +277,9 @@ mail {{
             return None
         kids = children(self.proc.pid)
         return kids[0] if len(kids) == 1 else None
+
+    def worker_pids(self) -> list[int]:
+        return children(self.proc.pid) if self.proc is not None else []
 
     def stop(self, timeout: float = 10.0) -> None:
         proc, self.proc = self.proc, None

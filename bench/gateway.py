@@ -68,7 +68,6 @@ from tests.dovecot import DOVEADM_BINARY, DOVECOT_BINARY, DovecotServer, free_po
 from tests.gateway import GatewayProcess
 
 from bench._common import (
-    CLIENT_ERRORS,
     BenchError,
     LoginRun,
     Row,
@@ -92,7 +91,7 @@ from bench._common import (
     wait_quiet,
     work_directory,
 )
-from bench._imap import ImapConn, ImapError, client_ssl_context, connect
+from bench._imap import ImapError, client_ssl_context, connect, open_idle
 from bench._procs import (
     NGINX_BINARY,
     NGINX_MAIL_MODULE,
@@ -275,51 +274,40 @@ async def idle_sessions(
 ) -> IdleRun:
     """Open `n` sessions (LOGIN, SELECT INBOX, IDLE), read the proxy's PSS, close them."""
     ctx = client_ssl_context()
-    conns: list[ImapConn] = []
-    errors: list[str] = []
-    next_index = 0
-
-    async def one(user: str) -> None:
-        conn = await connect(t.port, ctx if t.tls else None, TIMEOUT)
-        try:
-            await conn.command(
-                b"a", b"LOGIN " + user.encode() + b" " + t.credentials(user), TIMEOUT
-            )
-            await conn.command(b"s", b"SELECT INBOX", TIMEOUT)
-            await conn.idle(TIMEOUT)
-        except BaseException:
-            conn.close()
-            raise
-        conns.append(conn)
-
-    async def worker(end: float) -> None:
-        nonlocal next_index
-        while next_index < n and time.perf_counter() < end and len(errors) < 50:
-            user = users[next_index % len(users)]
-            next_index += 1
-            try:
-                await one(user)
-            except CLIENT_ERRORS as exc:
-                errors.append(f"{type(exc).__name__}: {exc}")
-
     await asyncio.sleep(1.0)
     pss0, rss0 = memory_kib(pid)
-    t0 = time.perf_counter()
+    opened = None
     try:
-        await asyncio.gather(*(worker(t0 + budget) for _ in range(concurrency)))
-        setup = time.perf_counter() - t0
+        opened = await open_idle(
+            t.port,
+            ctx if t.tls else None,
+            lambda user: user.encode() + b" " + t.credentials(user),
+            users,
+            n,
+            concurrency,
+            budget,
+            TIMEOUT,
+        )
+        errors = opened.errors
         await asyncio.sleep(3.0)
         pss1, rss1 = memory_kib(pid)
         # Every session must still be there when memory is read.
-        alive = sum(1 for c in conns if c.transport is not None and not c.transport.is_closing())
-        if alive != len(conns):
-            errors.append(f"{len(conns) - alive} sessions closed before the reading")
+        alive = opened.alive()
+        if alive != len(opened.conns):
+            errors.append(f"{len(opened.conns) - alive} sessions closed before the reading")
     finally:
-        for c in conns:
-            c.close()
-        await asyncio.gather(*(c.closed(10.0) for c in conns))
+        if opened is not None:
+            await opened.close()
     return IdleRun(
-        t.name, alive, len(errors), setup, pss0, pss1, rss0, rss1, errors[0] if errors else None
+        t.name,
+        alive,
+        len(errors),
+        opened.setup_s,
+        pss0,
+        pss1,
+        rss0,
+        rss1,
+        errors[0] if errors else None,
     )
 
 

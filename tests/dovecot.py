@@ -29,6 +29,9 @@ What one instance looks like:
 * Limits are raised (``default_client_limit = 4000``, ``service imap { process_limit =
   2000 }``, ``mail_max_userip_connections = 1000``) so benchmarks with ~1,000 concurrent
   sessions work; imap-login runs in "high-performance" mode (``service_count = 0``).
+  ``DovecotServer.create(base, sessions=N)`` sizes them for N concurrent logged-in
+  sessions instead (several sessions per ``imap`` process, ``client_limit``), for
+  benchmarks with ~10,000; the default keeps the figures above.
 
 Things that bite:
 
@@ -85,6 +88,9 @@ _MAX_BASE_DIR_LEN = 60
 _START_TIMEOUT = 10.0
 _STOP_TIMEOUT = 15.0
 _BIND_ERRORS = ("Address already in use", "EADDRINUSE")
+#: With ``sessions`` given, logged-in sessions per ``imap`` process: one process per
+#: session (Dovecot's default) would cost ~10,000 processes for a 10,000-session benchmark.
+_SESSIONS_PER_IMAP_PROCESS = 50
 
 
 def free_port() -> int:
@@ -133,6 +139,8 @@ class DovecotServer:
     users: dict[str, str]
     log_path: Path
     haproxy_tls_port: int | None = None
+    #: Concurrent logged-in sessions the limits are sized for (None: the defaults above).
+    sessions: int | None = None
 
     _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
     _run_dir: Path | None = field(default=None, init=False, repr=False)
@@ -140,11 +148,14 @@ class DovecotServer:
     # ------------------------------------------------------------------ construction
 
     @classmethod
-    def create(cls, base: Path, *, haproxy_tls: bool = False) -> DovecotServer:
+    def create(
+        cls, base: Path, *, haproxy_tls: bool = False, sessions: int | None = None
+    ) -> DovecotServer:
         """Generate certificates, password files and config under ``base``; do not start.
 
         ``haproxy_tls`` adds a fourth listener, ``haproxy_tls_port``: implicit TLS after
-        a PROXY header (``ssl = yes`` and ``haproxy = yes``)."""
+        a PROXY header (``ssl = yes`` and ``haproxy = yes``). ``sessions``: size the
+        limits for that many concurrent logged-in sessions."""
         if os.geteuid() != 0:
             raise RuntimeError("the Dovecot test server must run as root")
         base = base.resolve()
@@ -179,6 +190,7 @@ class DovecotServer:
             users={name: secrets.token_urlsafe(12) for name in ("alice", "bob", "carol")},
             log_path=base / "dovecot.log",
             haproxy_tls_port=free_port() if haproxy_tls else None,
+            sessions=sessions,
         )
         server._write_masters_file()
         server._write_users_file()
@@ -253,8 +265,20 @@ class DovecotServer:
             lines.append(f"{name}:{{PLAIN}}{password}\n")
         self._write_protected(self.users_file, "".join(lines))
 
+    def _session_limits(self) -> tuple[str, int]:
+        """The ``service imap`` settings and ``mail_max_userip_connections``."""
+        if self.sessions is None:
+            return "process_limit = 2000", 1000
+        per = _SESSIONS_PER_IMAP_PROCESS
+        processes = -(-self.sessions // per) + 100
+        # service_count = 0: a process keeps serving (imap's default, 1, would end it
+        # after its first session whatever client_limit says).
+        settings = f"process_limit = {processes}\n  client_limit = {per}\n  service_count = 0"
+        return settings, self.sessions + 1000
+
     def _write_config(self) -> None:
         base = self.base
+        imap_service, userip = self._session_limits()
         chain = base / "server-chain.pem"
         key = base / "server-key.pem"
         config = f"""\
@@ -324,7 +348,7 @@ service imap-login {{
   client_limit = 4000
 }}
 service imap {{
-  process_limit = 2000
+  {imap_service}
 }}
 service lmtp {{
   unix_listener lmtp {{
@@ -332,7 +356,7 @@ service lmtp {{
   }}
 }}
 protocol imap {{
-  mail_max_userip_connections = 1000
+  mail_max_userip_connections = {userip}
 }}
 """
         self.config_path.write_text(config, encoding="utf-8")

@@ -141,7 +141,7 @@ class Dialogue:
             try:
                 async with self._turn(client.ip, implicit, limits.handshake_timeout):
                     # uvloop returns its own SSL protocol here, not ours: keep `link`.
-                    transport, _ = await loop.connect_accepted_socket(
+                    transport, tls_protocol = await loop.connect_accepted_socket(
                         lambda: link,
                         sock,
                         ssl=rt.server_ssl if implicit else None,
@@ -161,6 +161,8 @@ class Dialogue:
                 sock.close()
                 return None
             conn = Connection(link, session, client.ip, time.monotonic())
+            if implicit:
+                link.tls_protocol = tls_protocol
             self.host.opened(conn)
             if implicit and not self._tls_up(conn, transport, "implicit"):
                 reason = "tls handshake failed"
@@ -248,6 +250,7 @@ class Dialogue:
                     ssl_handshake_timeout=timeout,
                     ssl_shutdown_timeout=SSL_SHUTDOWN_TIMEOUT,
                 )
+                link.tls_protocol = plain.get_protocol()  # the SSL protocol now
         except AdmissionShed:
             report_discarded()
             self._tls_failed(conn.session, conn.src, "starttls", "not admitted")

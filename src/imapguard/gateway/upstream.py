@@ -279,6 +279,7 @@ async def _start_tls(settings: UpstreamSettings, link: Link) -> None:
     )
     if transport is None:
         raise EOFError
+    link.tls_protocol = link.transport.get_protocol()  # the SSL protocol now
     link.transport = transport
 
 
