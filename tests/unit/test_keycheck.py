@@ -13,7 +13,9 @@ from imapguard.cli import main
 from imapguard.state.keycheck import KEY_CHECK
 from imapguard.state.migrations import upgrade
 from imapguard.state.sqlite import open_store
-from tests.unit.test_migrations import _config, _old_file
+from tests.unit.test_migrations import _config, _old_file, own_root_logger
+
+__all__ = ["own_root_logger"]  # autouse here too
 
 
 def _line(config: Path, url: str, why: str) -> str:

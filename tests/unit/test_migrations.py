@@ -12,6 +12,7 @@ import logging
 import shutil
 import sqlite3
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,19 @@ from imapguard.state.sqlite import open_store
 from imapguard.state.versions import BASELINE, HEAD, SchemaMismatch
 
 BEFORE_ALEMBIC = Path(__file__).parent.parent / "data" / "state-before-alembic.db"
+
+
+@pytest.fixture(autouse=True)
+def own_root_logger() -> Iterator[None]:
+    """No root handler for the test (Alembic logs at INFO): one left by another
+    test may write to a stream that is closed by now."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    root.handlers[:] = []
+    try:
+        yield
+    finally:
+        root.handlers[:], root.level = handlers, level
 
 
 def _config(tmp_path: Path, url: str) -> Path:
@@ -128,12 +142,7 @@ def test_an_older_store_is_refused_by_the_cli_with_one_line(
     )
     assert main(["user", "list", "--config", str(config)]) == 2
     assert capsys.readouterr().err == line
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    try:
-        assert main(["serve", "--config", str(config)]) == 2  # refused before it listens
-    finally:  # serve logs to this test's captured stderr: not to later tests'
-        root.handlers[:], root.level = handlers, level
+    assert main(["serve", "--config", str(config)]) == 2  # refused before it listens
     assert capsys.readouterr().err.endswith(line)
     assert main(["db", "check", "--config", str(config)]) == 1
     assert main(["db", "upgrade", "--config", str(config)]) == 0
