@@ -11,6 +11,7 @@ import ssl
 from collections.abc import Callable
 
 from imapguard.audit import AuditLog, events
+from imapguard.compose.observing import start_metrics
 from imapguard.compose.portal import (
     portal_deps,
     portal_server,
@@ -47,6 +48,9 @@ async def serve(
         audit = services.audit
         gateway = Gateway(gateway_runtime(config, services), audit, services.reader, services.reads)
         await gateway.listen()  # a port in use: a ConfigError, before the portal starts
+        metrics = await start_metrics(
+            config, audit, lambda: "draining" if gateway.draining else None
+        )
         portal: PortalServer | None = None
         child: PortalChild | None = None
         if config.portal is not None and config_path is not None:
@@ -104,6 +108,8 @@ async def serve(
                         portal.stop()
                     if child is not None:
                         await child.stop()
+        if metrics is not None:
+            await metrics.close()
         audit.emit(events.Stop(pid=os.getpid()))
 
 

@@ -27,6 +27,7 @@ from imapguard.config.gateway import (
     UpstreamConfig,
     parse_address,
 )
+from imapguard.config.metrics import MetricsConfig
 from imapguard.config.notify import NotifyConfig
 from imapguard.config.oauth import OAuthConfig
 from imapguard.config.policy import GroupsConfig, PolicyConfig, policy_problems
@@ -55,6 +56,8 @@ class Config(Section):
     groups: GroupsConfig | None = None
     # The web portal (HTTPS); absent: `serve` runs the gateway only.
     portal: PortalConfig | None = None
+    # Prometheus metrics and the load balancer's health check; absent: not served.
+    metrics: MetricsConfig | None = None
 
 
 def default_config_path() -> str:

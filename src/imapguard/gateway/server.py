@@ -161,6 +161,11 @@ class Gateway:
     def stop(self) -> None:
         self._stopping.set()
 
+    @property
+    def draining(self) -> bool:
+        """True once `stop()` was called: no new connection is taken."""
+        return self._stopping.is_set()
+
     def _logged_in(self) -> list[Connection]:
         return [conn for conn in self._conns if conn.user is not None]
 
