@@ -189,10 +189,7 @@ class Env:
 def _gateway_toml(p: Params) -> str:
     # All sessions come from 127.0.0.1: let its pre-auth slots cover the client's
     # concurrency (the default, 20, does already; said here so that it stays so).
-    toml = f"\n[limits]\nmax_preauth_per_source = {max(20, p.concurrency * 2)}\n"
-    if p.workers is not None:
-        toml += f"\n[server]\nworkers = {p.workers}\n"
-    return toml
+    return f"\n[limits]\nmax_preauth_per_source = {max(20, p.concurrency * 2)}\n"
 
 
 @contextlib.contextmanager
@@ -200,7 +197,11 @@ def environment(keep: bool, p: Params) -> Iterator[Env]:
     with work_directory(keep, "igscale-") as (base, stack):
         dovecot = start_dovecot(base / "dovecot", stack, sessions=p.sessions)
         gateway = BenchGateway.create(
-            base / "gateway", dovecot, upstream_tls="none", extra_toml=_gateway_toml(p)
+            base / "gateway",
+            dovecot,
+            upstream_tls="none",
+            extra_toml=_gateway_toml(p),
+            workers=p.workers or 1,
         )
         assert isinstance(gateway, BenchGateway)
         app_passwords = {u: gateway.create_app_password(u, "bench") for u in dovecot.users}

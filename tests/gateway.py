@@ -82,8 +82,10 @@ class GatewayProcess:
         listen_host: str = "127.0.0.1",
         netns: NetNamespace | None = None,
         state: str | None = None,
+        workers: int = 1,
     ) -> GatewayProcess:
-        """`state`: the [state] keys but `key_file` (default: a SQLite file in `base`)."""
+        """`state`: the [state] keys but `key_file` (default: a SQLite file in `base`).
+        `workers`: [server] workers (1: the gateway in the serve process itself)."""
         base.mkdir(parents=True, exist_ok=True)
         ca = trustme.CA()
         cert = ca.issue_cert("localhost", "127.0.0.1")
@@ -112,6 +114,9 @@ class GatewayProcess:
 [state]
 {state or f'url = "sqlite:///{base}/state.db"'}
 key_file = "{server_key}"
+
+[server]
+workers = {workers}
 
 [[listen]]
 address = "{host}:{implicit_port}"

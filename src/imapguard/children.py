@@ -67,6 +67,8 @@ class Child:
         self._on_exit = on_exit
         self._proc: asyncio.subprocess.Process | None = None
         self._stopping = asyncio.Event()
+        #: The pid of the last process started (kept after it exits).
+        self.last_pid: int | None = None
 
     @property
     def pid(self) -> int | None:
@@ -104,6 +106,7 @@ class Child:
                 stdin=asyncio.subprocess.DEVNULL,
                 start_new_session=True,
             )
+            self.last_pid = self._proc.pid
         finally:
             os.close(read_end)
         try:

@@ -122,6 +122,9 @@ def _configure(base: Path, *, portal_port: int | None = None) -> Served:
 url = "sqlite:///{base}/state.db"
 key_file = "{server_key}"
 
+[server]
+workers = 1
+
 [[listen]]
 address = "127.0.0.1:{served.imap_port}"
 tls = "implicit"

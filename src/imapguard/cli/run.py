@@ -56,6 +56,9 @@ def add_parsers(sub: Subparsers) -> None:
     portal = sub.add_parser("portal", help="run the web portal alone (for a separate host)")
     config_opt(portal)
 
+    worker = sub.add_parser("worker", help="one gateway process (started by serve, not by hand)")
+    config_opt(worker)
+
     check = sub.add_parser("check-config", help="validate the configuration")
     config_opt(check)
     check.add_argument(
@@ -78,6 +81,14 @@ def _serve(args: argparse.Namespace) -> int:
 
     setup_logging()
     run_gateway(args.config or default_config_path())
+    return EXIT_OK
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from imapguard.compose import run_worker
+
+    setup_logging()
+    run_worker(args.config or default_config_path())
     return EXIT_OK
 
 
@@ -157,5 +168,6 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "demo": _demo,
     "serve": _serve,
     "portal": _portal,
+    "worker": _worker,
     "check-config": _check_config,
 }

@@ -33,7 +33,7 @@ from imapguard.compose.services import (
     open_services,
     run_loop,
 )
-from imapguard.compose.serving import run_gateway, serve
+from imapguard.compose.serving import run_gateway, run_worker, serve
 
 __all__ = [
     "Keys",
@@ -49,6 +49,7 @@ __all__ = [
     "run_gateway",
     "run_loop",
     "run_portal",
+    "run_worker",
     "serve",
     "serve_portal",
     "sign_in_service",

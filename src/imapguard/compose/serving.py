@@ -7,11 +7,13 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import ssl
 from collections.abc import Callable
 
 from imapguard.audit import AuditLog, events
-from imapguard.compose.observing import start_metrics
+from imapguard.children import PARENT_FD, inherited, watch_parent
+from imapguard.compose.observing import count, start_metrics
 from imapguard.compose.portal import (
     portal_deps,
     portal_server,
@@ -20,16 +22,20 @@ from imapguard.compose.portal import (
     sign_in_service,
 )
 from imapguard.compose.runtime import gateway_runtime
-from imapguard.compose.services import open_services, run_loop
+from imapguard.compose.services import Services, open_services, run_loop
 from imapguard.config import Config, load_config
 from imapguard.errors import ConfigError
 from imapguard.gateway.server import Gateway
 from imapguard.portal.child import PortalChild
 from imapguard.portal.serve import PortalServer, listen_socket
+from imapguard.workers import state_lock
 
 __all__ = [
+    "reload_gateway",
     "run_gateway",
+    "run_worker",
     "serve",
+    "serve_worker",
 ]
 
 log = logging.getLogger("imapguard")
@@ -70,15 +76,7 @@ async def serve(
         loop = asyncio.get_running_loop()
 
         def reload() -> None:
-            audit.reopen()  # logrotate moved it away
-            if config_path is None:
-                return
-            try:
-                gateway.reload(gateway_runtime(load_config(config_path), services))
-                log.info("configuration reloaded")
-            except (ConfigError, OSError, ssl.SSLError, ValueError) as exc:
-                log.error("reload failed, keeping the running configuration: %s", exc)
-                audit.emit(events.Reload(result="failed", reason=str(exc)))
+            reload_gateway(gateway, services, config_path)
             if portal is not None:
                 reload_portal(portal, audit)
             if child is not None:
@@ -113,6 +111,44 @@ async def serve(
         audit.emit(events.Stop(pid=os.getpid()))
 
 
+def reload_gateway(gateway: Gateway, services: Services, config_path: str | None) -> None:
+    """SIGHUP: reopen the audit log (logrotate moved it away), then read the
+    configuration again for new connections; a broken one is refused, logged and
+    audited, and the running one kept."""
+    services.audit.reopen()
+    if config_path is None:
+        return
+    try:
+        gateway.reload(gateway_runtime(load_config(config_path), services))
+        log.info("configuration reloaded")
+    except (ConfigError, OSError, ssl.SSLError, ValueError) as exc:
+        log.error("reload failed, keeping the running configuration: %s", exc)
+        services.audit.emit(events.Reload(result="failed", reason=str(exc)))
+
+
+async def serve_worker(config: Config, config_path: str, fds: dict[str, int]) -> None:
+    """`imapguard worker`: one of `[server] workers` gateway processes, on the
+    listening sockets its parent (`serve`) bound and handed down, until SIGTERM
+    or the parent's end. Its metrics go to the parent's multiprocess directory."""
+    sockets = [socket.socket(fileno=fds[f"listen{i}"]) for i in range(len(config.listen))]
+    async with open_services(config) as services:
+        audit = services.audit
+        count(config, audit)
+        gateway = Gateway(
+            gateway_runtime(config, services), audit, services.reader, services.reads, sockets
+        )
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, reload_gateway, gateway, services, config_path)
+        loop.add_signal_handler(signal.SIGTERM, gateway.stop)
+        loop.add_signal_handler(signal.SIGINT, gateway.stop)
+        audit.emit(events.Start(pid=os.getpid()))
+        async with asyncio.TaskGroup() as tg:
+            watch = tg.create_task(watch_parent(fds[PARENT_FD], gateway.stop, "this worker"))
+            await gateway.serve()
+            watch.cancel()
+        audit.emit(events.Stop(pid=os.getpid()))
+
+
 def _portal_exited(audit: AuditLog) -> Callable[[int], None]:
     def exited(code: int) -> None:
         audit.emit(events.Reload(result="failed", reason=f"the portal process exited ({code})"))
@@ -121,6 +157,22 @@ def _portal_exited(audit: AuditLog) -> Callable[[int], None]:
 
 
 def run_gateway(config_path: str, *, ready: Callable[[Gateway], None] | None = None) -> None:
-    """`imapguard serve`: run until SIGTERM/SIGINT, reloading on SIGHUP."""
+    """`imapguard serve`: run until SIGTERM/SIGINT, reloading on SIGHUP: in this
+    process, or in `[server] workers` processes this one supervises. A second
+    `serve` on the same SQLite state is refused (`workers.state_lock`)."""
     config = load_config(config_path)
-    run_loop(serve(config, config_path, ready))
+    with state_lock(config.state.url):
+        if config.server.processes > 1:
+            from imapguard.compose.supervising import serve_workers
+
+            run_loop(serve_workers(config, config_path, config.server.processes))
+        else:
+            run_loop(serve(config, config_path, ready))
+
+
+def run_worker(config_path: str) -> None:
+    """`imapguard worker`: started by `serve` with its sockets, never by hand."""
+    fds = inherited()
+    if fds is None:
+        raise ConfigError([("worker", "is started by `imapguard serve` ([server] workers)")])
+    run_loop(serve_worker(load_config(config_path), config_path, fds))

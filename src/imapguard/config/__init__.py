@@ -38,6 +38,7 @@ from imapguard.config.notify import NotifyConfig
 from imapguard.config.oauth import OAuthConfig
 from imapguard.config.policy import GroupsConfig, PolicyConfig, Rule
 from imapguard.config.portal import PortalConfig
+from imapguard.config.server import ServerConfig
 from imapguard.config.state import AuditConfig, StateConfig, redacted_url
 
 __all__ = [
@@ -58,6 +59,7 @@ __all__ = [
     "PolicyConfig",
     "PortalConfig",
     "Rule",
+    "ServerConfig",
     "StateConfig",
     "TlsConfig",
     "UpstreamConfig",

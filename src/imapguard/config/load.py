@@ -32,6 +32,7 @@ from imapguard.config.notify import NotifyConfig
 from imapguard.config.oauth import OAuthConfig
 from imapguard.config.policy import GroupsConfig, PolicyConfig, policy_problems
 from imapguard.config.portal import PortalConfig
+from imapguard.config.server import ServerConfig
 from imapguard.config.state import AuditConfig, StateConfig
 from imapguard.errors import ConfigError
 
@@ -40,6 +41,8 @@ __all__ = ["Config", "default_config_path", "load_config", "validate_config"]
 
 class Config(Section):
     state: StateConfig = Field(default_factory=StateConfig)
+    # How many gateway processes serve this node.
+    server: ServerConfig = Field(default_factory=ServerConfig)
     listen: list[ListenConfig] = Field(min_length=1)
     tls: TlsConfig
     upstream: UpstreamConfig

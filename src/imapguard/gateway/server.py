@@ -68,9 +68,12 @@ class Gateway:
         audit: AuditLog,
         revocations: RevocationReader | None = None,
         read_executor: Executor | None = None,
+        sockets: list[socket.socket] | None = None,
     ) -> None:
         """`read_executor`: where the revocation feed is read (None: inline,
-        for the embedded store; `auth.reads`)."""
+        for the embedded store; `auth.reads`). `sockets`: one listening socket
+        per `[[listen]]`, bound already (a worker's, from `serve`'s parent)."""
+        self._given = sockets
         self.runtime = runtime
         self.audit = audit
         self.revocations = (
@@ -145,6 +148,11 @@ class Gateway:
         bound is a ConfigError naming its `listen[i].address`, raised before any
         task starts and with no socket left open."""
         if self.listeners:
+            return
+        if self._given is not None:  # bound by the parent process (workers)
+            for listener, sock in zip(self.runtime.config.listen, self._given, strict=True):
+                self.listeners.append(sock)
+                self.bound.append((listener, sock.getsockname()[:2]))
             return
         try:
             for i, listener in enumerate(self.runtime.config.listen):

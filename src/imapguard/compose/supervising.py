@@ -1,0 +1,147 @@
+"""`imapguard serve` with `[server] workers` > 1: the parent of the workers.
+
+The parent serves no IMAP itself. It holds the locks (`imapguard.workers`: the
+SQLite state, each listen address), binds every listening socket, N per
+address with SO_REUSEPORT, and starts N `imapguard worker` processes, each on
+its own sockets (`imapguard.children`: restarted with a growing pause if one
+dies; its queued connections wait on its socket meanwhile), and the portal
+process with `[portal]`. With `[metrics]` it serves /metrics and /health,
+summing the workers' values (`metrics.multiprocess`).
+
+Signals: SIGHUP reads the configuration first, so a broken one is refused once,
+here, with the reason logged and audited, and the workers keep theirs; a good
+one is passed on to every child (each reloads it, and reopens the audit log).
+SIGTERM and SIGINT: /health turns 503, the workers drain (each gets
+`limits.drain_timeout` and a margin), the portal stops, then the parent exits.
+Settings read only at start (listen addresses, `[server] workers`, `[metrics]`)
+need a restart, as they do without workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+
+from imapguard.audit import AuditLog, events
+from imapguard.children import Child
+from imapguard.compose.observing import start_metrics
+from imapguard.config import Config, load_config, parse_address
+from imapguard.errors import ConfigError
+from imapguard.metrics import multiprocess
+from imapguard.portal.child import PortalChild
+from imapguard.portal.serve import listen_socket
+from imapguard.workers import address_lock, bind_listeners
+
+__all__ = ["serve_workers"]
+
+log = logging.getLogger("imapguard")
+
+# Seconds a worker gets beyond drain_timeout to end its sessions and exit.
+STOP_MARGIN = 10.0
+
+
+async def serve_workers(config: Config, config_path: str, workers: int) -> None:
+    keys = [f"listen[{i}].address" for i in range(len(config.listen))]
+    with contextlib.ExitStack() as held:
+        for key, listener in zip(keys, config.listen, strict=True):
+            held.callback(address_lock(listener.address, key).close)
+        groups = bind_listeners(
+            [
+                (key, parse_address(lst.address))
+                for key, lst in zip(keys, config.listen, strict=True)
+            ],
+            workers,
+        )
+        for group in groups:
+            for sock in group:
+                held.callback(sock.close)
+        directory: Path | None = None
+        if config.metrics is not None:
+            directory = multiprocess.prepare()
+            held.callback(multiprocess.finish, directory)
+        audit = AuditLog(config.audit.path)
+        held.callback(audit.close)
+        await _supervise(config, config_path, groups, audit, directory)
+
+
+async def _supervise(
+    config: Config,
+    config_path: str,
+    groups: list[list[socket.socket]],
+    audit: AuditLog,
+    directory: Path | None,
+) -> None:
+    stopping = asyncio.Event()
+
+    count = len(groups[0])
+    workers: list[Child] = []
+
+    def ended(k: int) -> Callable[[int], None]:
+        def exited(code: int) -> None:
+            # Its live gauges (open connections) leave the sums; its counters stay.
+            pid = workers[k].last_pid
+            if directory is not None and pid is not None:
+                multiprocess.worker_ended(pid, directory)
+            audit.emit(events.Reload(result="failed", reason=f"worker {k} exited ({code})"))
+
+        return exited
+
+    for k in range(count):
+        workers.append(
+            Child(
+                f"worker {k}",
+                ["worker", "--config", config_path],
+                {f"listen{i}": group[k].fileno() for i, group in enumerate(groups)},
+                stop_grace=config.limits.drain_timeout + STOP_MARGIN,
+                on_exit=ended(k),
+            )
+        )
+    children: list[Child] = list(workers)
+    if config.portal is not None:
+        children.append(PortalChild(config_path, listen_socket(config.portal.listen)))
+    collect = None
+    if directory is not None:
+        folder = directory
+
+        def collect() -> CollectorRegistry:
+            return multiprocess.collect(folder)
+
+    server = await start_metrics(
+        config, audit, lambda: "draining" if stopping.is_set() else None, collect
+    )
+
+    def reload() -> None:
+        audit.reopen()
+        try:
+            load_config(config_path)
+        except (ConfigError, OSError, ValueError) as exc:
+            log.error("reload failed, the workers keep the running configuration: %s", exc)
+            audit.emit(events.Reload(result="failed", reason=str(exc)))
+            return
+        for child in children:
+            child.hangup()
+
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGHUP, reload)
+    loop.add_signal_handler(signal.SIGTERM, stopping.set)
+    loop.add_signal_handler(signal.SIGINT, stopping.set)
+    audit.emit(events.Start(pid=os.getpid()))
+    log.info("serving with %d worker processes", len(workers))
+    try:
+        async with asyncio.TaskGroup() as tg:
+            for child in children:
+                tg.create_task(child.run())
+            await stopping.wait()
+            await asyncio.gather(*(child.stop() for child in children))
+    finally:
+        if server is not None:
+            await server.close()
+    audit.emit(events.Stop(pid=os.getpid()))

@@ -1,0 +1,157 @@
+"""`[server] workers = 2`: `imapguard serve` as the parent of two gateway
+processes on the same ports, against real Dovecot: logins work through both,
+the metrics add up across them, a killed worker is replaced, SIGHUP reaches
+them (a broken configuration is refused once, by the parent), SIGTERM drains
+them all, and a second `serve` on the same state is refused."""
+
+from __future__ import annotations
+
+import imaplib
+import os
+import signal
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.dovecot import DovecotServer, free_port
+from tests.gateway import IMAPGUARD, GatewayProcess
+
+pytestmark = pytest.mark.dovecot
+
+
+def _children(pid: int) -> set[int]:
+    out = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rpartition(")")[2].split()[1]) == pid:
+                out.add(int(entry.name))
+    return out
+
+
+def _workers(gw: GatewayProcess) -> set[int]:
+    """The serve process's children that run `imapguard worker`."""
+    assert gw.proc is not None
+    found = set()
+    for pid in _children(gw.proc.pid):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"worker" in cmdline:
+            found.add(pid)
+    return found
+
+
+def _wait(what: str, check: object, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():  # type: ignore[operator]
+        assert time.monotonic() < deadline, what
+        time.sleep(0.1)
+
+
+def _login(gw: GatewayProcess, password: str) -> None:
+    session = imaplib.IMAP4_SSL("127.0.0.1", gw.implicit_port, ssl_context=gw.client_ssl())
+    try:
+        session.login("alice", password)
+        session.select("INBOX")
+    finally:
+        session.logout()
+
+
+def _logins_ok(port: int) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "imapguard_logins_total" and s.labels.get("result") == "ok"
+    )
+
+
+def test_two_workers_serve_restart_reload_and_drain(tmp_path: Path, dovecot: DovecotServer) -> None:
+    metrics_port = free_port()
+    gw = GatewayProcess.create(
+        tmp_path,
+        dovecot,
+        workers=2,
+        extra_toml=f'[metrics]\naddress = "127.0.0.1:{metrics_port}"\n',
+    )
+    gw.start()
+    try:
+        _wait("two worker processes", lambda: len(_workers(gw)) == 2)
+        first = _workers(gw)
+        password = gw.create_app_password("alice")
+        for _ in range(6):
+            _login(gw, password)
+        # Counted by whichever worker served each login, summed by the parent.
+        _wait("the workers' logins in the metrics", lambda: _logins_ok(metrics_port) == 6, 10)
+
+        # A worker killed outright is replaced; logins go on meanwhile.
+        victim = sorted(first)[0]
+        os.kill(victim, signal.SIGKILL)
+        for _ in range(3):
+            _login(gw, password)
+        _wait("a new worker", lambda: len(_workers(gw)) == 2 and victim not in _workers(gw))
+        _login(gw, password)
+        assert _logins_ok(metrics_port) == 10  # the dead worker's counts stay
+
+        # SIGHUP: every worker reloads; a broken file is refused once, by the parent.
+        reloads = len(gw.events("reload"))
+        gw.signal(signal.SIGHUP)
+        _wait(
+            "both workers reloaded",
+            lambda: len([e for e in gw.events("reload") if e["result"] == "ok"]) >= 2,
+        )
+        good = gw.config_path.read_text()
+        gw.config_path.write_text(good + "\n[bogus]\n")
+        gw.signal(signal.SIGHUP)
+        _wait(
+            "the refused reload",
+            lambda: any("bogus" in e.get("reason", "") for e in gw.events("reload")),
+        )
+        time.sleep(1)
+        failed = [
+            e for e in gw.events("reload") if e["result"] == "failed" and "bogus" in e["reason"]
+        ]
+        assert len(failed) == 1
+        assert len(gw.events("reload")) >= reloads + 3
+        gw.config_path.write_text(good)
+        _login(gw, password)
+
+        # A second serve on the same state (other ports) is refused in one line.
+        other = tmp_path / "second.toml"
+        other.write_text(
+            good.replace(str(gw.implicit_port), str(free_port()))
+            .replace(str(gw.starttls_port), str(free_port()))
+            .replace(str(metrics_port), str(free_port()))
+        )
+        second = subprocess.run(
+            [*IMAPGUARD, "serve", "--config", str(other)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert second.returncode == 2
+        assert f"another imapguard serve (pid {gw.proc.pid if gw.proc else 0})" in second.stderr
+        assert second.stderr.count("\n") == 1
+
+        # SIGTERM: the parent and both workers end, exit 0.
+        workers = _workers(gw)
+        gw.signal(signal.SIGTERM)
+        assert gw.proc is not None
+        assert gw.proc.wait(30) == 0
+        for pid in workers:
+            assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text()
+    finally:
+        gw.stop()
+    assert "Traceback" not in gw.log_text()
