@@ -21,10 +21,6 @@ __all__ = ["MAX_REASONS", "Metrics"]
 MAX_REASONS = 64
 _REASON = re.compile(r"[a-z][a-z0-9 _-]{0,47}")
 
-# Seconds: a TLS handshake or a login on a LAN is milliseconds; a tarpitted or
-# failed login waits seconds (auth.failure_delay, the defense's delays).
-_LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-_STORE = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0)
 _SESSION = (1.0, 10.0, 60.0, 300.0, 1800.0, 3600.0, 4 * 3600.0, 24 * 3600.0)
 
 POSTURES = ("normal", "under_attack")
@@ -98,44 +94,6 @@ class Metrics:
             "imapguard_session_duration_seconds",
             "How long connections lasted.",
             buckets=_SESSION,
-            registry=reg,
-        )
-        self.handshake_seconds = Histogram(
-            "imapguard_tls_handshake_duration_seconds",
-            "TLS handshake time, from its first byte to the finished handshake.",
-            buckets=_LATENCY,
-            registry=reg,
-        )
-        self.login_seconds = Histogram(
-            "imapguard_login_duration_seconds",
-            "From the login command to its answer, by result.",
-            ["result"],
-            buckets=_LATENCY,
-            registry=reg,
-        )
-        self.upstream_seconds = Histogram(
-            "imapguard_upstream_login_duration_seconds",
-            "Connecting and logging in to the upstream server.",
-            buckets=_LATENCY,
-            registry=reg,
-        )
-        self.upstream_up = Gauge(
-            "imapguard_upstream_up",
-            "1 when the last upstream connection succeeded, 0 when it failed.",
-            registry=reg,
-            multiprocess_mode="mostrecent",
-        )
-        self.store_seconds = Histogram(
-            "imapguard_store_operation_duration_seconds",
-            "State store calls, by store (accounts, counters).",
-            ["store"],
-            buckets=_STORE,
-            registry=reg,
-        )
-        self.store_errors_total = Counter(
-            "imapguard_store_errors",
-            "State store calls that failed (the store unreachable or refusing).",
-            ["store"],
             registry=reg,
         )
         self.audit_failures_total = Counter(

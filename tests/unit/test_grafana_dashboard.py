@@ -1,0 +1,48 @@
+"""docs/grafana-dashboard.json queries only metrics the gateway exports."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from imapguard.metrics import Metrics
+
+DASHBOARD = Path(__file__).resolve().parents[2] / "docs" / "grafana-dashboard.json"
+SUFFIXES = ("_total", "_bucket", "_count", "_sum", "_created")
+
+
+def _exported() -> set[str]:
+    names = set()
+    for family in Metrics().registry.collect():
+        names.add(family.name)
+        names.update(family.name + suffix for suffix in SUFFIXES)
+    return names
+
+
+def test_every_query_names_an_exported_metric_and_its_labels() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    exported = _exported()
+    labels = {
+        "phase",
+        "tls_mode",
+        "method",
+        "result",
+        "reason",
+        "kind",
+        "enforced",
+        "posture",
+        "direction",
+        "le",
+    }
+    queries = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    assert len(queries) >= 10
+    for query in queries:
+        metrics = set(re.findall(r"\bimapguard_\w+", query))
+        assert metrics, query
+        assert metrics <= exported, f"{query}: {metrics - exported}"
+        used = set(re.findall(r"by \(([^)]*)\)", query))
+        used = {name.strip() for group in used for name in group.split(",")}
+        used |= set(re.findall(r"\{(\w+)[!=]", query))
+        assert used <= labels, f"{query}: {used - labels}"
+    assert dashboard["uid"] == "imapguard"
