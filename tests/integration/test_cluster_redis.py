@@ -5,7 +5,7 @@ attack spread over both nodes counts once, and what one node decides the other
 enforces. The counting itself is atomic in Redis (tests/conformance/ races
 processes on it).
 
-Source networks: 127.0.140.0/24 - 127.0.170.0/24 (a /24 per attempt or role).
+Source networks: 127.0.140.0/24 - 127.0.171.0/24 (a /24 per attempt or role).
 """
 
 from __future__ import annotations
@@ -164,3 +164,32 @@ def test_logins_fail_closed_while_redis_is_down_and_work_when_it_returns(
     finally:
         redis.start()
     assert login(a, "127.0.170.1", user, password)  # no restart of the gateway
+
+
+def test_with_fail_open_logins_go_on_unchecked_and_audited_while_redis_is_down(
+    tmp_path: Path, redis: RedisServer, dovecot: DovecotServer
+) -> None:
+    """`defense.fail_open = true`: the right app password still logs in while the
+    counter store is down (the factor is checked, the defense is not), each such
+    login audited as defense_unavailable, and the log says it; a wrong one is
+    still refused as wrong."""
+    edit = _node(redis, None)
+    with running_gateway(
+        tmp_path / "node-c", dovecot, edit=lambda text: edit(text) + "fail_open = true\n"
+    ) as c:
+        user = f"co{secrets.token_hex(3)}"
+        dovecot.add_user(user, secrets.token_urlsafe(12))
+        password = c.create_app_password(user, "phone")
+        redis.stop()
+        try:
+            assert login(c, "127.0.171.1", user, password)
+            assert login(c, "127.0.171.1", user, password)
+            assert not login(c, "127.0.171.2", user, "not-the-password")
+        finally:
+            redis.start()
+        unchecked = c.events("defense_unavailable")
+        assert [e["user"] for e in unchecked] == [user, user, user]
+        assert all(e["src"].startswith("127.0.171.") for e in unchecked)
+        assert c.log_text().count("let on without the defense (defense.fail_open)") == 1
+        assert login(c, "127.0.171.1", user, password)  # Redis back: checked again
+        assert len(c.events("defense_unavailable")) == 3

@@ -29,6 +29,7 @@ __all__ = [
     "Connect",
     "DefenseBlock",
     "DefenseLogOnly",
+    "DefenseUnavailable",
     "Event",
     "Portal",
     "Posture",
@@ -216,6 +217,17 @@ class DefenseLogOnly(Event):
     would: str
     would_delay: float
     reason: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class DefenseUnavailable(Event):
+    """`defense.fail_open = true`: a login let on without the defense's checks,
+    because its counter store could not be reached."""
+
+    kind: ClassVar[str] = "defense_unavailable"
+    src: str
+    user: str | None = None
+    reason: str
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)

@@ -47,6 +47,7 @@ from imapguard.audit import AuditLog, events
 from imapguard.auth import app_passwords, oauth, passwordless, proof
 from imapguard.auth.counting import Counting
 from imapguard.auth.devices import AccountView, Devices, Reading, device_key
+from imapguard.auth.failopen import FailOpen
 from imapguard.auth.model import (
     AuthContext,
     AuthResult,
@@ -144,6 +145,7 @@ class Authenticator(Generic[S]):
         )
         self._sleep = sleep
         self._counting: Counting | None = None
+        self._fail_open = FailOpen(audit, clock)
 
     @property
     def counting(self) -> Counting | None:
@@ -178,7 +180,9 @@ class Authenticator(Generic[S]):
         try:
             if self.defense is not None:
                 attempt, verdict, account = await self._precheck(credentials, ctx)
-                if verdict.would_block or verdict.would_delay != verdict.delay:
+                if verdict is not None and (
+                    verdict.would_block or verdict.would_delay != verdict.delay
+                ):
                     self._audit.emit(
                         events.DefenseLogOnly(
                             session=session,
@@ -239,9 +243,10 @@ class Authenticator(Generic[S]):
 
     async def _precheck(
         self, credentials: LoginRequest, ctx: AuthContext
-    ) -> tuple[Attempt, Verdict, AccountView | None]:
+    ) -> tuple[Attempt, Verdict | None, AccountView | None]:
         """Reads only (`reads`): blocks, delays, the posture; and the account
-        view the factor checks go on with."""
+        view the factor checks go on with. No verdict: the counter store is
+        unreachable and `defense.fail_open` lets the login on without one."""
         assert self.defense is not None  # noqa: S101 - checked by the caller
         mechanism = credentials.mechanism
         bearer = mechanism in ("OAUTHBEARER", "XOAUTH2")
@@ -265,7 +270,14 @@ class Authenticator(Generic[S]):
             trusted_device=trusted,
             spray=not bearer,
         )
-        return attempt, await self.reads.precheck(self.defense, attempt), account
+        try:
+            verdict = await self.reads.precheck(self.defense, attempt)
+        except StateUnavailable as exc:
+            if not self.defense.settings.fail_open:
+                raise
+            self._fail_open.let_on(ctx.client.ip, user, exc.detail)
+            return attempt, None, account
+        return attempt, verdict, account
 
     async def maintain(self, session: str | None = None) -> None:
         """Purge expired counters and let the posture relax (about once a minute)."""

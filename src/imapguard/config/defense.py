@@ -87,6 +87,12 @@ class DefenseConfig(Section):
     # False: log-only (Dovecot auth_policy_log_only, AD FS ESL audit mode): counters,
     # blocks and events are recorded, verdicts say what would happen, nothing is enforced.
     enforce: Flag = True
+    # What a login meets when the counter store (the Redis of state.counters_url, or
+    # the state file) cannot be reached: false refuses it with NO [UNAVAILABLE] (fail
+    # closed); true lets the login go on without the defense's checks, each such login
+    # logged as a warning and audited as `defense_unavailable` (fail open: brute force
+    # and sprays are not counted meanwhile). The factors are always checked.
+    fail_open: Flag = False
 
     # -- windows ---------------------------------------------------------------
     # One hour in six 10-minute buckets: wforce's "OneHourDB" (6 windows x 600 s).

@@ -60,6 +60,8 @@ class AuditMetrics:
                 m.spray_alerts_total.inc()
             case events.CompromiseSignal():
                 m.compromise_signals_total.inc()
+            case events.DefenseUnavailable():
+                m.defense_unavailable_total.inc()
             case events.Revoked():
                 m.revoked_total.inc()
             case events.Posture():

@@ -74,6 +74,11 @@ class Metrics:
             "Correct passwords without the second factor (the password is known to someone).",
             registry=reg,
         )
+        self.defense_unavailable_total = Counter(
+            "imapguard_defense_unavailable",
+            "Logins let on without the defense's checks (its store down, defense.fail_open).",
+            registry=reg,
+        )
         self.revoked_total = Counter(
             "imapguard_revoked_sessions", "Live sessions ended by a revocation.", registry=reg
         )
