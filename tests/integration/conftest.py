@@ -13,7 +13,7 @@ own n. Allocation, one block per file (keep it that way when adding tests):
     130-149 test_oauth_gateway   150-169 test_oauth_token_confusion  170-189 test_client_cert
     190-199 test_policy_gateway  230-234 test_starttls_injection  235-239 test_preauth_flood
     240-244 test_state_permissions  245-249 test_cli_hostile_text  250-254 test_portal_serving
-    225-229 test_startup_failures
+    225-229 test_startup_failures  220-224 test_audit_disk_full
     Networks of their own: 127.0.20-59 (totp tests), 127.0.60-99 (brute force),
     127.0.104.0/21 (failure timing), 127.0.120-129 (posture), 127.0.200-206 (the
     attacks of issue 9: lockout notices, names, penalty timing, device forgery),
