@@ -75,3 +75,51 @@ def test_revoked_through_one_node_ends_the_idle_session_on_the_other(
     with RawClient(b.implicit_port, "127.0.214.2", tls=b.client_ssl()) as again:
         again.line()
         assert again.command(b"b1", login)[-1] == b"b1 " + AUTH_FAILED
+
+
+def _fds(gw: GatewayProcess) -> int:
+    assert gw.proc is not None
+    return len(list(Path(f"/proc/{gw.proc.pid}/fd").iterdir()))
+
+
+def test_both_stores_killed_sessions_relay_on_logins_fail_closed_then_recover(
+    nodes: tuple[GatewayProcess, GatewayProcess],
+    postgres: PostgresServer,
+    redis_server: RedisServer,
+) -> None:
+    """PostgreSQL stopped at once and Redis killed while a session relays: the
+    session goes on, a new login is NO [UNAVAILABLE] (not a wrong password), and
+    once both are back the node lets logins in again by itself, with no
+    descriptor left behind."""
+    a, _ = nodes
+    password = a.create_app_password("alice", "laptop")
+    login = f'LOGIN alice "{password}"'.encode()
+    with RawClient(a.implicit_port, "127.0.214.3", tls=a.client_ssl(), timeout=15) as relaying:
+        relaying.line()
+        assert relaying.command(b"r1", login)[-1].startswith(b"r1 OK ")
+        assert relaying.command(b"r2", b"SELECT INBOX")[-1].startswith(b"r2 OK ")
+        before = _fds(a)
+        postgres.pause()
+        redis_server.stop()
+        try:
+            assert relaying.command(b"r3", b"NOOP")[-1].startswith(b"r3 OK")
+            for n in range(3):
+                with RawClient(a.implicit_port, "127.0.214.4", tls=a.client_ssl()) as new:
+                    new.line()
+                    answer = new.command(b"n", login)[-1]
+                assert answer.startswith(b"n NO [UNAVAILABLE]"), (n, answer)
+            assert relaying.command(b"r4", b"SELECT INBOX")[-1].startswith(b"r4 OK ")
+        finally:
+            postgres.resume()
+            redis_server.start()
+        deadline = time.monotonic() + 30
+        while True:
+            with RawClient(a.implicit_port, "127.0.214.5", tls=a.client_ssl()) as again:
+                again.line()
+                if again.command(b"g", login)[-1].startswith(b"g OK "):
+                    break
+            assert time.monotonic() < deadline, "the node did not recover by itself"
+            time.sleep(0.5)
+        assert relaying.command(b"r5", b"NOOP")[-1].startswith(b"r5 OK")
+        time.sleep(1)  # the closed clients' descriptors
+        assert _fds(a) <= before + 4  # the pools' new connections, no leak per login
