@@ -82,6 +82,11 @@ def test_a_scrape_counts_real_logins_and_health_reports_draining(
         )
         assert failed == 1
         assert samples[("imapguard_connections", frozenset({("phase", "relay")}))] == 1
+        # Timed: both handshakes, and both decisions by their result.
+        assert samples[("imapguard_tls_handshake_duration_seconds_count", frozenset())] == 2
+        for result in ("ok", "invalid"):
+            count = ("imapguard_login_duration_seconds_count", frozenset({("result", result)}))
+            assert samples[count] == 1
         assert "alice" not in text  # no account in any label
         # SIGTERM with a session relaying: the node drains, and says so.
         gw.signal(signal.SIGTERM)

@@ -82,6 +82,7 @@ class Tls(Event):
     cipher: str | None = None
     # The account a verified client certificate names, or "(names no account)".
     client_cert: str | None = None
+    handshake: float | None = None  # seconds, once admitted
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
@@ -179,6 +180,7 @@ class Auth(Event):
     delay: float | None = None  # seconds the defense made it wait
     result: str  # ok | invalid | missing_factor | denied | unavailable
     reason: str
+    elapsed: float | None = None  # seconds from the command to the decision
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)

@@ -173,6 +173,7 @@ class Authenticator(Generic[S]):
     async def _authenticate(
         self, credentials: LoginRequest, ctx: AuthContext, session: str, clock: AttemptClock
     ) -> AuthResult[S]:
+        begun = self._clock()
         attempt: Attempt | None = None
         verdict: Verdict | None = None
         account: AccountView | None = None
@@ -228,6 +229,7 @@ class Authenticator(Generic[S]):
                 delay=round(verdict.delay, 2) if verdict and verdict.delay else None,
                 result=result.outcome.value,
                 reason=result.reason,
+                elapsed=round(self._clock() - begun, 4),
             )
         )
         if result.outcome is not Outcome.OK:

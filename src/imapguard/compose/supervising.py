@@ -33,6 +33,7 @@ from prometheus_client import CollectorRegistry
 from imapguard.audit import AuditLog, events
 from imapguard.children import Child
 from imapguard.compose.observing import start_metrics
+from imapguard.compose.services import account_store
 from imapguard.config import Config, load_config, parse_address
 from imapguard.errors import ConfigError
 from imapguard.metrics import multiprocess
@@ -44,11 +45,17 @@ __all__ = ["serve_workers"]
 
 log = logging.getLogger("imapguard")
 
+# What `imapguard` exits with on a configuration error (cli.common.EXIT_CONFIG).
+EXIT_CONFIG = 2
 # Seconds a worker gets beyond drain_timeout to end its sessions and exit.
 STOP_MARGIN = 10.0
 
 
 async def serve_workers(config: Config, config_path: str, workers: int) -> None:
+    # What a worker would refuse at its start is refused here, once, before a
+    # socket is bound: the store's schema and server key (the files and the TLS
+    # pairs were checked by load_config).
+    account_store(config).close()
     keys = [f"listen[{i}].address" for i in range(len(config.listen))]
     with contextlib.ExitStack() as held:
         for key, listener in zip(keys, config.listen, strict=True):
@@ -83,6 +90,7 @@ async def _supervise(
 
     count = len(groups[0])
     workers: list[Child] = []
+    refused: list[int] = []
 
     def ended(k: int) -> Callable[[int], None]:
         def exited(code: int) -> None:
@@ -91,7 +99,14 @@ async def _supervise(
             if directory is not None and pid is not None:
                 multiprocess.worker_ended(pid, directory)
             audit.emit(events.Reload(result="failed", reason=f"worker {k} exited ({code})"))
+            if code == EXIT_CONFIG:
+                # It refused the configuration (its one line is in the log): every
+                # worker would, again and again.
+                log.error("worker %d refused the configuration; stopping", k)
+                refused.append(k)
+                stopping.set()
 
+        return exited
         return exited
 
     for k in range(count):
@@ -145,3 +160,7 @@ async def _supervise(
         if server is not None:
             await server.close()
     audit.emit(events.Stop(pid=os.getpid()))
+    if refused:
+        raise ConfigError(
+            [("worker", f"worker {refused[0]} refused the configuration (see above)")]
+        )

@@ -140,6 +140,7 @@ class Dialogue:
             link = Link()
             try:
                 async with self._turn(client.ip, implicit, limits.handshake_timeout):
+                    started = loop.time()  # admitted: the handshake itself from here
                     # uvloop returns its own SSL protocol here, not ours: keep `link`.
                     transport, tls_protocol = await loop.connect_accepted_socket(
                         lambda: link,
@@ -164,7 +165,7 @@ class Dialogue:
             if implicit:
                 link.tls_protocol = tls_protocol
             self.host.opened(conn)
-            if implicit and not self._tls_up(conn, transport, "implicit"):
+            if implicit and not self._tls_up(conn, transport, "implicit", started):
                 reason = "tls handshake failed"
                 return None
             machine = PreAuth(
@@ -242,6 +243,7 @@ class Dialogue:
                 # No await from here until the TLS protocol is on the transport.
                 report_discarded()
                 link.write(ok)
+                started = asyncio.get_running_loop().time()
                 transport = await asyncio.get_running_loop().start_tls(
                     plain,
                     link,
@@ -263,9 +265,16 @@ class Dialogue:
             return False
         finally:
             report_discarded()  # also when the pre-auth timeout ends the wait
-        return self._tls_up(conn, transport, "starttls")
+        return self._tls_up(conn, transport, "starttls", started)
 
-    def _tls_up(self, conn: Connection, transport: asyncio.BaseTransport | None, mode: str) -> bool:
+    def _tls_up(
+        self,
+        conn: Connection,
+        transport: asyncio.BaseTransport | None,
+        mode: str,
+        started: float | None = None,
+    ) -> bool:
+        """Record a finished handshake (`started`: when it began, loop time)."""
         sslobj = transport.get_extra_info("ssl_object") if transport is not None else None
         if transport is None or sslobj is None or transport.is_closing():
             self._tls_failed(conn.session, conn.src, mode, "closed during handshake")
@@ -281,8 +290,15 @@ class Dialogue:
             user = canonical_user(account.encode()) if account is not None else None
             conn.extra["cert_user"] = user
             conn.extra["tls"]["client_cert"] = user or "(names no account)"
+        took = None if started is None else round(asyncio.get_running_loop().time() - started, 4)
         self.host.audit.emit(
-            events.Tls(session=conn.session, src=conn.src, tls_mode=mode, **conn.extra["tls"])
+            events.Tls(
+                session=conn.session,
+                src=conn.src,
+                tls_mode=mode,
+                handshake=took,
+                **conn.extra["tls"],
+            )
         )
         return True
 

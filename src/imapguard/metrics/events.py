@@ -50,6 +50,11 @@ class AuditMetrics:
                 m.logins_total.labels(
                     event.method or "none", event.result, m.reason_label(event.reason)
                 ).inc()
+                if event.elapsed is not None:
+                    m.login_seconds.labels(event.result).observe(event.elapsed)
+            case events.Tls():
+                if event.handshake is not None:
+                    m.handshake_seconds.observe(event.handshake)
             case events.Refused():
                 m.refused_total.inc(event.count)
             case events.TlsFailed():

@@ -21,6 +21,9 @@ __all__ = ["MAX_REASONS", "Metrics"]
 MAX_REASONS = 64
 _REASON = re.compile(r"[a-z][a-z0-9 _-]{0,47}")
 
+# Seconds: a TLS handshake or a login on a LAN takes milliseconds; a login the
+# defense delays waits seconds (its delays reach 25 s).
+_LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _SESSION = (1.0, 10.0, 60.0, 300.0, 1800.0, 3600.0, 4 * 3600.0, 24 * 3600.0)
 
 POSTURES = ("normal", "under_attack")
@@ -99,6 +102,20 @@ class Metrics:
             "imapguard_session_duration_seconds",
             "How long connections lasted.",
             buckets=_SESSION,
+            registry=reg,
+        )
+        self.handshake_seconds = Histogram(
+            "imapguard_tls_handshake_duration_seconds",
+            "TLS handshakes with clients, from admission to the finished handshake.",
+            buckets=_LATENCY,
+            registry=reg,
+        )
+        self.login_seconds = Histogram(
+            "imapguard_login_duration_seconds",
+            "From a login command to its decision (the upstream login included; the"
+            " uniform failure delay after it not), by result.",
+            ["result"],
+            buckets=_LATENCY,
             registry=reg,
         )
         self.audit_failures_total = Counter(
