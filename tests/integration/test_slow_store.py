@@ -92,8 +92,9 @@ def slow_store_gateway(base: Path, dovecot: DovecotServer) -> Iterator[Running]:
             with ThreadPoolExecutor(4, thread_name_prefix="test-reads") as reads:
                 # The proxy stands in for the store (its methods, slowed down).
                 reader: Any = slow
+                # The defense's counters too (they are this SQLite file's).
                 services = dataclasses.replace(
-                    services, reader=reader, reads=reads, counter_reads=reads
+                    services, reader=reader, reads=reads, counter_reads=reads, counters=reader
                 )
                 gateway = Gateway(gateway_runtime(config, services), services.audit, slow, reads)
                 started.update(loop=asyncio.get_running_loop(), gateway=gateway, store=slow)

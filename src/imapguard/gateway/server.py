@@ -319,8 +319,8 @@ class Gateway:
         elif trust.trusts(ip):
             key, refused = self.slots.take_unnamed()
         else:
-            sock.close()
             self._refuse_quietly(source_key(ip), listener, UNTRUSTED_PROXY)
+            sock.close()
             return
         if refused is None:
             if not self.spawn(self.handle(sock, listener, peer, key)):
