@@ -264,3 +264,26 @@ def test_workers_metrics_are_summed_and_a_dead_workers_gauges_dropped(tmp_path: 
     worker_ended(pids[0], tmp_path)
     assert sample("imapguard_connections", phase="relay") == 2
     assert sample("imapguard_logins_total", method="app-password", result="ok", reason="ok") == 6
+
+
+@pytest.mark.asyncio
+async def test_unlisted_sources_holding_connections_cannot_starve_the_health_check(
+    server: Endpoint,
+) -> None:
+    """An address that may not scrape opens more connections than there are
+    slots and sends nothing: each is answered 403 at once without taking a slot,
+    so the load balancer's /health still gets its answer."""
+    from imapguard.metrics.http import MAX_CLIENTS
+
+    held = []
+    for _ in range(MAX_CLIENTS + 4):
+        held.append(
+            await asyncio.open_connection("127.0.0.1", server.port, local_addr=("127.0.0.2", 0))
+        )
+    try:
+        first = await asyncio.wait_for(held[0][0].read(), 5)
+        assert first.startswith(b"HTTP/1.1 403 ")
+        assert (await _get(server.port, b"GET /health HTTP/1.0\r\n\r\n")).endswith(b"ok\n")
+    finally:
+        for _, writer in held:
+            writer.close()

@@ -17,6 +17,7 @@ import contextlib
 import ipaddress
 import logging
 from collections.abc import Callable, Iterable
+from http import HTTPStatus
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
@@ -73,6 +74,12 @@ class MetricsServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
         try:
+            # Decided before a byte is read or a slot is taken: a source that may not
+            # scrape cannot hold the slots the load balancer's health check needs.
+            if not self._permitted(str(peer[0]) if peer else ""):
+                await _answer(writer, 403, "forbidden\n")
+                await _linger(reader, writer)
+                return
             if self._clients >= MAX_CLIENTS:
                 return
             self._clients += 1
@@ -82,9 +89,6 @@ class MetricsServer:
                 except (asyncio.LimitOverrunError, asyncio.IncompleteReadError, TimeoutError):
                     await _answer(writer, 400, "bad request\n")
                     await _linger(reader, writer)
-                    return
-                if not self._permitted(str(peer[0]) if peer else ""):
-                    await _answer(writer, 403, "forbidden\n")
                     return
                 await self._route(head, writer)
             finally:
@@ -124,16 +128,6 @@ async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) ->
         await asyncio.wait_for(reader.read(MAX_REQUEST * 8), 1.0)
 
 
-_REASONS = {
-    200: "OK",
-    400: "Bad Request",
-    403: "Forbidden",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    503: "Service Unavailable",
-}
-
-
 async def _answer(
     writer: asyncio.StreamWriter,
     status: int,
@@ -144,7 +138,7 @@ async def _answer(
 ) -> None:
     data = body.encode() if isinstance(body, str) else body
     head = (
-        f"HTTP/1.1 {status} {_REASONS[status]}\r\n"
+        f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n"
         f"Content-Type: {content_type}\r\n"
         f"Content-Length: {len(data)}\r\n"
         "Cache-Control: no-store\r\n"
