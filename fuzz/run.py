@@ -1,7 +1,8 @@
 """Run the fuzz targets: for a time or a number of executions, or replay a corpus
 under coverage.py.
 
-    fuzz/run.py --time 30                    every target 30 s from its seed corpus (CI)
+    fuzz/run.py --time 30 --jobs 2           every target 30 s from its seed corpus,
+                                             two at a time (CI: one per core)
     fuzz/run.py --runs 1000000 framer sasl   those targets, 10^6 executions each
     fuzz/run.py --runs 1000000 --merge sasl  ... then add what found new coverage to
                                              fuzz/corpus/sasl (libFuzzer -merge=1)
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import concurrent.futures
 import importlib
 import json
 import os
@@ -210,6 +212,9 @@ def main() -> int:
     parser.add_argument("--time", type=int, default=30, help="seconds per target")
     parser.add_argument("--runs", type=int, help="executions per target (instead of --time)")
     parser.add_argument("--timeout", type=int, default=10, help="seconds one input may take")
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="targets fuzzed at once (each uses one core)"
+    )
     parser.add_argument("--work", type=Path, help="keep new inputs and logs here")
     parser.add_argument("--merge", action="store_true", help="add new coverage to the corpus")
     parser.add_argument("--coverage", action="store_true", help="measure line coverage")
@@ -222,7 +227,11 @@ def main() -> int:
     if args.coverage:
         return 0 if all([coverage(name) for name in names]) else 1
     work_root = args.work or Path(tempfile.mkdtemp(prefix="imapguard-fuzz-"))
-    failed = [name for name in names if not fuzz(name, args, work_root)]
+    # Each target is a process of its own; the threads only wait for them. A target's
+    # lines all start with its name, so interleaved output still reads.
+    with concurrent.futures.ThreadPoolExecutor(max(1, args.jobs)) as pool:
+        passed = list(pool.map(lambda name: fuzz(name, args, work_root), names))
+    failed = [name for name, ok in zip(names, passed, strict=True) if not ok]
     if failed:
         print(f"fuzz: FAILED targets: {', '.join(failed)} (logs in {work_root})", flush=True)
         return 1
