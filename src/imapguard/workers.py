@@ -28,6 +28,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from imapguard.errors import ConfigError
+from imapguard.net import cannot_listen
 
 __all__ = ["BACKLOG", "address_lock", "bind_listeners", "state_lock"]
 
@@ -78,7 +79,7 @@ def _bind(key: str, host: str, port: int) -> socket.socket:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
-        raise ConfigError([(key, f"cannot resolve {host}: {exc.strerror}")]) from None
+        raise cannot_listen(key, f"{host}:{port}", exc) from None
     family, _, _, _, address = infos[0]
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
@@ -91,9 +92,7 @@ def _bind(key: str, host: str, port: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         where = f"{host}:{port}" if family != socket.AF_INET6 else f"[{host}]:{port}"
-        if exc.errno == errno.EADDRINUSE:
-            raise ConfigError([(key, f"{where} is in use by another program")]) from None
-        raise ConfigError([(key, f"cannot listen on {where}: {exc.strerror}")]) from None
+        raise cannot_listen(key, where, exc) from None
     sock.setblocking(False)
     sock.set_inheritable(True)
     return sock

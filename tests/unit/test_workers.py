@@ -36,7 +36,7 @@ def test_a_port_held_by_another_program_is_named_in_one_line() -> None:
         with pytest.raises(ConfigError) as caught:
             bind_listeners([("listen[1].address", ("127.0.0.1", port))], 2)
     assert caught.value.problems == [
-        ("listen[1].address", f"127.0.0.1:{port} is in use by another program")
+        ("listen[1].address", f"cannot listen on 127.0.0.1:{port}: Address already in use")
     ]
 
 
