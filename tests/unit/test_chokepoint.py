@@ -262,6 +262,24 @@ async def test_a_refused_master_login_is_the_gateways_fault_not_a_wrong_password
 
 
 @pytest.mark.asyncio
+async def test_an_account_the_upstream_refuses_to_the_master_is_denied_not_an_outage(
+    store: SqliteStore, tmp_path: Path
+) -> None:
+    """NO [AUTHORIZATIONFAILED] to a master login (RFC 5530): the master user was
+    accepted, only this account refused. The node is healthy (no UNAVAILABLE, which
+    tells clients and the load balancer's operators the service is down)."""
+    auth, upstream, _ = _auth(store, tmp_path)
+    password = _issue(store, "alice")
+    upstream.fail = UpstreamRefused(
+        "u", "login: NO [AUTHORIZATIONFAILED] Authorization failed", "AUTHORIZATIONFAILED"
+    )
+    result = await auth.authenticate(_creds(b"alice", password), CTX, "s1")
+    assert (result.outcome, result.user) == (Outcome.DENIED, "alice")
+    assert result.reason.startswith("upstream refused the account")
+    assert [e["result"] for e in _events(tmp_path)] == ["denied"]
+
+
+@pytest.mark.asyncio
 async def test_dead_state_store_fails_closed(store: SqliteStore, tmp_path: Path) -> None:
     auth, upstream, _ = _auth(store, tmp_path)
     password = _issue(store, "alice")

@@ -568,6 +568,11 @@ class Authenticator(Generic[S]):
             else:
                 session = await self.password_login(user, password, ctx)
         except UpstreamRefused as exc:
+            if password is None and exc.code == "AUTHORIZATIONFAILED":
+                # RFC 5530: the master user was accepted, this account refused (no
+                # such mailbox, or not to be opened): the user's own proof held.
+                reason = f"upstream refused the account ({exc.detail})"
+                return AuthResult(Outcome.DENIED, user, method, reason)
             if password is None:  # the gateway's own credentials: its fault, not the user's
                 reason = f"upstream refused the master login ({exc.detail})"
                 return AuthResult(Outcome.UNAVAILABLE, user, method, reason)

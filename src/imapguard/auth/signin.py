@@ -488,8 +488,12 @@ class TwoStepSignIn(Generic[S]):
         try:
             session = await self.auth.upstream.login(user, None, ctx.client)
         except UpstreamRefused as exc:
-            reason = f"upstream refused master login ({exc.detail})"
-            return AuthResult(Outcome.INVALID, user, "oauth", reason)
+            if exc.code == "AUTHORIZATIONFAILED":  # RFC 5530: no such account upstream
+                reason = f"upstream refused the account ({exc.detail})"
+                return AuthResult(Outcome.DENIED, user, "oauth", reason)
+            # The gateway's own master credentials: its fault, not the user's.
+            reason = f"upstream refused the master login ({exc.detail})"
+            return AuthResult(Outcome.UNAVAILABLE, user, "oauth", reason)
         except UpstreamUnavailable as exc:
             return AuthResult(Outcome.UNAVAILABLE, user, "oauth", f"upstream: {exc.detail}")
         await session.discard()

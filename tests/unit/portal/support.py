@@ -336,6 +336,8 @@ class StubUpstream:
     async def login(self, user: str, password: Secret | None, client: ClientAddress) -> _Upstream:
         self.calls.append((user, password is None))
         known = self.users.get(user)
+        if known is None and password is None:  # the master user accepted, the account not
+            raise UpstreamRefused("upstream", "NO [AUTHORIZATIONFAILED]", "AUTHORIZATIONFAILED")
         if known is None or (password is not None and password != Secret(known[0])):
             raise UpstreamRefused("upstream", "NO [AUTHENTICATIONFAILED]")
         return _Upstream()
