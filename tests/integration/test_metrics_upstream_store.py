@@ -1,11 +1,13 @@
-"""The upstream's health and latency and the stores' latency, scraped from the
-real gateway in front of a real Dovecot of this test's own (it is stopped and
-started again): parsed by prometheus_client's own parser."""
+"""The upstream's health and latency and the stores' latency and errors,
+scraped from the real gateway in front of a real Dovecot of this test's own
+(it is stopped and started again), and a real Redis for the counters (stopped
+and started again): parsed by prometheus_client's own parser."""
 
 from __future__ import annotations
 
 import contextlib
 import imaplib
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.dovecot import DOVECOT_BINARY, DovecotServer, free_port
 from tests.gateway import GatewayProcess
+from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.dovecot
 
@@ -119,4 +122,55 @@ def test_upstream_down_and_back_and_the_stores_timed_per_login(
         assert _sum(back, LOGINS, result="ok") == 3
     finally:
         gw.stop()
+    assert "Traceback" not in gw.log_text()
+
+
+def test_the_counter_store_down_is_counted_as_store_errors(
+    tmp_path: Path, own_dovecot: DovecotServer
+) -> None:
+    redis = RedisServer.create(tmp_path / "redis")
+    redis.start()
+    port = free_port()
+    gw = GatewayProcess.create(
+        tmp_path / "gw",
+        own_dovecot,
+        extra_toml=f'[metrics]\naddress = "127.0.0.1:{port}"\n',
+        state=(
+            f'url = "sqlite:///{tmp_path}/state.db"\n'
+            f'counters_url = "{redis.url}"\n'
+            f'counters_password_file = "{redis.password_file}"'
+        ),
+    )
+    gw.start()
+    try:
+        password = gw.create_app_password("alice")
+        _login(gw, password)
+        before = _scrape(port)
+        assert _sum(before, STORE, store="counters", operation="lookup") == 1
+        assert _sum(before, "imapguard_store_errors_total") == 0
+
+        redis.stop()
+        with pytest.raises(imaplib.IMAP4.error, match="UNAVAILABLE"):
+            _login(gw, password)
+        down = _scrape(port)
+        assert _sum(down, "imapguard_store_errors_total", store="counters") >= 1
+        assert _sum(down, "imapguard_store_errors_total", store="accounts") == 0
+        assert down[(UP, frozenset())] == 1  # the upstream is not to blame
+
+        redis.start()
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                _login(gw, password)
+                break
+            except imaplib.IMAP4.error:
+                assert time.monotonic() < deadline, "logins did not come back with Redis"
+                time.sleep(0.5)
+        back = _scrape(port)
+        assert _sum(back, STORE, store="counters", operation="lookup") > _sum(
+            down, STORE, store="counters", operation="lookup"
+        )
+    finally:
+        gw.stop()
+        redis.stop()
     assert "Traceback" not in gw.log_text()
