@@ -33,6 +33,8 @@ def test_every_query_names_an_exported_metric_and_its_labels() -> None:
         "enforced",
         "posture",
         "direction",
+        "store",
+        "operation",
         "le",
     }
     queries = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
@@ -46,3 +48,18 @@ def test_every_query_names_an_exported_metric_and_its_labels() -> None:
         used |= set(re.findall(r"\{(\w+)[!=]", query))
         assert used <= labels, f"{query}: {used - labels}"
     assert dashboard["uid"] == "imapguard"
+
+
+def test_the_upstream_and_the_stores_are_charted() -> None:
+    """Their health and latency: what an operator looks at when logins slow down."""
+    text = " ".join(
+        t["expr"] for panel in json.loads(DASHBOARD.read_text())["panels"] for t in panel["targets"]
+    )
+    for name in (
+        "imapguard_upstream_up",
+        "imapguard_upstream_failures_total",
+        "imapguard_upstream_login_duration_seconds_bucket",
+        "imapguard_store_operation_duration_seconds_bucket",
+        "imapguard_store_errors_total",
+    ):
+        assert re.search(rf"\b{name}\b", text), name

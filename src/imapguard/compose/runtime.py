@@ -8,6 +8,12 @@ from functools import partial
 
 from imapguard.auth.chokepoint import Authenticator
 from imapguard.auth.model import FactorSettings, S, Upstream
+from imapguard.compose.observing import (
+    observed_check,
+    timed_counters,
+    timed_store,
+    upstream_observer,
+)
 from imapguard.compose.services import Services, defense, keys, notice_hook
 from imapguard.config import Config, account_names, parse_address
 from imapguard.config.files import file_warnings
@@ -41,12 +47,12 @@ def authenticator(config: Config, services: Services, upstream: Upstream[S]) -> 
     policy, warnings = load_policy(config.policy, config.groups)
     for warning in warnings:
         log.warning("%s", warning)
-    k, a, own = keys(config), config.auth, services.counters
+    k, a, own, m = keys(config), config.auth, services.counters, services.metrics
     return Authenticator(
         methods=tuple(a.methods),
-        store=services.store,
+        store=timed_store(services.store, m),
         store_executor=services.executor,
-        reader=services.reader,
+        reader=timed_store(services.reader, m),
         bookkeeping=services.bookkeeping,
         factors=FactorSettings(
             sufficient=tuple(a.sufficient),
@@ -65,9 +71,9 @@ def authenticator(config: Config, services: Services, upstream: Upstream[S]) -> 
         policy=policy,
         defense=defense(
             config,
-            own or counter_store(services.store),
+            timed_counters(own or counter_store(services.store), m),
             k,
-            reader=own or counter_store(services.reader),
+            reader=timed_counters(own or counter_store(services.reader), m),
         ),
         read_executor=services.reads,
         counter_read_executor=services.counter_reads,
@@ -105,7 +111,8 @@ def upstream_settings(config: Config) -> UpstreamSettings:
 def gateway_runtime(config: Config, services: Services) -> Runtime:
     """What the gateway's new connections use; a reload builds a new one."""
     upstream = upstream_settings(config)
-    auth: Authenticator[UpstreamSession] = authenticator(config, services, UpstreamLogin(upstream))
+    login = UpstreamLogin(upstream, upstream_observer(services.metrics))
+    auth: Authenticator[UpstreamSession] = authenticator(config, services, login)
     for warning in file_warnings(config):
         log.warning("%s", warning)
     limits = config.limits
@@ -125,7 +132,9 @@ def gateway_runtime(config: Config, services: Services) -> Runtime:
         authenticator=auth,
         # Connection and TLS only: Dovecot counts a master-user check against the
         # gateway's address (`check-config --connect` makes it, by hand).
-        upstream_check=partial(check_upstream, upstream, master=False),
+        upstream_check=observed_check(
+            partial(check_upstream, upstream, master=False), services.metrics
+        ),
         frame_limits=FrameLimits(
             max_line=limits.max_line,
             max_literal=limits.max_literal,

@@ -18,6 +18,7 @@ from imapguard.auth import totp
 from imapguard.auth.history import SignInHistory
 from imapguard.auth.model import AuthContext, NoticeHook
 from imapguard.auth.oauth import TokenVerifier
+from imapguard.compose.observing import count, timed_store
 from imapguard.config import Config
 from imapguard.defense.counters import CounterStore
 from imapguard.defense.engine import Defense
@@ -33,6 +34,7 @@ from imapguard.keys import (
     derive_key,
     load_server_key,
 )
+from imapguard.metrics import Metrics
 from imapguard.notify import Notice, NoticeKind, Notifier
 from imapguard.secret import Secret
 from imapguard.state.on_thread import read_executor
@@ -119,12 +121,14 @@ class Services:
     reads: Executor | None = None
     counter_reads: Executor | None = None
     counters: CounterStore | None = None  # else the defense's state is in `store`
+    metrics: Metrics | None = None  # this process's, with `[metrics]` (compose.observing)
 
 
 @contextlib.asynccontextmanager
-async def open_services(config: Config) -> AsyncIterator[Services]:
+async def open_services(config: Config, *, metrics: bool = False) -> AsyncIterator[Services]:
     """Open the stores, the audit log, the notifier and the token verifier;
-    close them in reverse order, whatever happens."""
+    close them in reverse order, whatever happens. With `metrics` (a gateway
+    process) and `[metrics]`, this process's metrics count its audit events."""
     async with contextlib.AsyncExitStack() as stack:
         store = account_store(config)
         stack.callback(store.close)
@@ -134,6 +138,7 @@ async def open_services(config: Config) -> AsyncIterator[Services]:
             stack.callback(counters.close)
         audit = AuditLog(config.audit.path)
         stack.callback(audit.close)
+        counted = count(config, audit) if metrics else None
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="imapguard-state")
         stack.callback(quietly, lambda: executor.shutdown(wait=True))
         reads = read_executor(config.state.url)
@@ -144,7 +149,7 @@ async def open_services(config: Config) -> AsyncIterator[Services]:
             counter_reads = read_executor(config.state.counters_url)
             if counter_reads is not None:
                 stack.callback(quietly, lambda: counter_reads.shutdown(wait=True))
-        bookkeeping = WriteBehind(store, executor)
+        bookkeeping = WriteBehind(timed_store(store, counted), executor)
         stack.push_async_callback(quietly_async, bookkeeping.aclose)
         audit.subscribe(SignInHistory(store, bookkeeping))
         notifier: Notifier | None = None
@@ -170,6 +175,7 @@ async def open_services(config: Config) -> AsyncIterator[Services]:
             reads,
             counter_reads,
             counters,
+            counted,
         )
 
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from imapguard.audit import AuditLog, events
 from imapguard.children import PARENT_FD, inherited, watch_parent
-from imapguard.compose.observing import count, start_metrics
+from imapguard.compose.observing import start_metrics
 from imapguard.compose.portal import (
     portal_deps,
     portal_server,
@@ -50,12 +50,12 @@ async def serve(
     a ConfigError), stopped with it, its certificate reloaded on SIGHUP: in a
     process of its own (`portal.child`) when there is a `config_path` for it to
     read, else on this event loop."""
-    async with open_services(config) as services:
+    async with open_services(config, metrics=True) as services:
         audit = services.audit
         gateway = Gateway(gateway_runtime(config, services), audit, services.reader, services.reads)
         await gateway.listen()  # a port in use: a ConfigError, before the portal starts
         metrics = await start_metrics(
-            config, audit, lambda: "draining" if gateway.draining else None
+            config, services.metrics, lambda: "draining" if gateway.draining else None
         )
         portal: PortalServer | None = None
         child: PortalChild | None = None
@@ -131,9 +131,8 @@ async def serve_worker(config: Config, config_path: str, fds: dict[str, int]) ->
     listening sockets its parent (`serve`) bound and handed down, until SIGTERM
     or the parent's end. Its metrics go to the parent's multiprocess directory."""
     sockets = [socket.socket(fileno=fds[f"listen{i}"]) for i in range(len(config.listen))]
-    async with open_services(config) as services:
+    async with open_services(config, metrics=True) as services:
         audit = services.audit
-        count(config, audit)
         gateway = Gateway(
             gateway_runtime(config, services), audit, services.reader, services.reads, sockets
         )

@@ -130,7 +130,7 @@ async def _supervise(
             return multiprocess.collect(folder)
 
     server = await start_metrics(
-        config, audit, lambda: "draining" if stopping.is_set() else None, collect
+        config, None, lambda: "draining" if stopping.is_set() else None, collect
     )
 
     def reload() -> None:

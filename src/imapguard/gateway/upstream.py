@@ -23,6 +23,10 @@ authentication from the checking host (its auth penalty: the next login from
 that address without a forwarded client address waits about 2 s), which is why
 `serve` does not make it: a master password refused at a user's login is logged
 once (`UpstreamLogin`) and answered `NO [UNAVAILABLE]` by the auth service.
+
+`UpstreamLogin` tells an optional observer (the metrics, given by the
+composition root) each login's result, duration and what failed
+(`failure_kind`); `UpstreamCheck.failure` says the same of a check.
 """
 
 from __future__ import annotations
@@ -32,10 +36,12 @@ import logging
 import os
 import socket
 import ssl
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from imapguard.auth.model import ClientAddress
-from imapguard.errors import UpstreamRefused, UpstreamUnavailable
+from imapguard.errors import UpstreamError, UpstreamRefused, UpstreamUnavailable
 from imapguard.gateway.link import Link
 from imapguard.gateway.proxyproto import v2_header
 from imapguard.imap.login import (
@@ -58,9 +64,11 @@ __all__ = [
     "ClientAddress",
     "UpstreamCheck",
     "UpstreamLogin",
+    "UpstreamObserver",
     "UpstreamSession",
     "UpstreamSettings",
     "check_upstream",
+    "failure_kind",
     "open_session",
 ]
 
@@ -105,12 +113,36 @@ class UpstreamSession:
         self.link.close()
 
 
+#: Told after each login: its result (ok | refused | unavailable), its seconds
+#: (connect, TLS and dialogue), and what failed (`failure_kind`), None when the
+#: upstream answered as it should (a user's refused password included).
+UpstreamObserver = Callable[[str, float, str | None], None]
+
+
+def failure_kind(exc: UpstreamError) -> str:
+    """What failed, in a few words from a fixed set: connect, tls, timeout,
+    closed, protocol (an answer out of the dialogue) or master-refused."""
+    if isinstance(exc, UpstreamRefused):
+        return "master-refused"
+    cause = exc.__context__  # what `open_session` turned into UpstreamUnavailable
+    if isinstance(cause, TimeoutError):
+        return "timeout"
+    if isinstance(cause, ssl.SSLError):
+        return "tls"
+    if isinstance(cause, EOFError) or exc.detail == _CLOSED:  # the dialogue's word for it
+        return "closed"
+    if isinstance(cause, OSError):
+        return "connect"
+    return "protocol"
+
+
 class UpstreamLogin:
     """The IMAP server behind the gateway, as the auth service's `Upstream`."""
 
-    def __init__(self, settings: UpstreamSettings) -> None:
+    def __init__(self, settings: UpstreamSettings, observe: UpstreamObserver | None = None) -> None:
         self.settings = settings
         self._master_refused = False
+        self._observe = observe
 
     @property
     def logs_in_for_users(self) -> bool:
@@ -122,10 +154,19 @@ class UpstreamLogin:
         """A master login the upstream refuses is the configuration's fault: said
         once in the log (each login's audit record says it too), and once again
         when master logins work again."""
+        start = time.perf_counter()
         try:
             session = await open_session(self.settings, user, password, client)
+        except UpstreamUnavailable as exc:
+            if self._observe is not None:
+                self._observe("unavailable", time.perf_counter() - start, failure_kind(exc))
+            raise
         except UpstreamRefused as exc:
-            if password is None and exc.code != "AUTHORIZATIONFAILED" and not self._master_refused:
+            master = password is None and exc.code != "AUTHORIZATIONFAILED"
+            if self._observe is not None:
+                failure = failure_kind(exc) if master else None
+                self._observe("refused", time.perf_counter() - start, failure)
+            if master and not self._master_refused:
                 self._master_refused = True
                 log.warning(
                     "upstream.master_password_file: upstream %s refused the master user %r "
@@ -136,6 +177,8 @@ class UpstreamLogin:
                     exc.detail,
                 )
             raise
+        if self._observe is not None:
+            self._observe("ok", time.perf_counter() - start, None)
         if password is None and self._master_refused:
             self._master_refused = False
             log.info("upstream %s accepts the master user again", self.settings.address)
@@ -165,13 +208,16 @@ async def open_session(
         raise
 
 
+_CLOSED = "connection closed during login"
+
+
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, ssl.SSLCertVerificationError):
         return f"certificate verification failed: {exc.verify_message}"
     if isinstance(exc, ssl.SSLError):
         return f"TLS error: {exc.reason or exc}"
     if isinstance(exc, EOFError):
-        return "connection closed during login"
+        return _CLOSED
     if isinstance(exc, OSError) and exc.errno and not isinstance(exc, socket.gaierror):
         return os.strerror(exc.errno)  # uvloop's strerror repeats the address
     if isinstance(exc, OSError) and exc.strerror:
@@ -293,11 +339,13 @@ _NAME_MISMATCH = (62, 64)
 
 @dataclass(frozen=True)
 class UpstreamCheck:
-    """What `check_upstream` found; when not `ok`, `key` is the setting to look at."""
+    """What `check_upstream` found; when not `ok`, `key` is the setting to look at
+    and `failure` what failed (as `failure_kind` says it)."""
 
     ok: bool
     key: str
     message: str
+    failure: str | None = None
 
 
 # The start-up check's connection is the gateway's own: with proxy-v2 its header
@@ -336,18 +384,22 @@ async def check_upstream(settings: UpstreamSettings, *, master: bool = True) -> 
             "upstream.master_password_file",
             f"{where} refused the master user {master_user!r} ({exc.detail}): check "
             "upstream.master_user and the password in upstream.master_password_file",
+            "master-refused",
         )
     except UpstreamUnavailable as exc:
-        return UpstreamCheck(False, "upstream.address", f"{where}: {exc.detail}")
+        detail = f"{where}: {exc.detail}"
+        return UpstreamCheck(False, "upstream.address", detail, failure_kind(exc))
     except TimeoutError:
-        return UpstreamCheck(False, "upstream.address", f"{where}: timed out")
+        return UpstreamCheck(False, "upstream.address", f"{where}: timed out", "timeout")
     except ssl.SSLCertVerificationError as exc:
         key = "upstream.server_name" if exc.verify_code in _NAME_MISMATCH else "upstream.ca"
-        return UpstreamCheck(False, key, f"{where}: {_describe(exc)}")
+        return UpstreamCheck(False, key, f"{where}: {_describe(exc)}", "tls")
     except ssl.SSLError as exc:  # e.g. plain IMAP where `tls` says implicit
-        return UpstreamCheck(False, "upstream.tls", f"{where}: {_describe(exc)}")
-    except (OSError, EOFError) as exc:
-        return UpstreamCheck(False, "upstream.address", f"{where}: {_describe(exc)}")
+        return UpstreamCheck(False, "upstream.tls", f"{where}: {_describe(exc)}", "tls")
+    except EOFError as exc:
+        return UpstreamCheck(False, "upstream.address", f"{where}: {_describe(exc)}", "closed")
+    except OSError as exc:
+        return UpstreamCheck(False, "upstream.address", f"{where}: {_describe(exc)}", "connect")
     finally:
         if link is not None:
             link.close()

@@ -7,7 +7,7 @@ the free-text reasons of failures into a bounded set).
 
 Gauges say how they add up across worker processes (`multiprocess_mode`):
 connections are summed over live workers; the posture is the most recent value
-any worker saw."""
+any worker saw, and so is whether the upstream answered."""
 
 from __future__ import annotations
 
@@ -15,7 +15,15 @@ import re
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-__all__ = ["MAX_REASONS", "Metrics"]
+__all__ = [
+    "MAX_REASONS",
+    "POSTURES",
+    "STORES",
+    "STORE_OPERATIONS",
+    "UPSTREAM_FAILURES",
+    "UPSTREAM_RESULTS",
+    "Metrics",
+]
 
 # Distinct `reason` label values per process before the rest count as "other".
 MAX_REASONS = 64
@@ -26,7 +34,19 @@ _REASON = re.compile(r"[a-z][a-z0-9 _-]{0,47}")
 _LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _SESSION = (1.0, 10.0, 60.0, 300.0, 1800.0, 3600.0, 4 * 3600.0, 24 * 3600.0)
 
+# The store round trips of a login: a point read on a LAN is well under a
+# millisecond (SQLite: about 10 µs); a slow or failing store takes seconds.
+_STORE = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0)
+
 POSTURES = ("normal", "under_attack")
+#: An upstream login's outcome: logged in, refused (NO), or not reached / not trusted.
+UPSTREAM_RESULTS = ("ok", "refused", "unavailable")
+#: What went wrong with the upstream (`gateway.upstream.failure_kind`); any other
+#: value is counted as "other".
+UPSTREAM_FAILURES = ("connect", "tls", "timeout", "closed", "protocol", "master-refused")
+#: The stores timed (`metrics.stores`), and the kinds of their operations.
+STORES = ("accounts", "counters")
+STORE_OPERATIONS = ("read", "write", "lookup", "purge")
 
 
 class Metrics:
@@ -121,6 +141,42 @@ class Metrics:
         self.audit_failures_total = Counter(
             "imapguard_audit_write_failures",
             "Audit events that could not be written (disk full, unwritable file).",
+            registry=reg,
+        )
+        self.upstream_login_seconds = Histogram(
+            "imapguard_upstream_login_duration_seconds",
+            "Logins to the upstream: connect, TLS and the login dialogue, by result"
+            " (ok, refused, unavailable).",
+            ["result"],
+            buckets=_LATENCY,
+            registry=reg,
+        )
+        self.upstream_up = Gauge(
+            "imapguard_upstream_up",
+            "1 if the last attempt to reach the upstream (a login or the start-up"
+            " check) got an answer and its master user was accepted, else 0.",
+            registry=reg,
+            multiprocess_mode="mostrecent",
+        )
+        self.upstream_failures_total = Counter(
+            "imapguard_upstream_failures",
+            "Upstream logins and checks that failed, by what failed (connect, tls,"
+            " timeout, closed, protocol, master-refused).",
+            ["kind"],
+            registry=reg,
+        )
+        self.store_seconds = Histogram(
+            "imapguard_store_operation_duration_seconds",
+            "Calls of the state stores (accounts: the account store; counters: the"
+            " defense's), by kind of operation, failed ones included.",
+            ["store", "operation"],
+            buckets=_STORE,
+            registry=reg,
+        )
+        self.store_errors_total = Counter(
+            "imapguard_store_errors",
+            "Calls of the state stores that failed because the store was unavailable.",
+            ["store", "operation"],
             registry=reg,
         )
         self._reasons: set[str] = set()
