@@ -8,17 +8,19 @@ import contextlib
 import re
 import subprocess
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.dovecot import DovecotServer, free_port
 from tests.integration.conftest import RawClient, running_gateway
+from tests.metrics_scrape import delta, scrape
 
 pytestmark = pytest.mark.dovecot
+
+FAILURES = "imapguard_audit_write_failures_total"
+LOGINS = "imapguard_logins_total"
 
 
 @pytest.fixture
@@ -33,13 +35,9 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 
 
 def _failures(port: int) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
-        text = answer.read().decode()
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == "imapguard_audit_write_failures_total":
-                return sample.value
-    raise AssertionError("no imapguard_audit_write_failures_total")
+    got = scrape(port)
+    assert got.has(FAILURES), f"no {FAILURES}"
+    return got.value(FAILURES)
 
 
 def _login(port: int, ctx: object, password: str) -> bytes:
@@ -62,6 +60,9 @@ def test_a_full_audit_disk_does_not_stop_logins(
         gw.audit_path = audit  # where this gateway writes it
         password = gw.create_app_password("alice")
         assert _login(gw.implicit_port, gw.client_ssl(), password).startswith(b"a OK")
+        before = scrape(metrics_port)
+        assert before.value(FAILURES) == 0
+        assert before.value(LOGINS, result="ok") == 1
         # Fill the disk to the last byte.
         filler = small_disk / "filler"
         for chunk in (1024, 1):  # unbuffered: each write reaches the disk or fails
@@ -70,19 +71,27 @@ def test_a_full_audit_disk_does_not_stop_logins(
                     f.write(b"x" * chunk)
         # The audit file's last page may still take a few lines: log in until the
         # writes fail; every login must go on succeeding meanwhile and after.
+        logins = 0
         for _ in range(40):
             assert _login(gw.implicit_port, gw.client_ssl(), password).startswith(b"a OK")
+            logins += 1
             if _failures(metrics_port) > 0:
                 break
         failed = _failures(metrics_port)
         assert failed > 0, "the audit writes never failed: is the disk full?"
         for _ in range(2):
             assert _login(gw.implicit_port, gw.client_ssl(), password).startswith(b"a OK")
+            logins += 1
         deadline = time.monotonic() + 10
         while _failures(metrics_port) <= failed:
             assert time.monotonic() < deadline, "the failed audit writes are not counted"
             time.sleep(0.1)
         assert gw.log_text().count("cannot write audit log") == 1  # once per outage
+        # The metrics count what the audit log could not hold: every login of
+        # the outage is in them, the endpoint serving as before.
+        full = scrape(metrics_port)
+        assert delta(before, full, LOGINS, result="ok") == logins
+        assert delta(before, full, LOGINS, result="ok", reason="ok") == logins
         # Room again: the next events are written, and the log says so.
         filler.unlink()
         assert _login(gw.implicit_port, gw.client_ssl(), password).startswith(b"a OK")
@@ -91,3 +100,9 @@ def test_a_full_audit_disk_does_not_stop_logins(
             assert time.monotonic() < deadline, "the audit log was not written again"
             time.sleep(0.1)
         assert [e for e in gw.events("auth") if e["result"] == "ok"][-1]["user"] == "alice"
+        written = scrape(metrics_port)
+        assert delta(full, written, LOGINS, result="ok") == 1
+        assert _login(gw.implicit_port, gw.client_ssl(), password).startswith(b"a OK")
+        after = scrape(metrics_port)
+        assert delta(written, after, LOGINS, result="ok") == 1
+        assert delta(written, after, FAILURES) == 0  # written again: no more failures

@@ -19,9 +19,10 @@ from typing import Any
 
 import pytest
 
-from tests.dovecot import DovecotServer
+from tests.dovecot import DovecotServer, free_port
 from tests.gateway import GatewayProcess
 from tests.integration.conftest import AUTH_FAILED, RawClient, running_gateway
+from tests.metrics_scrape import delta, scrape
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.dovecot
@@ -174,19 +175,31 @@ def test_with_fail_open_logins_go_on_unchecked_and_audited_while_redis_is_down(
     login audited as defense_unavailable, and the log says it; a wrong one is
     still refused as wrong."""
     edit = _node(redis, None)
+    port = free_port()
+    metrics = f'\n[metrics]\naddress = "127.0.0.1:{port}"\n'
     with running_gateway(
-        tmp_path / "node-c", dovecot, edit=lambda text: edit(text) + "fail_open = true\n"
+        tmp_path / "node-c",
+        dovecot,
+        edit=lambda text: (
+            edit(text).replace("[defense]\n", "[defense]\nfail_open = true\n") + metrics
+        ),
     ) as c:
         user = f"co{secrets.token_hex(3)}"
         dovecot.add_user(user, secrets.token_urlsafe(12))
         password = c.create_app_password(user, "phone")
+        before = scrape(port)
         redis.stop()
         try:
             assert login(c, "127.0.171.1", user, password)
             assert login(c, "127.0.171.1", user, password)
             assert not login(c, "127.0.171.2", user, "not-the-password")
+            down = scrape(port)
         finally:
             redis.start()
+        # Counted as well as logged: what went on unchecked, and the logins.
+        assert delta(before, down, "imapguard_defense_unavailable_total") == 3
+        assert delta(before, down, "imapguard_logins_total", result="ok") == 2
+        assert delta(before, down, "imapguard_logins_total", result="unavailable") == 0
         unchecked = c.events("defense_unavailable")
         assert [e["user"] for e in unchecked] == [user, user, user]
         assert all(e["src"].startswith("127.0.171.") for e in unchecked)

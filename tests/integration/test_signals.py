@@ -14,10 +14,14 @@ import pytest
 import trustme
 
 from imapguard.audit import read_events
-from tests.dovecot import DovecotServer
+from tests.dovecot import DovecotServer, free_port
 from tests.gateway import GatewayProcess
+from tests.metrics_scrape import delta, scrape
 
 pytestmark = pytest.mark.dovecot
+
+LOGINS = "imapguard_logins_total"
+RELAYING = "imapguard_connections"
 
 
 def _wait_for(gw: GatewayProcess, event: str, count: int, timeout: float = 10.0) -> None:
@@ -42,13 +46,20 @@ def _reissue(gw: GatewayProcess) -> Path:
 def test_sighup_reloads_certificates_and_keeps_sessions(
     tmp_path: Path, dovecot: DovecotServer
 ) -> None:
-    gw = GatewayProcess.create(tmp_path, dovecot, extra_toml="[limits]\ndrain_timeout = 1.0\n")
+    port = free_port()
+    gw = GatewayProcess.create(
+        tmp_path,
+        dovecot,
+        extra_toml=f'[limits]\ndrain_timeout = 1.0\n\n[metrics]\naddress = "127.0.0.1:{port}"\n',
+    )
     gw.start()
     password = gw.create_app_password("alice")
     session = imaplib.IMAP4_SSL("127.0.0.1", gw.implicit_port, ssl_context=gw.client_ssl())
     try:
         session.login("alice", password)
         session.select("INBOX")
+        before = scrape(port)
+        assert before.value(RELAYING, phase="relay") == 1
 
         new_ca = _reissue(gw)
         gw.signal(signal.SIGHUP)
@@ -63,6 +74,10 @@ def test_sighup_reloads_certificates_and_keeps_sessions(
         fresh.login("alice", password)
         fresh.logout()
         assert session.noop()[0] == "OK"  # the old session was not dropped
+        reloaded = scrape(port)
+        assert delta(before, reloaded, LOGINS, result="ok") == 1
+        assert delta(before, reloaded, "imapguard_tls_failures_total") == 1  # the old CA's
+        assert reloaded.value(RELAYING, phase="relay") == 1
 
         # A broken configuration is refused; the running one keeps serving.
         good = gw.config_path.read_text()
@@ -77,6 +92,9 @@ def test_sighup_reloads_certificates_and_keeps_sessions(
         )
         again.login("alice", password)
         again.logout()
+        refused = scrape(port)  # the endpoint serves on, the old configuration too
+        assert delta(reloaded, refused, LOGINS, result="ok") == 1
+        assert refused.value(RELAYING, phase="relay") == 1
 
         # SIGTERM: stop accepting, end sessions after drain_timeout, exit 0.
         started = time.monotonic()
