@@ -6,9 +6,12 @@ seconds), at most MAX_CLIENTS at once, and only `allowed_sources` served
 (anyone else gets 403). Prometheus and a load balancer's health check need
 nothing more, and nothing here parses a body.
 
-/health answers 200 "ok" while the node takes logins, and 503 with the reason
-while it does not (draining after SIGTERM, or its state store unreachable), so
-the load balancer sends new clients elsewhere."""
+/health answers 200 "ok" while the node takes connections, and 503 with the
+reason once it does not (draining after SIGTERM), so the load balancer sends new
+clients elsewhere. A state store or an upstream that cannot be reached does not
+turn it 503: the nodes usually share them, so every node would leave the pool at
+once and clients would meet refused connections instead of `NO [UNAVAILABLE]`;
+`imapguard_upstream_up` and `imapguard_store_errors_total` are what to alert on."""
 
 from __future__ import annotations
 
