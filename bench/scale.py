@@ -531,7 +531,8 @@ def _rate_round(
         # Warm up until every worker took logins (each one's CPU grew): connections
         # wait in a worker's own SO_REUSEPORT queue while it is still starting.
         for _ in range(10):
-            procs = children(root) if workers > 1 else [root]
+            # nginx's master and imapguard's parent with workers serve no IMAP.
+            procs = children(root) or [root]
             cpu0 = {pid: cpu_seconds(pid) for pid in procs}
             warm = runner.run(login_rate(env, name, workers, root, concurrency, p.warmup_s))
             if warm.ok == 0:
