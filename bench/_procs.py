@@ -25,6 +25,7 @@ __all__ = [
     "memory_kib",
     "raise_nofile",
     "self_cpu_seconds",
+    "tree_cpu_seconds",
     "tree_memory_kib",
     "tree_pids",
 ]
@@ -99,6 +100,18 @@ def tree_memory_kib(pid: int) -> tuple[int, int, int]:
             one = memory_kib(p)
             pss, rss, n = pss + one[0], rss + one[1], n + 1
     return pss, rss, n
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of `pid` and its descendants alive now (utime + stime of each, and
+    cutime + cstime: children it reaped): a server whatever it forks (workers, helper
+    processes). Read before and after a measurement with the same server running, the
+    difference is what its processes used meanwhile."""
+    total = 0
+    for p in tree_pids(pid):
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            total += sum(int(x) for x in _stat_fields(p)[11:15])
+    return total / _TICK
 
 
 def group_cpu_seconds(pgid: int) -> float:

@@ -2,13 +2,16 @@
 
 Run by hand (needs root, Debian dovecot-imapd, nginx + libnginx-mod-mail)::
 
-    .venv/bin/python -m bench.scale             # 10,000 sessions per target, ~8 minutes
-    .venv/bin/python -m bench.scale --quick     # 1,000 sessions, ~1-2 minutes
+    .venv/bin/python -m bench.scale             # all phases, ~14 minutes
+    .venv/bin/python -m bench.scale --only logins --only cpu    # ~5 minutes
+    .venv/bin/python -m bench.scale --quick     # 1,000 sessions, short rounds, ~3 minutes
 
-Options: --only memory (repeatable; the phases are listed in PHASES), --sessions N,
---rounds N, --workers N (the gateway's `[server] workers` and nginx's
-`worker_processes`; default: each server's default, nginx 1), --json FILE, --src DIR,
---keep, --wait-quiet / --max-foreign / --retries (as bench/gateway.py).
+Options: --only memory|logins|cpu (repeatable; the phases are listed in PHASES),
+--sessions N, --rounds N (memory), --workers N (memory: the gateway's `[server]
+workers` and nginx's `worker_processes`; default: each server's default, nginx 1;
+logins and cpu choose theirs), --json FILE, --src DIR, --keep, --wait-quiet /
+--max-foreign / --retries (as bench/gateway.py; memory is not repeated by default,
+a login measurement twice).
 
 Everything runs on 127.0.0.1, on free ports, under a temporary directory, and is
 stopped at the end (also on Ctrl-C, SIGTERM or an exception):
@@ -31,9 +34,29 @@ memory: N (10,000; --quick 1,000) idle authenticated sessions (TLS, LOGIN, SELEC
     The server is restarted before each round; targets alternate round by round.
                                                 Goal: imapguard RSS <= 40 KiB per session.
 
-Phases to come plug into PHASES (a function of (runner, env, params) returning its
-runs) and `summarize`: login rate with `[server] workers` 1 and 2 and against nginx
-given the same cores (`worker_processes`), and CPU per login against nginx.
+logins: login rate, C (32) clients of this process back to back, each login connect +
+    TLS (full handshake, no session resumption) + greeting + LOGIN (an app password;
+    nginx: the user's own) + LOGOUT, the users in turn; imapguard with `[server]
+    workers` 1 and all cores, nginx with worker_processes 1 and all cores; each
+    server restarted before its measurement and warmed up (2 s, until every worker
+    took logins; not counted); targets alternate round by round (3 rounds of 8 s),
+    medians of the per-round ratios.
+                                                Goals: imapguard workers 2 / workers 1
+                                                >= 1.7; imapguard / nginx with all
+                                                cores >= 1.0.
+    The load generator and Dovecot run on the same cores: every login costs the
+    machine its server's CPU plus Dovecot's plus the client's, so no server can go
+    beyond cores / (the machine's CPU per login); printed as the ceiling of the
+    workers' ratio, and each run prints the CPU per login of the server (summed over
+    its process tree), Dovecot, the client and the whole machine.
+cpu: CPU seconds per login of all the server's processes (the serve process and its
+    workers; nginx's master and workers: /proc/PID/stat of each, utime + stime +
+    the reaped children's), all cores for both, 8 clients (below saturation, so that
+    queueing does not change the cost), interleaved rounds as above.
+                                                Goal: imapguard <= 1.5 x nginx.
+
+Phases plug into PHASES (a function of (runner, env, params) returning its runs) and
+its summary function.
 """
 
 from __future__ import annotations
@@ -42,6 +65,9 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import itertools
+import os
+import re
 import resource
 import sys
 import time
@@ -60,6 +86,7 @@ from bench._common import (
     check_prerequisites,
     describe_source,
     foreign_window,
+    measure_logins,
     median,
     quiet_attempt,
     report,
@@ -78,14 +105,21 @@ from bench._procs import (
     NGINX_BINARY,
     NGINX_MAIL_MODULE,
     NginxMailProxy,
+    children,
+    cpu_seconds,
+    group_cpu_seconds,
     groups_cpu_seconds,
     machine_busy_seconds,
     self_cpu_seconds,
+    tree_cpu_seconds,
     tree_memory_kib,
 )
-from bench.gateway import BenchGateway
+from bench.gateway import BenchGateway, Target, _per_round_ratio, login_once
 
 GOAL_RSS_KIB_PER_SESSION = 40.0
+GOAL_WORKERS_RATIO = 1.7
+GOAL_NGINX_RATE_RATIO = 1.0
+GOAL_CPU_RATIO = 1.5
 TIMEOUT = 30.0
 CONCURRENCY = 16
 
@@ -98,6 +132,14 @@ class Params:
     setup_budget_s: float
     settle_s: float
     workers: int | None = None
+    # logins and cpu: `login_rounds` interleaved rounds of `login_seconds` per target,
+    # each after a restart and `warmup_s` of logins that are not counted.
+    login_rounds: int = 3
+    login_seconds: float = 8.0
+    login_concurrency: int = 32
+    cpu_concurrency: int = 8
+    warmup_s: float = 2.0
+    login_retries: int = 2
     # Memory is what is measured, and other processes' CPU does not change it: a busy
     # machine is reported, not waited out (--retries and --max-foreign change this).
     retries: int = 0
@@ -112,7 +154,13 @@ class Params:
     @classmethod
     def quick(cls) -> Params:
         return cls(
-            rounds=1, sessions=1_000, concurrency=CONCURRENCY, setup_budget_s=120, settle_s=3
+            rounds=1,
+            sessions=1_000,
+            concurrency=CONCURRENCY,
+            setup_budget_s=120,
+            settle_s=3,
+            login_rounds=1,
+            login_seconds=4.0,
         )
 
 
@@ -156,40 +204,53 @@ class Env:
     def measure_foreign(self) -> Callable[[], float]:
         return foreign_window(self._ours)
 
-    def _restart_gateway(self) -> int:
-        self.gateway.stop()
-        self.gateway.start(timeout=60.0)
-        return self.gateway.running_pid()
+    def restart_gateway(self, workers: int) -> int:
+        """Restart `imapguard serve` with `[server] workers = workers`; return its pid.
+        With workers, the parent binds the sockets before the workers run: a worker
+        may still be starting (the warm-up of `_rate_round` waits for each)."""
+        gw = self.gateway
+        gw.stop()
+        text = gw.config_path.read_text()
+        gw.config_path.write_text(
+            re.sub(r"(?m)^workers = \d+$", f"workers = {workers}", text, count=1)
+        )
+        gw.start(timeout=60.0)
+        return gw.running_pid()
 
-    def _restart_nginx(self) -> int:
+    def restart_nginx(self, workers: int) -> int:
+        """Restart nginx with `worker_processes workers`; return its master's pid."""
         self.nginx.stop()
+        self.nginx.workers = workers
+        self.nginx.write_config()
         self.nginx.start()
         if self.nginx.proc is None:
             raise BenchError("nginx did not start")
         return self.nginx.proc.pid
 
-    def servers(self) -> dict[str, Server]:
+    def servers(self, workers: int) -> dict[str, Server]:
+        """The two proxies, each restarted with `workers` processes."""
         dv = self.dovecot
         return {
             "imapguard": Server(
                 "imapguard",
                 self.gateway.implicit_port,
-                self._restart_gateway,
+                lambda: self.restart_gateway(workers),
                 lambda u: u.encode() + b" " + self.app_passwords[u].encode(),
             ),
             "nginx": Server(
                 "nginx",
                 self.nginx.port,
-                self._restart_nginx,
+                lambda: self.restart_nginx(workers),
                 lambda u: u.encode() + b" " + dv.users[u].encode(),
             ),
         }
 
 
 def _gateway_toml(p: Params) -> str:
-    # All sessions come from 127.0.0.1: let its pre-auth slots cover the client's
-    # concurrency (the default, 20, does already; said here so that it stays so).
-    return f"\n[limits]\nmax_preauth_per_source = {max(20, p.concurrency * 2)}\n"
+    # All sessions come from 127.0.0.1: let its pre-auth slots cover the clients'
+    # concurrency (the default is 20).
+    most = max(p.concurrency, p.login_concurrency, p.cpu_concurrency)
+    return f"\n[limits]\nmax_preauth_per_source = {max(20, most * 2)}\n"
 
 
 @contextlib.contextmanager
@@ -287,7 +348,7 @@ async def idle_memory(s: Server, root: int, users: list[str], p: Params) -> Memo
 
 
 def phase_memory(runner: asyncio.Runner, env: Env, p: Params) -> dict[str, list[MemoryRun]]:
-    servers = env.servers()
+    servers = env.servers(p.workers or 1)
     order = ["imapguard", "nginx"]
     print(
         f"\n## memory: {p.sessions} idle sessions (TLS, LOGIN, SELECT INBOX, IDLE) per target,"
@@ -366,17 +427,288 @@ def summarize_memory(runs: dict[str, list[MemoryRun]], s: Summary) -> None:
     )
 
 
+# --------------------------------------------------------------------------- logins and cpu
+
+
+@dataclass
+class RateRun:
+    """One measurement of back-to-back logins against one server (its processes are
+    `workers` workers; nginx: worker_processes) with CPU read over the window."""
+
+    target: str
+    workers: int
+    concurrency: int
+    ok: int
+    errors: int
+    wall: float
+    rate: float
+    p50_ms: float
+    p99_ms: float
+    server_cpu: float  # the server's whole process tree
+    dovecot_cpu: float  # Dovecot's process group (its login and imap processes)
+    client_cpu: float  # this process: the load generator
+    machine_cpu: float  # every core's busy time
+    first_error: str | None = None
+    foreign_cores: float = 0.0
+
+    def per_login_us(self, cpu: float) -> float:
+        return cpu / max(self.ok, 1) * 1e6
+
+    @property
+    def server_us(self) -> float:
+        return self.per_login_us(self.server_cpu)
+
+
+def _target(env: Env, name: str) -> Target:
+    dv = env.dovecot
+    if name == "imapguard":
+        return Target(
+            name,
+            env.gateway.implicit_port,
+            True,
+            lambda u: env.app_passwords[u].encode(),
+            lambda: None,
+        )
+    return Target(name, env.nginx.port, True, lambda u: dv.users[u].encode(), lambda: None)
+
+
+async def login_rate(
+    env: Env, name: str, workers: int, root: int, concurrency: int, seconds: float
+) -> RateRun:
+    """`concurrency` clients of this process logging in back to back for `seconds` (the
+    users in turn), each login connect + TLS + greeting + LOGIN + LOGOUT; CPU of the
+    server's process tree, Dovecot, this process and the machine over the window."""
+    t = _target(env, name)
+    ctx = client_ssl_context()
+    users = itertools.cycle(env.users)
+    pgid = env.dovecot.pid or 0
+    server0, dovecot0 = tree_cpu_seconds(root), group_cpu_seconds(pgid)
+    client0, machine0 = self_cpu_seconds(), machine_busy_seconds()
+    run = await measure_logins(
+        name, lambda: login_once(t, ctx, next(users)), None, concurrency, seconds, 10**9
+    )
+    return RateRun(
+        target=f"{name}-w{workers}",
+        workers=workers,
+        concurrency=concurrency,
+        ok=run.ok,
+        errors=run.errors,
+        wall=run.wall,
+        rate=run.rate,
+        p50_ms=run.p50_ms,
+        p99_ms=run.p99_ms,
+        server_cpu=tree_cpu_seconds(root) - server0,
+        dovecot_cpu=group_cpu_seconds(pgid) - dovecot0,
+        client_cpu=self_cpu_seconds() - client0,
+        machine_cpu=machine_busy_seconds() - machine0,
+        first_error=run.first_error,
+    )
+
+
+@dataclass(frozen=True)
+class _Policy:
+    retries: int
+    max_foreign: float
+
+
+def _rate_round(
+    runner: asyncio.Runner,
+    env: Env,
+    name: str,
+    workers: int,
+    concurrency: int,
+    p: Params,
+) -> RateRun:
+    """Restart `name` with `workers` processes, warm it up (`p.warmup_s` of logins, not
+    counted: imports, caches, the verified-password cache of each worker), measure."""
+    roots: list[int] = []
+
+    def prepare() -> None:
+        wait_dovecot_sessions(env.dovecot, 8, 60.0)
+        restart = env.restart_gateway if name == "imapguard" else env.restart_nginx
+        root = restart(workers)
+        roots[:] = [root]
+        # Warm up until every worker took logins (each one's CPU grew): connections
+        # wait in a worker's own SO_REUSEPORT queue while it is still starting.
+        for _ in range(10):
+            # nginx's master and imapguard's parent with workers serve no IMAP.
+            procs = children(root) or [root]
+            cpu0 = {pid: cpu_seconds(pid) for pid in procs}
+            warm = runner.run(login_rate(env, name, workers, root, concurrency, p.warmup_s))
+            if warm.ok == 0:
+                raise BenchError(f"{name}-w{workers}: no login ({warm.first_error})")
+            if len(procs) == workers and all(cpu_seconds(q) - c > 0.05 for q, c in cpu0.items()):
+                break
+        else:
+            raise BenchError(f"{name}-w{workers}: not every worker took logins")
+        wait_dovecot_sessions(env.dovecot, 8, 60.0)
+
+    def measure() -> RateRun:
+        return runner.run(login_rate(env, name, workers, roots[0], concurrency, p.login_seconds))
+
+    run = quiet_attempt(
+        env, measure, f"{name}-w{workers}", _Policy(p.login_retries, p.max_foreign), prepare
+    )
+    print(
+        f"  {run.target:13s} {run.rate:7.1f} logins/s  ok={run.ok} err={run.errors}"
+        f"  p50={run.p50_ms:.1f} ms p99={run.p99_ms:.1f} ms"
+        f"  CPU/login: server {run.server_us:.0f} us,"
+        f" Dovecot {run.per_login_us(run.dovecot_cpu):.0f} us,"
+        f" client {run.per_login_us(run.client_cpu):.0f} us,"
+        f" machine {run.per_login_us(run.machine_cpu):.0f} us"
+        f"  foreign load {run.foreign_cores:.2f} cores"
+        + (f"  first error: {run.first_error}" if run.first_error else ""),
+        flush=True,
+    )
+    if run.ok == 0 or run.errors > run.ok // 100:
+        raise BenchError(f"{run.target}: {run.errors} failed logins ({run.first_error})")
+    return run
+
+
+def all_cores() -> int:
+    return os.cpu_count() or 1
+
+
+def phase_logins(runner: asyncio.Runner, env: Env, p: Params) -> dict[str, list[RateRun]]:
+    cores = all_cores()
+    order = [("imapguard", 1), ("nginx", 1), ("imapguard", cores), ("nginx", cores)]
+    print(
+        f"\n## logins: {p.login_concurrency} clients x {p.login_seconds:.0f} s per target,"
+        f" {p.login_rounds} interleaved rounds; workers 1 and {cores} (nginx: worker_processes);"
+        f" each server restarted and warmed up ({p.warmup_s:.0f} s) before its measurement",
+        flush=True,
+    )
+    runs: dict[str, list[RateRun]] = {f"{n}-w{w}": [] for n, w in order}
+    for r in range(p.login_rounds):
+        print(f"  round {r + 1}", flush=True)
+        for name, workers in order:
+            run = _rate_round(runner, env, name, workers, p.login_concurrency, p)
+            runs[run.target].append(run)
+    return runs
+
+
+def phase_cpu(runner: asyncio.Runner, env: Env, p: Params) -> dict[str, list[RateRun]]:
+    cores = all_cores()
+    print(
+        f"\n## cpu: CPU per login of each server's process tree, {cores} workers each,"
+        f" {p.cpu_concurrency} clients (below saturation) x {p.login_seconds:.0f} s,"
+        f" {p.login_rounds} interleaved rounds",
+        flush=True,
+    )
+    runs: dict[str, list[RateRun]] = {f"{n}-w{cores}": [] for n in ("imapguard", "nginx")}
+    for r in range(p.login_rounds):
+        print(f"  round {r + 1}", flush=True)
+        for name in ("imapguard", "nginx"):
+            run = _rate_round(runner, env, name, cores, p.cpu_concurrency, p)
+            runs[run.target].append(run)
+    return runs
+
+
+def summarize_logins(runs: dict[str, list[RateRun]], s: Summary) -> None:
+    cores = all_cores()
+    rate = {n: [r.rate for r in v] for n, v in runs.items()}
+    med = {n: median(v) for n, v in rate.items()}
+    ig1, igN, ng1, ngN = "imapguard-w1", f"imapguard-w{cores}", "nginx-w1", f"nginx-w{cores}"
+    scaling = _per_round_ratio(rate[igN], rate[ig1])
+    ng_scaling = _per_round_ratio(rate[ngN], rate[ng1])
+    vs_nginx = _per_round_ratio(rate[igN], rate[ngN])
+    # What the shared cores allow: with all cores, every login costs the server,
+    # Dovecot and the load generator together `machine_us` of CPU, and other users
+    # of the machine took `foreign` cores, so no server can exceed (cores -
+    # foreign) / machine_us logins/s here; the workers' ratio cannot exceed that
+    # bound over the rate with one.
+    machine_us = median(
+        [r.per_login_us(r.server_cpu + r.dovecot_cpu + r.client_cpu) for r in runs[igN]]
+    )
+    free = max(cores - median([r.foreign_cores for r in runs[igN]]), 0.01)
+    bound = free / (machine_us / 1e6)
+    s.values["logins"] = {
+        "rate_median": med,
+        "rounds": rate,
+        "workers_ratio": scaling,
+        "nginx_workers_ratio": ng_scaling,
+        "vs_nginx_all_cores": vs_nginx,
+        "machine_us_per_login_all_cores": machine_us,
+        "machine_bound_rate": bound,
+        "free_cores": free,
+    }
+    s.rows.append(
+        Row(
+            "logins",
+            f"logins/s, workers {cores} / workers 1",
+            f"{med[igN]:.0f} / {med[ig1]:.0f} = {scaling:.2f}",
+            f"nginx {med[ngN]:.0f} / {med[ng1]:.0f} = {ng_scaling:.2f}",
+            f"{scaling:.2f}",
+            f">= {GOAL_WORKERS_RATIO}",
+            verdict(scaling >= GOAL_WORKERS_RATIO),
+        )
+    )
+    s.rows.append(
+        Row(
+            "logins'",
+            f"ceiling of that ratio on these shared cores ({free:.2f} of {cores} cores left"
+            f" by other processes / {machine_us:.0f} us per login of server + Dovecot"
+            f" + client = {bound:.0f}/s)",
+            f"{bound / med[ig1]:.2f}",
+            "",
+            "",
+            "info",
+            "",
+        )
+    )
+    s.rows.append(
+        Row(
+            "logins''",
+            f"logins/s with all {cores} cores, imapguard vs nginx",
+            f"{med[igN]:.0f}",
+            f"nginx {med[ngN]:.0f}",
+            f"{vs_nginx:.2f}",
+            f">= {GOAL_NGINX_RATE_RATIO}",
+            verdict(vs_nginx >= GOAL_NGINX_RATE_RATIO),
+        )
+    )
+
+
+def summarize_cpu(runs: dict[str, list[RateRun]], s: Summary) -> None:
+    cores = all_cores()
+    ig, ng = f"imapguard-w{cores}", f"nginx-w{cores}"
+    us = {n: [r.server_us for r in v] for n, v in runs.items()}
+    ratio = _per_round_ratio(us[ig], us[ng])
+    s.values["cpu"] = {
+        "server_us_per_login": {n: median(v) for n, v in us.items()},
+        "rounds": us,
+        "ratio": ratio,
+        "dovecot_us_per_login": {
+            n: median([r.per_login_us(r.dovecot_cpu) for r in v]) for n, v in runs.items()
+        },
+    }
+    s.rows.append(
+        Row(
+            "cpu",
+            f"CPU per login, all the server's processes, {cores} workers (us)",
+            f"{median(us[ig]):.0f}",
+            f"nginx {median(us[ng]):.0f}",
+            f"{ratio:.2f}",
+            f"<= {GOAL_CPU_RATIO} x",
+            verdict(ratio <= GOAL_CPU_RATIO),
+        )
+    )
+
+
 # --------------------------------------------------------------------------- main
 
-# name -> (run the phase, add its rows to the summary). Login rate (workers 1 vs 2 vs
-# nginx) and CPU per login are to be added here with their own Params fields.
+# name -> (run the phase, add its rows to the summary).
 PHASES: dict[
     str,
     tuple[
         Callable[[asyncio.Runner, Env, Params], dict[str, list[Any]]],
         Callable[[dict[str, list[Any]], Summary], None],
     ],
-] = {"memory": (phase_memory, summarize_memory)}
+] = {
+    "memory": (phase_memory, summarize_memory),
+    "logins": (phase_logins, summarize_logins),
+    "cpu": (phase_cpu, summarize_cpu),
+}
 
 
 def _options(ap: argparse.ArgumentParser) -> None:
@@ -423,6 +755,7 @@ def main(argv: list[str] | None = None) -> int:
         sessions=args.sessions,
         rounds=args.rounds,
         workers=args.workers,
+        login_retries=args.retries,
     )
     only = args.only or list(PHASES)
     _raise_hard_nofile(65536)

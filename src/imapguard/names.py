@@ -53,6 +53,10 @@ DEFAULT_MASTER_SEPARATOR = "*"
 def printable(text: str) -> bool:
     """No control, format (bidi), separator or unassigned character: what can be
     shown in a log line or a terminal as it is."""
+    if text.isascii():
+        # Every account name a login carries, nearly: printable ASCII has no
+        # format character and no space but " ", so one pass in C decides.
+        return text.isprintable() and " " not in text
     return all(
         c.isprintable() and not c.isspace() and unicodedata.category(c) != "Cf" for c in text
     )

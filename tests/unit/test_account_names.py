@@ -3,6 +3,8 @@ and nothing the upstream reads specially."""
 
 from __future__ import annotations
 
+import unicodedata
+
 import pytest
 
 from imapguard.names import AccountNames, printable
@@ -70,6 +72,16 @@ def test_printable() -> None:
     assert printable("alice@example.org")
     assert not printable("a\u202eb")
     assert not printable("a\u0090b")
+
+
+@pytest.mark.parametrize("code", range(128))
+def test_printable_ascii_shortcut_decides_as_the_full_rule(code: int) -> None:
+    # printable() decides ASCII text in one pass; every ASCII character must get
+    # the answer of the per-character rule (a non-ASCII neighbour forces that path).
+    c = chr(code)
+    full = c.isprintable() and not c.isspace() and unicodedata.category(c) != "Cf"
+    assert printable(f"a{c}b") is full
+    assert printable(f"a{c}b\u00e9") is full
 
 
 LOCAL_OURS = AccountNames(username_format="local", realms=("example.org",))

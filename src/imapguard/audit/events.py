@@ -360,6 +360,14 @@ def _field_names(cls: type[Event]) -> tuple[str, ...]:
     return names
 
 
+# One encoder for every line: `json.dumps` with arguments other than its defaults
+# builds a new JSONEncoder on each call, and the gateway writes several lines
+# per login.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+# Built once, not on every field of every event.
+_FORBIDDEN = (Secret, bytes, bytearray)
+
+
 def to_json(event: Event, ts: float) -> str:
     """The event's audit line (without the newline)."""
     record: dict[str, Any] = {"ts": round(ts, 6), "event": event.kind}
@@ -373,7 +381,7 @@ def to_json(event: Event, ts: float) -> str:
             value = clean(value)
         elif isinstance(value, enum.Enum):
             value = value.value
-        elif isinstance(value, Secret | bytes | bytearray):
+        elif isinstance(value, _FORBIDDEN):
             raise TypeError(f"audit field {name!r} must not hold a secret or raw bytes")
         record[name] = value
-    return json.dumps(record, separators=(",", ":"), ensure_ascii=False)
+    return _ENCODER.encode(record)

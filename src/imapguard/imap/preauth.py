@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import binascii
 import enum
+import functools
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -171,6 +172,14 @@ def filter_capabilities(capabilities: Sequence[str]) -> list[str]:
     return out
 
 
+@functools.lru_cache(maxsize=16)
+def _capability_code(capabilities: tuple[str, ...]) -> str:
+    # The upstream answers every login with the same list (Dovecot's has ~40
+    # entries): filtered and joined once, not upper-cased again on every login.
+    caps = " ".join(filter_capabilities(capabilities))
+    return f"[CAPABILITY {caps}] " if caps else ""
+
+
 class PreAuth:
     def __init__(self, settings: PreAuthSettings) -> None:
         self.settings = settings
@@ -228,8 +237,7 @@ class PreAuth:
             return
         tag, self._pending_tag = self._pending_tag, None
         if outcome is AuthOutcome.OK:
-            caps = " ".join(filter_capabilities(capabilities))
-            code = f"[CAPABILITY {caps}] " if caps else ""
+            code = _capability_code(tuple(capabilities))
             self._send(tag + f" OK {code}Logged in.\r\n".encode())
             self.phase = Phase.AUTHENTICATED
             self._out.append(Relay(self.framer.take_buffered()))
