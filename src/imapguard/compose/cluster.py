@@ -47,7 +47,7 @@ class Cluster:
     close_client: Callable[[], None]
 
     def close(self) -> None:
-        self.revocations.stop()
+        self.revocations.close()
         self.live_out.close()
         self.close_client()
 

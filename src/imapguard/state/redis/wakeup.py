@@ -68,9 +68,11 @@ class Wakeup:
         """Whether the subscription stands (within `timeout` seconds)."""
         return self._subscribed.wait(timeout)
 
-    def stop(self) -> None:
+    def stop(self, *, wait: bool = True) -> None:
+        """End the subscription; `wait`: until the thread has ended (it ends by
+        itself within `_POLL` seconds)."""
         self._stop.set()
-        if self._thread.is_alive():
+        if wait and self._thread.is_alive():
             self._thread.join(timeout=_POLL * 4)
 
     def _call(self) -> None:
@@ -129,7 +131,7 @@ class Topic:
         """Call `wake()` (on a thread of its own) for each wake-up, until `stop()`."""
         with self._lock:
             if self._subscriber is not None:
-                self._subscriber.stop()
+                self._subscriber.stop(wait=False)
             self._subscriber = Wakeup(self._client, self._prefix, self._topic, wake)
             self._subscriber.start()
 
@@ -139,6 +141,13 @@ class Topic:
         return subscriber is not None and subscriber.wait_subscribed(timeout)
 
     def stop(self) -> None:
+        """No more wake-ups; does not wait (the event loop calls it)."""
+        with self._lock:
+            if self._subscriber is not None:
+                self._subscriber.stop(wait=False)
+
+    def close(self) -> None:
+        """`stop`, and wait for the subscriber's thread to end."""
         with self._lock:
             subscriber, self._subscriber = self._subscriber, None
         if subscriber is not None:
