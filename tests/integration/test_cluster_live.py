@@ -1,8 +1,8 @@
 """Two gateway nodes on one PostgreSQL and one Redis, with real Dovecot behind
 both: what one node does reaches the other at once through Redis.
 
-* A revocation through node A's CLI ends the IDLE session node B relays well
-  within a second, although node B reads the revocation feed only once an
+* A revocation through node A's CLI or its portal ends the IDLE session node
+  B relays well within a second, although node B reads the revocation feed only once an
   hour (a test-side `sitecustomize` sets `gateway.revocation.INTERVAL` in its
   process): only the pub/sub wake-up can have done it. A wake-up forged by
   anyone who may publish on the channel ends nothing.
@@ -37,6 +37,7 @@ import redis
 from tests.dovecot import DovecotServer, free_port
 from tests.gateway import GatewayProcess
 from tests.integration.conftest import AUTH_FAILED, RawClient, wait_for
+from tests.integration.portal_web import new_user, signed_in
 from tests.postgres import PostgresServer, pg_url, postgres
 from tests.redis_server import RedisServer, redis_server
 
@@ -327,3 +328,32 @@ def test_redis_killed_the_stream_says_unavailable_logins_go_on_and_it_recovers(
         sign_out(web)
         assert stream.ended()
     assert "live events sent to redis again" in b.log_text()
+
+
+def test_an_app_password_revoked_in_node_a_portal_ends_node_b_idle_within_a_second(
+    cluster: Cluster, dovecot: DovecotServer
+) -> None:
+    a, b = cluster.a, cluster.b
+    user = new_user(a, dovecot, prefix="owner")
+    password = a.create_app_password(user.name, "phone")
+    with (
+        signed_in(a, cluster.portal_port, user) as web,
+        contextlib.closing(RawClient(b.implicit_port, "127.0.227.8", tls=b.client_ssl())) as idle,
+    ):
+        idle.line()
+        login = f'LOGIN {user.name} "{password}"'.encode()
+        assert idle.command(b"a1", login)[-1].startswith(b"a1 OK ")
+        assert idle.command(b"a2", b"SELECT INBOX")[-1].startswith(b"a2 OK ")
+        idle.send(b"a3 IDLE\r\n")
+        assert idle.line().startswith(b"+ ")
+        listed = web.get("/app-passwords")
+        record = re.search(r'name="id" value="([^"]+)"', listed.text)
+        assert record is not None
+        done = web.post("/app-passwords/revoke", data={"csrf": csrf(listed), "id": record.group(1)})
+        assert done.status_code == 303, done.text
+        revoked_at = time.monotonic()  # the portal announced it before it answered
+        while not (line := idle.line()).startswith(b"* BYE"):
+            pass
+        assert time.monotonic() - revoked_at < 1.0
+        assert b"revoked" in line
+    assert [e["user"] for e in b.events("revoked")] == [user.name]
