@@ -107,6 +107,7 @@ def portal_deps(
             audit_path=config.audit.path,
             oidc=_oidc(config, config.portal, auth.names.canonical_identity),
             approved_device_trust=config.auth.approved_device_days * 86400.0,
+            live_events=services.cluster.live_in if services.cluster is not None else None,
         ),
     )
 

@@ -18,6 +18,7 @@ from imapguard.auth import totp
 from imapguard.auth.history import SignInHistory
 from imapguard.auth.model import AuthContext, NoticeHook
 from imapguard.auth.oauth import TokenVerifier
+from imapguard.compose.cluster import Cluster, announcing, open_cluster
 from imapguard.compose.observing import count, timed_store
 from imapguard.config import Config
 from imapguard.defense.counters import CounterStore
@@ -37,6 +38,7 @@ from imapguard.keys import (
 from imapguard.metrics import Metrics
 from imapguard.notify import Notice, NoticeKind, Notifier
 from imapguard.secret import Secret
+from imapguard.state.announced import Announced
 from imapguard.state.on_thread import read_executor
 from imapguard.state.opening import open_account_store, open_reader_for
 from imapguard.state.portal import PortalStore
@@ -89,7 +91,13 @@ def keys(config: Config) -> Keys:
 
 def account_store(config: Config) -> PortalStore:
     """The account and portal store `state.url` names (SQLite or PostgreSQL), its
-    schema revision and the server key checked (`state.opening`)."""
+    schema revision and the server key checked (`state.opening`); with a
+    cluster's Redis, the revocations written through it wake every gateway
+    (`cluster.announcing`)."""
+    return announcing(config, _checked_store(config))
+
+
+def _checked_store(config: Config) -> PortalStore:
     k = keys(config)
     return open_account_store(config.state, k.server, k.totp_seal, totp.opens_with)
 
@@ -122,6 +130,7 @@ class Services:
     counter_reads: Executor | None = None
     counters: CounterStore | None = None  # else the defense's state is in `store`
     metrics: Metrics | None = None  # this process's, with `[metrics]` (compose.observing)
+    cluster: Cluster | None = None  # what reaches every node at once (with Redis)
 
 
 @contextlib.asynccontextmanager
@@ -130,15 +139,23 @@ async def open_services(config: Config, *, metrics: bool = False) -> AsyncIterat
     close them in reverse order, whatever happens. With `metrics` (a gateway
     process) and `[metrics]`, this process's metrics count its audit events."""
     async with contextlib.AsyncExitStack() as stack:
-        store = account_store(config)
+        store = _checked_store(config)
         stack.callback(store.close)
         reader = open_reader_for(config.state, store, stack.callback)
         counters = open_counters(config.state) if config.state.counters_url else None
         if counters is not None:
             stack.callback(counters.close)
+        cluster = open_cluster(config)
+        if cluster is not None:
+            stack.callback(cluster.close)
+            store = Announced(store, cluster.revocations)
         audit = AuditLog(config.audit.path)
         stack.callback(audit.close)
         counted = count(config, audit) if metrics else None
+        if cluster is not None:
+            audit.subscribe(cluster.live_out)
+            if counted is not None:
+                cluster.live_out.on_drop = counted.live_dropped_total.inc
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="imapguard-state")
         stack.callback(quietly, lambda: executor.shutdown(wait=True))
         reads = read_executor(config.state.url)
@@ -176,6 +193,7 @@ async def open_services(config: Config, *, metrics: bool = False) -> AsyncIterat
             counter_reads,
             counters,
             counted,
+            cluster,
         )
 
 

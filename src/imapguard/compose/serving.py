@@ -66,7 +66,13 @@ async def serve(
     read, else on this event loop."""
     async with open_services(config, metrics=True) as services:
         audit = services.audit
-        gateway = Gateway(gateway_runtime(config, services), audit, services.reader, services.reads)
+        gateway = Gateway(
+            gateway_runtime(config, services),
+            audit,
+            services.reader,
+            services.reads,
+            wakeups=services.cluster.revocations if services.cluster is not None else None,
+        )
         await gateway.listen()  # a port in use: a ConfigError, before the portal starts
         metrics = await start_metrics(
             config, services.metrics, lambda: "draining" if gateway.draining else None
@@ -152,7 +158,12 @@ async def serve_worker(config: Config, config_path: str, fds: dict[str, int]) ->
     async with open_services(config, metrics=True) as services:
         audit = services.audit
         gateway = Gateway(
-            gateway_runtime(config, services), audit, services.reader, services.reads, sockets
+            gateway_runtime(config, services),
+            audit,
+            services.reader,
+            services.reads,
+            sockets,
+            wakeups=services.cluster.revocations if services.cluster is not None else None,
         )
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGHUP, reload_gateway, gateway, services, config_path)

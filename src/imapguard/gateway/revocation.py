@@ -13,6 +13,13 @@ closed. A revocation names an account and optionally one credential
 (`KIND:ID`, as `AuthResult.credential` names it at login); none means every session of
 the account.
 
+Between nodes the feed alone would take up to `INTERVAL`; with `wakeups` (the
+composition root gives Redis pub/sub, `state.redis.wakeup`) a process that
+writes a revocation wakes every watch, which reads the feed at once. A
+wake-up carries nothing: the feed stays the truth, so a forged one costs one
+read (reads are at least `MIN_GAP` apart however many arrive), and a lost
+one is caught by the next tick.
+
 A feed that cannot be read (the store is down) is retried on the next tick and
 logged once per outage: relaying sessions go on, and revocations written
 meanwhile are applied when the store is back (the feed is read from the last seq
@@ -22,6 +29,7 @@ seen, not from the clock).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Iterable
 from concurrent.futures import Executor
@@ -32,7 +40,7 @@ from imapguard.errors import StateUnavailable
 from imapguard.state.on_thread import on_thread
 from imapguard.state.portal import Revocation
 
-__all__ = ["BYE_REVOKED", "Revocable", "RevocationReader", "RevocationWatch"]
+__all__ = ["BYE_REVOKED", "Revocable", "RevocationReader", "RevocationWatch", "Wakeups"]
 
 log = logging.getLogger("imapguard.gateway")
 
@@ -42,11 +50,23 @@ BYE_REVOKED = b"* BYE [ALERT] Access with this password was revoked.\r\n"
 INTERVAL = 1.0
 # Revocations applied per read (a burst is worked off over a few ticks).
 BATCH = 500
+# Seconds between two reads at least, however many wake-ups arrive.
+MIN_GAP = 0.05
 
 
 class RevocationReader(Protocol):
     def revocations_after(self, seq: int, limit: int) -> list[Revocation]: ...
     def last_revocation(self) -> int: ...
+
+
+class Wakeups(Protocol):
+    """Tells the watch that another process wrote the feed (a hint, not the
+    revocation: the feed is read for that)."""
+
+    def start(self, wake: Callable[[], None]) -> None:
+        """Call `wake()` on each wake-up from now on, from any thread."""
+
+    def stop(self) -> None: ...
 
 
 class Revocable(Protocol):
@@ -72,14 +92,16 @@ class RevocationWatch:
         live: Callable[[], Iterable[Revocable]],
         audit: AuditLog,
         *,
-        interval: float = INTERVAL,
+        interval: float | None = None,
         executor: Executor | None = None,
+        wakeups: Wakeups | None = None,
     ) -> None:
         self._feed = feed
         self._live = live
         self._audit = audit
-        self._interval = interval
+        self._interval = INTERVAL if interval is None else interval
         self._executor = executor  # where the feed is read (None: inline)
+        self._wakeups = wakeups
         self._seq: int | None = None
         self._down = False
 
@@ -135,9 +157,26 @@ class RevocationWatch:
         return batch
 
     async def run(self) -> None:
-        while True:
-            await self.tick()
-            await asyncio.sleep(self._interval)
+        """Read the feed every `interval` seconds, and at once on a wake-up."""
+        loop = asyncio.get_running_loop()
+        woken = asyncio.Event()
+
+        def wake() -> None:  # on the subscriber's thread
+            with contextlib.suppress(RuntimeError):  # the loop is closed: we are done
+                loop.call_soon_threadsafe(woken.set)
+
+        if self._wakeups is not None:
+            self._wakeups.start(wake)
+        try:
+            while True:
+                woken.clear()  # a wake-up during the read calls for another
+                await self.tick()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(woken.wait(), self._interval)
+                await asyncio.sleep(MIN_GAP)
+        finally:
+            if self._wakeups is not None:
+                self._wakeups.stop()
 
     def _outage(self, exc: StateUnavailable) -> None:
         if not self._down:

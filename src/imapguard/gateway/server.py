@@ -41,7 +41,7 @@ from imapguard.gateway.admission import (
 from imapguard.gateway.connection import BYE_BUSY, BYE_SHUTDOWN, Connection, Dialogue
 from imapguard.gateway.proxied import UNTRUSTED_PROXY, ProxyTrust, read_header
 from imapguard.gateway.proxyproto import InvalidHeader
-from imapguard.gateway.revocation import RevocationReader, RevocationWatch
+from imapguard.gateway.revocation import RevocationReader, RevocationWatch, Wakeups
 from imapguard.gateway.runtime import Runtime
 from imapguard.net import cannot_listen
 
@@ -69,15 +69,20 @@ class Gateway:
         revocations: RevocationReader | None = None,
         read_executor: Executor | None = None,
         sockets: list[socket.socket] | None = None,
+        wakeups: Wakeups | None = None,
     ) -> None:
         """`read_executor`: where the revocation feed is read (None: inline,
         for the embedded store; `auth.reads`). `sockets`: one listening socket
-        per `[[listen]]`, bound already (a worker's, from `serve`'s parent)."""
+        per `[[listen]]`, bound already (a worker's, from `serve`'s parent).
+        `wakeups`: when other nodes' revocations are announced (else the feed
+        is polled only)."""
         self._given = sockets
         self.runtime = runtime
         self.audit = audit
         self.revocations = (
-            RevocationWatch(revocations, self._logged_in, audit, executor=read_executor)
+            RevocationWatch(
+                revocations, self._logged_in, audit, executor=read_executor, wakeups=wakeups
+            )
             if revocations
             else None
         )

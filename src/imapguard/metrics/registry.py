@@ -138,6 +138,12 @@ class Metrics:
             buckets=_LATENCY,
             registry=reg,
         )
+        self.live_dropped_total = Counter(
+            "imapguard_live_events_dropped",
+            "Auth events not put on the cluster's live stream (Redis down or too slow);"
+            " the audit log has them all.",
+            registry=reg,
+        )
         self.audit_failures_total = Counter(
             "imapguard_audit_write_failures",
             "Audit events that could not be written (disk full, unwritable file).",

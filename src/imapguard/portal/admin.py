@@ -34,7 +34,7 @@ from imapguard.defense.counters import Block, Target, TargetKind
 from imapguard.defense.engine import Defense
 from imapguard.errors import StateError
 from imapguard.portal.admin_charts import Bar, Series, Tally, bar_chart
-from imapguard.portal.admin_feed import MAX_BACKLOG, RESULTS, AuthFilter, shown, tail
+from imapguard.portal.admin_feed import RESULTS, AuthFilter, FeedBatch, FileFeed, LiveFeed, shown
 from imapguard.portal.admin_live import Live
 from imapguard.portal.admin_users import AdminUsers, emit_admin, when
 from imapguard.portal.kit import Kit, field, see_other, unavailable
@@ -50,12 +50,20 @@ _TARGET_LIMIT = 600
 
 
 class Admin:
-    def __init__(self, kit: Kit, defense: Defense | None, audit_path: str, users: AdminUsers):
+    def __init__(
+        self,
+        kit: Kit,
+        defense: Defense | None,
+        audit_path: str,
+        users: AdminUsers,
+        live: LiveFeed | None = None,
+    ):
+        """`live`: where the live events come from (None: the audit log file)."""
         self.kit = kit
         self.defense = defense
         self.audit_path = audit_path
         self.tally = Tally(audit_path)
-        self.live = Live(kit, audit_path)
+        self.live = Live(kit, live if live is not None else FileFeed(audit_path))
         self.users = users
 
     def routes(self) -> list[BaseRoute]:
@@ -130,12 +138,15 @@ class Admin:
             wanted = AuthFilter.parse(q.get("user"), q.get("source"), q.get("result"))
         except ValueError as exc:
             wanted, error = AuthFilter(), str(exc)
-        batch = await asyncio.to_thread(tail, self.audit_path, MAX_BACKLOG, ("auth",))
+        try:
+            batch = await asyncio.to_thread(self.live.feed.newest)
+        except StateError:  # the live page says so
+            batch = FeedBatch([], "", False)
         newest = [shown(r) for r in batch.records if wanted.matches(r)][-NEWEST:]
         newest.reverse()
         for row in newest:
             row["when"] = when(float(row["ts"])) if row["ts"] else "-"
-        query = {**wanted.query(), "after": str(batch.position)}
+        query = {**wanted.query(), "after": batch.position}
         return self.kit.render(
             request,
             admin,

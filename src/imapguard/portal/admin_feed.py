@@ -15,6 +15,10 @@ the last complete line it read. Rules:
   browser should take all of it. A line longer than `MAX_LINE` is skipped.
 * These are blocking file reads: callers run them off the event loop
   (`asyncio.to_thread`).
+* The live page reads through a `LiveFeed`: this file (`FileFeed`), or what
+  the composition root gives when the events of every node are gathered in
+  one place (a Redis Stream, `state.redis.live`). A feed's position is text
+  the feed alone reads (here `Position`'s form); the page passes it back.
 * A record is shown only through `shown()`: the fields of an `auth` event the
   pages display, as text (the audit log never holds a secret; the templates
   and the script still escape every one of them).
@@ -29,13 +33,16 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 __all__ = [
     "MAX_BACKLOG",
     "RESULTS",
     "AuthFilter",
     "Batch",
+    "FeedBatch",
+    "FileFeed",
+    "LiveFeed",
     "Position",
     "read_after",
     "shown",
@@ -176,6 +183,51 @@ def shown(record: dict[str, Any]) -> dict[str, str]:
         else:
             out[name] = str(value)[:MAX_LINE]
     return out
+
+
+# -- where the live events come from ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FeedBatch:
+    records: list[dict[str, Any]]  # audit records, oldest first (`shown` picks fields)
+    position: str  # where the next read starts
+    skipped: bool  # events were passed over
+
+
+class LiveFeed(Protocol):
+    """The `auth` events the admin pages show. Blocking (run off the event
+    loop); a source that cannot be reached raises `StateUnavailable`."""
+
+    def accepts(self, position: str) -> bool:
+        """Whether `position` is one of this feed's (from the browser: untrusted)."""
+        ...
+
+    def newest(self) -> FeedBatch:
+        """The newest events (a bounded number), and the position after them."""
+        ...
+
+    def after(self, position: str | None) -> FeedBatch:
+        """Events after `position` (None: none yet, the position of the end)."""
+        ...
+
+
+class FileFeed:
+    """The events this host's processes wrote to the audit log file."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def accepts(self, position: str) -> bool:
+        return Position.parse(position) is not None
+
+    def newest(self) -> FeedBatch:
+        batch = tail(self.path, MAX_BACKLOG, ("auth",))
+        return FeedBatch(batch.records, str(batch.position), batch.skipped)
+
+    def after(self, position: str | None) -> FeedBatch:
+        batch = read_after(self.path, Position.parse(position), MAX_BACKLOG, ("auth",))
+        return FeedBatch(batch.records, str(batch.position), batch.skipped)
 
 
 # -- reading the file ---------------------------------------------------------------

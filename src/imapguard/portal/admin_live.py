@@ -13,12 +13,17 @@ Rules:
   lives at most `LIFETIME` seconds, then ends with `end` ("lifetime"): the page
   offers to resume, so an unattended browser does not keep a stream (or its
   slot) forever.
-* Each stream follows the file by itself (`admin_feed.read_after`, off the
-  event loop), every `POLL` seconds, and sends at most `MAX_EVENTS_PER_POLL`
+* Each stream follows the feed by itself (`admin_feed.LiveFeed`, off the event
+  loop: the audit log file, or the cluster's stream when the composition root
+  gives one), every `POLL` seconds, and sends at most `MAX_EVENTS_PER_POLL`
   events a poll; what it passed over is announced with a `skipped` event. Each
   batch carries its position as the SSE `id`, so the browser's reconnection
   (`Last-Event-ID`) resumes where it stopped; the page's own first position
   comes as `after`.
+* A feed that cannot be read (the cluster's Redis is away) is announced with
+  an `unavailable` event, once per outage, and read again every `POLL`
+  seconds; `available` follows when it answers again, and the stream goes on
+  from where it stood (nothing was lost that the feed still holds).
 * A client that goes away is noticed at once (`http.disconnect`) and its slot
   freed; a comment is sent every `KEEPALIVE` seconds so proxies keep the
   connection open.
@@ -39,8 +44,8 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.types import Receive, Scope, Send
 
-from imapguard.errors import StateError
-from imapguard.portal.admin_feed import MAX_BACKLOG, AuthFilter, Position, read_after, shown
+from imapguard.errors import StateError, StateUnavailable
+from imapguard.portal.admin_feed import AuthFilter, LiveFeed, shown
 from imapguard.portal.kit import Kit
 from imapguard.portal.sessions import Current
 
@@ -84,9 +89,9 @@ def frame(event: str, data: object, event_id: str | None = None) -> bytes:
 
 
 class Live:
-    def __init__(self, kit: Kit, audit_path: str) -> None:
+    def __init__(self, kit: Kit, feed: LiveFeed) -> None:
         self.kit = kit
-        self.audit_path = audit_path
+        self.feed = feed
         self.slots = Slots()
 
     async def stream(self, request: Request) -> Response:
@@ -98,9 +103,8 @@ class Live:
             wanted = AuthFilter.parse(q.get("user"), q.get("source"), q.get("result"))
         except ValueError as exc:
             return PlainTextResponse(str(exc), status_code=400)
-        start = Position.parse(request.headers.get("last-event-id")) or Position.parse(
-            q.get("after")
-        )
+        given = (request.headers.get("last-event-id"), q.get("after"))
+        start = next((p for p in given if p and self.feed.accepts(p)), None)
         user = admin.session.user
         if not self.slots.take(user):
             return PlainTextResponse(
@@ -111,10 +115,11 @@ class Live:
         return EventStream(self._events(admin, wanted, start), lambda: self.slots.give_back(user))
 
     async def _events(
-        self, admin: Current, wanted: AuthFilter, start: Position | None
+        self, admin: Current, wanted: AuthFilter, start: str | None
     ) -> AsyncGenerator[bytes, None]:
         yield f"retry: {RETRY_MS}\n\n".encode()
         position = start
+        down = False
         opened = last_check = last_sent = time.monotonic()
         while True:
             now = time.monotonic()
@@ -127,16 +132,28 @@ class Live:
                 if reason is not None:
                     yield frame("end", reason)
                     return
-            batch = await asyncio.to_thread(
-                read_after, self.audit_path, position, MAX_BACKLOG, ("auth",)
-            )
+            try:
+                batch = await asyncio.to_thread(self.feed.after, position)
+            except StateUnavailable:
+                if not down:
+                    down = True
+                    yield frame("unavailable", "events")
+                    last_sent = now
+                elif now - last_sent >= KEEPALIVE:
+                    yield b": keep-alive\n\n"
+                    last_sent = now
+                await asyncio.sleep(POLL)
+                continue
+            if down:
+                down = False
+                yield frame("available", "events")
             position = batch.position
             matching = [shown(r) for r in batch.records if wanted.matches(r)]
             dropped = max(0, len(matching) - MAX_EVENTS_PER_POLL)
             if batch.skipped or dropped:
                 yield frame("skipped", dropped)
             if matching:
-                yield frame("auth", matching[-MAX_EVENTS_PER_POLL:], str(position))
+                yield frame("auth", matching[-MAX_EVENTS_PER_POLL:], position)
                 last_sent = now
             elif now - last_sent >= KEEPALIVE:
                 yield b": keep-alive\n\n"

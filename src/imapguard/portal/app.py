@@ -40,6 +40,7 @@ from imapguard.net import normalize
 from imapguard.policy.gate import PolicyGate
 from imapguard.portal.account import Account
 from imapguard.portal.admin import Admin
+from imapguard.portal.admin_feed import LiveFeed
 from imapguard.portal.admin_users import AdminUsers
 from imapguard.portal.app_passwords import AppPasswords
 from imapguard.portal.confirm import Confirm
@@ -112,6 +113,9 @@ class PortalServices:
     audit_path: str
     # Sign-in through the [oauth] issuer (portal.oidc); None when not configured.
     oidc: OidcSetup | None = None
+    # Where the admin's live events come from (None: the audit log file above;
+    # the composition root gives the cluster's stream when there is one).
+    live_events: LiveFeed | None = None
     # How long a device the owner approved in the page stays trusted (seconds;
     # `auth.approved_device_days`, as `imapguard device approve`).
     approved_device_trust: float = 7 * 86400.0
@@ -215,6 +219,7 @@ def _pages(kit: Kit, deps: PortalDeps, limiter: SlidingWindow) -> list[BaseRoute
             services.defense,
             services.audit_path,
             AdminUsers(kit, services.defense, services.policy),
+            services.live_events,
         ).routes(),
     ]
     if services.oidc is not None:

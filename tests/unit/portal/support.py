@@ -32,6 +32,7 @@ from imapguard.defense import Defense, DefenseSettings, Fingerprinter
 from imapguard.errors import UpstreamRefused
 from imapguard.policy.gate import PolicyGate
 from imapguard.policy.rules import Groups
+from imapguard.portal.admin_feed import LiveFeed
 from imapguard.portal.app import PortalDeps, PortalKeys, PortalServices, create_app
 from imapguard.portal.oidc import OidcSetup
 from imapguard.portal.ports import OidcCheck, PasswordCheck, SignInService
@@ -258,13 +259,15 @@ async def portal(
     executor: Executor | None = None,
     real_sign_in: bool = False,
     methods: tuple[str, ...] = ("password+totp", "oauthbearer"),
+    live: LiveFeed | None = None,
     **settings: Any,
 ) -> AsyncIterator[Portal]:
     """The portal's app on a real SQLite store in `tmp_path`, a fake sign-in
     service (alice: password + TOTP; bob: password only; carol, an admin: password
     + TOTP) and a real defense; `admins` are the members of the admin group.
     `executor`: the store's thread, as compose gives it (None: store calls run
-    inline, so requests never interleave between two of them)."""
+    inline, so requests never interleave between two of them). `live`: where
+    the admin's live events come from (None: the audit log file)."""
     notices = Notices()
     store = RecordingStore(str(tmp_path / "state.db"))
     service = FakeSignIn()
@@ -311,6 +314,7 @@ async def portal(
             notice=notices.append_hook,
             audit_path=str(audit_path),
             oidc=oidc,
+            live_events=live,
         ),
     )
     app = create_app(deps)

@@ -18,7 +18,9 @@ import httpx
 import pytest
 
 from imapguard.audit import events
+from imapguard.errors import StateUnavailable
 from imapguard.portal import admin_live
+from imapguard.portal.admin_feed import FeedBatch, FileFeed
 from tests.unit.portal.support import Portal, csrf_of, portal
 
 pytestmark = pytest.mark.asyncio
@@ -323,3 +325,91 @@ async def test_live_js_shows_a_raw_block_end_as_a_utc_date_as_text_only() -> Non
     assert user == (evil, False)  # text, not markup
     assert reason == ("blocked: sprayed (until 2026-12-07 15:31 UTC)", False)
     assert method == ("PLAIN", False)
+
+
+class Outage:
+    """The audit log file as a feed that can be made unreachable, as the
+    cluster's Redis can be."""
+
+    def __init__(self, path: str) -> None:
+        self.file = FileFeed(path)
+        self.down = False
+
+    def accepts(self, position: str) -> bool:
+        return self.file.accepts(position)
+
+    def newest(self) -> FeedBatch:
+        if self.down:
+            raise StateUnavailable("read live events", "redis ConnectionError")
+        return self.file.newest()
+
+    def after(self, position: str | None) -> FeedBatch:
+        if self.down:
+            raise StateUnavailable("read live events", "redis ConnectionError")
+        return self.file.after(position)
+
+
+async def test_an_unreachable_feed_is_announced_once_and_the_stream_goes_on(
+    tmp_path: Path,
+) -> None:
+    feed = Outage(str(tmp_path / "audit.jsonl"))
+    async with portal(tmp_path, live=feed) as p:
+        await p.sign_in("carol")
+        async with streaming(p.client) as task:
+            feed.down = True
+            await asyncio.sleep(0.2)  # several polls while it is away
+            auth(p, "during-outage")
+            await asyncio.sleep(0.1)
+            feed.down = False
+            await asyncio.sleep(0.2)
+            p.store.revoke_portal_sessions("carol")
+            response = await ended(task)
+        got = messages(response.text)
+        kinds = [kind for kind, _ in got]
+        assert kinds.count("unavailable") == 1
+        assert kinds.index("unavailable") < kinds.index("available") < kinds.index("auth")
+        # What was written while the feed was away is sent once it is back.
+        users = [e["user"] for kind, b in got if kind == "auth" for e in b]
+        assert users == ["during-outage"]
+        assert got[-1] == ("end", "signed-out")
+
+
+async def test_events_page_renders_while_its_feed_is_unreachable(tmp_path: Path) -> None:
+    feed = Outage(str(tmp_path / "audit.jsonl"))
+    feed.down = True
+    async with portal(tmp_path, live=feed) as p:
+        await p.sign_in("carol")
+        page = await p.client.get("/admin/events")
+        assert page.status_code == 200
+        assert 'data-stream="/admin/events/stream?' in page.text
+
+
+def _node(node: str, harness: str) -> str:
+    script = Path(admin_live.__file__).parent / "static" / "live.js"
+    done = subprocess.run(
+        [node, "-e", harness, str(script), "[]"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    return done.stdout
+
+
+async def test_live_js_says_when_the_events_are_unavailable_and_when_they_are_back() -> None:
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed")
+    # The harness above, its last two lines replaced: the status line's text
+    # after each of the stream's two announcements.
+    head = _LIVE_HARNESS.rsplit("listeners.auth(", 1)[0]
+    harness = head + (
+        "listeners.unavailable({ data: '\"events\"' });\n"
+        "const down = status.textContent;\n"
+        "listeners.available({ data: '\"events\"' });\n"
+        "console.log(JSON.stringify([down, status.textContent]));\n"
+    )
+    down, back = json.loads(_node(node, harness))
+    assert "unavailable" in down
+    assert "retrying" in down
+    assert back.startswith("Live:")

@@ -92,6 +92,14 @@
         events.forEach(addRow);
       }
     });
+    // The events of every node come through the cluster's Redis: while it is
+    // away the stream says so and keeps trying; "available" when it is back.
+    source.addEventListener("unavailable", function () {
+      say("Live events are unavailable (the cluster's event store cannot be reached); retrying…");
+    });
+    source.addEventListener("available", function () {
+      say("Live: new events appear at the top of the table.");
+    });
     source.addEventListener("skipped", function () {
       say("Live: some events were skipped (too many at once); the table shows the newest.");
     });

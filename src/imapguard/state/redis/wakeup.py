@@ -10,6 +10,10 @@ most one extra read, and polling still catches everything when Redis is away.
 The subscriber runs on a thread of its own (redis-py's sync pub/sub); when the
 connection breaks it subscribes again after `RETRY` seconds and calls the
 callback once (messages published meanwhile are lost: the feed has them).
+
+`Topic` is what the composition root hands out: `announce()` for a writer
+(after its commit; a Redis that is away is logged, never the writer's
+failure) and `start(wake)`/`stop()` for a follower (`gateway.revocation.Wakeups`).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import redis
 
 from imapguard.errors import StateUnavailable
 
-__all__ = ["RETRY", "Wakeup", "publish"]
+__all__ = ["RETRY", "Topic", "Wakeup", "publish"]
 
 log = logging.getLogger("imapguard.state")
 
@@ -64,9 +68,11 @@ class Wakeup:
         """Whether the subscription stands (within `timeout` seconds)."""
         return self._subscribed.wait(timeout)
 
-    def stop(self) -> None:
+    def stop(self, *, wait: bool = True) -> None:
+        """End the subscription; `wait`: until the thread has ended (it ends by
+        itself within `_POLL` seconds)."""
         self._stop.set()
-        if self._thread.is_alive():
+        if wait and self._thread.is_alive():
             self._thread.join(timeout=_POLL * 4)
 
     def _call(self) -> None:
@@ -99,3 +105,50 @@ class Wakeup:
                 self._stop.wait(RETRY)
             finally:
                 pubsub.close()
+
+
+class Topic:
+    """One topic's wake-ups on one Redis, for writers and followers alike."""
+
+    def __init__(self, client: redis.Redis, prefix: str, topic: str) -> None:
+        self._client = client
+        self._prefix = prefix
+        self._topic = topic
+        self._lock = threading.Lock()
+        self._subscriber: Wakeup | None = None
+
+    def announce(self) -> None:
+        """Wake the followers after a write; never raises (they poll anyway)."""
+        try:
+            publish(self._client, self._prefix, self._topic)
+        except StateUnavailable as exc:
+            log.warning(
+                "could not wake the other nodes (%s); they will see it at their next poll",
+                exc.detail,
+            )
+
+    def start(self, wake: Callable[[], None]) -> None:
+        """Call `wake()` (on a thread of its own) for each wake-up, until `stop()`."""
+        with self._lock:
+            if self._subscriber is not None:
+                self._subscriber.stop(wait=False)
+            self._subscriber = Wakeup(self._client, self._prefix, self._topic, wake)
+            self._subscriber.start()
+
+    def wait_subscribed(self, timeout: float) -> bool:
+        with self._lock:
+            subscriber = self._subscriber
+        return subscriber is not None and subscriber.wait_subscribed(timeout)
+
+    def stop(self) -> None:
+        """No more wake-ups; does not wait (the event loop calls it)."""
+        with self._lock:
+            if self._subscriber is not None:
+                self._subscriber.stop(wait=False)
+
+    def close(self) -> None:
+        """`stop`, and wait for the subscriber's thread to end."""
+        with self._lock:
+            subscriber, self._subscriber = self._subscriber, None
+        if subscriber is not None:
+            subscriber.stop()
