@@ -94,6 +94,36 @@ def test_verify_full_connects_and_a_wrong_ca_is_refused_in_one_line(
     ]
 
 
+def test_a_database_on_another_host_without_sslmode_is_refused_under_a_wrong_name(
+    tmp_path: Path, postgres: PostgresServer, pg_url: str
+) -> None:
+    """An attacker between the gateway and its database answers with a
+    certificate of its own (here: the real server's, which does not name the
+    host the URL asks for). A URL that sets no sslmode is checked as verify-full,
+    not libpq's `prefer`, which would take any certificate and let the attacker
+    answer for the store; the same URL on loopback keeps libpq's default."""
+    database = _dbname(pg_url)
+    url = (
+        f"postgresql://imapguard@db.imapguard.test:{postgres.port}/{database}"
+        f"?hostaddr=127.0.0.1&sslrootcert={postgres.ca}"
+    )
+    config = _pg_config(tmp_path, url, postgres)
+    out = _cli(config, "user", "list")
+    assert out.returncode == 1
+    (line,) = out.stderr.splitlines()
+    assert line.startswith(f"imapguard: state store: state store open failed: {url} (state.url):")
+    assert 'server certificate for "localhost"' in line
+    assert 'does not match host name "db.imapguard.test"' in line
+    with pytest.raises(StateUnavailable, match="does not match host name"):
+        upgrade(url, password=postgres.password)
+    # Its sslmode written out (an unverified server chosen knowingly) connects.
+    config.write_text(config.read_text().replace(url, url + "&sslmode=require"))
+    assert _cli(config, "user", "list").returncode == 0
+    loopback = f"postgresql://imapguard@127.0.0.1:{postgres.port}/{database}"
+    config.write_text(config.read_text().replace(url + "&sslmode=require", loopback))
+    assert _cli(config, "user", "list").returncode == 0
+
+
 def test_a_password_in_the_url_is_never_shown(
     tmp_path: Path, postgres: PostgresServer, pg_url: str
 ) -> None:

@@ -43,7 +43,8 @@ class StateConfig(Section):
     # `sqlite:///PATH` (one node), or for several nodes a libpq URL
     # (https://www.postgresql.org/docs/current/libpq-connect.html) such as
     # `postgresql://USER@HOST:PORT/DB?sslmode=verify-full&sslrootcert=/etc/imapguard/pg-ca.pem`.
-    # Keep the password out of the URL: put it in `password_file`.
+    # Keep the password out of the URL: put it in `password_file`. A server on
+    # another host with no sslmode in the URL is checked as sslmode=verify-full.
     url: str = "sqlite:///var/lib/imapguard/state.db"
     # postgresql only: a file holding the database password (mode 0600).
     password_file: str | None = None

@@ -57,8 +57,10 @@ def _connect(url: str, password: str | None) -> Iterator[Connection]:
     else:
         import psycopg
 
+        from imapguard.state.postgres.connection import tls_default
+
         def connect() -> psycopg.Connection[Any]:
-            return psycopg.connect(url, password=password, connect_timeout=10)
+            return psycopg.connect(url, password=password, connect_timeout=10, **tls_default(url))
 
         engine = create_engine("postgresql+psycopg://", creator=connect, poolclass=NullPool)
     try:

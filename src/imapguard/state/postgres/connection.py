@@ -12,26 +12,36 @@ batch. Every psycopg and pool error leaves as `StateUnavailable`; its message
 names the server, never a password (libpq does not print them).
 
 TLS is libpq's: `sslmode=verify-full&sslrootcert=FILE` in the URL checks the
-server's certificate and name. A connection attempt gives up after
-CONNECT_TIMEOUT seconds, a caller waiting for a free connection after
-POOL_TIMEOUT, a statement after STATEMENT_TIMEOUT_MS, so a dead server fails a
-login (closed) rather than hangs it.
+server's certificate and name. A URL that names a server on another host and
+sets no sslmode gets verify-full (`tls_default`), not libpq's own default
+(`prefer`: TLS if the server offers it, no certificate check, plain text if an
+attacker on the path says so), under which whoever sits between the gateway
+and its database could answer for it: an app password "found", a revocation
+never seen. Loopback and Unix-socket servers keep libpq's default.
+
+A connection attempt gives up after CONNECT_TIMEOUT seconds, a caller waiting
+for a free connection after POOL_TIMEOUT, a statement after
+STATEMENT_TIMEOUT_MS, so a dead server fails a login (closed) rather than hangs
+it.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import os
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool
 
 from imapguard.errors import StateUnavailable
 from imapguard.state.versions import HEAD, REVISIONS, VERSION_TABLE, check_revision
 
-__all__ = ["CONNECT_TIMEOUT", "POOL_TIMEOUT", "PgConnection"]
+__all__ = ["CONNECT_TIMEOUT", "POOL_TIMEOUT", "PgConnection", "tls_default"]
 
 T = TypeVar("T")
 Db = psycopg.Connection[Any]
@@ -43,6 +53,32 @@ RECONNECT_TIMEOUT = 5.0
 # pg_advisory_xact_lock keys: creating the schema, publishing a revocation.
 LOCK_SCHEMA = 0x696D6170_0001
 LOCK_REVOCATIONS = 0x696D6170_0002
+
+
+def tls_default(url: str) -> dict[str, Any]:
+    """`sslmode=verify-full` for a `url` that sets no sslmode (nor PGSSLMODE)
+    and reaches a server on another host; nothing for one on loopback or a Unix
+    socket, or whose URL (or environment) chooses its sslmode itself."""
+    try:
+        params = conninfo_to_dict(url)
+    except psycopg.Error:
+        return {}  # libpq refuses it when it connects, with its reason
+    if "sslmode" in params or os.environ.get("PGSSLMODE"):
+        return {}
+    names = [h for h in str(params.get("host", "")).split(",") if h]
+    addresses = [a for a in str(params.get("hostaddr", "")).split(",") if a]
+    if all(_local(h) for h in names) and all(_local(a) for a in addresses):
+        return {}
+    return {"sslmode": "verify-full"}
+
+
+def _local(host: str) -> bool:
+    if host.startswith(("/", "@")) or host == "localhost":  # a Unix socket, this host
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _detail(exc: BaseException) -> str:
@@ -70,6 +106,7 @@ class PgConnection:
             "options": f"-c statement_timeout={STATEMENT_TIMEOUT_MS}",
         }
         kwargs.update({k: v for k, v in defaults.items() if k not in url})
+        kwargs.update(tls_default(url))
         # One connection first, in this thread: a wrong server, TLS or password
         # fails here with libpq's reason, not at the first login; it checks the
         # schema. The pool then connects in the background.
