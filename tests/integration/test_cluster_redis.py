@@ -5,14 +5,16 @@ attack spread over both nodes counts once, and what one node decides the other
 enforces. The counting itself is atomic in Redis (tests/conformance/ races
 processes on it).
 
-Source networks: 127.0.140.0/24 - 127.0.171.0/24 (a /24 per attempt or role).
+Source networks: 127.0.140.0/24 - 127.0.172.0/24 (a /24 per attempt or role).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import re
 import secrets
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -206,3 +208,37 @@ def test_with_fail_open_logins_go_on_unchecked_and_audited_while_redis_is_down(
         assert c.log_text().count("let on without the defense (defense.fail_open)") == 1
         assert login(c, "127.0.171.1", user, password)  # Redis back: checked again
         assert len(c.events("defense_unavailable")) == 3
+
+
+def test_concurrent_guesses_over_two_nodes_reach_the_check_at_most_pair_block_times(
+    nodes: tuple[GatewayProcess, GatewayProcess], dovecot: DovecotServer
+) -> None:
+    """40 wrong passwords for one account from one address, sent at the same
+    instant over 40 connections, 20 through each node: every precheck would read
+    the same counts, so without the gate (auth.gate) all 40 would be checked and
+    counted after the fact. One guess at a time per pair, over both nodes: at
+    most `pair_block` (10, the default) are checked, the rest are blocked."""
+    a, b = nodes
+    user = f"cg{secrets.token_hex(3)}"
+    dovecot.add_user(user, secrets.token_urlsafe(12))
+    attacker = "127.0.172.1"
+    clients = []
+    for n in range(40):
+        gw = (a, b)[n % 2]
+        client = RawClient(gw.implicit_port, attacker, tls=gw.client_ssl(), timeout=60)
+        client.line()
+        clients.append(client)
+    barrier = threading.Barrier(len(clients))
+
+    def guess(client: RawClient) -> bytes:
+        with client:
+            barrier.wait(30)
+            return client.command(b"a", f'LOGIN "{user}" "{secrets.token_hex(8)}"'.encode())[-1]
+
+    with concurrent.futures.ThreadPoolExecutor(len(clients)) as pool:
+        answers = list(pool.map(guess, clients))
+    assert answers == [b"a " + AUTH_FAILED] * len(clients)
+    reasons = [e["reason"] for gw in (a, b) for e in gw.events("auth") if e.get("src") == attacker]
+    assert len(reasons) == len(clients)
+    checked = [r for r in reasons if not r.startswith("blocked:")]
+    assert 1 <= len(checked) <= 10, checked

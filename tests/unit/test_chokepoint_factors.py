@@ -787,7 +787,7 @@ async def test_forged_device_is_no_familiar_source_for_the_defense(env: Env) -> 
     otp = env.enroll("alice")
     typed = PASSWORDS["alice"] + otp.at(env.clock.now)
     assert (await attempt(auth, "alice", typed, ctx("192.0.2.10"))).outcome is Outcome.OK
-    forged, _, _ = await auth._precheck(login("alice", "a-guess"), ctx("192.0.2.66"))
+    forged, _, _ = await auth._precheck(login("alice", "a-guess"), ctx("192.0.2.66"), None)
     assert not forged.trusted_device
-    real, _, _ = await auth._precheck(login("alice", typed), ctx("192.0.2.10"))
+    real, _, _ = await auth._precheck(login("alice", typed), ctx("192.0.2.10"), None)
     assert real.trusted_device

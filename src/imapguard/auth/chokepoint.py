@@ -44,10 +44,11 @@ from concurrent.futures import Executor
 from typing import Any, Generic, ParamSpec, TypeVar
 
 from imapguard.audit import AuditLog, events
-from imapguard.auth import app_passwords, oauth, passwordless, proof
+from imapguard.auth import app_passwords, oauth, passwordless, prechecking, proof
 from imapguard.auth.counting import Counting
 from imapguard.auth.devices import AccountView, Devices, Reading, device_key
 from imapguard.auth.failopen import FailOpen
+from imapguard.auth.gate import Gate, Turn
 from imapguard.auth.model import (
     AuthContext,
     AuthResult,
@@ -145,7 +146,17 @@ class Authenticator(Generic[S]):
         )
         self._sleep = sleep
         self._counting: Counting | None = None
+        self._gate: Gate | None = None
         self._fail_open = FailOpen(audit, clock)
+
+    @property
+    def gate(self) -> Gate | None:
+        """One guess at a time per source and account (None without a defense)."""
+        if self.defense is None:
+            return None
+        if self._gate is None or self._gate.defense is not self.defense:
+            self._gate = Gate(self.defense, self._executor, self._sleep)
+        return self._gate
 
     @property
     def counting(self) -> Counting | None:
@@ -178,9 +189,10 @@ class Authenticator(Generic[S]):
         verdict: Verdict | None = None
         account: AccountView | None = None
         result: AuthResult[S]
+        turn = self.gate.turn() if self.gate is not None else None
         try:
             if self.defense is not None:
-                attempt, verdict, account = await self._precheck(credentials, ctx)
+                attempt, verdict, account = await self._precheck(credentials, ctx, turn)
                 if verdict is not None and (
                     verdict.would_block or verdict.would_delay != verdict.delay
                 ):
@@ -213,6 +225,9 @@ class Authenticator(Generic[S]):
                 await counting.record(attempt, verdict, result, ctx, session)
         except StateUnavailable as exc:
             result = AuthResult(Outcome.UNAVAILABLE, None, None, f"state store: {exc.detail}")
+        finally:
+            if turn is not None:  # counted: the pair's next guess may go (auth.gate)
+                await turn.leave()
         self._audit.emit(
             events.Auth(
                 session=session,
@@ -244,42 +259,9 @@ class Authenticator(Generic[S]):
     # -- defense: how often have you failed? ------------------------------------
 
     async def _precheck(
-        self, credentials: LoginRequest, ctx: AuthContext
+        self, credentials: LoginRequest, ctx: AuthContext, turn: Turn | None
     ) -> tuple[Attempt, Verdict | None, AccountView | None]:
-        """Reads only (`reads`): blocks, delays, the posture; and the account
-        view the factor checks go on with. No verdict: the counter store is
-        unreachable and `defense.fail_open` lets the login on without one."""
-        assert self.defense is not None  # noqa: S101 - checked by the caller
-        mechanism = credentials.mechanism
-        bearer = mechanism in ("OAUTHBEARER", "XOAUTH2")
-        secret: Secret | None
-        if mechanism == "EXTERNAL":
-            user, secret = self._cert_user(ctx), None
-        elif bearer:
-            user, secret = None, credentials.secret
-        else:
-            user, secret = self.names.canonical(credentials.username), credentials.secret
-        trusted, account = False, None
-        if user is not None and "password+totp" in self.methods:
-            account = await self.reads.account(device_key(user, ctx))
-            trusted = self.devices.looks_like(account.device, secret, ctx, self._wall())
-        attempt = self.defense.attempt(
-            ctx.client.ip,
-            user,
-            secret if secret else None,
-            method=mechanism.lower(),
-            listener=ctx.listener,
-            trusted_device=trusted,
-            spray=not bearer,
-        )
-        try:
-            verdict = await self.reads.precheck(self.defense, attempt)
-        except StateUnavailable as exc:
-            if not self.defense.settings.fail_open:
-                raise
-            self._fail_open.let_on(ctx.client.ip, user, exc.detail)
-            return attempt, None, account
-        return attempt, verdict, account
+        return await prechecking.precheck(self, credentials, ctx, turn)
 
     async def maintain(self, session: str | None = None) -> None:
         """Purge expired counters and let the posture relax (about once a minute)."""

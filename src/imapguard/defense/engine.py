@@ -130,6 +130,16 @@ def _level(text: str | None) -> int:
         return 0
 
 
+# Seconds a pair's turn is held at most: longer than a login may take (the
+# defense's delays reach 25 s, the upstream's login timeout comes on top), so only
+# a process that died holding it lets the next one in by expiry.
+GATE_HOLD = 120.0
+
+
+def _gate(attempt: Attempt) -> str:
+    return f"gate:{attempt.ip}|{attempt.user}"
+
+
 class Defense:
     def __init__(
         self,
@@ -235,6 +245,19 @@ class Defense:
                 posture is Posture.UNDER_ATTACK and attacked,
             )
         return Verdict(Action.ALLOW, 0.0, block, would, would_delay, familiar, posture, False)
+
+    # -- one guess at a time per pair (imapguard.auth.gate) ----------------------
+
+    def gate_enter(self, attempt: Attempt, token: str) -> bool:
+        """Take the pair's turn (source and account) if nobody holds it: a
+        compare-and-set every process and node sees. False: another holds it."""
+        now = self._clock()
+        return self._store.value_swap(_gate(attempt), None, token, now + GATE_HOLD, now)
+
+    def gate_leave(self, attempt: Attempt, token: str) -> None:
+        """Give the turn back (only if it is still ours: it may have expired)."""
+        now = self._clock()
+        self._store.value_swap(_gate(attempt), token, "", now, now)
 
     def in_trusted_network(self, ip: str) -> bool:
         """`ip` is in `trusted_networks` (also what handshake admission asks)."""
