@@ -54,7 +54,7 @@ this drawing complete).
 Private to their module (control flow that never leaves it):
 
     _Fail (imap.commands)   a command that does not parse (returned as a ParseError)
-    _Taken (state.postgres.portal)  a passkey's credential id is taken: roll back
+    _Taken (state.sql.portal)  a passkey's credential id is taken: roll back
 
 The IMAP pre-auth protocol does not raise: it answers BAD/NO on the wire (see
 `imapguard.imap.preauth`). Exceptions carry their context as fields, so callers

@@ -1,7 +1,7 @@
 """The PostgreSQL state store, split by job: `connection` (the pool,
-transactions, the schema check), `schema` (tables by revision), `accounts`,
-`portal` and `portal_records` (the store protocols) and `store` (the class that
-joins them, and how to open it)."""
+transactions, the schema check, PostgreSQL's spellings and locks), `schema`
+(tables by revision) and `store` (the class that joins the connection to the
+store protocols of `imapguard.state.sql`, and how to open it)."""
 
 from imapguard.state.postgres.store import PgStore, open_store
 

@@ -8,7 +8,10 @@ it. The pool holds `state.pool_size` connections at most (one per worker thread
 that may call at once: the gateway's writer and its readers), opens one at start
 and more on demand. Writes run in one transaction each (`_tx`), or join the
 enclosing `batch()` of the same thread, which keeps its connection for the
-batch. Every psycopg and pool error leaves as `StateUnavailable`; its message
+batch. The stores' statements (`imapguard.state.sql`) are written with `?`
+placeholders, which `PgDb` turns into psycopg's `%s`; `PgDialect` holds
+PostgreSQL's spellings and the locks that make a read and a write atomic at
+READ COMMITTED. Every psycopg and pool error leaves as `StateUnavailable`; its message
 names the server, never a password (libpq does not print them).
 
 TLS is libpq's: `sslmode=verify-full&sslrootcert=FILE` in the URL checks the
@@ -27,21 +30,24 @@ it.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool
 
 from imapguard.errors import StateUnavailable
+from imapguard.state.sql.dialect import Db as SqlDb
+from imapguard.state.sql.dialect import Dialect, ensure_user
 from imapguard.state.versions import HEAD, REVISIONS, VERSION_TABLE, check_revision
 
-__all__ = ["CONNECT_TIMEOUT", "POOL_TIMEOUT", "PgConnection", "tls_default"]
+__all__ = ["CONNECT_TIMEOUT", "POOL_TIMEOUT", "PgConnection", "PgDb", "PgDialect", "tls_default"]
 
 T = TypeVar("T")
 Db = psycopg.Connection[Any]
@@ -85,8 +91,58 @@ def _detail(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
+@functools.lru_cache(maxsize=512)
+def _placeholders(sql: str) -> str:
+    """psycopg's `%s` for the stores' `?` (their SQL has no other `?` nor `%`)."""
+    return sql.replace("?", "%s")
+
+
+class PgDb:
+    """A psycopg connection as the stores' `Db` (`state.sql.dialect`)."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self, raw: Db) -> None:
+        self.raw = raw
+
+    def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> psycopg.Cursor[Any]:
+        return self.raw.execute(_placeholders(sql), parameters)
+
+    def executemany(self, sql: str, parameters: Iterable[Sequence[Any]], /) -> None:
+        with self.raw.cursor() as cursor:
+            cursor.executemany(_placeholders(sql), parameters)
+
+
+class PgDialect(Dialect):
+    """PostgreSQL at READ COMMITTED: a read that a write depends on takes a lock
+    held to the end of the transaction, the account's (its `users` row, or an
+    advisory lock where nothing is to be written) or the row's (`FOR UPDATE`);
+    writers of different accounts do not wait for each other."""
+
+    collate_c = ' COLLATE "C"'
+    ord = "ord"  # the tables' identity column (`schema.py`)
+    offset = "OFFSET ?"
+    for_update = " FOR UPDATE"
+    greatest = "GREATEST"
+    is_distinct = "IS DISTINCT FROM"
+
+    def lock_user(self, db: SqlDb, name: str, now: float) -> None:
+        ensure_user(db, name, now)
+        db.execute("SELECT 1 FROM users WHERE name = ? FOR UPDATE", (name,))
+
+    def lock_account(self, db: SqlDb, name: str) -> None:
+        # A transaction-level advisory lock keyed by a 64-bit hash of the name:
+        # two accounts may share one, which only makes one wait for the other.
+        db.execute("SELECT pg_advisory_xact_lock(hashtextextended(?, 0))", (name,))
+
+    def lock_feed(self, db: SqlDb) -> None:
+        db.execute("SELECT pg_advisory_xact_lock(?)", (LOCK_REVOCATIONS,))
+
+
 class PgConnection:
     """The pool that the store's parts share; safe to call from any thread."""
+
+    dialect: ClassVar[Dialect] = PgDialect()
 
     def __init__(self, url: str, *, password: str | None = None, pool_size: int = 4) -> None:
         self.url = url
@@ -135,9 +191,9 @@ class PgConnection:
         self._pool.close()
 
     @contextmanager
-    def _tx(self, operation: str) -> Iterator[Db]:
+    def _tx(self, operation: str) -> Iterator[PgDb]:
         """One write transaction; inside `batch()` (on this thread) it joins the batch's."""
-        joined: Db | None = getattr(self._local, "db", None)
+        joined: PgDb | None = getattr(self._local, "db", None)
         if joined is not None:
             try:
                 yield joined
@@ -147,7 +203,8 @@ class PgConnection:
         if self._closed:
             raise StateUnavailable(operation, "the store is closed")
         try:
-            with self._pool.connection() as db, db.transaction():
+            with self._pool.connection() as raw, raw.transaction():
+                db = PgDb(raw)
                 self._local.db = db
                 try:
                     yield db
@@ -162,15 +219,15 @@ class PgConnection:
         with self._tx("batch"):
             yield
 
-    def _read(self, operation: str, fn: Callable[[Db], T]) -> T:
-        joined: Db | None = getattr(self._local, "db", None)
+    def _read(self, operation: str, fn: Callable[[PgDb], T]) -> T:
+        joined: PgDb | None = getattr(self._local, "db", None)
         try:
             if joined is not None:
                 return fn(joined)
             if self._closed:
                 raise StateUnavailable(operation, "the store is closed")
-            with self._pool.connection() as db:
-                return fn(db)
+            with self._pool.connection() as raw:
+                return fn(PgDb(raw))
         except psycopg.Error as exc:
             raise StateUnavailable(operation, _detail(exc)) from None
 

@@ -1,7 +1,7 @@
 """The SQLite state store, split by job: `connection` (the file, its mode,
-transactions), `schema` (tables and migrations), `accounts`, `portal`,
-`portal_records` and `counters` (the store protocols) and `store` (the class that
-joins them, and how to open it)."""
+transactions), `schema` (tables and migrations), `counters` (the defense's
+store protocol) and `store` (the class that joins them to the store protocols of
+`imapguard.state.sql`, and how to open it)."""
 
 from imapguard.state.accounts import (
     MAX_PENDING_DEVICES,

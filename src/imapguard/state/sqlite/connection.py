@@ -17,9 +17,10 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import ClassVar, TypeVar
 
 from imapguard.errors import StateUnavailable
+from imapguard.state.sql.dialect import Dialect
 from imapguard.state.sqlite.schema import open_schema
 
 __all__ = ["Connection", "create_private", "url_path"]
@@ -30,6 +31,10 @@ T = TypeVar("T")
 class Connection:
     """The connection that the store's parts (accounts, counters) share. One lock
     serialises its use across threads; calls are short (about 10 µs each)."""
+
+    # SQLite's spellings; every write is `BEGIN IMMEDIATE`, so the stores' locks
+    # need nothing more (`state.sql.dialect`).
+    dialect: ClassVar[Dialect] = Dialect()
 
     def __init__(self, path: str, *, read_only: bool = False) -> None:
         self.path = path

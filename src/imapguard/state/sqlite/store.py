@@ -1,11 +1,12 @@
 """The embedded state store (`sqlite:///PATH`): accounts, the portal's records and
 defense counters in one file.
 
-`SqliteStore` is the account store (`imapguard.state.accounts.AccountStore`, in
-`accounts.py`), the portal's stores (`imapguard.state.portal.PortalStore` with
-the former, in `portal.py` and `portal_records.py`) and the defense's counter store
-(`imapguard.defense.counters.CounterStore`, in `counters.py`), on one connection
-(`connection.py`) to one file in WAL mode, its schema versioned by `schema.py`.
+`SqliteStore` is the account store (`imapguard.state.accounts.AccountStore`) and
+the portal's stores (`imapguard.state.portal.PortalStore` with the former), both
+written once for SQLite and PostgreSQL in `imapguard.state.sql`, and the
+defense's counter store (`imapguard.defense.counters.CounterStore`, in
+`counters.py`), on one connection (`connection.py`) to one file in WAL mode, its
+schema versioned by `schema.py`.
 
 Calls are synchronous and short (about 10 µs each). The gateway writes on a
 single worker thread, so the event loop never waits on a locked file, and reads
@@ -22,17 +23,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from imapguard.state.sqlite.accounts import SqliteAccounts
+from imapguard.state.sql.accounts import SqlAccounts
+from imapguard.state.sql.portal import SqlPortal
+from imapguard.state.sql.portal_records import SqlPortalRecords
 from imapguard.state.sqlite.connection import create_private, url_path
 from imapguard.state.sqlite.counters import SqliteCounters
-from imapguard.state.sqlite.portal import SqlitePortal
-from imapguard.state.sqlite.portal_records import SqlitePortalRecords
 
 __all__ = ["SqliteStore", "open_reader", "open_store"]
 
 
-class SqliteStore(SqliteAccounts, SqlitePortal, SqlitePortalRecords, SqliteCounters):
-    """One connection to the state file (read-write, or read-only for the reader)."""
+class SqliteStore(SqliteCounters, SqlAccounts, SqlPortal, SqlPortalRecords):
+    """One connection to the state file (read-write, or read-only for the reader).
+    The connection (`SqliteCounters`' base) comes first: its `_tx` and `_read`."""
 
 
 def open_store(url: str) -> SqliteStore:

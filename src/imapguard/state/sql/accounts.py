@@ -1,14 +1,17 @@
-"""The account store on PostgreSQL (`imapguard.state.accounts.AccountStore`).
+"""The account store (`imapguard.state.accounts.AccountStore`) on SQLite and
+PostgreSQL (`dialect.py`).
 
-Tables `users`, `app_passwords`, `totp`, `devices`, `notices` and `meta`
-(`schema.py`). PostgreSQL runs transactions at READ COMMITTED, where a
-conditional `UPDATE ... WHERE` or `INSERT ... ON CONFLICT` is atomic on its row
-(a concurrent writer waits for the row's lock, then the condition is evaluated
-again on the row as committed). A check that reads before it writes (a count
-against a limit, the failure series) first locks the account's `users` row
-(`_lock_user`, `SELECT ... FOR UPDATE`), so writers of one account take turns
-and writers of different accounts do not wait for each other. The contracts are
-the protocol's docstrings; comments here say how SQL keeps them.
+Tables `users`, `app_passwords`, `totp`, `devices`, `notices` and `meta`. A
+check-and-set that one statement can do is one conditional statement (`UPDATE
+... WHERE last_step < ?`, `INSERT ... ON CONFLICT DO UPDATE ... WHERE`): SQLite
+runs it under the file's write lock (`BEGIN IMMEDIATE`), PostgreSQL at READ
+COMMITTED, where a concurrent writer waits for the row's lock and the condition
+is evaluated again on the row as committed. A check that reads before it writes
+(a count against a limit, the failure series) first takes the account's lock
+(`Dialect.lock_user`: on PostgreSQL its `users` row, `SELECT ... FOR UPDATE`) or
+the row's (`Dialect.for_update`), so writers of one account take turns and, on
+PostgreSQL, writers of different accounts do not wait for each other. The
+contracts are the protocol's docstrings; comments here say how SQL keeps them.
 """
 
 from __future__ import annotations
@@ -26,32 +29,12 @@ from imapguard.state.accounts import (
     TotpRecord,
     UserRecord,
 )
-from imapguard.state.postgres.connection import Db, PgConnection
+from imapguard.state.sql.dialect import SqlConnection, ensure_user
 
-__all__ = ["PgAccounts", "ensure_user", "lock_account", "lock_user"]
-
-
-def ensure_user(db: Db, name: str, now: float) -> None:
-    db.execute(
-        "INSERT INTO users(name, created_at) VALUES (%s, %s) ON CONFLICT (name) DO NOTHING",
-        (name, now),
-    )
+__all__ = ["SqlAccounts"]
 
 
-def lock_account(db: Db, name: str) -> None:
-    """Take the account's lock to the end of the transaction, without writing
-    (a transaction-level advisory lock keyed by a 64-bit hash of the name: two
-    accounts may share one, which only makes one wait for the other)."""
-    db.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (name,))
-
-
-def lock_user(db: Db, name: str, now: float) -> None:
-    """Create the user if absent and lock its row to the end of the transaction."""
-    ensure_user(db, name, now)
-    db.execute("SELECT 1 FROM users WHERE name = %s FOR UPDATE", (name,))
-
-
-class PgAccounts(PgConnection):
+class SqlAccounts(SqlConnection):
     # -- users ----------------------------------------------------------------
 
     def ensure_user(self, name: str, now: float) -> None:
@@ -62,8 +45,8 @@ class PgAccounts(PgConnection):
         with self._tx("record login") as db:
             ensure_user(db, name, now)
             db.execute(
-                "UPDATE users SET last_login_at = %s, last_login_address = %s,"
-                " last_login_method = %s WHERE name = %s",
+                "UPDATE users SET last_login_at = ?, last_login_address = ?,"
+                " last_login_method = ? WHERE name = ?",
                 (now, address, method, name),
             )
 
@@ -76,15 +59,16 @@ class PgAccounts(PgConnection):
     def list_users(self) -> list[UserRecord]:
         rows = self._read(
             "list users",
-            # COLLATE "C": code point order, whatever the database's locale.
-            lambda db: db.execute(self._USER_SELECT + ' ORDER BY u.name COLLATE "C"').fetchall(),
+            lambda db: db.execute(
+                self._USER_SELECT + " ORDER BY u.name" + self.dialect.collate_c
+            ).fetchall(),
         )
         return [UserRecord(*row) for row in rows]
 
     def get_user(self, name: str) -> UserRecord | None:
         row = self._read(
             "get user",
-            lambda db: db.execute(self._USER_SELECT + " WHERE u.name = %s", (name,)).fetchone(),
+            lambda db: db.execute(self._USER_SELECT + " WHERE u.name = ?", (name,)).fetchone(),
         )
         return UserRecord(*row) if row else None
 
@@ -110,16 +94,16 @@ class PgAccounts(PgConnection):
         with self._tx("add app password") as db:
             # The account's row lock from the count to the insert: a concurrent add
             # waits, then counts this one.
-            lock_user(db, user, now)
+            self.dialect.lock_user(db, user, now)
             if max_count is not None:
                 row = db.execute(
-                    'SELECT COUNT(*) FROM app_passwords WHERE "user" = %s', (user,)
+                    'SELECT COUNT(*) FROM app_passwords WHERE "user" = ?', (user,)
                 ).fetchone()
                 if row is not None and row[0] >= max_count:
                     raise AppPasswordLimit(user, max_count)
             db.execute(
                 'INSERT INTO app_passwords(id, "user", label, digest, created_at, network,'
-                " expires_at) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                " expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (record_id, user, label, digest, now, network, expires_at),
             )
         return AppPasswordRecord(record_id, user, label, now, None, None, None, network, expires_at)
@@ -128,8 +112,8 @@ class PgAccounts(PgConnection):
         rows = self._read(
             "list app passwords",
             lambda db: db.execute(
-                f'SELECT {self._AP_COLUMNS} FROM app_passwords WHERE "user" = %s'  # noqa: S608
-                " ORDER BY created_at, ord",
+                f'SELECT {self._AP_COLUMNS} FROM app_passwords WHERE "user" = ?'  # noqa: S608
+                f" ORDER BY created_at, {self.dialect.ord}",
                 (user,),
             ).fetchall(),
         )
@@ -140,7 +124,7 @@ class PgAccounts(PgConnection):
             "find app password",
             lambda db: db.execute(
                 f"SELECT {self._AP_COLUMNS} FROM app_passwords"  # noqa: S608
-                ' WHERE "user" = %s AND digest = %s',
+                ' WHERE "user" = ? AND digest = ?',
                 (user, digest),
             ).fetchone(),
         )
@@ -151,15 +135,15 @@ class PgAccounts(PgConnection):
     ) -> None:
         with self._tx("record app password use") as db:
             db.execute(
-                "UPDATE app_passwords SET last_used_at = %s, last_used_address = %s,"
-                " last_used_client = %s WHERE id = %s",
+                "UPDATE app_passwords SET last_used_at = ?, last_used_address = ?,"
+                " last_used_client = ? WHERE id = ?",
                 (now, address, client, record_id),
             )
 
     def revoke_app_password(self, user: str, record_id: str) -> bool:
         with self._tx("revoke app password") as db:
             cursor = db.execute(
-                'DELETE FROM app_passwords WHERE "user" = %s AND id = %s', (user, record_id)
+                'DELETE FROM app_passwords WHERE "user" = ? AND id = ?', (user, record_id)
             )
             return cursor.rowcount > 0
 
@@ -174,7 +158,7 @@ class PgAccounts(PgConnection):
             ensure_user(db, user, now)
             # A replaced secret starts afresh: step, failures and lock.
             db.execute(
-                'INSERT INTO totp("user", sealed, created_at) VALUES (%s, %s, %s)'
+                'INSERT INTO totp("user", sealed, created_at) VALUES (?, ?, ?)'
                 ' ON CONFLICT ("user") DO UPDATE SET sealed = excluded.sealed,'
                 " created_at = excluded.created_at, last_step = NULL, failures = 0,"
                 " first_failure_at = NULL, locked_until = NULL",
@@ -185,7 +169,7 @@ class PgAccounts(PgConnection):
         row = self._read(
             "get totp",
             lambda db: db.execute(
-                f'SELECT {self._TOTP_COLUMNS} FROM totp WHERE "user" = %s',  # noqa: S608
+                f'SELECT {self._TOTP_COLUMNS} FROM totp WHERE "user" = ?',  # noqa: S608
                 (user,),
             ).fetchone(),
         )
@@ -193,14 +177,14 @@ class PgAccounts(PgConnection):
 
     def remove_totp(self, user: str) -> bool:
         with self._tx("remove totp") as db:
-            return db.execute('DELETE FROM totp WHERE "user" = %s', (user,)).rowcount > 0
+            return db.execute('DELETE FROM totp WHERE "user" = ?', (user,)).rowcount > 0
 
     def use_totp_step(self, user: str, step: int) -> bool:
         with self._tx("use totp step") as db:
             # One conditional UPDATE: of concurrent callers only one matches the row.
             cursor = db.execute(
-                "UPDATE totp SET last_step = %s, failures = 0, first_failure_at = NULL"
-                ' WHERE "user" = %s AND (last_step IS NULL OR last_step < %s)',
+                "UPDATE totp SET last_step = ?, failures = 0, first_failure_at = NULL"
+                ' WHERE "user" = ? AND (last_step IS NULL OR last_step < ?)',
                 (step, user, step),
             )
             return cursor.rowcount > 0
@@ -209,9 +193,10 @@ class PgAccounts(PgConnection):
         self, user: str, now: float, window: float, max_failures: int, lockout: float
     ) -> bool:
         with self._tx("record totp failure") as db:
-            # FOR UPDATE holds the row from the read to the write.
+            # The row's lock (SQLite: the file's) from the read to the write.
             row = db.execute(
-                'SELECT failures, first_failure_at FROM totp WHERE "user" = %s FOR UPDATE',
+                'SELECT failures, first_failure_at FROM totp WHERE "user" = ?'  # noqa: S608
+                + self.dialect.for_update,
                 (user,),
             ).fetchone()
             if row is None:
@@ -222,8 +207,8 @@ class PgAccounts(PgConnection):
             failures += 1
             locked = bool(failures >= max_failures)
             db.execute(
-                "UPDATE totp SET failures = %s, first_failure_at = %s,"
-                ' locked_until = CASE WHEN %s THEN %s ELSE locked_until END WHERE "user" = %s',
+                "UPDATE totp SET failures = ?, first_failure_at = ?,"
+                ' locked_until = CASE WHEN ? THEN ? ELSE locked_until END WHERE "user" = ?',
                 (0 if locked else failures, None if locked else first, locked, now + lockout, user),
             )
             return locked
@@ -232,7 +217,7 @@ class PgAccounts(PgConnection):
         with self._tx("clear totp lock") as db:
             cursor = db.execute(
                 "UPDATE totp SET failures = 0, first_failure_at = NULL, locked_until = NULL"
-                ' WHERE "user" = %s',
+                ' WHERE "user" = ?',
                 (user,),
             )
             return cursor.rowcount > 0
@@ -271,8 +256,8 @@ class PgAccounts(PgConnection):
             "find device",
             lambda db: db.execute(
                 f"SELECT {self._DEV_COLUMNS} FROM devices"  # noqa: S608
-                ' WHERE "user" = %s AND network = %s AND client_name = %s'
-                " AND client_version = %s",
+                ' WHERE "user" = ? AND network = ? AND client_name = ?'
+                " AND client_version = ?",
                 (key.user, key.network, key.client_name, key.client_version),
             ).fetchone(),
         )
@@ -282,7 +267,7 @@ class PgAccounts(PgConnection):
         row = self._read(
             "get device",
             lambda db: db.execute(
-                f'SELECT {self._DEV_COLUMNS} FROM devices WHERE "user" = %s AND id = %s',  # noqa: S608
+                f'SELECT {self._DEV_COLUMNS} FROM devices WHERE "user" = ? AND id = ?',  # noqa: S608
                 (user, device_id),
             ).fetchone(),
         )
@@ -292,8 +277,8 @@ class PgAccounts(PgConnection):
         rows = self._read(
             "list devices",
             lambda db: db.execute(
-                f'SELECT {self._DEV_COLUMNS} FROM devices WHERE "user" = %s'  # noqa: S608
-                " ORDER BY created_at, ord",
+                f'SELECT {self._DEV_COLUMNS} FROM devices WHERE "user" = ?'  # noqa: S608
+                f" ORDER BY created_at, {self.dialect.ord}",
                 (user,),
             ).fetchall(),
         )
@@ -308,7 +293,7 @@ class PgAccounts(PgConnection):
                 'INSERT INTO devices(id, "user", network, client_name, client_version, status,'  # noqa: S608
                 " created_at, trusted_until, last_seen_at, last_address, split_code, secret,"
                 " bound_address)"
-                " VALUES (%s, %s, %s, %s, %s, 'trusted', %s, %s, %s, %s, TRUE, %s, NULL)"
+                " VALUES (?, ?, ?, ?, ?, 'trusted', ?, ?, ?, ?, TRUE, ?, NULL)"
                 ' ON CONFLICT ("user", network, client_name, client_version) DO UPDATE SET'
                 " status = 'trusted', trusted_until = excluded.trusted_until,"
                 " last_seen_at = excluded.last_seen_at, last_address = excluded.last_address,"
@@ -333,11 +318,12 @@ class PgAccounts(PgConnection):
 
     def add_pending_device(self, key: DeviceKey, now: float, address: str) -> DeviceRecord:
         with self._tx("add pending device") as db:
-            lock_user(db, key.user, now)  # the bound below counts the account's rows
+            # The account's lock: the bound below counts its rows.
+            self.dialect.lock_user(db, key.user, now)
             row = db.execute(
                 'INSERT INTO devices(id, "user", network, client_name, client_version, status,'  # noqa: S608
                 " created_at, last_seen_at, last_address)"
-                " VALUES (%s, %s, %s, %s, %s, 'pending', %s, %s, %s)"
+                " VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?)"
                 ' ON CONFLICT ("user", network, client_name, client_version) DO UPDATE SET'
                 " last_seen_at = excluded.last_seen_at, last_address = excluded.last_address"
                 f" RETURNING {self._DEV_COLUMNS}",
@@ -352,11 +338,12 @@ class PgAccounts(PgConnection):
                     address,
                 ),
             ).fetchone()
-            # Bounded: the oldest pending devices make room.
+            # Bounded: whoever has the password could otherwise add a pending device
+            # per network and client name; the oldest pending ones make room.
             db.execute(
-                "DELETE FROM devices WHERE id IN (SELECT id FROM devices"
-                " WHERE \"user\" = %s AND status = 'pending'"
-                " ORDER BY last_seen_at DESC, ord DESC OFFSET %s)",
+                "DELETE FROM devices WHERE id IN (SELECT id FROM devices"  # noqa: S608
+                " WHERE \"user\" = ? AND status = 'pending'"
+                f" ORDER BY last_seen_at DESC, {self.dialect.ord} DESC {self.dialect.offset})",
                 (key.user, MAX_PENDING_DEVICES),
             )
         device = self._device_row(row)
@@ -366,9 +353,9 @@ class PgAccounts(PgConnection):
     def approve_device(self, user: str, device_id: str, until: float) -> bool:
         with self._tx("approve device") as db:
             cursor = db.execute(
-                "UPDATE devices SET status = 'trusted', trusted_until = %s,"
+                "UPDATE devices SET status = 'trusted', trusted_until = ?,"
                 " bound_address = last_address, secret = NULL"
-                ' WHERE "user" = %s AND id = %s AND last_address IS NOT NULL',
+                ' WHERE "user" = ? AND id = ? AND last_address IS NOT NULL',
                 (until, user, device_id),
             )
             return cursor.rowcount > 0
@@ -376,7 +363,7 @@ class PgAccounts(PgConnection):
     def revoke_device(self, user: str, device_id: str) -> bool:
         with self._tx("revoke device") as db:
             cursor = db.execute(
-                'DELETE FROM devices WHERE "user" = %s AND id = %s', (user, device_id)
+                'DELETE FROM devices WHERE "user" = ? AND id = ?', (user, device_id)
             )
             return cursor.rowcount > 0
 
@@ -385,8 +372,8 @@ class PgAccounts(PgConnection):
     ) -> None:
         with self._tx("record device use") as db:
             db.execute(
-                "UPDATE devices SET last_seen_at = %s, last_address = %s,"
-                " split_code = COALESCE(%s, split_code) WHERE id = %s",
+                "UPDATE devices SET last_seen_at = ?, last_address = ?,"
+                " split_code = COALESCE(?, split_code) WHERE id = ?",
                 (now, address, split_code, device_id),
             )
 
@@ -395,11 +382,11 @@ class PgAccounts(PgConnection):
     def claim_notice(self, user: str, kind: str, now: float, interval: float) -> bool:
         with self._tx("claim notice") as db:
             # Rows older than the interval limit nothing any more (bounded table).
-            db.execute("DELETE FROM notices WHERE sent_at <= %s", (now - interval,))
+            db.execute("DELETE FROM notices WHERE sent_at <= ?", (now - interval,))
             cursor = db.execute(
-                'INSERT INTO notices("user", kind, sent_at) VALUES (%s, %s, %s)'
+                'INSERT INTO notices("user", kind, sent_at) VALUES (?, ?, ?)'
                 ' ON CONFLICT ("user", kind) DO UPDATE SET sent_at = excluded.sent_at'
-                " WHERE notices.sent_at <= %s",
+                " WHERE notices.sent_at <= ?",
                 (user, kind, now, now - interval),
             )
             return cursor.rowcount > 0
@@ -409,7 +396,7 @@ class PgAccounts(PgConnection):
     def get_meta(self, name: str) -> bytes | None:
         row = self._read(
             "get meta",
-            lambda db: db.execute("SELECT value FROM meta WHERE name = %s", (name,)).fetchone(),
+            lambda db: db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone(),
         )
         return None if row is None else bytes(row[0])
 
@@ -418,10 +405,10 @@ class PgAccounts(PgConnection):
             # ON CONFLICT waits for a concurrent insert of the name, then does nothing;
             # the SELECT (a new snapshot at READ COMMITTED) sees the winner's value.
             db.execute(
-                "INSERT INTO meta(name, value) VALUES (%s, %s) ON CONFLICT (name) DO NOTHING",
+                "INSERT INTO meta(name, value) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
                 (name, value),
             )
-            row = db.execute("SELECT value FROM meta WHERE name = %s", (name,)).fetchone()
+            row = db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
             assert row is not None  # noqa: S101 - inserted or there before
             return bytes(row[0])
 

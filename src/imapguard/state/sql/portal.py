@@ -1,19 +1,17 @@
-"""The portal's sign-in sessions and passkeys on SQLite (`imapguard.state.portal`:
-`PortalSessionStore`, `PasskeyStore`, `SecondFactorStore`); its other records
-are `portal_records.py`.
+"""The portal's sign-in sessions and passkeys (`imapguard.state.portal`:
+`PortalSessionStore`, `PasskeyStore`, `SecondFactorStore`) on SQLite and
+PostgreSQL (`dialect.py`); its other records are `portal_records.py`.
 
-Tables `portal_sessions`, `user_handles` and `passkeys` (`schema.py`, version 5),
-and `totp` (`accounts.py`) for the last-factor check. Each check-and-set is one
-conditional statement (the passkey counter's `UPDATE ... WHERE sign_count < ?`)
-or a read and a write inside one `BEGIN IMMEDIATE` transaction (the passkey
-limit and uniqueness, the user handle, the last second factor), so it is atomic
-across every connection and process on the file.
+As in `accounts.py`: one conditional statement where it suffices (the passkey
+counter's `UPDATE ... WHERE sign_count < ?`, the user handle's `INSERT ... ON
+CONFLICT DO NOTHING`), else the account's lock (`Dialect.lock_user`,
+`lock_account`) from the read to the write (the passkey limit, the last second
+factor, the bound on password-level sessions). Uniqueness across accounts (a
+credential id, a token digest, a handle) is the tables' UNIQUE constraints.
 
 Ids are `secrets.token_hex(8)` (`new_id`): the sign-in history keeps up to
 MAX_SIGN_INS rows per account under ids unique in the store, too many for the
 four bytes of the account store's ids, and the portal's ids are all made alike.
-The contracts are the protocols' docstrings; comments here say how SQL keeps
-them.
 """
 
 from __future__ import annotations
@@ -29,10 +27,9 @@ from imapguard.state.portal import (
     PortalSession,
     SessionLevel,
 )
-from imapguard.state.sqlite.accounts import _ensure_user
-from imapguard.state.sqlite.connection import Connection
+from imapguard.state.sql.dialect import SqlConnection, ensure_user
 
-__all__ = ["SqlitePortal", "new_id"]
+__all__ = ["SqlPortal", "new_id"]
 
 
 def new_id() -> str:
@@ -40,11 +37,15 @@ def new_id() -> str:
     return secrets.token_hex(8)
 
 
-class SqlitePortal(Connection):
+class _Taken(Exception):
+    """Rolls back an insert that found its credential id taken."""
+
+
+class SqlPortal(SqlConnection):
     # -- sessions -------------------------------------------------------------
 
     _SESSION_COLUMNS = (
-        "id, user, level, created_at, last_seen_at, expires_at, second_factor_at,"
+        'id, "user", level, created_at, last_seen_at, expires_at, second_factor_at,'
         " address, user_agent"
     )
 
@@ -77,7 +78,10 @@ class SqlitePortal(Connection):
             user_agent,
         )
         with self._tx("create portal session") as db:
-            _ensure_user(db, user, now)
+            # The account's lock: the bound below counts its rows; whoever has the
+            # password could otherwise open a session per try, so the least
+            # recently seen password-level ones make room.
+            self.dialect.lock_user(db, user, now)
             db.execute(
                 f"INSERT INTO portal_sessions({self._SESSION_COLUMNS}, token_digest)"  # noqa: S608
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -94,12 +98,10 @@ class SqlitePortal(Connection):
                     token_digest,
                 ),
             )
-            # Bounded: whoever has the password could otherwise open a session per
-            # try; the least recently seen password-level ones make room.
             db.execute(
-                "DELETE FROM portal_sessions WHERE id IN (SELECT id FROM portal_sessions"
-                " WHERE user = ? AND level = 'password'"
-                " ORDER BY last_seen_at DESC, rowid DESC LIMIT -1 OFFSET ?)",
+                "DELETE FROM portal_sessions WHERE id IN (SELECT id FROM portal_sessions"  # noqa: S608
+                " WHERE \"user\" = ? AND level = 'password'"
+                f" ORDER BY last_seen_at DESC, {self.dialect.ord} DESC {self.dialect.offset})",
                 (user, MAX_PASSWORD_SESSIONS),
             )
         return session
@@ -117,7 +119,6 @@ class SqlitePortal(Connection):
         )
         if row is None:
             return None
-        # A revoked session is deleted; the two expiries are checked here.
         session = self._session_row(row)
         if now > session.expires_at or now - session.last_seen_at > idle:
             return None
@@ -126,15 +127,16 @@ class SqlitePortal(Connection):
     def touch_portal_session(self, session_id: str, now: float) -> None:
         with self._tx("touch portal session") as db:
             db.execute(
-                "UPDATE portal_sessions SET last_seen_at = max(last_seen_at, ?) WHERE id = ?",
+                "UPDATE portal_sessions"  # noqa: S608
+                f" SET last_seen_at = {self.dialect.greatest}(last_seen_at, ?) WHERE id = ?",
                 (now, session_id),
             )
 
     def raise_portal_session(self, session_id: str, token_digest: bytes, now: float) -> bool:
         with self._tx("raise portal session") as db:
             cursor = db.execute(
-                "UPDATE portal_sessions SET level = 'full', second_factor_at = ?,"
-                " token_digest = ?, last_seen_at = max(last_seen_at, ?)"
+                "UPDATE portal_sessions SET level = 'full', second_factor_at = ?,"  # noqa: S608
+                f" token_digest = ?, last_seen_at = {self.dialect.greatest}(last_seen_at, ?)"
                 " WHERE id = ? AND expires_at >= ?",
                 (now, token_digest, now, session_id, now),
             )
@@ -145,7 +147,8 @@ class SqlitePortal(Connection):
             "list portal sessions",
             lambda db: db.execute(
                 f"SELECT {self._SESSION_COLUMNS} FROM portal_sessions"  # noqa: S608
-                " WHERE user = ? AND expires_at >= ? ORDER BY created_at DESC, rowid DESC",
+                ' WHERE "user" = ? AND expires_at >= ?'
+                f" ORDER BY created_at DESC, {self.dialect.ord} DESC",
                 (user, now),
             ).fetchall(),
         )
@@ -154,15 +157,17 @@ class SqlitePortal(Connection):
     def revoke_portal_session(self, user: str, session_id: str) -> bool:
         with self._tx("revoke portal session") as db:
             cursor = db.execute(
-                "DELETE FROM portal_sessions WHERE user = ? AND id = ?", (user, session_id)
+                'DELETE FROM portal_sessions WHERE "user" = ? AND id = ?', (user, session_id)
             )
             return cursor.rowcount > 0
 
     def revoke_portal_sessions(self, user: str, *, keep: str | None = None) -> int:
         with self._tx("revoke portal sessions") as db:
-            # `id IS NOT NULL` (no `keep`) matches every session.
+            # `id IS DISTINCT FROM NULL` (no `keep`) matches every session.
             cursor = db.execute(
-                "DELETE FROM portal_sessions WHERE user = ? AND id IS NOT ?", (user, keep)
+                'DELETE FROM portal_sessions WHERE "user" = ?'  # noqa: S608
+                f" AND id {self.dialect.is_distinct} ?",
+                (user, keep),
             )
             return cursor.rowcount
 
@@ -173,30 +178,30 @@ class SqlitePortal(Connection):
     # -- passkeys -------------------------------------------------------------
 
     def user_handle(self, user: str, new_handle: bytes, now: float) -> bytes:
-        # BEGIN IMMEDIATE holds the write lock from the read to the write: the
-        # first caller stores its handle, the others read it.
         with self._tx("user handle") as db:
-            row = db.execute("SELECT handle FROM user_handles WHERE user = ?", (user,)).fetchone()
-            if row is not None:
-                return bytes(row[0])
-            _ensure_user(db, user, now)
+            ensure_user(db, user, now)
+            # The first caller's insert wins; the others wait for it, do nothing
+            # and read its handle. A handle of another account is a UNIQUE error.
             db.execute(
-                "INSERT INTO user_handles(user, handle, created_at) VALUES (?, ?, ?)",
+                'INSERT INTO user_handles("user", handle, created_at) VALUES (?, ?, ?)'
+                ' ON CONFLICT ("user") DO NOTHING',
                 (user, new_handle, now),
             )
-            return new_handle
+            row = db.execute('SELECT handle FROM user_handles WHERE "user" = ?', (user,)).fetchone()
+            assert row is not None  # noqa: S101 - inserted or there before
+            return bytes(row[0])
 
     def user_for_handle(self, handle: bytes) -> str | None:
         row = self._read(
             "user for handle",
             lambda db: db.execute(
-                "SELECT user FROM user_handles WHERE handle = ?", (handle,)
+                'SELECT "user" FROM user_handles WHERE handle = ?', (handle,)
             ).fetchone(),
         )
         return str(row[0]) if row else None
 
     _PK_COLUMNS = (
-        "id, user, credential_id, public_key, sign_count, name, aaguid, created_at, last_used_at"
+        'id, "user", credential_id, public_key, sign_count, name, aaguid, created_at, last_used_at'
     )
 
     @staticmethod
@@ -219,30 +224,52 @@ class SqlitePortal(Connection):
         record = PasskeyRecord(
             new_id(), user, credential_id, public_key, sign_count, name, aaguid, now, None
         )
-        # The checks and the insert under one write lock: concurrent callers never
-        # pass the limit together nor store one credential twice.
-        with self._tx("add passkey") as db:
-            taken = db.execute(
-                "SELECT 1 FROM passkeys WHERE credential_id = ?", (credential_id,)
-            ).fetchone()
-            (count,) = db.execute(
-                "SELECT COUNT(*) FROM passkeys WHERE user = ?", (user,)
-            ).fetchone()
-            if taken is not None or count >= MAX_PASSKEYS:
-                return None
-            _ensure_user(db, user, now)
-            db.execute(
-                f"INSERT INTO passkeys({self._PK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
-                (record.id, user, credential_id, public_key, sign_count, name, aaguid, now, None),
-            )
+        try:
+            with self._tx("add passkey") as db:
+                # The account's lock from the count to the insert; nothing is
+                # written (not even the user) when the passkey is refused.
+                self.dialect.lock_account(db, user)
+                taken = db.execute(
+                    "SELECT 1 FROM passkeys WHERE credential_id = ?", (credential_id,)
+                ).fetchone()
+                row = db.execute(
+                    'SELECT COUNT(*) FROM passkeys WHERE "user" = ?', (user,)
+                ).fetchone()
+                if taken is not None or (row is not None and row[0] >= MAX_PASSKEYS):
+                    return None
+                ensure_user(db, user, now)
+                # A credential id that another account's transaction stored since
+                # the check (PostgreSQL; SQLite's write lock excludes it): nothing
+                # inserted (the constraint waits for the concurrent insert, then
+                # skips), and the transaction is rolled back.
+                cursor = db.execute(
+                    f"INSERT INTO passkeys({self._PK_COLUMNS})"  # noqa: S608
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT (credential_id) DO NOTHING",
+                    (
+                        record.id,
+                        user,
+                        credential_id,
+                        public_key,
+                        sign_count,
+                        name,
+                        aaguid,
+                        now,
+                        None,
+                    ),
+                )
+                if cursor.rowcount == 0:
+                    raise _Taken
+        except _Taken:
+            return None
         return record
 
     def list_passkeys(self, user: str) -> list[PasskeyRecord]:
         rows = self._read(
             "list passkeys",
             lambda db: db.execute(
-                f"SELECT {self._PK_COLUMNS} FROM passkeys WHERE user = ?"  # noqa: S608
-                " ORDER BY created_at, rowid",
+                f'SELECT {self._PK_COLUMNS} FROM passkeys WHERE "user" = ?'  # noqa: S608
+                f" ORDER BY created_at, {self.dialect.ord}",
                 (user,),
             ).fetchall(),
         )
@@ -273,14 +300,15 @@ class SqlitePortal(Connection):
     def rename_passkey(self, user: str, passkey_id: str, name: str) -> bool:
         with self._tx("rename passkey") as db:
             cursor = db.execute(
-                "UPDATE passkeys SET name = ? WHERE user = ? AND id = ?", (name, user, passkey_id)
+                'UPDATE passkeys SET name = ? WHERE "user" = ? AND id = ?',
+                (name, user, passkey_id),
             )
             return cursor.rowcount > 0
 
     def remove_passkey(self, user: str, passkey_id: str) -> bool:
         with self._tx("remove passkey") as db:
             cursor = db.execute(
-                "DELETE FROM passkeys WHERE user = ? AND id = ?", (user, passkey_id)
+                'DELETE FROM passkeys WHERE "user" = ? AND id = ?', (user, passkey_id)
             )
             return cursor.rowcount > 0
 
@@ -290,28 +318,30 @@ class SqlitePortal(Connection):
         kind, _, passkey_id = factor.partition(":")
         if factor != "totp" and (kind != "passkey" or not passkey_id):
             return "absent"
-        # BEGIN IMMEDIATE holds the write lock from the count to the delete: a
-        # concurrent removal waits, then counts what this one left.
         with self._tx("remove second factor") as db:
-            (totp,) = db.execute("SELECT COUNT(*) FROM totp WHERE user = ?", (user,)).fetchone()
-            (passkeys,) = db.execute(
-                "SELECT COUNT(*) FROM passkeys WHERE user = ?", (user,)
+            # The account's lock from the count to the delete: a concurrent
+            # removal waits, then counts what this one left.
+            row = db.execute(
+                "SELECT 1 FROM users WHERE name = ?" + self.dialect.for_update,  # noqa: S608
+                (user,),
             ).fetchone()
-            if factor == "totp":
-                held = totp > 0
-            else:
-                held = (
-                    db.execute(
-                        "SELECT 1 FROM passkeys WHERE user = ? AND id = ?", (user, passkey_id)
-                    ).fetchone()
-                    is not None
-                )
+            if row is None:
+                return "absent"
+            counts = db.execute(
+                'SELECT (SELECT COUNT(*) FROM totp WHERE "user" = ?),'
+                ' (SELECT COUNT(*) FROM passkeys WHERE "user" = ?),'
+                ' (SELECT COUNT(*) FROM passkeys WHERE "user" = ? AND id = ?)',
+                (user, user, user, passkey_id),
+            ).fetchone()
+            assert counts is not None  # noqa: S101 - one row
+            totp, passkeys, this = counts
+            held = totp > 0 if factor == "totp" else this > 0
             if not held:
                 return "absent"
             if totp + passkeys <= 1:
                 return "last"
             if factor == "totp":
-                db.execute("DELETE FROM totp WHERE user = ?", (user,))
+                db.execute('DELETE FROM totp WHERE "user" = ?', (user,))
             else:
-                db.execute("DELETE FROM passkeys WHERE user = ? AND id = ?", (user, passkey_id))
+                db.execute('DELETE FROM passkeys WHERE "user" = ? AND id = ?', (user, passkey_id))
             return "removed"

@@ -1,12 +1,15 @@
-"""The portal's one-time codes and feeds on PostgreSQL (`imapguard.state.portal`:
-`RecoveryCodeStore`, `InviteStore`, `SignInStore`, `RevocationFeed`).
+"""The portal's one-time codes and feeds (`imapguard.state.portal`:
+`RecoveryCodeStore`, `InviteStore`, `SignInStore`, `RevocationFeed`) on SQLite and
+PostgreSQL (`dialect.py`).
 
 A code or an invitation is used by one conditional `UPDATE ... WHERE used_at IS
 NULL`: of concurrent callers in any process or node exactly one wins. The
-history is trimmed on insert under the account's row lock. The feed's seq comes
-from an identity column, which never goes back (no seq is reused); a writer
-takes a transaction-level advisory lock before it inserts, held to its commit,
-so a later seq is never committed (visible) before an earlier one.
+history is trimmed on insert under the account's lock. The feed's seq never goes
+back (no seq is reused: SQLite's AUTOINCREMENT key, PostgreSQL's identity
+column); a writer takes the feed's lock before it inserts (`Dialect.lock_feed`:
+SQLite's file write lock, PostgreSQL's transaction-level advisory lock), held
+to its commit, so a later seq is never committed (visible) before an earlier
+one.
 """
 
 from __future__ import annotations
@@ -14,24 +17,23 @@ from __future__ import annotations
 from typing import Any
 
 from imapguard.state.portal import MAX_RECOVERY_CODES, MAX_SIGN_INS, Revocation, SignInRecord
-from imapguard.state.postgres.accounts import ensure_user
-from imapguard.state.postgres.connection import LOCK_REVOCATIONS, Db, PgConnection
-from imapguard.state.sqlite.portal import new_id
+from imapguard.state.sql.dialect import Db, Dialect, SqlConnection, ensure_user
+from imapguard.state.sql.portal import new_id
 
-__all__ = ["PgPortalRecords"]
+__all__ = ["SqlPortalRecords"]
 
 
-def _publish(db: Db, user: str, credential: str | None, now: float) -> int:
-    db.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_REVOCATIONS,))
+def _publish(dialect: Dialect, db: Db, user: str, credential: str | None, now: float) -> int:
+    dialect.lock_feed(db)
     row = db.execute(
-        'INSERT INTO revocations("user", credential, at) VALUES (%s, %s, %s) RETURNING seq',
+        'INSERT INTO revocations("user", credential, at) VALUES (?, ?, ?) RETURNING seq',
         (user, credential, now),
     ).fetchone()
     assert row is not None  # noqa: S101 - RETURNING gives the row
     return int(row[0])
 
 
-class PgPortalRecords(PgConnection):
+class SqlPortalRecords(SqlConnection):
     # -- recovery codes -------------------------------------------------------
 
     def set_recovery_codes(self, user: str, digests: list[bytes], now: float) -> None:
@@ -41,18 +43,18 @@ class PgPortalRecords(PgConnection):
             raise ValueError("a recovery code given twice")
         with self._tx("set recovery codes") as db:
             ensure_user(db, user, now)
-            db.execute('DELETE FROM recovery_codes WHERE "user" = %s', (user,))
-            with db.cursor() as cursor:
-                cursor.executemany(
-                    'INSERT INTO recovery_codes("user", digest, created_at) VALUES (%s, %s, %s)',
-                    [(user, digest, now) for digest in digests],
-                )
+            db.execute('DELETE FROM recovery_codes WHERE "user" = ?', (user,))
+            db.executemany(
+                'INSERT INTO recovery_codes("user", digest, created_at) VALUES (?, ?, ?)',
+                [(user, digest, now) for digest in digests],
+            )
 
     def use_recovery_code(self, user: str, digest: bytes, now: float) -> bool:
         with self._tx("use recovery code") as db:
+            # One conditional UPDATE: of concurrent callers only one marks it used.
             cursor = db.execute(
-                "UPDATE recovery_codes SET used_at = %s"
-                ' WHERE "user" = %s AND digest = %s AND used_at IS NULL',
+                "UPDATE recovery_codes SET used_at = ?"
+                ' WHERE "user" = ? AND digest = ? AND used_at IS NULL',
                 (now, user, digest),
             )
             return cursor.rowcount > 0
@@ -61,7 +63,7 @@ class PgPortalRecords(PgConnection):
         row = self._read(
             "count recovery codes",
             lambda db: db.execute(
-                'SELECT COUNT(*) FROM recovery_codes WHERE "user" = %s AND used_at IS NULL',
+                'SELECT COUNT(*) FROM recovery_codes WHERE "user" = ? AND used_at IS NULL',
                 (user,),
             ).fetchone(),
         )
@@ -73,22 +75,24 @@ class PgPortalRecords(PgConnection):
         with self._tx("add invite") as db:
             ensure_user(db, user, now)
             db.execute(
-                'INSERT INTO invites(digest, "user", created_at, expires_at)'
-                " VALUES (%s, %s, %s, %s)",
+                'INSERT INTO invites(digest, "user", created_at, expires_at) VALUES (?, ?, ?, ?)',
                 (digest, user, now, expires_at),
             )
 
     def use_invite(self, digest: bytes, user: str, now: float) -> bool:
         with self._tx("use invite") as db:
+            # One conditional UPDATE: of concurrent callers only one marks it
+            # used, and only when it names `user`.
             used = db.execute(
-                'UPDATE invites SET used_at = %s WHERE digest = %s AND "user" = %s'
-                " AND used_at IS NULL AND expires_at >= %s",
+                'UPDATE invites SET used_at = ? WHERE digest = ? AND "user" = ?'
+                " AND used_at IS NULL AND expires_at >= ?",
                 (now, digest, user, now),
             ).rowcount
             if not used:
                 return False
+            # The account's other invitations are void from now on.
             db.execute(
-                'UPDATE invites SET used_at = %s WHERE "user" = %s AND used_at IS NULL',
+                'UPDATE invites SET used_at = ? WHERE "user" = ? AND used_at IS NULL',
                 (now, user),
             )
             return True
@@ -117,16 +121,19 @@ class PgPortalRecords(PgConnection):
     ) -> None:
         with self._tx("record sign-in") as db:
             # Only for a user the store knows (locked: the trim counts its rows).
-            if not db.execute("SELECT 1 FROM users WHERE name = %s FOR UPDATE", (user,)).fetchone():
+            if not db.execute(
+                "SELECT 1 FROM users WHERE name = ?" + self.dialect.for_update,  # noqa: S608
+                (user,),
+            ).fetchone():
                 return
             db.execute(
                 'INSERT INTO sign_ins(id, "user", at, address, method, ok, reason, credential,'
-                " client) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                " client) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (new_id(), user, at, address, method, ok, reason, credential, client),
             )
             db.execute(
-                "DELETE FROM sign_ins WHERE seq IN (SELECT seq FROM sign_ins"
-                ' WHERE "user" = %s ORDER BY at DESC, seq DESC OFFSET %s)',
+                "DELETE FROM sign_ins WHERE seq IN (SELECT seq FROM sign_ins"  # noqa: S608
+                f' WHERE "user" = ? ORDER BY at DESC, seq DESC {self.dialect.offset})',
                 (user, MAX_SIGN_INS),
             )
 
@@ -135,7 +142,7 @@ class PgPortalRecords(PgConnection):
             "list sign-ins",
             lambda db: db.execute(
                 f"SELECT {self._SIGN_IN_COLUMNS} FROM sign_ins"  # noqa: S608
-                ' WHERE "user" = %s AND at >= %s ORDER BY at DESC, seq DESC LIMIT %s',
+                ' WHERE "user" = ? AND at >= ? ORDER BY at DESC, seq DESC LIMIT ?',
                 (user, since, max(limit, 0)),
             ).fetchall(),
         )
@@ -146,7 +153,7 @@ class PgPortalRecords(PgConnection):
             "get sign-in",
             lambda db: db.execute(
                 f"SELECT {self._SIGN_IN_COLUMNS} FROM sign_ins"  # noqa: S608
-                ' WHERE "user" = %s AND id = %s',
+                ' WHERE "user" = ? AND id = ?',
                 (user, sign_in_id),
             ).fetchone(),
         )
@@ -155,7 +162,7 @@ class PgPortalRecords(PgConnection):
     def disown_sign_in(self, user: str, sign_in_id: str) -> bool:
         with self._tx("disown sign-in") as db:
             cursor = db.execute(
-                'UPDATE sign_ins SET disowned = TRUE WHERE "user" = %s AND id = %s',
+                'UPDATE sign_ins SET disowned = TRUE WHERE "user" = ? AND id = ?',
                 (user, sign_in_id),
             )
             return cursor.rowcount > 0
@@ -164,7 +171,7 @@ class PgPortalRecords(PgConnection):
 
     def publish_revocation(self, user: str, credential: str | None, now: float) -> int:
         with self._tx("publish revocation") as db:
-            return _publish(db, user, credential, now)
+            return _publish(self.dialect, db, user, credential, now)
 
     def revoke(self, user: str, credential: str | None, now: float) -> bool:
         kind, _, ident = (credential or "").partition(":")
@@ -174,7 +181,7 @@ class PgPortalRecords(PgConnection):
             if credential is None:
                 removed = sum(
                     db.execute(
-                        f'DELETE FROM {table} WHERE "user" = %s',  # noqa: S608
+                        f'DELETE FROM {table} WHERE "user" = ?',  # noqa: S608
                         (user,),
                     ).rowcount
                     for table in ("app_passwords", "devices", "portal_sessions")
@@ -182,20 +189,20 @@ class PgPortalRecords(PgConnection):
             else:
                 table = "app_passwords" if kind == "app-password" else "devices"
                 removed = db.execute(
-                    f'DELETE FROM {table} WHERE "user" = %s AND id = %s',  # noqa: S608
+                    f'DELETE FROM {table} WHERE "user" = ? AND id = ?',  # noqa: S608
                     (user, ident),
                 ).rowcount
             if removed <= 0:
                 return False
-            _publish(db, user, credential, now)
+            _publish(self.dialect, db, user, credential, now)
             return True
 
     def revocations_after(self, seq: int, limit: int) -> list[Revocation]:
         rows = self._read(
             "list revocations",
             lambda db: db.execute(
-                'SELECT seq, "user", credential, at FROM revocations WHERE seq > %s'
-                " ORDER BY seq LIMIT %s",
+                'SELECT seq, "user", credential, at FROM revocations WHERE seq > ?'
+                " ORDER BY seq LIMIT ?",
                 (seq, max(limit, 0)),
             ).fetchall(),
         )
@@ -210,4 +217,4 @@ class PgPortalRecords(PgConnection):
 
     def forget_revocations(self, before: float) -> int:
         with self._tx("forget revocations") as db:
-            return db.execute("DELETE FROM revocations WHERE at < %s", (before,)).rowcount
+            return db.execute("DELETE FROM revocations WHERE at < ?", (before,)).rowcount
