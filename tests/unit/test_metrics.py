@@ -287,3 +287,28 @@ async def test_unlisted_sources_holding_connections_cannot_starve_the_health_che
     finally:
         for _, writer in held:
             writer.close()
+
+
+@pytest.mark.asyncio
+async def test_refused_metrics_sources_hold_at_most_max_refused_connections(
+    server: Endpoint,
+) -> None:
+    """A flood from an address that may not scrape: the first MAX_REFUSED are
+    answered 403 and linger a second at most; the rest are closed without an
+    answer at once, so the flood holds a bounded number of the server's sockets."""
+    from imapguard.metrics.http import MAX_REFUSED
+
+    held = []
+    for _ in range(MAX_REFUSED + 20):
+        held.append(
+            await asyncio.open_connection("127.0.0.1", server.port, local_addr=("127.0.0.2", 0))
+        )
+    try:
+        answers = await asyncio.gather(*(asyncio.wait_for(r.read(), 5) for r, _ in held))
+        answered = [a for a in answers if a.startswith(b"HTTP/1.1 403 ")]
+        assert MAX_REFUSED // 2 <= len(answered) <= MAX_REFUSED
+        assert all(a == b"" for a in answers if not a.startswith(b"HTTP/1.1 403 "))
+        assert len(answered) < len(answers)
+    finally:
+        for _, writer in held:
+            writer.close()

@@ -24,13 +24,17 @@ from http import HTTPStatus
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-__all__ = ["MAX_CLIENTS", "MAX_REQUEST", "READ_TIMEOUT", "MetricsServer"]
+__all__ = ["MAX_CLIENTS", "MAX_REFUSED", "MAX_REQUEST", "READ_TIMEOUT", "MetricsServer"]
 
 log = logging.getLogger("imapguard.metrics")
 
 MAX_REQUEST = 8192  # request line and headers; a scraper sends a few hundred bytes
 READ_TIMEOUT = 5.0  # seconds for the whole request
 MAX_CLIENTS = 16  # a scraper or two and the load balancers' checks
+# Refused sources answered 403 at once (each lingers up to a second so the answer
+# is read); beyond these, a refused connection is closed without an answer, so
+# a flood from a refused source holds a bounded number of sockets.
+MAX_REFUSED = 64
 
 #: () -> None when healthy, else the reason (one line) the node takes no logins.
 Health = Callable[[], str | None]
@@ -51,6 +55,7 @@ class MetricsServer:
         self._collect = collect
         self._health = health
         self._clients = 0
+        self._refused = 0  # refused connections being answered now
         self._server: asyncio.Server | None = None
 
     async def start(self) -> None:
@@ -80,8 +85,14 @@ class MetricsServer:
             # Decided before a byte is read or a slot is taken: a source that may not
             # scrape cannot hold the slots the load balancer's health check needs.
             if not self._permitted(str(peer[0]) if peer else ""):
-                await _answer(writer, 403, "forbidden\n")
-                await _linger(reader, writer)
+                if self._refused >= MAX_REFUSED:
+                    return
+                self._refused += 1
+                try:
+                    await _answer(writer, 403, "forbidden\n")
+                    await _linger(reader, writer)
+                finally:
+                    self._refused -= 1
                 return
             if self._clients >= MAX_CLIENTS:
                 return
