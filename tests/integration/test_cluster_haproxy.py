@@ -54,8 +54,10 @@ __all__ = ["postgres", "redis"]
 pytestmark = pytest.mark.dovecot
 
 NET = "127.0.241"
-SPRAY_ACCOUNTS = 5  # test_cluster_redis.DEFENSE: a password on 5 accounts is a spray
-SOURCE_ACCOUNTS = 8  # ... and an address failing on 8 accounts is blocked
+# test_cluster_redis.DEFENSE: a password on 5 accounts is a spray, an address
+# failing on 8 accounts is blocked (at most: fewer once the posture tightens).
+SPRAY_ACCOUNTS = 5
+SOURCE_ACCOUNTS = 8
 
 
 @dataclass
@@ -152,7 +154,7 @@ def test_a_spray_through_haproxy_over_both_nodes_is_one_spray(cluster: Cluster) 
     # Yet it was one spray: counted once in Redis, the password's fingerprint
     # blocked, the alert naming addresses that came through either node.
     (alert,) = [e for gw in (a, b) for e in gw.events("spray_alert") if e["by"] == "fingerprint"]
-    assert alert["accounts"] == SPRAY_ACCOUNTS
+    assert alert["accounts"] <= SPRAY_ACCOUNTS
     for gw in (a, b):
         through = {e["src"] for e in gw.events("auth") if e.get("user") in users}
         assert through & set(alert["sources"]), (gw.base, alert)
