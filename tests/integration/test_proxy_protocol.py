@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from imapguard.gateway.proxyproto import v2_header
 from tests.dovecot import DovecotServer, free_port
 from tests.gateway import GatewayProcess
 from tests.haproxy import HAProxy, Route, running_haproxy
@@ -342,6 +343,44 @@ def test_local_header_of_a_health_check_is_the_proxys_own_connection(lb: Site) -
         port = c.local_port
     (connect,) = events(lb.gw, "connect", src=HAPROXY_SOURCE, src_port=port)
     assert connect["proxy"] == HAPROXY_SOURCE
+
+
+def mapped_login(s: Site, n: int, dovecot: DovecotServer) -> tuple[str, str]:
+    """A login through the trusted proxy whose v2 header names the client as
+    IPv4-mapped IPv6 (::ffff:127.0.215.N); the user and the plain IPv4 text."""
+    src = f"127.0.215.{n}"
+    user = new_user(dovecot, "pm")
+    password = s.gw.create_app_password(user, "phone")
+    header = v2_header((f"::ffff:{src}", 40000 + n), ("::ffff:127.0.0.1", s.proxied_starttls))
+    with RawClient(s.proxied_starttls, HAPROXY_SOURCE) as c:
+        c.send(header)
+        assert c.line().startswith(b"* OK")
+        assert c.command(b"s", b"STARTTLS")[-1].startswith(b"s OK")
+        c.starttls(s.gw.client_ssl())
+        assert c.command(b"a", f'LOGIN "{user}" "{password}"'.encode())[-1].startswith(b"a OK")
+    return user, src
+
+
+@pytest.mark.parametrize("forward", ["id", "proxy-v2"])
+def test_proxy_v2_mapped_ipv4_client_is_audited_and_sent_upstream_as_ipv4(
+    lb: Site, tmp_path: Path, dovecot: DovecotServer, forward: str
+) -> None:
+    """A balancer on a dual-stack socket names an IPv4 client as ::ffff:a.b.c.d:
+    the audit log, `ID x-originating-ip` and the gateway's own PROXY v2 header to
+    Dovecot all say a.b.c.d, or Dovecot's per-IP penalty and every log line
+    would see one client as two."""
+    with contextlib.ExitStack() as stack:
+        s = lb if forward == "id" else stack.enter_context(site(tmp_path, dovecot, proxy_v2=True))
+        user, src = mapped_login(s, 60 if forward == "id" else 61, dovecot)
+        (auth,) = events(s.gw, "auth", user=user)
+        assert (auth["src"], auth["result"]) == (src, "ok")
+        (connect,) = events(s.gw, "connect", session=auth["session"])
+        assert (connect["src"], connect["proxy"]) == (src, HAPROXY_SOURCE)
+        needle = f"user=<{user}>"
+        wait_for(lambda: dovecot_lines(dovecot, needle), 5, "Dovecot's login line")
+        (line,) = dovecot_lines(dovecot, needle)
+        assert f"rip={src}," in line
+        assert "::ffff:" not in line
 
 
 def test_proxy_v2_header_goes_before_implicit_tls_to_dovecot(tmp_path: Path) -> None:

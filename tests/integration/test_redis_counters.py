@@ -164,6 +164,31 @@ def test_the_sentinel_url_finds_the_master(
     direct.close()
 
 
+def test_a_loopback_sentinel_naming_a_master_on_another_host_is_not_followed(
+    redis_server: RedisServer,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """redis+sentinel:// without TLS: the Sentinel is on loopback, but a master
+    it names elsewhere would get the password and the defense's answers in
+    plain text: no connection is made, the call fails closed saying why."""
+    watcher = SentinelServer.create(tmp_path / "sentinel", redis_server)
+    conf = watcher.base / "sentinel.conf"
+    # A master at a documentation address (RFC 5737), down only after a minute.
+    conf.write_text(
+        conf.read_text()
+        .replace(f"127.0.0.1 {redis_server.port} 1", "192.0.2.10 6379 1")
+        .replace("down-after-milliseconds svc 1000", "down-after-milliseconds svc 60000")
+    )
+    watcher.start()
+    try:
+        store = open_counters(redis_server.state(counters_url=watcher.url))
+        with pytest.raises(StateUnavailable, match="a master on another host"):
+            store.defense_lookup([Target(TargetKind.SOURCE, "192.0.2.1")], ["posture"], time.time())
+        store.close()
+    finally:
+        watcher.stop()
+
+
 def test_after_a_failover_the_sentinel_url_follows_the_new_master(
     redis_server: RedisServer,  # noqa: F811
     tmp_path: Path,

@@ -102,6 +102,22 @@ def test_check_config(capsys: pytest.CaptureFixture[str], config: Path) -> None:
     assert "auth.methods[0]" in err
 
 
+def test_counters_url_to_another_host_without_tls_is_refused_by_check_config(
+    capsys: pytest.CaptureFixture[str], config: Path
+) -> None:
+    text = config.read_text()
+    config.write_text(text.replace("[state]\n", '[state]\ncounters_url = "redis://10.0.0.5/0"\n'))
+    code, _out, err = _run(capsys, "check-config", "--config", str(config))
+    assert code == 2
+    (line,) = err.splitlines()
+    assert line.startswith("config error: state.counters_url: plain redis:// to another host")
+    assert "10.0.0.5" not in err
+    config.write_text(
+        text.replace("[state]\n", '[state]\ncounters_url = "redis://127.0.0.1:6379/0"\n')
+    )
+    assert _run(capsys, "check-config", "--config", str(config))[0] == 0
+
+
 def test_config_from_environment(
     capsys: pytest.CaptureFixture[str], config: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -75,17 +75,56 @@ def test_a_postgresql_account_store_needs_shared_counters() -> None:
     alone = StateConfig.model_construct(url="postgresql://db.example.org/imapguard")
     assert [key for key, _ in counters_problems(alone)] == ["counters_url"]
     shared = StateConfig.model_construct(
-        url="postgresql://db.example.org/imapguard", counters_url="redis://r/0"
+        url="postgresql://db.example.org/imapguard", counters_url="rediss://r/0"
     )
     assert counters_problems(shared) == []
     assert counters_problems(StateConfig()) == []  # SQLite alone: one node's own counters
 
 
 def test_the_prefix_is_printable_without_spaces() -> None:
-    assert [k for k, _ in problems(counters_url="redis://h/0", counters_prefix="a b")] == [
+    assert [k for k, _ in problems(counters_url="rediss://h/0", counters_prefix="a b")] == [
         "state.counters_prefix"
     ]
-    assert StateConfig.checked(counters_url="redis://h/0", counters_prefix="site2:")
+    assert StateConfig.checked(counters_url="rediss://h/0", counters_prefix="site2:")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://redis.example.org:6379/0",
+        "redis://imapguard@10.0.0.5/2",
+        "redis://[2001:db8::7]:6379/0",
+        "redis+sentinel://127.0.0.1:26379,s2.example.org:26379/mail/0",
+    ],
+)
+def test_counters_url_to_another_host_without_tls_is_refused(tmp_path: Path, url: str) -> None:
+    """An attacker on the path to a plain-text Redis answers the precheck with
+    "no blocks" (the defense off) and reads the password: refused at load,
+    one line naming the key and the fix, never the URL."""
+    path = _write(tmp_path, "")
+    path.write_text(path.read_text().replace("[state]\n", f'[state]\ncounters_url = "{url}"\n', 1))
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    ((key, text),) = caught.value.problems
+    assert key == "state.counters_url"
+    assert "rediss://" in text
+    assert "loopback" in text
+    assert url not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://127.0.0.1:6379/0",
+        "redis://localhost/0",
+        "redis://[::1]:6380/1",
+        "redis+sentinel://127.0.0.1:26379,[::1]:26380/mail/0",
+        "rediss://redis.example.org:6380/0",
+        "rediss+sentinel://s1.example.org,s2.example.org/mail/0",
+    ],
+)
+def test_counters_url_on_loopback_or_with_tls_is_accepted(url: str) -> None:
+    assert StateConfig.checked(counters_url=url).counters_url == url
 
 
 def test_check_config_names_an_unreadable_or_shared_redis_password_file(tmp_path: Path) -> None:

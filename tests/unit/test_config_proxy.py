@@ -5,7 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from imapguard.cli import main
 from imapguard.config import load_config
+from imapguard.config.files import file_warnings
 from tests.unit.test_config import _problems, _write
 
 PROXIED = '[[listen]]\naddress = "127.0.0.1:10993"\ntls = "implicit"\n'
@@ -36,6 +40,33 @@ def test_a_bad_trusted_proxy_is_named(tmp_path: Path) -> None:
     assert list(problems) == ["listen[1].trusted_proxies"]
     assert "'10.0.0.0/33'" in problems["listen[1].trusted_proxies"]
     assert "'haproxy'" in problems["listen[1].trusted_proxies"]
+
+
+@pytest.mark.parametrize("everyone", ["0.0.0.0/0", "::/0", "10.0.0.2/0"])
+def test_trusted_proxies_of_everyone_is_refused_and_a_wide_range_warned(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], everyone: str
+) -> None:
+    """A /0 lets anyone on the internet send a PROXY header naming any source:
+    a blocked attacker names a fresh address per login, or an allowed network.
+    Refused; a range wider than a balancer pair's /24 or /64 is warned about by
+    check-config (and serve, which logs the same warnings)."""
+    body = PROXIED + f'proxy_protocol = true\ntrusted_proxies = ["10.0.0.2", "{everyone}"]\n'
+    problems = _problems(_write(tmp_path, body))
+    assert list(problems) == ["listen[1].trusted_proxies"]
+    assert f"{everyone} is every address" in problems["listen[1].trusted_proxies"]
+
+    wide = '["10.0.0.0/16", "10.1.0.0/24", "2001:db8::/48", "2001:db8:1::/64"]'
+    path = _write(tmp_path, PROXIED + f"proxy_protocol = true\ntrusted_proxies = {wide}\n")
+    warned = [w for w in file_warnings(load_config(path)) if "trusted_proxies" in w]
+    assert [w.split(" is ")[0] for w in warned] == [
+        "listen[1].trusted_proxies: 10.0.0.0/16",
+        "listen[1].trusted_proxies: 2001:db8::/48",
+    ]
+    assert main(["check-config", "--config", str(path)]) == 0
+    err = capsys.readouterr().err
+    assert "warning: listen[1].trusted_proxies: 10.0.0.0/16 is wider than a /24" in err
+    assert "warning: listen[1].trusted_proxies: 2001:db8::/48 is wider than a /64" in err
+    assert "10.1.0.0/24" not in err
 
 
 def test_trusted_proxies_without_proxy_protocol_is_refused(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ import pytest
 from imapguard.config import StateConfig, redacted_url
 from imapguard.errors import ConfigError
 
-COUNTERS = "redis://redis.example.org:6379/0"  # a PostgreSQL url requires one
+COUNTERS = "rediss://redis.example.org:6380/0"  # a PostgreSQL url requires one
 
 
 def _problems(**values: object) -> list[tuple[str, str]]:

@@ -88,8 +88,8 @@ def test_login_reasons_never_carry_client_text_or_grow_without_bound() -> None:
     )
     assert _value(m, "imapguard_logins_total", method="none", result="ok", reason="ok") == 1
     # An attacker who could vary the reason text gets at most MAX_REASONS series.
-    for i in range(MAX_REASONS * 3):
-        feed(_auth(f"reason{i} x"), 0.0)
+    for i in range(MAX_REASONS * 3):  # letters: digits are folded (below)
+        feed(_auth(f"reason {chr(97 + i // 26)}{chr(97 + i % 26)}"), 0.0)
     reasons = {
         s.labels["reason"]
         for family in text_string_to_metric_families(_text(m))
@@ -99,6 +99,31 @@ def test_login_reasons_never_carry_client_text_or_grow_without_bound() -> None:
     assert len(reasons) <= MAX_REASONS + 1
     assert "other" in reasons
     assert not any("alice" in r or "<" in r for r in reasons)
+
+
+def test_login_reason_labels_carry_no_record_ids() -> None:
+    """The reasons of app-password refusals name the record ("app password 17
+    expired"): its id in a label would leak ids and give each its own series."""
+    m = Metrics()
+    feed = AuditMetrics(m)
+    for record in range(1, MAX_REASONS * 2):
+        feed(_auth(f"app password {record} expired", method="app-password"), 0.0)
+        feed(_auth(f"app password {record} is not for this network", method="app-password"), 0.0)
+    reasons = {
+        s.labels["reason"]
+        for family in text_string_to_metric_families(_text(m))
+        for s in family.samples
+        if s.name == "imapguard_logins_total"
+    }
+    assert reasons == {"app password N expired", "app password N is not for this network"}
+    count = _value(
+        m,
+        "imapguard_logins_total",
+        method="app-password",
+        result="invalid",
+        reason="app password N expired",
+    )
+    assert count == MAX_REASONS * 2 - 1
 
 
 def test_posture_blocks_and_audit_failures_are_counted() -> None:

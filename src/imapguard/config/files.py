@@ -13,6 +13,7 @@ import stat
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from imapguard.config.gateway import proxy_warnings
 from imapguard.config.notify import MIN_WEBHOOK_SECRET
 
 if TYPE_CHECKING:
@@ -107,7 +108,8 @@ def file_problems(config: Config) -> list[tuple[str, str]]:
 
 def file_warnings(config: Config) -> list[str]:
     """Files that work today but not for long: the listeners' certificates
-    expired, not valid yet, or expiring within tls.EXPIRY_WARNING_DAYS."""
+    expired, not valid yet, or expiring within tls.EXPIRY_WARNING_DAYS; and
+    listeners that trust a wide range of proxies (`proxy_warnings`)."""
     from imapguard.tls import expiry_warning
 
     named = [("tls.certificate", config.tls.certificate)]
@@ -118,7 +120,7 @@ def file_warnings(config: Config) -> list[str]:
         warning = expiry_warning(path)
         if warning is not None:
             warnings.append(f"{key}: {warning}")
-    return warnings
+    return warnings + proxy_warnings(config.listen)
 
 
 def _check_pair(

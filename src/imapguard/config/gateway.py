@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+from collections.abc import Sequence
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, model_validator
@@ -17,7 +19,13 @@ __all__ = [
     "TlsConfig",
     "UpstreamConfig",
     "parse_address",
+    "proxy_warnings",
 ]
+
+# A trusted_proxies network wider than this is warned about: a balancer pair
+# sits in a /24 (IPv4) or a /64 (IPv6), and every host in the range may name
+# any client as the source of its connections.
+WIDEST_PROXIES = {4: 24, 6: 64}
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -67,7 +75,9 @@ class ListenConfig(Section):
     # connection's source everywhere (limits, defense, policy, audit, upstream).
     proxy_protocol: bool = False
     # The load balancers allowed to send that header (addresses or CIDR networks);
-    # a connection from any other address is closed before a byte of IMAP.
+    # a connection from any other address is closed before a byte of IMAP. Every
+    # host in them may name any source: a network wider than a /24 (IPv4) or a
+    # /64 (IPv6) is warned about at start, and 0.0.0.0/0 or ::/0 is refused.
     trusted_proxies: Networks = ()
 
     @model_validator(mode="after")
@@ -75,6 +85,17 @@ class ListenConfig(Section):
         if self.proxy_protocol and not self.trusted_proxies:
             raise_problems(
                 [("trusted_proxies", "required when proxy_protocol = true: the proxies' addresses")]
+            )
+        everyone = [n for n in self.trusted_proxies if _network(n).prefixlen == 0]
+        if everyone:
+            raise_problems(
+                [
+                    (
+                        "trusted_proxies",
+                        f"{everyone[0]} is every address: anyone could name any source"
+                        " (a block or policy's address); list the load balancers' addresses",
+                    )
+                ]
             )
         if self.trusted_proxies and not self.proxy_protocol:
             raise_problems(
@@ -86,6 +107,26 @@ class ListenConfig(Section):
                 ]
             )
         return self
+
+
+def _network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    return ipaddress.ip_network(text, strict=False)
+
+
+def proxy_warnings(listeners: Sequence[ListenConfig]) -> list[str]:
+    """The listeners' trusted_proxies networks wider than WIDEST_PROXIES."""
+    warnings: list[str] = []
+    for i, listener in enumerate(listeners):
+        for text in listener.trusted_proxies:
+            network = _network(text)
+            widest = WIDEST_PROXIES[network.version]
+            if network.prefixlen < widest:
+                warnings.append(
+                    f"listen[{i}].trusted_proxies: {text} is wider than a /{widest}: every"
+                    " host in it may name any client as its source; list the load"
+                    " balancers' addresses"
+                )
+    return warnings
 
 
 class TlsConfig(Section):

@@ -10,6 +10,12 @@
 A user name (Redis 6 ACL) may be given (`redis://imapguard@HOST/0`); the
 password never: it goes in `counters_password_file`. Messages never repeat the
 URL, which could hold one.
+
+Plain `redis://` (and `redis+sentinel://`) only reaches this host's loopback:
+whoever sits on the path to another host could answer for Redis (no blocks:
+the defense off) and read the password, so a Redis or a Sentinel elsewhere is
+reached with TLS (`rediss://`), and a Sentinel on loopback that names a master
+elsewhere is not followed (`state.redis.connect`).
 """
 
 from __future__ import annotations
@@ -17,7 +23,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
-__all__ = ["RedisAddress", "parse_redis_url"]
+from imapguard.net import is_loopback
+
+__all__ = ["PLAIN_TO_ANOTHER_HOST", "RedisAddress", "parse_redis_url", "plain_to_another_host"]
 
 SCHEMES = ("redis", "rediss", "redis+sentinel", "rediss+sentinel")
 
@@ -31,6 +39,18 @@ class RedisAddress:
     service: str | None
     db: int
     username: str | None
+
+
+PLAIN_TO_ANOTHER_HOST = (
+    "plain redis:// to another host: anyone on the path could answer for Redis"
+    " (no blocks, the defense off) and read its password; use rediss:// (TLS),"
+    " or reach Redis on this host's loopback (127.0.0.1, ::1, localhost)"
+)
+
+
+def plain_to_another_host(address: RedisAddress) -> bool:
+    """True if `address` is plain TCP (no TLS) to a host that is not loopback."""
+    return not address.tls and not all(is_loopback(host) for host, _ in address.hosts)
 
 
 def _host_port(text: str, default_port: int) -> tuple[str, int]:

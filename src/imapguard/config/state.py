@@ -7,7 +7,11 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 from pydantic import field_validator, model_validator
 
 from imapguard.config.base import Section, raise_problems
-from imapguard.config.redis_url import parse_redis_url
+from imapguard.config.redis_url import (
+    PLAIN_TO_ANOTHER_HOST,
+    parse_redis_url,
+    plain_to_another_host,
+)
 
 __all__ = ["AuditConfig", "StateConfig", "counters_problems", "redacted_url"]
 
@@ -103,7 +107,9 @@ class StateConfig(Section):
     # The defense's counters, blocks and posture in a Redis that every node
     # shares (None: in the `url` store, which must then be SQLite):
     # "redis://HOST:6379/0", "rediss://HOST:6380/0" (TLS), or the master of a
-    # Sentinel service "redis+sentinel://HOST1:26379,HOST2:26379/SERVICE/0".
+    # Sentinel service "redis+sentinel://HOST1:26379,HOST2:26379/SERVICE/0"
+    # ("rediss+sentinel://" with TLS). Plain redis:// only to loopback (127.0.0.1,
+    # ::1, localhost): a Redis or Sentinel on another host takes rediss://.
     # A user name may be given (redis://USER@HOST/0); the password never.
     counters_url: str | None = None
     # The Redis password (the first line of the file), if it asks for one.
@@ -149,6 +155,8 @@ def counters_problems(state: StateConfig) -> list[tuple[str, str]]:
     except ValueError as exc:
         add(("counters_url", str(exc)))
         return problems
+    if plain_to_another_host(address):
+        add(("counters_url", PLAIN_TO_ANOTHER_HOST))
     if not address.tls:
         for key in ("ca_file", "cert_file", "key_file"):
             if getattr(state, f"counters_{key}") is not None:

@@ -18,6 +18,8 @@ The rules (README, "Behind HAProxy"):
   UNKNOWN) leaves the connection as the proxy's own, with the proxy's address as
   its source (the spec's rule); such a connection gets the same dialogue, defense
   and policy as any other from that address.
+- The header's addresses are taken in canonical text (`canonical`): IPv4-mapped
+  IPv6 as the IPv4 address, as everywhere else.
 """
 
 from __future__ import annotations
@@ -28,9 +30,9 @@ import socket
 from collections.abc import Sequence
 
 from imapguard.gateway.proxyproto import HeaderReader, InvalidHeader, NeedMore, ProxyHeader
-from imapguard.net import parse
+from imapguard.net import normalize, parse
 
-__all__ = ["UNTRUSTED_PROXY", "ProxyTrust", "read_header"]
+__all__ = ["UNTRUSTED_PROXY", "ProxyTrust", "canonical", "read_header"]
 
 #: The `refused` reason of a peer that may not send a PROXY header.
 UNTRUSTED_PROXY = "not a trusted proxy"
@@ -64,3 +66,11 @@ async def read_header(sock: socket.socket, seconds: float) -> ProxyHeader | Inva
     except OSError as exc:
         return InvalidHeader(f"closed before its PROXY header ({exc.strerror or exc})")
     return result
+
+
+def canonical(address: tuple[str, int] | None) -> tuple[str, int] | None:
+    """An address of the header in canonical text: a balancer on a dual-stack
+    socket names an IPv4 client as IPv4-mapped IPv6 (`::ffff:192.0.2.7`), which
+    the audit log, `ID x-originating-ip` and the PROXY header to the upstream
+    must say as the IPv4 address (`imapguard.net`), or one client is two."""
+    return None if address is None else (normalize(address[0]), address[1])

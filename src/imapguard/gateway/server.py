@@ -39,7 +39,7 @@ from imapguard.gateway.admission import (
     source_key,
 )
 from imapguard.gateway.connection import BYE_BUSY, BYE_SHUTDOWN, Connection, Dialogue
-from imapguard.gateway.proxied import UNTRUSTED_PROXY, ProxyTrust, read_header
+from imapguard.gateway.proxied import UNTRUSTED_PROXY, ProxyTrust, canonical, read_header
 from imapguard.gateway.proxyproto import InvalidHeader
 from imapguard.gateway.revocation import RevocationReader, RevocationWatch, Wakeups
 from imapguard.gateway.runtime import Runtime
@@ -387,7 +387,7 @@ class Gateway:
                     self._refuse_quietly(source_key(via), listener, reason)
                     return
                 if header.source is not None:
-                    peer, local = header.source, header.destination
+                    peer, local = canonical(header.source), canonical(header.destination)
                 # The slot of the source the header names (no await in between).
                 self.slots.give_back(key)
                 held = None

@@ -27,7 +27,8 @@ __all__ = [
 
 # Distinct `reason` label values per process before the rest count as "other".
 MAX_REASONS = 64
-_REASON = re.compile(r"[a-z][a-z0-9 _-]{0,47}")
+_REASON = re.compile(r"[a-z][a-zN _-]{0,47}")
+_DIGITS = re.compile(r"[0-9]+")
 
 # Seconds: a TLS handshake or a login on a LAN takes milliseconds; a login the
 # defense delays waits seconds (its delays reach 25 s).
@@ -189,8 +190,9 @@ class Metrics:
 
     def reason_label(self, reason: str) -> str:
         """`reason` folded into a bounded label: the part before any detail
-        (": ...", " (...)"), lower-case, at most MAX_REASONS distinct values."""
-        head = reason.split(":", 1)[0].split(" (", 1)[0].strip().lower()
+        (": ...", " (...)"), lower-case, every run of digits (a record's id, as
+        in "app password 17 expired") as "N", at most MAX_REASONS distinct values."""
+        head = _DIGITS.sub("N", reason.split(":", 1)[0].split(" (", 1)[0].strip().lower())
         if not _REASON.fullmatch(head):
             return "other"
         if head not in self._reasons:

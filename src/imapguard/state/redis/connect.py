@@ -7,6 +7,11 @@ answer costs a login at most `CONNECT_TIMEOUT` to connect plus
 `COMMAND_TIMEOUT` for the reply (about 2 s), then `StateUnavailable`; a refused
 connection fails at once (a pooled connection that broke is retried once, at
 once, on a new one, which is what lets a restarted Redis be used again).
+
+Without TLS the configuration only names loopback hosts; a Sentinel there that
+names a master on another host is not followed either (`_LoopbackSentinel`):
+the connection would carry the password and the defense's answers in plain
+text over the network.
 """
 
 from __future__ import annotations
@@ -18,11 +23,12 @@ from typing import Any
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
-from redis.sentinel import Sentinel
+from redis.sentinel import MasterNotFoundError, Sentinel
 
 from imapguard.config.redis_url import RedisAddress, parse_redis_url
 from imapguard.config.state import StateConfig
 from imapguard.errors import StateUnavailable
+from imapguard.net import is_loopback
 from imapguard.state.redis.counters import RedisCounterStore
 
 __all__ = ["COMMAND_TIMEOUT", "CONNECT_TIMEOUT", "open_counters"]
@@ -68,6 +74,19 @@ def client_options(state: StateConfig, address: RedisAddress) -> dict[str, Any]:
     }
 
 
+class _LoopbackSentinel(Sentinel):
+    """Sentinels asked without TLS: the master they name must be on loopback."""
+
+    def discover_master(self, service_name: str) -> tuple[str, int]:
+        host, port = super().discover_master(service_name)
+        if not is_loopback(str(host)):
+            raise MasterNotFoundError(
+                "the Sentinels name a master on another host, not reached without TLS:"
+                " use rediss+sentinel:// (state.counters_url)"
+            )
+        return host, port
+
+
 def open_client(state: StateConfig, url: str) -> redis.Redis:
     """A client on the Redis at `url` (the configured counters_url), or on the
     master the Sentinels there name."""
@@ -89,7 +108,8 @@ def open_client(state: StateConfig, url: str) -> redis.Redis:
             **options,
         )
     # The Sentinels are asked without the password (it is the data nodes').
-    sentinel = Sentinel(list(address.hosts), sentinel_kwargs=dict(options), **options)
+    kind = Sentinel if address.tls else _LoopbackSentinel
+    sentinel = kind(list(address.hosts), sentinel_kwargs=dict(options), **options)
     client: redis.Redis = sentinel.master_for(
         address.service,
         db=address.db,
