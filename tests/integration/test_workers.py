@@ -2,7 +2,8 @@
 processes on the same ports, against real Dovecot: logins work through both,
 the metrics add up across them, a killed worker is replaced, SIGHUP reaches
 them (a broken configuration is refused once, by the parent), SIGTERM drains
-them all, and a second `serve` on the same state is refused."""
+them all, and a second `serve` on the same state is refused, while a local
+user squatting the address lock's name cannot stop `serve`."""
 
 from __future__ import annotations
 
@@ -155,3 +156,51 @@ def test_two_workers_serve_restart_reload_and_drain(tmp_path: Path, dovecot: Dov
     finally:
         gw.stop()
     assert "Traceback" not in gw.log_text()
+
+
+SQUAT = """
+import socket, sys, time
+lock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+lock.bind(sys.argv[1].encode().replace(b"@", b"\\0", 1))
+lock.listen(1)
+print("held", flush=True)
+time.sleep(120)
+"""
+
+
+def test_listen_lock_held_by_another_user_does_not_stop_serve(
+    tmp_path: Path, dovecot: DovecotServer
+) -> None:
+    gw = GatewayProcess.create(tmp_path, dovecot, workers=2)
+    # Another local user takes the lock's name first (an abstract socket: any
+    # user may bind any name), listening, so that it even answers the probe;
+    # serve runs as root here (CI), the squatter as nobody.
+    squatter = subprocess.Popen(
+        [
+            # setpriv execs the command itself: killing it kills the squatter.
+            *("setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"),
+            *("/usr/bin/python3", "-c", SQUAT),
+            f"@imapguard-listen:127.0.0.1:{gw.implicit_port}",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd="/",
+    )  # fmt: skip
+    try:
+        assert squatter.stdout is not None
+        assert squatter.stdout.readline() == "held\n"
+        gw.start(timeout=60)
+        try:
+            _wait("two worker processes", lambda: len(_workers(gw)) == 2, 60)
+            password = gw.create_app_password("alice")
+            _login(gw, password)
+            assert "served by another imapguard" not in gw.log_text()
+            assert (
+                f"listen[0].address: the lock of 127.0.0.1:{gw.implicit_port} is held by "
+                "user id" in gw.log_text()
+            )
+        finally:
+            gw.stop()
+    finally:
+        squatter.kill()
+        squatter.communicate()

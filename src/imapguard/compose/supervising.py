@@ -59,7 +59,9 @@ async def serve_workers(config: Config, config_path: str, workers: int) -> None:
     keys = [f"listen[{i}].address" for i in range(len(config.listen))]
     with contextlib.ExitStack() as held:
         for key, listener in zip(keys, config.listen, strict=True):
-            held.callback(address_lock(listener.address, key).close)
+            lock = address_lock(listener.address, key)
+            if lock is not None:
+                held.callback(lock.close)
         groups = bind_listeners(
             [
                 (key, parse_address(lst.address))
