@@ -2,8 +2,9 @@
 processes on the same ports, against real Dovecot: logins work through both,
 the metrics add up across them, a killed worker is replaced, SIGHUP reaches
 them (a broken configuration is refused once, by the parent), SIGTERM drains
-them all, and a second `serve` on the same state is refused, while a local
-user squatting the address lock's name cannot stop `serve`."""
+them all, and a second `serve` on the same state is refused. /health tells
+while a worker is down, and a local user squatting the address lock's name
+cannot stop `serve`."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import os
 import signal
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -153,6 +155,60 @@ def test_two_workers_serve_restart_reload_and_drain(tmp_path: Path, dovecot: Dov
         assert gw.proc.wait(30) == 0
         for pid in workers:
             assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text()
+    finally:
+        gw.stop()
+    assert "Traceback" not in gw.log_text()
+
+
+def _health(port: int) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def test_health_is_503_while_a_worker_is_down_and_ok_once_restarted(
+    tmp_path: Path, dovecot: DovecotServer
+) -> None:
+    metrics_port = free_port()
+    gw = GatewayProcess.create(
+        tmp_path,
+        dovecot,
+        workers=2,
+        extra_toml=f'[metrics]\naddress = "127.0.0.1:{metrics_port}"\n',
+    )
+    gw.start(timeout=60)
+    try:
+        _wait("two worker processes", lambda: len(_workers(gw)) == 2, 60)
+        _wait("health ok", lambda: _health(metrics_port) == (200, "ok\n"), 20)
+        # Stopped is not down: it still holds its socket and comes back.
+        stopped = sorted(_workers(gw))[1]
+        os.kill(stopped, signal.SIGSTOP)
+        try:
+            assert _health(metrics_port)[0] == 200
+        finally:
+            os.kill(stopped, signal.SIGCONT)
+
+        victim = sorted(_workers(gw))[0]
+        os.kill(victim, signal.SIGKILL)
+        answers: list[tuple[int, str]] = []
+        deadline = time.monotonic() + 30
+        # The parent starts it again after a pause (children.RESTART_FIRST):
+        # /health tells meanwhile, and is ok again once it runs.
+        while time.monotonic() < deadline:
+            answers.append(_health(metrics_port))
+            if answers[-1][0] == 200 and any(code == 503 for code, _ in answers):
+                break
+            time.sleep(0.05)
+        down = [body for code, body in answers if code == 503]
+        assert down, answers[-3:]
+        assert {body.strip() for body in down} == {"worker 0 not running"} or {
+            body.strip() for body in down
+        } == {"worker 1 not running"}
+        assert answers[-1] == (200, "ok\n")
+        assert len(_workers(gw)) == 2
+        assert victim not in _workers(gw)
     finally:
         gw.stop()
     assert "Traceback" not in gw.log_text()

@@ -6,7 +6,8 @@ address with SO_REUSEPORT, and starts N `imapguard worker` processes, each on
 its own sockets (`imapguard.children`: restarted with a growing pause if one
 dies; its queued connections wait on its socket meanwhile), and the portal
 process with `[portal]`. With `[metrics]` it serves /metrics and /health,
-summing the workers' values (`metrics.multiprocess`).
+summing the workers' values (`metrics.multiprocess`); /health is 503 "worker N
+not running" while a worker has no process (its queued connections wait).
 
 Signals: SIGHUP reads the configuration first, so a broken one is refused once,
 here, with the reason logged and audited, and the workers keep theirs; a good
@@ -109,7 +110,6 @@ async def _supervise(
                 stopping.set()
 
         return exited
-        return exited
 
     for k in range(count):
         workers.append(
@@ -131,9 +131,17 @@ async def _supervise(
         def collect() -> CollectorRegistry:
             return multiprocess.collect(folder)
 
-    server = await start_metrics(
-        config, None, lambda: "draining" if stopping.is_set() else None, collect
-    )
+    def problem() -> str | None:
+        if stopping.is_set():
+            return "draining"
+        # A worker's socket keeps taking connections while it is down (its
+        # restart pause grows to RESTART_MAX): nobody accepts them meanwhile.
+        for k, worker in enumerate(workers):
+            if worker.pid is None:
+                return f"worker {k} not running"
+        return None
+
+    server = await start_metrics(config, None, problem, collect)
 
     def reload() -> None:
         audit.reopen()
