@@ -2,16 +2,18 @@
 processes on the same ports, against real Dovecot: logins work through both,
 the metrics add up across them, a killed worker is replaced, SIGHUP reaches
 them (a broken configuration is refused once, by the parent), SIGTERM drains
-them all, and a second `serve` on the same state is refused. /health tells
-while a worker is down, and a local user squatting the address lock's name
-cannot stop `serve`."""
+them all, and a second `serve` on the same state is refused. A SIGHUP while
+they start ends none of them, /health tells while a worker is down, and a
+local user squatting the address lock's name cannot stop `serve`."""
 
 from __future__ import annotations
 
+import contextlib
 import imaplib
 import os
 import signal
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -155,6 +157,92 @@ def test_two_workers_serve_restart_reload_and_drain(tmp_path: Path, dovecot: Dov
         assert gw.proc.wait(30) == 0
         for pid in workers:
             assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text()
+    finally:
+        gw.stop()
+    assert "Traceback" not in gw.log_text()
+
+
+def _catches_sighup(pid: int) -> bool:
+    """The process has a handler for SIGHUP (SigCgt in /proc/PID/status)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    (mask,) = (line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:"))
+    return bool(int(mask, 16) & (1 << (signal.SIGHUP - 1)))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def test_sighup_during_start_neither_kills_serve_nor_a_worker(
+    tmp_path: Path, dovecot: DovecotServer
+) -> None:
+    # A `systemctl reload` (logrotate) while serve or a worker is still importing
+    # and opening: SIGHUP's default action would end it, and systemd counts that
+    # as a clean exit, so the gateway would stay down.
+    gw = GatewayProcess.create(tmp_path, dovecot, workers=2)
+    done = threading.Event()
+    workers_hit: set[int] = set()
+    sent = {"serve": 0, "workers": 0}
+
+    def hang_up() -> None:
+        while gw.proc is None and not done.is_set():
+            time.sleep(0.001)
+        if gw.proc is None:
+            return
+        serve = gw.proc.pid
+        # The interpreter's own start, before any imapguard code, is not
+        # covered by anything a program can do; from its first line on it is
+        # (tens of milliseconds in; the imports and the start take seconds).
+        deadline = time.monotonic() + 1.0
+        while not _catches_sighup(serve) and time.monotonic() < deadline:
+            time.sleep(0.001)
+        while not done.is_set():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(serve, signal.SIGHUP)
+                sent["serve"] += 1
+            for pid in _workers(gw):  # from their first moment (fork) on
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGHUP)
+                    sent["workers"] += 1
+                    workers_hit.add(pid)
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=hang_up)
+    thread.start()
+    try:
+        try:
+            gw.start(timeout=60)
+            _wait("two worker processes", lambda: len(_workers(gw)) == 2, 60)
+            _wait(
+                "both workers started",
+                lambda: {e["pid"] for e in gw.events("start")} >= _workers(gw),
+                60,
+            )
+            time.sleep(0.5)
+        finally:
+            done.set()
+            thread.join()
+        assert gw.proc is not None
+        assert gw.proc.poll() is None, gw.log_text()
+        assert sent["serve"] > 5
+        assert sent["workers"] > 5
+        workers = _workers(gw)
+        # Every worker that got a SIGHUP is one of the two running now: none died.
+        assert workers_hit == workers
+        assert all(_alive(pid) for pid in workers)
+        password = gw.create_app_password("alice")
+        for _ in range(4):
+            _login(gw, password)
+        assert _workers(gw) == workers
+        assert gw.proc.poll() is None
+        assert "exited" not in gw.log_text()
     finally:
         gw.stop()
     assert "Traceback" not in gw.log_text()

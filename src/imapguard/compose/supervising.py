@@ -31,6 +31,7 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
+from imapguard import hangup
 from imapguard.audit import AuditLog, events
 from imapguard.children import Child
 from imapguard.compose.observing import start_metrics
@@ -158,6 +159,8 @@ async def _supervise(
     loop.add_signal_handler(signal.SIGHUP, reload)
     loop.add_signal_handler(signal.SIGTERM, stopping.set)
     loop.add_signal_handler(signal.SIGINT, stopping.set)
+    if hangup.pending():  # one came while starting
+        loop.call_soon(reload)
     audit.emit(events.Start(pid=os.getpid()))
     log.info("serving with %d worker processes", len(workers))
     try:
