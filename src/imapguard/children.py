@@ -8,8 +8,11 @@ with the sockets and the read end of a pipe inherited. Rules:
   (`FDS_ENV`: `name=fd,name=fd,...`), read once and removed (`inherited`).
 * When the parent ends, however it ends (SIGKILL included), the child reads
   end-of-file on the pipe and stops (`watch_parent`): no orphan keeps a port.
-* SIGHUP is passed on (`hangup`). `stop()` sends SIGTERM, waits `stop_grace`
-  seconds, then kills.
+* SIGHUP is passed on (`hangup`). The child starts with SIGHUP blocked (the
+  signal mask survives fork and exec) until its command line records one
+  (`imapguard.hangup.defer`): a SIGHUP while it starts is a reload once it
+  runs, never its end. `stop()` sends SIGTERM, waits `stop_grace` seconds,
+  then kills.
 * A child that exits on its own is logged and started again after a pause
   that doubles from `RESTART_FIRST` to `RESTART_MAX` seconds (back to the first
   after it ran `RESTART_RESET` seconds): a child that cannot start does not spin.
@@ -24,6 +27,7 @@ import contextlib
 import logging
 import os
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -65,7 +69,7 @@ class Child:
         self._fds = dict(fds)
         self._stop_grace = stop_grace
         self._on_exit = on_exit
-        self._proc: asyncio.subprocess.Process | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
         self._stopping = asyncio.Event()
         #: The pid of the last process started (kept after it exits).
         self.last_pid: int | None = None
@@ -95,22 +99,26 @@ class Child:
         read_end, write_end = os.pipe()
         fds = {**self._fds, PARENT_FD: read_end}
         env = {**os.environ, FDS_ENV: ",".join(f"{k}={v}" for k, v in fds.items())}
+        # Started with SIGHUP blocked (see the module's notes), by subprocess
+        # itself: uvloop's (libuv's) spawn clears the child's signal mask.
+        # Blocked in this thread only while the child is forked, synchronously.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
         try:
-            self._proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "imapguard.cli",
-                *self._args,
+            # A fork and exec (vfork), not a wait: quick enough for the loop.
+            proc = subprocess.Popen(  # noqa: ASYNC220, S603 - this interpreter, our arguments
+                [sys.executable, "-m", "imapguard.cli", *self._args],
                 pass_fds=tuple(fds.values()),
                 env=env,
-                stdin=asyncio.subprocess.DEVNULL,
+                stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
-            self.last_pid = self._proc.pid
         finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
             os.close(read_end)
+        self._proc = proc
+        self.last_pid = proc.pid
         try:
-            return await self._proc.wait()
+            return await _exited(proc)
         finally:
             os.close(write_end)  # an earlier child, if it lingers, now stops too
             self._proc = None
@@ -127,16 +135,38 @@ class Child:
             return
         self.signal(signal.SIGTERM)
         try:
-            await asyncio.wait_for(proc.wait(), self._stop_grace)
+            await asyncio.wait_for(_exited(proc), self._stop_grace)
         except TimeoutError:
             self.signal(signal.SIGKILL)
-            await proc.wait()
+            await _exited(proc)
 
     def signal(self, signum: int) -> None:
         proc = self._proc
         if proc is not None and proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 proc.send_signal(signum)
+
+
+async def _exited(proc: subprocess.Popen[bytes]) -> int:
+    """Wait for `proc` to end, on the running loop (a pidfd turns readable when
+    the process exits, pidfd_open(2)); its exit status (minus a signal)."""
+    if proc.returncode is not None:
+        return proc.returncode
+    loop = asyncio.get_running_loop()
+    pidfd = os.pidfd_open(proc.pid)
+    ended: asyncio.Future[None] = loop.create_future()
+
+    def readable() -> None:
+        if not ended.done():
+            ended.set_result(None)
+
+    loop.add_reader(pidfd, readable)
+    try:
+        await ended
+    finally:
+        loop.remove_reader(pidfd)
+        os.close(pidfd)
+    return proc.wait()
 
 
 def inherited() -> dict[str, int] | None:

@@ -2,15 +2,20 @@
 processes on the same ports, against real Dovecot: logins work through both,
 the metrics add up across them, a killed worker is replaced, SIGHUP reaches
 them (a broken configuration is refused once, by the parent), SIGTERM drains
-them all, and a second `serve` on the same state is refused."""
+them all, and a second `serve` on the same state is refused. A SIGHUP while
+they start ends none of them, /health tells while a worker is down, and a
+local user squatting the address lock's name cannot stop `serve`."""
 
 from __future__ import annotations
 
+import contextlib
 import imaplib
 import os
 import signal
 import subprocess
+import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -155,3 +160,191 @@ def test_two_workers_serve_restart_reload_and_drain(tmp_path: Path, dovecot: Dov
     finally:
         gw.stop()
     assert "Traceback" not in gw.log_text()
+
+
+def _catches_sighup(pid: int) -> bool:
+    """The process has a handler for SIGHUP (SigCgt in /proc/PID/status)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    (mask,) = (line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:"))
+    return bool(int(mask, 16) & (1 << (signal.SIGHUP - 1)))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def test_sighup_during_start_neither_kills_serve_nor_a_worker(
+    tmp_path: Path, dovecot: DovecotServer
+) -> None:
+    # A `systemctl reload` (logrotate) while serve or a worker is still importing
+    # and opening: SIGHUP's default action would end it, and systemd counts that
+    # as a clean exit, so the gateway would stay down.
+    gw = GatewayProcess.create(tmp_path, dovecot, workers=2)
+    done = threading.Event()
+    workers_hit: set[int] = set()
+    sent = {"serve": 0, "workers": 0}
+
+    def hang_up() -> None:
+        while gw.proc is None and not done.is_set():
+            time.sleep(0.001)
+        if gw.proc is None:
+            return
+        serve = gw.proc.pid
+        # The interpreter's own start, before any imapguard code, is not
+        # covered by anything a program can do; from its first line on it is
+        # (tens of milliseconds in; the imports and the start take seconds).
+        deadline = time.monotonic() + 1.0
+        while not _catches_sighup(serve) and time.monotonic() < deadline:
+            time.sleep(0.001)
+        while not done.is_set():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(serve, signal.SIGHUP)
+                sent["serve"] += 1
+            for pid in _workers(gw):  # from their first moment (fork) on
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGHUP)
+                    sent["workers"] += 1
+                    workers_hit.add(pid)
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=hang_up)
+    thread.start()
+    try:
+        try:
+            gw.start(timeout=60)
+            _wait("two worker processes", lambda: len(_workers(gw)) == 2, 60)
+            _wait(
+                "both workers started",
+                lambda: {e["pid"] for e in gw.events("start")} >= _workers(gw),
+                60,
+            )
+            time.sleep(0.5)
+        finally:
+            done.set()
+            thread.join()
+        assert gw.proc is not None
+        assert gw.proc.poll() is None, gw.log_text()
+        assert sent["serve"] > 5
+        assert sent["workers"] > 5
+        workers = _workers(gw)
+        # Every worker that got a SIGHUP is one of the two running now: none died.
+        assert workers_hit == workers
+        assert all(_alive(pid) for pid in workers)
+        password = gw.create_app_password("alice")
+        for _ in range(4):
+            _login(gw, password)
+        assert _workers(gw) == workers
+        assert gw.proc.poll() is None
+        assert "exited" not in gw.log_text()
+    finally:
+        gw.stop()
+    assert "Traceback" not in gw.log_text()
+
+
+def _health(port: int) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def test_health_is_503_while_a_worker_is_down_and_ok_once_restarted(
+    tmp_path: Path, dovecot: DovecotServer
+) -> None:
+    metrics_port = free_port()
+    gw = GatewayProcess.create(
+        tmp_path,
+        dovecot,
+        workers=2,
+        extra_toml=f'[metrics]\naddress = "127.0.0.1:{metrics_port}"\n',
+    )
+    gw.start(timeout=60)
+    try:
+        _wait("two worker processes", lambda: len(_workers(gw)) == 2, 60)
+        _wait("health ok", lambda: _health(metrics_port) == (200, "ok\n"), 20)
+        # Stopped is not down: it still holds its socket and comes back.
+        stopped = sorted(_workers(gw))[1]
+        os.kill(stopped, signal.SIGSTOP)
+        try:
+            assert _health(metrics_port)[0] == 200
+        finally:
+            os.kill(stopped, signal.SIGCONT)
+
+        victim = sorted(_workers(gw))[0]
+        os.kill(victim, signal.SIGKILL)
+        answers: list[tuple[int, str]] = []
+        deadline = time.monotonic() + 30
+        # The parent starts it again after a pause (children.RESTART_FIRST):
+        # /health tells meanwhile, and is ok again once it runs.
+        while time.monotonic() < deadline:
+            answers.append(_health(metrics_port))
+            if answers[-1][0] == 200 and any(code == 503 for code, _ in answers):
+                break
+            time.sleep(0.05)
+        down = [body for code, body in answers if code == 503]
+        assert down, answers[-3:]
+        assert {body.strip() for body in down} == {"worker 0 not running"} or {
+            body.strip() for body in down
+        } == {"worker 1 not running"}
+        assert answers[-1] == (200, "ok\n")
+        assert len(_workers(gw)) == 2
+        assert victim not in _workers(gw)
+    finally:
+        gw.stop()
+    assert "Traceback" not in gw.log_text()
+
+
+SQUAT = """
+import socket, sys, time
+lock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+lock.bind(sys.argv[1].encode().replace(b"@", b"\\0", 1))
+lock.listen(1)
+print("held", flush=True)
+time.sleep(120)
+"""
+
+
+def test_listen_lock_held_by_another_user_does_not_stop_serve(
+    tmp_path: Path, dovecot: DovecotServer
+) -> None:
+    gw = GatewayProcess.create(tmp_path, dovecot, workers=2)
+    # Another local user takes the lock's name first (an abstract socket: any
+    # user may bind any name), listening, so that it even answers the probe;
+    # serve runs as root here (CI), the squatter as nobody.
+    squatter = subprocess.Popen(
+        [
+            # setpriv execs the command itself: killing it kills the squatter.
+            *("setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"),
+            *("/usr/bin/python3", "-c", SQUAT),
+            f"@imapguard-listen:127.0.0.1:{gw.implicit_port}",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd="/",
+    )  # fmt: skip
+    try:
+        assert squatter.stdout is not None
+        assert squatter.stdout.readline() == "held\n"
+        gw.start(timeout=60)
+        try:
+            _wait("two worker processes", lambda: len(_workers(gw)) == 2, 60)
+            password = gw.create_app_password("alice")
+            _login(gw, password)
+            assert "served by another imapguard" not in gw.log_text()
+            assert (
+                f"listen[0].address: the lock of 127.0.0.1:{gw.implicit_port} is held by "
+                "user id" in gw.log_text()
+            )
+        finally:
+            gw.stop()
+    finally:
+        squatter.kill()
+        squatter.communicate()

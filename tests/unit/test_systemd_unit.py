@@ -70,6 +70,9 @@ def test_unit_runs_unprivileged_with_only_the_bind_capability() -> None:
     assert settings["CapabilityBoundingSet"] == ["CAP_NET_BIND_SERVICE"]
     # SIGHUP reloads (and reopens the audit log for logrotate); SIGTERM drains.
     assert settings["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
+    # A reload during the start cannot stop it for good (clean exit by SIGHUP).
+    assert settings["Restart"] == ["on-failure"]
+    assert settings["RestartForceExitStatus"] == ["SIGHUP"]
     assert settings["KillSignal"] == ["SIGTERM"]
     # The only writable places: the state and the logs.
     assert settings["StateDirectory"] == ["imapguard"]

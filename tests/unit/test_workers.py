@@ -43,12 +43,15 @@ def test_a_port_held_by_another_program_is_named_in_one_line() -> None:
 def test_a_second_imapguard_cannot_join_the_same_address() -> None:
     address = f"127.0.0.1:{os.getpid()}-test"
     held = address_lock(address, "listen[0].address")
+    assert held is not None
     try:
         with pytest.raises(ConfigError, match="served by another imapguard serve"):
             address_lock(address, "listen[0].address")
     finally:
         held.close()
-    address_lock(address, "listen[0].address").close()  # free again once released
+    again = address_lock(address, "listen[0].address")  # free again once released
+    assert again is not None
+    again.close()
 
 
 def test_a_second_serve_on_one_sqlite_state_is_refused(tmp_path: Path) -> None:
@@ -61,6 +64,18 @@ def test_a_second_serve_on_one_sqlite_state_is_refused(tmp_path: Path) -> None:
         assert f"pid {os.getpid()}" in message
     with state_lock(url):  # released at the end of the first
         pass
+
+
+def test_second_serve_on_the_same_state_through_a_symlink_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "state.db").touch()
+    (tmp_path / "link.db").symlink_to(tmp_path / "data" / "state.db")
+    (tmp_path / "linkdir").symlink_to(tmp_path / "data")
+    with state_lock(f"sqlite:///{tmp_path}/data/state.db"):
+        for alias in ("link.db", "linkdir/state.db", "data/./state.db", "linkdir/../data/state.db"):
+            with pytest.raises(ConfigError) as caught, state_lock(f"sqlite:///{tmp_path}/{alias}"):
+                pass
+            assert f"pid {os.getpid()}" in caught.value.problems[0][1], alias
 
 
 def test_a_shared_store_takes_no_lock(tmp_path: Path) -> None:

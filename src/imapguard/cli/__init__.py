@@ -16,8 +16,17 @@ store's schema); what they share is in
 
 from __future__ import annotations
 
-import argparse
 import sys
+
+from imapguard import hangup
+
+# `serve`, `worker` and `portal` reload on SIGHUP; from here on, before the
+# imports below and the seconds of their start, a SIGHUP is recorded for their
+# handler instead of ending them (`imapguard.hangup`).
+if sys.argv[1:2] in (["serve"], ["worker"], ["portal"]):
+    hangup.defer()
+
+import argparse
 from collections.abc import Callable, Sequence
 
 from imapguard import __version__

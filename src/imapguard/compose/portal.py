@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from imapguard import hangup
 from imapguard.audit import AuditLog, events
 from imapguard.auth.chokepoint import Authenticator
 from imapguard.auth.oauth.relying_party import RelyingParty
@@ -196,6 +197,8 @@ async def serve_portal(config: Config, ready: Callable[[PortalServer], None] | N
         loop.add_signal_handler(signal.SIGHUP, reload)
         loop.add_signal_handler(signal.SIGTERM, portal.stop)
         loop.add_signal_handler(signal.SIGINT, portal.stop)
+        if hangup.pending():  # one came while starting
+            loop.call_soon(reload)
         audit.emit(events.Start(pid=os.getpid()))
         if ready is not None:
             ready(portal)

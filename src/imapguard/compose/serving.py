@@ -12,6 +12,7 @@ import socket
 import ssl
 from collections.abc import Callable
 
+from imapguard import hangup
 from imapguard.audit import AuditLog, events
 from imapguard.children import PARENT_FD, inherited, watch_parent
 from imapguard.compose.observing import start_metrics
@@ -110,6 +111,8 @@ async def serve(
         loop.add_signal_handler(signal.SIGHUP, reload)
         loop.add_signal_handler(signal.SIGTERM, stop)
         loop.add_signal_handler(signal.SIGINT, stop)
+        if hangup.pending():  # one came while starting
+            loop.call_soon(reload)
         freeze_startup_heap()
         audit.emit(events.Start(pid=os.getpid()))
         if portal is None and child is None:
@@ -169,6 +172,8 @@ async def serve_worker(config: Config, config_path: str, fds: dict[str, int]) ->
         loop.add_signal_handler(signal.SIGHUP, reload_gateway, gateway, services, config_path)
         loop.add_signal_handler(signal.SIGTERM, gateway.stop)
         loop.add_signal_handler(signal.SIGINT, gateway.stop)
+        if hangup.pending():  # one came while starting
+            loop.call_soon(reload_gateway, gateway, services, config_path)
         freeze_startup_heap()
         audit.emit(events.Start(pid=os.getpid()))
         async with asyncio.TaskGroup() as tg:

@@ -6,7 +6,8 @@ address with SO_REUSEPORT, and starts N `imapguard worker` processes, each on
 its own sockets (`imapguard.children`: restarted with a growing pause if one
 dies; its queued connections wait on its socket meanwhile), and the portal
 process with `[portal]`. With `[metrics]` it serves /metrics and /health,
-summing the workers' values (`metrics.multiprocess`).
+summing the workers' values (`metrics.multiprocess`); /health is 503 "worker N
+not running" while a worker has no process (its queued connections wait).
 
 Signals: SIGHUP reads the configuration first, so a broken one is refused once,
 here, with the reason logged and audited, and the workers keep theirs; a good
@@ -30,6 +31,7 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
+from imapguard import hangup
 from imapguard.audit import AuditLog, events
 from imapguard.children import Child
 from imapguard.compose.observing import start_metrics
@@ -59,7 +61,9 @@ async def serve_workers(config: Config, config_path: str, workers: int) -> None:
     keys = [f"listen[{i}].address" for i in range(len(config.listen))]
     with contextlib.ExitStack() as held:
         for key, listener in zip(keys, config.listen, strict=True):
-            held.callback(address_lock(listener.address, key).close)
+            lock = address_lock(listener.address, key)
+            if lock is not None:
+                held.callback(lock.close)
         groups = bind_listeners(
             [
                 (key, parse_address(lst.address))
@@ -107,7 +111,6 @@ async def _supervise(
                 stopping.set()
 
         return exited
-        return exited
 
     for k in range(count):
         workers.append(
@@ -129,9 +132,17 @@ async def _supervise(
         def collect() -> CollectorRegistry:
             return multiprocess.collect(folder)
 
-    server = await start_metrics(
-        config, None, lambda: "draining" if stopping.is_set() else None, collect
-    )
+    def problem() -> str | None:
+        if stopping.is_set():
+            return "draining"
+        # A worker's socket keeps taking connections while it is down (its
+        # restart pause grows to RESTART_MAX): nobody accepts them meanwhile.
+        for k, worker in enumerate(workers):
+            if worker.pid is None:
+                return f"worker {k} not running"
+        return None
+
+    server = await start_metrics(config, None, problem, collect)
 
     def reload() -> None:
         audit.reopen()
@@ -148,6 +159,8 @@ async def _supervise(
     loop.add_signal_handler(signal.SIGHUP, reload)
     loop.add_signal_handler(signal.SIGTERM, stopping.set)
     loop.add_signal_handler(signal.SIGINT, stopping.set)
+    if hangup.pending():  # one came while starting
+        loop.call_soon(reload)
     audit.emit(events.Start(pid=os.getpid()))
     log.info("serving with %d worker processes", len(workers))
     try:
