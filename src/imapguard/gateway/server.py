@@ -227,15 +227,21 @@ class Gateway:
         if self._checking is not None:
             self._checking.cancel()
         if self._tg is not None:
-            self._checking = self._tg.create_task(self._guard(self._check_upstream(runtime)))
+            self._checking = self._tg.create_task(self._check_upstream(runtime))
 
     @staticmethod
     async def _check_upstream(runtime: Runtime) -> None:
         """Log whether the upstream answers as configured: a problem found at
-        start is a warning, not a refusal (the upstream may come later)."""
+        start is a warning, not a refusal (the upstream may come later). A task
+        of its own (cancelled by the next reload's check before it may even
+        start), so nothing it raises can end the task group."""
         if runtime.upstream_check is None:
             return
-        found = await runtime.upstream_check()
+        try:
+            found = await runtime.upstream_check()
+        except Exception:
+            log.exception("upstream check failed")
+            return
         if found.ok:
             log.info("%s", found.message)
         else:
