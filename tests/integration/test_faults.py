@@ -344,8 +344,7 @@ def test_sighup_new_certificate_reaches_new_handshakes_in_every_worker_old_sessi
         for n, client in enumerate(relaying):
             assert client.command(b"n%d" % n, b"NOOP")[-1].startswith(b"n%d OK" % n)
             assert _fingerprint(client) == old_print
-        after = scrape(metrics_port)
-        assert after.value(CONNECTIONS, phase="relay") == len(relaying)
+        after = _settled(metrics_port, relay=len(relaying))
         assert delta(before, after, LOGINS, result="ok") == fresh_logins
         assert delta(before, after, "imapguard_tls_failures_total") >= 1  # the old CA's
         assert _gateway_pids(gw) == pids  # nothing restarted, nothing crashed
@@ -358,8 +357,7 @@ def test_sighup_new_certificate_reaches_new_handshakes_in_every_worker_old_sessi
             10,
             "the refused reload",
         )
-        refused = scrape(metrics_port)
-        assert refused.value(CONNECTIONS, phase="relay") == len(relaying)
+        refused = _settled(metrics_port, relay=len(relaying))
         assert _one_login(gw, _src(91), password, new_ctx).startswith(b"l OK ")
         for n, client in enumerate(relaying):
             assert client.command(b"m%d" % n, b"NOOP")[-1].startswith(b"m%d OK" % n)
