@@ -113,3 +113,26 @@ def submit(web: httpx.Client, page_path: str, action: str, data: dict[str, str])
     page = web.get(page_path)
     assert page.status_code == 200, page.text
     return web.post(action, data={"csrf": csrf(page), **data})
+
+
+def signed_in_admin(
+    gw: GatewayProcess, port: int, dovecot: DovecotServer, admin: str
+) -> httpx.Client:
+    """A new admin account (password and TOTP), signed in to the portal."""
+    password = secrets.token_urlsafe(12)
+    dovecot.add_user(admin, password)
+    enrolled = json.loads(gw.cli("totp", "enroll", admin, "--json").stdout)
+    web = httpx.Client(
+        base_url=f"https://localhost:{port}",
+        verify=ssl.create_default_context(cafile=str(gw.ca_cert)),
+        timeout=30.0,
+        headers={"Origin": f"https://localhost:{port}"},
+    )
+    form = web.get("/signin")
+    step = web.post("/signin", data={"csrf": csrf(form), "username": admin, "password": password})
+    assert step.status_code == 303, step.text
+    code_form = web.get("/signin/code")
+    code = pyotp.TOTP(enrolled["secret"]).now()
+    done = web.post("/signin/code", data={"csrf": csrf(code_form), "code": code})
+    assert done.status_code == 303, done.text
+    return web

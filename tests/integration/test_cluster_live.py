@@ -21,7 +21,6 @@ import contextlib
 import json
 import re
 import secrets
-import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -30,14 +29,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pyotp
 import pytest
 import redis
 
 from tests.dovecot import DovecotServer, free_port
 from tests.gateway import GatewayProcess
+from tests.integration import portal_web
 from tests.integration.conftest import AUTH_FAILED, RawClient, wait_for
-from tests.integration.portal_web import new_user, signed_in
+from tests.integration.portal_web import csrf, new_user, signed_in
 from tests.metrics_scrape import scrape
 from tests.postgres import PostgresServer, pg_url, postgres
 from tests.redis_server import RedisServer, redis_server
@@ -189,12 +188,6 @@ def test_a_forged_wakeup_ends_no_session(cluster: Cluster) -> None:
     assert b.events("revoked") == []
 
 
-def csrf(page: httpx.Response) -> str:
-    token = re.search(r'name="csrf" value="([^"]+)"', page.text)
-    assert token, page.text
-    return token.group(1)
-
-
 def sign_out(web: httpx.Client) -> None:
     """Which ends the admin's streams (within `admin_live.RECHECK`): the tests
     end theirs so, never by stopping the portal under an open stream."""
@@ -203,24 +196,7 @@ def sign_out(web: httpx.Client) -> None:
 
 
 def signed_in_admin(cluster: Cluster, dovecot: DovecotServer) -> httpx.Client:
-    a, port = cluster.a, cluster.portal_port
-    password = secrets.token_urlsafe(12)
-    dovecot.add_user(ADMIN, password)
-    enrolled = json.loads(a.cli("totp", "enroll", ADMIN, "--json").stdout)
-    web = httpx.Client(
-        base_url=f"https://localhost:{port}",
-        verify=ssl.create_default_context(cafile=str(a.ca_cert)),
-        timeout=30.0,
-        headers={"Origin": f"https://localhost:{port}"},
-    )
-    form = web.get("/signin")
-    step = web.post("/signin", data={"csrf": csrf(form), "username": ADMIN, "password": password})
-    assert step.status_code == 303, step.text
-    code_form = web.get("/signin/code")
-    code = pyotp.TOTP(enrolled["secret"]).now()
-    done = web.post("/signin/code", data={"csrf": csrf(code_form), "code": code})
-    assert done.status_code == 303, done.text
-    return web
+    return portal_web.signed_in_admin(cluster.a, cluster.portal_port, dovecot, ADMIN)
 
 
 class Stream:

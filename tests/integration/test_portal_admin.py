@@ -15,20 +15,19 @@ import contextlib
 import json
 import re
 import secrets
-import ssl
 import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
-import pyotp
 import pytest
 
 from imapguard.portal.admin_live import MAX_PER_ADMIN, RECHECK
 from tests.dovecot import DovecotServer, free_port
 from tests.gateway import GatewayProcess
 from tests.integration.conftest import AUTH_FAILED, RawClient, running_gateway, wait_for
+from tests.integration.portal_web import csrf, signed_in_admin
 
 pytestmark = pytest.mark.dovecot
 
@@ -68,35 +67,6 @@ admins = ["{ADMINS[0]}", "{ADMINS[1]}"]
     ) as gw:
         wait_for(lambda: gw.accepts(port), 15.0, "the portal's listener")
         yield gw, port
-
-
-def csrf(page: httpx.Response) -> str:
-    match = re.search(r'name="csrf" value="([^"]+)"', page.text)
-    assert match, page.text
-    return match.group(1)
-
-
-def signed_in_admin(
-    gw: GatewayProcess, port: int, dovecot: DovecotServer, admin: str
-) -> httpx.Client:
-    """A new admin account (password and TOTP), signed in to the portal."""
-    password = secrets.token_urlsafe(12)
-    dovecot.add_user(admin, password)
-    enrolled = json.loads(gw.cli("totp", "enroll", admin, "--json").stdout)
-    web = httpx.Client(
-        base_url=f"https://localhost:{port}",
-        verify=ssl.create_default_context(cafile=str(gw.ca_cert)),
-        timeout=30.0,
-        headers={"Origin": f"https://localhost:{port}"},
-    )
-    form = web.get("/signin")
-    step = web.post("/signin", data={"csrf": csrf(form), "username": admin, "password": password})
-    assert step.status_code == 303, step.text
-    code_form = web.get("/signin/code")
-    code = pyotp.TOTP(enrolled["secret"]).now()
-    done = web.post("/signin/code", data={"csrf": csrf(code_form), "code": code})
-    assert done.status_code == 303, done.text
-    return web
 
 
 def login(gw: GatewayProcess, src: str, user: str, password: str) -> bytes:

@@ -20,6 +20,7 @@ from imapguard.audit import AuditLog
 from imapguard.gateway import revocation
 from imapguard.gateway.revocation import BYE_REVOKED, RevocationWatch
 from imapguard.state.portal import Revocation
+from tests.unit.test_revocation import Conn
 
 HOUR = 3600.0
 
@@ -38,18 +39,6 @@ class Feed:
 
     def last_revocation(self) -> int:
         return len(self.rows)
-
-
-@dataclass
-class Conn:
-    user: str | None
-    credential: str | None
-    session: str = "s"
-    src: str = "192.0.2.1"
-    ended: list[bytes] = field(default_factory=list)
-
-    def end(self, bye: bytes) -> None:
-        self.ended.append(bye)
 
 
 class Wakeups:
