@@ -339,4 +339,6 @@ def test_an_app_password_revoked_in_node_a_portal_ends_node_b_idle_within_a_seco
             pass
         assert time.monotonic() - revoked_at < 1.0
         assert b"revoked" in line
+    # The audit event follows the BYE it reports.
+    wait_for(lambda: b.events("revoked"), 5.0, "node B's revoked event")
     assert [e["user"] for e in b.events("revoked")] == [user.name]

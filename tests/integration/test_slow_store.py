@@ -30,6 +30,7 @@ from typing import Any
 from imapguard.compose import gateway_runtime, open_services
 from imapguard.config import load_config
 from imapguard.gateway.server import Gateway
+from imapguard.metrics.stores import counter_operation
 from tests.dovecot import DovecotServer
 from tests.gateway import GatewayProcess, source_address
 from tests.integration.conftest import GatewayIMAP4SSL, close_imap
@@ -64,6 +65,20 @@ class SlowStore:
         return slow
 
 
+class SlowCounters:
+    """The defense's counters of this SQLite file: its reads through the slow
+    reader, its writes (failures, the gate's turns) to the store itself, as the
+    gateway's own composition gives them."""
+
+    def __init__(self, reader: SlowStore, writer: Any) -> None:
+        self._reader = reader
+        self._writer = writer
+
+    def __getattr__(self, name: str) -> Any:
+        writes = counter_operation(name) in ("write", "purge")
+        return getattr(self._writer if writes else self._reader, name)
+
+
 @dataclasses.dataclass
 class Running:
     gw: GatewayProcess
@@ -93,8 +108,9 @@ def slow_store_gateway(base: Path, dovecot: DovecotServer) -> Iterator[Running]:
                 # The proxy stands in for the store (its methods, slowed down).
                 reader: Any = slow
                 # The defense's counters too (they are this SQLite file's).
+                counters: Any = SlowCounters(slow, services.store)
                 services = dataclasses.replace(
-                    services, reader=reader, reads=reads, counter_reads=reads, counters=reader
+                    services, reader=reader, reads=reads, counter_reads=reads, counters=counters
                 )
                 gateway = Gateway(gateway_runtime(config, services), services.audit, slow, reads)
                 started.update(loop=asyncio.get_running_loop(), gateway=gateway, store=slow)
