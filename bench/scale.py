@@ -113,6 +113,7 @@ from bench._procs import (
     self_cpu_seconds,
     tree_cpu_seconds,
     tree_memory_kib,
+    tree_pids,
 )
 from bench.gateway import BenchGateway, Target, _per_round_ratio, login_once
 
@@ -192,7 +193,11 @@ class Env:
         return sorted(self.dovecot.users)
 
     def _ours(self) -> tuple[float, float, float]:
-        groups = {p.pid for p in (self.gateway.proc, self.nginx.proc) if p is not None} | (
+        roots = {p.pid for p in (self.gateway.proc, self.nginx.proc) if p is not None}
+        # Every process of the servers' trees leads or joins a group counted as
+        # ours: the gateway's workers start sessions of their own (children.py),
+        # so the gateway's group alone left them out, counted as foreign load.
+        groups = {pid for root in roots for pid in tree_pids(root)} | (
             {self.dovecot.pid} if self.dovecot.pid is not None else set()
         )
         return (
