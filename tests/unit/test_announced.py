@@ -13,7 +13,7 @@ from typing import cast
 
 import pytest
 
-from imapguard.state.announced import SILENT, Announced
+from imapguard.state.announced import Announced
 from imapguard.state.portal import PortalStore
 from imapguard.state.sqlite import open_store
 
@@ -66,7 +66,7 @@ class BrokenClose:
 def test_close_closes_the_announcer_even_when_the_store_fails_to() -> None:
     closed: list[str] = []
     store = Announced(
-        cast(PortalStore, BrokenClose()), SILENT, on_close=lambda: closed.append("announcer")
+        cast(PortalStore, BrokenClose()), Counting(), on_close=lambda: closed.append("announcer")
     )
     with pytest.raises(RuntimeError):
         store.close()

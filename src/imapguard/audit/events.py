@@ -44,6 +44,7 @@ __all__ = [
     "TlsFailed",
     "all_kinds",
     "to_json",
+    "to_record",
 ]
 
 
@@ -370,6 +371,11 @@ _FORBIDDEN = (Secret, bytes, bytearray)
 
 def to_json(event: Event, ts: float) -> str:
     """The event's audit line (without the newline)."""
+    return _ENCODER.encode(to_record(event, ts))
+
+
+def to_record(event: Event, ts: float) -> dict[str, Any]:
+    """The event's audit record, as its line holds it (`to_json`)."""
     record: dict[str, Any] = {"ts": round(ts, 6), "event": event.kind}
     if event.session is not None:
         record["session"] = event.session
@@ -384,4 +390,4 @@ def to_json(event: Event, ts: float) -> str:
         elif isinstance(value, _FORBIDDEN):
             raise TypeError(f"audit field {name!r} must not hold a secret or raw bytes")
         record[name] = value
-    return _ENCODER.encode(record)
+    return record

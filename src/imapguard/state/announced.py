@@ -5,8 +5,8 @@ of the sign-in history, the CLI's revoke commands) writes through the store the
 composition root opened; `Announced` wraps that store so that each revocation
 it commits is followed by `announcer.announce()`: with Redis, a wake-up on
 pub/sub that every gateway's `RevocationWatch` answers by reading the feed at
-once (`state.redis.wakeup.Topic`). Without a shared Redis nothing is wrapped
-(`SILENT` is the announcer that says nothing): the gateways poll the feed.
+once (`state.redis.wakeup.Topic`). Without a shared Redis nothing is wrapped:
+the gateways poll the feed.
 
 The announcement follows the commit, on the writer's thread, and never fails
 the write (an announcer logs what it could not send; the polling catches it).
@@ -20,20 +20,12 @@ from typing import Any, Protocol
 
 from imapguard.state.portal import PortalStore
 
-__all__ = ["SILENT", "Announced", "Announcer"]
+__all__ = ["Announced", "Announcer"]
 
 
 class Announcer(Protocol):
     def announce(self) -> None:
         """Tell the followers the feed changed; must not raise."""
-
-
-class _Silent:
-    def announce(self) -> None:
-        return None
-
-
-SILENT: Announcer = _Silent()
 
 
 class Announced:

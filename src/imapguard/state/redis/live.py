@@ -37,7 +37,7 @@ from typing import Any
 
 import redis
 
-from imapguard.audit.events import Event, to_json
+from imapguard.audit.events import Event, to_record
 from imapguard.errors import StateUnavailable
 
 __all__ = ["MAXLEN", "LiveIn", "LiveOut", "StreamBatch", "stream_key"]
@@ -116,7 +116,7 @@ class LiveOut:
                 log.exception("live events: drop hook failed")
 
     def _entry(self, event: Event, ts: float) -> str:
-        record = json.loads(to_json(event, ts))
+        record = to_record(event, ts)  # the audit line's record, not encoded to be decoded
         return json.dumps({k: record[k] for k in self._fields if k in record}, ensure_ascii=True)
 
     def _run(self) -> None:
