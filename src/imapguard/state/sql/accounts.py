@@ -141,11 +141,11 @@ class SqlAccounts(SqlConnection):
             )
 
     def revoke_app_password(self, user: str, record_id: str) -> bool:
-        with self._tx("revoke app password") as db:
-            cursor = db.execute(
-                'DELETE FROM app_passwords WHERE "user" = ? AND id = ?', (user, record_id)
-            )
-            return cursor.rowcount > 0
+        return self._changes(
+            "revoke app password",
+            'DELETE FROM app_passwords WHERE "user" = ? AND id = ?',
+            (user, record_id),
+        )
 
     # -- one-time codes (TOTP) ------------------------------------------------
 
@@ -214,13 +214,12 @@ class SqlAccounts(SqlConnection):
             return locked
 
     def clear_totp_lock(self, user: str) -> bool:
-        with self._tx("clear totp lock") as db:
-            cursor = db.execute(
-                "UPDATE totp SET failures = 0, first_failure_at = NULL, locked_until = NULL"
-                ' WHERE "user" = ?',
-                (user,),
-            )
-            return cursor.rowcount > 0
+        return self._changes(
+            "clear totp lock",
+            "UPDATE totp SET failures = 0, first_failure_at = NULL, locked_until = NULL"
+            ' WHERE "user" = ?',
+            (user,),
+        )
 
     # -- devices --------------------------------------------------------------
 
@@ -351,21 +350,18 @@ class SqlAccounts(SqlConnection):
         return device
 
     def approve_device(self, user: str, device_id: str, until: float) -> bool:
-        with self._tx("approve device") as db:
-            cursor = db.execute(
-                "UPDATE devices SET status = 'trusted', trusted_until = ?,"
-                " bound_address = last_address, secret = NULL"
-                ' WHERE "user" = ? AND id = ? AND last_address IS NOT NULL',
-                (until, user, device_id),
-            )
-            return cursor.rowcount > 0
+        return self._changes(
+            "approve device",
+            "UPDATE devices SET status = 'trusted', trusted_until = ?,"
+            " bound_address = last_address, secret = NULL"
+            ' WHERE "user" = ? AND id = ? AND last_address IS NOT NULL',
+            (until, user, device_id),
+        )
 
     def revoke_device(self, user: str, device_id: str) -> bool:
-        with self._tx("revoke device") as db:
-            cursor = db.execute(
-                'DELETE FROM devices WHERE "user" = ? AND id = ?', (user, device_id)
-            )
-            return cursor.rowcount > 0
+        return self._changes(
+            "revoke device", 'DELETE FROM devices WHERE "user" = ? AND id = ?', (user, device_id)
+        )
 
     def record_device_use(
         self, device_id: str, now: float, address: str, split_code: bool | None

@@ -88,3 +88,9 @@ class SqlConnection:
 
     def _read(self, operation: str, fn: Callable[[Db], T]) -> T:
         raise NotImplementedError
+
+    def _changes(self, operation: str, sql: str, params: Sequence[Any] = ()) -> bool:
+        """Run one writing statement in a transaction of its own (or the
+        enclosing batch): whether it changed a row."""
+        with self._tx(operation) as db:
+            return db.execute(sql, params).rowcount > 0

@@ -133,14 +133,13 @@ class SqlPortal(SqlConnection):
             )
 
     def raise_portal_session(self, session_id: str, token_digest: bytes, now: float) -> bool:
-        with self._tx("raise portal session") as db:
-            cursor = db.execute(
-                "UPDATE portal_sessions SET level = 'full', second_factor_at = ?,"  # noqa: S608
-                f" token_digest = ?, last_seen_at = {self.dialect.greatest}(last_seen_at, ?)"
-                " WHERE id = ? AND expires_at >= ?",
-                (now, token_digest, now, session_id, now),
-            )
-            return cursor.rowcount > 0
+        return self._changes(
+            "raise portal session",
+            "UPDATE portal_sessions SET level = 'full', second_factor_at = ?,"  # noqa: S608
+            f" token_digest = ?, last_seen_at = {self.dialect.greatest}(last_seen_at, ?)"
+            " WHERE id = ? AND expires_at >= ?",
+            (now, token_digest, now, session_id, now),
+        )
 
     def list_portal_sessions(self, user: str, now: float) -> list[PortalSession]:
         rows = self._read(
@@ -155,11 +154,11 @@ class SqlPortal(SqlConnection):
         return [self._session_row(row) for row in rows]
 
     def revoke_portal_session(self, user: str, session_id: str) -> bool:
-        with self._tx("revoke portal session") as db:
-            cursor = db.execute(
-                'DELETE FROM portal_sessions WHERE "user" = ? AND id = ?', (user, session_id)
-            )
-            return cursor.rowcount > 0
+        return self._changes(
+            "revoke portal session",
+            'DELETE FROM portal_sessions WHERE "user" = ? AND id = ?',
+            (user, session_id),
+        )
 
     def revoke_portal_sessions(self, user: str, *, keep: str | None = None) -> int:
         with self._tx("revoke portal sessions") as db:
@@ -298,19 +297,16 @@ class SqlPortal(SqlConnection):
             return cursor.rowcount > 0
 
     def rename_passkey(self, user: str, passkey_id: str, name: str) -> bool:
-        with self._tx("rename passkey") as db:
-            cursor = db.execute(
-                'UPDATE passkeys SET name = ? WHERE "user" = ? AND id = ?',
-                (name, user, passkey_id),
-            )
-            return cursor.rowcount > 0
+        return self._changes(
+            "rename passkey",
+            'UPDATE passkeys SET name = ? WHERE "user" = ? AND id = ?',
+            (name, user, passkey_id),
+        )
 
     def remove_passkey(self, user: str, passkey_id: str) -> bool:
-        with self._tx("remove passkey") as db:
-            cursor = db.execute(
-                'DELETE FROM passkeys WHERE "user" = ? AND id = ?', (user, passkey_id)
-            )
-            return cursor.rowcount > 0
+        return self._changes(
+            "remove passkey", 'DELETE FROM passkeys WHERE "user" = ? AND id = ?', (user, passkey_id)
+        )
 
     # -- second factors together ------------------------------------------------
 

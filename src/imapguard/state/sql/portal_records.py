@@ -160,12 +160,11 @@ class SqlPortalRecords(SqlConnection):
         return self._sign_in_row(row) if row else None
 
     def disown_sign_in(self, user: str, sign_in_id: str) -> bool:
-        with self._tx("disown sign-in") as db:
-            cursor = db.execute(
-                'UPDATE sign_ins SET disowned = TRUE WHERE "user" = ? AND id = ?',
-                (user, sign_in_id),
-            )
-            return cursor.rowcount > 0
+        return self._changes(
+            "disown sign-in",
+            'UPDATE sign_ins SET disowned = TRUE WHERE "user" = ? AND id = ?',
+            (user, sign_in_id),
+        )
 
     # -- revocation feed ------------------------------------------------------
 
