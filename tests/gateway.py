@@ -255,3 +255,17 @@ path = "{audit}"
 
     def client_ssl(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=str(self.ca_cert))
+
+
+def reissue_certificate(gw: GatewayProcess) -> Path:
+    """A new certificate from a new CA in the gateway's files (what a SIGHUP then
+    loads); the new CA's file."""
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost", "127.0.0.1")
+    new_ca = gw.base / "new-ca.pem"
+    ca.cert_pem.write_to_path(str(new_ca))
+    cert.private_key_pem.write_to_path(str(gw.base / "gateway.key"))
+    with open(gw.base / "gateway.pem", "wb") as f:
+        for blob in cert.cert_chain_pems:
+            f.write(blob.bytes())
+    return new_ca

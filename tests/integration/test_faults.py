@@ -24,10 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import trustme
 
 from tests.dovecot import DovecotServer, free_port
-from tests.gateway import GatewayProcess
+from tests.gateway import GatewayProcess, reissue_certificate
 from tests.integration.conftest import AUTH_FAILED, RawClient, running_gateway, wait_for
 from tests.metrics_scrape import Scrape, delta, scrape
 from tests.postgres import PostgresServer, pg_url, postgres
@@ -171,15 +170,7 @@ def _file_fingerprint(chain: Path) -> str:
 def _reissue(gw: GatewayProcess) -> ssl.SSLContext:
     """A new certificate (from a new CA) in the gateway's files; a context trusting it
     (and the gateway's `client_ssl` from now on)."""
-    ca = trustme.CA()
-    cert = ca.issue_cert("localhost", "127.0.0.1")
-    new_ca = gw.base / "new-ca.pem"
-    ca.cert_pem.write_to_path(str(new_ca))
-    cert.private_key_pem.write_to_path(str(gw.base / "gateway.key"))
-    with open(gw.base / "gateway.pem", "wb") as f:
-        for blob in cert.cert_chain_pems:
-            f.write(blob.bytes())
-    gw.ca_cert = new_ca  # gw.client_ssl() trusts the new one from now on
+    gw.ca_cert = reissue_certificate(gw)  # gw.client_ssl() trusts the new one from now on
     return gw.client_ssl()
 
 

@@ -11,11 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
-import trustme
 
 from imapguard.audit import read_events
 from tests.dovecot import DovecotServer, free_port
-from tests.gateway import GatewayProcess
+from tests.gateway import GatewayProcess, reissue_certificate
 from tests.metrics_scrape import delta, scrape
 
 pytestmark = pytest.mark.dovecot
@@ -41,18 +40,6 @@ def _wait_for(gw: GatewayProcess, event: str, count: int, timeout: float = 10.0)
         time.sleep(0.05)
 
 
-def _reissue(gw: GatewayProcess) -> Path:
-    ca = trustme.CA()
-    cert = ca.issue_cert("localhost", "127.0.0.1")
-    new_ca = gw.base / "new-ca.pem"
-    ca.cert_pem.write_to_path(str(new_ca))
-    cert.private_key_pem.write_to_path(str(gw.base / "gateway.key"))
-    with open(gw.base / "gateway.pem", "wb") as f:
-        for blob in cert.cert_chain_pems:
-            f.write(blob.bytes())
-    return new_ca
-
-
 def test_sighup_reloads_certificates_and_keeps_sessions(
     tmp_path: Path, dovecot: DovecotServer
 ) -> None:
@@ -71,7 +58,7 @@ def test_sighup_reloads_certificates_and_keeps_sessions(
         before = scrape(port)
         assert before.value(RELAYING, phase="relay") == 1
 
-        new_ca = _reissue(gw)
+        new_ca = reissue_certificate(gw)
         gw.signal(signal.SIGHUP)
         _wait_for(gw, "reload", 1)
         assert gw.events("reload")[-1]["result"] == "ok"
