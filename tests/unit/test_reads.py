@@ -132,6 +132,12 @@ def on(reader: Watched, method: str) -> set[str]:
     return kinds
 
 
+def store_thread(env: Env) -> str:
+    """The name of the store's writer thread (`env.executor`'s one thread)."""
+    name: str = env.executor.submit(lambda: threading.current_thread().name).result()
+    return name
+
+
 def off_the_loop(reader: Watched) -> None:
     loop = threading.main_thread().name
     assert all(loop not in names for names in reader.threads.values()), reader.threads
@@ -163,10 +169,13 @@ async def test_account_records_are_read_on_the_read_executor(env: Env, pools: An
 
 
 @pytest.mark.asyncio
-async def test_the_defense_precheck_reads_on_the_counter_executor(env: Env, pools: Any) -> None:
+async def test_a_guess_is_prechecked_in_the_hop_that_takes_its_turn(env: Env, pools: Any) -> None:
+    """A named account with a password takes the pair's turn at the gate
+    (auth/gate.py) on the store's thread; its precheck is read there in the same
+    hop, not in a second hop to the counter executor."""
     auth, reader = networked(env, pools)
     await attempt(auth, "alice", "a-guess")
-    assert on(reader, "defense_lookup") == {"counter"}
+    assert on(reader, "defense_lookup") == {store_thread(env)}
     off_the_loop(reader)
 
 
@@ -238,4 +247,9 @@ async def test_without_a_read_executor_reads_stay_on_the_loop(env: Env, scenario
         check = await signin.check_password("alice", Secret(PASSWORDS["alice"]), portal_ctx())
         assert check.ok
     assert reader.threads
-    assert all(on(reader, method) == {"loop"} for method in reader.threads), reader.threads
+    # The precheck of a gated guess is read on the store's thread, in the hop
+    # that takes the pair's turn (auth/gate.py): no hop of its own.
+    gated = {"defense_lookup"} if scenario == "imap" else set()
+    for method in reader.threads:
+        where = {store_thread(env)} if method in gated else {"loop"}
+        assert on(reader, method) == where, reader.threads

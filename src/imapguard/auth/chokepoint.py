@@ -100,6 +100,7 @@ class Authenticator(Generic[S]):
         rng: random.Random | None = None,
         reader: AccountStore | None = None,
         bookkeeping: WriteBehind | None = None,
+        gate_releases: WriteBehind | None = None,
         factors: FactorSettings | None = None,
         totp_key: bytes | None = None,
         on_notice: NoticeHook | None = None,
@@ -116,6 +117,7 @@ class Authenticator(Generic[S]):
         # Where reads run (None: inline on the event loop; `reads.py`).
         self.reads = Reads(self.reader, executor=read_executor, counters=counter_read_executor)
         self.bookkeeping = bookkeeping or WriteBehind(store, store_executor)
+        self._gate_releases = gate_releases  # None: the gate batches its own
         self.upstream = upstream
         self.factors = factors or FactorSettings()
         self._executor = store_executor
@@ -155,7 +157,7 @@ class Authenticator(Generic[S]):
         if self.defense is None:
             return None
         if self._gate is None or self._gate.defense is not self.defense:
-            self._gate = Gate(self.defense, self._executor, self._sleep)
+            self._gate = Gate(self.defense, self._executor, self._sleep, self._gate_releases)
         return self._gate
 
     @property
@@ -227,7 +229,7 @@ class Authenticator(Generic[S]):
             result = AuthResult(Outcome.UNAVAILABLE, None, None, f"state store: {exc.detail}")
         finally:
             if turn is not None:  # counted: the pair's next guess may go (auth.gate)
-                await turn.leave()
+                turn.leave()
         self._audit.emit(
             events.Auth(
                 session=session,
@@ -572,8 +574,10 @@ class Authenticator(Generic[S]):
         )
 
     async def flush(self) -> None:
-        """Write the queued bookkeeping now (tests; shutdown)."""
+        """Write the queued bookkeeping and the gate's releases now (tests; shutdown)."""
         await self.bookkeeping.flush()
+        if self._gate is not None:
+            await self._gate.releases.flush()
 
 
 async def _discard(session: Any) -> None:

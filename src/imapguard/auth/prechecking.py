@@ -51,8 +51,10 @@ async def precheck(
     )
     try:
         if turn is not None and attempt.user is not None and secret:
-            await turn.enter(attempt)  # after the pair's last guess was counted
-        verdict = await auth.reads.precheck(auth.defense, attempt)
+            # After the pair's last guess was counted; read in the same hop.
+            verdict = await turn.enter(attempt, auth.defense.precheck)
+        else:
+            verdict = await auth.reads.precheck(auth.defense, attempt)
     except StateUnavailable as exc:
         if not auth.defense.settings.fail_open:
             raise

@@ -54,6 +54,7 @@ def authenticator(config: Config, services: Services, upstream: Upstream[S]) -> 
         store_executor=services.executor,
         reader=timed_store(services.reader, m),
         bookkeeping=services.bookkeeping,
+        gate_releases=services.releases,
         factors=FactorSettings(
             sufficient=tuple(a.sufficient),
             device_trust=a.device_trust_days * 86400.0,

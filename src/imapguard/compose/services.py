@@ -15,6 +15,7 @@ from typing import Any
 
 from imapguard.audit import AuditLog
 from imapguard.auth import totp
+from imapguard.auth.gate import RELEASE_DELAY
 from imapguard.auth.history import SignInHistory
 from imapguard.auth.model import AuthContext, NoticeHook
 from imapguard.auth.oauth import TokenVerifier
@@ -131,6 +132,7 @@ class Services:
     counters: CounterStore | None = None  # else the defense's state is in `store`
     metrics: Metrics | None = None  # this process's, with `[metrics]` (compose.observing)
     cluster: Cluster | None = None  # what reaches every node at once (with Redis)
+    releases: WriteBehind | None = None  # the gate's turns given back (`auth.gate`)
 
 
 @contextlib.asynccontextmanager
@@ -168,6 +170,12 @@ async def open_services(config: Config, *, metrics: bool = False) -> AsyncIterat
                 stack.callback(quietly, lambda: counter_reads.shutdown(wait=True))
         bookkeeping = WriteBehind(timed_store(store, counted), executor)
         stack.push_async_callback(quietly_async, bookkeeping.aclose)
+        # Written before the executor stops: a turn left held would stop the
+        # pair's logins on every other process and node for `engine.GATE_HOLD`.
+        # Without `counters_url` the counters are in the SQLite state file: one
+        # transaction of the store.
+        releases = WriteBehind(counters or store, executor, delay=RELEASE_DELAY)
+        stack.push_async_callback(quietly_async, releases.aclose)
         audit.subscribe(SignInHistory(store, bookkeeping))
         notifier: Notifier | None = None
         if config.notify is not None:
@@ -194,6 +202,7 @@ async def open_services(config: Config, *, metrics: bool = False) -> AsyncIterat
             counters,
             counted,
             cluster,
+            releases,
         )
 
 

@@ -90,6 +90,7 @@ import math
 import random
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 
 from imapguard.config.defense import DefenseConfig
 from imapguard.defense.blocks import Blocks
@@ -248,11 +249,16 @@ class Defense:
 
     # -- one guess at a time per pair (imapguard.auth.gate) ----------------------
 
-    def gate_enter(self, attempt: Attempt, token: str) -> bool:
-        """Take the pair's turn (source and account) if nobody holds it: a
+    def gate_enter(self, attempt: Attempt, token: str, held: str | None = None) -> bool:
+        """Take the pair's turn (source and account) if nobody holds it, or over
+        from `held` (a turn this process left, its release still queued): a
         compare-and-set every process and node sees. False: another holds it."""
         now = self._clock()
-        return self._store.value_swap(_gate(attempt), None, token, now + GATE_HOLD, now)
+        return self._store.value_swap(_gate(attempt), held, token, now + GATE_HOLD, now)
+
+    def batch(self) -> AbstractContextManager[None]:
+        """Several writes to the counter store as one unit (the gate's releases)."""
+        return self._store.batch()
 
     def gate_leave(self, attempt: Attempt, token: str) -> None:
         """Give the turn back (only if it is still ours: it may have expired)."""

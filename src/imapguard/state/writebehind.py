@@ -23,10 +23,10 @@ import logging
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
-from typing import Any
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
 
 from imapguard.errors import StateUnavailable
-from imapguard.state.accounts import AccountStore
 
 __all__ = ["WriteBehind"]
 
@@ -35,10 +35,16 @@ log = logging.getLogger("imapguard.state")
 Call = tuple[Callable[..., None], tuple[Any, ...]]
 
 
+class Batches(Protocol):
+    """What a batch is written in: a store's (or the defense's) `batch()`."""
+
+    def batch(self) -> AbstractContextManager[None]: ...
+
+
 class WriteBehind:
     def __init__(
         self,
-        store: AccountStore,
+        store: Batches,
         executor: Executor,
         *,
         delay: float = 0.25,

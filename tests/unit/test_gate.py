@@ -1,0 +1,133 @@
+"""The gate's turns (`auth/gate.py`) on a real SQLite counter store shared by two
+gates, as two worker processes share it: the precheck runs in the hop that takes
+the turn, a left turn is given back in a batch, a login of the same pair in the
+same process takes it over at once, and the old turn's queued release never frees
+the turn the next login holds (else a guess could pass the precheck beside it).
+Across processes the real thing is `test_cluster_redis.py`'s 40 simultaneous
+guesses over two nodes."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from imapguard.auth.gate import RELEASE_DELAY, Gate
+from imapguard.defense import Defense, DefenseSettings, Fingerprinter
+from imapguard.defense.engine import Attempt
+from imapguard.secret import Secret
+from imapguard.state.sqlite.store import open_store
+
+
+def _defense(path: Path) -> Defense:
+    store = open_store(f"sqlite:///{path}/state.db")
+    return Defense(DefenseSettings(), store, fingerprints=Fingerprinter(Secret(b"k" * 32)))
+
+
+def _attempt(defense: Defense, user: str = "alice") -> Attempt:
+    return defense.attempt("192.0.2.7", user, Secret(b"guess"), method="login", listener="imaps")
+
+
+def test_the_precheck_runs_on_the_store_thread_in_the_hop_that_takes_the_turn(
+    tmp_path: Path,
+) -> None:
+    defense = _defense(tmp_path)
+    calls: list[str] = []
+
+    def then(attempt: Attempt) -> str:
+        calls.append(threading.current_thread().name)
+        return "verdict"
+
+    async def main() -> str:
+        with ThreadPoolExecutor(1, thread_name_prefix="store") as executor:
+            gate = Gate(defense, executor)
+            turn = gate.turn()
+            try:
+                return await turn.enter(_attempt(defense), then)
+            finally:
+                turn.leave()
+                await gate.releases.flush()
+
+    assert asyncio.run(main()) == "verdict"
+    assert len(calls) == 1
+    assert calls[0].startswith("store")
+
+
+def test_a_guess_on_another_process_waits_until_the_left_turn_is_given_back(
+    tmp_path: Path,
+) -> None:
+    """Process A's login left its turn (release queued); process B's login of the
+    same pair cannot take it until A's batch gave it back, then it can."""
+    a_defense, b_defense = _defense(tmp_path), _defense(tmp_path)
+
+    async def main() -> None:
+        with ThreadPoolExecutor(1) as ex_a, ThreadPoolExecutor(1) as ex_b:
+            a, b = Gate(a_defense, ex_a), Gate(b_defense, ex_b)
+            b_turn = b.turn()
+            turn = a.turn()
+            await turn.enter(_attempt(a_defense), lambda _: None)
+            turn.leave()
+            # Still held in the store: B's compare-and-set fails until the batch.
+            assert not b_defense.gate_enter(_attempt(b_defense), "probe")
+            await asyncio.wait_for(b_turn.enter(_attempt(b_defense), lambda _: None), 5)
+            # B holds it now: A's next login must wait for B, not take it over.
+            assert not a_defense.gate_enter(_attempt(a_defense), "probe")
+            b_turn.leave()
+            await b.releases.flush()
+            await a.releases.flush()
+
+    asyncio.run(main())
+
+
+def test_the_next_login_of_the_pair_takes_the_turn_over_and_the_old_release_frees_nothing(
+    tmp_path: Path,
+) -> None:
+    """Two guesses of one pair in one process, back to back: the second takes the
+    turn over from the first's token without waiting for the release batch, and
+    when that batch runs, the first's release leaves the second's turn held: a
+    third guess from another process still cannot enter beside it."""
+    defense, other = _defense(tmp_path), _defense(tmp_path)
+
+    async def main() -> None:
+        with ThreadPoolExecutor(1) as executor:
+            pauses: list[float] = []
+
+            async def pause(seconds: float) -> None:
+                pauses.append(seconds)
+                await asyncio.sleep(seconds)
+
+            gate = Gate(defense, executor, pause)
+            first = gate.turn()
+            await first.enter(_attempt(defense), lambda _: None)
+            first.leave()
+            second = gate.turn()
+            await second.enter(_attempt(defense), lambda _: None)
+            assert pauses == []  # taken over, not waited for
+            await gate.releases.flush()  # the first's release ran
+            await asyncio.sleep(RELEASE_DELAY * 3)
+            assert not other.gate_enter(_attempt(other), "third")
+            second.leave()
+            await gate.releases.flush()
+            assert other.gate_enter(_attempt(other), "third")
+
+    asyncio.run(main())
+
+
+def test_turns_of_other_pairs_do_not_wait_for_each_other(tmp_path: Path) -> None:
+    defense = _defense(tmp_path)
+
+    async def main() -> None:
+        with ThreadPoolExecutor(1) as executor:
+            gate = Gate(defense, executor)
+            held = gate.turn()
+            await held.enter(_attempt(defense, "alice"), lambda _: None)
+            other = gate.turn()
+            await asyncio.wait_for(other.enter(_attempt(defense, "bob"), lambda _: None), 1)
+            other.leave()
+            held.leave()
+            await gate.releases.flush()
+            assert gate._held == {}
+            assert gate._queues == {}
+
+    asyncio.run(main())
