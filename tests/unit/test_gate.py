@@ -13,6 +13,9 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
+
+from imapguard.auth import gate as gate_module
 from imapguard.auth.gate import RELEASE_DELAY, Gate
 from imapguard.defense import Defense, DefenseSettings, Fingerprinter
 from imapguard.defense.engine import Attempt
@@ -129,5 +132,30 @@ def test_turns_of_other_pairs_do_not_wait_for_each_other(tmp_path: Path) -> None
             await gate.releases.flush()
             assert gate._held == {}
             assert gate._queues == {}
+
+    asyncio.run(main())
+
+
+def test_a_turn_left_past_the_takeover_cap_is_still_given_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past `MAX_HELD` remembered turns (a flood while the store stalled), a left
+    turn is not remembered for a takeover, but its release must still run: a turn
+    never given back would stop the pair's logins everywhere for GATE_HOLD."""
+    monkeypatch.setattr(gate_module, "MAX_HELD", 1)
+    defense, other = _defense(tmp_path), _defense(tmp_path)
+
+    async def main() -> None:
+        with ThreadPoolExecutor(1) as executor:
+            gate = Gate(defense, executor)
+            for user in ("alice", "bob"):
+                turn = gate.turn()
+                await turn.enter(_attempt(defense, user), lambda _: None)
+                turn.leave()
+            assert list(gate._held) == ["192.0.2.7|alice"]  # bob's was not remembered
+            await gate.releases.flush()
+            assert gate._held == {}
+            assert other.gate_enter(_attempt(other, "alice"), "next")
+            assert other.gate_enter(_attempt(other, "bob"), "next")
 
     asyncio.run(main())

@@ -60,6 +60,10 @@ FIRST_PAUSE = 0.01
 LONGEST_PAUSE = 0.25
 # Seconds a left turn waits for the batch that gives it back in the store.
 RELEASE_DELAY = 0.02
+# Left turns remembered for a takeover at most: a release the batch queue dropped
+# (`WriteBehind.max_pending`, a store stalled under a flood of logins) would
+# otherwise leave its entry for good. Past it, a login waits for the release.
+MAX_HELD = 10_000
 
 
 class _Queue:
@@ -99,12 +103,15 @@ class Gate:
             return self._held.pop(key, None)
 
     def _release(self, key: str, attempt: Attempt, token: str) -> None:
-        """On the store thread, in the release batch: give the turn back unless a
-        login of this process took it over meanwhile."""
+        """On the store thread, in the release batch: give the turn back. The
+        compare-and-set frees nothing a takeover holds (it names our token); a
+        later token remembered for the pair says ours was taken over: no write."""
         with self._held_lock:
-            if self._held.get(key) != token:
+            current = self._held.get(key)
+            if current is not None and current != token:
                 return
-            del self._held[key]
+            if current is not None:
+                del self._held[key]
         # A store that cannot be reached fails the batch (logged by `WriteBehind`):
         # the turn expires (`engine.GATE_HOLD`).
         self.defense.gate_leave(attempt, token)
@@ -168,7 +175,8 @@ class Turn:
             return
         if attempt is not None:
             with gate._held_lock:
-                gate._held[key] = self._token
+                if len(gate._held) < MAX_HELD or key in gate._held:
+                    gate._held[key] = self._token
             gate.releases.submit(gate._release, key, attempt, self._token)
         queue = gate._queues[key]
         if locked:
