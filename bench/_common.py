@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import contextlib
 import dataclasses
 import datetime
@@ -18,6 +19,7 @@ import multiprocessing
 import os
 import platform
 import resource
+import secrets
 import shutil
 import signal
 import ssl
@@ -36,6 +38,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from tests.dovecot import DOVECOT_BINARY, DovecotServer
+from tests.gateway import GatewayProcess
 
 from bench._imap import ImapError
 from bench._procs import (
@@ -51,6 +54,7 @@ from bench._procs import (
 
 __all__ = [
     "CLIENT_ERRORS",
+    "LOGIN_USERS",
     "BenchError",
     "ForeignMeter",
     "LoginRun",
@@ -67,6 +71,7 @@ __all__ = [
     "helper_process",
     "login_command",
     "machine",
+    "make_app_passwords",
     "measure_logins",
     "median",
     "pct",
@@ -312,18 +317,29 @@ def plain_master_password(dovecot: DovecotServer) -> None:
     os.replace(tmp, path)
 
 
+#: Accounts the login-rate benchmarks log in to, in turn. All their clients come from
+#: 127.0.0.1, and the gateway lets one login of an (address, account) pair run at a
+#: time (`auth/gate.py`, across workers): with the fixture's three accounts, 32 clients
+#: measured the queue of three pairs, not the gateway. A real server's logins come
+#: from many accounts; 128 keeps every client's login on a pair of its own.
+LOGIN_USERS = 128
+
+
 def start_dovecot(
     base: Path,
     stack: contextlib.ExitStack,
     plain_master: bool = True,
     sessions: int | None = None,
+    users: int = 0,
 ) -> DovecotServer:
     """Dovecot under `base` (its master password {PLAIN} unless not `plain_master`; its
-    limits sized for `sessions` concurrent sessions if given), started, and stopped
-    when `stack` unwinds."""
+    limits sized for `sessions` concurrent sessions if given; `users` accounts
+    `benchNNN` beside the fixture's), started, and stopped when `stack` unwinds."""
     dovecot = DovecotServer.create(base, sessions=sessions)
     if plain_master:
         plain_master_password(dovecot)
+    if users:
+        dovecot.add_users({f"bench{n:03d}": secrets.token_urlsafe(12) for n in range(users)})
     stack.callback(dovecot.stop)
     dovecot.start()
     return dovecot
@@ -613,3 +629,12 @@ def report(
         json_path.write_text(json.dumps(document, indent=2, default=str))
     failed = any(r.result == "FAIL" for r in summary.rows)
     return 1 if failed else 0
+
+
+def make_app_passwords(gateway: GatewayProcess, users: Iterable[str]) -> dict[str, str]:
+    """An app password for each of `users` (the CLI, four at a time: one start of
+    `imapguard` costs about 0.6 s of CPU)."""
+    names = list(users)
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        made = pool.map(lambda u: gateway.create_app_password(u, "bench"), names)
+        return dict(zip(names, made, strict=True))

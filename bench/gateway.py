@@ -68,6 +68,7 @@ from tests.dovecot import DOVEADM_BINARY, DOVECOT_BINARY, DovecotServer, free_po
 from tests.gateway import GatewayProcess
 
 from bench._common import (
+    LOGIN_USERS,
     BenchError,
     LoginRun,
     Row,
@@ -76,6 +77,7 @@ from bench._common import (
     check_prerequisites,
     describe_source,
     foreign_window,
+    make_app_passwords,
     measure_logins,
     median,
     pct,
@@ -412,12 +414,14 @@ def _message(size: int) -> bytes:
 @contextlib.contextmanager
 def environment(keep: bool, master_scheme: str) -> Iterator[Env]:
     with work_directory(keep, "igbench-") as (base, stack):
-        dovecot = start_dovecot(base / "dovecot", stack, master_scheme == "plain")
+        dovecot = start_dovecot(
+            base / "dovecot", stack, master_scheme == "plain", users=LOGIN_USERS
+        )
         dovecot.deliver("alice", _message(MESSAGE_SIZE))
 
         gateway = BenchGateway.create(base / "gateway", dovecot, upstream_tls="none")
         assert isinstance(gateway, BenchGateway)
-        app_passwords = {u: gateway.create_app_password(u, "bench") for u in dovecot.users}
+        app_passwords = make_app_passwords(gateway, dovecot.users)
         stack.callback(gateway.stop)
         gateway.start()
 

@@ -33,7 +33,9 @@ import tests.gateway
 from tests.dovecot import DOVEADM_BINARY, DOVECOT_BINARY
 
 from bench._common import (
+    LOGIN_USERS,
     check_prerequisites,
+    make_app_passwords,
     measure_logins,
     start_dovecot,
     uvloop_runner,
@@ -83,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.against is not None:
         return paired(args.against.resolve(), args.logins, args.concurrency)
     with work_directory(False, "igprof-") as (base, stack):
-        dovecot = start_dovecot(base / "dovecot", stack)
+        dovecot = start_dovecot(base / "dovecot", stack, users=LOGIN_USERS)
         gw = BenchGateway.create(
             base / "gateway",
             dovecot,
@@ -91,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             extra_toml="\n[limits]\nmax_preauth_per_source = 64\n",
         )
         assert isinstance(gw, BenchGateway)
-        passwords = {u: gw.create_app_password(u, "bench") for u in dovecot.users}
+        passwords = make_app_passwords(gw, dovecot.users)
         stats = base / "serve.pstats"
         command = tests.gateway.IMAPGUARD
         if not args.no_profile:
@@ -159,7 +161,7 @@ def paired(other: Path, logins: int, concurrency: int, blocks: int = 5) -> int:
         src_override = other
 
     with work_directory(False, "igpair-") as (base, stack):
-        dovecot = start_dovecot(base / "dovecot", stack)
+        dovecot = start_dovecot(base / "dovecot", stack, users=LOGIN_USERS)
         toml = "\n[limits]\nmax_preauth_per_source = 64\n"
         gateways = {
             "this": BenchGateway.create(
@@ -171,7 +173,7 @@ def paired(other: Path, logins: int, concurrency: int, blocks: int = 5) -> int:
         pids: dict[str, int] = {}
         for name, gw in gateways.items():
             assert isinstance(gw, BenchGateway)
-            passwords = {u: gw.create_app_password(u, "bench") for u in dovecot.users}
+            passwords = make_app_passwords(gw, dovecot.users)
             stack.callback(gw.stop)
             gw.start(timeout=60.0)
             pids[name] = gw.running_pid()

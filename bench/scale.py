@@ -79,6 +79,7 @@ from typing import Any
 from tests.dovecot import DOVEADM_BINARY, DOVECOT_BINARY, DovecotServer, free_port
 
 from bench._common import (
+    LOGIN_USERS,
     BenchError,
     Row,
     Summary,
@@ -86,6 +87,7 @@ from bench._common import (
     check_prerequisites,
     describe_source,
     foreign_window,
+    make_app_passwords,
     measure_logins,
     median,
     quiet_attempt,
@@ -261,7 +263,7 @@ def _gateway_toml(p: Params) -> str:
 @contextlib.contextmanager
 def environment(keep: bool, p: Params) -> Iterator[Env]:
     with work_directory(keep, "igscale-") as (base, stack):
-        dovecot = start_dovecot(base / "dovecot", stack, sessions=p.sessions)
+        dovecot = start_dovecot(base / "dovecot", stack, sessions=p.sessions, users=LOGIN_USERS)
         gateway = BenchGateway.create(
             base / "gateway",
             dovecot,
@@ -270,7 +272,7 @@ def environment(keep: bool, p: Params) -> Iterator[Env]:
             workers=p.workers or 1,
         )
         assert isinstance(gateway, BenchGateway)
-        app_passwords = {u: gateway.create_app_password(u, "bench") for u in dovecot.users}
+        app_passwords = make_app_passwords(gateway, dovecot.users)
         stack.callback(gateway.stop)
         nginx = NginxMailProxy(
             prefix=base / "nginx",
