@@ -348,3 +348,43 @@ def test_listen_lock_held_by_another_user_does_not_stop_serve(
     finally:
         squatter.kill()
         squatter.communicate()
+
+
+def test_a_restarted_worker_runs_the_accepted_configuration_not_an_unreloaded_edit(
+    tmp_path: Path, dovecot: DovecotServer
+) -> None:
+    """An edit of the file that nobody reloaded yet (here: app passwords no longer
+    accepted) must not reach a worker that restarts after a crash: it would serve
+    another configuration than its siblings (an edit half made, or one weakening
+    what they enforce). The children read the copy the parent last accepted; the
+    edit takes effect with the SIGHUP, on every worker at once."""
+    gw = GatewayProcess.create(tmp_path, dovecot, workers=2)
+    gw.start()
+    try:
+        _wait("two worker processes", lambda: len(_workers(gw)) == 2)
+        password = gw.create_app_password("alice")
+        text = gw.config_path.read_text()
+        edited = text.replace('methods = ["app-password"]', 'methods = ["password+totp"]')
+        assert edited != text
+        gw.config_path.write_text(edited)
+        crashed = _workers(gw)
+        for pid in crashed:
+            os.kill(pid, signal.SIGKILL)
+        _wait(
+            "two new workers",
+            lambda: len(_workers(gw)) == 2 and not (_workers(gw) & crashed),
+            30,
+        )
+        for _ in range(8):  # spread over both workers by SO_REUSEPORT
+            _login(gw, password)
+        gw.signal(signal.SIGHUP)
+        _wait(
+            "both workers reloaded",
+            lambda: len([e for e in gw.events("reload") if e["result"] == "ok"]) >= 2,
+        )
+        for _ in range(4):
+            with pytest.raises(imaplib.IMAP4.error):
+                _login(gw, password)
+    finally:
+        gw.stop()
+    assert "Traceback" not in gw.log_text()

@@ -12,6 +12,11 @@ not running" while a worker has no process (its queued connections wait).
 Signals: SIGHUP reads the configuration first, so a broken one is refused once,
 here, with the reason logged and audited, and the workers keep theirs; a good
 one is passed on to every child (each reloads it, and reopens the audit log).
+The children read the configuration the parent last accepted, not the file an
+administrator may be editing: a private copy (`_Accepted`), taken at start and
+at each accepted SIGHUP. A worker restarted after a crash thus runs what its
+siblings run, not an edit nobody reloaded yet (which could be broken, or weaken
+what the others enforce).
 SIGTERM and SIGINT: /health turns 503, the workers drain (each gets
 `limits.drain_timeout` and a margin), the portal stops, then the parent exits.
 Settings read only at start (listen addresses, `[server] workers`, `[metrics]`)
@@ -24,8 +29,10 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import socket
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -53,7 +60,54 @@ EXIT_CONFIG = 2
 STOP_MARGIN = 10.0
 
 
+class _Accepted:
+    """The configuration the parent last accepted, as a file its children read
+    (0600, in a 0700 directory of its own; `PrivateTmp` in the systemd unit).
+    Relative paths in it mean what they meant: they are relative to the working
+    directory, not to the configuration file (`config.load`)."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self._dir = Path(tempfile.mkdtemp(prefix="imapguard-config-"))
+        self.path = str(self._dir / "imapguard.toml")
+
+    def take(self) -> Config:
+        """Read the source once, validate those very bytes, and make them what the
+        children read; a problem raises (ConfigError, OSError, ValueError) and the
+        copy in use stays."""
+        try:
+            text = Path(self.source).read_bytes()
+        except FileNotFoundError:
+            raise ConfigError([("--config", f"file not found: {self.source}")]) from None
+        candidate = self._dir / "candidate.toml"
+        fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(text)
+        try:
+            config = load_config(candidate)
+        except ConfigError as exc:
+            # The problems name the administrator's file, not the copy.
+            raise ConfigError(
+                [(key, msg.replace(str(candidate), self.source)) for key, msg in exc.problems]
+            ) from None
+        os.replace(candidate, self.path)
+        return config
+
+    def close(self) -> None:
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+
 async def serve_workers(config: Config, config_path: str, workers: int) -> None:
+    accepted = _Accepted(config_path)
+    try:
+        # The bytes the children will read, checked (the caller read the file a
+        # moment ago; what counts is the copy).
+        await _serve_workers(accepted.take(), accepted, workers)
+    finally:
+        accepted.close()
+
+
+async def _serve_workers(config: Config, accepted: _Accepted, workers: int) -> None:
     # What a worker would refuse at its start is refused here, once, before a
     # socket is bound: the store's schema and server key (the files and the TLS
     # pairs were checked by load_config).
@@ -80,12 +134,12 @@ async def serve_workers(config: Config, config_path: str, workers: int) -> None:
             held.callback(multiprocess.finish, directory)
         audit = AuditLog(config.audit.path)
         held.callback(audit.close)
-        await _supervise(config, config_path, groups, audit, directory)
+        await _supervise(config, accepted, groups, audit, directory)
 
 
 async def _supervise(
     config: Config,
-    config_path: str,
+    accepted: _Accepted,
     groups: list[list[socket.socket]],
     audit: AuditLog,
     directory: Path | None,
@@ -116,7 +170,7 @@ async def _supervise(
         workers.append(
             Child(
                 f"worker {k}",
-                ["worker", "--config", config_path],
+                ["worker", "--config", accepted.path],
                 {f"listen{i}": group[k].fileno() for i, group in enumerate(groups)},
                 stop_grace=config.limits.drain_timeout + STOP_MARGIN,
                 on_exit=ended(k),
@@ -124,7 +178,7 @@ async def _supervise(
         )
     children: list[Child] = list(workers)
     if config.portal is not None:
-        children.append(PortalChild(config_path, listen_socket(config.portal.listen)))
+        children.append(PortalChild(accepted.path, listen_socket(config.portal.listen)))
     collect = None
     if directory is not None:
         folder = directory
@@ -147,7 +201,7 @@ async def _supervise(
     def reload() -> None:
         audit.reopen()
         try:
-            load_config(config_path)
+            accepted.take()
         except (ConfigError, OSError, ValueError) as exc:
             log.error("reload failed, the workers keep the running configuration: %s", exc)
             audit.emit(events.Reload(result="failed", reason=str(exc)))
