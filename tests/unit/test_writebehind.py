@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -91,3 +92,30 @@ def test_reader_sees_committed_writes_and_cannot_write(store: SqliteStore, tmp_p
             reader.record_login("alice", 2.0, "192.0.2.1", "m")
     finally:
         reader.close()
+
+
+@pytest.mark.asyncio
+async def test_a_batch_stuck_in_the_store_piles_up_no_callbacks(
+    store: SqliteStore, executor: ThreadPoolExecutor
+) -> None:
+    """A store that stalls (a flood of logins, a slow disk) while writes keep
+    coming: each timer that fires during the stuck batch must not add one more
+    callback to it (they re-added themselves while anything was pending: memory
+    and loop time growing with the stall). One callback, one next batch."""
+    release = threading.Event()
+    wb = WriteBehind(store, executor, delay=0.001)
+
+    def stuck() -> None:
+        release.wait(10)
+
+    wb.submit(stuck)  # the batch the store cannot finish
+    await asyncio.sleep(0.02)
+    for i in range(50):
+        wb.submit(store.record_login, f"user{i}", 10.0 + i, "192.0.2.1", "app-password")
+        await asyncio.sleep(0.003)  # the timer fires again and again meanwhile
+    assert wb._inflight is not None
+    # Its own (the chained future's, `_done`) and one to start the next batch.
+    assert len(wb._inflight._callbacks) <= 3
+    release.set()
+    await wb.flush()
+    assert len(store.list_users()) == 50

@@ -56,6 +56,7 @@ class WriteBehind:
         self._pending: deque[Call] = deque(maxlen=max_pending)
         self._timer: asyncio.TimerHandle | None = None
         self._inflight: asyncio.Future[None] | None = None
+        self._rerun = False  # `_start` runs again when the batch in flight is written
         self.dropped = 0
 
     def submit(self, fn: Callable[..., None], *args: Any) -> None:
@@ -69,8 +70,11 @@ class WriteBehind:
     def _start(self) -> None:
         self._timer = None
         if self._inflight is not None and not self._inflight.done():
-            # One batch at a time; the next starts when this one is written.
-            self._inflight.add_done_callback(lambda _: self._start())
+            # One batch at a time; the next starts when this one is written (once:
+            # a timer firing again meanwhile must not pile up callbacks).
+            if not self._rerun:
+                self._rerun = True
+                self._inflight.add_done_callback(self._rerun_after)
             return
         if not self._pending:
             return
@@ -79,6 +83,10 @@ class WriteBehind:
         loop = asyncio.get_running_loop()
         self._inflight = loop.run_in_executor(self._executor, self._write, calls)
         self._inflight.add_done_callback(self._done)
+
+    def _rerun_after(self, _: asyncio.Future[None]) -> None:
+        self._rerun = False
+        self._start()
 
     def _write(self, calls: list[Call]) -> None:
         with self._store.batch():
