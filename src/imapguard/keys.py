@@ -15,6 +15,7 @@ from imapguard.secret import Secret
 __all__ = [
     "APP_PASSWORD",
     "DEVICE_SECRET",
+    "GATE_TURNS",
     "PASSWORD_FINGERPRINT",
     "PORTAL_CSRF",
     "PORTAL_INVITE",
@@ -48,6 +49,9 @@ RECOVERY_CODE = "recovery-code/v1"
 # The check value a store keeps of the key its secrets are sealed with
 # (imapguard.state.keycheck): a wrong key file is found at start.
 STORE_KEY_CHECK = "store-key-check/v1"
+# Which byte of the gate's lock file a (source, account) pair locks
+# (imapguard.state.sqlite.turns): not one an attacker can aim at.
+GATE_TURNS = "gate-turns/v1"
 MIN_KEY_BYTES = 32
 
 

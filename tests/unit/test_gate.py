@@ -9,6 +9,9 @@ guesses over two nodes."""
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,6 +24,7 @@ from imapguard.defense import Defense, DefenseSettings, Fingerprinter
 from imapguard.defense.engine import Attempt
 from imapguard.secret import Secret
 from imapguard.state.sqlite.store import open_store
+from imapguard.state.sqlite.turns import FileTurns
 
 
 def _defense(path: Path) -> Defense:
@@ -157,5 +161,113 @@ def test_a_turn_left_past_the_takeover_cap_is_still_given_back(
             assert gate._held == {}
             assert other.gate_enter(_attempt(other, "alice"), "next")
             assert other.gate_enter(_attempt(other, "bob"), "next")
+
+    asyncio.run(main())
+
+
+# -- turns on one machine: byte-range locks beside a SQLite state -----------------------
+
+_HOLDER = """
+import sys, time
+from imapguard.state.sqlite.turns import FileTurns
+turns = FileTurns.for_file(sys.argv[1], b"k" * 32)
+assert turns.take(sys.argv[2])
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_turn_held_by_another_process_waits_and_is_free_once_that_process_is_killed(
+    tmp_path: Path,
+) -> None:
+    """Another worker holds the pair's turn: this one cannot take it (other pairs it
+    can); the worker is killed (SIGKILL, no clean-up of its own) and the kernel has
+    given the turn back at once, where a turn in the store would stay taken until
+    it expired (`engine.GATE_HOLD`)."""
+    path = str(tmp_path / "state.db-turns")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, path, "192.0.2.7|alice"],
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline() == b"held\n"
+        turns = FileTurns.for_file(path, b"k" * 32)
+        assert not turns.take("192.0.2.7|alice")
+        assert turns.take("192.0.2.7|bob")
+        turns.give_back("192.0.2.7|bob")
+        holder.kill()
+        holder.wait(10)
+        assert turns.take("192.0.2.7|alice")
+        turns.give_back("192.0.2.7|alice")
+    finally:
+        holder.kill()
+        holder.wait(10)
+        if holder.stdout is not None:
+            holder.stdout.close()
+
+
+def test_with_turns_on_one_machine_a_login_makes_no_hop_and_no_write(tmp_path: Path) -> None:
+    """The precheck is read inline on the event loop (the embedded store's reads
+    are), the counter store is not written, and a second login of the pair in
+    this process, through another gate (a reload made a new one), waits for the
+    first: the process's own holders are counted, not left to the kernel, which
+    would grant a byte the process already holds."""
+    defense = _defense(tmp_path)
+    turns = FileTurns.for_file(str(tmp_path / "state.db-turns"), b"k" * 32)
+    threads: list[str] = []
+
+    def then(attempt: Attempt) -> str:
+        threads.append(threading.current_thread().name)
+        return "verdict"
+
+    async def main() -> None:
+        with ThreadPoolExecutor(1) as executor:
+            gate = Gate(defense, executor, local=turns)
+            turn = gate.turn()
+            assert await turn.enter(_attempt(defense), then) == "verdict"
+            assert threads == [threading.main_thread().name]
+            assert defense.gate_enter(_attempt(defense), "store")  # never taken there
+            second = Gate(defense, executor, local=turns).turn()
+            async with asyncio.TaskGroup() as tg:
+                waiting = tg.create_task(second.enter(_attempt(defense), then))
+                await asyncio.sleep(0.1)
+                assert not waiting.done()
+                turn.leave()
+            assert waiting.result() == "verdict"
+            second.leave()
+            assert turns._pairs == set()
+            assert turns._bytes == {}
+
+    asyncio.run(main())
+
+
+def test_a_takeover_cancelled_before_it_reached_the_store_leaves_no_turn_taken(
+    tmp_path: Path,
+) -> None:
+    """A login takes over the pair's left turn (its token) but is cancelled (the
+    pre-auth timeout, under a flood that keeps the store thread busy) before its
+    compare-and-set ran. The turn must still be given back: else every login of
+    the pair, on every process, waits until it expires (GATE_HOLD, 2 minutes)."""
+    defense, other = _defense(tmp_path), _defense(tmp_path)
+    busy = threading.Event()
+
+    async def main() -> None:
+        with ThreadPoolExecutor(1) as executor:
+            gate = Gate(defense, executor)
+            first = gate.turn()
+            await first.enter(_attempt(defense), lambda _: None)
+            first.leave()  # its release is queued; the token is remembered
+            executor.submit(busy.wait, 10)  # the store thread stalls
+            second = gate.turn()
+            async with asyncio.TaskGroup() as tg:
+                taking = tg.create_task(second.enter(_attempt(defense), lambda _: None))
+                await asyncio.sleep(0.05)  # it took the token over, its write waits
+                taking.cancel()
+            second.leave()
+            busy.set()
+            await gate.releases.flush()
+            assert other.gate_enter(_attempt(other), "next")
 
     asyncio.run(main())

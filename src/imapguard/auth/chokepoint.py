@@ -48,7 +48,7 @@ from imapguard.auth import app_passwords, oauth, passwordless, prechecking, proo
 from imapguard.auth.counting import Counting
 from imapguard.auth.devices import AccountView, Devices, Reading, device_key
 from imapguard.auth.failopen import FailOpen
-from imapguard.auth.gate import Gate, Turn
+from imapguard.auth.gate import Gate, LocalTurns, Turn
 from imapguard.auth.model import (
     AuthContext,
     AuthResult,
@@ -101,6 +101,7 @@ class Authenticator(Generic[S]):
         reader: AccountStore | None = None,
         bookkeeping: WriteBehind | None = None,
         gate_releases: WriteBehind | None = None,
+        gate_turns: LocalTurns | None = None,
         factors: FactorSettings | None = None,
         totp_key: bytes | None = None,
         on_notice: NoticeHook | None = None,
@@ -118,6 +119,7 @@ class Authenticator(Generic[S]):
         self.reads = Reads(self.reader, executor=read_executor, counters=counter_read_executor)
         self.bookkeeping = bookkeeping or WriteBehind(store, store_executor)
         self._gate_releases = gate_releases  # None: the gate batches its own
+        self._gate_turns = gate_turns  # None: turns by compare-and-set in the store
         self.upstream = upstream
         self.factors = factors or FactorSettings()
         self._executor = store_executor
@@ -157,7 +159,14 @@ class Authenticator(Generic[S]):
         if self.defense is None:
             return None
         if self._gate is None or self._gate.defense is not self.defense:
-            self._gate = Gate(self.defense, self._executor, self._sleep, self._gate_releases)
+            self._gate = Gate(
+                self.defense,
+                self._executor,
+                self._sleep,
+                self._gate_releases,
+                self._gate_turns,
+                self.reads.counters,
+            )
         return self._gate
 
     @property

@@ -27,6 +27,12 @@ held (a compare-and-set from that token to its own), and the queued release of
 the old token then changes nothing. A login of the pair on another process or node
 waits for the batch, at most `RELEASE_DELAY` and its own pause longer.
 
+With a SQLite state the processes sharing it are on one machine, and a turn is
+a byte-range lock of the kernel instead (`LocalTurns`, `state.sqlite.turns`):
+taken and given back on the event loop without waiting, no hop to the store's
+thread and no write, and freed by the kernel when a process ends; the precheck
+is then read where the counter store's reads run (inline for the embedded store).
+
 Only guesses of a named account with a secret are gated (a password, an app
 password; not a client certificate, nor a bearer token whose account is known only
 once it is verified). A mail client's parallel connections from one address queue
@@ -42,15 +48,17 @@ from __future__ import annotations
 import asyncio
 import secrets
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
-from typing import Any, TypeVar, cast
+from typing import Any, Protocol, TypeVar, cast
 
-from imapguard.defense.engine import Attempt, Defense
+from imapguard.defense.engine import GATE_HOLD, Attempt, Defense
+from imapguard.errors import StateUnavailable
 from imapguard.state.on_thread import on_thread
 from imapguard.state.writebehind import WriteBehind
 
-__all__ = ["RELEASE_DELAY", "Gate", "Turn"]
+__all__ = ["RELEASE_DELAY", "Gate", "LocalTurns", "Turn"]
 
 T = TypeVar("T")
 
@@ -64,6 +72,16 @@ RELEASE_DELAY = 0.02
 # (`WriteBehind.max_pending`, a store stalled under a flood of logins) would
 # otherwise leave its entry for good. Past it, a login waits for the release.
 MAX_HELD = 10_000
+
+
+class LocalTurns(Protocol):
+    """Turns between the processes of one machine (`state.sqlite.turns`)."""
+
+    def take(self, pair: str) -> bool:
+        """Take the pair's turn now if nobody holds it; never waits."""
+        ...
+
+    def give_back(self, pair: str) -> None: ...
 
 
 class _Queue:
@@ -81,14 +99,19 @@ class Gate:
         executor: Executor,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
         releases: WriteBehind | None = None,
+        local: LocalTurns | None = None,
+        reads: Executor | None = None,
     ) -> None:
         self.defense = defense
+        self.local = local  # else the compare-and-set in the counter store
+        self._reads = reads  # where `then` runs after a local turn (None: inline)
         self._executor = executor
         self._sleep = sleep
         self._queues: dict[str, _Queue] = {}
-        # Turns left but still held in the store, their release queued: pair -> token.
-        # The release runs on the store thread, a takeover on the event loop.
-        self._held: dict[str, str] = {}
+        # Turns left but still held in the store, their release queued: pair ->
+        # (token, when left). The release runs on the store thread, a takeover on
+        # the event loop.
+        self._held: dict[str, tuple[str, float]] = {}
         self._held_lock = threading.Lock()
         self.releases = releases or WriteBehind(defense, executor, delay=RELEASE_DELAY)
 
@@ -97,24 +120,40 @@ class Gate:
         return Turn(self)
 
     def _take_over(self, key: str) -> str | None:
-        """The token of the pair's turn this process left but still holds, if any
-        (the queued release then finds it taken over and does nothing)."""
+        """The token of the pair's turn this process left but still holds, if any."""
         with self._held_lock:
-            return self._held.pop(key, None)
+            held = self._held.pop(key, None)
+        return held[0] if held is not None else None
+
+    def _remember(self, key: str, token: str) -> None:
+        """A turn left, its release queued: this process may take it over meanwhile.
+        Past `MAX_HELD` entries, those older than a turn lives are forgotten first
+        (their releases failed; the store lets them expire), then no more are kept."""
+        now = time.monotonic()
+        with self._held_lock:
+            if len(self._held) >= MAX_HELD and key not in self._held:
+                stale = [k for k, (_, left) in self._held.items() if now - left > GATE_HOLD]
+                for k in stale:
+                    del self._held[k]
+                if len(self._held) >= MAX_HELD:
+                    return
+            self._held[key] = (token, now)
 
     def _release(self, key: str, attempt: Attempt, token: str) -> None:
-        """On the store thread, in the release batch: give the turn back. The
-        compare-and-set frees nothing a takeover holds (it names our token); a
-        later token remembered for the pair says ours was taken over: no write."""
+        """On the store thread, in the release batch: give the turn back. Always
+        written: the compare-and-set names our token, so it frees nothing a
+        takeover holds, and a takeover that never reached the store (cancelled
+        after it took the token here) leaves the turn to this write."""
+        try:
+            self.defense.gate_leave(attempt, token)
+        except StateUnavailable:
+            # Each release on its own: one failure must not cost the others. Kept
+            # for a takeover by this process; elsewhere it expires (`GATE_HOLD`).
+            return
         with self._held_lock:
-            current = self._held.get(key)
-            if current is not None and current != token:
-                return
-            if current is not None:
+            held = self._held.get(key)
+            if held is not None and held[0] == token:
                 del self._held[key]
-        # A store that cannot be reached fails the batch (logged by `WriteBehind`):
-        # the turn expires (`engine.GATE_HOLD`).
-        self.defense.gate_leave(attempt, token)
 
 
 class Turn:
@@ -126,6 +165,7 @@ class Turn:
         self._locked = False  # holds the pair's lock in this process
         self._attempt: Attempt | None = None  # holds the pair's turn in the store
         self._token = ""
+        self._local = False  # holds the pair's turn in `gate.local`
 
     async def enter(self, attempt: Attempt, then: Callable[[Attempt], T]) -> T:
         """Wait for the pair's turn, then `then(attempt)` (the precheck) in the same
@@ -139,6 +179,15 @@ class Turn:
         queue.users += 1
         await queue.lock.acquire()
         self._locked = True
+        local = gate.local
+        if local is not None:
+            pause = FIRST_PAUSE
+            while not local.take(key):
+                await gate._sleep(pause)
+                pause = min(pause * 2, LONGEST_PAUSE)
+            self._local = True
+            # Where the counter store's reads run (inline for the embedded store).
+            return await on_thread(gate._reads, then, attempt)
         # Known before asking: a login cancelled while its compare-and-set ran
         # may hold the turn, and `leave` gives it back only if it holds this token.
         token = self._token = secrets.token_hex(8)
@@ -171,12 +220,13 @@ class Turn:
         attempt, self._attempt = self._attempt, None
         key, self._key = self._key, None
         locked, self._locked = self._locked, False
+        local, self._local = self._local, False
         if key is None:
             return
+        if local and gate.local is not None:
+            gate.local.give_back(key)
         if attempt is not None:
-            with gate._held_lock:
-                if len(gate._held) < MAX_HELD or key in gate._held:
-                    gate._held[key] = self._token
+            gate._remember(key, self._token)
             gate.releases.submit(gate._release, key, attempt, self._token)
         queue = gate._queues[key]
         if locked:

@@ -55,6 +55,7 @@ def authenticator(config: Config, services: Services, upstream: Upstream[S]) -> 
         reader=timed_store(services.reader, m),
         bookkeeping=services.bookkeeping,
         gate_releases=services.releases,
+        gate_turns=services.turns,
         factors=FactorSettings(
             sufficient=tuple(a.sufficient),
             device_trust=a.device_trust_days * 86400.0,

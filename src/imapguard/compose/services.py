@@ -28,6 +28,7 @@ from imapguard.defense.fingerprints import Fingerprinter
 from imapguard.errors import ConfigError
 from imapguard.keys import (
     APP_PASSWORD,
+    GATE_TURNS,
     PORTAL_CSRF,
     PORTAL_INVITE,
     PORTAL_SESSION,
@@ -44,6 +45,8 @@ from imapguard.state.on_thread import read_executor
 from imapguard.state.opening import open_account_store, open_reader_for
 from imapguard.state.portal import PortalStore
 from imapguard.state.redis import open_counters
+from imapguard.state.sqlite.connection import url_path
+from imapguard.state.sqlite.turns import FileTurns, turns_path
 from imapguard.state.writebehind import WriteBehind
 
 __all__ = [
@@ -133,6 +136,7 @@ class Services:
     metrics: Metrics | None = None  # this process's, with `[metrics]` (compose.observing)
     cluster: Cluster | None = None  # what reaches every node at once (with Redis)
     releases: WriteBehind | None = None  # the gate's turns given back (`auth.gate`)
+    turns: FileTurns | None = None  # the gate's turns on one machine (SQLite counters)
 
 
 @contextlib.asynccontextmanager
@@ -203,7 +207,18 @@ async def open_services(config: Config, *, metrics: bool = False) -> AsyncIterat
             counted,
             cluster,
             releases,
+            gate_turns(config),
         )
+
+
+def gate_turns(config: Config) -> FileTurns | None:
+    """The gate's turns as byte-range locks beside a SQLite state whose counters
+    it holds (every process sharing them is on this machine); None: networked
+    counters, where a turn is a compare-and-set in the store (`auth.gate`)."""
+    if config.state.counters_url or not config.state.url.startswith("sqlite:"):
+        return None
+    path = turns_path(url_path(config.state.url))
+    return FileTurns.for_file(path, derive_key(keys(config).server, GATE_TURNS))
 
 
 def quietly(close: Callable[[], object]) -> None:
