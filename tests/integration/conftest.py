@@ -21,7 +21,8 @@ own n. Allocation, one block per file (keep it that way when adding tests):
     127.0.211.0/24 (test_portal_admin), 127.0.212.0/24 (test_portal_spray),
     127.0.213.0/24 (test_postgres_state), 127.0.214.0/24 (test_cluster_postgres),
     127.0.215.0/24 and 127.0.216.0/24 (test_proxy_protocol: clients, HAProxy)
-    127.0.217.0/24 (test_faults), 127.0.241.0/24 (test_cluster_haproxy)
+    127.0.217.0/24 (test_faults), 127.0.241.0/24 (test_cluster_haproxy),
+    127.0.218.0/24 (test_workers), 127.0.219.0/24 (test_portal_signin)
     (test_preauth_slot_exhaustion uses a network namespace of its own, tests/netns.py)
 """
 

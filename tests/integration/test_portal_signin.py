@@ -6,8 +6,12 @@ drive the same pages in Chromium)."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
+import ssl
+import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -112,3 +116,57 @@ def test_portal_guesses_block_imap_logins_from_the_same_source(
         e for e in gw.events("auth") if e.get("user") == user and e.get("listener") != "portal"
     ]
     assert refused[-1]["reason"].startswith("blocked"), refused[-1]
+
+
+def test_password_guesses_posted_at_once_reach_the_check_at_most_pair_block_times(
+    tmp_path: Path, dovecot: DovecotServer
+) -> None:
+    """16 wrong passwords for one account posted to the portal at the same instant,
+    each over a browser of its own: every precheck would read the same counts, so
+    all that pass the rate limit (10) would reach the mail server's password
+    check. The portal's sign-in takes the pair's turn at the gate as IMAP logins
+    do (`auth.gate`): at most `pair_block` (3 here) are checked, the rest are
+    blocked."""
+    extra = "\n[defense]\npair_free = 1\npair_block = 3\ndelay_base = 0.05\ndelay_max = 0.2\n"
+    with portal_gateway(tmp_path, dovecot, extra_toml=extra) as (gw, port):
+        user = new_user(gw, dovecot, "burst").name
+        # A source of its own: Dovecot's auth penalty for 127.0.0.1, grown by the
+        # other tests' wrong passwords, would slow each checked guess by seconds.
+        ctx = ssl.create_default_context(cafile=str(gw.ca_cert))
+        browsers = [
+            httpx.Client(
+                base_url=f"https://localhost:{port}",
+                verify=ctx,
+                timeout=30.0,
+                headers={"Origin": f"https://localhost:{port}"},
+                transport=httpx.HTTPTransport(verify=ctx, local_address="127.0.219.1"),
+            )
+            for _ in range(16)
+        ]
+        try:
+            forms = [csrf(web.get("/signin")) for web in browsers]
+            barrier = threading.Barrier(len(browsers))
+
+            def guess(n: int) -> int:
+                barrier.wait(30)
+                data = {"csrf": forms[n], "username": user, "password": f"guess-{n}"}
+                return browsers[n].post("/signin", data=data).status_code
+
+            with concurrent.futures.ThreadPoolExecutor(len(browsers)) as pool:
+                statuses = list(pool.map(guess, range(len(browsers))))
+        finally:
+            for web in browsers:
+                web.close()
+        assert 303 not in statuses, statuses  # none signed in
+        # The portal's per-source rate limit answers some with 429 before any
+        # check; more than `pair_block` still arrive at once.
+        through = [s for s in statuses if s != 429]
+        assert len(through) > 3, statuses
+        reasons = [
+            e["reason"]
+            for e in gw.events("auth")
+            if e.get("user") == user and e.get("listener") == "portal"
+        ]
+        assert len(reasons) == len(through), (statuses, reasons)
+        checked = [r for r in reasons if not r.startswith("blocked")]
+        assert 1 <= len(checked) <= 3, checked

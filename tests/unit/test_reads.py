@@ -11,6 +11,7 @@ import random
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,6 +22,7 @@ from imapguard.auth.signin import TwoStepSignIn
 from imapguard.defense import Defense, DefenseSettings, Fingerprinter
 from imapguard.gateway.upstream import UpstreamSession
 from imapguard.secret import Secret
+from imapguard.state.sqlite.turns import FileTurns
 from tests.unit import test_chokepoint_factors as base
 from tests.unit.test_chokepoint_factors import KEY, PASSWORDS, SEAL, Env, attempt, ctx
 from tests.unit.test_signin import portal_ctx
@@ -80,6 +82,7 @@ def networked(
     env: Env,
     pools: tuple[ThreadPoolExecutor, ThreadPoolExecutor] | None,
     methods: tuple[str, ...] = ("app-password", "password+totp"),
+    turns: FileTurns | None = None,
     **settings: Any,
 ) -> tuple[Authenticator[UpstreamSession], Watched]:
     """The chokepoint with a defense, reading through a watched reader, on
@@ -113,6 +116,7 @@ def networked(
         ),
         read_executor=accounts,
         counter_read_executor=counters,
+        gate_turns=turns,
     )
     return auth, reader
 
@@ -225,8 +229,24 @@ async def test_portal_sign_in_reads_on_the_read_executors(env: Env, pools: Any) 
     assert (check.ok, check.has_totp) == (True, True)
     assert await signin.check_totp("alice", Secret(otp.at(env.clock.now)), portal_ctx())
     assert on(reader, "get_totp") == {"account"}
-    assert on(reader, "defense_lookup") == {"counter"}
+    # The password step is a guess of the account: read in the hop of the gate's
+    # turn; the code step (no secret the gate keys on) on the counter executor.
+    assert on(reader, "defense_lookup") == {store_thread(env), "counter"}
     off_the_loop(reader)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("executors", ["pools", "inline"])
+async def test_with_turns_on_one_machine_the_precheck_reads_where_counter_reads_run(
+    env: Env, pools: Any, executors: str, tmp_path: Path
+) -> None:
+    """A turn taken as a byte-range lock (`state/sqlite/turns.py`) makes no hop:
+    the precheck is then read where the counter store's reads run, on its read
+    executor if there is one (a slow store must not freeze the loop), else inline."""
+    turns = FileTurns.for_file(str(tmp_path / "state.db-turns"), KEY)
+    auth, reader = networked(env, pools if executors == "pools" else None, turns=turns)
+    await attempt(auth, "alice", "a-guess")
+    assert on(reader, "defense_lookup") == ({"counter"} if executors == "pools" else {"loop"})
 
 
 # -- the embedded store: no hop ---------------------------------------------------------
@@ -249,7 +269,7 @@ async def test_without_a_read_executor_reads_stay_on_the_loop(env: Env, scenario
     assert reader.threads
     # The precheck of a gated guess is read on the store's thread, in the hop
     # that takes the pair's turn (auth/gate.py): no hop of its own.
-    gated = {"defense_lookup"} if scenario == "imap" else set()
+    gated = {"defense_lookup"}
     for method in reader.threads:
         where = {store_thread(env)} if method in gated else {"loop"}
         assert on(reader, method) == where, reader.threads

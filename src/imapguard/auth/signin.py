@@ -44,6 +44,7 @@ from typing import Any, Generic, ParamSpec, TypeVar
 from imapguard.audit import AuditLog, events
 from imapguard.auth import proof, recovery, totp
 from imapguard.auth.chokepoint import Authenticator
+from imapguard.auth.gate import Turn
 from imapguard.auth.model import AuthContext, AuthResult, NoticeHook, Outcome, S
 from imapguard.auth.oauth.tokens import VerifiedToken
 from imapguard.auth.passkeys import Challenge, PasskeyRefused, Passkeys
@@ -325,10 +326,13 @@ class TwoStepSignIn(Generic[S]):
         the defense's block or delay, `step`, count (a success only if `success`,
         asked after the step), audit, and the failure timing."""
         auth = self.auth
+        # One guess at a time per address and account, shared with the IMAP
+        # logins (`auth.gate`): requests sent at once must not all pass one precheck.
+        turn = auth.gate.turn() if auth.gate is not None else None
         with auth.timing.attempt(ctx.client.ip) as clock:
             verdict: Verdict | None = None
             try:
-                attempt, verdict = await self._precheck(ctx, user, secret)
+                attempt, verdict = await self._precheck(ctx, user, secret, turn)
                 result = await self._gate(user, verdict) or await step()
                 counted = success() if callable(success) else success
                 if counted or result.outcome is not Outcome.OK:
@@ -337,6 +341,9 @@ class TwoStepSignIn(Generic[S]):
                 result = AuthResult(
                     Outcome.UNAVAILABLE, user, "portal", f"state store: {exc.detail}"
                 )
+            finally:
+                if turn is not None:  # counted: the pair's next guess may go
+                    turn.leave()
             self._audit_auth(mechanism, shown, result, verdict, ctx)
             if result.outcome is not Outcome.OK:
                 await auth.timing.wait_out(clock)
@@ -364,7 +371,7 @@ class TwoStepSignIn(Generic[S]):
     # -- the steps -----------------------------------------------------------------
 
     async def _precheck(
-        self, ctx: AuthContext, user: str | None, secret: Secret | None
+        self, ctx: AuthContext, user: str | None, secret: Secret | None, turn: Turn | None
     ) -> tuple[Attempt | None, Verdict | None]:
         defense = self.auth.defense
         if defense is None:
@@ -378,6 +385,8 @@ class TwoStepSignIn(Generic[S]):
             trusted_device=False,
             spray=secret is not None,
         )
+        if turn is not None and user is not None and secret:
+            return attempt, await turn.enter(attempt, defense.precheck)
         return attempt, await self.auth.reads.precheck(defense, attempt)
 
     async def _password(
