@@ -91,18 +91,29 @@ def _workers(gw: GatewayProcess) -> set[int]:
     return _gateway_pids(gw) - {gw.proc.pid}
 
 
-def _running_config(config: Path) -> set[int]:
-    """Live processes whose command line names `config` (a stray worker would)."""
+def _running_config(*configs: Path) -> set[int]:
+    """Live processes whose command line names one of `configs` (a stray worker
+    would: the workers name the parent's copy of the file, `_worker_configs`)."""
     out = set()
-    needle = str(config).encode()
+    needles = [str(config).encode() for config in configs]
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             with contextlib.suppress(OSError):
                 stat = _proc_stat(int(entry.name))
                 alive = stat is not None and stat[0] != "Z"
-                if alive and needle in (entry / "cmdline").read_bytes():
+                cmdline = (entry / "cmdline").read_bytes()
+                if alive and any(needle in cmdline for needle in needles):
                     out.add(int(entry.name))
     return out
+
+
+def _worker_configs(gw: GatewayProcess) -> set[Path]:
+    """The configuration files the workers read (`--config`: the parent's copy)."""
+    paths = set()
+    for pid in _workers(gw):
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        paths.add(Path(argv[argv.index(b"--config") + 1].decode()))
+    return paths
 
 
 def _fds(pids: set[int]) -> int:
@@ -372,7 +383,8 @@ def test_sigterm_with_sessions_relaying_in_two_workers_ends_them_cleanly_and_eve
         relaying = [c for clients in sessions.values() for c in clients]
         before = _settled(metrics_port, relay=len(relaying))
         assert gw.proc is not None
-        assert _running_config(gw.config_path) == _gateway_pids(gw)
+        configs = {gw.config_path, *_worker_configs(gw)}
+        assert _running_config(*configs) == _gateway_pids(gw)
 
         gw.signal(signal.SIGTERM)
         wait_for(lambda: _health(metrics_port) == 503, 5, "/health reporting the drain")
@@ -386,7 +398,7 @@ def test_sigterm_with_sessions_relaying_in_two_workers_ends_them_cleanly_and_eve
             rest = client.rest_until_closed(10)
             assert rest.endswith(BYE_SHUTDOWN + b"\r\n"), rest
         assert gw.proc.wait(15) == 0
-        wait_for(lambda: not _running_config(gw.config_path), 5, "every gateway process gone")
+        wait_for(lambda: not _running_config(*configs), 5, "every gateway process gone")
         with pytest.raises(urllib.error.URLError):
             scrape(metrics_port, timeout=2)
         gw.proc = None

@@ -8,9 +8,12 @@ local user squatting the address lock's name cannot stop `serve`."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import imaplib
 import os
+import secrets
+import shutil
 import signal
 import subprocess
 import threading
@@ -24,6 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.dovecot import DovecotServer, free_port
 from tests.gateway import IMAPGUARD, GatewayProcess
+from tests.integration.conftest import AUTH_FAILED, RawClient
 
 pytestmark = pytest.mark.dovecot
 
@@ -368,6 +372,15 @@ def test_a_restarted_worker_runs_the_accepted_configuration_not_an_unreloaded_ed
         assert edited != text
         gw.config_path.write_text(edited)
         crashed = _workers(gw)
+        # The copy the workers read, not the file; a cleaner of old temporary
+        # files takes it away before the crash: the restart must not fail.
+        argv = Path(f"/proc/{min(crashed)}/cmdline").read_bytes().split(b"\0")
+        copy = Path(argv[argv.index(b"--config") + 1].decode())
+        assert copy != gw.config_path
+        assert copy.read_text() == text
+        assert oct(copy.stat().st_mode & 0o777) == oct(0o600)
+        assert oct(copy.parent.stat().st_mode & 0o777) == oct(0o700)
+        shutil.rmtree(copy.parent)
         for pid in crashed:
             os.kill(pid, signal.SIGKILL)
         _wait(
@@ -385,6 +398,57 @@ def test_a_restarted_worker_runs_the_accepted_configuration_not_an_unreloaded_ed
         for _ in range(4):
             with pytest.raises(imaplib.IMAP4.error):
                 _login(gw, password)
+    finally:
+        gw.stop()
+    assert "Traceback" not in gw.log_text()
+
+
+def test_guesses_sent_at_once_over_two_workers_on_sqlite_reach_the_check_at_most_pair_block_times(
+    tmp_path: Path, dovecot: DovecotServer
+) -> None:
+    """40 wrong passwords for one account from one address at the same instant,
+    spread by the kernel over two workers sharing the SQLite state: each worker's
+    precheck would read the same counts, so without the gate all 40 would reach
+    the password check. The turn of a pair is a byte-range lock here
+    (`state/sqlite/turns.py`), across the two processes: at most `pair_block` (10,
+    the default) are checked, the rest are blocked."""
+    gw = GatewayProcess.create(
+        tmp_path,
+        dovecot,
+        workers=2,
+        # Room for all 40 on one worker: SO_REUSEPORT spreads them by a hash. Short
+        # delays: the pair's guesses wait out each other's (test_cluster_redis too).
+        extra_toml=(
+            "[limits]\nmax_preauth_per_source = 64\n[defense]\ndelay_base = 0.05\ndelay_max = 0.2\n"
+        ),
+    )
+    gw.start()
+    try:
+        _wait("two worker processes", lambda: len(_workers(gw)) == 2)
+        user = f"wg{secrets.token_hex(3)}"
+        dovecot.add_user(user, secrets.token_urlsafe(12))
+        attacker = "127.0.218.1"
+        clients = []
+        for _ in range(40):
+            client = RawClient(gw.implicit_port, attacker, tls=gw.client_ssl(), timeout=60)
+            client.line()
+            clients.append(client)
+        barrier = threading.Barrier(len(clients))
+
+        def guess(client: RawClient) -> bytes:
+            with client:
+                barrier.wait(30)
+                wrong = secrets.token_hex(8)
+                return client.command(b"a", f'LOGIN "{user}" "{wrong}"'.encode())[-1]
+
+        with concurrent.futures.ThreadPoolExecutor(len(clients)) as pool:
+            answers = list(pool.map(guess, clients))
+        assert answers == [b"a " + AUTH_FAILED] * len(clients)
+        reasons = [e["reason"] for e in gw.events("auth") if e.get("src") == attacker]
+        assert len(reasons) == len(clients)
+        checked = [r for r in reasons if not r.startswith("blocked:")]
+        assert 1 <= len(checked) <= 10, checked
+        assert (gw.base / "state.db-turns").exists()  # the turns were byte-range locks
     finally:
         gw.stop()
     assert "Traceback" not in gw.log_text()

@@ -62,14 +62,21 @@ STOP_MARGIN = 10.0
 
 class _Accepted:
     """The configuration the parent last accepted, as a file its children read
-    (0600, in a 0700 directory of its own; `PrivateTmp` in the systemd unit).
-    Relative paths in it mean what they meant: they are relative to the working
-    directory, not to the configuration file (`config.load`)."""
+    (0600, in a 0700 directory of its own under systemd's `RuntimeDirectory`, else
+    the temporary directory). Relative paths in it mean what they meant: they are
+    relative to the working directory, not to the configuration file
+    (`config.load`). The accepted bytes stay in memory and the copy is written
+    again before a worker is restarted and every `REFRESH` seconds: a cleaner of
+    old temporary files must not take it from a long-running gateway."""
+
+    REFRESH = 3600.0
 
     def __init__(self, source: str) -> None:
         self.source = source
-        self._dir = Path(tempfile.mkdtemp(prefix="imapguard-config-"))
+        runtime = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0] or None
+        self._dir = Path(tempfile.mkdtemp(prefix="imapguard-config-", dir=runtime))
         self.path = str(self._dir / "imapguard.toml")
+        self._text = b""
 
     def take(self) -> Config:
         """Read the source once, validate those very bytes, and make them what the
@@ -79,10 +86,7 @@ class _Accepted:
             text = Path(self.source).read_bytes()
         except FileNotFoundError:
             raise ConfigError([("--config", f"file not found: {self.source}")]) from None
-        candidate = self._dir / "candidate.toml"
-        fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(text)
+        candidate = self._write(text)
         try:
             config = load_config(candidate)
         except ConfigError as exc:
@@ -91,7 +95,23 @@ class _Accepted:
                 [(key, msg.replace(str(candidate), self.source)) for key, msg in exc.problems]
             ) from None
         os.replace(candidate, self.path)
+        self._text = text
         return config
+
+    def refresh(self) -> None:
+        """Write the accepted bytes again (the directory too, if it went)."""
+        try:
+            os.replace(self._write(self._text), self.path)
+        except OSError as exc:
+            log.error("cannot write the workers' copy of the configuration %s: %s", self.path, exc)
+
+    def _write(self, text: bytes) -> Path:
+        self._dir.mkdir(mode=0o700, exist_ok=True)
+        candidate = self._dir / "candidate.toml"
+        fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(text)
+        return candidate
 
     def close(self) -> None:
         shutil.rmtree(self._dir, ignore_errors=True)
@@ -157,6 +177,7 @@ async def _supervise(
             if directory is not None and pid is not None:
                 multiprocess.worker_ended(pid, directory)
             audit.emit(events.Reload(result="failed", reason=f"worker {k} exited ({code})"))
+            accepted.refresh()  # what its restart reads
             if code == EXIT_CONFIG:
                 # It refused the configuration (its one line is in the log): every
                 # worker would, again and again.
@@ -216,12 +237,22 @@ async def _supervise(
     if hangup.pending():  # one came while starting
         loop.call_soon(reload)
     audit.emit(events.Start(pid=os.getpid()))
-    log.info("serving with %d worker processes", len(workers))
+    log.info(
+        "serving with %d worker processes; they read the configuration accepted from %s"
+        " (its copy %s)",
+        len(workers),
+        accepted.source,
+        accepted.path,
+    )
     try:
         async with asyncio.TaskGroup() as tg:
             for child in children:
                 tg.create_task(child.run())
-            await stopping.wait()
+            while not stopping.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stopping.wait(), accepted.REFRESH)
+                if not stopping.is_set():
+                    accepted.refresh()
             await asyncio.gather(*(child.stop() for child in children))
     finally:
         if server is not None:
