@@ -22,6 +22,7 @@ from imapguard.auth import gate as gate_module
 from imapguard.auth.gate import RELEASE_DELAY, Gate
 from imapguard.defense import Defense, DefenseSettings, Fingerprinter
 from imapguard.defense.engine import Attempt
+from imapguard.errors import StateUnavailable
 from imapguard.secret import Secret
 from imapguard.state.sqlite.store import open_store
 from imapguard.state.sqlite.turns import FileTurns
@@ -271,3 +272,18 @@ def test_a_takeover_cancelled_before_it_reached_the_store_leaves_no_turn_taken(
             assert other.gate_enter(_attempt(other), "next")
 
     asyncio.run(main())
+
+
+def test_a_turns_file_another_user_could_open_and_lock_is_refused(tmp_path: Path) -> None:
+    """A lock file readable by others (or theirs): any of them could hold a read
+    lock on all of it, and no login would ever get its turn. Refused, naming it."""
+    path = tmp_path / "state.db-turns"
+    path.touch(mode=0o644)
+    path.chmod(0o644)
+    with pytest.raises(StateUnavailable, match="mode 0600"):
+        FileTurns(str(path), b"k" * 32)
+    link = tmp_path / "elsewhere-turns"
+    link.symlink_to(tmp_path / "target")
+    with pytest.raises(StateUnavailable):
+        FileTurns(str(link), b"k" * 32)  # not followed
+    assert not (tmp_path / "target").exists()

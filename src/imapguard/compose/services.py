@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from concurrent.futures import Executor, ThreadPoolExecutor
@@ -217,7 +218,7 @@ def gate_turns(config: Config) -> FileTurns | None:
     counters, where a turn is a compare-and-set in the store (`auth.gate`)."""
     if config.state.counters_url or not config.state.url.startswith("sqlite:"):
         return None
-    path = turns_path(url_path(config.state.url))
+    path = turns_path(os.path.realpath(url_path(config.state.url)))
     return FileTurns.for_file(path, derive_key(keys(config).server, GATE_TURNS))
 
 

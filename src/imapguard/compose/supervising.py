@@ -32,6 +32,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -106,10 +107,21 @@ class _Accepted:
             log.error("cannot write the workers' copy of the configuration %s: %s", self.path, exc)
 
     def _write(self, text: bytes) -> Path:
-        self._dir.mkdir(mode=0o700, exist_ok=True)
+        # The directory's name is no secret (the workers' command lines): if it
+        # went, another local user may have made one of that name, or a symlink.
+        # Made again only by us (mkdir fails on anything there), and used only
+        # if it is ours, a directory and 0700: nobody else can then put a file
+        # (or a symlink) in it.
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(self._dir, 0o700)
+        st = os.lstat(self._dir)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
+            raise OSError(f"{self._dir} is not a private directory of this user: not used")
         candidate = self._dir / "candidate.toml"
-        fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(candidate)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+        with os.fdopen(os.open(candidate, flags, 0o600), "wb") as f:
             f.write(text)
         return candidate
 

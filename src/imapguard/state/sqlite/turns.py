@@ -56,10 +56,20 @@ class FileTurns:
     def __init__(self, path: str, key: bytes) -> None:
         self.path = path
         self._key = key
+        flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
         try:
-            self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            self._fd = os.open(path, flags, 0o600)
         except OSError as exc:
             raise StateUnavailable("open gate turns", f"{path}: {exc.strerror}") from None
+        # A file another user owns, or may open, could be locked by that user
+        # whole (a read lock is enough), and no login would get its turn.
+        st = os.fstat(self._fd)
+        if st.st_uid != os.geteuid() or st.st_mode & 0o077:
+            os.close(self._fd)
+            raise StateUnavailable(
+                "open gate turns",
+                f"{path}: must be owned by this user and mode 0600 (it is {st.st_mode & 0o777:o})",
+            )
         self._lock = threading.Lock()
         self._pairs: set[str] = set()  # held by this process
         self._bytes: dict[int, int] = {}  # byte -> pairs of this process holding it
