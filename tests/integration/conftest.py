@@ -28,14 +28,16 @@ own n. Allocation, one block per file (keep it that way when adding tests):
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import imaplib
 import re
+import secrets
 import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +53,7 @@ __all__ = [
     "RawClient",
     "TcpForwarder",
     "dovecot_lines",
+    "guesses_at_once",
     "message",
     "running_gateway",
     "session_of",
@@ -265,6 +268,29 @@ class RawClient:
             if not data:
                 return got
             got += data
+
+
+def guesses_at_once(
+    gateways: Sequence[GatewayProcess], src: str, user: str, count: int
+) -> list[bytes]:
+    """`count` wrong passwords for `user` from `src`, sent at the same instant over
+    connections opened beforehand (spread over `gateways` in turn); the tagged
+    answers, in order."""
+    clients = []
+    for n in range(count):
+        gw = gateways[n % len(gateways)]
+        client = RawClient(gw.implicit_port, src, tls=gw.client_ssl(), timeout=60)
+        client.line()
+        clients.append(client)
+    barrier = threading.Barrier(count)
+
+    def guess(client: RawClient) -> bytes:
+        with client:
+            barrier.wait(30)
+            return client.command(b"a", f'LOGIN "{user}" "{secrets.token_hex(8)}"'.encode())[-1]
+
+    with concurrent.futures.ThreadPoolExecutor(count) as pool:
+        return list(pool.map(guess, clients))
 
 
 class GatewayIMAP4(imaplib.IMAP4):

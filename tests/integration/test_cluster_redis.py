@@ -10,11 +10,9 @@ Source networks: 127.0.140.0/24 - 127.0.172.0/24 (a /24 per attempt or role).
 
 from __future__ import annotations
 
-import concurrent.futures
 import json
 import re
 import secrets
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +21,7 @@ import pytest
 
 from tests.dovecot import DovecotServer, free_port
 from tests.gateway import GatewayProcess
-from tests.integration.conftest import AUTH_FAILED, RawClient, running_gateway
+from tests.integration.conftest import AUTH_FAILED, RawClient, guesses_at_once, running_gateway
 from tests.metrics_scrape import delta, scrape
 from tests.redis_server import RedisServer
 
@@ -222,23 +220,9 @@ def test_concurrent_guesses_over_two_nodes_reach_the_check_at_most_pair_block_ti
     user = f"cg{secrets.token_hex(3)}"
     dovecot.add_user(user, secrets.token_urlsafe(12))
     attacker = "127.0.172.1"
-    clients = []
-    for n in range(40):
-        gw = (a, b)[n % 2]
-        client = RawClient(gw.implicit_port, attacker, tls=gw.client_ssl(), timeout=60)
-        client.line()
-        clients.append(client)
-    barrier = threading.Barrier(len(clients))
-
-    def guess(client: RawClient) -> bytes:
-        with client:
-            barrier.wait(30)
-            return client.command(b"a", f'LOGIN "{user}" "{secrets.token_hex(8)}"'.encode())[-1]
-
-    with concurrent.futures.ThreadPoolExecutor(len(clients)) as pool:
-        answers = list(pool.map(guess, clients))
-    assert answers == [b"a " + AUTH_FAILED] * len(clients)
+    answers = guesses_at_once([a, b], attacker, user, 40)
+    assert answers == [b"a " + AUTH_FAILED] * 40
     reasons = [e["reason"] for gw in (a, b) for e in gw.events("auth") if e.get("src") == attacker]
-    assert len(reasons) == len(clients)
+    assert len(reasons) == 40
     checked = [r for r in reasons if not r.startswith("blocked:")]
     assert 1 <= len(checked) <= 10, checked

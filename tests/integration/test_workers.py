@@ -8,7 +8,6 @@ local user squatting the address lock's name cannot stop `serve`."""
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import imaplib
 import os
@@ -27,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.dovecot import DovecotServer, free_port
 from tests.gateway import IMAPGUARD, GatewayProcess
-from tests.integration.conftest import AUTH_FAILED, RawClient
+from tests.integration.conftest import AUTH_FAILED, guesses_at_once
 
 pytestmark = pytest.mark.dovecot
 
@@ -428,24 +427,10 @@ def test_guesses_sent_at_once_over_two_workers_on_sqlite_reach_the_check_at_most
         user = f"wg{secrets.token_hex(3)}"
         dovecot.add_user(user, secrets.token_urlsafe(12))
         attacker = "127.0.218.1"
-        clients = []
-        for _ in range(40):
-            client = RawClient(gw.implicit_port, attacker, tls=gw.client_ssl(), timeout=60)
-            client.line()
-            clients.append(client)
-        barrier = threading.Barrier(len(clients))
-
-        def guess(client: RawClient) -> bytes:
-            with client:
-                barrier.wait(30)
-                wrong = secrets.token_hex(8)
-                return client.command(b"a", f'LOGIN "{user}" "{wrong}"'.encode())[-1]
-
-        with concurrent.futures.ThreadPoolExecutor(len(clients)) as pool:
-            answers = list(pool.map(guess, clients))
-        assert answers == [b"a " + AUTH_FAILED] * len(clients)
+        answers = guesses_at_once([gw], attacker, user, 40)
+        assert answers == [b"a " + AUTH_FAILED] * 40
         reasons = [e["reason"] for e in gw.events("auth") if e.get("src") == attacker]
-        assert len(reasons) == len(clients)
+        assert len(reasons) == 40
         checked = [r for r in reasons if not r.startswith("blocked:")]
         assert 1 <= len(checked) <= 10, checked
         assert (gw.base / "state.db-turns").exists()  # the turns were byte-range locks
